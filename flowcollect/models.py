@@ -1,0 +1,79 @@
+"""The declarative models: what to collect, from which reader, how often."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["DataCollectionContext", "ValueType", "Variable"]
+
+ValueType = Literal["float", "int", "bool", "str"]
+"""The Python type a variable's values are delivered as. A closed set: never evaluated."""
+
+PositiveMs = Annotated[int, Field(gt=0)]
+
+
+class Variable(BaseModel):
+    """One thing to collect: a reader type, an address in that reader's grammar, a value type."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+    id: int = Field(gt=0)
+    address: str = Field(min_length=1)
+    value_type: ValueType = "float"
+    reader: str = Field(min_length=1)
+    interval_ms: PositiveMs | None = None
+    """None: the context's ``interval_ms``."""
+
+    @field_validator("address", "reader")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class DataCollectionContext(BaseModel):
+    """A plan of variables collected together, started, paused, resumed and stopped by ``id``.
+
+    ``start_date`` and ``end_date`` are set by the collector (timezone-aware UTC).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    id: int = Field(gt=0)
+    variables: list[Variable] = Field(min_length=1)
+    interval_ms: PositiveMs = 1000
+    """The interval of variables that do not give their own."""
+    min_interval_ms: PositiveMs = 100
+    """No variable of this context is collected faster (see ``IntervalLimitPolicy``)."""
+    duration_s: float = Field(default=86400.0, gt=0)
+    """The context stops by itself this long after it started (24 h by default)."""
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+
+    @field_validator("variables")
+    @classmethod
+    def _unique_ids(cls, variables: list[Variable]) -> list[Variable]:
+        seen: set[int] = set()
+        repeated: set[int] = set()
+        for variable in variables:
+            (repeated if variable.id in seen else seen).add(variable.id)
+        if repeated:
+            raise ValueError(f"variable ids must be unique in a context; repeated: {sorted(repeated)}")
+        return variables
+
+    @field_validator("start_date", "end_date")
+    @classmethod
+    def _aware_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("must be timezone-aware")
+        return value.astimezone(timezone.utc)
+
+    def interval_of(self, variable: Variable) -> int:
+        """The interval a variable asks for in this context (its own, else the context's)."""
+        return variable.interval_ms if variable.interval_ms is not None else self.interval_ms

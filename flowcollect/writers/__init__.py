@@ -1,0 +1,24 @@
+"""Writers: one module per destination, each a ``DataWriter``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flowcollect.writers.base import DataWriter
+from flowcollect.writers.csvfile import CsvFileDataWriter
+from flowcollect.writers.log import LogDataWriter
+from flowcollect.writers.memory import MemoryDataWriter
+
+if TYPE_CHECKING:
+    from flowcollect.writers.influxdb import InfluxDBDataWriter
+
+__all__ = ["CsvFileDataWriter", "DataWriter", "InfluxDBDataWriter", "LogDataWriter", "MemoryDataWriter"]
+
+
+def __getattr__(name: str) -> Any:
+    # influxdb-client is imported only by those who write to InfluxDB.
+    if name == "InfluxDBDataWriter":
+        from flowcollect.writers.influxdb import InfluxDBDataWriter
+
+        return InfluxDBDataWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
