@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["DataCollectionContext", "ValueType", "Variable"]
+__all__ = ["DataCollectionContext", "IntervalLimitPolicy", "ValueType", "Variable"]
 
 ValueType = Literal["float", "int", "bool", "str"]
 """The Python type a variable's values are delivered as. A closed set: never evaluated."""
@@ -72,8 +73,22 @@ class DataCollectionContext(BaseModel):
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("must be timezone-aware")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
 
     def interval_of(self, variable: Variable) -> int:
         """The interval a variable asks for in this context (its own, else the context's)."""
         return variable.interval_ms if variable.interval_ms is not None else self.interval_ms
+
+
+class IntervalLimitPolicy(StrEnum):
+    """What start does with a variable whose interval is below the limit.
+
+    The limit is the larger of the context's ``min_interval_ms`` and the reader's.
+    """
+
+    IGNORE = "ignore"
+    """The variable is not collected; a warning names it."""
+    USE_LIMIT = "use_limit"
+    """The variable is collected at the limit instead."""
+    ERROR = "error"
+    """Start raises ``ConfigError`` naming the variable and the limit."""

@@ -66,4 +66,3 @@ class RandomDataReader(DataReader):
                 v.value = x >= (lo + hi) / 2
             else:
                 v.value = repr(x)
-

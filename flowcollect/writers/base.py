@@ -27,10 +27,10 @@ class DataWriter(ABC):
     def write(self, values: Sequence[CollectedVariable]) -> None:
         """Take a batch of values (with or without ``error``)."""
 
-    def flush(self) -> None:  # noqa: B027 - an optional hook: most writers have nothing to flush
+    def flush(self) -> None:
         """Make everything written so far durable at the destination."""
 
-    def close(self) -> None:  # noqa: B027
+    def close(self) -> None:
         """Flush and release resources; called once when the collector closes."""
 
     def stats(self) -> Mapping[str, float]:

@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from flowcollect.values import CollectedVariable
 from flowcollect.writers.base import DataWriter
@@ -28,7 +28,7 @@ class CsvFileDataWriter(DataWriter):
         self.path = Path(path)
         self.append = append
         self._lock = threading.Lock()
-        self._file: TextIO | None = None
+        self._file: IO[str] | None = None
         self._writer: Any = None  # csv's writer type is private to the stdlib's stubs
         self.rows = 0
 
@@ -39,11 +39,11 @@ class CsvFileDataWriter(DataWriter):
     def _open(self) -> Any:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mode = "a" if self.append else "w"
-        self._file = open(self.path, mode, newline="", encoding="utf-8")  # noqa: SIM115
-        self._writer = csv.writer(self._file)
-        if self._file.tell() == 0:
-            self._writer.writerow(HEADER)
-        return self._writer
+        file = self._file = open(self.path, mode, newline="", encoding="utf-8")  # noqa: SIM115
+        writer = self._writer = csv.writer(file)
+        if file.tell() == 0:
+            writer.writerow(HEADER)
+        return writer
 
     def write(self, values: Sequence[CollectedVariable]) -> None:
         rows = [

@@ -1,0 +1,430 @@
+"""The collector: contexts' lifecycle, listeners and the lock; the graph lives in ``_graph``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from reactivex import Observable, abc
+from reactivex import operators as ops
+from reactivex.scheduler import EventLoopScheduler
+from reactivex.subject import Subject
+
+from flowcollect._clock import ScheduleRef, instant, now_ms, ticks
+from flowcollect._graph import TickBatch, WriterSink, for_context, gate, read_due
+from flowcollect._logs import RateLimitedLog
+from flowcollect._schedule import ReaderSchedule, Wanted
+from flowcollect.errors import (
+    CollectorClosedError,
+    ConfigError,
+    ContextAlreadyRunningError,
+    UnknownContextError,
+)
+from flowcollect.listeners import DataCollectionListener
+from flowcollect.models import DataCollectionContext, IntervalLimitPolicy
+from flowcollect.readers.base import DataReader
+from flowcollect.stats import CollectorStats, ContextStats, ReaderCounters
+from flowcollect.values import CollectedVariable
+from flowcollect.writers.base import DataWriter
+
+__all__ = ["DataCollector"]
+
+State = Literal["running", "paused", "stopped"]
+THREAD_PREFIX = "flowcollect-"
+
+
+class _Run:
+    """One started context: what it wants from each reader, its state and its graph branch."""
+
+    __slots__ = ("context", "delivered", "state", "subscription", "timer", "until_ms", "wanted")
+
+    def __init__(
+        self, context: DataCollectionContext, wanted: dict[str, list[Wanted]], until_ms: int
+    ) -> None:
+        self.context = context
+        self.wanted = wanted
+        self.until_ms = until_ms
+        self.state: State = "running"
+        self.delivered = 0
+        self.subscription: abc.DisposableBase | None = None
+        self.timer: abc.DisposableBase | None = None
+
+
+class _Lane:
+    """One reader with its schedule, its thread (an Rx scheduler) and its counters."""
+
+    def __init__(self, reader: DataReader, scheduler: abc.SchedulerBase, owned: bool) -> None:
+        self.reader = reader
+        self.scheduler = scheduler
+        self.owned = owned
+        self.ref = ScheduleRef()
+        self.counters = ReaderCounters()
+
+
+def _thread_factory(
+    name: str, threads: list[threading.Thread]
+) -> Callable[[Callable[[], None]], threading.Thread]:
+    # Named and recorded, so close() can join them and tests can see that none is left.
+    def factory(target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        threads.append(thread)
+        return thread
+
+    return factory
+
+
+class DataCollector:
+    """Runs data collection contexts: each variable is read once per due instant by its reader and
+    delivered to every writer, for every context that wants it.
+
+    ``scheduler`` (keyword only) replaces the real clock and threads, for tests in virtual time:
+    every reader ticks on it and writers are called inline.
+    """
+
+    def __init__(
+        self,
+        readers: Iterable[DataReader],
+        writers: Iterable[DataWriter],
+        listeners: Iterable[DataCollectionListener] = (),
+        interval_limit_policy: IntervalLimitPolicy = IntervalLimitPolicy.IGNORE,
+        logger: logging.Logger | None = None,
+        *,
+        scheduler: abc.SchedulerBase | None = None,
+        queue_limit: int = 1_000_000,
+        close_timeout_s: float = 30.0,
+    ) -> None:
+        self._log = logger or logging.getLogger("flowcollect")
+        self._errors = RateLimitedLog(self._log)
+        readers = list(readers)
+        problems = [f"reader {r!r} is not a DataReader" for r in readers if not isinstance(r, DataReader)]
+        self._readers: dict[str, DataReader] = {}
+        for reader in readers:
+            if isinstance(reader, DataReader):
+                if reader.type in self._readers:
+                    problems.append(f"two readers have the type {reader.type!r}; each needs its own")
+                self._readers[reader.type] = reader
+        writers = list(writers)
+        problems += [f"writer {w!r} is not a DataWriter" for w in writers if not isinstance(w, DataWriter)]
+        if queue_limit <= 0:
+            problems.append(f"queue_limit must be positive, got {queue_limit}")
+        if problems:
+            raise ConfigError(problems)
+        self.policy = IntervalLimitPolicy(interval_limit_policy)
+        self._listeners = list(listeners)
+        self._scheduler = scheduler
+        self._close_timeout_s = close_timeout_s
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.RLock()
+        self._closed = False
+        self._runs: dict[int, _Run] = {}
+        self._ended: dict[int, ContextStats] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._timer: abc.SchedulerBase = scheduler or EventLoopScheduler(
+            _thread_factory(f"{THREAD_PREFIX}timer", self._threads)
+        )
+        self._sinks = [
+            WriterSink(w, self._log, limit=queue_limit, threaded=scheduler is None) for w in writers
+        ]
+        # Readers join the merge as they are first used; contexts tap the hub.
+        self._hub: Subject[TickBatch] = Subject()
+        self._lane_streams: Subject[Observable[TickBatch]] = Subject()
+        self._merge = self._lane_streams.pipe(ops.merge_all()).subscribe(self._hub)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def check(self, context: DataCollectionContext) -> None:
+        """Raise ``ConfigError`` listing every problem ``start`` would find; touch nothing."""
+        self._resolve(self._model(context))
+
+    def start(self, context: DataCollectionContext) -> DataCollectionContext:
+        """Validate and start a context; return it with ``start_date`` set.
+
+        Raises ``ConfigError`` (naming each bad field, variable or reader) or
+        ``ContextAlreadyRunningError`` before anything changes: running contexts are untouched.
+        """
+        context = self._model(context)
+        with self._lock:
+            self._ensure_open()
+            if context.id in self._runs:
+                raise ContextAlreadyRunningError(context.id)
+            wanted = self._resolve(context)
+            for listener in self._listeners:
+                listener.before_start(self, context)
+            now = self._now_ms()
+            until_ms = math.ceil(now + context.duration_s * 1000)
+            context.start_date = instant(math.floor(now))
+            context.end_date = None
+            run = _Run(context, wanted, until_ms)
+            self._runs[context.id] = run
+            self._ended.pop(context.id, None)
+            run.subscription = self._hub.pipe(
+                for_context(context.id, until_ms),
+                gate(lambda: run.state == "running"),
+            ).subscribe(on_next=lambda values: self._deliver(run, values))
+            self._replan(wanted)
+            run.timer = self._timer.schedule_absolute(instant(until_ms), lambda _s, _t: self._expire(run))
+            self._notify("after_start", context)
+        return context
+
+    def stop(self, context_id: int) -> DataCollectionContext:
+        """Stop a running or paused context; return it with ``end_date`` set."""
+        with self._lock:
+            self._ensure_open()
+            return self._stop(self._run(context_id))
+
+    def pause(self, context_id: int) -> DataCollectionContext:
+        """Close the context's gate; its variables stop being read unless another context needs them."""
+        return self._set_state(context_id, "paused")
+
+    def resume(self, context_id: int) -> DataCollectionContext:
+        """Open the context's gate again; its variables are read from the next due instant."""
+        return self._set_state(context_id, "running")
+
+    def close(self) -> None:
+        """Stop every context, write what is queued, close writers and readers, end every thread.
+
+        Idempotent; every other call raises ``CollectorClosedError`` afterwards.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._notify("before_close")
+            for run in list(self._runs.values()):
+                self._stop(run)
+            self._closed = True
+        self._merge.dispose()
+        timeout = self._close_timeout_s
+        for lane in self._lanes.values():
+            if lane.owned and isinstance(lane.scheduler, EventLoopScheduler):
+                lane.scheduler.dispose()
+        if isinstance(self._timer, EventLoopScheduler):
+            self._timer.dispose()
+        for thread in self._threads:
+            if thread is not threading.current_thread() and thread.ident is not None:
+                thread.join(timeout)
+                if thread.is_alive():
+                    self._log.warning(
+                        "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout
+                    )
+        for lane in self._lanes.values():
+            try:
+                lane.reader.close()
+            except Exception as exc:
+                self._log.error("reader %r failed to close: %s", lane.reader.type, exc)
+        for sink in self._sinks:
+            sink.close(timeout)
+        self._notify("after_close")
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Hand everything queued to the writers and flush them; False if ``timeout_s`` passed first."""
+        return all([sink.flush(timeout_s) for sink in self._sinks])
+
+    def __enter__(self) -> DataCollector:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        """True while the collector is open and has a started context (running or paused)."""
+        with self._lock:
+            return not self._closed and bool(self._runs)
+
+    def is_context_running(self, context_id: int) -> bool:
+        """True while the context is started and not paused."""
+        with self._lock:
+            run = self._runs.get(context_id)
+            return run is not None and run.state == "running"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def readers(self) -> Mapping[str, DataReader]:
+        return dict(self._readers)
+
+    @property
+    def writers(self) -> Sequence[DataWriter]:
+        return [sink.writer for sink in self._sinks]
+
+    def contexts(self) -> dict[int, DataCollectionContext]:
+        """The started contexts (running or paused) by id."""
+        with self._lock:
+            return {cid: run.context for cid, run in self._runs.items()}
+
+    def schedules(self) -> dict[str, ReaderSchedule]:
+        """Each reader's current due plan (GCD tick, hyperperiod, phases)."""
+        with self._lock:
+            return {
+                rtype: lane.ref.current for rtype, lane in self._lanes.items() if lane.ref.current is not None
+            }
+
+    def stats(self) -> CollectorStats:
+        """A snapshot of every counter: per reader, per writer, per context."""
+        with self._lock:
+            readers = {}
+            for rtype, lane in self._lanes.items():
+                try:
+                    extra = lane.reader.stats()
+                except Exception:
+                    extra = {}
+                schedule = lane.ref.current
+                readers[rtype] = lane.counters.snapshot(
+                    rtype, schedule.period_ms if schedule else None, extra
+                )
+            contexts = dict(self._ended)
+            for cid, run in self._runs.items():
+                contexts[cid] = ContextStats(cid, run.state, run.delivered)
+        return CollectorStats(readers, {s.name: s.snapshot() for s in self._sinks}, contexts)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise CollectorClosedError()
+
+    def _run(self, context_id: int) -> _Run:
+        run = self._runs.get(context_id)
+        if run is None:
+            raise UnknownContextError(context_id)
+        return run
+
+    def _now_ms(self) -> float:
+        return now_ms(self._timer)
+
+    @staticmethod
+    def _model(context: Any) -> DataCollectionContext:
+        if isinstance(context, DataCollectionContext):
+            return context
+        try:
+            return DataCollectionContext.model_validate(context)
+        except ValidationError as exc:
+            raise ConfigError(
+                [f"context field {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            ) from None
+
+    def _resolve(self, context: DataCollectionContext) -> dict[str, list[Wanted]]:
+        """Every variable's reader and effective interval, or ``ConfigError`` with every problem."""
+        problems: list[str] = []
+        wanted: dict[str, list[Wanted]] = {}
+        for variable in context.variables:
+            where = f"context {context.id}, variable {variable.id} (address {variable.address!r})"
+            reader = self._readers.get(variable.reader)
+            if reader is None:
+                known = ", ".join(sorted(self._readers)) or "none"
+                problems.append(f"{where}: no reader of type {variable.reader!r} (readers: {known})")
+                continue
+            try:
+                reader.validate(variable)
+            except ValueError as exc:
+                problems.append(f"{where}, reader {reader.type!r}: {exc}")
+                continue
+            interval = context.interval_of(variable)
+            limit = max(context.min_interval_ms, reader.min_interval_ms)
+            if interval < limit:
+                why = (
+                    f"{where}: interval_ms {interval} is below the limit of {limit} ms (the larger of "
+                    f"the context's min_interval_ms {context.min_interval_ms} and reader "
+                    f"{reader.type!r}'s {reader.min_interval_ms})"
+                )
+                if self.policy is IntervalLimitPolicy.ERROR:
+                    problems.append(why)
+                    continue
+                if self.policy is IntervalLimitPolicy.IGNORE:
+                    self._log.warning("%s; not collected (interval_limit_policy=ignore)", why)
+                    continue
+                interval = limit
+            wanted.setdefault(reader.type, []).append(
+                Wanted(context.id, variable.id, variable.address, variable.value_type, interval)
+            )
+        if problems:
+            raise ConfigError(problems)
+        if not wanted:
+            self._log.warning("context %s has no variable left to collect", context.id)
+        return wanted
+
+    def _lane(self, rtype: str) -> _Lane:
+        lane = self._lanes.get(rtype)
+        if lane is None:
+            reader = self._readers[rtype]
+            owned = self._scheduler is None
+            scheduler = self._scheduler or EventLoopScheduler(
+                _thread_factory(f"{THREAD_PREFIX}reader-{rtype}", self._threads)
+            )
+            lane = self._lanes[rtype] = _Lane(reader, scheduler, owned)
+            stream = ticks(lane.ref, scheduler, lane.counters.skipped).pipe(
+                read_due(reader, lane.ref, scheduler, lane.counters, self._errors)
+            )
+            self._lane_streams.on_next(stream)
+        return lane
+
+    def _replan(self, touched: Iterable[str]) -> None:
+        """Rebuild the schedule of each touched reader from the running contexts."""
+        for rtype in set(touched):
+            wanted = [
+                w for run in self._runs.values() if run.state == "running" for w in run.wanted.get(rtype, ())
+            ]
+            lane = self._lane(rtype)
+            lane.ref.set(ReaderSchedule(rtype, wanted) if wanted else None)
+
+    def _deliver(self, run: _Run, values: list[CollectedVariable]) -> None:
+        run.delivered += len(values)
+        for sink in self._sinks:
+            try:
+                sink.put(values)
+            except Exception as exc:  # never let one sink's bug end the stream for the others
+                self._errors.error(("sink", sink.name, str(exc)), "writer %s: %s", sink.name, exc)
+
+    def _set_state(self, context_id: int, state: State) -> DataCollectionContext:
+        with self._lock:
+            self._ensure_open()
+            run = self._run(context_id)
+            if run.state != state:
+                run.state = state
+                self._replan(run.wanted)
+            return run.context
+
+    def _stop(self, run: _Run) -> DataCollectionContext:
+        context = run.context
+        self._notify("before_stop", context)
+        if run.subscription is not None:
+            run.subscription.dispose()
+        if run.timer is not None:
+            run.timer.dispose()
+        del self._runs[context.id]
+        self._ended[context.id] = ContextStats(context.id, "stopped", run.delivered)
+        run.state = "stopped"
+        self._replan(run.wanted)
+        context.end_date = instant(min(math.floor(self._now_ms()), run.until_ms))
+        self._notify("after_stop", context)
+        return context
+
+    def _expire(self, run: _Run) -> None:
+        with self._lock:
+            if self._closed or self._runs.get(run.context.id) is not run:
+                return  # stopped already, or a new run under the same id
+            self._log.info("context %s reached its duration of %s s", run.context.id, run.context.duration_s)
+            self._stop(run)
+
+    def _notify(self, event: str, context: DataCollectionContext | None = None) -> None:
+        args: tuple[Any, ...] = (self,) if context is None else (self, context)
+        for listener in self._listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:
+                self._log.exception("listener %r failed in %s", listener, event)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._runs)} contexts"
+        writers = [s.name for s in self._sinks]
+        return f"DataCollector(readers={sorted(self._readers)}, writers={writers}, {state})"

@@ -1,0 +1,111 @@
+"""Snapshots of the collector's counters (``DataCollector.stats()``)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["CollectorStats", "ContextStats", "ReaderStats", "WriterStats", "percentile"]
+
+# Enough recent samples for a stable p99 at 10 ticks/s over minutes, small enough to sort often.
+SAMPLES = 4096
+
+
+def percentile(samples: Iterable[float], q: float) -> float | None:
+    """The q-th percentile (0..100, nearest rank) of the samples, or None when there are none."""
+    ordered = sorted(samples)
+    if not ordered:
+        return None
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderStats:
+    reader: str
+    ticks: int
+    """Ticks at which something was read."""
+    values: int
+    """Distinct values read (a value shared by several contexts counts once)."""
+    errors: int
+    """Values read with an error."""
+    overruns: int
+    """Due ticks skipped because the previous read was still running."""
+    lateness_ms_p50: float | None
+    lateness_ms_p99: float | None
+    lateness_ms_max: float | None
+    read_ms_p50: float | None
+    read_ms_p99: float | None
+    period_ms: int | None
+    """The GCD tick of the current schedule (None: nothing to read now)."""
+    extra: Mapping[str, float] = field(default_factory=dict)
+    """The reader's own counters (requests, reconnects...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    writer: str
+    written: int
+    """Values handed to the writer's ``write`` without an exception."""
+    failed: int
+    """Values in ``write`` calls that raised."""
+    queued: int
+    """Values waiting in the engine's queue for this writer."""
+    dropped: int
+    """Values dropped because the queue was full (the writer could not keep up)."""
+    oldest_queued_s: float
+    extra: Mapping[str, float] = field(default_factory=dict)
+    """The writer's own counters (buffered, dropped, failed at the destination...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContextStats:
+    context_id: int
+    state: str
+    """``running``, ``paused`` or ``stopped``."""
+    delivered: int
+    """Values handed to the writers for this context."""
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorStats:
+    readers: Mapping[str, ReaderStats]
+    writers: Mapping[str, WriterStats]
+    contexts: Mapping[int, ContextStats]
+
+
+class ReaderCounters:
+    """Mutated only by the reader's own thread; read (racily, as counters are) by ``stats()``."""
+
+    __slots__ = ("errors", "lateness", "overruns", "read_ms", "ticks", "values")
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.values = 0
+        self.errors = 0
+        self.overruns = 0
+        self.lateness: deque[float] = deque(maxlen=SAMPLES)
+        self.read_ms: deque[float] = deque(maxlen=SAMPLES)
+
+    def skipped(self, n: int) -> None:
+        self.overruns += n
+
+    def snapshot(self, reader: str, period_ms: int | None, extra: Mapping[str, float]) -> ReaderStats:
+        lateness = list(self.lateness)
+        read_ms = list(self.read_ms)
+        return ReaderStats(
+            reader=reader,
+            ticks=self.ticks,
+            values=self.values,
+            errors=self.errors,
+            overruns=self.overruns,
+            lateness_ms_p50=percentile(lateness, 50),
+            lateness_ms_p99=percentile(lateness, 99),
+            lateness_ms_max=max(lateness, default=None),
+            read_ms_p50=percentile(read_ms, 50),
+            read_ms_p99=percentile(read_ms, 99),
+            period_ms=period_ms,
+            extra=dict(extra),
+        )
