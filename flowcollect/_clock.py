@@ -6,6 +6,7 @@ per reader) in production, a ``TestScheduler`` in virtual-time tests.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -42,13 +43,14 @@ class ScheduleRef:
 
     def __init__(self) -> None:
         self.current: ReaderSchedule | None = None
-        self.changes: Subject[ReaderSchedule | None] = Subject()
+        self.changes: Subject[int] = Subject()
         self._lock = threading.Lock()
 
-    def set(self, schedule: ReaderSchedule | None) -> None:
+    def set(self, schedule: ReaderSchedule | None, since_ms: int) -> None:
+        """Swap the schedule; due instants after ``since_ms`` (the change's instant) are kept."""
         with self._lock:
             self.current = schedule
-        self.changes.on_next(schedule)
+        self.changes.on_next(since_ms)
 
 
 def ticks(
@@ -61,12 +63,15 @@ def ticks(
     Each tick is scheduled at its absolute deadline, so the grid never drifts. The observer's
     ``on_next`` runs on the scheduler's thread; when it returns after the next deadline (an
     overrun), the due instants it covered are skipped and counted, never piled up. A change of
-    schedule re-arms the source on the scheduler's thread, so all of its state has one owner.
+    schedule re-arms the source on the scheduler's thread, so all of its state has one owner; it
+    re-arms from the instant of the change, so a due instant that passes while the thread is busy
+    is fired late rather than lost, and never twice.
     """
 
     def subscribe(observer: abc.ObserverBase[int], _: abc.SchedulerBase | None = None) -> abc.DisposableBase:
         pending: abc.DisposableBase | None = None
         pending_due: int | None = None
+        last_fired = -1
         disposed = False
 
         def arm(due: int) -> None:
@@ -75,10 +80,10 @@ def ticks(
             pending = scheduler.schedule_absolute(instant(due), fire, due)
 
         def fire(_: abc.SchedulerBase, due: Any) -> None:
-            nonlocal pending, pending_due
+            nonlocal pending, pending_due, last_fired
             if disposed:
                 return
-            pending, pending_due = None, None
+            pending, pending_due, last_fired = None, None, due
             observer.on_next(due)
             schedule = ref.current
             if schedule is None or disposed:
@@ -90,12 +95,11 @@ def ticks(
                 following = schedule.next_due(now)
             arm(following)
 
-        def retime(_: abc.SchedulerBase, __: Any = None) -> None:
+        def retime(_: abc.SchedulerBase, since_ms: Any) -> None:
             nonlocal pending, pending_due
             if disposed:
                 return
-            now = now_ms(scheduler)
-            if pending_due is not None and pending_due <= now:
+            if pending_due is not None and pending_due <= now_ms(scheduler):
                 # That tick is due already and about to fire; it re-arms from the new schedule.
                 return
             if pending is not None:
@@ -103,13 +107,13 @@ def ticks(
                 pending, pending_due = None, None
             schedule = ref.current
             if schedule is not None:
-                arm(schedule.next_due(now))
+                arm(schedule.next_due(max(since_ms, last_fired)))
 
-        def on_change(_: ReaderSchedule | None) -> None:
-            scheduler.schedule(retime)
+        def on_change(since_ms: int) -> None:
+            scheduler.schedule(retime, since_ms)
 
         changes = ref.changes.subscribe(on_change)
-        scheduler.schedule(retime)
+        scheduler.schedule(retime, math.floor(now_ms(scheduler)))
 
         def dispose() -> None:
             nonlocal disposed

@@ -155,18 +155,25 @@ class DataCollector:
             wanted = self._resolve(context)
             for listener in self._listeners:
                 listener.before_start(self, context)
+            run = _Run(context, wanted, until_ms=0)
+            self._runs[context.id] = run
+            try:
+                # The plan of a large context takes a while to build; the context starts once it
+                # is ready, so its first due instant is never one it had no chance to read.
+                schedules = self._plan(wanted)
+            except BaseException:
+                del self._runs[context.id]
+                raise
             now = self._now_ms()
-            until_ms = math.ceil(now + context.duration_s * 1000)
+            run.until_ms = until_ms = math.ceil(now + context.duration_s * 1000)
             context.start_date = instant(math.floor(now))
             context.end_date = None
-            run = _Run(context, wanted, until_ms)
-            self._runs[context.id] = run
             self._ended.pop(context.id, None)
             run.subscription = self._hub.pipe(
                 for_context(context.id, until_ms),
                 gate(lambda: run.state == "running"),
             ).subscribe(on_next=lambda values: self._deliver(run, values))
-            self._replan(wanted)
+            self._apply(schedules, math.floor(now))
             run.timer = self._timer.schedule_absolute(instant(until_ms), lambda _s, _t: self._expire(run))
             self._notify("after_start", context)
         return context
@@ -334,8 +341,8 @@ class DataCollector:
             if interval < limit:
                 why = (
                     f"{where}: interval_ms {interval} is below the limit of {limit} ms (the larger of "
-                    f"the context's min_interval_ms {context.min_interval_ms} and reader "
-                    f"{reader.type!r}'s {reader.min_interval_ms})"
+                    f"the context's min_interval_ms ({context.min_interval_ms}) and the "
+                    f"min_interval_ms of reader {reader.type!r} ({reader.min_interval_ms}))"
                 )
                 if self.policy is IntervalLimitPolicy.ERROR:
                     problems.append(why)
@@ -368,14 +375,25 @@ class DataCollector:
             self._lane_streams.on_next(stream)
         return lane
 
-    def _replan(self, touched: Iterable[str]) -> None:
-        """Rebuild the schedule of each touched reader from the running contexts."""
+    def _plan(self, touched: Iterable[str]) -> dict[str, ReaderSchedule | None]:
+        """The schedule of each touched reader over the running contexts (None: nothing to read)."""
+        schedules: dict[str, ReaderSchedule | None] = {}
         for rtype in set(touched):
             wanted = [
                 w for run in self._runs.values() if run.state == "running" for w in run.wanted.get(rtype, ())
             ]
-            lane = self._lane(rtype)
-            lane.ref.set(ReaderSchedule(rtype, wanted) if wanted else None)
+            schedules[rtype] = ReaderSchedule(rtype, wanted) if wanted else None
+        return schedules
+
+    def _apply(self, schedules: Mapping[str, ReaderSchedule | None], since_ms: int) -> None:
+        """Hand each reader its new schedule; instants due after ``since_ms`` are read even if a
+        busy reader thread makes them late."""
+        for rtype, schedule in schedules.items():
+            self._lane(rtype).ref.set(schedule, since_ms)
+
+    def _replan(self, touched: Iterable[str]) -> None:
+        schedules = self._plan(touched)
+        self._apply(schedules, math.floor(self._now_ms()))
 
     def _deliver(self, run: _Run, values: list[CollectedVariable]) -> None:
         run.delivered += len(values)
