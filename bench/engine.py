@@ -16,17 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from itertools import groupby
 from operator import attrgetter
-from datetime import UTC, datetime
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowcollect import (
     CollectedVariable,
