@@ -1,0 +1,155 @@
+"""The writer's own line protocol is byte for byte influxdb-client's ``Point.to_line_protocol()``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
+
+from flowcollect.values import CollectedVariable
+from flowcollect.writers._lineprotocol import LineSerializer, Unwritable, field_text, timestamp_ns
+
+# Everything line protocol escapes (or must not), plus text from all of Unicode.
+SPECIAL = st.sampled_from([",", "=", " ", "\n", "\t", "\r", "\\", '"', "#", "é", "\x00", "💧"])
+TEXT = st.text(alphabet=st.one_of(SPECIAL, st.characters()), max_size=24)
+NAMES = st.text(alphabet=st.one_of(SPECIAL, st.characters()), min_size=1, max_size=16).filter(
+    lambda name: not name.startswith("#")  # a comment line: refused by the writer's settings
+)
+IDS = st.integers(min_value=-(2**40), max_value=2**63)
+ZONES = st.none() | st.builds(
+    timezone,
+    st.timedeltas(min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)),
+)
+# The span of a signed 64-bit nanosecond timestamp.
+TIMES = st.datetimes(min_value=datetime(1678, 1, 1), max_value=datetime(2261, 12, 31), timezones=ZONES)
+
+VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "float": st.floats() | st.integers(min_value=-(2**70), max_value=2**70) | st.booleans(),
+    "int": st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=False, allow_infinity=False).map(float.__floor__).map(float),
+    "bool": st.booleans() | st.sampled_from([0, 1, 0.0, 1.0]),
+    "str": TEXT | st.floats(allow_nan=False) | st.integers(),
+}
+TYPED_VALUES = st.sampled_from(sorted(VALUES)).flatmap(lambda vt: st.tuples(st.just(vt), VALUES[vt]))
+
+
+@st.composite
+def collected(draw: st.DrawFn, time: datetime | None = None) -> CollectedVariable:
+    value_type, value = draw(TYPED_VALUES)
+    return CollectedVariable(
+        id=draw(IDS),
+        context_id=draw(IDS),
+        address=draw(TEXT),
+        value_type=value_type,
+        reader=draw(TEXT),
+        interval_ms=1000,
+        value=value,
+        time=draw(TIMES) if time is None else time,
+    )
+
+
+def as_declared(value: Any, value_type: str) -> Any:
+    """The Python value the writer sends for ``value_type`` (its conversion rules, restated)."""
+    if value_type == "float":
+        return float(value)
+    if value_type == "int":
+        return int(value)
+    if value_type == "bool":
+        return bool(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def point_line(measurement: str, v: CollectedVariable) -> str:
+    point = (
+        Point(measurement)
+        .tag("address", v.address)
+        .tag("context", v.context_id)
+        .tag("reader", v.reader)
+        .tag("variable", v.id)
+        .field("value", as_declared(v.value, v.value_type))
+        .time(v.time, WritePrecision.NS)
+    )
+    return str(point.to_line_protocol())
+
+
+def refused_on_purpose(v: CollectedVariable) -> bool:
+    """Values the writer refuses where Point would write text the server rejects (or nothing)."""
+    value = as_declared(v.value, v.value_type)
+    if v.value_type == "float":
+        return not math.isfinite(value)  # Point writes no line at all for these
+    if v.value_type == "int":
+        return not -(2**63) <= value < 2**63  # InfluxDB refuses the whole batch for one of these
+    if v.value_type == "str":
+        return len(value.encode("utf-8", "surrogatepass")) > 65535
+    return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(measurement=NAMES, v=collected())
+@example(measurement="m", v=CollectedVariable(1, 1, "di\\", "float", "r r", 1, 1.0, datetime(2024, 1, 1)))
+@example(measurement="a b,c", v=CollectedVariable(1, 2, "", "str", "x", 1, 'q"\\', datetime(2024, 1, 1)))
+@example(measurement="m", v=CollectedVariable(1, 2, "a", "float", "x", 1, 1e16, datetime(2024, 1, 1)))
+def test_a_line_is_what_point_writes(measurement: str, v: CollectedVariable) -> None:
+    serializer = LineSerializer(measurement)
+    lines, failed, unwritable = serializer.serialize([v], default_ns=0)
+    assert failed == []
+    if refused_on_purpose(v):
+        assert lines == [] and len(unwritable) == 1
+    else:
+        assert unwritable == []
+        assert lines == [point_line(measurement, v)]
+        assert serializer.line(v, default_ns=0) == lines[0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(measurement=NAMES, at=TIMES, data=st.data())
+def test_a_batch_is_the_lines_of_its_writable_values_in_order(
+    measurement: str, at: datetime, data: st.DataObject
+) -> None:
+    # Values of one tick share one time object, as the collector delivers them.
+    values = data.draw(st.lists(collected(time=at), max_size=20))
+    errors = set(data.draw(st.sets(st.integers(0, 19))))
+    for i in errors & set(range(len(values))):
+        values[i].error = "timeout"
+    lines, failed, unwritable = LineSerializer(measurement).serialize(values, default_ns=0)
+    wanted = [v for v in values if v.error is None and not refused_on_purpose(v)]
+    assert lines == [point_line(measurement, v) for v in wanted]
+    assert failed == [v for v in values if v.error is not None]
+    assert len(unwritable) == len(values) - len(wanted) - len(failed)
+
+
+@given(at=TIMES)
+def test_timestamps_are_nanoseconds_as_point_computes_them(at: datetime) -> None:
+    text = Point("m").field("f", 1.0).time(at, WritePrecision.NS).to_line_protocol()
+    assert str(timestamp_ns(at)) == text.rsplit(" ", 1)[1]
+    assert timestamp_ns(at) % 1000 == 0
+
+
+def test_a_value_without_time_takes_the_moment_it_was_handed_over() -> None:
+    v = CollectedVariable(1, 1, "a", "int", "r", 1, 5, None)
+    assert LineSerializer("m").serialize([v], default_ns=123)[0] == [
+        "m,address=a,context=1,reader=r,variable=1 value=5i 123"
+    ]
+
+
+@given(
+    value=st.one_of(
+        st.text(max_size=3), st.binary(max_size=3), st.none(), st.lists(st.integers(), max_size=2)
+    )
+)
+def test_values_of_the_wrong_kind_are_refused_with_a_reason(value: Any) -> None:
+    for value_type in ("float", "int", "bool"):
+        if isinstance(value, numbers.Real):
+            continue
+        try:
+            field_text(value, value_type)
+        except Unwritable as exc:
+            assert str(exc)
+        else:
+            raise AssertionError(f"{value!r} accepted as {value_type}")

@@ -1,0 +1,1 @@
+"""Helpers shared by test suites: real servers to test against (see ``victoria``)."""
