@@ -161,11 +161,12 @@ class DataCollector:
                 # The plan of a large context takes a while to build; the context starts once it
                 # is ready, so its first due instant is never one it had no chance to read.
                 schedules = self._plan(wanted)
+                now = self._now_ms()
+                run.until_ms = until_ms = math.ceil(now + context.duration_s * 1000)
+                end = instant(until_ms)
             except BaseException:
                 del self._runs[context.id]
                 raise
-            now = self._now_ms()
-            run.until_ms = until_ms = math.ceil(now + context.duration_s * 1000)
             context.start_date = instant(math.floor(now))
             context.end_date = None
             self._ended.pop(context.id, None)
@@ -174,7 +175,7 @@ class DataCollector:
                 gate(lambda: run.state == "running"),
             ).subscribe(on_next=lambda values: self._deliver(run, values))
             self._apply(schedules, math.floor(now))
-            run.timer = self._timer.schedule_absolute(instant(until_ms), lambda _s, _t: self._expire(run))
+            run.timer = self._timer.schedule_absolute(end, lambda _s, _t: self._expire(run))
             self._notify("after_start", context)
         return context
 

@@ -15,6 +15,9 @@ ValueType = Literal["float", "int", "bool", "str"]
 
 PositiveMs = Annotated[int, Field(gt=0)]
 
+MAX_DURATION_S = 100 * 365 * 86400
+"""Longer would not fit a datetime for every start date; nobody needs a longer run."""
+
 
 class Variable(BaseModel):
     """One thing to collect: a reader type, an address in that reader's grammar, a value type."""
@@ -50,8 +53,8 @@ class DataCollectionContext(BaseModel):
     """The interval of variables that do not give their own."""
     min_interval_ms: PositiveMs = 100
     """No variable of this context is collected faster (see ``IntervalLimitPolicy``)."""
-    duration_s: float = Field(default=86400.0, gt=0)
-    """The context stops by itself this long after it started (24 h by default)."""
+    duration_s: float = Field(default=86400.0, gt=0, le=MAX_DURATION_S)
+    """The context stops by itself this long after it started (24 h by default, 100 years at most)."""
     start_date: datetime | None = None
     end_date: datetime | None = None
 

@@ -63,6 +63,9 @@ def test_context_defaults() -> None:
         ({"interval_ms": 0}, ("interval_ms",)),
         ({"min_interval_ms": -1}, ("min_interval_ms",)),
         ({"duration_s": 0}, ("duration_s",)),
+        ({"duration_s": float("inf")}, ("duration_s",)),
+        ({"duration_s": float("nan")}, ("duration_s",)),
+        ({"duration_s": 1e13}, ("duration_s",)),
         (
             {"variables": [{"id": 1, "address": "a", "reader": "r", "interval_ms": 0}]},
             ("variables", 0, "interval_ms"),
