@@ -31,7 +31,7 @@ from flowcollect._clock import ScheduleRef, instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect._schedule import Phase
 from flowcollect.readers.base import DataReader
-from flowcollect.stats import WriterStats
+from flowcollect.stats import ReaderCounters, WriterStats
 from flowcollect.values import CollectedVariable
 from flowcollect.writers.base import DataWriter
 
@@ -83,7 +83,7 @@ def read_due(
     reader: DataReader,
     ref: ScheduleRef,
     scheduler: abc.SchedulerBase,
-    counters: Any,
+    counters: ReaderCounters,
     errors: RateLimitedLog,
 ) -> Operator:
     """Turn ticks into ``TickBatch``es: read what ``ref``'s schedule has due, once per (address, type).
