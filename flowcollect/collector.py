@@ -121,6 +121,8 @@ class DataCollector:
         self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
         self._closed = False
+        self._closing: threading.Thread | None = None
+        self._closed_event = threading.Event()
         self._runs: dict[int, _Run] = {}
         self._ended: dict[int, ContextStats] = {}
         self._lanes: dict[str, _Lane] = {}
@@ -196,15 +198,33 @@ class DataCollector:
     def close(self) -> None:
         """Stop every context, write what is queued, close writers and readers, end every thread.
 
-        Idempotent; every other call raises ``CollectorClosedError`` afterwards.
+        Idempotent (a call while another is closing returns when that one is done); every other
+        call raises ``CollectorClosedError`` afterwards.
         """
         with self._lock:
             if self._closed:
-                return
-            self._notify("before_close")
-            for run in list(self._runs.values()):
-                self._stop(run)
-            self._closed = True
+                closing = self._closing
+            else:
+                closing = None
+                self._closing = threading.current_thread()
+                self._notify("before_close")
+                for run in list(self._runs.values()):
+                    self._stop(run)
+                self._closed = True
+        if closing is not None:
+            # Closed by another call: return once it is done, as it does. Not when that call is on
+            # this thread (a listener or signal handler within it) or one of the collector's own
+            # threads, which it may be waiting for.
+            me = threading.current_thread()
+            if closing is not me and not me.name.startswith(THREAD_PREFIX):
+                self._closed_event.wait()
+            return
+        try:
+            self._end_threads()
+        finally:
+            self._closed_event.set()
+
+    def _end_threads(self) -> None:
         self._merge.dispose()
         timeout = self._close_timeout_s
         for lane in self._lanes.values():
