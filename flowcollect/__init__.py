@@ -16,6 +16,7 @@ from flowcollect.errors import (
 )
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, ValueType, Variable
+from flowcollect.pipeline import Pipeline
 from flowcollect.readers.base import DataReader
 from flowcollect.stats import CollectorStats, ContextStats, ReaderStats, WriterStats
 from flowcollect.values import CollectedVariable
@@ -33,6 +34,8 @@ __all__ = [
     "CollectedVariable",
     "DataCollectionListener",
     "DataCollector",
+    # Pipelines
+    "Pipeline",
     # Plugin bases
     "DataReader",
     "DataWriter",
