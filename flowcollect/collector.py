@@ -173,7 +173,7 @@ class DataCollector:
             context.end_date = None
             self._ended.pop(context.id, None)
             run.subscription = self._hub.pipe(
-                for_context(context.id, until_ms),
+                for_context(context.id, math.floor(now), until_ms),
                 gate(lambda: run.state == "running"),
             ).subscribe(on_next=lambda values: self._deliver(run, values))
             self._apply(schedules, math.floor(now))
