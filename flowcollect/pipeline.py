@@ -119,7 +119,6 @@ class EmbeddedModbusSimulator:
         self.simulator = Simulator(self.host, self.port).start()
         for reader in self.readers:
             reader.host, reader.port = self.simulator.host, self.simulator.port
-        _log.info("%s listening on %s:%d", self.name, self.simulator.host, self.simulator.port)
 
     def stop(self) -> None:
         simulator, self.simulator = self.simulator, None
