@@ -1,0 +1,546 @@
+"""A Modbus TCP device to collect from without hardware: a small plant and fixed test registers.
+
+Runs on pymodbus's server. In-process (tests, the demo pipeline)::
+
+    with Simulator() as sim:          # a free loopback port, served from a thread
+        reader = ModbusDataReader("modbus", sim.host, sim.port)
+
+Standalone: ``serve(port=5020)`` (blocks until Ctrl-C), ``python -m flowcollect.simulator
+--port 5020`` or ``flowcollect simulate --port 5020``.
+
+The register map (``REGISTER_MAP``; ``docs/modbus.md`` has it as a table):
+
+- the plant, changing over time (``PLANT``): holding 0..17, coils 0..2, discrete inputs 0..1;
+- fixed values of every numeric type in every byte order (``KNOWN``): holding and input
+  registers 100..227, at ``100 + 16 * type + 4 * order`` (``known_offset``);
+- fixed strings: holding and input 300..323; fixed bits: coils and discrete inputs 100..115;
+- a hole: holding 400..409 is readable except 405, which answers "illegal data address";
+- a bulk block: holding 1000..1999, register ``1000 + k`` holds ``k``.
+
+Offsets outside these areas answer "illegal data address" (bit tables: beyond 115).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+__all__ = [
+    "BULK_COUNT",
+    "BULK_START",
+    "HOLE_INVALID",
+    "HOLE_START",
+    "KNOWN",
+    "KNOWN_BITS",
+    "KNOWN_TYPES",
+    "PLANT",
+    "REGISTER_MAP",
+    "ORDERS",
+    "SimPoint",
+    "Simulator",
+    "known_offset",
+    "main",
+    "serve",
+]
+
+_log = logging.getLogger("flowcollect.simulator")
+
+
+@dataclass(frozen=True, slots=True)
+class SimPoint:
+    """One value the simulator serves: a name, its flowcollect address, what it holds."""
+
+    name: str
+    address: str
+    value_type: str
+    """The ``Variable.value_type`` to collect it as."""
+    description: str
+    value: int | float | str | bool | None = None
+    """The fixed value, for points that never change; ``None`` for the plant's live values."""
+
+
+# ---------------------------------------------------------------------------- the plant
+
+PLANT_NAME: Final = "Mixer line 1"
+PLANT: Final[tuple[SimPoint, ...]] = (
+    SimPoint("temperature_1", "holding:0:float32", "float", "mixer temperature, °C, 21 ± 1.5, 60 s period"),
+    SimPoint("temperature_2", "holding:2:float32", "float", "jacket temperature, °C, 65 ± 8, 45 s period"),
+    SimPoint("counter", "holding:4:uint32", "int", "parts produced, +1 every 100 ms"),
+    SimPoint("pump_speed", "holding:6:uint16", "int", "pump speed, rpm, 1450 ± 30, 20 s period"),
+    SimPoint("level", "holding:7:int16", "int", "tank level from nominal, mm, ±250, 120 s period"),
+    SimPoint("name", "holding:10:string8", "str", f"line name, fixed: {PLANT_NAME!r}", PLANT_NAME),
+    SimPoint("pump_running", "coil:0", "bool", "pump on: 15 s of every 20 s"),
+    SimPoint("valve_open", "coil:1", "bool", "valve open: 4 s of every 8 s"),
+    SimPoint("high_temperature", "coil:2", "bool", "alarm: temperature_2 above 71 °C"),
+    SimPoint("door_closed", "discrete:0", "bool", "fixed: True", True),
+    SimPoint("heartbeat", "discrete:1", "bool", "toggles every second"),
+)
+_PLANT_REGISTERS: Final = 18
+
+
+def plant_state(t: float) -> tuple[list[int], list[bool], list[bool]]:
+    """The plant at ``t`` seconds after start: holding 0..17, coils 0..15, discrete 0..15."""
+    temperature_1 = 21.0 + 1.5 * math.sin(2 * math.pi * t / 60)
+    temperature_2 = 65.0 + 8.0 * math.sin(2 * math.pi * t / 45)
+    counter = int(t * 10) & 0xFFFFFFFF
+    speed = 1450 + round(30 * math.sin(2 * math.pi * t / 20))
+    level = round(250 * math.sin(2 * math.pi * t / 120))
+    registers = [0] * _PLANT_REGISTERS
+    registers[0:2] = _words(">f", temperature_1)
+    registers[2:4] = _words(">f", temperature_2)
+    registers[4:6] = _words(">I", counter)
+    registers[6] = speed
+    registers[7] = level & 0xFFFF
+    registers[10:18] = _string_words(PLANT_NAME, 8)
+    coils = [False] * 16
+    coils[0] = t % 20 < 15
+    coils[1] = t % 8 < 4
+    coils[2] = temperature_2 > 71.0
+    discrete = [False] * 16
+    discrete[0] = True
+    discrete[1] = int(t) % 2 == 0
+    return registers, coils, discrete
+
+
+# ---------------------------------------------------------------------------- fixed registers
+
+KNOWN_TYPES: Final[tuple[str, ...]] = (
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+)
+ORDERS: Final[tuple[str, ...]] = ("ABCD", "CDAB", "BADC", "DCBA")
+_KNOWN_START: Final = 100
+_STRUCT: Final[dict[str, str]] = {
+    "int16": "h",
+    "uint16": "H",
+    "int32": "i",
+    "uint32": "I",
+    "int64": "q",
+    "uint64": "Q",
+    "float32": "f",
+    "float64": "d",
+}
+# Every byte of each value differs from the others, so a wrong order never decodes by luck.
+# The float32 is stored rounded to float32, so it is listed as exactly what comes back.
+_KNOWN_NUMBERS: Final[dict[str, int | float]] = {
+    "int16": -12345,
+    "uint16": 54321,
+    "int32": -123456789,
+    "uint32": 3456789012,
+    "int64": -1234567890123456789,
+    "uint64": 12345678901234567890,
+    "float32": struct.unpack(">f", struct.pack(">f", 1234.5678))[0],
+    "float64": -2.718281828459045,
+}
+# The byte positions, in the big-endian value, that each order puts on the wire.
+_WIRE_BYTES: Final[dict[tuple[str, int], tuple[int, ...]]] = {
+    ("ABCD", 2): (0, 1),
+    ("CDAB", 2): (0, 1),
+    ("BADC", 2): (1, 0),
+    ("DCBA", 2): (1, 0),
+    ("ABCD", 4): (0, 1, 2, 3),
+    ("CDAB", 4): (2, 3, 0, 1),
+    ("BADC", 4): (1, 0, 3, 2),
+    ("DCBA", 4): (3, 2, 1, 0),
+    ("ABCD", 8): (0, 1, 2, 3, 4, 5, 6, 7),
+    ("CDAB", 8): (6, 7, 4, 5, 2, 3, 0, 1),
+    ("BADC", 8): (1, 0, 3, 2, 5, 4, 7, 6),
+    ("DCBA", 8): (7, 6, 5, 4, 3, 2, 1, 0),
+}
+
+
+def known_offset(type_name: str, order: str) -> int:
+    """Where the fixed value of ``type_name`` in byte ``order`` starts (holding and input)."""
+    return _KNOWN_START + 16 * KNOWN_TYPES.index(type_name) + 4 * ORDERS.index(order)
+
+
+def _known_points() -> tuple[SimPoint, ...]:
+    points: list[SimPoint] = []
+    for table in ("holding", "input"):
+        for type_name in KNOWN_TYPES:
+            value = _KNOWN_NUMBERS[type_name]
+            value_type = "float" if type_name.startswith("float") else "int"
+            for order in ORDERS:
+                points.append(
+                    SimPoint(
+                        f"{table}_{type_name}_{order.lower()}",
+                        f"{table}:{known_offset(type_name, order)}:{type_name}:{order}",
+                        value_type,
+                        f"fixed {type_name} in byte order {order}",
+                        value,
+                    )
+                )
+        points += [
+            SimPoint(f"{table}_string", f"{table}:300:string6", "str", "fixed string", "flowcollect"),
+            SimPoint(
+                f"{table}_string_badc",
+                f"{table}:310:string6:BADC",
+                "str",
+                "the same string, low byte first",
+                "flowcollect",
+            ),
+            SimPoint(
+                f"{table}_string_full", f"{table}:320:string4", "str", "8 characters, no NUL", "ABCDEFGH"
+            ),
+        ]
+    for table in ("coil", "discrete"):
+        points += [
+            SimPoint(f"{table}_bit_{i}", f"{table}:{100 + i}", "bool", "fixed bit", bit)
+            for i, bit in enumerate(KNOWN_BITS)
+        ]
+    return tuple(points)
+
+
+KNOWN_BITS: Final[tuple[bool, ...]] = (
+    True,
+    False,
+    True,
+    True,
+    False,
+    False,
+    False,
+    True,
+    True,
+    True,
+    False,
+    True,
+    False,
+    True,
+    True,
+    False,
+)
+KNOWN: Final[tuple[SimPoint, ...]] = _known_points()
+HOLE_START: Final = 400
+HOLE_INVALID: Final = 405
+HOLE_END: Final = 410
+BULK_START: Final = 1000
+BULK_COUNT: Final = 1000
+
+REGISTER_MAP: Final[tuple[SimPoint, ...]] = (
+    *PLANT,
+    *KNOWN,
+    *(
+        SimPoint(f"hole_{r}", f"holding:{r}", "int", "fixed: its own offset", r)
+        for r in range(HOLE_START, HOLE_END)
+        if r != HOLE_INVALID
+    ),
+    SimPoint("hole_invalid", f"holding:{HOLE_INVALID}", "int", "always answers 'illegal data address'"),
+    SimPoint(
+        "bulk_first", f"holding:{BULK_START}", "int", f"bulk block of {BULK_COUNT}: 1000 + k holds k", 0
+    ),
+)
+
+
+def _words(code: str, value: int | float) -> list[int]:
+    data = struct.pack(code, value)
+    return list(struct.unpack(f">{len(data) // 2}H", data))
+
+
+def _string_words(text: str, width: int, *, low_byte_first: bool = False) -> list[int]:
+    data = text.encode("latin-1").ljust(2 * width, b"\x00")
+    return list(struct.unpack(f"{'<' if low_byte_first else '>'}{width}H", data))
+
+
+def _known_registers() -> list[int]:
+    """Registers 100..227: each known number, in each order, laid out by ``_WIRE_BYTES``."""
+    registers = [0] * (16 * len(KNOWN_TYPES))
+    for type_name in KNOWN_TYPES:
+        big_endian = struct.pack(">" + _STRUCT[type_name], _KNOWN_NUMBERS[type_name])
+        for order in ORDERS:
+            wire = bytes(big_endian[i] for i in _WIRE_BYTES[(order, len(big_endian))])
+            at = known_offset(type_name, order) - _KNOWN_START
+            words = struct.unpack(f">{len(wire) // 2}H", wire)
+            registers[at : at + len(words)] = words
+    return registers
+
+
+def _string_registers() -> list[int]:
+    """Registers 300..323."""
+    registers = [0] * 24
+    registers[0:6] = _string_words("flowcollect", 6)
+    registers[10:16] = _string_words("flowcollect", 6, low_byte_first=True)
+    registers[20:24] = _string_words("ABCDEFGH", 4)
+    return registers
+
+
+def _registers(address: int, values: list[int]) -> SimData:
+    return SimData(address, values=values, datatype=DataType.REGISTERS, readonly=True)
+
+
+def _bits(address: int, values: Sequence[bool]) -> SimData:
+    return SimData(address, values=list(values), datatype=DataType.BITS)
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRequest:
+    """A request the simulator received, for tests that count requests at the device."""
+
+    function_code: int
+    address: int
+    count: int
+
+
+class Simulator:
+    """The simulated device, served from a background thread (``start``) or this one (``run``).
+
+    ``port=0`` picks a free port; ``port`` holds the real one once started. Counters of what
+    the device received: ``requests``, ``connections``, ``request_log`` (see
+    ``reset_counters``).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._started_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._connections = 0
+        self._log: deque[ReceivedRequest] = deque(maxlen=100_000)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ModbusTcpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._on_ready: Callable[[Simulator], None] | None = None
+
+    # -- counters
+
+    @property
+    def requests(self) -> int:
+        """Requests received since start (or ``reset_counters``)."""
+        with self._lock:
+            return self._requests
+
+    @property
+    def connections(self) -> int:
+        """Client connections accepted since start (or ``reset_counters``)."""
+        with self._lock:
+            return self._connections
+
+    @property
+    def request_log(self) -> list[ReceivedRequest]:
+        """The last 100,000 requests received, oldest first."""
+        with self._lock:
+            return list(self._log)
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self._requests = 0
+            self._connections = 0
+            self._log.clear()
+
+    # -- lifecycle
+
+    def start(self, timeout_s: float = 10.0) -> Simulator:
+        """Serve from a daemon thread; return once listening (``RuntimeError`` if it cannot)."""
+        if self._thread is not None:
+            raise RuntimeError("the simulator is already started")
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._thread_main, name="modbus-simulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"the simulator did not start listening within {timeout_s} s")
+        if self._error is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+            raise RuntimeError(f"the simulator could not listen on {self.host}:{self.port}: {self._error}")
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Close the listener and every connection, and end the thread. Idempotent."""
+        thread, loop, server = self._thread, self._loop, self._server
+        if thread is None:
+            return
+        if loop is not None and server is not None and not loop.is_closed():
+            # RuntimeError: the loop ended by itself between the check and the call.
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(_close(server), loop).result(timeout_s)
+        thread.join(timeout_s)
+        self._thread = None
+
+    def run(self, on_ready: Callable[[Simulator], None] | None = None) -> None:
+        """Serve from this thread until Ctrl-C (or ``stop`` from another thread).
+
+        ``on_ready`` is called once listening, when ``port`` holds the real port.
+        """
+        self._on_ready = on_ready
+        try:
+            asyncio.run(self._serve())
+        except KeyboardInterrupt:
+            _log.info("simulator on %s:%d stopped", self.host, self.port)
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals
+
+    def _thread_main(self) -> None:
+        self._error = None
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to start(), which raises it
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._started_at = time.monotonic()
+        server = ModbusTcpServer(
+            self._device(),
+            address=(self.host, self.port),
+            trace_pdu=self._trace_pdu,
+            trace_connect=self._trace_connect,
+        )
+        await server.serve_forever(background=True)
+        sockets: Any = getattr(server.transport, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        self._server = server
+        _log.info("simulator listening on %s:%d", self.host, self.port)
+        self._ready.set()
+        if self._on_ready is not None:
+            self._on_ready(self)
+        try:
+            await server.serving
+        finally:
+            await _close(server)
+
+    def _device(self) -> SimDevice:
+        plant, coils, discrete = plant_state(0.0)
+        hole_low = list(range(HOLE_START, HOLE_INVALID))
+        hole_high = list(range(HOLE_INVALID + 1, HOLE_END))
+        holding = [
+            _registers(0, plant),
+            _registers(_KNOWN_START, _known_registers()),
+            _registers(300, _string_registers()),
+            _registers(HOLE_START, hole_low),
+            _registers(HOLE_INVALID + 1, hole_high),
+            _registers(BULK_START, list(range(BULK_COUNT))),
+        ]
+        inputs = [
+            _registers(_KNOWN_START, _known_registers()),
+            _registers(300, _string_registers()),
+        ]
+        coil_bits = [_bits(0, coils), _bits(100, KNOWN_BITS)]
+        discrete_bits = [_bits(0, discrete), _bits(100, KNOWN_BITS)]
+        return SimDevice(0, simdata=(coil_bits, discrete_bits, holding, inputs), action=self._action)
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        # pymodbus calls this before answering, with the table's live registers: the plant is
+        # brought up to date only when someone looks, so an idle simulator costs nothing.
+        if start_address != 0 or address >= _PLANT_REGISTERS:
+            return None
+        plant, coils, discrete = plant_state(time.monotonic() - self._started_at)
+        if function_code == 3:
+            registers[0:_PLANT_REGISTERS] = plant
+        elif function_code == 1 and set_values is None:
+            registers[0] = _pack_bits(coils)
+        elif function_code == 2:
+            registers[0] = _pack_bits(discrete)
+        return None
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending:
+            with self._lock:
+                self._requests += 1
+                self._log.append(
+                    ReceivedRequest(pdu.function_code, getattr(pdu, "address", 0), getattr(pdu, "count", 0))
+                )
+        return pdu
+
+    def _trace_connect(self, connected: bool) -> None:
+        if connected:
+            with self._lock:
+                self._connections += 1
+
+
+async def _close(server: ModbusTcpServer) -> None:
+    """Stop listening, let accepts under way finish, then close every connection.
+
+    On Python 3.11, closing an asyncio server while a just-accepted connection is still being
+    set up fails that setup and leaks its socket; so accepting stops first, and a few loop
+    turns (not a timed wait) let the pending set-ups complete before the close.
+    """
+    loop = asyncio.get_running_loop()
+    listening: Any = getattr(server.transport, "sockets", None) or ()
+    for sock in listening:
+        loop.remove_reader(sock.fileno())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    await server.shutdown()  # type: ignore[no-untyped-call]
+    # Closing a connection only schedules its socket's close: one more turn runs it before
+    # asyncio.run tears the loop down.
+    await asyncio.sleep(0)
+
+
+def _pack_bits(bits: Sequence[bool]) -> int:
+    return sum(1 << i for i, bit in enumerate(bits) if bit)
+
+
+def serve(host: str = "127.0.0.1", port: int = 5020) -> None:
+    """Run the simulator in the foreground until Ctrl-C; prints where it listens."""
+    Simulator(host, port).run(on_ready=_announce)
+
+
+def _announce(simulator: Simulator) -> None:
+    # The one line the standalone command prints; scripts and tests read the port from it.
+    print(
+        f"flowcollect simulator: Modbus TCP on {simulator.host}:{simulator.port} (Ctrl-C stops)", flush=True
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flowcollect.simulator",
+        description="Serve the flowcollect Modbus TCP device simulator until Ctrl-C.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one (default 5020)")
+    args = parser.parse_args(argv)
+    serve(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
