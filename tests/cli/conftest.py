@@ -1,0 +1,110 @@
+"""Helpers for running the real ``flowcollect`` command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINES = REPO / "pipelines"
+INFLUX_ENV = ("INFLUX_URL", "INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET")
+
+
+def clean_env() -> dict[str, str]:
+    """The test's environment without InfluxDB settings (pipelines fall back to CSV)."""
+    env = {k: v for k, v in os.environ.items() if k not in INFLUX_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flowcollect", *args]
+
+
+def flowcollect(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m flowcollect ARGS`` to completion."""
+    return subprocess.run(
+        command(*args), cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def write_pipeline(folder: Path, body: str, name: str = "pipe.py") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+class Running:
+    """A ``flowcollect`` process whose stderr lines are collected as they come."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            command(*args),
+            cwd=cwd,
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._lock:
+                self.lines.append(line)
+
+    def stderr(self) -> str:
+        with self._lock:
+            return "".join(self.lines)
+
+    def wait_for(self, found: Callable[[str], object], timeout_s: float = 15.0) -> object:
+        """Poll stderr until ``found(stderr)`` is truthy; fail with stderr on the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            result = found(self.stderr())
+            if result:
+                return result
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        result = found(self.stderr())
+        if not result:
+            self.kill()
+            pytest.fail(f"not seen within {timeout_s} s; stderr:\n{self.stderr()}")
+        return result
+
+    def finish(self, timeout_s: float) -> tuple[int, str, str]:
+        """Wait for the exit; return (code, stdout, stderr)."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"did not exit within {timeout_s} s; stderr:\n{self.stderr()}")
+        self._reader.join(5)
+        return self.proc.returncode, out, self.stderr()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    """Processes started by a test; killed if the test leaves one behind."""
+    started: list[Running] = []
+    yield started
+    for proc in started:
+        proc.kill()

@@ -1,0 +1,65 @@
+"""Every file in pipelines/: imports without side effects, checks, plans, and runs briefly."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from flowcollect import Pipeline
+from flowcollect.pipeline import load_pipeline
+from tests.cli.conftest import PIPELINES, flowcollect
+
+SHIPPED = sorted(p for p in PIPELINES.glob("*.py") if not p.name.startswith("_"))
+
+
+def test_the_shipped_pipelines_are_there() -> None:
+    assert {p.name for p in SHIPPED} >= {"demo.py", "plant_modbus_influx.py", "random_csv.py"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_importing_a_pipeline_does_nothing(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("INFLUX_URL", "INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    threads = set(threading.enumerate())
+    pipeline = load_pipeline(path)
+    assert isinstance(pipeline, Pipeline)
+    assert set(threading.enumerate()) == threads, "importing started a thread"
+    assert list(tmp_path.iterdir()) == [], "importing wrote a file"
+    assert pipeline.check() == []
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_a_pipeline_runs_briefly_from_the_command(path: Path, tmp_path: Path) -> None:
+    result = flowcollect("run", str(path), "--duration", "1.5", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["reason"] == "duration"
+    assert summary["values_read"] > 0
+    assert summary["errors"] == 0, result.stderr
+    assert summary["dropped"] == 0
+    assert summary["failed"] == 0
+    assert summary["written"] == summary["delivered"] * len(summary["writers"])
+    # Without InfluxDB settings every shipped pipeline writes CSV under out/ in its folder.
+    csv_files = list((tmp_path / "out").glob("*.csv"))
+    assert len(csv_files) == 1
+    rows = csv_files[0].read_text().splitlines()
+    assert len(rows) - 1 == summary["written"]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_a_pipeline_checks_and_plans(path: Path, tmp_path: Path) -> None:
+    result = flowcollect("check", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"pipeline {load_pipeline(path).name}: OK")
+    for fmt, start in (("text", "pipeline "), ("mermaid", "flowchart LR"), ("dot", "digraph ")):
+        result = flowcollect("plan", str(path), "--format", fmt, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(start)
+    assert list(tmp_path.iterdir()) == [], "check or plan wrote a file"
