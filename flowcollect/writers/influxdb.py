@@ -45,15 +45,19 @@ _MAX_MESSAGE = 500
 
 
 @dataclass(slots=True)
-class _Chunk:
-    """Lines handed over by one ``write()`` (or a batch put back after a failed send)."""
+class _Batch:
+    """Up to ``batch_size`` lines for one request, and their gzip once made."""
 
     lines: list[str]
-    born: float  # monotonic time the oldest line was handed over
-    start: int = 0  # lines before this index have left the chunk
+    first: int  # the queue position of its first line: batches settle in any order, flush needs it
+    born: float  # monotonic time its oldest line was handed over
+    body: bytes | None = None
+    open: bool = True  # still the last batch, taking lines; never again once taken for sending
 
-    def __len__(self) -> int:
-        return len(self.lines) - self.start
+
+def _body(lines: list[str], compress: bool) -> bytes:
+    text = "\n".join(lines).encode("utf-8")
+    return gzip.compress(text, compresslevel=GZIP_LEVEL, mtime=0) if compress else text
 
 
 class _Outcome:
@@ -71,12 +75,13 @@ class InfluxDBDataWriter(DataWriter):
     value when ``time`` is None). Values with ``error``, and values that cannot be written as their
     type, are counted, logged once per variable and reason, and not sent.
 
-    ``write()`` only serializes and queues; a sender thread posts up to ``batch_size`` points per
-    request, as soon as that many wait or ``flush_interval_ms`` after the oldest arrived.
-    When the server is unreachable or answers 5xx/429, points stay queued in order (at most
-    ``buffer_limit`` of them; beyond that the oldest are dropped, counted and logged) and the
-    oldest batch is retried with exponential backoff and jitter. Any other 4xx refuses that batch:
-    it is counted as failed and reported once per status and message, never retried.
+    ``write()`` only serializes and queues. Sender threads post up to ``batch_size`` points per
+    request, as soon as that many wait or ``flush_interval_ms`` after the oldest arrived, with
+    up to ``max_in_flight`` requests at once while the server answers. When it is unreachable or
+    answers 5xx/429, points stay queued in order (at most ``buffer_limit`` of them besides those
+    in flight; beyond that the oldest are dropped, counted and logged) and one request at a time
+    retries the oldest batch, with exponential backoff and jitter. Any other 4xx refuses that
+    batch: it is counted as failed and reported once per status and message, never retried.
 
     ``token`` (else ``$INFLUX_TOKEN``; none means no Authorization header, as for an InfluxDB
     1.8 without auth) never shows in logs, exceptions, ``repr()`` or ``str()``.
@@ -85,6 +90,12 @@ class InfluxDBDataWriter(DataWriter):
     retry_initial_s = 0.2
     """The first retry waits about this long; each failure doubles it, up to ``retry_max_s``."""
     retry_max_s = 10.0
+    max_in_flight = 2
+    """Requests at once while the server answers: one waits on the network and the server
+    while the next is on its way, which a distant server's round trip needs most."""
+    gzip = True
+    """Compress requests. Over a network it pays ~11:1; on the same machine it costs both
+    sides CPU (see docs/performance.md) and may be turned off."""
 
     def __init__(
         self,
@@ -127,19 +138,17 @@ class InfluxDBDataWriter(DataWriter):
         self._service: Any = client_module.WriteService(self._client.api_client)
 
         self._cond = threading.Condition()
-        self._chunks: deque[_Chunk] = deque()
-        self._waiting = 0  # points in _chunks
-        self._inflight = 0  # points in the request being sent
-        self._inflight_born = 0.0
-        self._accepted = 0  # points ever queued
-        self._resolved = 0  # points written, refused or dropped: always a prefix of the queue
-        self._flush_to = 0  # send without waiting for a full batch until _resolved reaches this
+        self._batches: deque[_Batch] = deque()  # waiting, oldest first
+        self._sending: list[_Batch] = []
+        self._waiting = 0  # points in _batches
+        self._accepted = 0  # points ever queued: the next queue position
+        self._flush_to = 0  # batches starting before this position go without waiting to fill
         self._retry_at = 0.0
         self._failures = 0  # consecutive failed attempts
         self._close_deadline: float | None = None
         self._stopping = False
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._last_error: str | None = None
         self._counters = dict.fromkeys(
             ("written", "failed", "dropped", "errors_skipped", "unwritable", "retries", "requests"), 0
@@ -176,23 +185,26 @@ class InfluxDBDataWriter(DataWriter):
                 v.value_type,
                 reason,
             )
-        dropped = 0
         with self._cond:
             self._counters["errors_skipped"] += len(failed)
             self._counters["unwritable"] += len(unwritable)
             if not lines:
                 return
-            wake = self._waiting == 0 or self._waiting + len(lines) >= self.batch_size
-            self._chunks.append(_Chunk(lines, time.monotonic()))
-            self._waiting += len(lines)
-            self._accepted += len(lines)
+            full = self._queue_locked(lines)
             dropped = self._trim_locked()
-            if self._thread is None:
+            if not self._threads:
                 self._start_locked()
-            elif wake:
-                self._cond.notify_all()
+            self._cond.notify_all()
         if dropped:
             self._warn_dropped(dropped)
+        # Compressing here, on the caller's thread, overlaps it with the requests in flight
+        # (zlib lets go of the GIL); a sender compresses whatever is not done by then.
+        for batch in full:
+            lines = batch.lines
+            body = _body(lines, self.gzip)
+            with self._cond:
+                if batch.lines is lines and batch.body is None:
+                    batch.body = body
 
     def flush(self) -> None:
         """Send everything queued now and wait until the server took it, or ``timeout_s`` passed.
@@ -210,7 +222,7 @@ class InfluxDBDataWriter(DataWriter):
             )
 
     def close(self) -> None:
-        """Flush (bounded by ``timeout_s``), then stop the sender thread and close the connection.
+        """Flush (bounded by ``timeout_s``), then stop the sender threads and close the connections.
 
         Points still queued at the deadline are counted as dropped and logged with their count.
         """
@@ -224,19 +236,17 @@ class InfluxDBDataWriter(DataWriter):
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            # Requests are cut at the close deadline, so the thread ends right after it.
+        for thread in self._threads:
+            # Requests are cut at the close deadline, so the threads end right after it.
             thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
             if thread.is_alive():
-                logger.error("%s: sender thread did not stop after close()", self.name)
+                logger.error("%s: sender thread %s did not stop after close()", self.name, thread.name)
         with self._cond:
-            lost = self._waiting + self._inflight
-            if lost:
-                self._chunks.clear()
-                self._waiting = 0
-                self._resolved += lost
-                self._counters["dropped"] += lost
+            lost = self._waiting + sum(len(b.lines) for b in self._sending)
+            self._batches.clear()
+            self._sending.clear()
+            self._waiting = 0
+            self._counters["dropped"] += lost
         if lost:
             logger.warning(
                 "%s: closed with %d points not delivered within timeout_s=%s (last error: %s); they are lost",
@@ -250,13 +260,16 @@ class InfluxDBDataWriter(DataWriter):
     def stats(self) -> Mapping[str, float]:
         """``written``, ``failed`` (refused by the server), ``dropped`` (buffer full, or left at
         close), ``errors_skipped`` (values with ``error``), ``unwritable`` (values not of their type),
-        ``buffered`` (queued and in flight), ``oldest_buffered_age_s``, ``retries``, ``requests``."""
+        ``buffered`` (queued and in flight), ``in_flight``, ``oldest_buffered_age_s``, ``retries``
+        (failed attempts, each retried later) and ``requests``."""
         with self._cond:
             out: dict[str, float] = dict(self._counters)
-            out["buffered"] = self._waiting + self._inflight
-            borns = [self._chunks[0].born] if self._chunks else []
-            if self._inflight:
-                borns.append(self._inflight_born)
+            in_flight = sum(len(b.lines) for b in self._sending)
+            out["in_flight"] = in_flight
+            out["buffered"] = self._waiting + in_flight
+            borns = [b.born for b in self._sending]
+            if self._batches:
+                borns.append(self._batches[0].born)
             out["oldest_buffered_age_s"] = time.monotonic() - min(borns) if borns else 0.0
         return out
 
@@ -277,13 +290,39 @@ class InfluxDBDataWriter(DataWriter):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- the buffer ----------------------------------------------------------------------------
+    # -- the queue -------------------------------------------------------------------------------
 
     def _start_locked(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"flowcollect-influxdb-{self.bucket}", daemon=True
-        )
-        self._thread.start()
+        for i in range(max(1, self.max_in_flight)):
+            thread = threading.Thread(
+                target=self._run, name=f"flowcollect-influxdb-{self.bucket}-{i}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _queue_locked(self, lines: list[str]) -> list[_Batch]:
+        """Append lines to the open last batch, then in new batches; return the batches filled."""
+        size = self.batch_size
+        now = time.monotonic()
+        full: list[_Batch] = []
+        tail = self._batches[-1] if self._batches else None
+        rest = lines
+        position = self._accepted
+        if tail is not None and tail.open and tail.body is None and len(tail.lines) < size:
+            room = size - len(tail.lines)
+            tail.lines.extend(rest[:room])
+            rest = rest[room:]
+            position += min(room, len(lines))
+            if len(tail.lines) == size:
+                full.append(tail)
+        for start in range(0, len(rest), size):
+            batch = _Batch(rest if len(rest) <= size else rest[start : start + size], position + start, now)
+            self._batches.append(batch)
+            if len(batch.lines) == size:
+                full.append(batch)
+        self._waiting += len(lines)
+        self._accepted += len(lines)
+        return full
 
     def _trim_locked(self) -> int:
         """Drop the oldest waiting points beyond ``buffer_limit``; return how many."""
@@ -292,16 +331,17 @@ class InfluxDBDataWriter(DataWriter):
             return 0
         left = excess
         while left:
-            head = self._chunks[0]
-            n = len(head)
+            head = self._batches[0]
+            n = len(head.lines)
             if n <= left:
-                self._chunks.popleft()
+                self._batches.popleft()
                 left -= n
             else:
-                head.start += left
+                head.lines = head.lines[left:]
+                head.first += left
+                head.body = None
                 left = 0
         self._waiting -= excess
-        self._resolved += excess
         self._counters["dropped"] += excess
         self._cond.notify_all()
         return excess
@@ -316,69 +356,71 @@ class InfluxDBDataWriter(DataWriter):
             self._counters["dropped"],
         )
 
-    def _take_locked(self) -> tuple[list[str], float]:
-        want = min(self.batch_size, self._waiting)
-        born = self._chunks[0].born
-        batch: list[str] = []
-        while len(batch) < want:
-            head = self._chunks[0]
-            need = want - len(batch)
-            if len(head) <= need:
-                batch.extend(head.lines[head.start :] if head.start else head.lines)
-                self._chunks.popleft()
-            else:
-                batch.extend(head.lines[head.start : head.start + need])
-                head.start += need
-        self._waiting -= want
-        self._inflight = want
-        self._inflight_born = born
-        return batch, born
+    def _unsettled_from_locked(self) -> int:
+        """The queue position of the oldest point neither written, refused nor dropped."""
+        firsts = [b.first for b in self._sending]
+        if self._batches:
+            firsts.append(self._batches[0].first)
+        return min(firsts) if firsts else self._accepted
 
     def _flush_until(self, deadline: float) -> int:
         """Wait until every point queued so far is settled; return how many are not, at the deadline."""
         with self._cond:
             target = self._accepted
-            if self._resolved >= target:
+            if self._unsettled_from_locked() >= target:
                 return 0
             self._flush_to = max(self._flush_to, target)
             self._retry_at = 0.0
             self._cond.notify_all()
-            while self._resolved < target:
+            while (unsettled := self._unsettled_from_locked()) < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return max(0, target - self._resolved)
+            return max(0, target - unsettled)
 
-    # -- the sender thread ---------------------------------------------------------------------
+    # -- the sender threads ----------------------------------------------------------------------
 
-    def _next_batch(self) -> tuple[list[str], float] | None:
-        """Wait until a batch is due and take it; None when it is time to stop."""
+    def _next_batch(self) -> _Batch | None:
+        """Wait until a batch is due and a request may go; take it. None when it is time to stop."""
         interval = self.flush_interval_ms / 1000.0
         with self._cond:
             while not self._stopping:
-                if self._waiting == 0:
+                # While the server fails, one request at a time: the oldest batch probes.
+                limit = 1 if self._failures else self.max_in_flight
+                if not self._batches or len(self._sending) >= limit:
                     self._cond.wait()
                     continue
                 now = time.monotonic()
                 if now < self._retry_at:
                     self._cond.wait(self._retry_at - now)
                     continue
-                due_at = self._chunks[0].born + interval
-                if self._waiting >= self.batch_size or self._resolved < self._flush_to or now >= due_at:
-                    return self._take_locked()
+                head = self._batches[0]
+                due_at = head.born + interval
+                if (
+                    len(head.lines) >= self.batch_size
+                    or len(self._batches) > 1
+                    or head.first < self._flush_to
+                    or now >= due_at
+                ):
+                    self._batches.popleft()
+                    head.open = False
+                    self._waiting -= len(head.lines)
+                    self._sending.append(head)
+                    return head
                 self._cond.wait(due_at - now)
             return None
 
     def _run(self) -> None:
-        while (taken := self._next_batch()) is not None:
-            batch, born = taken
+        while (batch := self._next_batch()) is not None:
             outcome, detail, retry_after = self._send(batch)
-            self._settle(batch, born, outcome, detail, retry_after)
+            self._settle(batch, outcome, detail, retry_after)
 
-    def _send(self, batch: list[str]) -> tuple[str, str, float | None]:
+    def _send(self, batch: _Batch) -> tuple[str, str, float | None]:
         """Post one batch; return the outcome, a loggable text and the server's Retry-After."""
-        body = gzip.compress("\n".join(batch).encode("utf-8"), compresslevel=GZIP_LEVEL, mtime=0)
+        body = batch.body
+        if body is None:
+            body = batch.body = _body(batch.lines, self.gzip)
         timeout_ms = self.timeout_s * 1000.0
         if self._close_deadline is not None:
             timeout_ms = min(timeout_ms, (self._close_deadline - time.monotonic()) * 1000.0)
@@ -392,7 +434,7 @@ class InfluxDBDataWriter(DataWriter):
                 bucket=self.bucket,
                 body=body,
                 precision="ns",
-                content_encoding="gzip",
+                content_encoding="gzip" if self.gzip else "identity",
                 content_type="text/plain; charset=utf-8",
                 _request_timeout=timeout_ms,
             )
@@ -407,28 +449,27 @@ class InfluxDBDataWriter(DataWriter):
             return _Outcome.RETRY, f"{type(exc).__name__}: {exc}", None
         return _Outcome.OK, "", None
 
-    def _settle(
-        self, batch: list[str], born: float, outcome: str, detail: str, retry_after: float | None
-    ) -> None:
-        n = len(batch)
+    def _settle(self, batch: _Batch, outcome: str, detail: str, retry_after: float | None) -> None:
+        n = len(batch.lines)
         detail = self._scrub(detail)
         dropped = 0
         recovered = 0
         with self._cond:
-            self._inflight = 0
+            self._sending.remove(batch)
             if outcome == _Outcome.OK:
                 self._counters["written"] += n
-                self._resolved += n
                 recovered = self._failures
                 self._failures = 0
                 self._retry_at = 0.0
             elif outcome == _Outcome.REFUSED:
                 self._counters["failed"] += n
-                self._resolved += n
                 self._last_error = detail
             else:
-                # Back at the head, so the order holds and the next attempt starts with the oldest.
-                self._chunks.appendleft(_Chunk(batch, born))
+                # Back in its place among the waiting batches, so the oldest is retried first.
+                at = 0
+                while at < len(self._batches) and self._batches[at].first < batch.first:
+                    at += 1
+                self._batches.insert(at, batch)
                 self._waiting += n
                 self._counters["retries"] += 1
                 self._failures += 1
@@ -439,6 +480,7 @@ class InfluxDBDataWriter(DataWriter):
                     delay = max(delay, min(retry_after, self.retry_max_s))
                 self._retry_at = time.monotonic() + delay
                 dropped = self._trim_locked()
+            waiting = self._waiting
             self._cond.notify_all()
         if outcome == _Outcome.OK:
             if recovered:
@@ -457,7 +499,7 @@ class InfluxDBDataWriter(DataWriter):
                 "%s: write failed (%s); %d points kept, retrying oldest first with backoff",
                 self.name,
                 detail,
-                self._waiting + self._inflight,
+                waiting,
             )
         if dropped:
             self._warn_dropped(dropped)

@@ -213,15 +213,18 @@ def test_batches_by_time(victoria: VictoriaMetrics) -> None:
         w.close()
 
 
-def test_flush_writes_everything_buffered(victoria: VictoriaMetrics) -> None:
-    w = writer(victoria.url, "flushed", batch_size=5000, flush_interval_ms=600_000)
+@pytest.mark.parametrize("gzip", [True, False])
+def test_flush_writes_everything_buffered(victoria: VictoriaMetrics, gzip: bool) -> None:
+    measurement = f"flushed_{gzip}"
+    w = writer(victoria.url, measurement, batch_size=5000, flush_interval_ms=600_000)
+    w.gzip = gzip
     try:
         batches = list(ticks(40, 5))
         for batch in batches:
             w.write(batch)
         w.flush()
         assert (w.stats()["written"], w.stats()["buffered"]) == (200, 0)
-        series = victoria.wait_for_samples('{__name__="flushed_value"}', 200)
+        series = victoria.wait_for_samples(f'{{__name__="{measurement}_value"}}', 200)
         assert by_key(series) == expected_of(batches)
     finally:
         w.close()
@@ -298,6 +301,8 @@ def test_server_killed_mid_run_loses_nothing_it_had_not_acknowledged(victoria_fa
     """
     server = victoria_factory()
     w = writer(server.url, "killed", batch_size=100, flush_interval_ms=20)
+    # One request at a time, so what the server acknowledged is exactly the first `written` points.
+    w.max_in_flight = 1
     batches = list(ticks(50, 60))
     acknowledged = 0
     try:
@@ -306,9 +311,12 @@ def test_server_killed_mid_run_loses_nothing_it_had_not_acknowledged(victoria_fa
             if k == 20:
                 retries_before = w.stats()["retries"]
                 server.kill()
-                # Once a failure is counted, no answer from before the kill is still pending.
+                # Once a failure is counted and nothing is in flight, no answer from before the
+                # kill is still pending.
                 wait_until(
-                    lambda before=retries_before: w.stats()["retries"] > before,
+                    lambda before=retries_before: (
+                        w.stats()["retries"] > before and w.stats()["in_flight"] == 0
+                    ),
                     what="the writer to notice the kill",
                 )
                 acknowledged = int(w.stats()["written"])
