@@ -137,16 +137,16 @@ def read_due(
     return _read_due
 
 
-def for_context(context_id: int, start_ms: int, until_ms: int) -> Operator:
+def for_context(context_id: int, start_ms: int, until_ms: Callable[[], int]) -> Operator:
     """This context's values from each reader tick that has some, strictly after its start
-    instant and before its end instant.
+    instant and before its end instant (``until_ms()``: a stop brings it forward).
 
     The lower bound matters when a tick is late: a tick due at or before the start that fires
     after the context's plan was applied would otherwise carry the context's variables.
     """
 
     def due(batch: TickBatch) -> bool:
-        return start_ms < batch.t_ms < until_ms and context_id in batch.by_context
+        return start_ms < batch.t_ms < until_ms() and context_id in batch.by_context
 
     def values(batch: TickBatch) -> list[CollectedVariable]:
         return batch.by_context[context_id]

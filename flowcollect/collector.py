@@ -124,7 +124,7 @@ class DataCollector:
         self._closing: threading.Thread | None = None
         self._closed_event = threading.Event()
         self._runs: dict[int, _Run] = {}
-        self._ended: dict[int, ContextStats] = {}
+        self._ended: dict[int, _Run] = {}
         self._lanes: dict[str, _Lane] = {}
         self._timer: abc.SchedulerBase = scheduler or EventLoopScheduler(
             _thread_factory(f"{THREAD_PREFIX}timer", self._threads)
@@ -173,8 +173,8 @@ class DataCollector:
             context.end_date = None
             self._ended.pop(context.id, None)
             run.subscription = self._hub.pipe(
-                for_context(context.id, math.floor(now), until_ms),
-                gate(lambda: run.state == "running"),
+                for_context(context.id, math.floor(now), lambda: run.until_ms),
+                gate(lambda: run.state != "paused"),
             ).subscribe(on_next=lambda values: self._deliver(run, values))
             self._apply(schedules, math.floor(now))
             run.timer = self._timer.schedule_absolute(end, lambda _s, _t: self._expire(run))
@@ -225,7 +225,6 @@ class DataCollector:
             self._closed_event.set()
 
     def _end_threads(self) -> None:
-        self._merge.dispose()
         timeout = self._close_timeout_s
         for lane in self._lanes.values():
             if lane.owned and isinstance(lane.scheduler, EventLoopScheduler):
@@ -239,6 +238,8 @@ class DataCollector:
                     self._log.warning(
                         "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout
                     )
+        # After the reader threads: the values of a read in flight at close pass through.
+        self._merge.dispose()
         for lane in self._lanes.values():
             try:
                 lane.reader.close()
@@ -310,7 +311,7 @@ class DataCollector:
                 readers[rtype] = lane.counters.snapshot(
                     rtype, schedule.period_ms if schedule else None, extra
                 )
-            contexts = dict(self._ended)
+            contexts = {cid: ContextStats(cid, "stopped", run.delivered) for cid, run in self._ended.items()}
             for cid, run in self._runs.items():
                 contexts[cid] = ContextStats(cid, run.state, run.delivered)
         return CollectorStats(readers, {s.name: s.snapshot() for s in self._sinks}, contexts)
@@ -436,17 +437,41 @@ class DataCollector:
     def _stop(self, run: _Run) -> DataCollectionContext:
         context = run.context
         self._notify("before_stop", context)
-        if run.subscription is not None:
-            run.subscription.dispose()
         if run.timer is not None:
             run.timer.dispose()
         del self._runs[context.id]
-        self._ended[context.id] = ContextStats(context.id, "stopped", run.delivered)
+        self._ended[context.id] = run
         run.state = "stopped"
         self._replan(run.wanted)
-        context.end_date = instant(min(math.floor(self._now_ms()), run.until_ms))
+        now = math.floor(self._now_ms())
+        context.end_date = instant(min(now, run.until_ms))
+        # No instant after this one; a read in flight is of an instant inside the run, so its
+        # values are still delivered, and the branch goes once each reader has finished it.
+        run.until_ms = min(run.until_ms, now + 1)
+        self._retire(run)
         self._notify("after_stop", context)
         return context
+
+    def _retire(self, run: _Run) -> None:
+        """Dispose a stopped run's branch on each of its readers' threads, after the read in flight."""
+        subscription = run.subscription
+        lanes = [self._lanes[rtype] for rtype in run.wanted if rtype in self._lanes]
+        if subscription is None or not lanes:
+            if subscription is not None:
+                subscription.dispose()
+            return
+        left = [len(lanes)]
+        lock = threading.Lock()
+
+        def done(_scheduler: abc.SchedulerBase, _state: Any) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            subscription.dispose()
+
+        for lane in lanes:
+            lane.scheduler.schedule(done)
 
     def _expire(self, run: _Run) -> None:
         with self._lock:
