@@ -1,0 +1,290 @@
+"""Faulty parts on the real clock: what misbehaves costs only itself.
+
+One collector runs, for a few seconds, two healthy readers beside a reader that raises on every
+read and one that hangs past its tick on every read, into two healthy writers (memory, CSV)
+beside a writer that raises on every call and one that blocks for seconds on every call. Then:
+
+- the healthy readers keep their rhythm (lateness p99 within the bound below, no overrun);
+- the healthy writers (and, once it catches up, the blocking one) receive every value: every due
+  instant of every healthy variable exactly once, every value the faulty readers produced once;
+- each fault is counted in ``stats()`` and logged once per distinct error (the test lasts far
+  less than the one-minute window), not once per tick.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from flowcollect import CollectedVariable, DataCollectionContext, DataCollector, DataWriter, Variable
+from flowcollect.testing import MemoryDataWriter, StaticDataReader
+from flowcollect.writers import CsvFileDataWriter
+from tests.reliability.support import ms, wait_until
+
+pytestmark = pytest.mark.realtime
+
+# Lateness bound for the healthy readers. bench/engine.py measures p99 <= 2 ms on the reference
+# box; this test runs on a 2-core CI machine shared with other jobs, beside a writer thread that
+# formats CSV and one that raises and formats tracebacks, without `flowcollect run`'s 1 ms switch
+# interval (so a busy thread can hold the GIL 5 ms), and the OS may deschedule the process for
+# a few ms more. 20 ms leaves room for that and still fails at once if a faulty part delays a
+# healthy reader: the hanging read alone lasts 350 ms, a blocked write seconds.
+LATENESS_P99_MS = 20.0
+RUN_S = 4.0
+HANG_S = 0.35
+BLOCK_S = 2.0
+
+
+class RaisingReader(StaticDataReader):
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        super().read(variables)  # records the call, like every reader here
+        raise OSError("bus error: no answer from device 7")
+
+
+class HangingReader(StaticDataReader):
+    """Every read takes HANG_S: 3 instants of its 100 ms grid pass while it hangs."""
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        time.sleep(HANG_S)
+        super().read(variables)
+
+
+class RaisingWriter(DataWriter):
+    """Fails every call, alternating between two distinct errors."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def write(self, values: Sequence[CollectedVariable]) -> None:
+        self.calls += 1
+        if self.calls % 2:
+            raise OSError("disk full")
+        raise TimeoutError("server did not answer")
+
+
+class BlockingWriter(MemoryDataWriter):
+    """Every call blocks for BLOCK_S (a destination that hangs), then keeps the values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unblock = threading.Event()  # set to end the test quickly if it fails
+
+    def write(self, values: Sequence[CollectedVariable]) -> None:
+        self.unblock.wait(BLOCK_S)
+        super().write(values)
+
+
+# context id -> (reader, [(variable id, address, interval ms)])
+PLANS: dict[int, tuple[str, list[tuple[int, str, int]]]] = {
+    1: ("steady", [(1, "a", 50), (2, "b", 100)]),
+    2: ("rhythm", [(1, "r", 10)]),
+    3: ("raising", [(1, "x", 100)]),
+    4: ("hanging", [(1, "h", 100)]),
+}
+
+
+def plan_context(cid: int) -> DataCollectionContext:
+    reader, plan = PLANS[cid]
+    variables = [Variable(id=vid, address=a, reader=reader, interval_ms=i) for vid, a, i in plan]
+    return DataCollectionContext(id=cid, variables=variables, min_interval_ms=10, duration_s=RUN_S)
+
+
+def due_instants(context: DataCollectionContext, interval: int) -> list[int]:
+    """The instants a context is due for a variable: strictly after start, before its end."""
+    assert context.start_date is not None and context.end_date is not None
+    start = round(context.start_date.timestamp() * 1000)
+    end = round(context.end_date.timestamp() * 1000)
+    return list(range((start // interval + 1) * interval, end, interval))
+
+
+def csv_keys(path: Path) -> Counter[tuple[int, int, int, str, str]]:
+    with path.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    return Counter(
+        (
+            int(r["context_id"]),
+            int(r["id"]),
+            round(datetime.fromisoformat(r["time"]).timestamp() * 1000),
+            r["value"],
+            r["error"],
+        )
+        for r in rows
+    )
+
+
+def read_instants(reader: StaticDataReader) -> list[int]:
+    """The instants the reader was called for, in order."""
+    return [round(t.timestamp() * 1000) for t, _ in reader.reads if t is not None]
+
+
+def expected_values(
+    cid: int, context: DataCollectionContext, reads: list[int]
+) -> Counter[tuple[int, int, int]]:
+    """What the context must have received: each of its variables due at each instant its reader
+    read inside the context's run (instants read after the end are rightly not delivered)."""
+    assert context.start_date is not None and context.end_date is not None
+    start = round(context.start_date.timestamp() * 1000)
+    end = round(context.end_date.timestamp() * 1000)
+    return Counter(
+        (cid, vid, t)
+        for t in reads
+        if start < t < end
+        for vid, _, interval in PLANS[cid][1]
+        if t % interval == 0
+    )
+
+
+@pytest.mark.timeout(60)
+def test_faulty_readers_and_writers_cost_only_themselves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, no_leftover_threads: None
+) -> None:
+    values = {"a": 1.5, "b": 2.5, "r": 3.5, "h": 4.5, "x": 5.5}
+    readers = {
+        "steady": StaticDataReader(values, type="steady"),
+        "rhythm": StaticDataReader(values, type="rhythm"),
+        "raising": RaisingReader(values, type="raising"),
+        "hanging": HangingReader(values, type="hanging"),
+    }
+    memory, raising, blocking = MemoryDataWriter(), RaisingWriter(), BlockingWriter()
+    csv_writer = CsvFileDataWriter(tmp_path / "out.csv")
+    collector = DataCollector(readers.values(), [memory, csv_writer, raising, blocking])
+    caplog.set_level(logging.INFO, logger="flowcollect")
+    try:
+        contexts = {cid: collector.start(plan_context(cid)) for cid in PLANS}
+        # Every context ends by itself after RUN_S; the faulty parts must not hold that up.
+        assert wait_until(lambda: not collector.is_running(), timeout_s=RUN_S + 5)
+        assert wait_until(lambda: collector.stats().writers[memory.name].queued == 0)
+        running = collector.stats()
+        # The blocking writer lags behind, in few large batches, while the others are done.
+        assert running.writers[blocking.name].written < running.writers[memory.name].written
+    finally:
+        started = time.monotonic()
+        collector.close()  # waits for the blocking writer to take its backlog (a few BLOCK_S)
+        blocking.unblock.set()
+    assert time.monotonic() - started < 4 * BLOCK_S
+    stats = collector.stats()
+    reads = {name: read_instants(reader) for name, reader in readers.items()}
+    for name, instants in reads.items():
+        assert stats.readers[name].ticks == len(instants) == len(set(instants)), name
+
+    # -- the healthy readers kept their rhythm -------------------------------------------------
+    # p99 over the 10 ms reader's ~400 ticks (the 50 ms one has too few for a p99 that is not
+    # its max); the 50 ms one must simply never have skipped an instant.
+    rhythm = stats.readers["rhythm"]
+    assert rhythm.lateness_ms_p99 is not None and rhythm.lateness_ms_p99 < LATENESS_P99_MS, rhythm
+    # At 10 ms a stall of the whole machine may skip an instant: at most 1 %, and each counted.
+    assert rhythm.overruns <= rhythm.ticks // 100, rhythm
+    assert stats.readers["steady"].overruns == 0, stats.readers["steady"]
+    for cid in (1, 3):  # at 50/100 ms no instant may be skipped: every due one was read
+        for _, _, interval in PLANS[cid][1]:
+            assert set(due_instants(contexts[cid], interval)) <= set(reads[PLANS[cid][0]]), (cid, interval)
+
+    # -- the healthy writers got every value read for a running context, once --------------------
+    got = Counter((v.context_id, v.id, ms(v)) for v in memory.values)
+    expected: Counter[tuple[int, int, int]] = Counter()
+    for cid, (reader, _) in PLANS.items():
+        expected += expected_values(cid, contexts[cid], reads[reader])
+    assert got == expected
+    for v in memory.values:
+        if v.context_id == 3:  # the raising reader's values carry its error, and are delivered
+            assert (v.value, v.error) == (None, "OSError: bus error: no answer from device 7")
+        else:
+            assert (v.value, v.error) == (values[v.address], None)
+    assert sum(c.delivered for c in stats.contexts.values()) == len(memory.values)
+    assert csv_keys(csv_writer.path) == Counter(
+        (v.context_id, v.id, ms(v), "" if v.value is None else str(v.value), v.error or "")
+        for v in memory.values
+    )
+    # The blocking writer caught up once unblocked: everything, in few large batches.
+    assert Counter((v.context_id, v.id, ms(v)) for v in blocking.values) == got
+    assert blocking.writes <= 1 + (RUN_S + 4 * BLOCK_S) / BLOCK_S
+
+    # -- the hanging reader: skipped instants are counted, never piled up or read late -----------
+    hanging = reads["hanging"]
+    hang = stats.readers["hanging"]
+    assert len(hanging) >= 5
+    assert all(t % 100 == 0 for t in hanging)
+    assert all(b - a >= HANG_S * 1000 for a, b in pairwise(hanging)), hanging
+    between = (hanging[-1] - hanging[0]) // 100 + 1  # grid instants from its first read to its last
+    assert between <= hang.ticks + hang.overruns <= between + 4, (between, hang)
+
+    # -- the faults are counted ------------------------------------------------------------------
+    n_raising = sum(n for (cid, _, _), n in got.items() if cid == 3)
+    assert stats.readers["raising"].errors == stats.readers["raising"].values >= n_raising > 30
+    assert stats.writers[raising.name].failed == len(memory.values)
+    assert stats.writers[raising.name].written == 0
+    assert raising.calls > 10
+    for healthy in (memory.name, csv_writer.name, blocking.name):
+        w = stats.writers[healthy]
+        assert (w.written, w.failed, w.dropped, w.queued) == (len(memory.values), 0, 0, 0), w
+
+    # -- ... and logged once per distinct error, not once per tick -------------------------------
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    reader_lines = [line for line in problems if line.startswith("reader 'raising' failed at ")]
+    writer_lines = [line for line in problems if line.startswith("writer RaisingWriter failed to write ")]
+    assert len(reader_lines) == 1, problems
+    assert reader_lines[0].endswith("OSError: bus error: no answer from device 7")
+    assert sorted(line.split(": ", 1)[1] for line in writer_lines) == [
+        "OSError: disk full",
+        "TimeoutError: server did not answer",
+    ], problems
+    assert len(problems) == 3, problems  # and nothing else went wrong
+
+
+class GatedReader(StaticDataReader):
+    """Each read waits for ``release``: a read in flight for as long as the test wants."""
+
+    def __init__(self) -> None:
+        super().__init__({"a": 1.5}, type="gated")
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        self.entered.set()
+        self.release.wait(20)
+        super().read(variables)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("end", ["stop", "duration", "close"])
+def test_a_read_in_flight_when_its_context_ends_is_delivered(end: str, no_leftover_threads: None) -> None:
+    # The read's instant lies inside the run; the read merely finishes after the end.
+    reader, writer = GatedReader(), MemoryDataWriter()
+    collector = DataCollector([reader], [writer])
+    closer = threading.Thread(target=collector.close, name="closer", daemon=True)
+    try:
+        context = collector.start(
+            DataCollectionContext(
+                id=1,
+                interval_ms=100,
+                duration_s=0.3 if end == "duration" else 3600,
+                variables=[Variable(id=1, address="a", reader="gated")],
+            )
+        )
+        assert reader.entered.wait(5)
+        if end == "stop":
+            collector.stop(1)
+        elif end == "duration":
+            assert wait_until(lambda: not collector.is_running())
+        else:
+            closer.start()
+            assert wait_until(lambda: collector.closed)
+    finally:
+        reader.release.set()
+    if closer.is_alive():
+        closer.join(10)
+    collector.close()
+    (t, _), *_ = reader.reads
+    assert context.start_date is not None and context.end_date is not None
+    assert context.start_date < t <= context.end_date
+    assert [(v.id, v.time, v.value) for v in writer.values] == [(1, t, 1.5)]
+    assert collector.stats().contexts[1].delivered == 1
