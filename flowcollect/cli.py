@@ -198,11 +198,11 @@ class _Status:
         rate = "-" if m["rate"] is None else f"{m['rate']:,.0f}"
         head = Text.assemble(
             (f"flowcollect {self.name}", "bold"),
-            f"  {m['elapsed_s']:.0f} s  ",
-            f"{rate} values/s  {m['values']:,} values  ",
+            f"  {m['elapsed_s']:.0f} s  {rate} values/s  {m['values']:,} values  ",
             (f"{m['errors']:,} errors", "red" if m["errors"] else ""),
-            f"  contexts {m['running']} running, {m['paused']} paused   (Ctrl-C stops)",
+            f"  contexts: {m['running']} running, {m['paused']} paused",
         )
+        hint = Text("Ctrl-C stops: writers are flushed first", style="dim")
         readers = Table("reader", "values", "errors", "overruns", "lateness p99", "read p99", box=None)
         for name, r in stats.readers.items():
             readers.add_row(
@@ -223,7 +223,7 @@ class _Status:
                 f"{w.failed:,}",
                 f"{w.dropped + int(w.extra.get('dropped', 0)):,}",
             )
-        return Group(head, readers, writers)
+        return Group(head, readers, writers, hint)
 
 
 def _n(count: int, noun: str) -> str:
@@ -428,12 +428,16 @@ def simulate(
         from flowcollect import simulator
     except ImportError as exc:
         _fail(FlowcollectError(f"the Modbus simulator is not available: {exc}"), debug)
+    # SIGTERM (a service manager's stop) ends it like Ctrl-C: the simulator closes its server.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         simulator.serve(host=host, port=port)
     except KeyboardInterrupt:
         pass
     except Exception as exc:
         _fail(exc, debug)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -53,7 +53,7 @@ ENERGY_KWH = var(15, "boiler", "holding:224:float64:DCBA", "float")
 
 # The packing machine: input registers, discrete inputs and a byte-swapped string.
 FILM_TENSION = var(21, "packer", "input:108:int16:BADC", "int")
-PACKS_TOTAL = var(22, "packer", "input:188:uint64:BADC", "int")
+PACKS_TOTAL = var(22, "packer", "input:160:uint32:DCBA", "int")
 RECIPE = var(23, "packer", "input:310:string6:BADC", "str")
 DOOR_CLOSED = var(24, "packer", "discrete:0", "bool")
 HEARTBEAT = var(25, "packer", "discrete:1", "bool")

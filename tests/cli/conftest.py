@@ -18,10 +18,11 @@ PIPELINES = REPO / "pipelines"
 INFLUX_ENV = ("INFLUX_URL", "INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET")
 
 
-def clean_env() -> dict[str, str]:
-    """The test's environment without InfluxDB settings (pipelines fall back to CSV)."""
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without InfluxDB settings (pipelines fall back to CSV), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in INFLUX_ENV}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
     return env
 
 
@@ -29,10 +30,18 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "flowcollect", *args]
 
 
-def flowcollect(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m flowcollect ARGS`` to completion."""
+def flowcollect(
+    *args: str, cwd: Path, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m flowcollect ARGS`` to completion (``env``: added to a clean environment)."""
     return subprocess.run(
-        command(*args), cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout, check=False
+        command(*args),
+        cwd=cwd,
+        env=clean_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

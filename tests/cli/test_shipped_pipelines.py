@@ -11,6 +11,9 @@ import pytest
 from flowcollect import Pipeline
 from flowcollect.pipeline import load_pipeline
 from tests.cli.conftest import PIPELINES, flowcollect
+from tests.support.victoria import VictoriaMetrics, sample_count, victoria
+
+__all__ = ["victoria"]  # the server fixture, shared by this module's tests
 
 SHIPPED = sorted(p for p in PIPELINES.glob("*.py") if not p.name.startswith("_"))
 
@@ -63,3 +66,24 @@ def test_a_pipeline_checks_and_plans(path: Path, tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(start)
     assert list(tmp_path.iterdir()) == [], "check or plan wrote a file"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", ["demo", "plant_modbus_influx"])
+def test_with_influx_settings_the_values_go_to_the_server_too(
+    name: str, tmp_path: Path, victoria: VictoriaMetrics
+) -> None:
+    env = {"INFLUX_URL": victoria.url, "INFLUX_TOKEN": "t", "INFLUX_ORG": "o", "INFLUX_BUCKET": name}
+    result = flowcollect(
+        "run", str(PIPELINES / f"{name}.py"), "--duration", "1.5", "--json", cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    influx = summary["writers"][f"influxdb:{name}"]
+    assert influx["written"] == summary["delivered"] > 0
+    assert influx["extra"]["written"] == summary["delivered"], "the writer's own count of stored points"
+    measurement = {"demo": "flowcollect_demo", "plant_modbus_influx": "plant"}[name]
+    series = victoria.wait_for_samples(f'{{__name__="{measurement}_value"}}', summary["delivered"])
+    assert sample_count(series) == summary["delivered"]
+    delivering = {cid for cid, c in summary["context_states"].items() if c["delivered"]}
+    assert {s.labels["context"] for s in series} == delivering
