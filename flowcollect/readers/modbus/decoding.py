@@ -25,6 +25,7 @@ __all__ = [
     "decode",
     "decoder_for",
     "encode",
+    "plain_register",
     "registers_to_bytes",
 ]
 
@@ -94,7 +95,7 @@ def decoder_for(address: ModbusAddress) -> Decoder:
         return _bit
     swap_bytes = order in ("BADC", "DCBA")
     if type_name == "uint16":
-        return _uint16_swapped if swap_bytes else _uint16
+        return _uint16_swapped if swap_bytes else plain_register
     if type_name == "int16":
         return _int16_swapped if swap_bytes else _int16
     if type_name == "string":
@@ -121,7 +122,8 @@ def _bit(bits: Sequence[Any], i: int) -> Any:
     return bool(bits[i])
 
 
-def _uint16(regs: Sequence[Any], i: int) -> Any:
+def plain_register(regs: Sequence[Any], i: int) -> Any:
+    """The decoder of a big-endian uint16: the register itself (callers may inline it)."""
     return regs[i]
 
 

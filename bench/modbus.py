@@ -1,0 +1,192 @@
+"""Modbus benchmark: requests per tick and values/s through the engine against raw pymodbus.
+
+Prints one JSON object. The simulator runs in its own process, so the device's CPU does not
+share the collector's interpreter lock (a real PLC does not either).
+
+- ``requests_per_tick``: 1,000 holding registers due at the same tick; the plan, and the
+  requests one real read sent, against the minimum ceil(1000 / 125) = 8. Target: equal.
+- ``raw_values_per_s``: a bare pymodbus loop reading the same registers in 125-register
+  requests, as fast as it can.
+- ``reader_alone_values_per_s``: ``ModbusDataReader.read`` called back to back with fresh
+  values (what the engine does each tick, minus the clock): the reader's own cost.
+- ``engine_values_per_s``: ``DataCollector`` collecting the 1,000 variables at a 1 ms interval
+  (so it is never idle: ticks that find the previous read still running are skipped and
+  counted), into a writer that only counts. Target: at least 80% of the raw loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from pymodbus.client import ModbusTcpClient
+
+from flowcollect import DataCollectionContext, DataCollector, DataWriter, Variable
+from flowcollect.readers import ModbusDataReader
+from flowcollect.simulator import BULK_COUNT, BULK_START
+from flowcollect.values import CollectedVariable
+
+ADDRESSES = [f"holding:{BULK_START + k}" for k in range(BULK_COUNT)]
+MAX_REGISTERS = 125
+
+
+class CountingWriter(DataWriter):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values = 0
+        self.errors = 0
+
+    def write(self, values: Sequence[CollectedVariable]) -> None:
+        errors = sum(1 for v in values if v.error is not None)
+        with self.lock:
+            self.values += len(values)
+            self.errors += errors
+
+
+def start_simulator() -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowcollect.simulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r":(\d+) ", line)
+    if match is None:
+        process.kill()
+        raise SystemExit(f"the simulator did not start: {line!r}")
+    return process, int(match.group(1))
+
+
+def requests_per_tick(port: int) -> dict[str, int]:
+    reader = ModbusDataReader("modbus", "127.0.0.1", port=port)
+    planned = len(reader.plan_requests(ADDRESSES))
+    reader.open()
+    before = reader.stats()["requests"]
+    variables = [CollectedVariable(i, 1, a, "int", "modbus", 1) for i, a in enumerate(ADDRESSES)]
+    reader.read(variables)
+    sent = int(reader.stats()["requests"] - before)
+    reader.close()
+    if any(v.error is not None or v.value != i for i, v in enumerate(variables)):
+        raise SystemExit("the reader read wrong values")
+    return {"planned": planned, "sent": sent, "minimum": math.ceil(BULK_COUNT / MAX_REGISTERS)}
+
+
+def raw_loop(port: int, seconds: float) -> dict[str, float]:
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=1.0, retries=0)
+    if not client.connect():
+        raise SystemExit("raw client cannot connect")
+    starts = range(BULK_START, BULK_START + BULK_COUNT, MAX_REGISTERS)
+    rounds = 0
+    began = time.perf_counter()
+    deadline = began + seconds
+    while time.perf_counter() < deadline:
+        for start in starts:
+            count = min(MAX_REGISTERS, BULK_START + BULK_COUNT - start)
+            response = client.read_holding_registers(start, count=count, device_id=1)
+            if response.isError() or len(response.registers) != count:
+                raise SystemExit(f"raw read failed: {response}")
+        rounds += 1
+    elapsed = time.perf_counter() - began
+    client.close()
+    return {"values_per_s": rounds * BULK_COUNT / elapsed, "ms_per_round": 1000 * elapsed / rounds}
+
+
+def reader_alone(port: int, seconds: float) -> dict[str, float]:
+    """The reader called back to back with fresh values, as the engine calls it: no ticks."""
+    reader = ModbusDataReader("modbus", "127.0.0.1", port=port)
+    reader.open()
+    ticks = 0
+    began = time.perf_counter()
+    deadline = began + seconds
+    while time.perf_counter() < deadline:
+        variables = [CollectedVariable(i, 1, a, "int", "modbus", 1) for i, a in enumerate(ADDRESSES)]
+        reader.read(variables)
+        ticks += 1
+    elapsed = time.perf_counter() - began
+    reader.close()
+    return {"values_per_s": ticks * BULK_COUNT / elapsed, "ms_per_tick": 1000 * elapsed / ticks}
+
+
+def engine(port: int, seconds: float) -> dict[str, float]:
+    reader = ModbusDataReader("modbus", "127.0.0.1", port=port, min_interval_ms=1)
+    writer = CountingWriter()
+    variables = [
+        Variable(id=i + 1, address=a, value_type="int", reader="modbus") for i, a in enumerate(ADDRESSES)
+    ]
+    context = DataCollectionContext(
+        id=1, variables=variables, interval_ms=1, min_interval_ms=1, duration_s=seconds + 60
+    )
+    with DataCollector(readers=[reader], writers=[writer]) as collector:
+        collector.start(context)
+        # Let the first ticks connect and plan, then measure a steady window.
+        time.sleep(0.5)
+        with writer.lock:
+            first_values, first_errors = writer.values, writer.errors
+        began = time.perf_counter()
+        time.sleep(seconds)
+        with writer.lock:
+            values, errors = writer.values - first_values, writer.errors - first_errors
+        elapsed = time.perf_counter() - began
+        stats = collector.stats().readers["modbus"]
+        collector.stop(1)
+    return {
+        "values_per_s": values / elapsed,
+        "errors": errors,
+        "ticks": stats.ticks,
+        "overruns": stats.overruns,
+        "read_ms_p50": stats.read_ms_p50 or 0.0,
+        "read_ms_p99": stats.read_ms_p99 or 0.0,
+        "lateness_ms_p50": stats.lateness_ms_p50 or 0.0,
+        "lateness_ms_p99": stats.lateness_ms_p99 or 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
+    args = parser.parse_args()
+    process, port = start_simulator()
+    try:
+        requests = requests_per_tick(port)
+        raw = raw_loop(port, args.seconds)
+        alone = reader_alone(port, args.seconds)
+        through_engine = engine(port, args.seconds)
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    ratio = through_engine["values_per_s"] / raw["values_per_s"]
+    print(
+        json.dumps(
+            {
+                "benchmark": "modbus",
+                "registers": BULK_COUNT,
+                "requests_per_tick": requests,
+                "requests_target_met": requests["planned"] == requests["sent"] == requests["minimum"],
+                "raw_values_per_s": round(raw["values_per_s"]),
+                "raw_ms_per_round": round(raw["ms_per_round"], 3),
+                "reader_alone_values_per_s": round(alone["values_per_s"]),
+                "reader_alone_ms_per_tick": round(alone["ms_per_tick"], 3),
+                "reader_alone_vs_raw": round(alone["values_per_s"] / raw["values_per_s"], 3),
+                "engine_values_per_s": round(through_engine["values_per_s"]),
+                "engine_vs_raw": round(ratio, 3),
+                "engine_target_met": ratio >= 0.8,
+                "engine": {k: round(v, 3) for k, v in through_engine.items() if k != "values_per_s"},
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
