@@ -16,6 +16,7 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from flowcollect._logs import RateLimitedLog
+from flowcollect.errors import ConfigError
 from flowcollect.models import Variable
 from flowcollect.readers.base import DataReader
 from flowcollect.readers.modbus.address import (
@@ -166,11 +167,11 @@ class ModbusDataReader(DataReader):
         max_bits: int = 2000,
         min_interval_ms: int = 50,
     ) -> None:
-        problems = _check_settings(type, host, port, unit, timeout_s, max_gap, max_registers, max_bits)
-        if min_interval_ms <= 0:
-            problems.append(f"min_interval_ms must be positive, got {min_interval_ms}")
+        problems = _check_settings(
+            type, host, port, unit, timeout_s, max_gap, max_registers, max_bits, min_interval_ms
+        )
         if problems:
-            raise ValueError("ModbusDataReader: " + "; ".join(problems))
+            raise ConfigError(problems)
         self._type = type
         self.host = host
         self.port = port
@@ -597,30 +598,40 @@ def _short(exc: BaseException, limit: int = 120) -> str:
 
 
 def _check_settings(
-    type_: str,
-    host: str,
-    port: int,
-    unit: int,
-    timeout_s: float,
-    max_gap: int,
-    max_registers: int,
-    max_bits: int,
+    type_: object,
+    host: object,
+    port: object,
+    unit: object,
+    timeout_s: object,
+    max_gap: object,
+    max_registers: object,
+    max_bits: object,
+    min_interval_ms: object,
 ) -> list[str]:
+    where = "ModbusDataReader"
     problems: list[str] = []
-    if not type_:
-        problems.append("type must not be empty")
-    if not host:
-        problems.append("host must not be empty")
-    if not 1 <= port <= 65535:
-        problems.append(f"port must be 1..65535, got {port}")
-    if not 0 <= unit <= 255:
-        problems.append(f"unit must be 0..255, got {unit}")
-    if not timeout_s > 0:
-        problems.append(f"timeout_s must be positive, got {timeout_s}")
-    if max_gap < 0:
-        problems.append(f"max_gap must be 0 or more, got {max_gap}")
-    if not 1 <= max_registers <= 125:
-        problems.append(f"max_registers must be 1..125 (the protocol's limit), got {max_registers}")
-    if not 1 <= max_bits <= 2000:
-        problems.append(f"max_bits must be 1..2000 (the protocol's limit), got {max_bits}")
+    for name, value in (("type", type_), ("host", host)):
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{where} {name}: must be a non-empty str, got {value!r}")
+    ranges: tuple[tuple[str, object, int, int | None, str], ...] = (
+        ("port", port, 1, 65535, ""),
+        ("unit", unit, 0, 255, ""),
+        ("max_gap", max_gap, 0, None, ""),
+        ("max_registers", max_registers, 1, 125, " (the protocol's limit per request)"),
+        ("max_bits", max_bits, 1, 2000, " (the protocol's limit per request)"),
+        ("min_interval_ms", min_interval_ms, 1, None, ""),
+    )
+    for name, value, low, high, why in ranges:
+        in_range = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        if in_range and high is not None and isinstance(value, int):
+            in_range = value <= high
+        if not in_range:
+            span = f"{low}..{high}" if high is not None else f"{low} or more"
+            problems.append(f"{where} {name}: must be an int {span}{why}, got {value!r}")
+    if (
+        not isinstance(timeout_s, int | float)
+        or isinstance(timeout_s, bool)
+        or not 0 < timeout_s < float("inf")
+    ):
+        problems.append(f"{where} timeout_s: must be a positive number of seconds, got {timeout_s!r}")
     return problems

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from flowcollect.errors import ConfigError
 from flowcollect.models import Variable
 from flowcollect.readers import ModbusDataReader
 from flowcollect.readers.modbus import parse_address
@@ -149,24 +150,40 @@ def test_validate_rejects_with_a_clear_message(address: str, value_type: str, me
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"type": ""}, "type must not be empty"),
-        ({"host": ""}, "host must not be empty"),
-        ({"port": 0}, "port must be 1..65535"),
-        ({"port": 70000}, "port must be 1..65535"),
-        ({"unit": 256}, "unit must be 0..255"),
-        ({"timeout_s": 0}, "timeout_s must be positive"),
-        ({"max_gap": -1}, "max_gap must be 0 or more"),
-        ({"max_registers": 126}, "max_registers must be 1..125"),
-        ({"max_registers": 0}, "max_registers must be 1..125"),
-        ({"max_bits": 2001}, "max_bits must be 1..2000"),
-        ({"min_interval_ms": 0}, "min_interval_ms must be positive"),
+        ({"type": ""}, "ModbusDataReader type: must be a non-empty str, got ''"),
+        ({"host": ""}, "ModbusDataReader host: must be a non-empty str"),
+        ({"host": None}, "ModbusDataReader host: must be a non-empty str, got None"),
+        ({"port": 0}, "ModbusDataReader port: must be an int 1..65535, got 0"),
+        ({"port": 70000}, "ModbusDataReader port: must be an int 1..65535, got 70000"),
+        ({"port": "502"}, "ModbusDataReader port: must be an int 1..65535, got '502'"),
+        ({"unit": 256}, "ModbusDataReader unit: must be an int 0..255"),
+        ({"unit": True}, "ModbusDataReader unit: must be an int 0..255, got True"),
+        ({"timeout_s": 0}, "ModbusDataReader timeout_s: must be a positive number of seconds, got 0"),
+        ({"timeout_s": float("nan")}, "ModbusDataReader timeout_s: must be a positive number"),
+        ({"max_gap": -1}, "ModbusDataReader max_gap: must be an int 0 or more, got -1"),
+        (
+            {"max_registers": 126},
+            "ModbusDataReader max_registers: must be an int 1..125 (the protocol's limit",
+        ),
+        ({"max_registers": 0}, "ModbusDataReader max_registers: must be an int 1..125"),
+        ({"max_bits": 2001}, "ModbusDataReader max_bits: must be an int 1..2000"),
+        ({"min_interval_ms": 0}, "ModbusDataReader min_interval_ms: must be an int 1 or more, got 0"),
     ],
 )
 def test_reader_settings_are_checked(options: dict[str, object], message: str) -> None:
     arguments: dict[str, object] = {"type": "modbus", "host": "127.0.0.1", **options}
-    with pytest.raises(ValueError, match="ModbusDataReader") as caught:
+    with pytest.raises(ConfigError, match=re.escape(message)):
         ModbusDataReader(**arguments)  # type: ignore[arg-type]
-    assert message in str(caught.value)
+
+
+def test_every_bad_setting_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        ModbusDataReader("modbus", "127.0.0.1", port=0, unit=-1, max_bits=0)
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "ModbusDataReader port",
+        "ModbusDataReader unit",
+        "ModbusDataReader max_bits",
+    ]
 
 
 def test_reader_reports_its_type_and_interval_floor() -> None:
