@@ -337,6 +337,11 @@ def _run(
 
     stop = threading.Event()
     received: list[str] = []
+    # A CPU-bound thread (a writer serializing a large batch) delays a reader thread that wakes
+    # for its deadline by up to the interpreter's switch interval (5 ms by default); at 1 ms the
+    # lead measured p99 lateness beside a spinning thread going from 5.5 to 1.5 ms.
+    previous_switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous_switch, 0.001))
     try:
         with _stop_on_signals(stop, received):
             summary = pipeline.run(
@@ -351,6 +356,7 @@ def _run(
             _log.info("stopped by %s", received[0])
         return summary
     finally:
+        sys.setswitchinterval(previous_switch)
         if live is not None:
             live.stop()
         if metrics is not None:

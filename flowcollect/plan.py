@@ -272,6 +272,13 @@ def _ms(value: int) -> str:
     return f"{value} ms"
 
 
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
 def _more(shown: int, total: int) -> str:
     return f", ... ({total - shown:,} more)" if total > shown else ""
 
@@ -313,7 +320,7 @@ def render_text(plan: PipelinePlan) -> str:
         readers = ", ".join(f"{n} from {rtype}" for rtype, n in c.collected.items()) or "nothing"
         line = (
             f"  context {c.id}: {_n(c.variables, 'variable')}, interval {_ms(c.interval_ms)}, "
-            f"ends after {c.duration_s:g} s; collects {readers}"
+            f"ends after {_duration(c.duration_s)}; collects {readers}"
         )
         if c.intervals:
             line += f" at {', '.join(_ms(i) for i in c.intervals)}"
@@ -389,7 +396,7 @@ def _graph(plan: PipelinePlan) -> tuple[list[_Node], list[tuple[str, str, str]]]
                 (
                     f"for_context {c.id}",
                     f"{sum(c.collected.values())} variables",
-                    f"until +{c.duration_s:g} s",
+                    f"ends after {_duration(c.duration_s)}",
                 ),
                 "filter",
             )
@@ -444,7 +451,8 @@ def render_dot(plan: PipelinePlan) -> str:
     out = [
         f'digraph "{_dot_text(plan.pipeline)}" {{',
         "  rankdir=LR;",
-        f'  label="pipeline {_dot_text(plan.pipeline)}: the compiled observable graph"; labelloc=t;',
+        f'  label="pipeline {_dot_text(plan.pipeline)}: the compiled observable graph";',
+        '  labelloc=t; fontname="Helvetica";',
         '  node [fontname="Helvetica", fontsize=10];',
         '  edge [fontname="Helvetica", fontsize=9];',
     ]
