@@ -2,7 +2,7 @@
 
 How it uses influxdb-client: one ``InfluxDBClient`` for the connection, the token and the
 timeouts, and the client's ``WriteService`` (the binding of ``POST /api/v2/write`` that the
-client's own ``WriteApi`` calls) from one sender thread of ours. Not the batching ``WriteApi``:
+client's own ``WriteApi`` calls) from sender threads of ours. Not the batching ``WriteApi``:
 it runs its own Rx threads, retries and drops on its own schedule, which would fight the bounded
 buffer, the order and the counters this writer promises. Not the synchronous ``WriteApi``
 either: it takes no per-request timeout (``close()`` must return within ``timeout_s`` even
@@ -38,8 +38,8 @@ __all__ = ["InfluxDBDataWriter"]
 logger = logging.getLogger("flowcollect.writers.influxdb")
 
 TOKEN_ENV = "INFLUX_TOKEN"  # noqa: S105 - the name of the variable, not a token
-# Level 1 compresses line protocol about 8:1 at over a million points a second; level 9 (the
-# client's own choice) gains a little more ratio for four times the CPU.
+# Level 1 compresses line protocol about 11:1 at ~0.2 us a point; level 9 (the client's own
+# choice) reaches 16:1 for ten times the CPU.
 GZIP_LEVEL = 1
 _MAX_MESSAGE = 500
 _MIN_SCRUBBED = 6

@@ -15,7 +15,8 @@ Usage::
 ``vm.stop()`` / ``vm.kill()`` / ``vm.start()`` keep the port and the storage folder, so a writer
 pointed at ``vm.url`` sees a real outage and a real recovery. ``VictoriaMetrics(..., start=False)``
 gives a url where nothing listens yet. The fixtures ``victoria`` (one server per module) and
-``victoria_factory`` (fresh servers, stopped after the test) are imported by a ``conftest.py``.
+``victoria_factory`` (fresh servers, stopped after the test) are imported by a ``conftest.py``
+(see ``tests/writers/conftest.py``, which also marks the tests using them ``server``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import pytest
 
 __all__ = [
     "REQUIRE_SERVERS_ENV",
+    "SERVER_FIXTURES",
+    "Factory",
     "Series",
     "VictoriaMetrics",
     "VictoriaMetricsError",
@@ -54,6 +57,8 @@ __all__ = [
 
 REQUIRE_SERVERS_ENV = "FLOWCOLLECT_REQUIRE_SERVERS"
 BINARY_ENV = "FLOWCOLLECT_VICTORIA_METRICS"
+SERVER_FIXTURES = frozenset({"victoria", "victoria_factory"})
+"""Fixtures that start a server: a conftest marks the tests using them ``server``."""
 _POLL_S = 0.05
 
 
@@ -212,6 +217,10 @@ class VictoriaMetrics:
 
     # -- reading back ------------------------------------------------------------------------------
 
+    def write_lines(self, text: str) -> None:
+        """Store line protocol directly (``/api/v2/write``, nanoseconds), bypassing any writer."""
+        self._request("/api/v2/write?bucket=test&precision=ns", text.encode("utf-8"))
+
     def force_flush(self) -> None:
         """Make recently written samples searchable (``/internal/force_flush``)."""
         self._get("/internal/force_flush")
@@ -258,7 +267,10 @@ class VictoriaMetrics:
     # -- internals -------------------------------------------------------------------------------
 
     def _get(self, path: str, timeout_s: float = 10.0) -> bytes:
-        request = urllib.request.Request(self.url + path)  # noqa: S310 - our own http loopback url
+        return self._request(path, None, timeout_s)
+
+    def _request(self, path: str, data: bytes | None, timeout_s: float = 10.0) -> bytes:
+        request = urllib.request.Request(self.url + path, data=data)  # noqa: S310 - our own http loopback url
         if self.auth is not None:
             pair = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
             request.add_header("Authorization", f"Basic {pair}")
@@ -267,7 +279,10 @@ class VictoriaMetrics:
                 data: bytes = response.read()
                 return data
         except (urllib.error.URLError, OSError) as exc:
-            raise VictoriaMetricsError(f"GET {path} on {self.url} failed: {exc}\n{self.log_tail()}") from exc
+            verb = "GET" if data is None else "POST"
+            raise VictoriaMetricsError(
+                f"{verb} {path} on {self.url} failed: {exc}\n{self.log_tail()}"
+            ) from exc
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -317,6 +332,10 @@ class VictoriaMetrics:
             self._log = None
 
 
+Factory = Callable[..., VictoriaMetrics]
+"""The ``victoria_factory`` fixture's type: ``make(args=..., auth=..., start=...)``."""
+
+
 def sample_count(series: Sequence[Series]) -> int:
     return sum(len(s.values) for s in series)
 
@@ -330,7 +349,7 @@ def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetri
 
 
 @pytest.fixture
-def victoria_factory(tmp_path: Path) -> Iterator[Callable[..., VictoriaMetrics]]:
+def victoria_factory(tmp_path: Path) -> Iterator[Factory]:
     """``make(args=..., start=..., auth=...)`` gives a fresh server; all are stopped after the test."""
     binary = victoria_binary()
     servers: list[VictoriaMetrics] = []

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from tests.support.victoria import victoria, victoria_factory
+import pytest
+
+from tests.support.victoria import SERVER_FIXTURES, victoria, victoria_factory
 
 __all__ = ["victoria", "victoria_factory"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test that starts a server carries the `server` marker, so `-m "not server"` leaves them out.
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)

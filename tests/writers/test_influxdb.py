@@ -15,14 +15,12 @@ from flowcollect import ConfigError, DataCollectionContext, DataCollector, Varia
 from flowcollect.readers import RandomDataReader
 from flowcollect.values import CollectedVariable
 from flowcollect.writers import InfluxDBDataWriter
-from tests.support.victoria import Series, VictoriaMetrics, sample_count
+from tests.support.victoria import Factory, Series, VictoriaMetrics, sample_count
 
 TOKEN = "s3cr3t-t0ken-for-tests"
 LOGGER = "flowcollect.writers.influxdb"
 
 pytestmark = pytest.mark.usefixtures("no_leftover_threads")
-
-Factory = Callable[..., VictoriaMetrics]
 
 
 def grid_start() -> datetime:
