@@ -568,11 +568,12 @@ def _redact_url(url: str) -> str:
 
 
 def _server_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    text = str(body or getattr(exc, "message", "") or "").strip()
-    if not text or text == str(exc.reason or "").strip():
+    """``": <the server's message>"``: InfluxDB's JSON ``message`` as the client parsed it, else the body."""
+    message = getattr(exc, "message", None) or getattr(exc, "body", None)
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    text = str(message or "").strip()
+    if not text or text == str(getattr(exc, "reason", "") or "").strip():
         return ""
     return ": " + (text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "...")
 
