@@ -310,12 +310,17 @@ class Simulator:
 
     ``port=0`` picks a free port; ``port`` holds the real one once started. Counters of what
     the device received: ``requests``, ``connections``, ``request_log`` (see
-    ``reset_counters``).
+    ``reset_counters``). ``response_delay_s`` makes every answered read wait that long, as a
+    real PLC's scan does (loopback answers in a fraction of a millisecond).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, response_delay_s: float = 0.0) -> None:
+        if not 0 <= response_delay_s <= 10:
+            raise ValueError(f"Simulator response_delay_s: must be 0..10 seconds, got {response_delay_s!r}")
         self.host = host
         self.port = port
+        self.response_delay_s = response_delay_s
+        """How long each answered read waits before its answer, like a real device's scan."""
         self._started_at = time.monotonic()
         self._lock = threading.Lock()
         self._requests = 0
@@ -470,6 +475,8 @@ class Simulator:
     ) -> ExcCodes | None:
         # pymodbus calls this before answering, with the table's live registers: the plant is
         # brought up to date only when someone looks, so an idle simulator costs nothing.
+        if self.response_delay_s:
+            await asyncio.sleep(self.response_delay_s)
         if start_address != 0 or address >= _PLANT_REGISTERS:
             return None
         plant, coils, discrete = plant_state(time.monotonic() - self._started_at)
@@ -519,9 +526,9 @@ def _pack_bits(bits: Sequence[bool]) -> int:
     return sum(1 << i for i, bit in enumerate(bits) if bit)
 
 
-def serve(host: str = "127.0.0.1", port: int = 5020) -> None:
+def serve(host: str = "127.0.0.1", port: int = 5020, response_delay_s: float = 0.0) -> None:
     """Run the simulator in the foreground until Ctrl-C; prints where it listens."""
-    Simulator(host, port).run(on_ready=_announce)
+    Simulator(host, port, response_delay_s).run(on_ready=_announce)
 
 
 def _announce(simulator: Simulator) -> None:
@@ -538,8 +545,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one (default 5020)")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="wait this long before each answer, like a real PLC (default 0)",
+    )
     args = parser.parse_args(argv)
-    serve(args.host, args.port)
+    serve(args.host, args.port, args.delay_ms / 1000)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -114,3 +115,24 @@ def test_ctrl_c_stops_the_standalone_simulator_cleanly() -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_response_delay_makes_every_answer_wait() -> None:
+    with Simulator(response_delay_s=0.05) as slow:
+        reader = ModbusDataReader("modbus", slow.host, port=slow.port, max_gap=0)
+        try:
+            reader.open()
+            variables = collected(["holding:1000", "holding:1500"])
+            started = time.monotonic()
+            reader.read(variables)
+            elapsed = time.monotonic() - started
+        finally:
+            reader.close()
+    assert [v.value for v in variables] == [0, 500]
+    assert elapsed >= 2 * 0.05
+
+
+@pytest.mark.parametrize("delay", [-0.1, 11.0, float("nan")])
+def test_response_delay_is_checked(delay: float) -> None:
+    with pytest.raises(ValueError, match=r"Simulator response_delay_s: must be 0\.\.10 seconds"):
+        Simulator(response_delay_s=delay)
