@@ -332,8 +332,11 @@ class Pipeline(BaseModel):
                 on_started(collector)
             reason = self._wait(collector, watcher, stop, duration_s, on_status, status_every_s)
         finally:
-            collector.close()
-            self._stop_devices(devices, log)
+            try:
+                collector.close()
+            finally:
+                # Even when closing was cut short (a second Ctrl-C): no device left serving.
+                self._stop_devices(devices, log)
         elapsed = time.monotonic() - began
         summary = RunSummary(self.name, reason, elapsed, tuple(c.id for c in contexts), collector.stats())
         log.info("pipeline %s: %s", self.name, summary.headline())

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -64,15 +65,22 @@ class Running:
             text=True,
         )
         self.lines: list[str] = []
+        self.out: list[str] = []
         self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        # Both pipes are drained by threads of their own (communicate() would race the stderr
+        # reader for lines), so the child never blocks on a full pipe.
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+    def _read(self, pipe: IO[str] | None, into: list[str]) -> None:
+        assert pipe is not None
+        for line in pipe:
             with self._lock:
-                self.lines.append(line)
+                into.append(line)
 
     def stderr(self) -> str:
         with self._lock:
@@ -97,17 +105,26 @@ class Running:
     def finish(self, timeout_s: float) -> tuple[int, str, str]:
         """Wait for the exit; return (code, stdout, stderr)."""
         try:
-            out, _ = self.proc.communicate(timeout=timeout_s)
+            code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"did not exit within {timeout_s} s; stderr:\n{self.stderr()}")
-        self._reader.join(5)
-        return self.proc.returncode, out, self.stderr()
+        self._drain()
+        with self._lock:
+            return code, "".join(self.out), "".join(self.lines)
+
+    def _drain(self) -> None:
+        for reader in self._readers:
+            reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
+        self._drain()
 
 
 @pytest.fixture
