@@ -209,6 +209,8 @@ class ModbusDataReader(DataReader):
                 "connect_failures",
                 "reconnects",
                 "backoff_skips",
+                "learned_bad_registers",
+                "learned_alone",
             ),
             0,
         )
@@ -242,11 +244,12 @@ class ModbusDataReader(DataReader):
             self._client = None
 
     def stats(self) -> Mapping[str, float]:
+        # DataCollector.stats() calls this from its caller's thread while this reader's thread
+        # reads: only copy counters and read single references here, never iterate its state.
         result: dict[str, float] = dict(self._counters)
-        result["connected"] = 1 if self._client is not None and self._client.connected else 0
+        client = self._client
+        result["connected"] = 1 if client is not None and client.connected else 0
         result["plans"] = len(self._plans)
-        result["learned_bad_registers"] = sum(len(b) for b in self._bad.values())
-        result["learned_alone"] = len(self._alone)
         return result
 
     def read(self, variables: Sequence[CollectedVariable]) -> None:
@@ -501,7 +504,9 @@ class ModbusDataReader(DataReader):
             bad = self._bad.setdefault(table, set())
             bad.update(suspects)
             self._bad_sorted[table] = sorted(bad)
+            self._counters["learned_bad_registers"] = sum(len(b) for b in self._bad.values())
         self._alone.update((table, start, end) for start, end in refused)
+        self._counters["learned_alone"] = len(self._alone)
         if not suspects and not refused and good:
             largest = max(end - start for start, end in good)
             if largest < request.count:
@@ -511,6 +516,7 @@ class ModbusDataReader(DataReader):
     def _learn_alone(self, table: str, start: int, end: int) -> None:
         if (table, start, end) not in self._alone:
             self._alone.add((table, start, end))
+            self._counters["learned_alone"] = len(self._alone)
             self._plans.clear()
 
     def __repr__(self) -> str:
