@@ -45,8 +45,9 @@ class ModbusRequest:
         return FUNCTION_CODES[self.table]
 
     def __str__(self) -> str:
-        unit = "bits" if self.table in BIT_TABLES else "registers"
-        return f"{self.table} {self.start}..{self.end - 1} ({self.count} {unit})"
+        unit = "bit" if self.table in BIT_TABLES else "register"
+        plural = "" if self.count == 1 else "s"
+        return f"{self.table} {self.start}..{self.end - 1} ({self.count} {unit}{plural})"
 
 
 def gap_limit(table: str, max_gap: int) -> int:

@@ -207,3 +207,10 @@ def test_unit_id_is_sent(raw_device: Callable[[Respond], RawDevice], make_reader
     variables = collected(["holding:0"])
     reader.read(variables)
     assert (variables[0].value, units) == (99, [17])
+
+
+def test_requests_describe_themselves(make_reader: MakeReader) -> None:
+    reader = make_reader()
+    texts = [str(r) for r in reader.plan_requests(["coil:0", "coil:2", "holding:5", "holding:7:uint32"])]
+    assert texts == ["coil 0..2 (3 bits)", "holding 5..8 (4 registers)"]
+    assert str(reader.plan_requests(["discrete:9"])[0]) == "discrete 9..9 (1 bit)"
