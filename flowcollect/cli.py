@@ -63,7 +63,9 @@ class OutputFormat(StrEnum):
     DOT = "dot"
 
 
-PipelineArg = Annotated[Path, typer.Argument(help="A pipeline file: a Python module defining `pipeline`.")]
+PipelineArg = Annotated[
+    Path, typer.Argument(metavar="PIPELINE", help="A pipeline file: a Python module defining `pipeline`.")
+]
 ContextOpt = Annotated[
     list[int] | None,
     typer.Option("--context", "-c", help="Only this context id (repeat for several); default: all."),
