@@ -57,12 +57,14 @@ def ticks(
     ref: ScheduleRef,
     scheduler: abc.SchedulerBase,
     on_skipped: Callable[[int], None] = lambda _n: None,
+    on_busy: Callable[[float], None] = lambda _ms: None,
 ) -> Observable[int]:
     """Emit the epoch-ms instants at which ``ref``'s schedule has something due, at those instants.
 
     Each tick is scheduled at its absolute deadline, so the grid never drifts. The observer's
     ``on_next`` runs on the scheduler's thread; when it returns after the next deadline (an
-    overrun), the due instants it covered are skipped and counted, never piled up. A change of
+    overrun), the due instants it covered are skipped and counted, never piled up; ``on_busy``
+    hears how long each ``on_next`` took. A change of
     schedule re-arms the source on the scheduler's thread, so all of its state has one owner; it
     re-arms from the instant of the change, so a due instant that passes while the thread is busy
     is fired late rather than lost, and never twice.
@@ -84,11 +86,13 @@ def ticks(
             if disposed:
                 return
             pending, pending_due, last_fired = None, None, due
+            began = now_ms(scheduler)
             observer.on_next(due)
+            now = now_ms(scheduler)
+            on_busy(now - began)
             schedule = ref.current
             if schedule is None or disposed:
                 return
-            now = now_ms(scheduler)
             following = schedule.next_due(due)
             if following <= now:
                 on_skipped(schedule.count_due(due, now))

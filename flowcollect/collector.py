@@ -301,19 +301,20 @@ class DataCollector:
     def stats(self) -> CollectorStats:
         """A snapshot of every counter: per reader, per writer, per context."""
         with self._lock:
-            readers = {}
-            for rtype, lane in self._lanes.items():
-                try:
-                    extra = lane.reader.stats()
-                except Exception:
-                    extra = {}
-                schedule = lane.ref.current
-                readers[rtype] = lane.counters.snapshot(
-                    rtype, schedule.period_ms if schedule else None, extra
-                )
+            lanes = list(self._lanes.items())
             contexts = {cid: ContextStats(cid, "stopped", run.delivered) for cid, run in self._ended.items()}
             for cid, run in self._runs.items():
                 contexts[cid] = ContextStats(cid, run.state, run.delivered)
+        # Percentiles and the plugins' own counters are computed outside the lock: a scrape must
+        # not hold up a start or a stop.
+        readers = {}
+        for rtype, lane in lanes:
+            try:
+                extra = lane.reader.stats()
+            except Exception:
+                extra = {}
+            schedule = lane.ref.current
+            readers[rtype] = lane.counters.snapshot(rtype, schedule.period_ms if schedule else None, extra)
         return CollectorStats(readers, {s.name: s.snapshot() for s in self._sinks}, contexts)
 
     # -- internals ---------------------------------------------------------------------------
@@ -391,7 +392,7 @@ class DataCollector:
                 _thread_factory(f"{THREAD_PREFIX}reader-{rtype}", self._threads)
             )
             lane = self._lanes[rtype] = _Lane(reader, scheduler, owned)
-            stream = ticks(lane.ref, scheduler, lane.counters.skipped).pipe(
+            stream = ticks(lane.ref, scheduler, lane.counters.skipped, lane.counters.tick_ms.append).pipe(
                 read_due(reader, lane.ref, scheduler, lane.counters, self._errors)
             )
             self._lane_streams.on_next(stream)

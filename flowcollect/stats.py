@@ -38,6 +38,11 @@ class ReaderStats:
     lateness_ms_max: float | None
     read_ms_p50: float | None
     read_ms_p99: float | None
+    """Building the tick's values and the reader's ``read``."""
+    tick_ms_p50: float | None
+    tick_ms_p99: float | None
+    """The reader thread's whole time on a tick: read, split per context, hand-over to writers.
+    Over the GCD period this is the reader's utilisation; near 100 % it starts skipping ticks."""
     period_ms: int | None
     """The GCD tick of the current schedule (None: nothing to read now)."""
     extra: Mapping[str, float] = field(default_factory=dict)
@@ -79,7 +84,7 @@ class CollectorStats:
 class ReaderCounters:
     """Mutated only by the reader's own thread; read (racily, as counters are) by ``stats()``."""
 
-    __slots__ = ("errors", "lateness", "overruns", "read_ms", "ticks", "values")
+    __slots__ = ("errors", "lateness", "overruns", "read_ms", "tick_ms", "ticks", "values")
 
     def __init__(self) -> None:
         self.ticks = 0
@@ -88,6 +93,7 @@ class ReaderCounters:
         self.overruns = 0
         self.lateness: deque[float] = deque(maxlen=SAMPLES)
         self.read_ms: deque[float] = deque(maxlen=SAMPLES)
+        self.tick_ms: deque[float] = deque(maxlen=SAMPLES)
 
     def skipped(self, n: int) -> None:
         self.overruns += n
@@ -95,6 +101,7 @@ class ReaderCounters:
     def snapshot(self, reader: str, period_ms: int | None, extra: Mapping[str, float]) -> ReaderStats:
         lateness = list(self.lateness)
         read_ms = list(self.read_ms)
+        tick_ms = list(self.tick_ms)
         return ReaderStats(
             reader=reader,
             ticks=self.ticks,
@@ -106,6 +113,8 @@ class ReaderCounters:
             lateness_ms_max=max(lateness, default=None),
             read_ms_p50=percentile(read_ms, 50),
             read_ms_p99=percentile(read_ms, 99),
+            tick_ms_p50=percentile(tick_ms, 50),
+            tick_ms_p99=percentile(tick_ms, 99),
             period_ms=period_ms,
             extra=dict(extra),
         )

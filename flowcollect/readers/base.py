@@ -17,9 +17,10 @@ class DataReader(ABC):
     The engine calls ``open``, ``read`` and ``close`` of one reader from that reader's own
     thread, one call at a time, so they need no locking of their own. ``validate`` runs on the
     thread that starts a context and ``stats`` on the thread that asks for a snapshot: keep
-    them free of the reader's I/O state (``stats`` may read counters without a lock). ``read`` is called once per tick
-    with the distinct variables due at that instant; a variable wanted by several contexts is
-    in the list once.
+    them free of the reader's I/O state (``stats`` may read counters without a lock).
+
+    ``read`` is called once per tick with the distinct variables due at that instant; a variable
+    wanted by several contexts is in the list once.
     """
 
     @property
