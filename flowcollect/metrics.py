@@ -99,6 +99,11 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
         "How long one tick's read takes, over recent ticks",
         labels=["reader", "quantile"],
     )
+    tick_time = GaugeMetricFamily(
+        "flowcollect_reader_tick_duration_seconds",
+        "The reader thread's whole time on a tick (read, split, hand-over), over recent ticks",
+        labels=["reader", "quantile"],
+    )
     extra = GaugeMetricFamily(
         "flowcollect_reader_stat", "The reader's own counters, by name", labels=["reader", "stat"]
     )
@@ -119,13 +124,17 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
             seconds = _seconds(ms)
             if seconds is not None:
                 lateness.add_metric([name, quantile], seconds)
-        for quantile, ms in (("0.5", r.read_ms_p50), ("0.99", r.read_ms_p99)):
-            seconds = _seconds(ms)
-            if seconds is not None:
-                read_time.add_metric([name, quantile], seconds)
+        for family, p50, p99 in (
+            (read_time, r.read_ms_p50, r.read_ms_p99),
+            (tick_time, r.tick_ms_p50, r.tick_ms_p99),
+        ):
+            for quantile, ms in (("0.5", p50), ("0.99", p99)):
+                seconds = _seconds(ms)
+                if seconds is not None:
+                    family.add_metric([name, quantile], seconds)
         for key, value in r.extra.items():
             extra.add_metric([name, _NAME.sub("_", key)], float(value))
-    yield from (ticks, values, errors, overruns, requests, period, lateness, read_time, extra)
+    yield from (ticks, values, errors, overruns, requests, period, lateness, read_time, tick_time, extra)
 
 
 def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
