@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 from flowcollect import DataCollectionContext, Variable
-from flowcollect.testing import MemoryDataWriter, collect, virtual_collector
+from flowcollect.testing import MemoryDataWriter, StaticDataReader, collect, virtual_collector
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -44,7 +44,9 @@ def test_key_value_file_reader(tmp_path: Path) -> None:
         Variable(id=3, address="count", reader="kvfile", value_type="int"),
         Variable(id=4, address="missing", reader="kvfile"),
     ]
-    values = collect([DataCollectionContext(id=1, variables=variables)], [reader], duration_ms=1000, start_ms=0)
+    values = collect(
+        [DataCollectionContext(id=1, variables=variables)], [reader], duration_ms=1000, start_ms=0
+    )
     assert [(v.value, v.error) for v in values] == [
         (21.5, None),
         (True, None),
@@ -52,7 +54,9 @@ def test_key_value_file_reader(tmp_path: Path) -> None:
         (None, "no such key"),
     ]
     path.unlink()
-    values = collect([DataCollectionContext(id=1, variables=variables[:1])], [reader], duration_ms=1000, start_ms=0)
+    values = collect(
+        [DataCollectionContext(id=1, variables=variables[:1])], [reader], duration_ms=1000, start_ms=0
+    )
     assert values[0].error is not None and "cannot read plc.txt" in values[0].error
 
 
@@ -60,14 +64,16 @@ def test_jsonl_writer(tmp_path: Path) -> None:
     writer_module = load("jsonl_writer")
     writer = writer_module.JsonLinesWriter(tmp_path)
     memory = MemoryDataWriter()
-    from flowcollect.testing import StaticDataReader
-
-    collector, clock = virtual_collector([StaticDataReader({"a": 1.5})], [writer, memory], start_ms=86_400_000 - 1500)
+    collector, clock = virtual_collector(
+        [StaticDataReader({"a": 1.5})], [writer, memory], start_ms=86_400_000 - 1500
+    )
     with collector:
         collector.start(DataCollectionContext(id=1, variables=[Variable(id=1, address="a", reader="static")]))
         clock.advance_ms(2000)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["1970-01-01.jsonl", "1970-01-02.jsonl"]
     lines = (tmp_path / "1970-01-02.jsonl").read_text(encoding="utf-8").splitlines()
-    assert lines == ['{"time": "1970-01-02T00:00:00+00:00", "context": 1, "variable": 1, "value": 1.5, "error": null}']
+    assert lines == [
+        '{"time": "1970-01-02T00:00:00+00:00", "context": 1, "variable": 1, "value": 1.5, "error": null}'
+    ]
     assert len(memory.values) == 2
