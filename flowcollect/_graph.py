@@ -5,7 +5,7 @@ The way of one value::
     ticks(reader schedule)            one source per reader, absolute deadlines, own thread
       -> read_due(reader)             read each due (address, type) once; fan out per context
       -> merge of all readers         (the collector's hub)
-      -> for_context(id, start, until) this context's values at this instant, if it is due
+      -> for_context(id, since, until) this context's values at this instant, if it is due
       -> gate(is_open)                closed while the context is paused
       -> WriterSink.put               one bounded queue and thread per writer
 
@@ -137,16 +137,24 @@ def read_due(
     return _read_due
 
 
-def for_context(context_id: int, start_ms: int, until_ms: Callable[[], int]) -> Operator:
-    """This context's values from each reader tick that has some, strictly after its start
-    instant and before its end instant (``until_ms()``: a stop brings it forward).
+def for_context(
+    context_id: int, readers: frozenset[str], since_ms: Callable[[], int], until_ms: Callable[[], int]
+) -> Operator:
+    """This context's values from each tick of its ``readers`` that has some, strictly after
+    ``since_ms()`` (its start, then its last resume) and before ``until_ms()`` (its end; a stop
+    brings it forward).
 
-    The lower bound matters when a tick is late: a tick due at or before the start that fires
-    after the context's plan was applied would otherwise carry the context's variables.
+    The bounds matter when a tick is late: a tick due at or before the start (or resume) that
+    fires after the context's plan was applied would otherwise carry its variables; and a
+    stopped run's branch, kept for its reads in flight, must not take a new run's instants.
     """
 
     def due(batch: TickBatch) -> bool:
-        return start_ms < batch.t_ms < until_ms() and context_id in batch.by_context
+        return (
+            since_ms() < batch.t_ms < until_ms()
+            and context_id in batch.by_context
+            and batch.reader in readers
+        )
 
     def values(batch: TickBatch) -> list[CollectedVariable]:
         return batch.by_context[context_id]

@@ -41,7 +41,7 @@ THREAD_PREFIX = "flowcollect-"
 class _Run:
     """One started context: what it wants from each reader, its state and its graph branch."""
 
-    __slots__ = ("context", "delivered", "state", "subscription", "timer", "until_ms", "wanted")
+    __slots__ = ("context", "delivered", "since_ms", "state", "subscription", "timer", "until_ms", "wanted")
 
     def __init__(
         self, context: DataCollectionContext, wanted: dict[str, list[Wanted]], until_ms: int
@@ -49,6 +49,7 @@ class _Run:
         self.context = context
         self.wanted = wanted
         self.until_ms = until_ms
+        self.since_ms = 0  # the instant of the start, then of the last resume: only later ones count
         self.state: State = "running"
         self.delivered = 0
         self.subscription: abc.DisposableBase | None = None
@@ -169,12 +170,13 @@ class DataCollector:
             except BaseException:
                 del self._runs[context.id]
                 raise
-            context.start_date = instant(math.floor(now))
+            run.since_ms = math.floor(now)
+            context.start_date = instant(run.since_ms)
             context.end_date = None
             self._ended.pop(context.id, None)
             run.subscription = self._hub.pipe(
-                for_context(context.id, math.floor(now), lambda: run.until_ms),
-                gate(lambda: run.state != "paused"),
+                for_context(context.id, frozenset(wanted), lambda: run.since_ms, lambda: run.until_ms),
+                gate(lambda: run.state == "running"),
             ).subscribe(on_next=lambda values: self._deliver(run, values))
             self._apply(schedules, math.floor(now))
             run.timer = self._timer.schedule_absolute(end, lambda _s, _t: self._expire(run))
@@ -431,6 +433,9 @@ class DataCollector:
             self._ensure_open()
             run = self._run(context_id)
             if run.state != state:
+                if state == "running":
+                    # A late tick of an instant at or before the resume is not the context's.
+                    run.since_ms = math.floor(self._now_ms())
                 run.state = state
                 self._replan(run.wanted)
             return run.context
@@ -442,7 +447,9 @@ class DataCollector:
             run.timer.dispose()
         del self._runs[context.id]
         self._ended[context.id] = run
-        run.state = "stopped"
+        # run.state stays as it was: the gate of a paused run stays closed after the stop (a
+        # late tick under a new run of the same id must not reach it); a running one's stays
+        # open for the read in flight.
         self._replan(run.wanted)
         now = math.floor(self._now_ms())
         context.end_date = instant(min(now, run.until_ms))
