@@ -12,11 +12,13 @@ a collector with its own threads, then checks the invariants that hold whatever 
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -50,9 +52,10 @@ PLANS: dict[int, list[tuple[int, str, str, int]]] = {
 VALUES = {"a": 1.5, "b": 2, "c": -3.25}
 
 
-def plan_context(cid: int, reader: str = "static", **fields: Any) -> DataCollectionContext:
+def plan_context(cid: int, reader: str = "static", speedup: int = 1, **fields: Any) -> DataCollectionContext:
+    """Context ``cid`` of PLANS; ``speedup`` divides its intervals (the real-clock tests run 10x)."""
     variables = [
-        Variable(id=vid, address=a, value_type=vt, reader=reader, interval_ms=i)  # type: ignore[arg-type]
+        Variable(id=vid, address=a, value_type=vt, reader=reader, interval_ms=i // speedup)  # type: ignore[arg-type]
         for vid, a, vt, i in PLANS[cid]
     ]
     return DataCollectionContext(id=cid, variables=variables, **fields)
@@ -224,7 +227,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert self.writer.closed
 
 
-def ms_of(when: Any) -> int:
+def ms_of(when: datetime) -> int:
     return round(when.timestamp() * 1000)
 
 
@@ -237,13 +240,14 @@ LifecycleMachine.TestCase.settings = settings(
 
 
 @pytest.mark.timeout(120)
-class TestLifecycleModel(LifecycleMachine.TestCase):
+class TestLifecycleModel(LifecycleMachine.TestCase):  # type: ignore[misc,valid-type]
     pass
 
 
 # -- many threads, real clock ---------------------------------------------------------------------
 
 THREADS = 8
+SPEEDUP = 10  # intervals of 10 to 50 ms: contexts that live a few ms still see due instants
 OPS_PER_THREAD = 120
 
 
@@ -255,19 +259,22 @@ class Hammer:
         self.seed = seed
         self.lock = threading.Lock()
         self.outcomes: list[tuple[str, int, str]] = []  # (op, context id, "ok" or error name)
+        # Successful state changes with the wall-clock span of the call: (op, cid, began, ended).
+        self.spans: list[tuple[str, int, float, float]] = []
         self.started: list[DataCollectionContext] = []  # every context object that started
         self.unexpected: list[BaseException] = []
         self.leftover_after_close: list[list[str]] = []
 
     def op(self, rng: random.Random, name: str, cid: int) -> None:
         collector = self.collector
+        began = time.time() * 1000
         try:
             if name == "start":
                 # Some contexts end by their duration, racing the explicit stops and the close.
                 duration = rng.choice([86400.0, 86400.0, 0.15, 0.4])
                 reader = rng.choice(["s1", "s2"])
                 context = collector.start(
-                    plan_context(cid, reader=reader, duration_s=duration, min_interval_ms=10)
+                    plan_context(cid, reader=reader, speedup=SPEEDUP, duration_s=duration, min_interval_ms=10)
                 )
                 with self.lock:
                     self.started.append(context)
@@ -299,8 +306,32 @@ class Hammer:
             with self.lock:
                 self.unexpected.append(exc)
             outcome = f"unexpected {exc!r}"
+        ended = time.time() * 1000
         with self.lock:
             self.outcomes.append((name, cid, outcome))
+            if outcome == "ok" and name in ("start", "stop", "pause", "resume", "close"):
+                self.spans.append((name, cid, began, ended))
+
+    def surely_paused(self) -> dict[int, list[tuple[float, float]]]:
+        """Per context, the stretches it was paused whatever the interleaving: from a pause's
+        return to the start of the first call after it that could have ended the pause (a call
+        still running when the pause returned may have come after it: then the stretch is
+        empty)."""
+        out: dict[int, list[tuple[float, float]]] = {}
+        for name, cid, _, pause_end in self.spans:
+            if name != "pause":
+                continue
+            enders = [
+                began
+                for other, other_cid, began, ended in self.spans
+                if other in ("resume", "stop", "start", "close")
+                and (other_cid == cid or other == "close")
+                and ended > pause_end
+            ]
+            until = min(enders, default=math.inf)
+            if until > pause_end:
+                out.setdefault(cid, []).append((pause_end, until))
+        return out
 
     def run(self, ops: list[str], per_thread: int, closers: int = 0) -> None:
         barrier = threading.Barrier(THREADS)
@@ -389,7 +420,7 @@ def test_hammered_from_many_threads(seed: int, no_leftover_threads: None) -> Non
     # its context (runs of one id never overlap; a paused stretch is inside its run): strictly
     # after its start (docs/guarantees.md) and not after its end. A stop ends a run at the
     # millisecond it happened, so the tick of that very millisecond may be in.
-    intervals = {(cid, vid): interval for cid, plan in PLANS.items() for vid, _, _, interval in plan}
+    intervals = {(cid, vid): i // SPEEDUP for cid, plan in PLANS.items() for vid, _, _, i in plan}
     runs: dict[int, list[tuple[int, int]]] = {}
     for context in hammer.started:
         assert context.start_date is not None and context.end_date is not None
@@ -402,6 +433,17 @@ def test_hammered_from_many_threads(seed: int, no_leftover_threads: None) -> Non
         if not any(start < t <= end for start, end in runs[cid]):
             outside.append((cid, vid, t, runs[cid]))
     assert not outside, f"values outside every run of their context: {outside[:5]}"
+    # And none of an instant at which its context was paused (docs/guarantees.md: a value is
+    # read only for a running, not paused, context due then).
+    paused = hammer.surely_paused()
+    assert sum(len(p) for p in paused.values()) > 5, "the hammer paused too little to be a test"
+    in_pause = [
+        (cid, vid, t, (begin, end))
+        for cid, vid, t in per_key
+        for begin, end in paused.get(cid, ())
+        if begin < t < end
+    ]
+    assert not in_pause, f"values of instants while their context was paused: {in_pause[:5]}"
 
 
 class GatedWriter(MemoryDataWriter):
