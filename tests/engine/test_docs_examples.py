@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import runpy
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -77,3 +78,11 @@ def test_jsonl_writer(tmp_path: Path) -> None:
         '{"time": "1970-01-02T00:00:00+00:00", "context": 1, "variable": 1, "value": 1.5, "error": null}'
     ]
     assert len(memory.values) == 2
+
+
+def test_the_testing_page_example_runs(tmp_path: Path) -> None:
+    page = (DOCS / "testing.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+    script = tmp_path / "example.py"
+    script.write_text(block, encoding="utf-8")
+    runpy.run_path(str(script))  # its own asserts are the test
