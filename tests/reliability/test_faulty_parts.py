@@ -284,7 +284,7 @@ def test_a_read_in_flight_when_its_context_ends_is_delivered(end: str, no_leftov
         closer.join(10)
     collector.close()
     (t, _), *_ = reader.reads
-    assert context.start_date is not None and context.end_date is not None
+    assert t is not None and context.start_date is not None and context.end_date is not None
     assert context.start_date < t <= context.end_date
     assert [(v.id, v.time, v.value) for v in writer.values] == [(1, t, 1.5)]
     assert collector.stats().contexts[1].delivered == 1
