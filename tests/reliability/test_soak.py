@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.victoria import victoria_binary
 
-pytestmark = [pytest.mark.realtime, pytest.mark.server]
+pytestmark = [pytest.mark.realtime, pytest.mark.server, pytest.mark.soak]
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = 30
