@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -233,9 +234,11 @@ class DataCollector:
                 lane.scheduler.dispose()
         if isinstance(self._timer, EventLoopScheduler):
             self._timer.dispose()
+        # One deadline for all of them: several stuck readers must not multiply the wait.
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread() and thread.ident is not None:
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     self._log.warning(
                         "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout

@@ -178,3 +178,35 @@ def test_duration_on_the_real_clock() -> None:
     assert 0.4 <= (started.end_date - started.start_date).total_seconds() <= 0.6
     assert 4 <= len(writer.values) <= 5
     assert all(started.start_date <= v.time < started.end_date for v in writer.values if v.time)
+
+
+class StuckReader(StaticDataReader):
+    def __init__(self, name: str, release: threading.Event) -> None:
+        super().__init__({"x": 1.0}, type=name)
+        self.release = release
+        self.entered = threading.Event()
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        self.entered.set()
+        self.release.wait(30)
+        super().read(variables)
+
+
+def test_close_waits_for_stuck_readers_once_not_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+    stuck = [StuckReader(f"stuck{n}", release) for n in range(3)]
+    collector = DataCollector(stuck, [MemoryDataWriter()], close_timeout_s=0.5)
+    try:
+        for n, reader in enumerate(stuck, 1):
+            collector.start(context(n, ["x"], 50, reader=reader.type))
+        assert all(r.entered.wait(5) for r in stuck)
+        began = time.monotonic()
+        with caplog.at_level("WARNING", logger="flowcollect"):
+            collector.close()
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    # One 0.5 s deadline for the three stuck threads, not 0.5 s each.
+    assert took < 1.4, took
+    assert caplog.text.count("did not end within") == 3
+    assert wait_until(lambda: not collector_threads())
