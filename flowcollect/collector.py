@@ -37,6 +37,8 @@ __all__ = ["DataCollector"]
 
 State = Literal["running", "paused", "stopped"]
 THREAD_PREFIX = "flowcollect-"
+MAX_ENDED = 10_000
+"""Stopped contexts whose figures ``stats()`` keeps (the oldest go first)."""
 
 
 class _Run:
@@ -126,7 +128,9 @@ class DataCollector:
         self._closing: threading.Thread | None = None
         self._closed_event = threading.Event()
         self._runs: dict[int, _Run] = {}
-        self._ended: dict[int, _Run] = {}
+        # Stopped contexts for stats(): the run itself while a read in flight may still deliver to
+        # it, then only its figures, so a stopped plan's memory is not kept.
+        self._ended: dict[int, _Run | ContextStats] = {}
         self._lanes: dict[str, _Lane] = {}
         self._timer: abc.SchedulerBase = scheduler or EventLoopScheduler(
             _thread_factory(f"{THREAD_PREFIX}timer", self._threads)
@@ -307,7 +311,12 @@ class DataCollector:
         """A snapshot of every counter: per reader, per writer, per context."""
         with self._lock:
             lanes = list(self._lanes.items())
-            contexts = {cid: ContextStats(cid, "stopped", run.delivered) for cid, run in self._ended.items()}
+            contexts = {
+                cid: ended
+                if isinstance(ended, ContextStats)
+                else ContextStats(cid, "stopped", ended.delivered)
+                for cid, ended in self._ended.items()
+            }
             for cid, run in self._runs.items():
                 contexts[cid] = ContextStats(cid, run.state, run.delivered)
         # Percentiles and the plugins' own counters are computed outside the lock: a scrape must
@@ -450,6 +459,8 @@ class DataCollector:
             run.timer.dispose()
         del self._runs[context.id]
         self._ended[context.id] = run
+        while len(self._ended) > MAX_ENDED:  # contexts with ever new ids must not grow memory
+            del self._ended[next(iter(self._ended))]
         # run.state stays as it was: the gate of a paused run stays closed after the stop (a
         # late tick under a new run of the same id must not reach it); a running one's stays
         # open for the read in flight.
@@ -467,20 +478,25 @@ class DataCollector:
         """Dispose a stopped run's branch on each of its readers' threads, after the read in flight."""
         subscription = run.subscription
         lanes = [self._lanes[rtype] for rtype in run.wanted if rtype in self._lanes]
-        if subscription is None or not lanes:
-            if subscription is not None:
-                subscription.dispose()
-            return
         left = [len(lanes)]
         lock = threading.Lock()
+
+        def finish() -> None:
+            if subscription is not None:
+                subscription.dispose()
+            cid = run.context.id
+            if self._ended.get(cid) is run:  # a plain swap of one key's value: no lock needed
+                self._ended[cid] = ContextStats(cid, "stopped", run.delivered)
 
         def done(_scheduler: abc.SchedulerBase, _state: Any) -> None:
             with lock:
                 left[0] -= 1
                 if left[0]:
                     return
-            subscription.dispose()
+            finish()
 
+        if not lanes:
+            finish()
         for lane in lanes:
             lane.scheduler.schedule(done)
 

@@ -459,3 +459,18 @@ def test_same_address_with_another_value_type_is_a_separate_read(writer: MemoryD
     clock.advance_ms(100)
     assert reader.reads[0][1] == ["a", "a"]
     assert Counter(v.value_type for v in writer.values) == {"float": 1, "str": 1}
+
+
+def test_stats_keep_the_figures_of_the_newest_stopped_contexts(
+    reader: StaticDataReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flowcollect.collector.MAX_ENDED", 2)
+    collector, clock = virtual_collector([reader], [MemoryDataWriter()], start_ms=T0)
+    for cid in range(1, 5):
+        collector.start(ctx(cid, (1, "a", 100)))
+        clock.advance_ms(100 * cid)
+        collector.stop(cid)
+        clock.advance_ms(100)  # lets the reader's thread (here, the virtual clock) retire the branch
+    contexts = collector.stats().contexts
+    assert sorted(contexts) == [3, 4]
+    assert (contexts[3].state, contexts[3].delivered, contexts[4].delivered) == ("stopped", 3, 4)
