@@ -41,16 +41,21 @@ def plans(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=200)
-@given(plans())
-def test_every_span_is_read_by_exactly_one_request_that_contains_it(case: dict[str, Any]) -> None:
-    requests = pack(
+def pack_case(case: dict[str, Any], bad: bool = True) -> list[Any]:
+    """Pack a generated plan with its limits (and, unless told not to, its bad registers)."""
+    return pack(
         case["spans"],
         max_gap=case["max_gap"],
         max_registers=case["max_registers"],
         max_bits=case["max_bits"],
-        bad=case["bad"],
+        bad=case["bad"] if bad else None,
     )
+
+
+@settings(max_examples=200)
+@given(plans())
+def test_every_span_is_read_by_exactly_one_request_that_contains_it(case: dict[str, Any]) -> None:
+    requests = pack_case(case)
     owned: set[tuple[str, int, int]] = set()
     for request in requests:
         for start, end in request.spans:
@@ -67,13 +72,7 @@ def test_every_span_is_read_by_exactly_one_request_that_contains_it(case: dict[s
 @settings(max_examples=200)
 @given(plans())
 def test_requests_respect_the_limits_and_never_outnumber_the_variables(case: dict[str, Any]) -> None:
-    requests = pack(
-        case["spans"],
-        max_gap=case["max_gap"],
-        max_registers=case["max_registers"],
-        max_bits=case["max_bits"],
-        bad=case["bad"],
-    )
+    requests = pack_case(case)
     for request in requests:
         limit = case["max_bits"] if request.table in BIT_TABLES else case["max_registers"]
         assert request.count <= limit
@@ -96,12 +95,7 @@ def test_requests_respect_the_limits_and_never_outnumber_the_variables(case: dic
 def test_no_two_neighbouring_requests_could_have_been_one(case: dict[str, Any]) -> None:
     # Without learned bad registers the greedy plan is tight: each request starts where the
     # previous one could not be extended.
-    requests = pack(
-        case["spans"],
-        max_gap=case["max_gap"],
-        max_registers=case["max_registers"],
-        max_bits=case["max_bits"],
-    )
+    requests = pack_case(case, bad=False)
     for before, after in itertools.pairwise(requests):
         if before.table != after.table:
             continue
