@@ -7,7 +7,6 @@ per reader) in production, a ``TestScheduler`` in virtual-time tests.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,19 +36,18 @@ def now_ms(scheduler: abc.SchedulerBase) -> float:
 class ScheduleRef:
     """The current schedule of one reader, swapped whole when contexts change.
 
-    Readers of ``current`` on other threads see either the old or the new schedule, never a mix;
-    ``changes`` tells the tick source to re-arm.
+    Schedules are immutable and swapped by one attribute assignment, so readers of ``current``
+    on other threads see either the old or the new one, never a mix; ``changes`` tells the tick
+    source to re-arm.
     """
 
     def __init__(self) -> None:
         self.current: ReaderSchedule | None = None
         self.changes: Subject[int] = Subject()
-        self._lock = threading.Lock()
 
     def set(self, schedule: ReaderSchedule | None, since_ms: int) -> None:
         """Swap the schedule; due instants after ``since_ms`` (the change's instant) are kept."""
-        with self._lock:
-            self.current = schedule
+        self.current = schedule
         self.changes.on_next(since_ms)
 
 

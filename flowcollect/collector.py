@@ -35,7 +35,7 @@ from flowcollect.writers.base import DataWriter
 
 __all__ = ["DataCollector"]
 
-State = Literal["running", "paused", "stopped"]
+State = Literal["running", "paused"]
 THREAD_PREFIX = "flowcollect-"
 MAX_ENDED = 10_000
 """Stopped contexts whose figures ``stats()`` keeps (the oldest go first)."""
@@ -183,7 +183,7 @@ class DataCollector:
                 for_context(context.id, frozenset(wanted), lambda: run.since_ms, lambda: run.until_ms),
                 gate(lambda: run.state == "running"),
             ).subscribe(on_next=lambda values: self._deliver(run, values))
-            self._apply(schedules, math.floor(now))
+            self._apply(schedules, run.since_ms)
             run.timer = self._timer.schedule_absolute(end, lambda _s, _t: self._expire(run))
             self._notify("after_start", context)
         return context
