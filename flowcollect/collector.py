@@ -17,9 +17,10 @@ from reactivex.scheduler import EventLoopScheduler
 from reactivex.subject import Subject
 
 from flowcollect._clock import ScheduleRef, instant, now_ms, ticks
-from flowcollect._graph import TickBatch, WriterSink, for_context, gate, read_due
+from flowcollect._graph import TickBatch, for_context, gate, read_due
 from flowcollect._logs import RateLimitedLog
 from flowcollect._schedule import ReaderSchedule, Wanted
+from flowcollect._sink import WriterSink
 from flowcollect.errors import (
     CollectorClosedError,
     ConfigError,

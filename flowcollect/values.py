@@ -1,23 +1,35 @@
-"""The object that flows through the engine: one value of one variable for one context."""
+"""What flows through the engine: columnar batches, and the per-value view plugins may ask for.
+
+The hot path moves ``ValueBatch`` objects: one per lane, instant and context, holding the values
+in plain lists. No object is made per value unless a plugin asks for one (iterating a batch
+yields ``CollectedVariable``s, built on demand), because at hundreds of thousands of values a
+second the garbage collector's walk over per-value objects costs more than the collection.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-__all__ = ["CollectedVariable"]
+__all__ = ["CollectedVariable", "Receipt", "ValueBatch", "VariableSpec"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Report = Literal["every", "change"]
 
 
 # A slotted dataclass, not a pydantic model: the engine builds hundreds of thousands of these
-# per second, and a pydantic instance costs about four times as much as this one.
+# per second for per-value plugins, and a pydantic instance costs about four times as much.
 @dataclass(slots=True)
 class CollectedVariable:
     """One value of one variable, read for one context at one scheduled instant.
 
     ``time`` is the scheduled tick (timezone-aware UTC, exactly on the wall-clock grid) unless the
     reader's source supplied its own timestamp. ``error`` is ``None`` or a short text saying why the
-    read failed, in which case ``value`` is ``None``.
+    read failed, in which case ``value`` is ``None``. ``quality`` is ``None`` for a good value, or
+    the source's word for a doubtful one (an OPC UA ``Uncertain...`` status).
     """
 
     id: int
@@ -28,4 +40,132 @@ class CollectedVariable:
     interval_ms: int
     value: Any = None
     time: datetime | None = None
+    error: str | None = None
+    quality: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VariableSpec:
+    """A variable as compiled for one context: built once when the context starts, shared by
+    every batch that carries its values.
+
+    ``value_type`` is resolved (the variable's own, else its reader's natural type for the
+    address), ``interval_ms`` is the effective interval (after the interval-limit policy).
+    """
+
+    id: int
+    context_id: int
+    address: str
+    value_type: str
+    reader: str
+    interval_ms: int
+    name: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    scale: float | None = None
+    offset: float | None = None
+    report: Report = "every"
+    deadband: float | None = None
+    heartbeat_ms: int | None = None
+
+
+class ValueBatch:
+    """Values of one lane at one instant for one context, in columns.
+
+    - ``t_ms``: the grid instant (epoch milliseconds); ``time`` is the same as an aware datetime.
+    - ``variables``: one ``VariableSpec`` per value (shared, never copied per tick).
+    - ``values`` and ``errors``: parallel lists; ``errors[i]`` is ``None`` or a short text, and
+      then ``values[i]`` is ``None``.
+    - ``source_ns``: ``None``, or per value the source's own timestamp in epoch nanoseconds
+      (``None`` where it gave none: the instant counts).
+    - ``quality``: ``None``, or per value ``None`` (good) or the source's word for a doubtful value.
+    - ``context_id``: the receiving context (``None`` in a reader's batch: the distinct reads due).
+    - ``reader``: the reader type the values come from.
+
+    ``len(batch)`` is the number of values; iterating yields ``CollectedVariable``s made on
+    demand. A batch handed to writers is shared by all of them: treat it as read-only.
+    """
+
+    __slots__ = ("context_id", "errors", "quality", "reader", "source_ns", "t_ms", "values", "variables")
+
+    def __init__(
+        self,
+        t_ms: int,
+        variables: Sequence[VariableSpec],
+        values: list[Any] | None = None,
+        errors: list[str | None] | None = None,
+        *,
+        source_ns: list[int | None] | None = None,
+        quality: list[str | None] | None = None,
+        context_id: int | None = None,
+        reader: str = "",
+    ) -> None:
+        n = len(variables)
+        self.t_ms = t_ms
+        self.variables = variables
+        self.values: list[Any] = values if values is not None else [None] * n
+        self.errors: list[str | None] = errors if errors is not None else [None] * n
+        self.source_ns = source_ns
+        self.quality = quality
+        self.context_id = context_id
+        self.reader = reader
+
+    @property
+    def time(self) -> datetime:
+        """The grid instant as an aware UTC datetime (exact: no float rounding)."""
+        return _EPOCH + timedelta(milliseconds=self.t_ms)
+
+    def __len__(self) -> int:
+        return len(self.variables)
+
+    def time_of(self, i: int) -> datetime:
+        """The time of value ``i``: the source's when it gave one, else the instant."""
+        if self.source_ns is not None:
+            ns = self.source_ns[i]
+            if ns is not None:
+                return _EPOCH + timedelta(microseconds=ns // 1000)
+        return self.time
+
+    def __iter__(self) -> Iterator[CollectedVariable]:
+        cv = CollectedVariable
+        when = self.time
+        source, quality = self.source_ns, self.quality
+        for i, spec in enumerate(self.variables):
+            yield cv(
+                spec.id,
+                spec.context_id,
+                spec.address,
+                spec.value_type,
+                spec.reader,
+                spec.interval_ms,
+                self.values[i],
+                self.time_of(i) if source is not None else when,
+                self.errors[i],
+                None if quality is None else quality[i],
+            )
+
+    def error_count(self) -> int:
+        """How many values of the batch are errors."""
+        return len(self.errors) - self.errors.count(None)
+
+    def __repr__(self) -> str:
+        return (
+            f"ValueBatch(t_ms={self.t_ms}, reader={self.reader!r}, context_id={self.context_id}, "
+            f"values={len(self)}, errors={self.error_count()})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A writer's word on (part of) a batch it was given: how many of its values are stored
+    (``written``), refused for good (``failed``) or given up by the writer's own limits
+    (``dropped``). ``error`` says why, for the failed and dropped ones.
+
+    Every value of a batch handed to a writer is reported exactly once, in one receipt or
+    several (a writer that splits a batch may report each part).
+    """
+
+    batch: ValueBatch
+    written: int
+    failed: int = 0
+    dropped: int = 0
     error: str | None = None

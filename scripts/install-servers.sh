@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Installs the real servers the test suite talks to, when missing and when we may (root/sudo).
-# VictoriaMetrics speaks the InfluxDB v2 write API; no InfluxDB 2/3 server is packaged here.
+# Installs the real peers the test suite talks to, when missing and when we may (root/sudo):
+# VictoriaMetrics (the InfluxDB v2 write API; no InfluxDB 2/3 server is packaged here),
+# InfluxDB 1.x, etcd and socat (serial pty pairs), all from Debian's packages.
 set -u
-if command -v victoria-metrics >/dev/null 2>&1; then
-  exit 0
-fi
+# command -> Debian package
+declare -A PACKAGES=(
+  [victoria-metrics]=victoria-metrics
+  [influxd]=influxdb
+  [etcd]=etcd-server
+  [etcdctl]=etcd-client
+  [socat]=socat
+)
+missing=()
+for cmd in "${!PACKAGES[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${PACKAGES[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
-  echo "install-servers: victoria-metrics is missing and we cannot install it (not root); its tests will be skipped" >&2
+  echo "install-servers: missing ${missing[*]} and we cannot install (not root); their tests will be skipped" >&2
   exit 0
 fi
-echo "install-servers: installing victoria-metrics from Debian's packages" >&2
+echo "install-servers: installing ${missing[*]} from Debian's packages" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq >/dev/null || { echo "install-servers: apt-get update failed" >&2; exit 1; }
-# The package enables a systemd service; tests start their own instance on a free port instead.
-$SUDO apt-get install -y -qq victoria-metrics >/dev/null || { echo "install-servers: install failed" >&2; exit 1; }
+# The packages enable systemd services; tests start their own instances on free ports instead.
+$SUDO apt-get install -y -qq "${missing[@]}" >/dev/null || { echo "install-servers: install failed" >&2; exit 1; }

@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from flowcollect.models import Variable
-from flowcollect.values import CollectedVariable
+from flowcollect.models import ValueType, Variable
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
-__all__ = ["DataReader"]
+__all__ = ["DataReader", "Emit"]
+
+Emit = Callable[[ValueBatch], None]
+"""What a pushing reader calls with the values its source pushed (from any thread)."""
 
 
 class DataReader(ABC):
     """Reads the values of variables from one source (a device, a service, a generator).
 
-    The engine calls ``open``, ``read`` and ``close`` of one reader from that reader's own
-    thread, one call at a time, so they need no locking of their own. ``validate`` runs on the
-    thread that starts a context and ``stats`` on the thread that asks for a snapshot: keep
-    them free of the reader's I/O state (``stats`` may read counters without a lock).
+    A reader is polled (the engine calls ``read_batch`` or ``read`` at due instants) or pushes
+    (``pushes`` is True: the engine calls ``start_pushing`` once and the reader hands over values
+    when its source says they changed). A reader implements ``read``, ``read_batch`` or
+    ``start_pushing``.
 
-    ``read`` is called once per tick with the distinct variables due at that instant; a variable
-    wanted by several contexts is in the list once.
+    The engine calls ``open``, ``plan_changed``, ``read``/``read_batch``, ``start_pushing`` and
+    ``close`` of one reader from its lane's thread, one call at a time, so they need no locking of
+    their own. ``validate`` and ``natural_value_type`` run on the thread that starts a context
+    and ``stats`` on the thread that asks for a snapshot: keep them free of the reader's I/O state
+    (``stats`` may read counters without a lock).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if inspect.isabstract(cls):
+            return
+        if (
+            cls.read is DataReader.read
+            and cls.read_batch is DataReader.read_batch
+            and cls.start_pushing is DataReader.start_pushing
+        ):
+            raise TypeError(f"{cls.__name__} must implement read(), read_batch() or start_pushing()")
 
     @property
     @abstractmethod
@@ -33,12 +52,57 @@ class DataReader(ABC):
         """The shortest interval this reader serves (see ``IntervalLimitPolicy``)."""
         return 1
 
-    @abstractmethod
+    @property
+    def lane(self) -> str | None:
+        """The resource this reader uses, as a stable text (``serial:///dev/ttyUSB0``).
+
+        Readers with the same lane share one thread and one clock: their reads never overlap and
+        run in deadline order. ``None`` (the default): a lane of its own. The text also names the
+        lane in plans, stats and collector groups, so it must be the same in every process.
+        """
+        return None
+
+    @property
+    def pushes(self) -> bool:
+        """True for a reader whose source pushes values (a subscription) instead of being read."""
+        return False
+
+    def natural_value_type(self, address: str) -> ValueType | None:
+        """The value type an address holds when a variable gives none (a coil is a bool).
+
+        ``None``: no natural type; the variable is collected as ``float``.
+        """
+        return None
+
     def read(self, variables: Sequence[CollectedVariable]) -> None:
         """Set ``value`` on each variable, or ``error`` (a short text, value left None).
 
-        Leave ``time`` alone unless the source supplies its own timestamp. An exception raised
-        here marks every variable of the call with its text; it never ends the collection.
+        Called once per tick with the distinct variables due at that instant; a variable wanted
+        by several contexts is in the list once. Leave ``time`` alone unless the source supplies
+        its own timestamp. An exception raised here marks every variable of the call with its
+        text; it never ends the collection.
+        """
+        raise NotImplementedError
+
+    def read_batch(self, batch: ValueBatch) -> None:
+        """The columnar form of ``read``: fill ``batch.values[i]`` or ``batch.errors[i]`` for each
+        of ``batch.variables`` (and ``source_ns``/``quality`` when the source gives them).
+
+        When a reader defines it, the engine calls it instead of ``read``.
+        """
+        raise NotImplementedError
+
+    def start_pushing(self, emit: Emit) -> None:
+        """For a pushing reader: keep ``emit`` and call it (from any thread) with batches of the
+        values the source pushes, each with its source time and quality. Called once, on the
+        lane's thread, after ``open``; what to watch comes through ``plan_changed``.
+        """
+        raise NotImplementedError
+
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+        """The distinct variables this reader must serve now (contexts started, stopped, paused
+        or resumed): prepare for them off the hot path (plan requests, register nodes, create or
+        delete monitored items). Called on the lane's thread before the next tick that needs them.
         """
 
     def validate(self, variable: Variable) -> None:
@@ -48,7 +112,7 @@ class DataReader(ABC):
         """
 
     def open(self) -> None:
-        """Acquire resources (connections); called on the reader's thread before its first read."""
+        """Acquire resources (connections); called on the lane's thread before its first read."""
 
     def close(self) -> None:
         """Release resources; called once when the collector closes."""

@@ -553,7 +553,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     serve(args.host, args.port, args.delay_ms / 1000)
-
-
-if __name__ == "__main__":
-    main()
