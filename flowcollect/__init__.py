@@ -12,6 +12,7 @@ from flowcollect.errors import (
     ConfigError,
     ContextAlreadyRunningError,
     FlowcollectError,
+    PreflightError,
     UnknownContextError,
 )
 from flowcollect.listeners import DataCollectionListener
@@ -49,6 +50,7 @@ __all__ = [
     "ConfigError",
     "ContextAlreadyRunningError",
     "FlowcollectError",
+    "PreflightError",
     "UnknownContextError",
     "__version__",
 ]

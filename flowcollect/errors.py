@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "ContextAlreadyRunningError",
     "FlowcollectError",
+    "PreflightError",
     "UnknownContextError",
 ]
 
@@ -51,3 +52,7 @@ class CollectorClosedError(FlowcollectError, RuntimeError):
 
     def __init__(self) -> None:
         super().__init__("the collector is closed")
+
+
+class PreflightError(FlowcollectError):
+    """A writer's destination cannot work (``DataWriter.preflight``): found before collecting."""

@@ -105,6 +105,13 @@ class DataReader(ABC):
         delete monitored items). Called on the lane's thread before the next tick that needs them.
         """
 
+    def describe_requests(self, variables: Sequence[VariableSpec]) -> Sequence[str]:
+        """What one tick due at ``variables`` costs at the source, one line each (Modbus requests,
+        OPC UA Read calls or monitored items), for ``flowcollect plan``. No I/O. Empty: nothing
+        worth saying beyond the variables themselves.
+        """
+        return ()
+
     def validate(self, variable: Variable) -> None:
         """Raise ``ValueError`` if this reader cannot read ``variable`` (bad address, type).
 

@@ -64,6 +64,13 @@ class DataWriter:
         if on_receipt is not None:
             on_receipt(Receipt(batch, written, failed, dropped, error))
 
+    def preflight(self) -> None:
+        """Check, before collection starts, that the destination can work (a path that can be
+        created and written, a server that answers and accepts the credentials). Raise
+        ``PreflightError`` with one line naming the problem; the writer's name is added by the
+        caller. The default checks nothing.
+        """
+
     def flush(self) -> None:
         """Make everything written so far durable at the destination."""
 
