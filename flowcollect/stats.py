@@ -47,6 +47,8 @@ class ReaderStats:
     """The GCD tick of the current schedule (None: nothing to read now)."""
     extra: Mapping[str, float] = field(default_factory=dict)
     """The reader's own counters (requests, reconnects...)."""
+    lane: str = ""
+    """The lane the reader runs on (readers of one lane share its thread, tick and overruns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,12 @@ class ContextStats:
     """``running``, ``paused`` or ``stopped``."""
     delivered: int
     """Values handed to the writers for this context."""
+    missed_instants: int = 0
+    """Due instants of this context its lanes could not serve (a read still running when they
+    came): skipped and counted, never piled up."""
+    missed_values: int = 0
+    """The values those instants would have carried: values expected = delivered + missed (for
+    ``report="every"`` variables of assigned lanes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +106,9 @@ class ReaderCounters:
     def skipped(self, n: int) -> None:
         self.overruns += n
 
-    def snapshot(self, reader: str, period_ms: int | None, extra: Mapping[str, float]) -> ReaderStats:
+    def snapshot(
+        self, reader: str, period_ms: int | None, extra: Mapping[str, float], lane: str = ""
+    ) -> ReaderStats:
         lateness = list(self.lateness)
         read_ms = list(self.read_ms)
         tick_ms = list(self.tick_ms)
@@ -117,4 +127,5 @@ class ReaderCounters:
             tick_ms_p99=percentile(tick_ms, 99),
             period_ms=period_ms,
             extra=dict(extra),
+            lane=lane,
         )
