@@ -129,6 +129,20 @@ class ValueBatch:
         cv = CollectedVariable
         when = self.time
         source, quality = self.source_ns, self.quality
+        if source is None and quality is None:  # the common case: one loop, no index
+            for spec, value, error in zip(self.variables, self.values, self.errors, strict=True):
+                yield cv(
+                    spec.id,
+                    spec.context_id,
+                    spec.address,
+                    spec.value_type,
+                    spec.reader,
+                    spec.interval_ms,
+                    value,
+                    when,
+                    error,
+                )
+            return
         for i, spec in enumerate(self.variables):
             yield cv(
                 spec.id,
