@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from reactivex import abc
-from reactivex.scheduler import EventLoopScheduler
 
 from flowcollect._clock import instant, now_ms
 from flowcollect._logs import RateLimitedLog
@@ -39,7 +38,8 @@ from flowcollect.errors import (
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy
 from flowcollect.readers.base import DataReader
-from flowcollect.runtime._lane import Lane
+from flowcollect.runtime._clock import Clock, LaneScheduler
+from flowcollect.runtime._lane import STEP_MS, Lane
 from flowcollect.runtime._steps import ChangeState, for_context, gate, report_changes
 from flowcollect.stats import CollectorStats, ContextStats, ReaderCounters
 from flowcollect.values import ValueBatch
@@ -118,8 +118,10 @@ class DataCollector:
 
     Readers with the same ``lane`` share one lane: one thread and clock, reads in deadline order.
     ``scheduler`` (keyword only) replaces the real clock and threads, for tests in virtual time:
-    every lane ticks on it and writers are called inline. ``close_timeout_s`` bounds ``close()``
-    as a whole (one deadline for every lane, reader and writer).
+    every lane ticks on it and writers are called inline. ``clock`` replaces the wall and
+    monotonic clocks of the collector's own threads (``flowcollect.runtime.Clock``).
+    ``close_timeout_s`` bounds ``close()`` as a whole (one deadline for every lane, reader and
+    writer).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class DataCollector:
         scheduler: abc.SchedulerBase | None = None,
         queue_limit: int = 1_000_000,
         close_timeout_s: float = 30.0,
+        clock: Clock | None = None,
     ) -> None:
         self._log = logger or logging.getLogger("flowcollect")
         self._errors = RateLimitedLog(self._log)
@@ -174,16 +177,16 @@ class DataCollector:
         # it, then only its figures, so a stopped plan's memory is not kept.
         self._ended: dict[int, _Run | ContextStats] = {}
         self._virtual = scheduler is not None
-        self._timer: abc.SchedulerBase = scheduler or EventLoopScheduler(
-            _thread_factory(f"{THREAD_PREFIX}timer", self._threads)
+        self._timer: abc.SchedulerBase = scheduler or LaneScheduler(
+            _thread_factory(f"{THREAD_PREFIX}timer", self._threads), clock
         )
         self._counters = {rtype: ReaderCounters() for rtype in self._readers}
         self._lane_readers = lane_keys(self._readers.values())
         self._lanes: dict[str, Lane] = {}
         self._lane_of: dict[str, str] = {}
         for key, types in self._lane_readers.items():
-            lane_scheduler = scheduler or EventLoopScheduler(
-                _thread_factory(_lane_thread_name(key, types), self._threads)
+            lane_scheduler = scheduler or LaneScheduler(
+                _thread_factory(_lane_thread_name(key, types), self._threads), clock
             )
             self._lanes[key] = Lane(
                 key,
@@ -192,11 +195,13 @@ class DataCollector:
                 self._counters,
                 self._errors,
                 self._missed,
-                None if scheduler is not None else _monotonic_ms,
+                self._stepped,
             )
             for t in types:
                 self._lane_of[t] = key
         self._assigned: frozenset[str] | None = None
+        self._step_lock = threading.Lock()
+        self._wall_offset = self._offset()
         self._sinks = [
             WriterSink(w, self._log, limit=queue_limit, threaded=scheduler is None) for w in writers
         ]
@@ -336,14 +341,14 @@ class DataCollector:
             self._log.error("reader %r failed to %s: %s", rtype, step, exc)
 
         me = threading.current_thread()
-        if isinstance(self._timer, EventLoopScheduler):
+        if isinstance(self._timer, LaneScheduler):
             self._timer.dispose()
-        finishing: list[tuple[Lane, threading.Event, EventLoopScheduler]] = []
+        finishing: list[tuple[Lane, threading.Event, LaneScheduler]] = []
         for lane in self._lanes.values():
             scheduler = lane.scheduler
-            if self._virtual or not lane.used or not isinstance(scheduler, EventLoopScheduler):
+            if self._virtual or not lane.used or not isinstance(scheduler, LaneScheduler):
                 lane.close_readers(failed)
-                if isinstance(scheduler, EventLoopScheduler):
+                if isinstance(scheduler, LaneScheduler):
                     scheduler.dispose()
                 continue
             finished = threading.Event()
@@ -358,7 +363,7 @@ class DataCollector:
             lane.post(finish)
             finishing.append((lane, finished, scheduler))
         for lane, finished, scheduler in finishing:
-            # A scheduler disposed from its own thread would wait for ever: dispose it from here.
+            # Past the deadline a lane still busy is abandoned: it reads nothing more.
             if not finished.wait(max(0.0, deadline - time.monotonic())):
                 lane.abandon()
             scheduler.dispose()
@@ -513,6 +518,24 @@ class DataCollector:
                         counted.add(d.context_id)
                         run.missed_instants += 1
 
+    def _offset(self) -> float | None:
+        monotonic: Callable[[], float] | None = getattr(self._timer, "monotonic_ms", None)
+        return None if monotonic is None else self._now_ms() - monotonic()
+
+    def _stepped(self) -> None:
+        """A lane saw the wall clock step: move every run's bounds by the step, once (the first
+        lane to notice), so contexts keep their values on the new timeline."""
+        with self._step_lock:
+            offset, before = self._offset(), self._wall_offset
+            if offset is None or before is None or abs(offset - before) <= STEP_MS:
+                return
+            self._wall_offset = offset
+            delta = round(offset - before)
+            for run in list(self._runs.values()):
+                run.since_ms += delta
+                if run.until_ms != UNTIL_STOPPED:
+                    run.until_ms += delta
+
     def _deliver(self, run: _Run, batch: ValueBatch) -> None:
         run.delivered += len(batch)
         for sink in self._sinks:
@@ -608,7 +631,3 @@ class DataCollector:
         state = "closed" if self._closed else f"{len(self._runs)} contexts"
         writers = [s.name for s in self._sinks]
         return f"DataCollector(readers={sorted(self._readers)}, writers={writers}, {state})"
-
-
-def _monotonic_ms() -> float:
-    return time.monotonic_ns() / 1e6

@@ -49,6 +49,8 @@ class ReaderStats:
     """The reader's own counters (requests, reconnects...)."""
     lane: str = ""
     """The lane the reader runs on (readers of one lane share its thread, tick and overruns)."""
+    clock_steps: int = 0
+    """Wall-clock steps (NTP) the lane re-anchored its grid on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +94,10 @@ class CollectorStats:
 class ReaderCounters:
     """Mutated only by the reader's own thread; read (racily, as counters are) by ``stats()``."""
 
-    __slots__ = ("errors", "lateness", "overruns", "read_ms", "tick_ms", "ticks", "values")
+    __slots__ = ("clock_steps", "errors", "lateness", "overruns", "read_ms", "tick_ms", "ticks", "values")
 
     def __init__(self) -> None:
+        self.clock_steps = 0
         self.ticks = 0
         self.values = 0
         self.errors = 0
@@ -128,4 +131,5 @@ class ReaderCounters:
             period_ms=period_ms,
             extra=dict(extra),
             lane=lane,
+            clock_steps=self.clock_steps,
         )

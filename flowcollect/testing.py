@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from reactivex.testing import TestScheduler
-
 from flowcollect._clock import EPOCH, instant
 from flowcollect.collector import DataCollector
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
 from flowcollect.readers.base import DataReader, Emit
+from flowcollect.runtime._clock import VirtualScheduler
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 from flowcollect.writers.base import DataWriter
 from flowcollect.writers.memory import MemoryDataWriter
@@ -32,6 +31,7 @@ __all__ = [
     "RecordingListener",
     "StaticDataReader",
     "VirtualClock",
+    "VirtualScheduler",
     "collect",
     "virtual_collector",
 ]
@@ -214,11 +214,11 @@ class RecordingListener(DataCollectionListener):
 
 
 class VirtualClock:
-    """A ``TestScheduler`` that speaks epoch milliseconds."""
+    """A virtual scheduler that speaks epoch milliseconds: the wall clock starts at ``start_ms``,
+    nothing happens until you advance it."""
 
     def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
-        self.scheduler = TestScheduler()
-        self.scheduler.advance_to(instant(start_ms))
+        self.scheduler = VirtualScheduler(instant(start_ms))
 
     @property
     def now_ms(self) -> int:
@@ -230,6 +230,11 @@ class VirtualClock:
 
     def advance_ms(self, ms: int) -> None:
         self.advance_to_ms(self.now_ms + ms)
+
+    def step_wall_ms(self, delta_ms: int) -> None:
+        """Make the wall clock jump by ``delta_ms`` (an NTP step; negative: backwards) while the
+        monotonic clock goes on; nothing runs until the next advance."""
+        self.scheduler.step_wall_ms(delta_ms)
 
 
 def virtual_collector(

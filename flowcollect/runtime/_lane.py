@@ -50,7 +50,7 @@ class Lane:
         counters: Mapping[str, ReaderCounters],
         errors: RateLimitedLog,
         on_missed: Callable[[LaneSchedule, list[int]], None],
-        monotonic_ms: Callable[[], float] | None = None,
+        on_step: Callable[[], None] = lambda: None,
     ) -> None:
         self.key = key
         self.readers = {r.type: r for r in readers}
@@ -68,7 +68,10 @@ class Lane:
         self.clock_steps = 0
         self._errors = errors
         self._on_missed = on_missed
-        self._monotonic_ms = monotonic_ms
+        self._on_step = on_step
+        # A scheduler that waits on the monotonic clock (LaneScheduler, VirtualScheduler) lets
+        # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
+        self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
         self._active: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
         self._opened: set[str] = set()
@@ -241,15 +244,7 @@ class Lane:
         anchor, offset = self._anchor, self._offset()
         if anchor is not None and offset is not None and abs(offset - anchor) > STEP_MS:
             # The wall clock stepped while we waited: this instant belongs to the old timeline.
-            self.clock_steps += 1
-            self._errors.warning(
-                (self.key, "step"),
-                "lane %s: the wall clock stepped by %+.0f ms; re-anchoring the grid",
-                self.key,
-                offset - anchor,
-            )
-            self._last_fired = math.floor(now_ms(self.scheduler))
-            self._arm(schedule.next_due(self._last_fired))
+            self._stepped(schedule, offset - anchor)
             return
         self._last_fired = due
         began = now_ms(self.scheduler)
@@ -260,21 +255,42 @@ class Lane:
                 (self.key, "internal", str(exc)), "lane %s: tick %s failed: %r", self.key, due, exc
             )
         now = now_ms(self.scheduler)
-        for counters in self._tick_counters(schedule, due):
+        for counters in self._tick_counters(schedule):
             counters.tick_ms.append(now - began)
         if self.closing():
+            return
+        after = self._offset()
+        if offset is not None and after is not None and abs(after - offset) > STEP_MS:
+            self._stepped(schedule, after - offset)  # it stepped while we read
             return
         following = schedule.next_due(due)
         if following <= now:
             skipped = schedule.due_between(due, now)
-            for counters in self._tick_counters(schedule, due):
+            for counters in self._tick_counters(schedule):
                 counters.overruns += len(skipped)
             self._on_missed(schedule, skipped)
             following = schedule.next_due(now)
         self._arm(following)
 
-    def _tick_counters(self, schedule: LaneSchedule, due: int) -> list[ReaderCounters]:
+    def _tick_counters(self, schedule: LaneSchedule) -> list[ReaderCounters]:
         return [self.counters[r] for r in schedule.reader_order if r in self.counters]
+
+    def _stepped(self, schedule: LaneSchedule, delta_ms: float) -> None:
+        """Re-anchor on the new wall time: the next grid instant after now, neither the old
+        timeline's next instant (a stall as long as a backward step) nor every instant a forward
+        step jumped over (a burst)."""
+        self.clock_steps += 1
+        for counters in self._tick_counters(schedule):
+            counters.clock_steps += 1
+        self._errors.warning(
+            (self.key, "step"),
+            "lane %s: the wall clock stepped by %+.0f ms; the grid goes on from the new time",
+            self.key,
+            delta_ms,
+        )
+        self._on_step()
+        self._last_fired = math.floor(now_ms(self.scheduler))
+        self._arm(schedule.next_due(self._last_fired))
 
     def _retime(self, since_ms: int) -> None:
         if self._pending_due is not None and self._pending_due <= now_ms(self.scheduler):
