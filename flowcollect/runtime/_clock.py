@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from reactivex import abc, typing
 from reactivex.disposable import Disposable
 from reactivex.internal.exceptions import DisposedException
-from reactivex.scheduler.scheduler import Scheduler
+from reactivex.scheduler.periodicscheduler import PeriodicScheduler
 
 from flowcollect._clock import EPOCH
 
@@ -61,7 +61,7 @@ class _Item:
         self.cancelled = True
 
 
-class _MonotonicQueue(Scheduler):
+class _MonotonicQueue(PeriodicScheduler):
     """Items keyed by monotonic ms; ``now`` is the wall clock. The shared part of both schedulers."""
 
     def __init__(self) -> None:
