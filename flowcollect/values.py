@@ -126,25 +126,20 @@ class ValueBatch:
         return self.time
 
     def __iter__(self) -> Iterator[CollectedVariable]:
+        return iter(self.collected())
+
+    def collected(self) -> list[CollectedVariable]:
+        """The values as ``CollectedVariable``s (new objects, yours to keep): the per-value view."""
         cv = CollectedVariable
         when = self.time
         source, quality = self.source_ns, self.quality
-        if source is None and quality is None:  # the common case: one loop, no index
-            for spec, value, error in zip(self.variables, self.values, self.errors, strict=True):
-                yield cv(
-                    spec.id,
-                    spec.context_id,
-                    spec.address,
-                    spec.value_type,
-                    spec.reader,
-                    spec.interval_ms,
-                    value,
-                    when,
-                    error,
-                )
-            return
-        for i, spec in enumerate(self.variables):
-            yield cv(
+        if source is None and quality is None:  # the common case: one comprehension, no index
+            return [
+                cv(s.id, s.context_id, s.address, s.value_type, s.reader, s.interval_ms, value, when, error)
+                for s, value, error in zip(self.variables, self.values, self.errors, strict=True)
+            ]
+        return [
+            cv(
                 spec.id,
                 spec.context_id,
                 spec.address,
@@ -156,6 +151,8 @@ class ValueBatch:
                 self.errors[i],
                 None if quality is None else quality[i],
             )
+            for i, spec in enumerate(self.variables)
+        ]
 
     def error_count(self) -> int:
         """How many values of the batch are errors."""

@@ -360,14 +360,17 @@ class Lane:
                 v.time = when
                 v.quality = None
         reader.read(cvs)
+        n = len(cvs)
         values = [v.value for v in cvs]
         errors = [v.error for v in cvs]
+        # list.count compares by identity first: two C loops, no Python per value.
+        times = [v.time for v in cvs]
         source: list[int | None] | None = None
-        if any(v.time is not when for v in cvs):
-            source = [None if v.time is when or v.time is None else _ns(v.time) for v in cvs]
-        quality: list[str | None] | None = None
-        if any(v.quality is not None for v in cvs):
-            quality = [v.quality for v in cvs]
+        if times.count(when) != n:
+            source = [None if t is when or t is None else _ns(t) for t in times]
+        quality: list[str | None] | None = [v.quality for v in cvs]
+        if quality is not None and quality.count(None) == n:
+            quality = None
         return values, errors, source, quality
 
 
