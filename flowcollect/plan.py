@@ -27,6 +27,7 @@ __all__ = [
     "PipelinePlan",
     "ReaderPlan",
     "build_plan",
+    "describe",
     "render_dot",
     "render_mermaid",
     "render_text",

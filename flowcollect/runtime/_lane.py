@@ -36,7 +36,17 @@ it (backwards) or firing the instants it jumped over (forwards)."""
 
 
 def _batch_reader(reader: DataReader) -> bool:
-    return type(reader).read_batch is not DataReader.read_batch
+    """Whether the engine calls ``read_batch``: the class that defines ``read`` or ``read_batch``
+    nearest to the reader's own class decides, so a subclass overriding ``read`` of a reader that
+    has both (``RandomDataReader``) is read through its ``read``."""
+    for cls in type(reader).__mro__:
+        if cls is DataReader:
+            break
+        if "read" in vars(cls):
+            return "read_batch" in vars(cls)
+        if "read_batch" in vars(cls):
+            return True
+    return False
 
 
 class Lane:
@@ -75,6 +85,7 @@ class Lane:
         self._active: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
         self._opened: set[str] = set()
+        self._batchy = {r.type: _batch_reader(r) for r in readers}
         self._stores: dict[str, PushStore] = {r.type: PushStore() for r in readers if r.pushes}
         self._routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
         self._reuse: dict[int, tuple[ReaderPhase, list[CollectedVariable]]] = {}
@@ -325,7 +336,7 @@ class Lane:
         if store is not None:
             return store.sample(rp.reads, t_ms, reader.stale_after_ms)
         try:
-            if _batch_reader(reader):
+            if self._batchy[rtype]:
                 batch = ValueBatch(t_ms, rp.reads, reader=rtype)
                 reader.read_batch(batch)
                 return batch.values, batch.errors, batch.source_ns, batch.quality

@@ -224,3 +224,37 @@ def test_the_lazy_path_is_really_taken_for_coprime_intervals() -> None:
     check_phase(schedule, wanted, t + 999)
     check_phase(schedule, wanted, t + 1000)
     check_phase(schedule, wanted, t + 1)
+
+
+@PROPS
+@given(
+    data=st.data(),
+    t=st.integers(EPOCH_2023, EPOCH_2023 + 10**9),
+)
+def test_a_shared_lane_reads_each_readers_due_set_once_in_reader_order(data: st.DataObject, t: int) -> None:
+    readers = ("u1", "u2", "u3")
+    specs = [
+        VariableSpec(
+            data.draw(st.integers(1, 50)),
+            cid,
+            data.draw(st.sampled_from(ADDRESSES)),
+            data.draw(st.sampled_from(VALUE_TYPES)),
+            data.draw(st.sampled_from(readers)),
+            data.draw(small_intervals),
+        )
+        for cid in range(1, data.draw(st.integers(2, 12)))
+    ]
+    schedule = LaneSchedule("modbus+rtu:///dev/ttyUSB0", specs, readers)
+    assert schedule.period_ms == math.gcd(*{s.interval_ms for s in specs})
+    phase = schedule.phase_at(t)
+    due = [s for s in specs if t % s.interval_ms == 0]
+    if not due:
+        assert phase is None
+        return
+    assert phase is not None
+    # Readers in the lane's order, each with exactly its own distinct due (address, type) pairs.
+    assert [rp.reader for rp in phase.readers] == [r for r in readers if any(s.reader == r for s in due)]
+    for rp in phase.readers:
+        mine = {(s.address, s.value_type) for s in due if s.reader == rp.reader}
+        assert sorted((s.address, s.value_type) for s in rp.reads) == sorted(mine)
+        assert all(s.reader == rp.reader for s in rp.reads)
