@@ -305,15 +305,20 @@ class Lane:
 
     def _retime(self, since_ms: int) -> None:
         anchor, offset = self._anchor, self._offset()
-        if self._pending is not None and anchor is not None and offset is not None:
-            if abs(offset - anchor) > STEP_MS:
-                # The wall clock stepped since the pending tick was armed: that tick and the
-                # last fired instant belong to the old timeline.
-                self._pending.dispose()
-                self._pending, self._pending_due = None, None
-                if self._active is not None:
-                    self._stepped(self._active, offset - anchor)
-                return
+        pending = self._pending
+        if (
+            pending is not None
+            and anchor is not None
+            and offset is not None
+            and abs(offset - anchor) > STEP_MS
+        ):
+            # The wall clock stepped since the pending tick was armed: that tick and the last
+            # fired instant belong to the old timeline.
+            pending.dispose()
+            self._pending, self._pending_due = None, None
+            if self._active is not None:
+                self._stepped(self._active, offset - anchor)
+            return
         if self._pending_due is not None and self._pending_due <= now_ms(self.scheduler):
             return  # that tick is due already and about to fire; it re-arms from the new schedule
         if self._pending is not None:
