@@ -120,7 +120,9 @@ class WriterSink:
                     return
                 batches = self._take()
                 self._busy = True
-            if type(self.writer).write_batch is not DataWriter.write_batch:
+            if all(isinstance(b, ValueBatch) for b in batches):
+                # One call per batch: a per-value writer then gets each lazily (joining them
+                # would build every CollectedVariable at once, the slow path when behind).
                 for batch in batches:
                     self._write(batch)
             else:
