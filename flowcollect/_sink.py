@@ -6,8 +6,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
+from typing import overload
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect.stats import WriterStats
@@ -120,11 +121,13 @@ class WriterSink:
                     return
                 batches = self._take()
                 self._busy = True
-            if all(isinstance(b, ValueBatch) for b in batches):
-                # One call per batch: a per-value writer then gets each lazily (joining them
-                # would build every CollectedVariable at once, the slow path when behind).
+            if type(self.writer).write_batch is not DataWriter.write_batch:
                 for batch in batches:
                     self._write(batch)
+            elif len(batches) > 1 and all(isinstance(b, ValueBatch) for b in batches):
+                # Joined, lazily: building every CollectedVariable of a backlog at once is the
+                # slow path exactly when the writer is behind.
+                self._write(_Joined(batches))
             else:
                 self._write(batches[0] if len(batches) == 1 else list(chain.from_iterable(batches)))
             with self._cond:
@@ -174,3 +177,35 @@ class WriterSink:
         except Exception:
             extra = {}
         return WriterStats(self.name, self.written, self.failed, queued, self.dropped, oldest, extra)
+
+
+class _Joined(Sequence[CollectedVariable]):
+    """Several batches as one sequence of values, each made on demand (for ``write(values)``)."""
+
+    def __init__(self, batches: Sequence[Sequence[CollectedVariable]]) -> None:
+        self._batches = batches
+        self._len = sum(len(b) for b in batches)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[CollectedVariable]:
+        return chain.from_iterable(self._batches)
+
+    @overload
+    def __getitem__(self, index: int) -> CollectedVariable: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[CollectedVariable]: ...
+
+    def __getitem__(self, index: int | slice) -> CollectedVariable | list[CollectedVariable]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if not -self._len <= index < self._len:
+            raise IndexError(index)
+        index %= self._len
+        for batch in self._batches:
+            if index < len(batch):
+                return batch[index]
+            index -= len(batch)
+        raise IndexError(index)

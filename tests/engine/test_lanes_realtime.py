@@ -174,7 +174,8 @@ def test_readers_of_one_lane_are_called_on_that_lanes_thread_only(no_leftover_th
         collector.start(context(1, "unit1", interval_ms=50))
         collector.start(context(2, "unit2", interval_ms=50))
         assert wait_until(lambda: len({v.context_id for v in writer.snapshot()}) == 2)
-        collector.pause(2)
+        collector.pause(2)  # unit2 hears it has nothing to serve, then its variable again
+        assert wait_until(lambda: [c for c, _ in unit2.calls].count("plan_changed") >= 2)
         collector.resume(2)
         assert wait_until(lambda: [c for c, _ in unit2.calls].count("plan_changed") >= 3)
     threads = {name for reader in (unit1, unit2) for _, name in reader.calls}
