@@ -233,20 +233,24 @@ class DataCollector:
             self._closed_event.set()
 
     def _end_threads(self) -> None:
+        # One deadline for the whole close, whatever any plugin does: readers still reading get
+        # the first half of it (their last values must reach the writers), writers the rest to
+        # write what is queued, flush and close. Writers keep writing their queues meanwhile.
         timeout = self._close_timeout_s
+        begun = time.monotonic()
+        deadline = begun + timeout
+        readers_deadline = begun + timeout / 2
         for lane in self._lanes.values():
             if lane.owned and isinstance(lane.scheduler, EventLoopScheduler):
                 lane.scheduler.dispose()
         if isinstance(self._timer, EventLoopScheduler):
             self._timer.dispose()
-        # One deadline for all of them: several stuck readers must not multiply the wait.
-        deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread() and thread.ident is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, readers_deadline - time.monotonic()))
                 if thread.is_alive():
                     self._log.warning(
-                        "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout
+                        "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout / 2
                     )
         # After the reader threads: the values of a read in flight at close pass through.
         self._merge.dispose()
@@ -255,13 +259,20 @@ class DataCollector:
                 lane.reader.close()
             except Exception as exc:
                 self._log.error("reader %r failed to close: %s", lane.reader.type, exc)
+        # Every sink is asked first, then awaited: a stuck writer costs the others nothing.
         for sink in self._sinks:
-            sink.close(timeout)
+            sink.begin_close()
+        for sink in self._sinks:
+            sink.close(deadline)
         self._notify("after_close")
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Hand everything queued to the writers and flush them; False if ``timeout_s`` passed first."""
-        return all([sink.flush(timeout_s) for sink in self._sinks])
+        """Hand everything queued to the writers, flush them and wait until they acknowledged it;
+        False if ``timeout_s`` (one bound for all writers) passed first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for sink in self._sinks:
+            sink.begin_flush()
+        return all([sink.flush(deadline=deadline) for sink in self._sinks])
 
     def __enter__(self) -> DataCollector:
         return self
