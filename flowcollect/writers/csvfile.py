@@ -29,6 +29,7 @@ ones, before ``name``, ``quality`` and ``tags`` were added) so appending never s
 HEADER = COLUMNS  # the name older code imports
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_KERNEL_FILESYSTEMS = (Path("/proc"), Path("/sys"))
 
 
 def time_text(when: datetime | None) -> str:
@@ -131,6 +132,11 @@ class CsvFileDataWriter(DataWriter):
         folder cannot be created, or the OS refuses to open or create it (permissions, a
         read-only filesystem, ``/proc``). Leaves no file behind that was not there."""
         path = self.path
+        real = path.resolve()
+        for kernel in _KERNEL_FILESYSTEMS:
+            if real == kernel or kernel in real.parents:
+                # The kernel's own files open for writing and then refuse, or take, any text.
+                raise PreflightError(f"{path} is in {kernel}, the kernel's interface, not a place for data")
         if path.is_dir():
             raise PreflightError(f"{path} is a directory, not a file")
         if path.exists():
@@ -233,9 +239,9 @@ class CsvFileDataWriter(DataWriter):
 
     def write_batch(self, batch: ValueBatch) -> None:
         with self._lock:
-            data = self._encode(self._batch_rows(batch))
             if self._fd is None:
-                self._open_locked()
+                self._open_locked()  # first: an existing file's header decides the columns
+            data = self._encode(self._batch_rows(batch))
             self._pending.append((batch, len(batch), data))
             self._pending_rows += len(batch)
             self._pending_bytes += len(data)
@@ -258,9 +264,9 @@ class CsvFileDataWriter(DataWriter):
             for v in values
         ]
         with self._lock:
-            data = self._encode(rows)
             if self._fd is None:
                 self._open_locked()
+            data = self._encode(rows)
             self._pending.append((None, len(rows), data))
             self._pending_rows += len(rows)
             self._pending_bytes += len(data)
