@@ -26,8 +26,11 @@ from pathlib import Path
 import pytest
 
 from flowcollect import CollectedVariable, DataCollectionContext, DataCollector, DataWriter, Variable
+from flowcollect.stats import CollectorStats
 from flowcollect.testing import MemoryDataWriter, StaticDataReader
+from flowcollect.values import ValueBatch
 from flowcollect.writers import CsvFileDataWriter
+from tests.conftest import collector_threads
 from tests.reliability.support import ms, wait_until
 
 pytestmark = pytest.mark.realtime
@@ -288,3 +291,155 @@ def test_a_read_in_flight_when_its_context_ends_is_delivered(end: str, no_leftov
     assert context.start_date < t <= context.end_date
     assert [(v.id, v.time, v.value) for v in writer.values] == [(1, t, 1.5)]
     assert collector.stats().contexts[1].delivered == 1
+
+
+# -- shutdown that is bounded ------------------------------------------------------------------
+
+CLOSE_TIMEOUT_S = 2.0
+# What close() may take beyond close_timeout_s: thread wake-ups and the healthy writers' last
+# flush, on a loaded 2-core machine. A close that waits for a stuck plugin takes seconds more.
+CLOSE_SLACK_S = 1.0
+
+
+class StuckWriter(DataWriter):
+    """A writer that acknowledges its rows when it flushes them (a file's way) and blocks for
+    ever in ``where`` (a file on a hung network mount), until the test releases it."""
+
+    acknowledges = True
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[ValueBatch] = []
+
+    @property
+    def name(self) -> str:
+        return f"stuck-in-{self.where}"
+
+    def _block(self, where: str) -> None:
+        if self.where == where:
+            self.entered.set()
+            self.release.wait()
+
+    def write_batch(self, batch: ValueBatch) -> None:
+        self._block("write")
+        self.batches.append(batch)
+
+    def flush(self) -> None:
+        self._block("flush")
+        done, self.batches = self.batches, []
+        for b in done:
+            self.acknowledge(b, len(b))
+
+    def close(self) -> None:
+        self._block("close")
+
+
+class HungReader(StaticDataReader):
+    """Its first read never returns (until the test releases it)."""
+
+    def __init__(self) -> None:
+        super().__init__({"h": 1.0}, type="hung")
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        self.entered.set()
+        self.release.wait()
+        super().read(variables)
+
+
+def steady_context(cid: int, reader: str, address: str) -> DataCollectionContext:
+    return DataCollectionContext(
+        id=cid,
+        interval_ms=50,
+        min_interval_ms=10,
+        duration_s=3600,
+        variables=[
+            Variable(id=1, address=address, reader=reader),
+            Variable(id=2, address="b", reader=reader),
+        ],
+    )
+
+
+def assert_stuck_writers_accounted(stats: CollectorStats, delivered: int) -> None:
+    """Every value given to a stuck writer is in its figures: written only when acknowledged."""
+    for where, written in (("write", 0), ("flush", 0), ("close", delivered)):
+        w = stats.writers[f"stuck-in-{where}"]
+        assert w.received == delivered, w
+        assert (w.written, w.failed, w.queued, w.in_flight) == (written, 0, 0, 0), w
+        assert w.dropped == w.dropped_close == delivered - written, w
+
+
+def release_and_wait(collector: DataCollector, *parts: StuckWriter | HungReader) -> None:
+    collector.close()  # when the test failed before its own close; bounded, and idempotent
+    for part in parts:
+        part.release.set()
+    # Abandoned threads end once their plugin comes back: none outlives the test.
+    assert wait_until(lambda: not collector_threads(), timeout_s=10), collector_threads()
+
+
+@pytest.mark.timeout(60)
+def test_writers_stuck_in_write_flush_and_close_cost_close_only_its_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, no_leftover_threads: None
+) -> None:
+    reader = StaticDataReader({"a": 1.5, "b": 2.5}, type="steady")
+    stuck = [StuckWriter(where) for where in ("write", "flush", "close")]
+    memory, csv_writer = MemoryDataWriter(), CsvFileDataWriter(tmp_path / "out.csv")
+    collector = DataCollector([reader], [csv_writer, memory, *stuck], close_timeout_s=CLOSE_TIMEOUT_S)
+    try:
+        collector.start(steady_context(1, "steady", "a"))
+        assert wait_until(lambda: len(memory.snapshot()) >= 20)
+        assert stuck[0].entered.wait(5)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="flowcollect"):
+            collector.close()
+        took = time.monotonic() - started
+    finally:
+        release_and_wait(collector, *stuck)
+    assert took < CLOSE_TIMEOUT_S + CLOSE_SLACK_S, took
+    stats = collector.stats()
+    delivered = stats.contexts[1].delivered
+    # The healthy writers beside the stuck ones lost nothing: every value is in the file.
+    assert len(memory.values) == delivered == len(csv_keys(csv_writer.path)) >= 20
+    w = stats.writers[csv_writer.name]
+    assert (w.received, w.written, w.failed, w.dropped, w.queued, w.in_flight) == (
+        delivered,
+        delivered,
+        0,
+        0,
+        0,
+        0,
+    )
+    assert_stuck_writers_accounted(stats, delivered)
+    stuck_lines = sorted(
+        r.getMessage().split(" at the ")[0] for r in caplog.records if "stuck in" in r.getMessage()
+    )
+    assert stuck_lines == [f"writer stuck-in-{w} is stuck in {w}" for w in ("close", "flush", "write")]
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_reader_and_three_stuck_writers_share_one_close_deadline(
+    tmp_path: Path, no_leftover_threads: None
+) -> None:
+    hung, steady = HungReader(), StaticDataReader({"a": 1.5, "b": 2.5}, type="steady")
+    stuck = [StuckWriter(where) for where in ("write", "flush", "close")]
+    csv_writer = CsvFileDataWriter(tmp_path / "out.csv")
+    collector = DataCollector([hung, steady], [*stuck, csv_writer], close_timeout_s=CLOSE_TIMEOUT_S)
+    try:
+        collector.start(steady_context(1, "steady", "a"))
+        collector.start(steady_context(2, "hung", "h"))
+        assert hung.entered.wait(5) and stuck[0].entered.wait(5)
+        assert wait_until(lambda: collector.stats().contexts[1].delivered >= 20)
+        started = time.monotonic()
+        collector.close()  # was 14 s: 2 for the reader, then 2 + 2 per stuck writer
+        took = time.monotonic() - started
+    finally:
+        release_and_wait(collector, hung, *stuck)
+    assert took < CLOSE_TIMEOUT_S + CLOSE_SLACK_S, took
+    stats = collector.stats()
+    delivered = stats.contexts[1].delivered
+    assert stats.contexts[2].delivered == 0
+    assert len(csv_keys(csv_writer.path)) == delivered == stats.writers[csv_writer.name].written
+    assert_stuck_writers_accounted(stats, delivered)
