@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -441,3 +442,50 @@ def test_close_returns_by_its_deadline_whatever_the_writer_does(
     sink.put(batch(1, 3, 9))  # after close: counted, as dropped
     assert figures(sink.snapshot())[0] == 15
     assert sink.snapshot().dropped_close == expected[-1] + 3
+
+
+class NamedMemory(MemoryDataWriter):
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+
+def test_a_collector_routes_each_context_to_its_writers(tmp_path: Path) -> None:
+    # Through the collector, in virtual time (its sinks call the writers inline).
+    from flowcollect import DataCollectionContext, Variable
+    from flowcollect.testing import StaticDataReader, virtual_collector
+    from flowcollect.writers import CsvFileDataWriter
+
+    line1 = CsvFileDataWriter(tmp_path / "line1.csv").receive(contexts=[1])
+    temps = NamedMemory("temps").receive(variables=[2])
+    everything = NamedMemory("everything")
+    collector, clock = virtual_collector([StaticDataReader({"a": 1.5, "b": 2.5})], [line1, temps, everything])
+    with collector:
+        for cid in (1, 2):
+            collector.start(
+                DataCollectionContext(
+                    id=cid,
+                    interval_ms=100,
+                    variables=[
+                        Variable(id=1, address="a", reader="static"),
+                        Variable(id=2, address="b", reader="static"),
+                    ],
+                )
+            )
+        clock.advance_ms(1_000)
+    stats = collector.stats()
+    assert len(everything.values) == 40
+    assert {(v.context_id, v.id) for v in temps.values} == {(1, 2), (2, 2)} and len(temps.values) == 20
+    with (tmp_path / "line1.csv").open(encoding="utf-8") as file:
+        assert {line.split(",")[1] for line in list(file)[1:]} == {"1"}
+    assert [
+        (stats.writers[w.name].received, stats.writers[w.name].written) for w in (line1, temps, everything)
+    ] == [
+        (20, 20),
+        (20, 20),
+        (40, 40),
+    ]
