@@ -301,3 +301,43 @@ def test_csv_options_are_checked() -> None:
         "CSV writer x.csv: flush_interval_s must be > 0 and <= 3600 s, got 0",
         "CSV writer x.csv: max_buffer_bytes must be a positive int, got -1",
     ]
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, time
+    from flowcollect import DataCollectionContext, DataCollector, Variable
+    from flowcollect.testing import StaticDataReader
+    from flowcollect.writers import CsvFileDataWriter
+
+    collector = DataCollector([StaticDataReader({"a": 1.5})], [CsvFileDataWriter(sys.argv[1])])
+    collector.start(
+        DataCollectionContext(id=1, interval_ms=100, variables=[Variable(id=1, address="a", reader="static")])
+    )
+    print("started", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.realtime
+def test_a_kill_9_loses_at_most_the_last_flush_interval_of_rows(tmp_path: Path) -> None:
+    path = tmp_path / "killed.csv"
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "started\n"
+            time.sleep(2.5)
+            killed_ms = time.time() * 1000
+        finally:
+            child.kill()  # SIGKILL: no close, no flush, no atexit
+            child.wait(10)
+    times = [datetime.fromisoformat(r["time"]).timestamp() * 1000 for r in rows(path)]
+    assert len(times) >= 10
+    # Rows reach the OS at least every flush_interval_s (1 s): what is lost is at most that,
+    # plus a tick and the time the writer's thread may wait for the CPU on a loaded machine.
+    assert killed_ms - max(times) < 1000 + 100 + 500, killed_ms - max(times)
