@@ -51,24 +51,35 @@ def _epoch_us(when: datetime, epoch: datetime) -> int:
     return (when - epoch) // _US
 
 
+_SPECS: dict[tuple[int, int, str, str, str, int], VariableSpec] = {}
+_SPECS_MAX = 200_000
+
+
 def as_batch(values: Sequence[CollectedVariable]) -> ValueBatch:
     """A columnar batch of per-value objects (the engine's lists, until it hands batches).
 
     The instant is the first value's time; values at another time carry it as their source time.
+    Specs are shared through a bounded cache: a tick's list holds the same variables as the last.
     """
-    specs = [
-        VariableSpec(v.id, v.context_id, v.address, v.value_type, v.reader, v.interval_ms) for v in values
-    ]
-    times = [None if v.time is None else _epoch_us(v.time, _EPOCH) for v in values]
-    first = next((t for t in times if t is not None), 0)
-    t_ms = first // 1000
+    cache = _SPECS
+    if len(cache) > _SPECS_MAX:
+        cache.clear()
+    specs = []
+    for v in values:
+        key = (v.id, v.context_id, v.address, v.value_type, v.reader, v.interval_ms)
+        spec = cache.get(key)
+        if spec is None:
+            spec = cache[key] = VariableSpec(*key)
+        specs.append(spec)
+    first = values[0].time if values else None
+    t_us = 0 if first is None else _epoch_us(first, _EPOCH)
     source_ns: list[int | None] | None = None
-    if any(t is not None and t != t_ms * 1000 for t in times):
-        source_ns = [None if t is None else t * 1000 for t in times]
+    if any(v.time != first for v in values):
+        source_ns = [None if v.time is None else _epoch_us(v.time, _EPOCH) * 1000 for v in values]
     quality = [v.quality for v in values]
     contexts = {v.context_id for v in values}
     return ValueBatch(
-        t_ms,
+        t_us // 1000,
         specs,
         [v.value for v in values],
         [v.error for v in values],

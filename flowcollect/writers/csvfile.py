@@ -216,11 +216,26 @@ class CsvFileDataWriter(DataWriter):
 
     def _batch_rows(self, batch: ValueBatch) -> list[tuple[object, ...]]:
         when = time_text(batch.time)
-        values, errors, source, quality = batch.values, batch.errors, batch.source_ns, batch.quality
+        source, quality = batch.source_ns, batch.quality
         tags = self._tags_text
+        if source is None and quality is None:  # the common case, without a call per value
+            return [
+                (
+                    spec.id,
+                    spec.context_id,
+                    spec.address,
+                    "" if value is None else value,
+                    when,
+                    error or "",
+                    spec.name or "",
+                    "",
+                    tags(spec.tags) if spec.tags else "",
+                )
+                for spec, value, error in zip(batch.variables, batch.values, batch.errors, strict=True)
+            ]
         rows: list[tuple[object, ...]] = []
         for i, spec in enumerate(batch.variables):
-            value = values[i]
+            value = batch.values[i]
             ns = None if source is None else source[i]
             rows.append(
                 (
@@ -229,10 +244,10 @@ class CsvFileDataWriter(DataWriter):
                     spec.address,
                     "" if value is None else value,
                     when if ns is None else time_text(_EPOCH + timedelta(microseconds=ns // 1000)),
-                    errors[i] or "",
+                    batch.errors[i] or "",
                     spec.name or "",
                     "" if quality is None else quality[i] or "",
-                    tags(spec.tags),
+                    tags(spec.tags) if spec.tags else "",
                 )
             )
         return rows
@@ -249,20 +264,26 @@ class CsvFileDataWriter(DataWriter):
                 self._flush_locked()
 
     def write(self, values: Sequence[CollectedVariable]) -> None:
-        rows: list[tuple[object, ...]] = [
-            (
-                v.id,
-                v.context_id,
-                v.address,
-                "" if v.value is None else v.value,
-                time_text(v.time),
-                v.error or "",
-                "",
-                v.quality or "",
-                "",
+        times: dict[datetime | None, str] = {}  # a list's values mostly share one instant
+        rows: list[tuple[object, ...]] = []
+        for v in values:
+            when = times.get(v.time)
+            if when is None:
+                when = times[v.time] = time_text(v.time)
+            value = v.value
+            rows.append(
+                (
+                    v.id,
+                    v.context_id,
+                    v.address,
+                    "" if value is None else value,
+                    when,
+                    v.error or "",
+                    "",
+                    v.quality or "",
+                    "",
+                )
             )
-            for v in values
-        ]
         with self._lock:
             if self._fd is None:
                 self._open_locked()
