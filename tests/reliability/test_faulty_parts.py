@@ -392,6 +392,12 @@ def test_writers_stuck_in_write_flush_and_close_cost_close_only_its_timeout(
         collector.start(steady_context(1, "steady", "a"))
         assert wait_until(lambda: len(memory.snapshot()) >= 20)
         assert stuck[0].entered.wait(5)
+        # flush is bounded by one timeout for all writers; the healthy ones are flushed all the same.
+        before = collector.stats().writers[csv_writer.name].received
+        flushing = time.monotonic()
+        assert collector.flush(0.5) is False
+        assert time.monotonic() - flushing < 0.5 + CLOSE_SLACK_S
+        assert collector.stats().writers[csv_writer.name].written >= before
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="flowcollect"):
             collector.close()
