@@ -206,6 +206,9 @@ class DataCollector:
     def close(self) -> None:
         """Stop every context, write what is queued, close writers and readers, end every thread.
 
+        Returns within ``close_timeout_s`` (one deadline for everything) whatever a plugin does: a
+        writer still busy at the deadline is left behind and its unstored values counted dropped.
+
         Idempotent (a call while another is closing returns when that one is done); every other
         call raises ``CollectorClosedError`` afterwards.
         """
