@@ -18,6 +18,7 @@ from flowcollect.writers.base import DataWriter
 
 LOG = logging.getLogger("flowcollect.test.sink.props")
 LOG.propagate = False  # the writer bugs this test makes on purpose are logged, not shown
+LOG.addHandler(logging.NullHandler())
 
 
 class Recorder(DataWriter):
