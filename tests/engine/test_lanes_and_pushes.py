@@ -376,3 +376,8 @@ def test_instants_a_reader_could_not_serve_are_counted_per_context() -> None:
     # accounted for: 12 for context 1, 6 for context 2.
     assert (one.delivered, one.missed_instants) == (4, 8)
     assert two.delivered + two.missed_instants == 6
+
+
+def test_a_blank_lane_key_is_a_config_error_naming_the_reader() -> None:
+    with pytest.raises(ConfigError, match="reader 'bad': lane must be None or a non-blank text"):
+        DataCollector([LaneReader("bad", "  ", [])], [])
