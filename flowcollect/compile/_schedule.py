@@ -37,6 +37,8 @@ class Delivery:
     index: tuple[int, ...] | None
     scaled: tuple[int, ...] = ()
     changes: tuple[int, ...] = ()
+    reader: str = ""
+    """The reader type of every value, when they come from one reader ("" when from several)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +61,12 @@ class ReaderPhase:
 
 @dataclass(frozen=True, slots=True)
 class LanePhase:
-    """What a lane has due at an instant: one ``ReaderPhase`` per reader with reads, in reader order."""
+    """What a lane has due at an instant: one ``ReaderPhase`` per reader with reads, in reader
+    order, and per context its ``Delivery`` over all of them (indices into the readers' reads
+    laid end to end): one batch per lane, instant and context."""
 
     readers: tuple[ReaderPhase, ...]
+    by_context: dict[int, Delivery] = field(default_factory=dict, compare=False)
 
     @property
     def size(self) -> int:
@@ -180,7 +185,39 @@ class LaneSchedule:
         per_reader: dict[str, list[VariableSpec]] = {}
         for _, s in due:
             per_reader.setdefault(s.reader, []).append(s)
-        return LanePhase(tuple(_reader_phase(r, per_reader[r]) for r in self.reader_order if r in per_reader))
+        readers = tuple(_reader_phase(r, per_reader[r]) for r in self.reader_order if r in per_reader)
+        phase = LanePhase(readers)
+        phase.by_context.update(_lane_deliveries(readers))
+        return phase
+
+
+def _lane_deliveries(readers: Sequence[ReaderPhase]) -> dict[int, Delivery]:
+    """Each context's delivery over all the readers of a lane phase, reads laid end to end."""
+    if len(readers) == 1:
+        return dict(readers[0].by_context)
+    parts: dict[int, list[tuple[int, Delivery]]] = {}
+    offset = 0
+    for rp in readers:
+        for d in rp.deliveries:
+            parts.setdefault(d.context_id, []).append((offset, d))
+        offset += rp.size
+    out: dict[int, Delivery] = {}
+    for cid, pieces in parts.items():
+        variables: list[VariableSpec] = []
+        index: list[int] = []
+        for start, d in pieces:
+            variables.extend(d.variables)
+            index.extend(start + n for n in (d.index if d.index is not None else range(len(d.variables))))
+        whole = index == list(range(offset))
+        out[cid] = Delivery(
+            cid,
+            tuple(variables),
+            None if whole else tuple(index),
+            tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None),
+            tuple(k for k, s in enumerate(variables) if s.report == "change"),
+            pieces[0][1].reader if len(pieces) == 1 else "",
+        )
+    return out
 
 
 def _reader_phase(reader: str, due: Sequence[VariableSpec]) -> ReaderPhase:
@@ -205,6 +242,7 @@ def _reader_phase(reader: str, due: Sequence[VariableSpec]) -> ReaderPhase:
                 None if whole else tuple(n for n, _ in items),
                 tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None),
                 tuple(k for k, s in enumerate(variables) if s.report == "change"),
+                reader,
             )
         )
     phase = ReaderPhase(reader, tuple(reads), tuple(deliveries))

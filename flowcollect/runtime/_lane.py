@@ -12,6 +12,7 @@ import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from reactivex import abc
@@ -331,6 +332,7 @@ class Lane:
         phase = schedule.phase_at(t_ms)
         if phase is None:
             return
+        reads = []
         for rp in phase.readers:
             reader = self.readers[rp.reader]
             counters = self.counters[rp.reader]
@@ -341,11 +343,29 @@ class Lane:
             counters.ticks += 1
             counters.values += len(values)
             counters.errors += len(errors) - errors.count(None)
-            if self._closed:
-                # Abandoned at the close deadline while this read hung: the writers are closed
-                # and the collector has returned, so its values reach no context.
-                return
+            reads.append((rp, values, errors, source, quality))
+        if self._closed:
+            # Abandoned at the close deadline while this read hung: the writers are closed
+            # and the collector has returned, so its values reach no context.
+            return
+        if len(reads) == 1:
+            rp, values, errors, source, quality = reads[0]
             self.subject.on_next(LaneRead(t_ms, rp.reader, values, errors, source, quality, rp.by_context))
+            return
+        # One batch per lane, instant and context: the readers' columns laid end to end.
+        values = list(chain.from_iterable(r[1] for r in reads))
+        errors = list(chain.from_iterable(r[2] for r in reads))
+        source = None
+        if any(r[3] is not None for r in reads):
+            source = list(
+                chain.from_iterable(r[3] if r[3] is not None else [None] * len(r[1]) for r in reads)
+            )
+        quality = None
+        if any(r[4] is not None for r in reads):
+            quality = list(
+                chain.from_iterable(r[4] if r[4] is not None else [None] * len(r[1]) for r in reads)
+            )
+        self.subject.on_next(LaneRead(t_ms, "", values, errors, source, quality, phase.by_context))
 
     def _read(
         self, reader: DataReader, rp: ReaderPhase, t_ms: int

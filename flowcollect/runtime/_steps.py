@@ -90,7 +90,7 @@ def batch_for(read: LaneRead, d: Delivery, context_id: int) -> ValueBatch:
         source_ns=_pick(read.source_ns, index),
         quality=_pick(read.quality, index),
         context_id=context_id,
-        reader=read.reader,
+        reader=d.reader or read.reader,
     )
 
 
