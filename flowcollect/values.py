@@ -79,7 +79,8 @@ class ValueBatch(Sequence[CollectedVariable]):
       (``None`` where it gave none: the instant counts).
     - ``quality``: ``None``, or per value ``None`` (good) or the source's word for a doubtful value.
     - ``context_id``: the receiving context (``None`` in a reader's batch: the distinct reads due).
-    - ``reader``: the reader type the values come from.
+    - ``reader``: the reader type the values come from (``""`` when from several readers of one
+      lane: each value's ``VariableSpec.reader`` says).
 
     ``len(batch)`` is the number of values; iterating (or indexing: a batch is a
     ``Sequence[CollectedVariable]``) yields ``CollectedVariable``s made on demand, new each time;
