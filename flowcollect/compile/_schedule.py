@@ -7,6 +7,7 @@ tests can hammer it. A variable with interval I is due at every instant t with t
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -97,6 +98,7 @@ class LaneSchedule:
         "key",
         "period_ms",
         "reader_order",
+        "served",
         "specs",
     )
 
@@ -112,6 +114,12 @@ class LaneSchedule:
         self.hyperperiod_ms = math.lcm(*self.intervals)
         order = list(dict.fromkeys([*reader_order, *(s.reader for s in self.specs)]))
         self.reader_order = tuple(r for r in order if any(s.reader == r for s in self.specs))
+        # What each reader must serve (plan_changed), computed here, where the plan is built
+        # before its context starts, not on the lane's thread before its first tick.
+        served: dict[str, list[VariableSpec]] = {r: [] for r in self.reader_order}
+        for spec in distinct_reads(self.specs):
+            served[spec.reader].append(spec)
+        self.served = {r: tuple(v) for r, v in served.items()}
         # Positions in the plan keep batches in a stable order (context, then its variables).
         groups: dict[int, list[tuple[int, VariableSpec]]] = {i: [] for i in self.intervals}
         for position, s in enumerate(self.specs):
@@ -185,7 +193,9 @@ class LaneSchedule:
         per_reader: dict[str, list[VariableSpec]] = {}
         for _, s in due:
             per_reader.setdefault(s.reader, []).append(s)
-        readers = tuple(_reader_phase(r, per_reader[r]) for r in self.reader_order if r in per_reader)
+        readers = tuple(
+            _reader_phase(r, per_reader[r], self.served[r]) for r in self.reader_order if r in per_reader
+        )
         phase = LanePhase(readers)
         phase.by_context.update(_lane_deliveries(readers))
         return phase
@@ -220,7 +230,7 @@ def _lane_deliveries(readers: Sequence[ReaderPhase]) -> dict[int, Delivery]:
     return out
 
 
-def _reader_phase(reader: str, due: Sequence[VariableSpec]) -> ReaderPhase:
+def _reader_phase(reader: str, due: Sequence[VariableSpec], served: tuple[VariableSpec, ...]) -> ReaderPhase:
     index: dict[tuple[str, str], int] = {}
     reads: list[VariableSpec] = []
     per_context: dict[int, list[tuple[int, VariableSpec]]] = {}
@@ -245,6 +255,9 @@ def _reader_phase(reader: str, due: Sequence[VariableSpec]) -> ReaderPhase:
                 reader,
             )
         )
-    phase = ReaderPhase(reader, tuple(reads), tuple(deliveries))
+    # When the reads are exactly what the reader serves (same specs, same order), they are the
+    # very tuple plan_changed gave it: a reader may prepare per tuple there, off the hot path.
+    same = len(reads) == len(served) and all(map(operator.is_, reads, served))
+    phase = ReaderPhase(reader, served if same else tuple(reads), tuple(deliveries))
     phase.by_context.update((d.context_id, d) for d in deliveries)
     return phase

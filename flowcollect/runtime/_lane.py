@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
@@ -21,7 +22,7 @@ from reactivex.subject import Subject
 
 from flowcollect._clock import instant, now_ms
 from flowcollect._logs import RateLimitedLog
-from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase, distinct_reads
+from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
 from flowcollect.runtime._push import PushStore
 from flowcollect.runtime._steps import LaneRead
@@ -135,15 +136,17 @@ class Lane:
     def _tell_readers(self, schedule: LaneSchedule | None) -> None:
         routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
         for rtype, reader in self.readers.items():
-            specs = [s for s in schedule.specs if s.reader == rtype] if schedule is not None else []
+            served = schedule.served.get(rtype, ()) if schedule is not None else ()
             if reader.pushes:
                 table: dict[tuple[str, str], list[VariableSpec]] = {}
-                for s in specs:
-                    if s.report == "change":
+                for s in schedule.specs if schedule is not None else ():
+                    if s.reader == rtype and s.report == "change":
                         table.setdefault((s.address, s.value_type), []).append(s)
                 routes[rtype] = table
-            served = tuple(distinct_reads(specs))
-            if served == self._served.get(rtype, ()):
+            before = self._served.get(rtype, ())
+            # The specs are the compiled contexts' own objects: identity says "unchanged" at C
+            # speed, where comparing 100,000 dataclasses field by field would not.
+            if len(served) == len(before) and all(map(operator.is_, served, before)):
                 continue
             if served:
                 self._open(reader)
