@@ -24,6 +24,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from flowcollect.collector import DataCollector
+from flowcollect.pipeline._summary import writer_figures
 from flowcollect.stats import CollectorStats
 
 __all__ = ["MetricsServer", "StatsCollector", "StatsSource", "registry_for", "serve_metrics"]
@@ -140,10 +141,14 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
 def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
     label = ["writer"]
     written = CounterMetricFamily(
-        "flowcollect_writer_written", "Values handed to the writer without an exception", labels=label
+        "flowcollect_writer_written",
+        "Values the writer stored (as it says: acknowledged by the server, taken by the file)",
+        labels=label,
     )
     failed = CounterMetricFamily(
-        "flowcollect_writer_failed", "Values in write calls that raised", labels=label
+        "flowcollect_writer_failed",
+        "Values that failed: write calls that raised, values the destination refused",
+        labels=label,
     )
     dropped = CounterMetricFamily(
         "flowcollect_writer_dropped",
@@ -172,8 +177,10 @@ def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
         "flowcollect_writer_stat", "The writer's own counters, by name", labels=["writer", "stat"]
     )
     for name, w in stats.writers.items():
-        written.add_metric([name], w.written)
-        failed.add_metric([name], w.failed)
+        # The summary's figures (writer_figures), so a scrape and the run's summary agree.
+        figures = writer_figures(w)
+        written.add_metric([name], figures.written)
+        failed.add_metric([name], figures.failed)
         dropped.add_metric([name, "queue"], w.dropped)
         if "dropped" in w.extra:
             dropped.add_metric([name, "writer"], w.extra["dropped"])
