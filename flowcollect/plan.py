@@ -299,13 +299,13 @@ def render_text(plan: PipelinePlan) -> str:
         out.append("")
         out.append(f"reader {r.reader} ({r.kind})")
         out.append(
-            f"  GCD tick {_ms(r.period_ms)}, hyperperiod {_ms(r.hyperperiod_ms)}: {r.grid_ticks:,} ticks, "
-            f"{r.due_instants:,}{'' if r.walked_all else '+'} of them with reads"
+            f"  GCD tick {_ms(r.period_ms)}, hyperperiod {_ms(r.hyperperiod_ms)}: "
+            f"{_n(r.grid_ticks, 'tick')}, {r.due_instants:,}{'' if r.walked_all else '+'} of them with reads"
         )
         contexts = ", ".join(map(str, r.contexts))
         intervals = ", ".join(_ms(i) for i in r.intervals)
         out.append(
-            f"  {r.distinct:,} distinct reads for {r.wanted:,} wanted variables "
+            f"  {_n(r.distinct, 'distinct read')} for {_n(r.wanted, 'wanted variable')} "
             f"(contexts {contexts}); intervals {intervals}"
         )
         if not r.walked_all:
@@ -346,7 +346,7 @@ def _phase_text(phase: PhasePlan) -> list[str]:
         listed = "; ".join(phase.requests[:SHOW_REQUESTS]) + _more(
             min(len(phase.requests), SHOW_REQUESTS), len(phase.requests)
         )
-        lines.append(f"      requests: {len(phase.requests)} for {size} variables: {listed}")
+        lines.append(f"      requests: {len(phase.requests)} for {_n(size, 'variable')}: {listed}")
     elif phase.requests_error is not None:
         lines.append(f"      requests: cannot plan: {phase.requests_error}")
     gets = ", ".join(
