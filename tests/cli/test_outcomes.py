@@ -9,8 +9,10 @@ the exit code and the last line must say what went wrong.
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,23 +46,26 @@ pipeline = Pipeline(
 """
 
 
-def check_figures(summary: dict[str, object], text: str) -> None:
-    """The top-level figures are the writers' sums, and the text summary says the same."""
+def check_figures(summary: dict[str, Any], text: str) -> None:
+    """The top-level figures are the writers' sums, every value a writer was given is in exactly
+    one of its figures, and the text summary (another run of the same pipeline) follows the
+    same rules: its ``written`` is the sum of its writers' lines."""
     writers = summary["writers"]
-    assert isinstance(writers, dict)
     for figure in ("written", "failed", "dropped", "pending"):
         assert summary[figure] == sum(w[figure] for w in writers.values()), figure
-    for name, w in writers.items():
-        # Every value a writer was given is in exactly one place.
+    for w in writers.values():
         assert w["written"] + w["failed"] + w["dropped"] + w["skipped"] + w["pending"] == summary["delivered"]
-        assert (
-            f"writer {name}: {w['written']:,} written, {w['failed']:,} failed, {w['dropped']:,} dropped"
-            in text
-        )
-    assert f"  written:       {summary['written']:,}\n" in text
+    lines = dict(
+        re.findall(r"^  writer (\S+): ([\d,]+) written, [\d,]+ failed, [\d,]+ dropped", text, re.MULTILINE)
+    )
+    assert set(lines) == set(writers)
+    total = re.search(r"^  written: +([\d,]+)$", text, re.MULTILINE)
+    assert total is not None
+    assert int(total.group(1).replace(",", "")) == sum(int(n.replace(",", "")) for n in lines.values())
 
 
-def run_twice(path: Path, cwd: Path) -> tuple[dict[str, object], str, int]:
+def run_twice(path: Path, cwd: Path) -> tuple[dict[str, Any], str, int]:
+    """The same pipeline run once with ``--json``, once as text: (summary, text, exit code)."""
     as_json = flowcollect("run", str(path), "--duration", "1.5", "--json", cwd=cwd)
     as_text = flowcollect("run", str(path), "--duration", "1.5", cwd=cwd)
     assert as_json.returncode == as_text.returncode
@@ -77,10 +82,10 @@ def test_a_server_refusing_every_request_is_not_called_written(
     server = victoria_factory(args=["-httpAuth.username=u", "-httpAuth.password=p"], auth=("u", "p"))
     path = write_pipeline(tmp_path, INFLUX.format(url=server.url))
     summary, text, code = run_twice(path, tmp_path)
-    influx = summary["writers"]["influxdb:b"]  # type: ignore[index]
+    influx = summary["writers"]["influxdb:b"]
     assert influx["written"] == 0, influx
     assert influx["failed"] == summary["delivered"] > 0, influx
-    csv = summary["writers"]["csv:out.csv"]  # type: ignore[index]
+    csv = summary["writers"]["csv:out.csv"]
     assert csv["written"] == summary["delivered"]
     # The CSV file took every value; the top-level figure is that, not twice it.
     assert summary["written"] == summary["delivered"]
@@ -94,7 +99,7 @@ def test_a_server_refusing_every_request_is_not_called_written(
 def test_a_refused_port_is_not_written_and_dropped_at_once(tmp_path: Path) -> None:
     path = write_pipeline(tmp_path, INFLUX.format(url=f"http://127.0.0.1:{free_port()}"))
     summary, text, code = run_twice(path, tmp_path)
-    influx = summary["writers"]["influxdb:b"]  # type: ignore[index]
+    influx = summary["writers"]["influxdb:b"]
     # Nothing reached a server: none of it may be called written (the first design said both).
     assert influx["written"] == 0
     assert influx["dropped"] + influx["pending"] == summary["delivered"] > 0

@@ -21,11 +21,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
+from tests.support.grid import missing_on_grid
 from tests.support.victoria import VictoriaMetrics
 
 pytestmark = [pytest.mark.realtime, pytest.mark.server]
@@ -135,13 +135,14 @@ def test_a_signal_ends_the_run_with_every_value_in_csv_and_on_the_server(
     server_writer = summary["writers"]["influxdb:b"]
     assert server_writer["extra"]["written"] == summary["values_read"], server_writer
 
-    # The CSV file: every series an unbroken grid, as many values as were read.
+    # The CSV file: every series on its grid (an instant missing only when the reader skipped
+    # it under load and counted it), as many values as were read.
     in_csv = csv_series(tmp_path / "out.csv")
     assert set(in_csv) == {("1", str(n)) for n in range(1, 6)} | {("2", str(n)) for n in range(1, 4)}
     assert sum(len(points) for points in in_csv.values()) == summary["values_read"]
+    overruns = summary["readers"]["random"]["overruns"]
     for (context, _), points in in_csv.items():
-        times = sorted(points)
-        assert [b - a for a, b in pairwise(times)] == [STEPS[context]] * (len(times) - 1)
+        assert missing_on_grid(sorted(points), STEPS[context]) <= overruns
 
     # The server: the very same values at the very same instants.
     match = f'{{__name__="{name}_value"}}'
