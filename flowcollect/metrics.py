@@ -202,11 +202,20 @@ def _context_metrics(stats: CollectorStats) -> Iterator[Metric]:
     state = GaugeMetricFamily(
         "flowcollect_context_state", "1 for the context's current state", labels=["context", "state"]
     )
+    missed = CounterMetricFamily(
+        "flowcollect_context_missed_instants",
+        "Due instants of the context its readers could not serve (a read still running)",
+        labels=["context"],
+    )
     for cid, c in stats.contexts.items():
         delivered.add_metric([str(cid)], c.delivered)
+        # Counted by the engine's second design; absent before it.
+        count = getattr(c, "missed_instants", None)
+        if count is not None:
+            missed.add_metric([str(cid)], count)
         for name in STATES:
             state.add_metric([str(cid), name], 1.0 if c.state == name else 0.0)
-    yield from (delivered, state)
+    yield from (delivered, state, missed)
 
 
 def registry_for(source: StatsSource, process: bool = True) -> CollectorRegistry:
