@@ -96,13 +96,14 @@ class Pipeline(BaseModel):
         extra_listeners: Iterable[DataCollectionListener],
         *,
         writers: Iterable[DataWriter] | None = None,
+        own_listeners: bool = True,
         scheduler: Any = None,
         logger: logging.Logger | None = None,
     ) -> DataCollector:
         return DataCollector(
             self.readers,
             self.writers if writers is None else writers,
-            [*self.listeners, *extra_listeners],
+            [*(self.listeners if own_listeners else ()), *extra_listeners],
             self.interval_limit_policy,
             logger,
             scheduler=scheduler,
@@ -263,7 +264,8 @@ class Pipeline(BaseModel):
         """Read every variable of these contexts once and return the values; write nothing.
 
         Starts the devices, reads each variable at the next instant of a one-off schedule (the
-        context's interval limit), and stops; the writers are neither opened nor written.
+        context's interval limit), and stops; the writers are neither opened nor written, and
+        the listeners not called.
         A variable that gives no value within ``timeout_s`` is listed as such.
         """
         from flowcollect.pipeline._once import read_once

@@ -94,8 +94,8 @@ def read_once(
     sink = _FirstValues(wanted)
     devices = start_devices(pipeline.devices, _log)
     try:
-        # The pipeline's readers and listeners, none of its writers: --once writes nothing.
-        collector = pipeline._collector((), writers=[sink], logger=_log)
+        # The pipeline's readers, none of its writers or listeners: --once only reads.
+        collector = pipeline._collector((), writers=[sink], own_listeners=False, logger=_log)
         try:
             for context in shots:
                 collector.start(context)
