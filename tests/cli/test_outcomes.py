@@ -84,7 +84,8 @@ def test_a_server_refusing_every_request_is_not_called_written(
     summary, text, code = run_twice(path, tmp_path)
     influx = summary["writers"]["influxdb:b"]
     assert influx["written"] == 0, influx
-    assert influx["failed"] == summary["delivered"] > 0, influx
+    # Refused (or, by a sender that keeps what a 401 refused, given up at close): never written.
+    assert influx["failed"] + influx["dropped"] + influx["pending"] == summary["delivered"] > 0, influx
     csv = summary["writers"]["csv:out.csv"]
     assert csv["written"] == summary["delivered"]
     # The CSV file took every value; the top-level figure is that, not twice it.
@@ -353,3 +354,22 @@ def test_the_shipped_writers_refuse_a_destination_that_cannot_work(
         assert result.returncode == 1, (command, result.stderr)
         assert result.stderr.startswith("error: writer "), result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_problem_outranks_the_signal_in_the_exit_code() -> None:
+    from flowcollect import CollectorStats, ContextStats, ReaderStats, WriterStats
+    from flowcollect.pipeline import RunSummary
+
+    reader = ReaderStats("random", 10, 10, 0, 0, None, None, None, None, None, None, None, 100)
+    good = WriterStats("csv", written=10, failed=0, queued=0, dropped=0, oldest_queued_s=0.0)
+    refused = WriterStats("influx", written=0, failed=10, queued=0, dropped=0, oldest_queued_s=0.0)
+    contexts = {1: ContextStats(1, "stopped", 10)}
+
+    def summary(*writers: WriterStats) -> RunSummary:
+        stats = CollectorStats({"random": reader}, {w.writer: w for w in writers}, contexts)
+        return RunSummary("p", "stopped", 1.0, (1,), stats)
+
+    assert summary(good).exit_code("SIGINT") == 130
+    assert summary(good).exit_code("SIGTERM") == summary(good).exit_code(None) == 0
+    assert summary(good, refused).exit_code("SIGINT") == 3
+    assert summary(good, refused).written == 10
