@@ -273,7 +273,7 @@ class Pipeline(BaseModel):
         return read_once(self, context_ids, timeout_s=timeout_s)
 
 
-def _key(variable: Variable) -> tuple[str, str, str]:
+def _key(variable: Variable) -> tuple[str, str, str | None]:
     return (variable.reader, variable.address, variable.value_type)
 
 

@@ -20,15 +20,8 @@ _log = logging.getLogger("flowcollect.pipeline")
 
 
 def collector_scheduler(collector: DataCollector) -> abc.SchedulerBase:
-    """The collector's own Rx scheduler: its clock (real or virtual) and its timer thread.
-
-    The engine's second design exposes it as ``DataCollector.scheduler``; until that lands, the
-    first design's timer scheduler (``_timer``) is the same thing under a private name.
-    """
-    scheduler: abc.SchedulerBase | None = getattr(collector, "scheduler", None)
-    if scheduler is None:
-        scheduler = collector._timer  # interim: see the docstring
-    return scheduler
+    """The collector's own Rx scheduler: its clock (real or virtual) and its timer thread."""
+    return collector.scheduler
 
 
 class PauseSchedule(DataCollectionListener):
