@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flowcollect import ConfigError, DataCollectionContext, DataCollector, Variable
+from flowcollect.errors import PreflightError
 from flowcollect.readers import RandomDataReader
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import InfluxDBDataWriter
 from tests.support.victoria import Factory, Series, VictoriaMetrics, sample_count
 
@@ -519,3 +520,128 @@ def test_errors_are_logged_once_per_variable_and_text(caplog: pytest.LogCaptureF
     assert w.stats()["errors_skipped"] == 60
     lines = Counter(r.getMessage() for r in caplog.records if "not writing" in r.getMessage())
     assert len(lines) == 3 and set(lines.values()) == {1}
+
+
+# -- the columnar path, receipts, the v1 API and preflight (VictoriaMetrics) ---------------------------
+
+
+def spec_batches(n_vars: int, n_ticks: int, **spec_options: object) -> list[ValueBatch]:
+    start_ms = int(grid_start().timestamp() * 1000)
+    variables = [
+        VariableSpec(i, 3, f"hr{i}", "float", "modbus", 1000, **spec_options)  # type: ignore[arg-type]
+        for i in range(1, n_vars + 1)
+    ]
+    return [
+        ValueBatch(
+            start_ms + k * 1000, variables, [i * 1000 + k + 0.5 for i in range(1, n_vars + 1)], context_id=3
+        )
+        for k in range(n_ticks)
+    ]
+
+
+def test_write_batch_acknowledges_every_value_once_across_merged_and_split_requests(
+    victoria: VictoriaMetrics,
+) -> None:
+    w = writer(victoria.url, "receipts", batch_size=70, flush_interval_ms=20)
+    receipts: list[Receipt] = []
+    w.attach(receipts.append)
+    sent = spec_batches(50, 6, name="flow", tags=(("line", "A"),))
+    # One value with an error and one that cannot be a float: acknowledged at once, as failed.
+    sent[0].values[3], sent[0].errors[3] = None, "timeout"
+    sent[1].values[4] = "not a number"
+    try:
+        for batch in sent:
+            w.write_batch(batch)
+        w.flush()
+    finally:
+        w.close()
+    per_batch: dict[int, list[int]] = {}
+    for r in receipts:
+        totals = per_batch.setdefault(id(r.batch), [0, 0, 0])
+        totals[0] += r.written
+        totals[1] += r.failed
+        totals[2] += r.dropped
+    assert per_batch[id(sent[0])] == [49, 1, 0] and per_batch[id(sent[1])] == [49, 1, 0]
+    assert all(per_batch[id(b)] == [50, 0, 0] for b in sent[2:])
+    assert len(receipts) > len(sent), "batches of 50 in requests of 70: some acknowledged in parts"
+    stats = w.stats()
+    assert (stats["written"], stats["errors_skipped"], stats["unwritable"]) == (298, 1, 1)
+    series = victoria.wait_for_samples('{__name__="receipts_value"}', 298)
+    assert sample_count(series) == 298
+    assert {s.labels["name"] for s in series} == {"flow"} and {s.labels["line"] for s in series} == {"A"}
+
+
+def test_the_v1_api_writes_to_victoria_metrics_too(victoria: VictoriaMetrics) -> None:
+    w = InfluxDBDataWriter(
+        victoria.url, measurement="v1api", api="v1", database="plant", flush_interval_ms=20
+    )
+    try:
+        w.preflight()
+        for batch in spec_batches(20, 3):
+            w.write_batch(batch)
+        w.flush()
+    finally:
+        w.close()
+    series = victoria.wait_for_samples('{__name__="v1api_value"}', 60)
+    assert sample_count(series) == 60 and {s.labels["db"] for s in series} == {"plant"}
+
+
+def test_preflight_v2(victoria_factory: Factory) -> None:
+    server = victoria_factory(
+        args=["-httpAuth.username=flowcollect", "-httpAuth.password=right"], auth=("flowcollect", "right")
+    )
+    w = writer(server.url, "preflight")
+    with pytest.raises(PreflightError) as raised:
+        w.preflight()
+    w.close()
+    assert "refused the credentials for bucket 'line1' (org 'plant')" in str(raised.value)
+    assert "401" in str(raised.value) and TOKEN not in str(raised.value)
+    server.restart(args=[])
+    w = writer(server.url, "preflight")
+    w.preflight()
+    w.close()
+    assert sample_count(server.export('{__name__=~"preflight.*"}')) == 0, "a preflight stores nothing"
+    server.stop()
+    w = writer(server.url, "preflight")
+    with pytest.raises(PreflightError, match=r"cannot reach InfluxDB at http://127\.0\.0\.1:"):
+        w.preflight()
+    w.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"api": "v4"}, "api"),
+        ({"api": "v1", "org": None, "bucket": None}, "database"),
+        ({"api": "v1", "org": None, "bucket": None, "database": "d", "token": "x"}, "token"),
+        ({"api": "v1", "org": None, "bucket": None, "database": "d", "password": "x"}, "password"),
+        ({"api": "v1", "org": None, "bucket": None, "database": "d", "username": "u"}, "password"),
+        ({"api": "v3", "database": "d"}, "org"),
+        ({"api": "v2", "database": "d"}, "database"),
+        ({"schema": "wide"}, "schema"),
+        ({"url": "http://127.0.0.1:99999"}, "url"),
+    ],
+)
+def test_api_settings_are_checked(
+    options: dict[str, object], field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("INFLUX_PASSWORD", raising=False)
+    settings: dict[str, object] = {"url": "http://127.0.0.1:1", "token": TOKEN, "org": "o", "bucket": "b"}
+    settings.update(options)
+    with pytest.raises(ConfigError) as raised:
+        InfluxDBDataWriter(**settings)  # type: ignore[arg-type]
+    assert f"InfluxDBDataWriter {field}:" in str(raised.value)
+    assert TOKEN not in str(raised.value)
+
+
+def test_secrets_never_show_in_repr_for_any_api() -> None:
+    v3 = InfluxDBDataWriter("http://127.0.0.1:9", TOKEN, api="v3", database="d")
+    v1 = InfluxDBDataWriter("http://127.0.0.1:9", api="v1", database="d", username="u", password=TOKEN)
+    try:
+        assert "token=<set>" in repr(v3) and "password=<set>" in repr(v1) and "username='u'" in repr(v1)
+        for w in (v1, v3):
+            assert TOKEN not in repr(w) and TOKEN not in str(w)
+        assert v3.name == "influxdb:d"
+    finally:
+        v1.close()
+        v3.close()
