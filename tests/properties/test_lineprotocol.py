@@ -203,3 +203,27 @@ def test_a_columnar_batch_is_what_point_writes_with_typed_field_keys(
         expected.append(str(point.time(t_ms * 1_000_000, WritePrecision.NS).to_line_protocol()))
     assert lines == expected
     assert len(problems) == n - len(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(), min_size=1, max_size=12), t_ms=st.integers(0, 2**40))
+@example(values=[1.0, 100.0, 1e16, -0.0, 2.5e-300, 1.7976931348623157e308, 1.7976931348623157e308], t_ms=0)
+def test_a_batch_of_floats_takes_the_fast_path_to_the_same_text(values: list[float], t_ms: int) -> None:
+    specs = [VariableSpec(i, 1, f"a{i}", "float", "r", 1000) for i in range(len(values))]
+    lines, problems = LineSerializer("m", "typed").serialize_batch(ValueBatch(t_ms, specs, list(values)))
+    expected = [
+        str(
+            Point("m")
+            .tag("address", f"a{i}")
+            .tag("context", 1)
+            .tag("reader", "r")
+            .tag("variable", i)
+            .field("value", x)
+            .time(t_ms * 1_000_000, WritePrecision.NS)
+            .to_line_protocol()
+        )
+        for i, x in enumerate(values)
+        if math.isfinite(x)
+    ]
+    assert lines == expected
+    assert [p[0] for p in problems] == [i for i, x in enumerate(values) if not math.isfinite(x)]
