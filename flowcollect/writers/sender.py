@@ -281,6 +281,10 @@ class BufferedSender:
                     if chunk.records is records and chunk.body is None:
                         chunk.body = body
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def flush(self, timeout_s: float | None = None) -> int:
         """Send everything queued now; wait until it is settled or ``timeout_s`` (default: the
         sender's) passed. Returns how many records are still not settled. During an outage it

@@ -182,6 +182,19 @@ class HttpTransport:
         if self.endpoint.authorization is not None:
             headers["Authorization"] = self.endpoint.authorization
         connection = self._connection(max(0.001, timeout_s))
+        reused = connection.sock is not None
+        try:
+            return self._exchange(connection, body, headers)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+        # A kept-alive connection the server had closed while idle: once more on a fresh one
+        # (harmless even if the first reached the server: a point written twice is one point).
+        return self._exchange(self._connection(max(0.001, timeout_s)), body, headers)
+
+    def _exchange(
+        self, connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, http.client.HTTPMessage, bytes]:
         try:
             connection.request("POST", self.endpoint.path, body=body, headers=headers)
             response = connection.getresponse()

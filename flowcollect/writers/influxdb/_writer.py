@@ -176,6 +176,8 @@ class InfluxDBDataWriter(DataWriter):
         return f"influxdb:{self.bucket if self.api == 'v2' else self.database}"
 
     def write_batch(self, batch: ValueBatch) -> None:
+        if self.sender.closed:
+            raise RuntimeError(f"{self.name} is closed; it takes no more values")
         lines, problems = self._serializer.serialize_batch(batch)
         if problems:
             variables = batch.variables
@@ -198,6 +200,8 @@ class InfluxDBDataWriter(DataWriter):
 
     def write(self, values: Sequence[CollectedVariable]) -> None:
         """The per-value path (no receipts: nothing to acknowledge a batch by)."""
+        if self.sender.closed:
+            raise RuntimeError(f"{self.name} is closed; it takes no more values")
         lines, failed, unwritable = self._serializer.serialize(values, time.time_ns())
         for v in failed:
             self._log_error_value(v.context_id, v.id, v.address, v.error or "")
