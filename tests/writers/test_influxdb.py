@@ -645,3 +645,22 @@ def test_secrets_never_show_in_repr_for_any_api() -> None:
     finally:
         v1.close()
         v3.close()
+
+
+def test_a_connection_the_server_closed_while_idle_costs_no_retry(victoria_factory: Factory) -> None:
+    # The server drops idle kept-alive connections after 200 ms; the writer's next request finds
+    # its connection closed and goes again at once on a fresh one, without a backoff.
+    server = victoria_factory(args=["-http.idleConnTimeout=200ms"])
+    w = writer(server.url, "idle", batch_size=10, flush_interval_ms=10)
+    w.max_in_flight = 1
+    try:
+        for k, batch in enumerate(ticks(10, 4)):
+            w.write(batch)
+            w.flush()
+            if k < 3:
+                time.sleep(0.6)
+        stats = w.stats()
+    finally:
+        w.close()
+    assert (stats["written"], stats["retries"], stats["requests"]) == (40, 0, 4)
+    assert sample_count(server.wait_for_samples('{__name__="idle_value"}', 40)) == 40
