@@ -48,7 +48,11 @@ TYPED_FIELD_KEYS = {"float": "value", "int": "value_int", "bool": "value_bool", 
 QUALITY_FIELD = "quality"
 # Tags the writer sets itself; a variable's own tag of one of these names is left out.
 RESERVED_TAGS = frozenset(("address", "context", "name", "reader", "variable"))
-_MAX_BATCH_LAYOUTS = 10_000
+# Batches of one context and phase share their variables list: a few thousand lists is a big
+# collector. Batches replayed from a spool each bring their own list and specs, equal to the
+# first ones: those are found by value (``_MAX_SPECS`` bounds that cache).
+_MAX_LAYOUT_VARIABLES = 2_000_000
+_MAX_SPECS = 1_000_000
 
 Schema = Literal["typed", "single"]
 BatchProblem = tuple[int, str, str]
@@ -197,7 +201,8 @@ class LineSerializer:
         self._layouts: dict[
             int, tuple[Sequence[VariableSpec], list[str], list[Callable[[object], str]], bool]
         ] = {}
-        self._spec_prefixes: dict[int, tuple[VariableSpec, str]] = {}
+        self._spec_prefixes: dict[VariableSpec, str] = {}
+        self._layout_variables = 0  # variables held by _layouts
 
     def field_key(self, value_type: str) -> str:
         if self.schema == "typed":
@@ -245,21 +250,24 @@ class LineSerializer:
         entry = self._layouts.get(id(variables))
         if entry is not None and entry[0] is variables:
             return entry[1], entry[2], entry[3]
-        if len(self._layouts) >= _MAX_BATCH_LAYOUTS:
-            # Contexts come and go; memory must not follow them for ever.
+        if self._layout_variables + len(variables) > _MAX_LAYOUT_VARIABLES:
+            # Contexts come and go, replays bring lists of their own: memory must not follow.
             self._layouts.clear()
+            self._layout_variables = 0
+        if len(self._spec_prefixes) >= _MAX_SPECS:
             self._spec_prefixes.clear()
         prefixes = []
         formats = []
         cache = self._spec_prefixes
         for spec in variables:
-            known = cache.get(id(spec))
-            if known is None or known[0] is not spec:
-                known = cache[id(spec)] = (spec, self.spec_prefix(spec))
-            prefixes.append(known[1])
+            known = cache.get(spec)
+            if known is None:
+                known = cache[spec] = self.spec_prefix(spec)
+            prefixes.append(known)
             formats.append(_FIELD_FORMATS.get(spec.value_type, _unknown_type))
         all_float = all(f is _as_float for f in formats)
         self._layouts[id(variables)] = (variables, prefixes, formats, all_float)
+        self._layout_variables += len(variables)
         return prefixes, formats, all_float
 
     def serialize_batch(self, batch: ValueBatch) -> tuple[list[str], list[BatchProblem]]:
