@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ logger = logging.getLogger("flowcollect.writers.influxdb")
 TOKEN_ENV = "INFLUX_TOKEN"  # noqa: S105 - the name of the variable, not a token
 PASSWORD_ENV = "INFLUX_PASSWORD"  # noqa: S105 - the name of the variable, not a password
 _APIS = ("v1", "v2", "v3")
+_EMPTY_REFUSED = re.compile(r"requires points|no points|empty|no data|no lines", re.IGNORECASE)
 _SCHEMAS = get_args(Schema)
 
 
@@ -246,7 +248,9 @@ class InfluxDBDataWriter(DataWriter):
         )
         if probe.status is None:
             raise PreflightError(f"cannot reach InfluxDB at {e.origin}: {probe.detail}")
-        if 200 <= probe.status < 300:
+        if 200 <= probe.status < 300 or (probe.status == 400 and _EMPTY_REFUSED.search(probe.detail)):
+            # InfluxDB 2.0 (before 2.1) refuses an empty write with 400 "writing requires points",
+            # after checking the token and the bucket: as good as a 204 here.
             return
         if probe.status in (401, 403):
             raise PreflightError(
