@@ -163,7 +163,7 @@ class _Run:
     count: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: two chunks are never "equal"
 class _Chunk:
     """Up to ``batch_size`` records for one request, the tokens they belong to, and their body."""
 
@@ -537,6 +537,10 @@ class BufferedSender:
         settled: list[Settlement] = []
         recovered = 0
         with self._cond:
+            if chunk not in self._sending:
+                # close() gave up on this request and reported it dropped; its late answer
+                # changes nothing.
+                return settled
             self._sending.remove(chunk)
             stats = self._stats
             if status in (Status.OK, Status.PARTIAL):
