@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from flowcollect import DataCollectionContext, DataCollector, Variable
 from flowcollect.errors import ConfigError, PreflightError
+from flowcollect.readers import RandomDataReader
 from flowcollect.values import Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import InfluxDBDataWriter
 from tests.support.influxdb1 import ADMIN, InfluxDB1, InfluxFactory
@@ -390,3 +392,30 @@ def test_grid_times_are_exact_to_the_nanosecond(influxdb1_factory: InfluxFactory
     assert datetime.fromtimestamp(times[0] / 1e9, UTC) - datetime.fromtimestamp(
         start / 1000, UTC
     ) < timedelta(microseconds=1)
+
+
+# -- through a collector -------------------------------------------------------------------------------
+
+
+def test_a_collector_with_variables_of_every_type_has_every_value_stored(
+    influxdb1_factory: InfluxFactory,
+) -> None:
+    server = influxdb1_factory()
+    server.query(f"CREATE DATABASE {DB}")
+    w = v1_writer(server, "collected", flush_interval_ms=50)
+    kinds = ["float", "int", "bool", "str"]
+    variables = [
+        Variable(id=i, address=f"r{i}", reader="random", value_type=kinds[i % 4]) for i in range(1, 21)
+    ]
+    with DataCollector(readers=[RandomDataReader(seed=3)], writers=[w]) as collector:
+        collector.start(DataCollectionContext(id=5, variables=variables, interval_ms=100))
+        wait_until(lambda: w.stats()["written"] >= 200, what="ten ticks stored")
+    stats = w.stats()
+    assert stats["failed"] == stats["dropped"] == stats["buffered"] == 0
+    rows = rows_of(server, "collected")
+    assert len(rows) == stats["written"], "every point the writer counted is on the server"
+    field_of = {"float": "value", "int": "value_int", "bool": "value_bool", "str": "value_str"}
+    for row in rows:
+        kind = kinds[int(row["variable"]) % 4]
+        assert row[field_of[kind]] is not None, row
+        assert row["time"] % 100_000_000 == 0, "on the 100 ms grid"
