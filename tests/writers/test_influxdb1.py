@@ -419,3 +419,25 @@ def test_a_collector_with_variables_of_every_type_has_every_value_stored(
         kind = kinds[int(row["variable"]) % 4]
         assert row[field_of[kind]] is not None, row
         assert row["time"] % 100_000_000 == 0, "on the 100 ms grid"
+
+
+def test_a_collector_counts_as_written_only_what_the_server_acknowledged(
+    influxdb1_factory: InfluxFactory,
+) -> None:
+    # The database does not exist at first: the writer holds the values (404), the collector counts
+    # them in flight, never written; once it exists every value is stored and acknowledged.
+    server = influxdb1_factory()
+    w = v1_writer(server, "acked", database="later", flush_interval_ms=50)
+    variables = [Variable(id=i, address=f"r{i}", reader="random", value_type="int") for i in range(1, 11)]
+    with DataCollector(readers=[RandomDataReader(seed=5)], writers=[w]) as collector:
+        collector.start(DataCollectionContext(id=2, variables=variables, interval_ms=100))
+        wait_until(lambda: w.stats()["held_retries"] >= 2, what="404 answers retried")
+        held = collector.stats().writers[w.name]
+        assert held.written == 0 and held.in_flight > 0 and held.failed == held.dropped == 0
+        server.query("CREATE DATABASE later")
+        wait_until(lambda: collector.stats().writers[w.name].written >= 100, what="values acknowledged")
+        collector.stop(2)
+        collector.flush()
+        final = collector.stats().writers[w.name]
+    assert final.failed == final.dropped == final.in_flight == final.queued == 0
+    assert final.written == final.received == count(server, "acked", "value_int", database="later")
