@@ -194,7 +194,7 @@ def _cut(owners: list[_Run], n: int) -> tuple[list[_Run], list[_Run]]:
     return head, rest
 
 
-Settlement = tuple[object, int, int, int, "str | None"]
+_Settlement = tuple[object, int, int, int, "str | None"]
 
 
 class BufferedSender:
@@ -310,7 +310,7 @@ class BufferedSender:
             thread.join(max(0.0, deadline - self._clock()) + 1.0)
             if thread.is_alive():
                 self._logger.error("%s: sender thread %s did not stop after close()", self.name, thread.name)
-        settled: list[Settlement] = []
+        settled: list[_Settlement] = []
         with self._cond:
             lost = 0
             error = f"not delivered before close() ended (last error: {self._stats.last_error})"
@@ -400,7 +400,7 @@ class BufferedSender:
             if len(tail.records) == size:
                 full.append(tail)
         for start in range(0, len(rest), size):
-            part = rest if len(rest) <= size else rest[start : start + size]
+            part = rest[start : start + size]  # a copy: the caller's list stays the caller's
             chunk = _Chunk(part, [_Run(token, len(part))], position + start, now)
             self._chunks.append(chunk)
             if len(part) == size:
@@ -409,12 +409,12 @@ class BufferedSender:
         self._accepted += len(records)
         return full
 
-    def _trim_locked(self) -> list[Settlement]:
+    def _trim_locked(self) -> list[_Settlement]:
         """Drop the oldest waiting records beyond ``buffer_limit``."""
         excess = self._waiting - self.buffer_limit
         if excess <= 0:
             return []
-        settled: list[Settlement] = []
+        settled: list[_Settlement] = []
         error = f"buffer full (buffer_limit={self.buffer_limit}): the oldest records were dropped"
         left = excess
         while left:
@@ -531,10 +531,10 @@ class BufferedSender:
         except Exception as exc:  # a transport must not raise; if one does, keep the data
             return Outcome(Status.RETRY, f"{type(exc).__name__}: {exc}")
 
-    def _settle(self, chunk: _Chunk, outcome: Outcome) -> list[Settlement]:
+    def _settle(self, chunk: _Chunk, outcome: Outcome) -> list[_Settlement]:
         n = len(chunk.records)
         status = outcome.status
-        settled: list[Settlement] = []
+        settled: list[_Settlement] = []
         recovered = 0
         with self._cond:
             if chunk not in self._sending:
@@ -631,7 +631,7 @@ class BufferedSender:
                 waiting,
             )
 
-    def _report(self, settled: list[Settlement]) -> None:
+    def _report(self, settled: list[_Settlement]) -> None:
         on_settled = self._on_settled
         if on_settled is None:
             return
