@@ -153,9 +153,23 @@ def end_to_end(args: argparse.Namespace, folder: Path, binary: str) -> dict[str,
     vm = VictoriaMetrics(binary, folder / "vm", args=["-dedup.minScrapeInterval=1ms"])
     per_tick = args.rate // 100  # a batch every 10 ms
     specs = specs_for(per_tick, mixed=False)
-    inner = InfluxDBDataWriter(vm.url, token="t", org="o", bucket="b", measurement=measurement)  # noqa: S106
+    inner = InfluxDBDataWriter(
+        vm.url,
+        token="t",  # noqa: S106 - the test server takes any token
+        org="o",
+        bucket="b",
+        measurement=measurement,
+        batch_size=args.influx_batch,
+    )
     inner.gzip = False  # same machine: compression costs both sides CPU for nothing
-    writer = SpooledWriter(inner, folder / "e2e", max_bytes=16 << 30, sync="batch", close_timeout_s=60)
+    writer = SpooledWriter(
+        inner,
+        folder / "e2e",
+        max_bytes=16 << 30,
+        sync="batch",
+        close_timeout_s=60,
+        max_in_flight_values=args.in_flight,
+    )
     stop = threading.Event()
     offered = [0]
     late: list[float] = []
@@ -241,6 +255,8 @@ def end_to_end(args: argparse.Namespace, folder: Path, binary: str) -> dict[str,
     late.sort()
     return {
         "rate_values_per_s": args.rate,
+        "influx_batch_size": args.influx_batch,
+        "max_in_flight_values": args.in_flight,
         "outage_s": args.outage_s,
         "offered_values": offered[0],
         "stored_values": stored,
@@ -271,6 +287,8 @@ def main() -> None:
     parser.add_argument("--outage-s", type=float, default=60.0)
     parser.add_argument("--after-s", type=float, default=10.0)
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--influx-batch", type=int, default=10_000, help="the InfluxDB writer's batch_size")
+    parser.add_argument("--in-flight", type=int, default=100_000, help="the spool's max_in_flight_values")
     args = parser.parse_args()
     values = 200_000 if args.quick else args.values
     report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}

@@ -412,7 +412,7 @@ def test_a_full_disk_drops_the_oldest_and_collection_goes_on(
 ) -> None:
     holder = HoldingWriter()
     writer, receipts = spooled(
-        holder, tiny_disk / "spool", segment_bytes=16384, max_bytes=100 << 20, max_in_flight_values=6
+        holder, tiny_disk / "spool", segment_bytes=16384, max_bytes=100 << 20, max_in_flight_values=600
     )
     with caplog.at_level(logging.WARNING, logger="flowcollect.writers.spool"):
         for k in range(3000):  # ~500 KB of records into 256 KiB
@@ -497,6 +497,9 @@ def test_stats_show_backlog_age_and_counters(spool_dir: Path) -> None:
     assert stats["spool_values"] == 18 and stats["spool_records"] == 3
     assert stats["spool_bytes"] > 0 and stats["spool_segments"] == 1
     assert stats["spool_oldest_age_s"] == pytest.approx(100.0)  # batch 0 is at 1_700_000_000.000
+    # The writer-wide words (status, summary) see the spool: its backlog is what is buffered.
+    assert stats["buffered"] == 18 and stats["oldest_buffered_age_s"] == stats["spool_oldest_age_s"]
+    assert stats["dropped"] == 0
     holder.ack(lambda i: i == 0)
     assert writer.stats()["spool_oldest_age_s"] == pytest.approx(99.99)
     writer.close()

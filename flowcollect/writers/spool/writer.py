@@ -344,10 +344,18 @@ class SpooledWriter(DataWriter):
 
     def stats(self) -> Mapping[str, float]:
         """The inner writer's own counters, and the spool's as ``spool_*``: ``bytes``,
-        ``segments``, ``records`` and ``values`` (the backlog: not yet acknowledged),
-        ``in_flight``, ``oldest_age_s``, ``appended_values``, ``written``, ``failed``,
-        ``dropped_by_writer``, ``dropped_by_policy``, ``dropped_segments``, ``replayed_values``,
-        ``torn``, ``corrupt``, ``write_errors``, ``disk_full``."""
+        ``segments``, ``records`` and ``values`` (the backlog: not yet acknowledged, in flight
+        included), ``in_flight``, ``oldest_age_s``, ``appended_values``, ``appended_records``,
+        ``written``, ``failed``, ``dropped_by_writer``, ``dropped_by_policy``,
+        ``dropped_segments``, ``replayed_values``, ``torn``, ``corrupt``, ``write_errors``,
+        ``disk_full``.
+
+        The writer-wide words keep their meaning with a spool in front: ``buffered`` is the
+        spool's backlog (it holds what the inner writer buffers), ``oldest_buffered_age_s`` its
+        oldest value's age, ``dropped`` what the inner writer gave up plus what the disk limit
+        dropped; the inner writer's own are kept as ``inner_buffered``, ``inner_dropped`` and
+        ``inner_oldest_buffered_age_s``.
+        """
         try:
             out: dict[str, float] = dict(self.writer.stats())
         except Exception:
@@ -362,7 +370,14 @@ class SpooledWriter(DataWriter):
             out["spool_values"] = self._backlog_locked()
             out["spool_in_flight"] = self._in_flight
             oldest = self._oldest_t_ms_locked()
-        out["spool_oldest_age_s"] = max(0.0, self._clock() - oldest / 1000.0) if oldest is not None else 0.0
+        age = max(0.0, self._clock() - oldest / 1000.0) if oldest is not None else 0.0
+        out["spool_oldest_age_s"] = age
+        for key in ("buffered", "dropped", "oldest_buffered_age_s"):
+            if key in out:
+                out[f"inner_{key}"] = out[key]
+        out["buffered"] = out["spool_values"]
+        out["oldest_buffered_age_s"] = age
+        out["dropped"] = out.get("inner_dropped", 0) + out["spool_dropped_by_policy"]
         return out
 
     def __repr__(self) -> str:
