@@ -503,3 +503,34 @@ def test_stats_show_backlog_age_and_counters(spool_dir: Path) -> None:
     holder.ack(lambda i: i == 0)
     assert writer.stats()["spool_oldest_age_s"] == pytest.approx(99.99)
     writer.close()
+
+
+# -- in the engine ---------------------------------------------------------------------------------
+
+
+def test_a_collector_writes_through_the_spool_and_its_stats_and_metrics_show_it(spool_dir: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from flowcollect import DataCollectionContext, DataCollector, Variable
+    from flowcollect.metrics import registry_for
+    from flowcollect.readers import RandomDataReader
+
+    memory = MemoryDataWriter()
+    writer = SpooledWriter(memory, spool_dir, max_bytes=1 << 20, flush_interval_s=0.05)
+    context = DataCollectionContext(
+        id=1,
+        interval_ms=100,
+        variables=[Variable(id=n, address=f"v{n}", reader="random") for n in range(1, 4)],
+    )
+    with DataCollector([RandomDataReader()], [writer]) as collector:
+        collector.start(context)
+        wait_until(lambda: len(memory.values) >= 9)
+        stats = collector.stats().writers[writer.name]
+        assert stats.extra["spool_appended_values"] >= 9
+        assert stats.extra["spool_bytes"] > 0
+        text = generate_latest(registry_for(collector, process=False)).decode()
+    assert 'flowcollect_writer_stat{stat="spool_bytes",writer="MemoryDataWriter"}' in text
+    assert 'flowcollect_writer_stat{stat="spool_oldest_age_s",writer="MemoryDataWriter"}' in text
+    # Closed: everything read went through the spool to the writer, nothing is left in it.
+    assert writer.stats()["spool_values"] == 0
+    assert len(memory.values) == writer.stats()["spool_appended_values"]
