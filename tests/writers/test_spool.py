@@ -360,6 +360,26 @@ def test_a_corrupt_segment_is_moved_aside_its_good_records_kept_and_no_crash_loo
     writer3.close()
 
 
+def test_an_unreadable_position_file_replays_everything_instead_of_failing(
+    spool_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = HoldingWriter()
+    writer, _ = spooled(holder, spool_dir)
+    for k in range(5):
+        writer.write_batch(make_batch(k))
+    wait_until(lambda: len(holder.received) == 5)
+    holder.ack(lambda i: i < 3)
+    writer.close()
+    (spool_dir / "position").write_text("{not json")
+    again = HoldingWriter()
+    with caplog.at_level(logging.WARNING, logger="flowcollect.writers.spool"):
+        writer2, _ = spooled(again, spool_dir)
+        writer2.write_batch(make_batch(9))
+    wait_until(lambda: len(again.received) == 6)  # all five again (harmless), then the new one
+    assert "unreadable position file" in caplog.text
+    writer2.close()
+
+
 # -- disk limits -----------------------------------------------------------------------------------
 
 
@@ -383,8 +403,10 @@ def test_max_bytes_drops_the_oldest_segment_counted_logged_once_and_reported(
     assert all(r.written == 0 and "max_bytes" in (r.error or "") for r in receipts)
     assert caplog.text.count("dropping the oldest values") == 1
     # The newest values are the ones kept: once the destination is back, the last batch arrives.
-    while holder.ack():
-        time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while holder.received[-1].t_ms != make_batch(399).t_ms and time.monotonic() < deadline:
+        holder.ack()
+        time.sleep(0.005)
     assert holder.received[-1].t_ms == make_batch(399).t_ms
     writer.close()
 

@@ -49,8 +49,9 @@ class Segment:
     records: int = 0
     """Batch records from the send position on (all of them, for later segments)."""
     values: int = 0
-    first_t_ms: int | None = None
     tables: dict[int, Sequence[VariableSpec]] = field(default_factory=dict)
+    start: int = len(rec.MAGIC)
+    """Where sending resumes in this segment when it was opened (the saved position's offset)."""
     tables_complete: bool = False
     """Every variable table of the segment is in ``tables`` (own segments: always)."""
     # Own segments: which table each ``variables`` sequence got, by identity and by its specs' ids.
@@ -155,6 +156,8 @@ class Store:
     # -- opening ---------------------------------------------------------------------------------
 
     def open(self) -> OpenReport:
+        """Take the folder, check and repair every segment, and count the backlog from the saved
+        send position on: one read of each segment."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         report = OpenReport()
@@ -165,19 +168,25 @@ class Store:
         )
         for p in self.path.glob(f"*{SEGMENT_SUFFIX}.tmp"):
             p.unlink(missing_ok=True)
-        position = self._read_position(report)
-        for seq, p in found:
-            if seq < position[0]:
-                p.unlink()  # wholly acknowledged; its deletion was cut short
-                continue
-            segment = self._recover(seq, p, report)
+        seq, offset = self._read_position(report)
+        kept = []
+        for s, p in found:
+            if s < seq:
+                p.unlink()  # wholly acknowledged; its deletion was cut short by a crash
+            else:
+                kept.append((s, p))
+        if kept and kept[0][0] != seq:
+            seq, offset = kept[0][0], len(rec.MAGIC)  # the saved segment is gone: from the next one
+        for s, p in kept:
+            segment = self._recover(s, p, offset if s == seq else len(rec.MAGIC), report)
             if segment is not None:
                 self.segments.append(segment)
-        self._place_position(position, report)
-        for segment in self.segments:
-            report.replay_values += segment.values
-            report.replay_records += segment.records
+                report.replay_values += segment.values
+                report.replay_records += segment.records
         self.bytes = sum(s.size for s in self.segments)
+        self.position = (seq, offset)
+        if self.segments and self.segments[0].seq == seq:
+            self.position = (seq, self.segments[0].start)
         return report
 
     def _take_lock(self) -> None:
@@ -202,7 +211,9 @@ class Store:
             return (0, len(rec.MAGIC))
         return (seq, offset)
 
-    def _recover(self, seq: int, p: Path, report: OpenReport) -> Segment | None:
+    def _recover(self, seq: int, p: Path, start: int, report: OpenReport) -> Segment | None:
+        """Check a segment, cut a torn tail, move a corrupt one aside (keeping its good records),
+        and count its batches from ``start`` (the send position, in its segment) on."""
         data = p.read_bytes()
         scan = _scan(data)
         if scan.problem == "torn":
@@ -239,51 +250,26 @@ class Store:
                 return None
             write_atomically(p, data[: scan.size])
         segment = Segment(seq, p, scan.size, own=False)
-        return segment
-
-    def _place_position(self, position: tuple[int, int], report: OpenReport) -> None:
-        """Count each segment's backlog from the send position on; check the position is a record."""
-        seq, offset = position
-        first = self.segments[0] if self.segments else None
-        if first is None or seq < first.seq:
-            seq, offset = (first.seq if first else 0), len(rec.MAGIC)
-        elif not any(s.seq == seq for s in self.segments):
-            later = [s for s in self.segments if s.seq > seq]
-            seq, offset = (later[0].seq if later else seq), len(rec.MAGIC)
-        for segment in self.segments:
+        # Past the good records: everything left was acknowledged before the damage.
+        start = min(start, scan.size)
+        offsets = set()
+        for record in iter_records(data, len(rec.MAGIC), scan.size):
+            offsets.add(record.offset)
+            if record.offset >= start and record.kind == rec.KIND_BATCH:
+                segment.records += 1
+                segment.values += record.values
+        if start != scan.size and start not in offsets:
+            report.position_reset = (
+                f"position {start} of segment {p.name} is not a record; replaying that segment from its start"
+            )
             start = len(rec.MAGIC)
-            if segment.seq == seq:
-                start = offset
-                if not self._is_boundary(segment, offset):
-                    report.position_reset = (
-                        f"position {offset} of segment {segment.path.name} is not a record; "
-                        "replaying that segment from its start"
-                    )
-                    start = offset = len(rec.MAGIC)
-            data = segment.path.read_bytes()[: segment.size]
-            for record in iter_records(data, start, segment.size):
+            segment.records = segment.values = 0
+            for record in iter_records(data, len(rec.MAGIC), scan.size):
                 if record.kind == rec.KIND_BATCH:
                     segment.records += 1
                     segment.values += record.values
-                    if segment.first_t_ms is None:
-                        segment.first_t_ms = record.t_ms
-            segment.tables_complete = False
-        self.position = (seq, offset)
-
-    @staticmethod
-    def _is_boundary(segment: Segment, offset: int) -> bool:
-        if offset == segment.size:
-            return True
-        if offset < len(rec.MAGIC) or offset > segment.size:
-            return False
-        with open(segment.path, "rb") as f:
-            f.seek(offset)
-            data = f.read(segment.size - offset)
-        try:
-            rec.parse(data, 0)
-        except rec.RecordError:
-            return False
-        return True
+        segment.start = start
+        return segment
 
     # -- appending -------------------------------------------------------------------------------
 
@@ -372,8 +358,6 @@ class Store:
         self.bytes += len(data)
         segment.records += 1
         segment.values += len(variables)
-        if segment.first_t_ms is None:
-            segment.first_t_ms = batch.t_ms
         if self.sync == "always":
             os.fdatasync(fd)
         else:

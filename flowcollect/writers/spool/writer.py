@@ -26,6 +26,7 @@ from flowcollect.writers.spool._store import (
     SegmentReader,
     SpoolInUseError,
     Store,
+    iter_records,
 )
 
 if TYPE_CHECKING:
@@ -723,17 +724,22 @@ class SpooledWriter(DataWriter):
             return self._memory[0].batch.t_ms
         if not self._backlog_locked():
             return None
-        segment = self._segments.get(self._cursor[0])
-        if segment is None:
-            return None
-        try:
-            with open(segment.path, "rb") as f:
-                f.seek(self._cursor[1])
-                header = f.read(rec.HEADER_SIZE)
-            t_ms: int = rec.HEADER.unpack(header)[4]
-        except (OSError, ValueError):
-            return segment.first_t_ms
-        return t_ms
+        # The oldest is on disk at the cursor: the first batch record's header has its instant.
+        store = self._store
+        for segment in store.segments if store is not None else ():
+            if segment.seq < self._cursor[0]:
+                continue
+            start = self._cursor[1] if segment.seq == self._cursor[0] else len(rec.MAGIC)
+            try:
+                with open(segment.path, "rb") as f:
+                    f.seek(start)
+                    data = f.read(min(segment.size - start, 1 << 20))
+                for record in iter_records(data, 0, len(data)):
+                    if record.kind == rec.KIND_BATCH:
+                        return record.t_ms
+            except (OSError, rec.RecordError):
+                return None
+        return None
 
     def _corrupt_at_read(self, store: Store, segment: Segment, offset: int, exc: Exception) -> None:
         with self._cond:
