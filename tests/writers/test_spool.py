@@ -556,3 +556,24 @@ def test_a_collector_writes_through_the_spool_and_its_stats_and_metrics_show_it(
     # Closed: everything read went through the spool to the writer, nothing is left in it.
     assert writer.stats()["spool_values"] == 0
     assert len(memory.values) == writer.stats()["spool_appended_values"]
+
+
+def test_spool_writers_wraps_the_named_writers_and_names_mistakes(tmp_path: Path) -> None:
+    from flowcollect.writers.spool import spool_writers
+
+    memory, held = MemoryDataWriter(), HoldingWriter()
+    out = spool_writers(
+        [memory, held], {"HoldingWriter": SpoolOptions(path=tmp_path / "a", max_bytes=1 << 20)}
+    )
+    assert out[0] is memory
+    assert isinstance(out[1], SpooledWriter) and out[1].writer is held
+    with pytest.raises(ConfigError) as info:
+        spool_writers(
+            [memory],
+            {
+                "influxdb:nowhere": SpoolOptions(path=tmp_path / "b", max_bytes=1 << 20),
+                "MemoryDataWriter": SpoolOptions(path=tmp_path / "b", max_bytes=1 << 20),
+            },
+        )
+    assert "spools.influxdb:nowhere: no writer is named" in str(info.value)
+    assert "spools.MemoryDataWriter: path" in str(info.value)

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from flowcollect.writers.spool.options import SpoolOptions
-from flowcollect.writers.spool.writer import SpooledWriter, Sync
+from flowcollect.writers.spool.writer import SpooledWriter, Sync, spool_writers
 
-__all__ = ["SpoolOptions", "SpooledWriter", "Sync"]
+__all__ = ["SpoolOptions", "SpooledWriter", "Sync", "spool_writers"]

@@ -32,7 +32,7 @@ from flowcollect.writers.spool._store import (
 if TYPE_CHECKING:
     from flowcollect.writers.spool.options import SpoolOptions
 
-__all__ = ["SpooledWriter", "Sync"]
+__all__ = ["SpooledWriter", "Sync", "spool_writers"]
 
 logger = logging.getLogger("flowcollect.writers.spool")
 
@@ -915,3 +915,26 @@ def _check(
     if destination_preflight not in ("warn", "fail"):
         problems.append(f"destination_preflight: must be 'warn' or 'fail', got {destination_preflight!r}")
     return problems
+
+
+def spool_writers(writers: Sequence[DataWriter], spools: Mapping[str, SpoolOptions]) -> list[DataWriter]:
+    """``writers`` with each one named in ``spools`` (by ``writer.name``) behind a spool.
+
+    For a pipeline's per-writer option (``spools={"influxdb:line1": SpoolOptions(...)}``):
+    a name that matches no writer, or two spools in one folder, is a ``ConfigError`` naming it.
+    """
+    names = [w.name for w in writers]
+    problems = [
+        f"spools.{name}: no writer is named {name!r} (writers: {', '.join(map(repr, names))})"
+        for name in spools
+        if name not in names
+    ]
+    folders: dict[Path, str] = {}
+    for name, options in spools.items():
+        folder = Path(os.path.abspath(options.path))
+        if folder in folders:
+            problems.append(f"spools.{name}: path {options.path} is also the spool of {folders[folder]!r}")
+        folders[folder] = name
+    if problems:
+        raise ConfigError(problems)
+    return [SpooledWriter.from_options(w, spools[w.name]) if w.name in spools else w for w in writers]
