@@ -360,6 +360,43 @@ def test_a_corrupt_segment_is_moved_aside_its_good_records_kept_and_no_crash_loo
     writer3.close()
 
 
+def test_damage_found_while_sending_moves_the_segment_aside_and_sending_goes_on(spool_dir: Path) -> None:
+    first = HoldingWriter()
+    writer, _ = spooled(first, spool_dir, segment_bytes=4096, max_bytes=1 << 20)
+    sent = [make_batch(k) for k in range(60)]
+    for batch in sent:
+        writer.write_batch(batch)
+    writer.close()
+    # A new run opens the folder (every segment checks out), then the second segment rots
+    # before the sender, held back by a one-batch window, reaches it.
+    again = HoldingWriter()
+    writer2, _ = spooled(again, spool_dir, segment_bytes=4096, max_bytes=1 << 20, max_in_flight_values=1)
+    writer2.write_batch(make_batch(100))
+    wait_until(lambda: len(again.received) == 1)
+    head = segments(spool_dir)[0].read_bytes()
+    in_first = sum(r.kind == rec.KIND_BATCH for r in iter_records(head, len(rec.MAGIC), len(head)))
+    second = segments(spool_dir)[1]
+    data = bytearray(second.read_bytes())
+    victims = [r for r in iter_records(bytes(data), len(rec.MAGIC), len(data)) if r.kind == rec.KIND_BATCH]
+    in_second = len(victims)
+    data[victims[0].offset + rec.HEADER_SIZE + 3] ^= 0xFF
+    second.write_bytes(bytes(data))
+    deadline = time.monotonic() + 10
+    while len(again.received) < 61 - in_second and time.monotonic() < deadline:
+        again.ack()
+        time.sleep(0.005)
+    received = [b.t_ms for b in again.received]
+    # Everything but the rotten segment's batches arrives, in order, and the loss is counted.
+    assert received == [b.t_ms for b in sent[:in_first] + sent[in_first + in_second :]] + [
+        make_batch(100).t_ms
+    ]
+    stats = writer2.stats()
+    assert stats["spool_corrupt"] == 1
+    assert stats["spool_dropped_by_policy"] == in_second * len(SPECS)
+    assert second.with_name(second.name + ".corrupt").exists()
+    writer2.close()
+
+
 def test_an_unreadable_position_file_replays_everything_instead_of_failing(
     spool_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
