@@ -614,3 +614,26 @@ def test_spool_writers_wraps_the_named_writers_and_names_mistakes(tmp_path: Path
         )
     assert "spools.influxdb:nowhere: no writer is named" in str(info.value)
     assert "spools.MemoryDataWriter: path" in str(info.value)
+
+
+def test_datetimes_come_back_and_other_types_are_stored_as_text(
+    spool_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    when = datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)
+    specs = SPECS[:4]
+    odd = ValueBatch(1, specs, [when, Decimal("1.5"), [1.0, 2.0], b"\x00\x01"], context_id=7, reader="opcua")
+    holder = HoldingWriter()
+    writer, _ = spooled(holder, spool_dir)
+    with caplog.at_level(logging.WARNING, logger="flowcollect.writers.spool"):
+        writer.write_batch(odd)
+    writer.close()
+    again = HoldingWriter()
+    writer2, _ = spooled(again, spool_dir)
+    writer2.write_batch(make_batch(1))
+    wait_until(lambda: len(again.received) == 2)
+    assert again.received[0].values == [when, "1.5", [1.0, 2.0], b"\x00\x01"]
+    assert "values of type Decimal from reader 'opcua' are stored as their text" in caplog.text
+    writer2.close()

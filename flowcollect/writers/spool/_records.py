@@ -17,13 +17,16 @@ Two kinds of record:
   (values, errors, source times, quality) as they are.
 
 Payloads are pickles of plain tuples, lists, numbers, strings and None (protocol 5: C-speed, and
-exact for floats, ints of any size, bools and strings). They are read back by an unpickler that
-resolves no global name at all, so a payload can build nothing but those plain values: a spool
-file cannot make the collector import or call anything.
+exact for floats, ints of any size, bools and strings), plus the ``datetime`` types a source may
+give. They are read back by an unpickler that resolves no global name but those ``datetime``
+classes, so a payload can build nothing else: a spool file cannot make the collector import or
+call anything. A value of any other type is stored as its text (``str(value)``), and the spool
+logs it once per type.
 """
 
 from __future__ import annotations
 
+import datetime
 import io
 import pickle
 import struct
@@ -46,10 +49,57 @@ class RecordError(ValueError):
     """A record that cannot be read: torn (incomplete) or corrupt (checksum, kind, payload)."""
 
 
+_DATETIME_TYPES: frozenset[type] = frozenset(
+    {datetime.datetime, datetime.date, datetime.time, datetime.timedelta, datetime.timezone}
+)
+_GLOBALS = {("datetime", t.__name__): t for t in _DATETIME_TYPES}
+_PLAIN_TYPES: frozenset[type] = frozenset({float, int, bool, str, bytes, type(None), *_DATETIME_TYPES})
+
+
+class UnsupportedValueError(TypeError):
+    """A value the spool stores as its text: not a plain type nor a ``datetime`` one."""
+
+
 class _PlainUnpickler(pickle.Unpickler):
-    # Resolving no global means no class, function or module can be reached from a payload.
+    # Resolving no global but the datetime classes means no function or module can be reached.
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"spool payloads hold plain values only, not {module}.{name}")
+        found = _GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"spool payloads hold plain values only, not {module}.{name}")
+        return found
+
+
+class _PlainPickler(pickle.Pickler):
+    # Called only for objects the C pickler does not handle itself (not for None, bools, ints,
+    # floats, str, bytes, lists, tuples, dicts): refusing them here costs the hot path nothing.
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in _DATETIME_TYPES or (isinstance(obj, type) and obj in _DATETIME_TYPES):
+            return NotImplemented
+        raise UnsupportedValueError(type(obj).__name__)
+
+
+def _keeps(value: object) -> bool:
+    return type(value) in _PLAIN_TYPES or isinstance(value, list | tuple | dict)
+
+
+class Encoder:
+    """Pickles payloads with one reusable pickler (not thread-safe: the spool calls it under its lock)."""
+
+    def __init__(self) -> None:
+        self._buffer = io.BytesIO()
+        self._pickler = _PlainPickler(self._buffer, protocol=5)
+
+    def dumps(self, obj: Any) -> bytes:
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        self._pickler.clear_memo()
+        try:
+            self._pickler.dump(obj)
+        except UnsupportedValueError:
+            self._pickler = _PlainPickler(buffer, protocol=5)  # a failed dump may leave it half-way
+            raise
+        return buffer.getvalue()
 
 
 def loads(payload: bytes | memoryview) -> Any:
@@ -116,24 +166,38 @@ def decode_specs(payload: bytes | memoryview) -> tuple[int, tuple[VariableSpec, 
     return int(list_id), specs
 
 
-def batch_record(list_id: int, batch: ValueBatch) -> bytes:
+def batch_record(list_id: int, batch: ValueBatch, encoder: Encoder) -> tuple[bytes, set[str]]:
+    """The batch's record, and the names of the value types stored as text (usually none)."""
     errors = batch.errors
     quality = batch.quality
     n = len(batch.variables)
-    # All-good columns (the usual case) are stored as None: one byte instead of one per value.
-    payload = pickle.dumps(
-        (
+    values = batch.values
+    converted: set[str] = set()
+    while True:
+        # All-good columns (the usual case) are stored as None: one byte instead of one per value.
+        row = (
             list_id,
             batch.context_id,
             batch.reader,
-            batch.values,
+            values,
             None if errors.count(None) == n else errors,
             batch.source_ns,
             None if quality is None or quality.count(None) == n else quality,
-        ),
-        protocol=5,
-    )
-    return frame(KIND_BATCH, n, batch.t_ms, payload)
+        )
+        try:
+            payload = encoder.dumps(row)
+        except UnsupportedValueError:
+            # Odd scalars first; then lists or dicts holding something odd. Anything else (an odd
+            # error text or source time) is a reader's bug: the append fails, counted as failed.
+            odd = [not _keeps(v) for v in values]
+            if not any(odd):
+                odd = [isinstance(v, list | tuple | dict) for v in values]
+                if not any(odd):
+                    raise
+            converted |= {type(v).__name__ for v, bad in zip(values, odd, strict=True) if bad}
+            values = [str(v) if bad else v for v, bad in zip(values, odd, strict=True)]
+            continue
+        return frame(KIND_BATCH, n, batch.t_ms, payload), converted
 
 
 def decode_batch(

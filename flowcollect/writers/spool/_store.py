@@ -152,6 +152,8 @@ class Store:
         self.dirty = False  # appended since the last fsync
         self.bytes = 0
         self.position: tuple[int, int] = (0, len(rec.MAGIC))
+        self._encoder = rec.Encoder()
+        self._as_text: set[str] = set()  # value types already reported as stored as text
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -333,7 +335,16 @@ class Store:
         if list_id is None:
             list_id = len(segment.tables)
             parts.append(rec.specs_record(list_id, variables))
-        parts.append(rec.batch_record(list_id, batch))
+        record, as_text = rec.batch_record(list_id, batch, self._encoder)
+        parts.append(record)
+        if as_text - self._as_text:
+            self._as_text |= as_text
+            logger.warning(
+                "spool %s: values of type %s from reader %r are stored as their text",
+                self.path,
+                ", ".join(sorted(as_text)),
+                batch.reader,
+            )
         data = b"".join(parts) if len(parts) > 1 else parts[0]
         start = segment.size
         fd = self._fd
