@@ -8,9 +8,11 @@
    ints, bools and strings; and batches of 20, a tenth as many values) as fast as it takes them,
    for each ``sync`` mode, the writer behind it down (nothing is sent: only appending counts).
    values/s over the wall time; CPU is this process's (every thread) per million values.
-2. replay: a spool of that size left by a closed writer, opened again in front of a writer that
+2. power_cut_exposure: steady appends (100,000 values/s) for ``--exposure-s`` per ``sync`` mode,
+   sampling ``spool_unsynced_age_s``/``_values``: what a power cut could take at that moment.
+3. replay: a spool of that size left by a closed writer, opened again in front of a writer that
    stores at once: read back, decoded and handed over in order, until the backlog is empty.
-3. end_to_end (needs victoria-metrics): a feeder thread offers ``--rate`` values/s (2,000
+4. end_to_end (needs victoria-metrics): a feeder thread offers ``--rate`` values/s (2,000
    variables every 10 ms, by absolute deadlines) to ``SpooledWriter(InfluxDBDataWriter ->
    VictoriaMetrics)``; after ``--before-s`` the server is stopped for ``--outage-s``, then started
    again; the run goes on until the backlog is drained, then ``--after-s`` more. Reports: values
@@ -137,6 +139,37 @@ def append_and_replay(sync: str, values: int, size: int, folder: Path) -> dict[s
     }
 
 
+def exposure(sync: str, seconds: float, folder: Path) -> dict[str, Any]:
+    """Appends at a steady 100,000 values/s; samples what a power cut could take (not yet fsynced)."""
+    rng = random.Random(3)
+    specs = specs_for(BATCH)
+    batch = mixed_batch(0, specs, rng)
+    writer = SpooledWriter(
+        Down(), folder / f"exposure-{sync}", max_bytes=8 << 30, sync=sync, close_timeout_s=0
+    )  # type: ignore[arg-type]
+    ages: list[float] = []
+    values: list[float] = []
+    start = time.monotonic()
+    k = 0
+    while (now := time.monotonic()) < start + seconds:
+        due = start + k * 0.01
+        if due > now:
+            time.sleep(due - now)
+        writer.write_batch(ValueBatch(batch.t_ms + 10 * k, specs, batch.values, context_id=1, reader="bench"))
+        k += 1
+        if k % 5 == 0:
+            stats = writer.stats()
+            ages.append(stats["spool_unsynced_age_s"])
+            values.append(stats["spool_unsynced_values"])
+    writer.close()
+    return {
+        "sync": sync,
+        "seconds": seconds,
+        "unsynced_age_s_max": round(max(ages), 3),
+        "unsynced_values_max": int(max(values)),
+    }
+
+
 def stored_count(vm: VictoriaMetrics, measurement: str, window_s: int) -> int:
     query = f'sum(count_over_time({{__name__=~"{measurement}_.*"}}[{window_s}s]))'
     url = vm.url + "/api/v1/query?" + urllib.parse.urlencode({"query": query, "time": f"{time.time():.3f}"})
@@ -201,6 +234,7 @@ def end_to_end(args: argparse.Namespace, folder: Path, binary: str) -> dict[str,
             "rss_mb": round(rss_mb(), 1),
             "backlog_values": stats.get("spool_values", 0),
             "spool_bytes": stats.get("spool_bytes", 0),
+            "unsynced_age_s": round(stats.get("spool_unsynced_age_s", 0.0), 3),
         }
         samples.append(row)  # type: ignore[arg-type]
         return stats
@@ -268,6 +302,7 @@ def end_to_end(args: argparse.Namespace, folder: Path, binary: str) -> dict[str,
         "rss_mb_outage_last": outage_rss[-1] if outage_rss else None,
         "rss_mb_outage_max": max(outage_rss) if outage_rss else None,
         "rss_mb_max": max(s["rss_mb"] for s in samples),
+        "unsynced_age_s_max": max(s["unsynced_age_s"] for s in samples),
         "feeder_late_ticks": len(late),
         "feeder_late_p99_ms": round(late[int(len(late) * 0.99)] * 1000, 1) if late else 0.0,
         "cpu_s_per_million": round(cpu / max(1, offered[0]) * 1e6, 3),
@@ -287,6 +322,9 @@ def main() -> None:
     parser.add_argument("--outage-s", type=float, default=60.0)
     parser.add_argument("--after-s", type=float, default=10.0)
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument(
+        "--exposure-s", type=float, default=5.0, help="seconds of steady appends per sync mode"
+    )
     parser.add_argument("--influx-batch", type=int, default=10_000, help="the InfluxDB writer's batch_size")
     parser.add_argument("--in-flight", type=int, default=100_000, help="the spool's max_in_flight_values")
     args = parser.parse_args()
@@ -294,6 +332,10 @@ def main() -> None:
     report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="flowcollect-bench-spool-") as tmp:
         folder = Path(tmp)
+        report["power_cut_exposure"] = [
+            exposure(sync, 1.0 if args.quick else args.exposure_s, folder)
+            for sync in ("batch", "always", "never")
+        ]
         report["append_and_replay"] = [
             append_and_replay(sync, values if size == BATCH else values // 10, size, folder)
             for size in (BATCH, SMALL)

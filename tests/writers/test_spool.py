@@ -637,3 +637,22 @@ def test_datetimes_come_back_and_other_types_are_stored_as_text(
     assert again.received[0].values == [when, "1.5", [1.0, 2.0], b"\x00\x01"]
     assert "values of type Decimal from reader 'opcua' are stored as their text" in caplog.text
     writer2.close()
+
+
+@pytest.mark.parametrize("sync", ["always", "batch", "never"])
+def test_what_a_power_cut_could_take_is_in_the_stats_per_sync_mode(spool_dir: Path, sync: str) -> None:
+    writer, _ = spooled(HoldingWriter(), spool_dir, sync=sync, flush_interval_s=0.05)
+    for k in range(10):
+        writer.write_batch(make_batch(k))
+    stats = writer.stats()
+    if sync == "always":  # fsynced before write_batch returned
+        assert stats["spool_unsynced_values"] == 0 and stats["spool_unsynced_age_s"] == 0
+    elif sync == "batch":  # the group commit comes within flush_interval_s
+        wait_until(lambda: writer.stats()["spool_unsynced_values"] == 0, timeout_s=5)
+    else:  # nothing fsyncs but flush(): the exposure grows
+        time.sleep(0.2)
+        stats = writer.stats()
+        assert stats["spool_unsynced_values"] == 60 and stats["spool_unsynced_age_s"] >= 0.2
+        writer.flush()
+        assert writer.stats()["spool_unsynced_values"] == 0
+    writer.close()

@@ -182,10 +182,14 @@ class SpooledWriter(DataWriter):
         self._closed = False
         self._closing = False
         self._stop = False
+        self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._reader = SegmentReader()
         self._episode_dropped: int | None = None  # values dropped in the current drop episode
         self._episode_limit = max_bytes
+        # Appends not yet known to be on disk (fsync): what a power cut could take now.
+        self._unsynced_since: float | None = None
+        self._unsynced_values = 0
         self._specs: dict[tuple[Any, ...], VariableSpec] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             (
@@ -289,6 +293,7 @@ class SpooledWriter(DataWriter):
                 return
             fd = _dup(store)
             store.dirty = False
+            self._unsynced_since, self._unsynced_values = None, 0
         if fd is not None:
             try:
                 os.fdatasync(fd)
@@ -319,6 +324,7 @@ class SpooledWriter(DataWriter):
             logger.error("%s: closing the writer behind the spool failed: %s", self.name, exc)
         with self._cond:
             self._stop = True
+            self._stopped.set()
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(max(0.0, deadline - self._monotonic()) + 1.0)
@@ -349,7 +355,8 @@ class SpooledWriter(DataWriter):
         included), ``in_flight``, ``oldest_age_s``, ``appended_values``, ``appended_records``,
         ``written``, ``failed``, ``dropped_by_writer``, ``dropped_by_policy``,
         ``dropped_segments``, ``replayed_values``, ``torn``, ``corrupt``, ``write_errors``,
-        ``disk_full``.
+        ``disk_full``, and ``unsynced_values`` / ``unsynced_age_s``: appended but not yet known to
+        be on disk (no fsync since), what a power cut could take now.
 
         The writer-wide words keep their meaning with a spool in front: ``buffered`` is the
         spool's backlog (it holds what the inner writer buffers), ``oldest_buffered_age_s`` its
@@ -370,6 +377,9 @@ class SpooledWriter(DataWriter):
             out["spool_records"] = self._backlog_records
             out["spool_values"] = self._backlog_locked()
             out["spool_in_flight"] = self._in_flight
+            out["spool_unsynced_values"] = self._unsynced_values
+            since = self._unsynced_since
+            out["spool_unsynced_age_s"] = self._monotonic() - since if since is not None else 0.0
             oldest = self._oldest_t_ms_locked()
         age = max(0.0, self._clock() - oldest / 1000.0) if oldest is not None else 0.0
         out["spool_oldest_age_s"] = age
@@ -454,6 +464,10 @@ class SpooledWriter(DataWriter):
         self._counters["appended_records"] += 1
         self._backlog += n
         self._backlog_records += 1
+        if self.sync != "always":
+            if self._unsynced_since is None:
+                self._unsynced_since = self._monotonic()
+            self._unsynced_values += n
         if self._memory_values + n <= _MEMORY_VALUES:
             self._memory.append(_Pending(segment.seq, start, end, batch))
             self._memory_values += n
@@ -780,18 +794,19 @@ class SpooledWriter(DataWriter):
             return
         saved: tuple[int, int] | None = None
         while True:
+            # Its own event, not the condition every append notifies: it wakes once an interval.
+            if self._stopped.wait(self.flush_interval_s):
+                return
             with self._cond:
-                if self._cond.wait_for(lambda: self._stop, self.flush_interval_s):
-                    return
                 fd = _dup(store) if self.sync == "batch" and store.dirty else None
                 if fd is not None:
                     store.dirty = False
+                    self._unsynced_since, self._unsynced_values = None, 0
                 position = self._position_locked()
             try:
                 if fd is not None:
                     os.fdatasync(fd)
-                if position != saved:
-                    self._save_position(store, position)
+                if position != saved and self._save_position(store, position):
                     saved = position
             except OSError as exc:
                 self._errors.error(("sync", exc.errno), "spool %s: cannot sync: %s", self.path, exc)
@@ -801,7 +816,7 @@ class SpooledWriter(DataWriter):
             with self._cond:
                 self._delete_acknowledged_locked(store)
 
-    def _save_position(self, store: Store, position: tuple[int, int]) -> None:
+    def _save_position(self, store: Store, position: tuple[int, int]) -> bool:
         try:
             store.save_position(position)
         except OSError as exc:
@@ -809,6 +824,8 @@ class SpooledWriter(DataWriter):
             self._errors.error(
                 ("position", exc.errno), "spool %s: cannot save the send position: %s", self.path, exc
             )
+            return False
+        return True
 
     def _delete_acknowledged_locked(self, store: Store) -> None:
         """Delete the segments wholly before the saved send position."""
