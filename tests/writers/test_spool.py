@@ -656,3 +656,30 @@ def test_what_a_power_cut_could_take_is_in_the_stats_per_sync_mode(spool_dir: Pa
         writer.flush()
         assert writer.stats()["spool_unsynced_values"] == 0
     writer.close()
+
+
+def test_without_receipts_wanted_a_long_backlog_is_read_back_from_disk(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowcollect.writers.spool import writer as spool_writer
+
+    monkeypatch.setattr(spool_writer, "_MEMORY_VALUES", 12)  # two batches kept in memory, no more
+    holder = HoldingWriter()
+    writer = SpooledWriter(
+        holder,
+        spool_dir,
+        max_bytes=1 << 20,
+        flush_interval_s=0.05,
+        max_in_flight_values=6,
+        close_timeout_s=0.2,
+    )
+    sent = [make_batch(k) for k in range(30)]
+    for batch in sent:
+        writer.write_batch(batch)
+    deadline = time.monotonic() + 10
+    while len(holder.received) < 30 and time.monotonic() < deadline:
+        holder.ack()
+        time.sleep(0.002)
+    assert all(same(a, b) for a, b in zip(holder.received, sent, strict=True))
+    assert sum(a is b for a, b in zip(holder.received, sent, strict=True)) <= 3  # the rest came from disk
+    writer.close()

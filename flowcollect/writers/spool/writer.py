@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
-from flowcollect.writers.base import DataWriter
+from flowcollect.writers.base import DataWriter, OnReceipt
 from flowcollect.writers.spool import _records as rec
 from flowcollect.writers.spool._store import (
     DiskFullError,
@@ -170,6 +170,12 @@ class SpooledWriter(DataWriter):
         self._cursor: tuple[int, int] = (0, 0)
         self._memory: deque[_Pending] = deque()
         self._memory_values = 0
+        # With someone attached for receipts (the engine): this run's batches not yet handed out,
+        # by record. A receipt must carry the very batch the engine gave (it matches them by
+        # identity), and the engine holds those batches until their receipt anyway, so keeping
+        # them here costs no memory of its own; it also spares reading them back from disk.
+        self._origins: dict[tuple[int, int], _Pending] = {}
+        self._receipts_wanted = False
         self._sent: deque[_Sent] = deque()
         self._by_batch: dict[int, _Sent] = {}
         self._in_flight = 0
@@ -212,6 +218,10 @@ class SpooledWriter(DataWriter):
             writer.attach(self._on_inner_receipt)
 
     # -- the DataWriter contract ---------------------------------------------------------------
+
+    def attach(self, on_receipt: OnReceipt) -> None:
+        super().attach(on_receipt)
+        self._receipts_wanted = True
 
     @property
     def name(self) -> str:
@@ -468,7 +478,9 @@ class SpooledWriter(DataWriter):
             if self._unsynced_since is None:
                 self._unsynced_since = self._monotonic()
             self._unsynced_values += n
-        if self._memory_values + n <= _MEMORY_VALUES:
+        if self._receipts_wanted:
+            self._origins[(segment.seq, start)] = _Pending(segment.seq, start, end, batch)
+        elif self._memory_values + n <= _MEMORY_VALUES:
             self._memory.append(_Pending(segment.seq, start, end, batch))
             self._memory_values += n
         while store.bytes > self.max_bytes and len(store.segments) > 1:
@@ -517,7 +529,8 @@ class SpooledWriter(DataWriter):
                     dropped += n
                     records += 1
                     if segment.own:
-                        origin = memory.get(record_start, batch)
+                        kept = self._origins.pop((segment.seq, record_start), None)
+                        origin = kept.batch if kept is not None else memory.get(record_start, batch)
                         if origin is not None:
                             receipts.append(Receipt(origin, 0, 0, n, f"spool: {reason}"))
             except (OSError, rec.RecordError) as exc:
@@ -555,11 +568,16 @@ class SpooledWriter(DataWriter):
                 later = [s for s in store.segments if s.seq > seq]
                 self._cursor = (later[0].seq, len(rec.MAGIC))
                 continue
+            kept = self._origins.pop((seq, offset), None)
+            if kept is not None:
+                return segment, offset, kept
             memory = self._memory
             while memory and (memory[0].seq, memory[0].start) < self._cursor:
                 self._memory_values -= len(memory.popleft().batch)
             if memory and memory[0].seq == seq and memory[0].start == offset:
-                return segment, offset, memory.popleft()
+                pending = memory.popleft()
+                self._memory_values -= len(pending.batch)
+                return segment, offset, pending
             return segment, offset, None
 
     def _run_sender(self) -> None:
@@ -594,8 +612,6 @@ class SpooledWriter(DataWriter):
                 )
                 item = None if busy else self._next_locked(store)
                 if item is not None:
-                    if item[2] is not None:
-                        self._memory_values -= len(item[2].batch)
                     return item
                 self._cond.wait(self.flush_interval_s)
 
@@ -659,6 +675,10 @@ class SpooledWriter(DataWriter):
             self._in_flight -= entry.n
             if entry.seq in self._segments and (entry.seq, entry.start) < self._cursor:
                 self._cursor = (entry.seq, entry.start)
+                if entry.origin is not None and self._receipts_wanted:
+                    self._origins[(entry.seq, entry.start)] = _Pending(
+                        entry.seq, entry.start, entry.end, entry.origin
+                    )
             self._failures += 1
             delay = min(_RETRY_MAX_S, _RETRY_INITIAL_S * 2 ** (self._failures - 1))
             self._retry_at = self._monotonic() + delay
@@ -734,11 +754,21 @@ class SpooledWriter(DataWriter):
     def _oldest_t_ms_locked(self) -> int | None:
         if self._sent:
             return self._sent[0].t_ms
-        if self._memory and (self._memory[0].seq, self._memory[0].start) == self._cursor:
-            return self._memory[0].batch.t_ms
         if not self._backlog_locked():
             return None
-        # The oldest is on disk at the cursor: the first batch record's header has its instant.
+        in_memory = self._origins.get(self._cursor)
+        if (
+            in_memory is None
+            and self._memory
+            and (self._memory[0].seq, self._memory[0].start) == self._cursor
+        ):
+            in_memory = self._memory[0]
+        if in_memory is not None:
+            return in_memory.batch.t_ms
+        return self._oldest_on_disk_locked()
+
+    def _oldest_on_disk_locked(self) -> int | None:
+        """The instant of the first batch record at or after the cursor, from its header."""
         store = self._store
         for segment in store.segments if store is not None else ():
             if segment.seq < self._cursor[0]:
@@ -752,13 +782,17 @@ class SpooledWriter(DataWriter):
                     if record.kind == rec.KIND_BATCH:
                         return record.t_ms
             except (OSError, rec.RecordError):
-                return None
+                break
         return None
 
     def _corrupt_at_read(self, store: Store, segment: Segment, offset: int, exc: Exception) -> None:
+        receipts: list[Receipt] = []
         with self._cond:
             if segment.seq not in self._segments:
                 return
+            for key in [k for k in self._origins if k[0] == segment.seq]:
+                batch = self._origins.pop(key).batch
+                receipts.append(Receipt(batch, 0, 0, len(batch), "spool: segment unreadable"))
             self._counters["corrupt"] += 1
             lost, records = self._unsent_in_locked(segment)
             aside = segment.path.with_name(segment.path.name + ".corrupt")
@@ -785,6 +819,7 @@ class SpooledWriter(DataWriter):
             later = [s.seq for s in store.segments if s.seq > segment.seq]
             self._cursor = (later[0], len(rec.MAGIC)) if later else (segment.seq + 1, len(rec.MAGIC))
             self._reader.close()
+        self._send_receipts(receipts)
 
     # -- durability and cleanup -------------------------------------------------------------------
 
