@@ -131,7 +131,7 @@ def spool_dir(tmp_path: Path) -> Path:
 
 def spooled(inner: DataWriter, path: Path, **options: Any) -> tuple[SpooledWriter, list[Receipt]]:
     options.setdefault("max_bytes", 64 << 20)
-    options.setdefault("flush_interval_s", 0.05)
+    options.setdefault("sync_interval_s", 0.05)
     options.setdefault("close_timeout_s", 0.2)
     writer = SpooledWriter(inner, path, **options)
     receipts: list[Receipt] = []
@@ -575,7 +575,7 @@ def test_a_collector_writes_through_the_spool_and_its_stats_and_metrics_show_it(
     from flowcollect.readers import RandomDataReader
 
     memory = MemoryDataWriter()
-    writer = SpooledWriter(memory, spool_dir, max_bytes=1 << 20, flush_interval_s=0.05)
+    writer = SpooledWriter(memory, spool_dir, max_bytes=1 << 20, sync_interval_s=0.05)
     context = DataCollectionContext(
         id=1,
         interval_ms=100,
@@ -641,13 +641,13 @@ def test_datetimes_come_back_and_other_types_are_stored_as_text(
 
 @pytest.mark.parametrize("sync", ["always", "batch", "never"])
 def test_what_a_power_cut_could_take_is_in_the_stats_per_sync_mode(spool_dir: Path, sync: str) -> None:
-    writer, _ = spooled(HoldingWriter(), spool_dir, sync=sync, flush_interval_s=0.05)
+    writer, _ = spooled(HoldingWriter(), spool_dir, sync=sync, sync_interval_s=0.05)
     for k in range(10):
         writer.write_batch(make_batch(k))
     stats = writer.stats()
     if sync == "always":  # fsynced before write_batch returned
         assert stats["spool_unsynced_values"] == 0 and stats["spool_unsynced_age_s"] == 0
-    elif sync == "batch":  # the group commit comes within flush_interval_s
+    elif sync == "batch":  # the group commit comes within sync_interval_s
         wait_until(lambda: writer.stats()["spool_unsynced_values"] == 0, timeout_s=5)
     else:  # nothing fsyncs but flush(): the exposure grows
         time.sleep(0.2)
@@ -669,7 +669,7 @@ def test_without_receipts_wanted_a_long_backlog_is_read_back_from_disk(
         holder,
         spool_dir,
         max_bytes=1 << 20,
-        flush_interval_s=0.05,
+        sync_interval_s=0.05,
         max_in_flight_values=6,
         close_timeout_s=0.2,
     )

@@ -23,7 +23,7 @@ class SpoolOptions(BaseModel):
     max_bytes: int = Field(gt=0)
     """The disk budget; beyond it the oldest segment is dropped."""
     sync: Literal["always", "batch", "never"] = "batch"
-    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    sync_interval_s: float = Field(default=1.0, gt=0, le=60)
     """With ``sync="batch"``: appends reach the disk (fsync) at most this long after they are made."""
     segment_bytes: int | None = Field(default=None, ge=4096)
     """Segment size (default ``max_bytes / 16``, between 64 KiB and 64 MiB); at most

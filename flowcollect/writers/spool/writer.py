@@ -105,7 +105,7 @@ class SpooledWriter(DataWriter):
     - ``max_bytes``: the spool's disk budget. Beyond it, or when the disk is full, the oldest
       segment is dropped (counted, logged once per episode, reported as ``dropped`` in receipts
       of this process's batches); appends never block.
-    - ``sync``: ``"batch"`` fsyncs the segment at least every ``flush_interval_s``;
+    - ``sync``: ``"batch"`` fsyncs the segment at least every ``sync_interval_s``;
       ``"always"`` before ``write_batch`` returns; ``"never"`` leaves it to the OS. Every mode
       writes each batch to the file before returning, so a kill of the process loses nothing
       appended; ``sync`` is about power cuts and kernel crashes (see docs/spool.md).
@@ -129,7 +129,7 @@ class SpooledWriter(DataWriter):
         *,
         max_bytes: int,
         sync: Sync = "batch",
-        flush_interval_s: float = 1.0,
+        sync_interval_s: float = 1.0,
         segment_bytes: int | None = None,
         max_in_flight_values: int = 50_000,
         close_timeout_s: float = 5.0,
@@ -143,7 +143,7 @@ class SpooledWriter(DataWriter):
             writer,
             max_bytes,
             sync,
-            flush_interval_s,
+            sync_interval_s,
             segment_bytes,
             max_in_flight_values,
             close_timeout_s,
@@ -155,7 +155,7 @@ class SpooledWriter(DataWriter):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.sync: Sync = sync
-        self.flush_interval_s = float(flush_interval_s)
+        self.sync_interval_s = float(sync_interval_s)
         self.segment_bytes = int(segment_bytes or 0)
         self.max_in_flight_values = max_in_flight_values
         self.close_timeout_s = float(close_timeout_s)
@@ -223,6 +223,33 @@ class SpooledWriter(DataWriter):
         super().attach(on_receipt)
         self._receipts_wanted = True
 
+    # The engine's queue and routing sit before the spool, so they are the inner writer's: a
+    # writer told to receive some contexts only, or to keep a queue of its own size, keeps that
+    # with a spool in front. (Set on the spooled writer, they go to the inner one.)
+    @property
+    def routing(self) -> Any:
+        return getattr(self.writer, "routing", None)
+
+    @routing.setter
+    def routing(self, value: Any) -> None:
+        setattr(self.writer, "routing", value)  # noqa: B010 - not every DataWriter declares it
+
+    @property
+    def queue_policy(self) -> Any:
+        return getattr(self.writer, "queue_policy", "drop_oldest")
+
+    @queue_policy.setter
+    def queue_policy(self, value: Any) -> None:
+        setattr(self.writer, "queue_policy", value)  # noqa: B010 - as above
+
+    @property
+    def queue_limit(self) -> Any:
+        return getattr(self.writer, "queue_limit", None)
+
+    @queue_limit.setter
+    def queue_limit(self, value: Any) -> None:
+        setattr(self.writer, "queue_limit", value)  # noqa: B010 - as above
+
     @property
     def name(self) -> str:
         # The destination's name, so metrics and status keep their labels when a spool is added.
@@ -236,7 +263,7 @@ class SpooledWriter(DataWriter):
             options.path,
             max_bytes=options.max_bytes,
             sync=options.sync,
-            flush_interval_s=options.flush_interval_s,
+            sync_interval_s=options.sync_interval_s,
             segment_bytes=options.segment_bytes,
             max_in_flight_values=options.max_in_flight_values,
             close_timeout_s=options.close_timeout_s,
@@ -613,7 +640,7 @@ class SpooledWriter(DataWriter):
                 item = None if busy else self._next_locked(store)
                 if item is not None:
                     return item
-                self._cond.wait(self.flush_interval_s)
+                self._cond.wait(self.sync_interval_s)
 
     def _read_from_disk(self, store: Store, segment: Segment, offset: int) -> tuple[int, ValueBatch] | None:
         """The batch at the cursor, read from its segment (variable tables are taken in passing)."""
@@ -830,7 +857,7 @@ class SpooledWriter(DataWriter):
         saved: tuple[int, int] | None = None
         while True:
             # Its own event, not the condition every append notifies: it wakes once an interval.
-            if self._stopped.wait(self.flush_interval_s):
+            if self._stopped.wait(self.sync_interval_s):
                 return
             with self._cond:
                 fd = _dup(store) if self.sync == "batch" and store.dirty else None
@@ -936,7 +963,7 @@ def _check(
     writer: object,
     max_bytes: object,
     sync: object,
-    flush_interval_s: object,
+    sync_interval_s: object,
     segment_bytes: object,
     max_in_flight_values: object,
     close_timeout_s: object,
@@ -951,8 +978,8 @@ def _check(
         problems.append(f"max_bytes: must be a positive number of bytes, got {max_bytes!r}")
     if sync not in _SYNCS:
         problems.append(f"sync: must be one of {', '.join(_SYNCS)}; got {sync!r}")
-    if not isinstance(flush_interval_s, int | float) or not 0 < flush_interval_s <= 60:
-        problems.append(f"flush_interval_s: must be in (0, 60] seconds, got {flush_interval_s!r}")
+    if not isinstance(sync_interval_s, int | float) or not 0 < sync_interval_s <= 60:
+        problems.append(f"sync_interval_s: must be in (0, 60] seconds, got {sync_interval_s!r}")
     if not isinstance(segment_bytes, int) or segment_bytes < _MIN_SEGMENT:
         problems.append(f"segment_bytes: must be at least {_MIN_SEGMENT}, got {segment_bytes!r}")
     elif isinstance(max_bytes, int) and max_bytes > 0 and segment_bytes * 4 > max_bytes:
