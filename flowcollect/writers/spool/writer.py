@@ -121,6 +121,9 @@ class SpooledWriter(DataWriter):
     """
 
     acknowledges: ClassVar[bool] = True
+    keeps_unacknowledged: ClassVar[bool] = True
+    """What it has not acknowledged when it closes is not lost: it stays in the spool and is sent
+    by the next run. An engine should count those values as kept (spooled), not as dropped."""
 
     def __init__(
         self,
