@@ -436,7 +436,8 @@ def test_max_bytes_drops_the_oldest_segment_counted_logged_once_and_reported(
     assert stats["spool_dropped_segments"] >= 1
     # Every value is accounted for: still spooled (incl. in flight) or dropped by the policy.
     assert stats["spool_appended_values"] == stats["spool_values"] + stats["spool_dropped_by_policy"]
-    assert sum(r.dropped for r in receipts) == stats["spool_dropped_by_policy"]
+    dropped = stats["spool_dropped_by_policy"] + stats["spool_not_spooled"]
+    assert sum(r.dropped for r in receipts) == dropped == stats["dropped"]
     assert all(r.written == 0 and "max_bytes" in (r.error or "") for r in receipts)
     assert caplog.text.count("dropping the oldest values") == 1
     # The newest values are the ones kept: once the destination is back, the last batch arrives.
@@ -480,7 +481,8 @@ def test_a_full_disk_drops_the_oldest_and_collection_goes_on(
     assert stats["spool_disk_full"] >= 1
     assert stats["spool_dropped_by_policy"] > 0
     assert stats["spool_appended_values"] == stats["spool_values"] + stats["spool_dropped_by_policy"]
-    assert sum(r.dropped for r in receipts) == stats["spool_dropped_by_policy"]
+    dropped = stats["spool_dropped_by_policy"] + stats["spool_not_spooled"]
+    assert sum(r.dropped for r in receipts) == dropped == stats["dropped"]
     assert caplog.text.count("dropping the oldest values") == 1
     # The newest batch is spooled and reaches the writer once it comes back.
     deadline = time.monotonic() + 20

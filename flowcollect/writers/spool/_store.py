@@ -408,19 +408,21 @@ class Store:
                 segment.tables[list_id] = specs
         segment.tables_complete = True
 
-    def batches(self, segment: Segment, start: int) -> Iterator[tuple[int, int, ValueBatch | None, int]]:
-        """(offset, end, batch, values) of each batch record from ``start`` on (batch None if undecodable)."""
-        self.load_tables(segment)
+    def batch_headers(self, segment: Segment, start: int) -> Iterator[tuple[int, int]]:
+        """(start, values) of each batch appended from ``start`` on, from the headers alone.
+
+        A batch's start is where its append began, as ``append`` returned it: its variable
+        table's record when it brought one.
+        """
         with open(segment.path, "rb") as f:
             data = f.read(segment.size)
+        began: int | None = None
         for record in iter_records(data, start, len(data)):
-            if record.kind != rec.KIND_BATCH:
-                continue
-            try:
-                batch: ValueBatch | None = rec.decode_batch(record.payload, record.t_ms, segment.tables)
-            except rec.RecordError:
-                batch = None
-            yield record.offset, record.end, batch, record.values
+            if record.kind == rec.KIND_SPECS:
+                began = record.offset if began is None else began
+            else:
+                yield (record.offset if began is None else began), record.values
+                began = None
 
     def close(self) -> None:
         self.seal()

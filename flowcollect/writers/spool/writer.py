@@ -214,6 +214,7 @@ class SpooledWriter(DataWriter):
                 "corrupt",
                 "write_errors",
                 "disk_full",
+                "not_spooled",
             ),
             0,
         )
@@ -395,14 +396,15 @@ class SpooledWriter(DataWriter):
         included), ``in_flight``, ``oldest_age_s``, ``appended_values``, ``appended_records``,
         ``written``, ``failed``, ``dropped_by_writer``, ``dropped_by_policy``,
         ``dropped_segments``, ``replayed_values``, ``torn``, ``corrupt``, ``write_errors``,
-        ``disk_full``, and ``unsynced_values`` / ``unsynced_age_s``: appended but not yet known to
+        ``disk_full``, ``not_spooled`` (dropped because they could not be appended at all), and
+        ``unsynced_values`` / ``unsynced_age_s``: appended but not yet known to
         be on disk (no fsync since), what a power cut could take now.
 
         The writer-wide words keep their meaning with a spool in front: ``buffered`` is the
         spool's backlog (it holds what the inner writer buffers), ``oldest_buffered_age_s`` its
         oldest value's age, ``dropped`` what the inner writer gave up plus what the disk limit
-        dropped; the inner writer's own are kept as ``inner_buffered``, ``inner_dropped`` and
-        ``inner_oldest_buffered_age_s``.
+        dropped (``dropped_by_policy`` and ``not_spooled``); the inner writer's own are kept as
+        ``inner_buffered``, ``inner_dropped`` and ``inner_oldest_buffered_age_s``.
         """
         try:
             out: dict[str, float] = dict(self.writer.stats())
@@ -428,7 +430,9 @@ class SpooledWriter(DataWriter):
                 out[f"inner_{key}"] = out[key]
         out["buffered"] = out["spool_values"]
         out["oldest_buffered_age_s"] = age
-        out["dropped"] = out.get("inner_dropped", 0) + out["spool_dropped_by_policy"]
+        out["dropped"] = (
+            out.get("inner_dropped", 0) + out["spool_dropped_by_policy"] + out["spool_not_spooled"]
+        )
         return out
 
     def __repr__(self) -> str:
@@ -527,11 +531,14 @@ class SpooledWriter(DataWriter):
             self._episode_limit = self.max_bytes
 
     def _drop_batch_locked(self, batch: ValueBatch, reason: str, receipts: list[Receipt]) -> None:
-        self._count_drop(len(batch), reason)
+        """A batch that could not be appended at all: dropped before it was ever spooled."""
+        self._counters["not_spooled"] += len(batch)
+        self._count_drop(len(batch), reason, counter=None)
         receipts.append(Receipt(batch, 0, 0, len(batch), reason))
 
-    def _count_drop(self, n: int, reason: str) -> None:
-        self._counters["dropped_by_policy"] += n
+    def _count_drop(self, n: int, reason: str, counter: str | None = "dropped_by_policy") -> None:
+        if counter is not None:
+            self._counters[counter] += n
         if self._episode_dropped is None:
             self._episode_dropped = 0
             logger.warning(
@@ -553,16 +560,14 @@ class SpooledWriter(DataWriter):
         dropped = records = 0
         if seq <= segment.seq:
             start = offset if seq == segment.seq else len(rec.MAGIC)
-            memory = {p.start: p.batch for p in self._memory if p.seq == segment.seq}
             try:
-                for record_start, _end, batch, n in store.batches(segment, start):
+                for record_start, n in store.batch_headers(segment, start):
                     dropped += n
                     records += 1
-                    if segment.own:
-                        kept = self._origins.pop((segment.seq, record_start), None)
-                        origin = kept.batch if kept is not None else memory.get(record_start, batch)
-                        if origin is not None:
-                            receipts.append(Receipt(origin, 0, 0, n, f"spool: {reason}"))
+                    # Receipts only matter to whoever is attached, and then the batch is kept.
+                    kept = self._origins.pop((segment.seq, record_start), None)
+                    if kept is not None:
+                        receipts.append(Receipt(kept.batch, 0, 0, n, f"spool: {reason}"))
             except (OSError, rec.RecordError) as exc:
                 logger.error("spool %s: dropping %s: %s", self.path, segment.path.name, exc)
                 dropped, records = self._unsent_in_locked(segment)
@@ -598,7 +603,8 @@ class SpooledWriter(DataWriter):
                 later = [s for s in store.segments if s.seq > seq]
                 self._cursor = (later[0].seq, len(rec.MAGIC))
                 continue
-            kept = self._origins.pop((seq, offset), None)
+            # Left in place: _hand takes it under the lock, so a drop in between still finds it.
+            kept = self._origins.get((seq, offset))
             if kept is not None:
                 return segment, offset, kept
             memory = self._memory
@@ -675,7 +681,8 @@ class SpooledWriter(DataWriter):
     ) -> None:
         with self._cond:
             if self._cursor != (segment.seq, start):
-                return  # the segment was dropped while this record was being read
+                return  # dropped meanwhile (its receipt went with the drop)
+            self._origins.pop((segment.seq, start), None)
             if id(batch) in self._by_batch:
                 batch = _copy(batch)  # the same object twice in flight: receipts must tell them apart
             entry = _Sent(segment.seq, start, end, batch, origin)
