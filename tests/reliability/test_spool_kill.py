@@ -235,5 +235,5 @@ def test_kill_9_while_the_server_is_down_loses_nothing_the_spool_accepted(
     print(
         f"sync={sync}: produced {len(expected)} values, the spool held {len(accepted)} at the kills, "
         f"stored {len(stored)}, lost {len(expected) - len(stored)}; "
-        f"loss window at each kill: {', '.join(f'{w * 1000:.0f} ms' for w in windows)}"
+        f"loss window at each kill: {', '.join(f'{w * 1000:.1f} ms' for w in windows)}"
     )
