@@ -685,3 +685,40 @@ def test_without_receipts_wanted_a_long_backlog_is_read_back_from_disk(
     assert all(same(a, b) for a, b in zip(holder.received, sent, strict=True))
     assert sum(a is b for a, b in zip(holder.received, sent, strict=True)) <= 3  # the rest came from disk
     writer.close()
+
+
+FSIZE_SCRIPT = """
+import json, resource, signal, sys
+sys.path.insert(0, {root!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
+from tests.writers.test_spool import HoldingWriter, make_batch
+from flowcollect.writers import SpooledWriter
+holder = HoldingWriter()
+writer = SpooledWriter(holder, {path!r}, max_bytes=100 << 20, segment_bytes=16384, close_timeout_s=0)
+receipts = []
+writer.attach(receipts.append)
+for k in range(1000):
+    writer.write_batch(make_batch(k))
+stats = dict(writer.stats())
+stats["receipts_dropped"] = sum(r.dropped for r in receipts)
+writer.close()
+print(json.dumps(stats))
+"""
+
+
+def test_a_file_size_limit_is_handled_like_a_full_disk(tmp_path: Path) -> None:
+    # Without root (no tmpfs to fill), RLIMIT_FSIZE in a child process makes writes fail for real.
+    import json
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    script = FSIZE_SCRIPT.format(root=root, path=str(tmp_path / "spool"))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    stats = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert stats["spool_disk_full"] >= 1
+    assert stats["spool_dropped_by_policy"] > 0
+    assert stats["spool_appended_values"] == stats["spool_values"] + stats["spool_dropped_by_policy"]
+    assert stats["receipts_dropped"] == stats["spool_dropped_by_policy"] + stats["spool_not_spooled"]
+    assert stats["spool_not_spooled"] == 0  # every batch found room, the newest included
