@@ -663,7 +663,7 @@ def test_what_a_power_cut_could_take_is_in_the_stats_per_sync_mode(spool_dir: Pa
 def test_without_receipts_wanted_a_long_backlog_is_read_back_from_disk(
     spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flowcollect.writers.spool import writer as spool_writer
+    from flowcollect.writers.spool import _writer as spool_writer
 
     monkeypatch.setattr(spool_writer, "_MEMORY_VALUES", 12)  # two batches kept in memory, no more
     holder = HoldingWriter()

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from flowcollect.writers.spool.options import SpoolOptions
-from flowcollect.writers.spool.writer import SpooledWriter, Sync, spool_writers
+from flowcollect.writers.spool._options import SpoolOptions
+from flowcollect.writers.spool._writer import SpooledWriter, Sync, spool_writers
 
-__all__ = ["SpoolOptions", "SpooledWriter", "Sync", "spool_writers"]
+__all__ = [
+    # the writer and its options
+    "SpooledWriter",
+    "SpoolOptions",
+    "Sync",
+    # a pipeline's per-writer option
+    "spool_writers",
+]

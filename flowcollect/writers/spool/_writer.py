@@ -30,7 +30,7 @@ from flowcollect.writers.spool._store import (
 )
 
 if TYPE_CHECKING:
-    from flowcollect.writers.spool.options import SpoolOptions
+    from flowcollect.writers.spool._options import SpoolOptions
 
 __all__ = ["SpooledWriter", "Sync", "spool_writers"]
 
