@@ -592,9 +592,38 @@ def test_a_collector_writes_through_the_spool_and_its_stats_and_metrics_show_it(
         text = generate_latest(registry_for(collector, process=False)).decode()
     assert 'flowcollect_writer_stat{stat="spool_bytes",writer="MemoryDataWriter"}' in text
     assert 'flowcollect_writer_stat{stat="spool_oldest_age_s",writer="MemoryDataWriter"}' in text
-    # Closed: everything read went through the spool to the writer, nothing is left in it.
+    # Closed: everything read went through the spool to the writer, nothing is left in it, and
+    # the engine counted as written exactly what the writer acknowledged through the spool.
     assert writer.stats()["spool_values"] == 0
     assert len(memory.values) == writer.stats()["spool_appended_values"]
+    final = collector.stats().writers[writer.name]
+    assert final.written == len(memory.values) == final.received
+    assert final.in_flight == final.dropped == 0
+
+
+def test_values_spooled_when_the_engine_closes_are_kept_not_counted_dropped(spool_dir: Path) -> None:
+    from flowcollect import DataCollectionContext, DataCollector, Variable
+    from flowcollect.readers import RandomDataReader
+
+    down = HoldingWriter()  # the destination never acknowledges
+    writer = SpooledWriter(down, spool_dir, max_bytes=1 << 20, sync_interval_s=0.05, close_timeout_s=0.1)
+    context = DataCollectionContext(
+        id=1,
+        interval_ms=100,
+        variables=[Variable(id=n, address=f"v{n}", reader="random") for n in range(1, 4)],
+    )
+    with DataCollector([RandomDataReader()], [writer]) as collector:
+        collector.start(context)
+        wait_until(lambda: len(down.received) >= 3)
+    final = collector.stats().writers[writer.name]
+    assert final.written == 0 and final.dropped == 0
+    assert final.in_flight == final.received == writer.stats()["spool_values"] > 0
+    # And the next run sends them.
+    again = HoldingWriter()
+    writer2, _ = spooled(again, spool_dir)
+    writer2.write_batch(make_batch(1))
+    wait_until(lambda: sum(len(b) for b in again.received) == final.received + len(SPECS))
+    writer2.close()
 
 
 def test_spool_writers_wraps_the_named_writers_and_names_mistakes(tmp_path: Path) -> None:
