@@ -12,7 +12,10 @@
    sampling ``spool_unsynced_age_s``/``_values``: what a power cut could take at that moment.
 3. replay: a spool of that size left by a closed writer, opened again in front of a writer that
    stores at once: read back, decoded and handed over in order, until the backlog is empty.
-4. end_to_end (needs victoria-metrics): a feeder thread offers ``--rate`` values/s (2,000
+4. engine_outage: through a ``DataCollector`` (``RandomDataReader``, 100,000 values/s) into a
+   spooled writer whose destination never acknowledges: RSS as the backlog grows, since the
+   engine holds each batch until its receipt (and the spool keeps this run's batches with it).
+5. end_to_end (needs victoria-metrics): a feeder thread offers ``--rate`` values/s (2,000
    variables every 10 ms, by absolute deadlines) to ``SpooledWriter(InfluxDBDataWriter ->
    VictoriaMetrics)``; after ``--before-s`` the server is stopped for ``--outage-s``, then started
    again; the run goes on until the backlog is drained, then ``--after-s`` more. Reports: values
@@ -170,6 +173,43 @@ def exposure(sync: str, seconds: float, folder: Path) -> dict[str, Any]:
     }
 
 
+def engine_outage(seconds: float, folder: Path) -> dict[str, Any]:
+    """Through the engine, the destination down: how the process's memory follows the backlog.
+
+    ``RandomDataReader`` with 1,000 float variables every 10 ms (100,000 values/s) through a
+    ``DataCollector`` into ``SpooledWriter(a writer that never acknowledges)``: the engine is
+    attached for receipts and holds each batch until its receipt, so this measures that cost.
+    """
+    from flowcollect import DataCollectionContext, DataCollector, Variable
+    from flowcollect.readers import RandomDataReader
+
+    writer = SpooledWriter(Down(), folder / "engine", max_bytes=8 << 30, close_timeout_s=0)  # type: ignore[arg-type]
+    context = DataCollectionContext(
+        id=1,
+        interval_ms=10,
+        min_interval_ms=10,
+        variables=[Variable(id=n, address=f"v{n}", reader="random") for n in range(1, 1001)],
+    )
+    rss: list[float] = []
+    with DataCollector([RandomDataReader()], [writer]) as collector:
+        collector.start(context)
+        time.sleep(1.0)
+        start_values = writer.stats()["spool_values"]
+        rss.append(rss_mb())
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(1.0)
+            rss.append(rss_mb())
+        spooled = writer.stats()["spool_values"] - start_values
+    return {
+        "seconds": seconds,
+        "values_spooled": int(spooled),
+        "rss_mb_first": rss[0],
+        "rss_mb_last": rss[-1],
+        "rss_mb_per_million_values": round((rss[-1] - rss[0]) / max(1, spooled) * 1e6, 1),
+    }
+
+
 def stored_count(vm: VictoriaMetrics, measurement: str, window_s: int) -> int:
     query = f'sum(count_over_time({{__name__=~"{measurement}_.*"}}[{window_s}s]))'
     url = vm.url + "/api/v1/query?" + urllib.parse.urlencode({"query": query, "time": f"{time.time():.3f}"})
@@ -322,6 +362,7 @@ def main() -> None:
     parser.add_argument("--outage-s", type=float, default=60.0)
     parser.add_argument("--after-s", type=float, default=10.0)
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--engine-s", type=float, default=20.0, help="seconds of the engine outage run")
     parser.add_argument(
         "--exposure-s", type=float, default=5.0, help="seconds of steady appends per sync mode"
     )
@@ -341,6 +382,7 @@ def main() -> None:
             for size in (BATCH, SMALL)
             for sync in ("batch", "always", "never")
         ]
+        report["engine_outage"] = engine_outage(3.0 if args.quick else args.engine_s, folder)
         binary = find_binary()
         if args.quick or args.skip_end_to_end:
             report["end_to_end"] = "skipped"
