@@ -253,7 +253,8 @@ class OpcUaDataReader(DataReader):
         values, errors = batch.values, batch.errors
         link = self._link
         invalid = self._invalid(variables, errors)
-        addresses = tuple(spec.address for spec in variables)
+        # An address that does not parse is an error on its value; the others are still read.
+        addresses = tuple(spec.address for i, spec in enumerate(variables) if i not in invalid)
         if link is None:
             outcome: Any = "the reader is not open"
         else:
@@ -270,6 +271,9 @@ class OpcUaDataReader(DataReader):
                     errors[i] = outcome
             self._counters["value_errors"] += n
             return
+        if invalid:
+            answers = iter(outcome)
+            outcome = [None if i in invalid else next(answers) for i in range(n)]
         self._fill(batch, outcome, invalid)
 
     def _fill(self, batch: ValueBatch, outcome: list[Any], invalid: set[int]) -> None:
