@@ -641,14 +641,14 @@ class Link:
                     )
                 )
                 self.counters["items_deleted"] += len(part)
-        new: list[_Item] = []
         for key, specs in wanted.items():
             known = self._items.get(key)
             if known is None:
-                created = self._items[key] = _Item(key, specs)
-                new.append(created)
+                self._items[key] = _Item(key, specs)
             else:
                 known.specs = specs
+        # Items without a server id: new ones, those of a lost session, those refused before.
+        new = [item for item in self._items.values() if item.server_id is None]
         if not wanted:
             self.items_active = 0
             return

@@ -202,7 +202,10 @@ class OpcUaDataReader(DataReader):
             return
         if self.security_policy is not None and self.certificate is not None and self.private_key is not None:
             # Generated here, once, before any connection: later starts load the same pair.
-            ensure_client_certificate(self.certificate, self.private_key)
+            try:
+                ensure_client_certificate(self.certificate, self.private_key)
+            except OSError as exc:
+                raise ConfigError(f"OpcUaDataReader certificate/private_key ({self._type}): {exc}") from exc
         settings = LinkSettings(
             reader=self._type,
             endpoint=self._endpoint,
@@ -444,6 +447,14 @@ def _check_settings(  # noqa: PLR0912 - one branch per setting
             problems.append(
                 f"{where} {name}: a security_policy needs the client's {name.replace('_', ' ')} file "
                 "(generated there once when neither file exists)"
+            )
+    if secured and isinstance(certificate, str | Path) and isinstance(private_key, str | Path):
+        has_cert, has_key = Path(certificate).is_file(), Path(private_key).is_file()
+        if has_cert != has_key:
+            missing, there = ("private_key", "certificate") if has_cert else ("certificate", "private_key")
+            problems.append(
+                f"{where} {missing}: the file is missing but the {there} exists; restore it, or remove "
+                "both to have a new pair generated (the server must then trust the new certificate)"
             )
     if server_certificate is not None:
         if not isinstance(server_certificate, str | Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,12 @@ class ServerProcess:
         self.endpoint = match.group(1)
         self.port = int(match.group(2))
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("not running")
+        return self._process.pid
+
     def stop(self) -> None:
         """Kill the process, as a power cut would: no goodbye on its sessions."""
         process = self._process
@@ -51,6 +58,13 @@ class ServerProcess:
         if process.stdout is not None:
             process.stdout.close()
         self._process = None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
