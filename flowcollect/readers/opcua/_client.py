@@ -261,6 +261,8 @@ class Link:
         self._publishing_ms: float | None = None
         self._watch_lock: asyncio.Lock | None = None
         self.items_active = 0
+        self.first_attempt = threading.Event()
+        """Set once the first connection attempt has succeeded or failed (``open`` waits for it)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -308,6 +310,7 @@ class Link:
                 await self._drop_client(orderly=False)
                 self._went_down(reason)
                 failures += 1
+                self.first_attempt.set()
                 cap = _REFUSED_RETRY_DELAY_S if cheap else MAX_RETRY_DELAY_S
                 await self._pause(min(cap, 0.1 * 2 ** min(failures - 1, 16)))
                 continue
@@ -319,6 +322,7 @@ class Link:
                     "opcua %s (reader %r): connected again", self.settings.endpoint, self.settings.reader
                 )
             self.counters["connects"] += 1
+            self.first_attempt.set()
             try:
                 await self._apply_watch()
                 while not self._lost_event.is_set() and not self._closing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from flowcollect.readers.opcua._client import Link, LinkSettings, LoopThread
 from flowcollect.readers.opcua._security import MODES, POLICIES, ensure_client_certificate
 from flowcollect.readers.opcua._values import decode
 from flowcollect.readers.opcua.address import OpcUaAddress, parse_address
-from flowcollect.values import ValueBatch, VariableSpec
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 __all__ = ["OpcUaDataReader"]
 
@@ -200,6 +201,7 @@ class OpcUaDataReader(DataReader):
     def open(self) -> None:
         if self._link is not None and self._thread.running:
             return
+        quiet_asyncua()
         if self.security_policy is not None and self.certificate is not None and self.private_key is not None:
             # Generated here, once, before any connection: later starts load the same pair.
             try:
@@ -227,6 +229,9 @@ class OpcUaDataReader(DataReader):
         loop = self._thread.start()
         self._link = link
         loop.call_soon_threadsafe(link.start)
+        # The first tick should find the session when the server is up; a server that is down
+        # or silent costs open() at most this wait, and its values are errors until it is back.
+        link.first_attempt.wait(self.timeout_s * 2 + 0.5)
 
     def close(self) -> None:
         link, self._link = self._link, None
@@ -247,6 +252,21 @@ class OpcUaDataReader(DataReader):
         return self.connected
 
     # ------------------------------------------------------------------ polling
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        # The per-value form, for engines and tools that use it: one batch, copied back.
+        specs = [
+            VariableSpec(v.id, v.context_id, v.address, v.value_type, v.reader, v.interval_ms)
+            for v in variables
+        ]
+        batch = ValueBatch(0, specs, reader=self._type)
+        self.read_batch(batch)
+        for i, variable in enumerate(variables):
+            variable.value = batch.values[i]
+            variable.error = batch.errors[i]
+            variable.quality = batch.quality[i] if batch.quality is not None else None
+            if batch.source_ns is not None and batch.source_ns[i] is not None:
+                variable.time = batch.time_of(i)
 
     def read_batch(self, batch: ValueBatch) -> None:
         variables = batch.variables
@@ -396,6 +416,31 @@ class OpcUaDataReader(DataReader):
         security = f", security={self.security_policy}/{self.security_mode}" if self.security_policy else ""
         user = f", username={self.username!r}" if self.username is not None else ""
         return f"OpcUaDataReader(type={self._type!r}, {self._endpoint}, mode={self.mode!r}{security}{user})"
+
+
+class _DropLostPublish(logging.Filter):
+    """Drops asyncua's traceback for a publish request on a connection that just closed: the
+    reader reports the loss itself, once, and reconnects."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Publish iteration crashed") and record.exc_info:
+            return not isinstance(record.exc_info[1], ConnectionError)
+        return True
+
+
+_QUIET = _DropLostPublish()
+
+
+def quiet_asyncua() -> None:
+    """asyncua logs each connect, session and subscription at INFO, and a traceback when a
+    server goes away; the reader logs what matters itself (rate-limited). Unless the user set
+    asyncua's level, it is WARNING from the first reader's open."""
+    logger = logging.getLogger("asyncua")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    session = logging.getLogger("asyncua.client.ua_session.UaSession")
+    if _QUIET not in session.filters:
+        session.addFilter(_QUIET)
 
 
 def _check_settings(  # noqa: PLR0912 - one branch per setting

@@ -21,10 +21,11 @@ from flowcollect.readers.opcua import OpcUaDataReader
 from flowcollect.simulator.opcua import OpcUaSimulator
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sim() -> Iterator[OpcUaSimulator]:
-    """An in-process simulator for the module: Line1 changes every 0.2 s, MaxNodesPerRead = 10,
-    40 bulk nodes."""
+    """An in-process simulator shared by the tests (a server costs seconds to start): Line1
+    changes every 0.2 s, MaxNodesPerRead = 10, 40 bulk nodes. Tests that change it put it back,
+    or change what no other test reads (Setpoint is written before each use; B39 is deleted)."""
     with OpcUaSimulator(period_s=0.2, max_nodes_per_read=10, bulk=40) as simulator:
         yield simulator
 
