@@ -181,6 +181,7 @@ class LinkSettings:
     max_nodes_per_read: int
     max_items_per_call: int
     queue_size: int
+    publishing_interval_ms: int | None = None
     security_policy: str | None = None
     security_mode: str | None = None
     certificate: Path | None = None
@@ -660,7 +661,7 @@ class Link:
         await self._create_items(client, new)
 
     async def _ensure_subscription(self, client: Client) -> None:
-        fastest = float(min(key[1] for key in self._wanted))
+        fastest = _publishing_ms(min(key[1] for key in self._wanted), self.settings.publishing_interval_ms)
         if self._subscription_id is not None:
             if fastest != self._publishing_ms:
                 modified = await client.uaclient.update_subscription(
@@ -901,6 +902,15 @@ def _item_request(item: _Item, node: NodeId, queue_size: int) -> MonitoredItemCr
     request.MonitoringMode = ua.MonitoringMode.Reporting
     request.RequestedParameters = params
     return request
+
+
+def _publishing_ms(fastest_item_ms: int, configured: int | None) -> float:
+    """The subscription's publishing interval: the configured one, else a quarter of the fastest
+    item's sampling interval (at least 50 ms, at most that interval): a change then waits at
+    most a quarter interval in the server's queue, which keeps sampled-and-held values fresh."""
+    if configured is not None:
+        return float(configured)
+    return float(min(fastest_item_ms, max(50.0, fastest_item_ms / 4)))
 
 
 def _keepalive(publishing_ms: float) -> int:

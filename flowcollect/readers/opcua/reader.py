@@ -60,6 +60,7 @@ class OpcUaDataReader(DataReader):
         max_nodes_per_read: int = 1000,
         max_items_per_call: int = 1000,
         queue_size: int = 10,
+        publishing_interval_ms: int | None = None,
     ) -> None:
         problems = _check_settings(
             type,
@@ -78,6 +79,7 @@ class OpcUaDataReader(DataReader):
             max_nodes_per_read,
             max_items_per_call,
             queue_size,
+            publishing_interval_ms,
         )
         if problems:
             raise ConfigError(problems)
@@ -99,6 +101,7 @@ class OpcUaDataReader(DataReader):
         self.max_nodes_per_read = max_nodes_per_read
         self.max_items_per_call = max_items_per_call
         self.queue_size = queue_size
+        self.publishing_interval_ms = publishing_interval_ms
 
         self._addresses: dict[str, OpcUaAddress] = {}
         self._thread = LoopThread(f"opcua-{type}")
@@ -217,6 +220,7 @@ class OpcUaDataReader(DataReader):
             max_nodes_per_read=self.max_nodes_per_read,
             max_items_per_call=self.max_items_per_call,
             queue_size=self.queue_size,
+            publishing_interval_ms=self.publishing_interval_ms,
             security_policy=self.security_policy,
             security_mode=self.security_mode,
             certificate=self.certificate,
@@ -460,6 +464,7 @@ def _check_settings(  # noqa: PLR0912 - one branch per setting
     max_nodes_per_read: object,
     max_items_per_call: object,
     queue_size: object,
+    publishing_interval_ms: object = None,
 ) -> list[str]:
     where = "OpcUaDataReader"
     problems: list[str] = []
@@ -529,4 +534,13 @@ def _check_settings(  # noqa: PLR0912 - one branch per setting
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             problems.append(f"{where} {name}: must be an int {low} or more, got {value!r}")
+    if publishing_interval_ms is not None and (
+        not isinstance(publishing_interval_ms, int)
+        or isinstance(publishing_interval_ms, bool)
+        or publishing_interval_ms < 1
+    ):
+        problems.append(
+            f"{where} publishing_interval_ms: must be None or an int 1 or more, "
+            f"got {publishing_interval_ms!r}"
+        )
     return problems
