@@ -17,7 +17,8 @@ The address space, in namespace ``NAMESPACE_URI`` (index 2, or 2 + ``extra_names
   a restart with another offset renumbers them).
 - ``Objects/Plant/Types`` (``TYPES``): one node of each built-in type with a fixed value (``KNOWN``),
   string node ids ``Types.<Name>``; also an Int32 array, an Uncertain and a Bad one.
-- ``Objects/Plant/Bulk``: ``bulk`` Double nodes ``B0..`` (node ids ``i=100000 + k``), changing
+- ``Objects/Plant/Bulk``: ``bulk`` Double nodes ``G<k // 250>/B<k>`` (node ids ``i=100000 + k``,
+  value ``k``), changing
   every ``bulk_period_s`` when that is set (for benchmarks).
 
 Counters of what the server received: ``read_calls`` and ``read_nodes`` (Read service calls that
@@ -48,6 +49,7 @@ __all__ = [
     "LINE1",
     "NAMESPACE_URI",
     "TYPES",
+    "BULK_GROUP",
     "EmbeddedOpcUaSimulator",
     "OpcUaSimulator",
     "main",
@@ -94,6 +96,9 @@ UncertainLastUsableValue) and ``Bad`` (Double 9.9 with BadSensorFailure: the val
 be delivered)."""
 
 TYPES: Final = tuple(KNOWN)
+
+BULK_GROUP: Final = 250
+"""Bulk nodes live in folders of this many: ``Bulk/G<k // 250>/B<k>``."""
 
 _SECURED_POLICIES: Final = (
     "Basic256Sha256_Sign",
@@ -204,8 +209,12 @@ class OpcUaSimulator:
 
     @staticmethod
     def browse_path(name: str) -> str:
-        """The browse path of ``Line1/<name>`` etc., with the namespace URI (the same every run)."""
-        return f"nsu={NAMESPACE_URI};/Plant/" + name
+        """The browse path of ``Line1/<name>``, ``Types/<name>`` or ``Bulk/B<k>``, with the
+        namespace URI (the same every run)."""
+        folder, _, leaf = name.rpartition("/")
+        if folder == "Bulk":
+            leaf = f"G{int(leaf.removeprefix('B')) // BULK_GROUP}/{leaf}"
+        return f"nsu={NAMESPACE_URI};/Plant/{folder}/{leaf}"
 
     # -- counters
 
@@ -429,14 +438,18 @@ class OpcUaSimulator:
             self._nodes[f"Types/{name}"] = node
         if self.bulk:
             bulk = await plant.add_object(ua.NodeId("Plant.Bulk", ns), ua.QualifiedName("Bulk", ns))
-            # One AddNodes call per thousand nodes: node by node, 10,000 take minutes.
-            items = [
-                _variable_item(ua, bulk.nodeid, ua.NodeId(100000 + k, ns), f"B{k}", float(k), ns)
-                for k in range(self.bulk)
-            ]
-            for start in range(0, len(items), 1000):
-                results = await server.iserver.isession.add_nodes(items[start : start + 1000])
-                for result in results:
+            # In folders of BULK_GROUP and one AddNodes call per folder: asyncua checks each new
+            # reference against all of its parent's, so 10,000 siblings took minutes to add.
+            for start in range(0, self.bulk, BULK_GROUP):
+                group = f"G{start // BULK_GROUP}"
+                folder = await bulk.add_object(
+                    ua.NodeId(f"Plant.Bulk.{group}", ns), ua.QualifiedName(group, ns)
+                )
+                items = [
+                    _variable_item(ua, folder.nodeid, ua.NodeId(100000 + k, ns), f"B{k}", float(k), ns)
+                    for k in range(start, min(self.bulk, start + BULK_GROUP))
+                ]
+                for result in await server.iserver.isession.add_nodes(items):
                     result.StatusCode.check()
             for k in range(self.bulk):
                 self._nodes[f"Bulk/B{k}"] = server.get_node(ua.NodeId(100000 + k, ns))
@@ -714,6 +727,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     users = dict(entry.split(":", 1) for entry in args.user) if args.user else None
     logging.basicConfig(level=logging.WARNING)
+    # "No signing policy available...": true of a simulator without --security, and no news.
+    logging.getLogger("asyncua.server.server").setLevel(logging.ERROR)
     serve(
         args.host,
         args.port,
