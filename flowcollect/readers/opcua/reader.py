@@ -376,7 +376,10 @@ class OpcUaDataReader(DataReader):
             with contextlib.suppress(TimeoutError):
                 self._thread.call(link.watch(valid), self.timeout_s * 4)
         else:
-            link.know([spec.address for spec in valid])
+            # Parsed here (they validated); resolved on the loop, which owns the link's state.
+            loop = self._thread.loop
+            if loop is not None:
+                loop.call_soon_threadsafe(link.know, [spec.address for spec in valid])
 
     # ------------------------------------------------------------------ plans and figures
 
