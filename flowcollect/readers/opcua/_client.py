@@ -41,7 +41,7 @@ from flowcollect.readers.opcua._values import Timestamps, decode, status_name
 from flowcollect.readers.opcua.address import OpcUaAddress, parse_address
 from flowcollect.values import ValueBatch, VariableSpec
 
-__all__ = ["Link", "LinkSettings", "LoopThread", "ReadOutcome"]
+__all__ = ["Link", "LinkSettings", "LoopThread", "ReadOutcome", "retry_delay"]
 
 _log = logging.getLogger("flowcollect.readers.opcua")
 
@@ -312,8 +312,7 @@ class Link:
                 self._went_down(reason)
                 failures += 1
                 self.first_attempt.set()
-                cap = _REFUSED_RETRY_DELAY_S if cheap else MAX_RETRY_DELAY_S
-                await self._pause(min(cap, 0.1 * 2 ** min(failures - 1, 16)))
+                await self._pause(retry_delay(failures, refused=cheap))
                 continue
             failures = 0
             self.connected = True
@@ -902,6 +901,19 @@ def _item_request(item: _Item, node: NodeId, queue_size: int) -> MonitoredItemCr
     request.MonitoringMode = ua.MonitoringMode.Reporting
     request.RequestedParameters = params
     return request
+
+
+def retry_delay(failures: int, *, refused: bool) -> float:
+    """Seconds before the next connection attempt after ``failures`` failed ones in a row.
+
+    0.1 s, doubling: up to ``MAX_RETRY_DELAY_S`` for a server that did not answer (each attempt
+    cost up to a timeout), up to 0.5 s for a refused connection (it cost nothing, and retrying
+    often brings values back soon after a restart).
+    """
+    if failures <= 0:
+        return 0.0
+    cap = _REFUSED_RETRY_DELAY_S if refused else MAX_RETRY_DELAY_S
+    return float(min(cap, 0.1 * 2 ** min(failures - 1, 16)))
 
 
 def _publishing_ms(fastest_item_ms: int, configured: int | None) -> float:

@@ -52,7 +52,12 @@ def status_name(code: int) -> str:
         name, _doc = status_codes.get_name_and_doc(main)
     except Exception:  # an unknown code: asyncua's table has no entry
         name = ""
-    return name or f"status 0x{code:08X}"
+    if not name:
+        return f"status 0x{code:08X}"
+    if name in ("Good", "Uncertain", "Bad") and main not in (0, 0x40000000, 0x80000000):
+        # asyncua names a code it does not know by its severity alone: keep the number.
+        return f"{name} (0x{code:08X})"
+    return name
 
 
 def _to_text(value: Any) -> str:  # noqa: PLR0911 - one return per type

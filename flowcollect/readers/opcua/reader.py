@@ -104,7 +104,7 @@ class OpcUaDataReader(DataReader):
         self.publishing_interval_ms = publishing_interval_ms
 
         self._addresses: dict[str, OpcUaAddress] = {}
-        self._thread = LoopThread(f"opcua-{type}")
+        self._thread = LoopThread(f"flowcollect-opcua-{type}")
         self._link: Link | None = None
         self._emit: Emit | None = None
         self._counters: dict[str, int] = dict.fromkeys(
