@@ -565,7 +565,16 @@ class OpcUaSimulator:
         )
 
     async def _delete(self, name: str) -> None:
+        ua = _asyncua_ua()
         node = self._nodes.pop(name)
+        # What a server should tell the node's subscribers (asyncua means to, but calls its
+        # coroutine callback without awaiting it): a last notification with BadNodeIdUnknown.
+        await self._server.write_attribute_value(
+            node.nodeid, ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown))
+        )
+        data = self._server.iserver.aspace.get(node.nodeid)
+        if data is not None and ua.AttributeIds.Value in data.attributes:
+            data.attributes[ua.AttributeIds.Value].datachange_callbacks.clear()
         await self._server.delete_nodes([node])
 
 

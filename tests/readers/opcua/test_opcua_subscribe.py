@@ -118,3 +118,18 @@ def test_one_item_serves_every_variable_of_that_node_and_interval(
     assert reader.stats()["monitored_items"] == 1
     both = [(cv.context_id, type(cv.value)) for batch in pushed.batches for cv in batch]
     assert (1, int) in both and (2, float) in both
+
+
+def test_a_node_removed_mid_run_becomes_an_error_and_the_others_flow(
+    sim: OpcUaSimulator, make_reader: MakeReader
+) -> None:
+    reader = make_reader(mode="subscribe")
+    pushed = Pushed()
+    reader.start_pushing(pushed)
+    reader.plan_changed([spec(1, sim.node_id("Bulk/B37")), spec(2, sim.node_id("Line1/Counter"), "int")])
+    assert wait_for(lambda: pushed.values(1) == [37.0] and len(pushed.values(2)) >= 2, 5)
+    sim.delete_node("Bulk/B37")
+    assert wait_for(lambda: "BadNodeIdUnknown" in pushed.errors(1), 5)
+    seen = len(pushed.values(2))
+    assert wait_for(lambda: len(pushed.values(2)) >= seen + 2, 5)
+    assert pushed.values(1) == [37.0]  # nothing after the error: no stale value
