@@ -758,9 +758,12 @@ class Link:
     def _on_publish(self, result: PublishResult) -> None:
         message = result.NotificationMessage
         data = message.NotificationData
-        if not data:
-            return
         now_ms = time.time_ns() // 1_000_000
+        if not data:
+            # A keep-alive: nothing changed, and the source is alive. The engine hears it (an
+            # empty batch), so values held for sampling do not go stale while nothing moves.
+            self._emit(ValueBatch(now_ms, [], reader=self.settings.reader), keepalive=True)
+            return
         specs: list[VariableSpec] = []
         values: list[Any] = []
         errors: list[str | None] = []
@@ -799,9 +802,9 @@ class Link:
             )
             self._emit(batch)
 
-    def _emit(self, batch: ValueBatch) -> None:
+    def _emit(self, batch: ValueBatch, *, keepalive: bool = False) -> None:
         emit = self.emit
-        if emit is None or not len(batch):
+        if emit is None or (not len(batch) and not keepalive):
             return
         try:
             emit(batch)

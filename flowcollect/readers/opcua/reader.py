@@ -165,6 +165,12 @@ class OpcUaDataReader(DataReader):
         return self.mode == "subscribe"
 
     @property
+    def stale_after_ms(self) -> int:
+        # The subscription sends a keep-alive about every 5 s when nothing changes (and the
+        # reader emits errors at once when it loses the session): three missed ones is silence.
+        return 15_000
+
+    @property
     def connected(self) -> bool:
         link = self._link
         return link is not None and link.connected
@@ -184,10 +190,15 @@ class OpcUaDataReader(DataReader):
 
     def validate(self, variable: Variable) -> None:
         self._parse(variable.address)
-        if variable.value_type not in _VALUE_TYPES:
+        # None: the variable takes the natural type, and an OPC UA address has none (float).
+        if variable.value_type is not None and variable.value_type not in _VALUE_TYPES:
             raise ValueError(f"value_type {variable.value_type!r} is not one of {', '.join(_VALUE_TYPES)}")
         deadband = getattr(variable, "deadband", None)
-        if deadband is not None and self.mode == "subscribe" and variable.value_type not in ("float", "int"):
+        if (
+            deadband is not None
+            and self.mode == "subscribe"
+            and variable.value_type not in (None, "float", "int")
+        ):
             raise ValueError(
                 f"a deadband needs a numeric value_type; variable {variable.id} is {variable.value_type!r}"
             )
