@@ -405,15 +405,15 @@ class OpcUaDataReader(DataReader):
             by_interval: dict[int, int] = {}
             for _address, interval, _deadband in keys:
                 by_interval[interval] = by_interval.get(interval, 0) + 1
-            lines = [
-                f"monitored items: {count} sampled every {interval} ms"
-                for interval, count in sorted(by_interval.items())
-            ]
-            calls = math.ceil(len(keys) / per_call)
-            lines.append(
-                f"CreateMonitoredItems: {calls} call(s) of at most {per_call} items (once, not per tick)"
+            sampled = ", ".join(
+                f"{count} every {interval} ms" for interval, count in sorted(by_interval.items())
             )
-            return lines
+            calls = math.ceil(len(keys) / per_call)
+            # One line: no request is sent per tick, the server pushes.
+            return [
+                f"monitored items: {len(keys)} ({sampled}), pushed by the server, no request per tick; "
+                f"created once in {calls} CreateMonitoredItems call(s) of at most {per_call}"
+            ]
         per_read = link.max_read if link is not None else self.max_nodes_per_read
         lines = []
         for start in range(0, len(addresses), per_read):

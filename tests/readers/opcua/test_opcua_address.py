@@ -194,7 +194,6 @@ def test_describe_requests_chunks_by_the_limit_without_io() -> None:
         [*specs([f"ns=2;i={k}" for k in range(30)]), *specs(["ns=2;i=99"], interval_ms=1000)]
     )
     assert lines == [
-        "monitored items: 30 sampled every 100 ms",
-        "monitored items: 1 sampled every 1000 ms",
-        "CreateMonitoredItems: 2 call(s) of at most 20 items (once, not per tick)",
+        "monitored items: 31 (30 every 100 ms, 1 every 1000 ms), pushed by the server, no request per tick; "
+        "created once in 2 CreateMonitoredItems call(s) of at most 20"
     ]

@@ -1,0 +1,28 @@
+"""The shipped OPC UA pipeline runs against its embedded simulator, polled and subscribed."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from flowcollect.pipeline import load_pipeline
+
+PIPELINE = Path(__file__).resolve().parents[3] / "pipelines" / "opcua_demo.py"
+
+
+def test_the_opcua_demo_pipeline_collects_from_its_embedded_simulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    pipeline = load_pipeline(PIPELINE)
+    summary = pipeline.run(duration_s=2.5)
+    with (tmp_path / "out" / "opcua_demo.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert rows, summary
+    assert [r for r in rows if r["error"]] == []
+    ids = {int(r["id"]) for r in rows}
+    assert {1, 2, 3, 4, 5} <= ids  # polled
+    assert {11, 12, 13} <= ids  # subscribed, sampled and held
+    assert {r["value"] for r in rows if r["id"] == "4"} <= {"True", "False"}
