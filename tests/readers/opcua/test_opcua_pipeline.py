@@ -17,11 +17,15 @@ def test_the_opcua_demo_pipeline_collects_from_its_embedded_simulator(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     pipeline = load_pipeline(PIPELINE)
-    summary = pipeline.run(duration_s=2.5)
+    summary = pipeline.run(duration_s=2.2)
     with (tmp_path / "out" / "opcua_demo.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert rows, summary
-    assert [r for r in rows if r["error"]] == []
+    # A subscribed variable's first instant may come before the server's first notification
+    # (sample and hold has nothing yet); after that, and for every polled value, no error.
+    first = min(r["time"] for r in rows if r["context_id"] == "2")
+    errors = [r for r in rows if r["error"]]
+    assert all(r["error"] == "no value pushed yet" and r["time"] == first for r in errors), errors
     ids = {int(r["id"]) for r in rows}
     assert {1, 2, 3, 4, 5} <= ids  # polled
     assert {11, 12, 13} <= ids  # subscribed, sampled and held
