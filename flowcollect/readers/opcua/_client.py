@@ -604,6 +604,9 @@ class Link:
             wanted.setdefault((spec.address, spec.interval_ms, spec.deadband), []).append(spec)
         self.know([spec.address for spec in specs])
         self._wanted = wanted
+        if not self.connected:
+            # Errors at once, not "no value yet", for variables added while the server is away.
+            self._emit_errors(self.down_text)
         await self._apply_watch()
 
     async def start_emitting(self, emit: Callable[[ValueBatch], None]) -> None:
