@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,8 +91,9 @@ def test_unsecured_access_to_a_secured_only_server_says_what_it_offers(secured: 
 
 
 def test_a_wrong_password_is_a_clear_error_naming_the_reader(
-    secured: OpcUaSimulator, client_files: tuple[Path, Path]
+    secured: OpcUaSimulator, client_files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="flowcollect")
     wrong = "wr0ng-Pa55"
     reader = make(secured, *client_files, password=wrong)
     reader.open()
@@ -105,6 +107,8 @@ def test_a_wrong_password_is_a_clear_error_naming_the_reader(
         assert batch.errors == [error] and batch.values == [None]
     finally:
         reader.close()
+    assert any("secure-plc" in r.getMessage() for r in caplog.records)  # the reader said why...
+    assert all(wrong not in r.getMessage() for r in caplog.records)  # ...without the password
 
 
 def test_an_untrusted_client_certificate_is_a_clear_error_and_is_generated_only_once(
