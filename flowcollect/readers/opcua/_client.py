@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -368,8 +368,13 @@ class Link:
             self._lost_event.set()
         self.connected = False
 
-    async def _on_connection_lost(self, exc: Exception) -> None:
-        self.lose(f"connection lost: {_short(exc)}")
+    def _lost_callback(self, client: Client) -> Callable[[Exception], Coroutine[Any, Any, None]]:
+        async def lost(exc: Exception) -> None:
+            # Only the current session's loss counts: an old one's comes late, after a reconnect.
+            if client is self._client:
+                self.lose(f"connection lost: {_short(exc)}")
+
+        return lost
 
     # ------------------------------------------------------------------ connecting
 
@@ -387,7 +392,7 @@ class Link:
         if s.username is not None:
             client.set_user(s.username)
             client.set_password(s.password or "")
-        client.connection_lost_callback = self._on_connection_lost
+        client.connection_lost_callback = self._lost_callback(client)
         await asyncio.wait_for(client.connect(), s.timeout_s * 2)
         self._generation += 1
         self._plans.clear()
@@ -574,18 +579,21 @@ class Link:
                 self.max_read = max(1, len(chunk.slots) // 2)
                 self.counters["learned_read_limit"] = self.max_read
                 self._plans.clear()
-            self._check_lost(exc)
+            if client is self._client:
+                self._check_lost(exc)
             return f"Read refused: {status_name(code)}"
         except TimeoutError:
             self.counters["read_call_errors"] += 1
             self.counters["timeouts"] += 1
             text = f"no response within {self.settings.timeout_s:g} s"
-            self.lose(text)
+            if client is self._client:  # a read of a session already dropped tells nothing
+                self.lose(text)
             return text
         except (ConnectionError, OSError, ua.UaError) as exc:
             self.counters["read_call_errors"] += 1
             text = f"connection lost: {_short(exc)}"
-            self.lose(text)
+            if client is self._client:  # a read of a session already dropped tells nothing
+                self.lose(text)
             return text
 
     def _check_lost(self, exc: BaseException) -> None:
