@@ -27,10 +27,14 @@ class ServerProcess:
         self._log_path = log_path
         self._process: subprocess.Popen[str] | None = None
 
-    def start(self, *args: str, timeout_s: float = 60.0) -> None:
+    def start(self, *args: str, timeout_s: float = 60.0, cli: bool = False) -> None:
+        """Start and wait until it serves; ``cli``: as ``flowcollect simulate --opcua`` (no args)."""
         if self._process is not None:
             raise RuntimeError("already running")
-        command = [sys.executable, "-m", "flowcollect.simulator.opcua", "--port", str(self.port), *args]
+        if cli:
+            command = [sys.executable, "-m", "flowcollect", "simulate", "--opcua", "--port", str(self.port)]
+        else:
+            command = [sys.executable, "-m", "flowcollect.simulator.opcua", "--port", str(self.port), *args]
         with self._log_path.open("a") as log:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
         self._process = process
@@ -47,6 +51,18 @@ class ServerProcess:
         if self._process is None:
             raise RuntimeError("not running")
         return self._process.pid
+
+    def terminate(self, timeout_s: float = 10.0) -> tuple[int, str]:
+        """SIGTERM, as a service manager stops it: the exit code and what it wrote to stderr."""
+        process = self._process
+        if process is None:
+            raise RuntimeError("not running")
+        process.terminate()
+        code = process.wait(timeout_s)
+        if process.stdout is not None:
+            process.stdout.close()
+        self._process = None
+        return code, self._log_path.read_text()
 
     def stop(self) -> None:
         """Kill the process, as a power cut would: no goodbye on its sessions."""
