@@ -148,13 +148,17 @@ class LoopThread:
             raise RuntimeError("the reader's event loop is not running")
         return asyncio.run_coroutine_threadsafe(coro, loop)  # type: ignore[arg-type]
 
-    def call(self, coro: Awaitable[_T], timeout_s: float) -> _T:
-        """Run ``coro`` on the loop and wait at most ``timeout_s``; ``TimeoutError`` after that."""
+    def call(self, coro: Awaitable[_T], timeout_s: float, *, cancel: bool = True) -> _T:
+        """Run ``coro`` on the loop and wait at most ``timeout_s``; ``TimeoutError`` after that.
+
+        ``cancel``: whether a call that timed out is cancelled (a tick's reads are of no use
+        late) or goes on in the background (a plan change must be applied whole)."""
         future = self.submit(coro)
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
-            future.cancel()
+            if cancel:
+                future.cancel()
             raise TimeoutError(f"no answer within {timeout_s:g} s") from None
 
     def stop(self, timeout_s: float) -> bool:
@@ -758,7 +762,8 @@ class Link:
             self._plans.clear()
         if self.settings.mode == "subscribe" and self._watch_lock is not None:
             async with self._watch_lock:
-                retry = [item for item in self._items.values() if item.error is not None]
+                # Refused items, and any a cut-short reconcile left without a server id.
+                retry = [item for item in self._items.values() if item.server_id is None]
                 if retry and self._subscription_id is not None:
                     for item in retry:
                         self._nodes.pop(item.key[0], None)

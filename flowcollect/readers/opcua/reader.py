@@ -368,7 +368,7 @@ class OpcUaDataReader(DataReader):
             return
         # On a timeout the loop goes on creating the items; values come when they are there.
         with contextlib.suppress(TimeoutError):
-            self._thread.call(link.start_emitting(emit), self.timeout_s * 4)
+            self._thread.call(link.start_emitting(emit), self.timeout_s * 4, cancel=False)
 
     def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
         valid = []
@@ -385,7 +385,7 @@ class OpcUaDataReader(DataReader):
         if self.mode == "subscribe":
             # On a timeout it is applied in the background: the lane must not wait for a slow server.
             with contextlib.suppress(TimeoutError):
-                self._thread.call(link.watch(valid), self.timeout_s * 4)
+                self._thread.call(link.watch(valid), self.timeout_s * 4, cancel=False)
         else:
             # Parsed here (they validated); resolved on the loop, which owns the link's state.
             loop = self._thread.loop
