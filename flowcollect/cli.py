@@ -609,6 +609,8 @@ def _simulate_opcua(host: str, port: int, debug: bool) -> None:
             ),
             debug,
         )
+    if port and port_in_use(host, port):
+        _fail(FlowcollectError(f"--port {port}: {host}:{port} is already in use; pick another, or 0"), debug)
     if not debug:
         # asyncua logs every node of its standard address space at INFO while it starts.
         logging.getLogger("asyncua").setLevel(logging.WARNING)
