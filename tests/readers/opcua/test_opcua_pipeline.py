@@ -30,3 +30,21 @@ def test_the_opcua_demo_pipeline_collects_from_its_embedded_simulator(
     assert {1, 2, 3, 4, 5} <= ids  # polled
     assert {11, 12, 13} <= ids  # subscribed, sampled and held
     assert {r["value"] for r in rows if r["id"] == "4"} <= {"True", "False"}
+
+
+def test_flowcollect_plan_shows_the_read_calls_and_monitored_items(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flowcollect", "plan", str(PIPELINE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "reader opcua (OpcUaDataReader) on lane opc.tcp://" in done.stdout
+    assert "Read: 5 node(s) (nsu=urn:flowcollect:simulator;/Plant/Line1/Temperature" in done.stdout
+    assert "monitored items: 3 (3 every 1000 ms), pushed by the server, no request per tick" in done.stdout
