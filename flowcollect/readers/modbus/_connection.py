@@ -187,8 +187,13 @@ class _SerialClient(ModbusSerialClient):
                 parity=params.parity,
                 exclusive=True,
             )
-            port.inter_byte_timeout = self.inter_byte_timeout
         except Exception as exc:  # pyserial raises termios and OS errors as they come
+            self.connect_error = exc
+            return False
+        try:
+            port.inter_byte_timeout = self.inter_byte_timeout
+        except Exception as exc:  # a port that refuses a setting: close it, or its lock stays
+            port.close()
             self.connect_error = exc
             return False
         self.socket = port

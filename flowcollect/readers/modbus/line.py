@@ -64,7 +64,7 @@ class ModbusLine:
         host: str | None = None,
         framer: Literal["rtu", "tcp"] | None = None,
         baudrate: int | None = None,
-        parity: str = "E",
+        parity: str = "N",
         bytesize: int = 8,
         stopbits: int = 1,
         pause_between_requests_ms: float = 0.0,

@@ -401,7 +401,10 @@ class ModbusDataReader(DataReader):
                 return
             next_due: int | None = None
             if self._line.is_bus and t_ms is not None:
-                next_due = next_due_ms(t_ms, intervals | connection.line_intervals())
+                # The lane's next instant after now: a lane running late skips the instants
+                # already past, so the one a request must not run into is the next future one.
+                now_ms = max(t_ms, int(1000 * self._wall()))
+                next_due = next_due_ms(now_ms, intervals | connection.line_intervals())
             self._read_steps(connection, unit, columns, types, plan.steps, next_due)
 
     def _read_steps(
