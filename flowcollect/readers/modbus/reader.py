@@ -173,6 +173,7 @@ class ModbusDataReader(DataReader):
         """Epoch seconds, to compare with instants; tests inject their own."""
 
         self._connection: LineConnection | None = None
+        self._last_connection: LineConnection | None = None
         self._intervals: frozenset[int] = frozenset()
         self._addresses: dict[str, ModbusAddress] = {}
         self._plans: dict[tuple[str, ...], _Plan] = {}
@@ -282,7 +283,8 @@ class ModbusDataReader(DataReader):
         # DataCollector.stats() calls this from its caller's thread while the lane reads: only
         # copy counters and read single references here, never iterate the reader's state.
         result: dict[str, float] = dict(self._counters)
-        connection = self._connection
+        # After close, the line's counters of this reader's time on it still hold.
+        connection = self._connection or self._last_connection
         if connection is not None:
             result.update(connection.counters)
             result["connected"] = 1 if connection.connected else 0
@@ -498,7 +500,7 @@ class ModbusDataReader(DataReader):
             self.close()
         connection = acquire(self._line)
         connection.intervals[id(self)] = self._intervals
-        self._connection = connection
+        self._connection = self._last_connection = connection
         return connection
 
     # ------------------------------------------------------------------ planning (no I/O)
