@@ -428,8 +428,15 @@ def simulate(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 5020,
     log_level: LogLevelOpt = LogLevel.INFO,
+    serial: Annotated[
+        bool,
+        typer.Option("--serial", help="Units 1, 2, 3 on a serial line (a socat pty pair); prints the pty."),
+    ] = False,
+    rtu: Annotated[
+        bool, typer.Option("--rtu", help="Units 1, 2, 3 speaking RTU over TCP (a gateway).")
+    ] = False,
 ) -> None:
-    """Serve the simulated Modbus TCP plant until SIGINT/SIGTERM."""
+    """Serve the simulated Modbus TCP plant (or a line of units) until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
     try:
@@ -439,7 +446,10 @@ def simulate(
     # SIGTERM (a service manager's stop) ends it like Ctrl-C: the simulator closes its server.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        simulator.serve(host=host, port=port)
+        if serial or rtu:
+            simulator.serve_line(serial=serial, host=host, port=port)
+        else:
+            simulator.serve(host=host, port=port)
     except KeyboardInterrupt:
         pass
     except Exception as exc:

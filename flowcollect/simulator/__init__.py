@@ -26,6 +26,7 @@ from flowcollect.simulator.modbus import (
     main,
     plant_state,
     serve,
+    serve_line,
 )
 
 __all__ = [
@@ -48,4 +49,5 @@ __all__ = [
     "main",
     "plant_state",
     "serve",
+    "serve_line",
 ]

@@ -70,6 +70,7 @@ __all__ = [
     "known_offset",
     "main",
     "serve",
+    "serve_line",
 ]
 
 _log = logging.getLogger("flowcollect.simulator")
@@ -412,7 +413,7 @@ class Simulator:
         try:
             asyncio.run(self._serve())
         except KeyboardInterrupt:
-            _log.info("simulator on %s:%d stopped", self.host, self.port)
+            _log.info("simulator on %s stopped", self._where())
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -445,7 +446,7 @@ class Simulator:
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
         self._server = server
-        _log.info("simulator listening on %s:%d", self.host, self.port)
+        _log.info("simulator listening on %s", self._where())
         self._ready.set()
         if self._on_ready is not None:
             self._on_ready(self)
@@ -453,6 +454,9 @@ class Simulator:
             await server.serving
         finally:
             await _close(server)
+
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
 
     def _make_server(self) -> ModbusBaseServer:
         return ModbusTcpServer(
@@ -715,6 +719,9 @@ class LineSimulator(Simulator):
             trace_connect=self._trace_connect,
         )
 
+    def _where(self) -> str:
+        return self.pty if self.serial else f"{self.host}:{self.port} (RTU over TCP)"
+
     def _delay_s(self, unit: int) -> float:
         with self._lock:
             return self._delays.get(unit, self.response_delay_s)
@@ -766,6 +773,25 @@ def serve(host: str = "127.0.0.1", port: int = 5020, response_delay_s: float = 0
     Simulator(host, port, response_delay_s).run(on_ready=_announce)
 
 
+def serve_line(
+    units: Sequence[int] = (1, 2, 3),
+    *,
+    serial: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 5020,
+    baudrate: int = 19_200,
+) -> None:
+    """Serve several units on one line in the foreground until Ctrl-C: a serial line (a pty
+    pair; prints the pty to open) or RTU over TCP (prints where it listens)."""
+    simulator = LineSimulator(units, serial=serial, host=host, port=port, baudrate=baudrate)
+    if serial:
+        simulator._start_socat(10.0)
+    try:
+        simulator.run(on_ready=_announce_line)
+    finally:
+        simulator.close()
+
+
 def _announce(simulator: Simulator) -> None:
     # The one line the standalone command prints; scripts and tests read the port from it.
     print(
@@ -773,10 +799,21 @@ def _announce(simulator: Simulator) -> None:
     )
 
 
+def _announce_line(simulator: Simulator) -> None:
+    if not isinstance(simulator, LineSimulator):
+        return
+    units = ", ".join(str(u) for u in simulator.units)
+    if simulator.serial:
+        where = f"Modbus RTU on serial port {simulator.pty} ({simulator.baudrate} baud, 8N1)"
+    else:
+        where = f"Modbus RTU over TCP on {simulator.host}:{simulator.port}"
+    print(f"flowcollect simulator: {where}, units {units} (Ctrl-C stops)", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m flowcollect.simulator",
-        description="Serve the flowcollect Modbus TCP device simulator until Ctrl-C.",
+        description="Serve the flowcollect Modbus device simulator until Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one (default 5020)")
@@ -786,5 +823,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0.0,
         help="wait this long before each answer, like a real PLC (default 0)",
     )
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="units 1, 2, 3 on a serial line (a pty pair made by socat); prints the pty to open",
+    )
+    parser.add_argument("--rtu", action="store_true", help="units 1, 2, 3 speaking RTU over TCP (a gateway)")
+    parser.add_argument("--baudrate", type=int, default=19_200, help="the serial line's baud rate")
     args = parser.parse_args(argv)
+    if args.serial or args.rtu:
+        serve_line(serial=args.serial, host=args.host, port=args.port, baudrate=args.baudrate)
+        return
     serve(args.host, args.port, args.delay_ms / 1000)

@@ -7,6 +7,11 @@ and pymodbus's TCP server speaking RTU frames as a gateway does.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -211,3 +216,31 @@ def test_unit_ids_on_rtu_lines_are_0_to_247() -> None:
     with pytest.raises(ValueError, match=r"unit: must be an int 0\.\.247 on line modbus\+rtu:///dev/ttyUSB0"):
         ModbusDataReader("beyond", line=line, unit=248)
     ModbusDataReader("tcp", host="127.0.0.1", port=502, unit=255)
+
+
+def test_the_standalone_simulator_prints_the_pty_to_open() -> None:
+    require_socat()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowcollect.simulator", "--serial", "--baudrate", str(BAUD)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"serial port (\S+) \(115200 baud, 8N1\), units 1, 2, 3", line)
+        assert match is not None, line
+        reader = ModbusDataReader(
+            "meter", line=ModbusLine(match.group(1), baudrate=BAUD), unit=3, timeout_s=1.0
+        )
+        variables = collected([f"holding:{UNIT_REGISTER}"])
+        reader.read(variables)
+        assert (variables[0].value, variables[0].error) == (3, None)
+        reader.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert not os.path.exists(match.group(1))  # the pty pair went with the simulator
