@@ -780,10 +780,14 @@ def serve_line(
     host: str = "127.0.0.1",
     port: int = 5020,
     baudrate: int = 19_200,
+    silent: Sequence[int] = (),
 ) -> None:
     """Serve several units on one line in the foreground until Ctrl-C: a serial line (a pty
-    pair; prints the pty to open) or RTU over TCP (prints where it listens)."""
+    pair; prints the pty to open) or RTU over TCP (prints where it listens). ``silent`` units
+    receive requests but never answer."""
     simulator = LineSimulator(units, serial=serial, host=host, port=port, baudrate=baudrate)
+    for unit in silent:
+        simulator.silence(unit)
     if serial:
         simulator._start_socat(10.0)
     try:
@@ -830,8 +834,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--rtu", action="store_true", help="units 1, 2, 3 speaking RTU over TCP (a gateway)")
     parser.add_argument("--baudrate", type=int, default=19_200, help="the serial line's baud rate")
+    parser.add_argument(
+        "--silent", type=int, action="append", default=[], help="a unit that never answers (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.serial or args.rtu:
-        serve_line(serial=args.serial, host=args.host, port=args.port, baudrate=args.baudrate)
+        serve_line(
+            serial=args.serial, host=args.host, port=args.port, baudrate=args.baudrate, silent=args.silent
+        )
         return
     serve(args.host, args.port, args.delay_ms / 1000)

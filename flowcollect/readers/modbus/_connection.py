@@ -300,6 +300,7 @@ class LineConnection:
         self.units: dict[int, UnitState] = {}
         self.intervals: dict[int, frozenset[int]] = {}
         """Per reader (its id), the intervals it serves: when the line's next instant is due."""
+        self._line_intervals: frozenset[int] = frozenset()
         self._clock = clock
         self._client: _Client | None = None
         self._pacer = Pacer(line.gap_s)
@@ -327,11 +328,20 @@ class LineConnection:
             state = self.units[unit] = UnitState(unit)
         return state
 
+    def set_intervals(self, reader: int, intervals: frozenset[int] | None) -> None:
+        """What ``reader`` (its id) serves now; ``None``: it left the line."""
+        if intervals is None:
+            self.intervals.pop(reader, None)
+        else:
+            self.intervals[reader] = intervals
+        union: frozenset[int] = frozenset()
+        for each in list(self.intervals.values()):
+            union |= each
+        self._line_intervals = union
+
     def line_intervals(self) -> frozenset[int]:
-        result: frozenset[int] = frozenset()
-        for intervals in list(self.intervals.values()):
-            result |= intervals
-        return result
+        """The intervals every reader of the line serves: when the line's next instant is due."""
+        return self._line_intervals
 
     def now(self) -> float:
         return self._clock()

@@ -174,6 +174,9 @@ class ModbusDataReader(DataReader):
 
         self._connection: LineConnection | None = None
         self._last_connection: LineConnection | None = None
+        self._columns_of: tuple[Sequence[VariableSpec], tuple[str, ...], list[str], frozenset[int]] | None = (
+            None
+        )
         self._intervals: frozenset[int] = frozenset()
         self._addresses: dict[str, ModbusAddress] = {}
         self._plans: dict[tuple[str, ...], _Plan] = {}
@@ -276,7 +279,7 @@ class ModbusDataReader(DataReader):
         connection = self._connection
         self._connection = None
         if connection is not None:
-            connection.intervals.pop(id(self), None)
+            connection.set_intervals(id(self), None)
             release(connection)
 
     def stats(self) -> Mapping[str, float]:
@@ -307,7 +310,7 @@ class ModbusDataReader(DataReader):
         self._intervals = frozenset(v.interval_ms for v in variables)
         connection = self._connection
         if connection is not None:
-            connection.intervals[id(self)] = self._intervals
+            connection.set_intervals(id(self), self._intervals)
         for due in _due_sets(variables):
             key = tuple(v.address for v in due)
             if key and key not in self._plans:
@@ -356,14 +359,17 @@ class ModbusDataReader(DataReader):
         specs = batch.variables
         if not specs:
             return
-        self._read_columns(
-            tuple([v.address for v in specs]),
-            specs,
-            [v.value_type for v in specs],
-            frozenset(v.interval_ms for v in specs),
-            batch.t_ms,
-            (batch.values, batch.errors),
-        )
+        # The engine hands the same variables object tick after tick: its columns are built once.
+        cached = self._columns_of
+        if cached is None or cached[0] is not specs:
+            cached = self._columns_of = (
+                specs,
+                tuple([v.address for v in specs]),
+                [v.value_type for v in specs],
+                frozenset(v.interval_ms for v in specs),
+            )
+        _, key, types, intervals = cached
+        self._read_columns(key, specs, types, intervals, batch.t_ms, (batch.values, batch.errors))
 
     # ------------------------------------------------------------------ reading
 
@@ -499,7 +505,7 @@ class ModbusDataReader(DataReader):
                 return connection
             self.close()
         connection = acquire(self._line)
-        connection.intervals[id(self)] = self._intervals
+        connection.set_intervals(id(self), self._intervals)
         self._connection = self._last_connection = connection
         return connection
 
