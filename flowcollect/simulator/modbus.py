@@ -623,7 +623,7 @@ class LineSimulator(Simulator):
     # -- lifecycle
 
     def start(self, timeout_s: float = 10.0) -> LineSimulator:
-        if self.serial:
+        if self.serial and self._socat is None:
             self._start_socat(timeout_s)
         try:
             super().start(timeout_s)
@@ -632,10 +632,13 @@ class LineSimulator(Simulator):
             raise
         return self
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop serving; on a serial line the pty pair goes too (the reader's port is gone)."""
+    def stop(self, timeout_s: float = 10.0, *, keep_port: bool = False) -> None:
+        """Stop serving; on a serial line the pty pair goes too (the reader's port is gone),
+        unless ``keep_port``: then the port stays and every unit falls silent, as when a bus's
+        cable is pulled."""
         super().stop(timeout_s)
-        self._stop_socat()
+        if not keep_port:
+            self._stop_socat()
 
     def close(self) -> None:
         """Stop, and remove the pty folder if this simulator made it."""

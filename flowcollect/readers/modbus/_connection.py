@@ -247,6 +247,8 @@ class UnitState:
     retry_at: float = 0.0
     """Monotonic time before which the unit is not asked again (it is backed off)."""
     last_text: str = ""
+    tried_at: float = float("-inf")
+    """Monotonic time of the last request to the unit."""
     answer_s: float | None = None
     """A moving average of how long the unit's answered requests took."""
     # What exception answers taught (see ModbusDataReader._learn).
@@ -301,6 +303,7 @@ class LineConnection:
         self.intervals: dict[int, frozenset[int]] = {}
         """Per reader (its id), the intervals it serves: when the line's next instant is due."""
         self._line_intervals: frozenset[int] = frozenset()
+        self._probed_at: int | None = None
         self._clock = clock
         self._client: _Client | None = None
         self._pacer = Pacer(line.gap_s)
@@ -441,7 +444,7 @@ class LineConnection:
         if self._stale:
             client.drain()
             self._stale = False
-        started = self._clock()
+        started = unit.tried_at = self._clock()
         try:
             with quiet_pymodbus():
                 response = _READS[table](client, start, count, unit.unit)
@@ -460,8 +463,31 @@ class LineConnection:
             self._pacer.done(self._clock())
         # Any answer, an exception answer too, shows the unit and the line are alive.
         self._unanswered = 0
+        if unit.failures and self.bus_silent():
+            # The first answer after the whole bus was silent: the others were silent for the
+            # same reason (a cable, an adapter, the gateway's serial side), not each their own.
+            for other in self.units.values():
+                other.failures = 0
+                other.retry_at = 0.0
         unit.answered(self._clock() - started)
         return response
+
+    def bus_silent(self) -> bool:
+        """True when the line has several units and none of them answers."""
+        units = list(self.units.values())
+        return len(units) > 1 and all(u.failures > 0 for u in units)
+
+    def may_probe(self, unit: UnitState, instant: int) -> bool:
+        """May a unit be asked at ``instant`` while the whole bus is silent? Once per instant:
+        the line then has nothing else to do, and the first answer brings every unit back
+        within two ticks. (A lone unit's silence is its own, and keeps its back-off.)
+        """
+        if self._probed_at == instant:
+            return False
+        if unit is not min(self.units.values(), key=lambda u: u.tried_at):
+            return False  # another unit's turn: every unit gets asked, one per instant
+        self._probed_at = instant
+        return True
 
     def _timed_out(self, unit: UnitState, timeout_s: float, name: str) -> Failure:
         text = f"no response within {timeout_s:g} s"

@@ -401,7 +401,14 @@ class ModbusDataReader(DataReader):
                 for step in plan.steps:
                     _fail_groups(columns, step.groups, connection.down_text)
                 return
-            if unit.backed_off(connection.now()):
+            now = connection.now()
+            instant = t_ms if t_ms is not None else int(1000 * now)
+            # Nobody on the line answering, one request per instant (to each unit in turn) finds
+            # out when the bus is back; otherwise a silent unit waits out its own back-off.
+            asked = (
+                connection.may_probe(unit, instant) if connection.bus_silent() else not unit.backed_off(now)
+            )
+            if not asked:
                 # A silent unit is asked once per back-off period; meanwhile its values say why.
                 self._counters["backoff_skips"] += 1
                 for step in plan.steps:

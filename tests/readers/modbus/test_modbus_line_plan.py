@@ -9,7 +9,13 @@ import pytest
 from flowcollect.errors import ConfigError
 from flowcollect.readers import RandomDataReader
 from flowcollect.readers.modbus import ModbusDataReader, ModbusLine, estimate_lane
-from flowcollect.readers.modbus._connection import UnitState, quiet_pymodbus, retry_delay, short_text
+from flowcollect.readers.modbus._connection import (
+    LineConnection,
+    UnitState,
+    quiet_pymodbus,
+    retry_delay,
+    short_text,
+)
 from flowcollect.readers.modbus.packing import ModbusRequest
 from flowcollect.readers.modbus.timing import Pacer, answer_bytes, next_due_ms, silent_interval_s, wire_time_s
 from flowcollect.values import VariableSpec
@@ -219,3 +225,34 @@ def test_pymodbus_warnings_and_errors_are_quiet_only_inside_our_requests(
         ("DEBUG", "frames, for those who debug"),
         ("ERROR", "a server's own error, outside any request of ours"),
     ]
+
+
+def test_a_silent_bus_is_asked_once_per_instant_each_unit_in_turn() -> None:
+    connection = LineConnection(ModbusLine("/dev/ttyUSB5"))
+    first, second = connection.unit(1), connection.unit(2)
+    assert not connection.bus_silent()
+    first.missed(10.0, 0.1, "no response within 0.1 s")
+    assert not connection.bus_silent()  # unit 2 still answers: unit 1's silence is its own
+    second.missed(10.1, 0.1, "no response within 0.1 s")
+    first.tried_at, second.tried_at = 10.0, 10.1
+    assert connection.bus_silent()
+    assert not connection.may_probe(second, 1000)  # unit 1 waited longer: its turn
+    assert connection.may_probe(first, 1000)
+    assert not connection.may_probe(first, 1000)  # one request per instant
+    first.tried_at = 11.0
+    assert connection.may_probe(second, 1100)
+    lone = LineConnection(ModbusLine("/dev/ttyUSB6"))
+    lone.unit(1).missed(10.0, 0.1, "no response within 0.1 s")
+    assert not lone.bus_silent()  # a lone unit keeps its back-off
+
+
+def test_plan_changed_plans_each_due_set_before_the_first_tick() -> None:
+    reader = ModbusDataReader("m", host="127.0.0.1", port=502)
+    variables = [
+        VariableSpec(1, 1, "holding:0", "int", "m", 100),
+        VariableSpec(2, 1, "holding:1", "int", "m", 1000),
+        VariableSpec(3, 1, "coil:4", "bool", "m", 100),
+    ]
+    reader.plan_changed(variables)
+    # Due every 100 ms: holding:0 and coil:4; every 1000 ms all three.
+    assert reader.stats()["plans"] == 2

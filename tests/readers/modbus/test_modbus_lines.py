@@ -174,6 +174,38 @@ def test_the_line_gone_and_back_returns_every_unit_within_two_ticks(
     assert readers[0].stats()["reconnects"] == 1
 
 
+def test_a_bus_gone_silent_returns_every_unit_within_two_ticks(
+    sim: LineSimulator, readers: list[ModbusDataReader]
+) -> None:
+    # The port stays open but no unit answers (the bus cable pulled, the gateway's serial side
+    # dead). Each unit alone would back off for seconds; with the whole bus silent the line
+    # asks one unit per instant instead, and the first answer brings every unit back.
+    variables = specs(TICK_MS, [f"holding:{UNIT_REGISTER}"])
+    run_lane(readers, variables, TICK_MS, 2)
+    if sim.serial:
+        sim.stop(keep_port=True)
+    else:
+        for unit in UNITS:
+            sim.silence(unit)
+    silent = run_lane(readers, variables, TICK_MS, ticks=12)
+    assert all(t.errors[u][0] is not None for t in silent for u in UNITS)
+    asked = sum(r.stats()["timeouts"] for r in readers)
+    assert asked <= len(silent) + len(UNITS) - 1  # one request per instant once all are silent
+    assert all(r.stats()["unit_failures"] >= 1 for r in readers)
+    assert readers[0].stats()["connected"] == 1
+    if sim.serial:
+        sim.start()
+    else:
+        for unit in UNITS:
+            sim.silence(unit, False)
+    back_at = time.time() * 1000
+    after = run_lane(readers, variables, TICK_MS, ticks=3)
+    first = {u: min((t.t_ms for t in after if t.values[u] == [u]), default=None) for u in UNITS}
+    for t_ms in first.values():
+        assert t_ms is not None
+        assert t_ms <= back_at + 2 * TICK_MS
+
+
 def test_a_request_that_would_overrun_the_next_instant_is_skipped_and_counted(
     sim: LineSimulator, readers: list[ModbusDataReader]
 ) -> None:
