@@ -308,6 +308,11 @@ class ModbusDataReader(DataReader):
         """Remember the intervals (the line's next due instant) and plan each tick's requests
         now, so the first ticks do no planning."""
         self._intervals = frozenset(v.interval_ms for v in variables)
+        if not variables:
+            # Nothing to read here any more (contexts stopped, or the lane went to another
+            # collector of a group): let go of the line, so a port is free for its new owner.
+            self.close()
+            return
         connection = self._connection
         if connection is not None:
             connection.set_intervals(id(self), self._intervals)

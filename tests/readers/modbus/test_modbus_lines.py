@@ -276,3 +276,24 @@ def test_the_standalone_simulator_prints_the_pty_to_open() -> None:
         if process.stdout is not None:
             process.stdout.close()
     assert not os.path.exists(match.group(1))  # the pty pair went with the simulator
+
+
+def test_a_line_with_nothing_to_read_lets_go_of_its_port() -> None:
+    # A lane handed to another collector (or whose contexts all stopped) hears an empty plan:
+    # the port is closed, so its new owner can open it; a later plan opens it again.
+    require_socat()
+    with LineSimulator((1,), serial=True, baudrate=BAUD) as sim:
+        reader = ModbusDataReader("meter", line=ModbusLine(sim.pty, baudrate=BAUD), unit=1, timeout_s=1.0)
+        variables = specs(TICK_MS, [f"holding:{UNIT_REGISTER}"])
+        reader.plan_changed(variables)
+        batch = ValueBatch(0, variables)
+        reader.read_batch(batch)
+        assert batch.values == [1]
+        reader.plan_changed([])
+        other = serial.serial_for_url(sim.pty, baudrate=BAUD, exclusive=True)  # free now
+        other.close()
+        reader.plan_changed(variables)
+        batch = ValueBatch(0, variables)
+        reader.read_batch(batch)
+        assert batch.values == [1]
+        reader.close()

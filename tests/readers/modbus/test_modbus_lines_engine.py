@@ -59,14 +59,19 @@ def test_three_units_of_one_line_under_the_engine(gateway: LineSimulator) -> Non
         ],
     )
     with DataCollector(readers=readers, writers=[writer]) as collector:
+        # The three readers of the line share one lane: one thread, one clock.
+        assert collector.lanes()[line.key] == ("unit1", "unit2", "unit3")
         collector.start(context)
         assert wait_until(
             lambda: len({v.time for v in writer.snapshot() if v.error is None}) >= 4, timeout_s=10.0
         )
         collector.stop(1)
+        lanes = {collector.stats().readers[f"unit{u}"].lane for u in (1, 2, 3)}
+    assert lanes == {line.key}
     values = writer.snapshot()
     assert {(v.id, v.value) for v in values if v.error is None} == {(1, 1), (2, 2), (3, 3)}
-    # One connection for the three units, and requests strictly one at a time on it.
+    # One connection for the three units (let go when the context stopped: the lane's readers
+    # heard an empty plan), and requests strictly one at a time on it.
     assert all(reader.stats()["connect_attempts"] == 1 for reader in readers)
     assert gateway.connections == 1
     assert alternates(gateway.exchanges)
