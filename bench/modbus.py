@@ -28,7 +28,7 @@ engine's lane for the line does:
 
 - ``requests_per_tick``: requests the three units cost per tick (planned, and counted by the
   readers over the run) against the minimum, one per unit. Target: equal.
-- ``one_silent``: the same run with unit 2 silent (``timeout_s`` 30 ms): the values units 1 and
+- ``one_silent``: the same run with unit 2 silent (``timeout_s`` 60 ms): the values units 1 and
   3 delivered against the run with all three answering. Target: at least 99 %.
 - ``reader_vs_raw``: the reader's time per tick (the three ``read_batch`` calls, given the
   current grid instant) against a bare pymodbus RTU-over-TCP client doing the same three
@@ -211,7 +211,7 @@ def throughput(delay_ms: float, seconds: float) -> dict[str, object]:
 LINE_UNITS = (1, 2, 3)
 LINE_REGISTERS = 100
 LINE_TICK_MS = 100
-LINE_TIMEOUT_S = 0.03
+LINE_TIMEOUT_S = 0.06
 
 
 def line_readers(port: int) -> list[ModbusDataReader]:

@@ -44,8 +44,8 @@ _log = logging.getLogger("flowcollect.readers.modbus")
 MAX_RETRY_DELAY_S: Final = 5.0
 """The longest wait between two attempts: to reopen a line, or to ask a unit that is silent."""
 
-# After this many unanswered requests in a row, from every unit alike, a TCP connection is
-# taken for dead (a device rebooted without a reset reaches nobody) and reopened.
+# After this many unanswered requests in a row, with no unit of the line answering, a TCP
+# connection is taken for dead (a device rebooted without a reset reaches nobody) and reopened.
 _DEAD_AFTER_TIMEOUTS: Final = 3
 # pymodbus's counter of unanswered requests before it closes the line: never reached.
 _NEVER: Final = 1 << 30
@@ -493,7 +493,8 @@ class LineConnection:
         text = f"no response within {timeout_s:g} s"
         unit.missed(self._clock(), timeout_s, text)
         self._unanswered += 1
-        if self.line.kind != "serial" and self._unanswered >= _DEAD_AFTER_TIMEOUTS:
+        everyone = all(u.failures > 0 for u in list(self.units.values()))
+        if self.line.kind != "serial" and everyone and self._unanswered >= _DEAD_AFTER_TIMEOUTS:
             # Nobody on the line answers: a connection to a device that went away without a
             # reset looks exactly like this. Reopening costs nothing if the device is fine.
             self._unanswered = 0
