@@ -22,7 +22,7 @@ from line_helpers import BAUD, alternates, line_for, require_socat, run_lane, sp
 from modbus_helpers import collected
 
 from flowcollect.readers.modbus import ModbusDataReader, ModbusLine
-from flowcollect.simulator import UNIT_REGISTER, LineSimulator
+from flowcollect.simulator import HOLE_START, UNIT_REGISTER, LineSimulator
 from flowcollect.values import ValueBatch
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
@@ -296,4 +296,52 @@ def test_a_line_with_nothing_to_read_lets_go_of_its_port() -> None:
         batch = ValueBatch(0, variables)
         reader.read_batch(batch)
         assert batch.values == [1]
+        reader.close()
+
+
+@pytest.fixture
+def gateway() -> Iterator[LineSimulator]:
+    with LineSimulator(UNITS, baudrate=BAUD) as simulator:
+        yield simulator
+
+
+def test_retries_are_per_unit_and_spent_only_while_it_answers(gateway: LineSimulator) -> None:
+    line = line_for(gateway)
+    patient = ModbusDataReader("patient", line=line, unit=1, timeout_s=0.05, retries=2)
+    hasty = ModbusDataReader("hasty", line=line, unit=2, timeout_s=0.05)
+    variables = specs(1000, [f"holding:{UNIT_REGISTER}"])
+    gateway.silence(1)
+    gateway.silence(2)
+    for reader in (patient, hasty):
+        batch = ValueBatch(0, variables)
+        reader.read_batch(batch)
+        assert batch.errors == ["no response within 0.05 s"]
+    assert gateway.requests_by_unit == {1: 3, 2: 1}  # the first try and two retries; no retry
+    time.sleep(0.25)  # past the first back-off (2 x 0.05 s)
+    batch = ValueBatch(0, variables)
+    patient.read_batch(batch)
+    assert gateway.requests_by_unit[1] == 4  # a unit already failing gets one attempt
+    patient.close()
+    hasty.close()
+
+
+def test_what_a_unit_taught_is_its_own_and_shared_by_its_readers(gateway: LineSimulator) -> None:
+    line = line_for(gateway)
+    first = ModbusDataReader("first", line=line, unit=1, timeout_s=0.5)
+    again = ModbusDataReader("again", line=line, unit=1, timeout_s=0.5)
+    other = ModbusDataReader("other", line=line, unit=2, timeout_s=0.5)
+    hole = specs(1000, [f"holding:{r}" for r in range(HOLE_START, HOLE_START + 10)])
+    batch = ValueBatch(0, hole)
+    first.read_batch(batch)  # split on the exception, learned: 405 is bad
+    assert batch.errors.count(None) == 9
+    assert first.stats()["learned_bad_registers"] >= 1
+    gateway.reset_counters()
+    for reader in (again, other):
+        reader.read_batch(ValueBatch(0, hole))
+    # Unit 1's other reader plans around the hole at once (3 requests, no split); unit 2 has
+    # taught nothing yet, so its reader tries the merged request and splits on its own.
+    assert again.stats()["splits"] == 0
+    assert gateway.requests_by_unit[1] == 3
+    assert other.stats()["splits"] == 1
+    for reader in (first, again, other):
         reader.close()
