@@ -75,3 +75,45 @@ def test_three_units_of_one_line_under_the_engine(gateway: LineSimulator) -> Non
     assert all(reader.stats()["connect_attempts"] == 1 for reader in readers)
     assert gateway.connections == 1
     assert alternates(gateway.exchanges)
+
+
+def test_a_silent_unit_under_the_engine_costs_the_others_nothing(gateway: LineSimulator) -> None:
+    line = line_for(gateway)
+    readers = [ModbusDataReader(f"unit{u}", line=line, unit=u, timeout_s=0.05) for u in (1, 2, 3)]
+    writer = MemoryDataWriter()
+    context = DataCollectionContext(
+        id=1,
+        interval_ms=TICK_MS,
+        variables=[
+            Variable(id=u, reader=f"unit{u}", address=f"holding:{UNIT_REGISTER}", value_type="int")
+            for u in (1, 2, 3)
+        ],
+    )
+    gateway.silence(2)
+    with DataCollector(readers=readers, writers=[writer]) as collector:
+        collector.start(context)
+        assert wait_until(lambda: len({v.time for v in writer.snapshot()}) >= 15, timeout_s=20.0)
+        collector.stop(1)
+        stats = collector.stats().readers
+    values = writer.snapshot()
+    instants = sorted({v.time for v in values})
+    for unit in (1, 3):
+        mine = {v.time: (v.value, v.error) for v in values if v.id == unit}
+        assert set(mine) == set(instants)
+        # Every instant the unit's value, or a request skipped (it would have overrun the
+        # next instant) and counted.
+        skipped = [t for t, (_, error) in mine.items() if error is not None]
+        assert all(mine[t][1] == "skipped: the line is busy until the next tick" for t in skipped)
+        assert len(skipped) == readers[unit - 1].stats()["skipped_requests"]
+        assert {value for value, error in mine.values() if error is None} == {unit}
+        assert len(skipped) <= len(instants) // 2
+    silent = readers[1].stats()
+    assert gateway.requests_by_unit.get(2, 0) == silent["timeouts"]
+    # Asked at the start, then after 0.1, 0.2, 0.4, ... s of back-off (5 s at most): one
+    # timeout per back-off period over the run, however long the machine made it.
+    span_s = (instants[-1] - instants[0]).total_seconds() + TICK_MS / 1000
+    periods, at, delay = 1, 0.05, 0.1
+    while at + delay < span_s:
+        at, delay, periods = at + delay + 0.05, min(2 * delay, 5.0), periods + 1
+    assert 1 <= silent["timeouts"] <= periods
+    assert silent["timeouts"] + silent["backoff_skips"] == stats["unit2"].ticks
