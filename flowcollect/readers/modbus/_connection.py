@@ -295,8 +295,14 @@ class LineConnection:
     keeps requests apart when readers of one line are called from several threads anyway.
     """
 
-    def __init__(self, line: ModbusLine, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        line: ModbusLine,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.line = line
+        self._sleep = sleep
         self.lock = threading.RLock()
         self.users = 0
         self.units: dict[int, UnitState] = {}
@@ -435,7 +441,7 @@ class LineConnection:
         if wait > 0:
             # The line's silent interval (and configured pause): a bus must be quiet between
             # frames, or the next unit cannot tell where the last answer ended.
-            time.sleep(wait)
+            self._sleep(wait)
         client.comm_params.timeout_connect = timeout_s
         manager = client.transaction
         # A unit already failing gets one attempt per back-off period, never its retries too.

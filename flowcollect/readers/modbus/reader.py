@@ -104,6 +104,7 @@ class ModbusDataReader(DataReader):
     yields values with ``error`` set, never an exception; a silent unit is backed off on its
     own, a broken line is reopened by itself (see ``docs/modbus.md``, failure behaviour).
     ``timeout_s`` and ``retries`` (resends of an unanswered request) are this unit's own.
+    ``clock`` (epoch seconds) is what the reader compares the engine's instants with.
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class ModbusDataReader(DataReader):
         *,
         line: ModbusLine | None = None,
         retries: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         problems: list[str] = []
         resolved: ModbusLine | None = None
@@ -169,8 +171,8 @@ class ModbusDataReader(DataReader):
         self.max_registers = max_registers
         self.max_bits = max_bits
         self._min_interval_ms = min_interval_ms
-        self._wall: Callable[[], float] = time.time
-        """Epoch seconds, to compare with instants; tests inject their own."""
+        self._wall = clock
+        """Epoch seconds, to compare with the engine's instants (tests inject their own)."""
 
         self._connection: LineConnection | None = None
         self._last_connection: LineConnection | None = None

@@ -31,6 +31,9 @@ UNITS = (1, 2, 3)
 SKIPPED = "skipped: the line is busy until the next tick"
 TICK_MS = 250
 TIMEOUT_S = 0.1
+# Tests of something else than the grid read at instant 0 with an hourly interval: the line's
+# next instant is then at most an hour away, and never close enough to skip a request.
+OFF_GRID_MS = 3_600_000
 
 
 @pytest.fixture(params=["serial", "rtu-tcp"])
@@ -210,19 +213,22 @@ def test_a_request_that_would_overrun_the_next_instant_is_skipped_and_counted(
     sim: LineSimulator, readers: list[ModbusDataReader]
 ) -> None:
     variables = specs(TICK_MS)
-    reader = readers[0]
+    now = [1_000_000.249]
+    reader = ModbusDataReader(
+        "clocked", line=readers[0].line, unit=1, timeout_s=TIMEOUT_S, clock=lambda: now[0]
+    )
     # This reader's clock says the next instant is 1 ms away: no request fits before it.
-    reader._wall = lambda: 1_000_000.249
     batch = ValueBatch(1_000_000_000, variables)
     reader.read_batch(batch)
     assert batch.errors == [SKIPPED, SKIPPED]
     assert reader.stats()["skipped_requests"] == 2
     assert sim.requests_by_unit.get(1, 0) == 0
     # With the whole tick ahead, the requests run.
-    reader._wall = lambda: 1_000_000.000
+    now[0] = 1_000_000.000
     batch = ValueBatch(1_000_000_000, variables)
     reader.read_batch(batch)
     assert batch.values == [1, 5]
+    reader.close()
 
 
 @pytest.mark.parametrize("kind", ["serial"])
@@ -284,7 +290,7 @@ def test_a_line_with_nothing_to_read_lets_go_of_its_port() -> None:
     require_socat()
     with LineSimulator((1,), serial=True, baudrate=BAUD) as sim:
         reader = ModbusDataReader("meter", line=ModbusLine(sim.pty, baudrate=BAUD), unit=1, timeout_s=1.0)
-        variables = specs(TICK_MS, [f"holding:{UNIT_REGISTER}"])
+        variables = specs(OFF_GRID_MS, [f"holding:{UNIT_REGISTER}"])
         reader.plan_changed(variables)
         batch = ValueBatch(0, variables)
         reader.read_batch(batch)
@@ -309,7 +315,7 @@ def test_retries_are_per_unit_and_spent_only_while_it_answers(gateway: LineSimul
     line = line_for(gateway)
     patient = ModbusDataReader("patient", line=line, unit=1, timeout_s=0.05, retries=2)
     hasty = ModbusDataReader("hasty", line=line, unit=2, timeout_s=0.05)
-    variables = specs(1000, [f"holding:{UNIT_REGISTER}"])
+    variables = specs(OFF_GRID_MS, [f"holding:{UNIT_REGISTER}"])
     gateway.silence(1)
     gateway.silence(2)
     for reader in (patient, hasty):
@@ -330,7 +336,7 @@ def test_what_a_unit_taught_is_its_own_and_shared_by_its_readers(gateway: LineSi
     first = ModbusDataReader("first", line=line, unit=1, timeout_s=0.5)
     again = ModbusDataReader("again", line=line, unit=1, timeout_s=0.5)
     other = ModbusDataReader("other", line=line, unit=2, timeout_s=0.5)
-    hole = specs(1000, [f"holding:{r}" for r in range(HOLE_START, HOLE_START + 10)])
+    hole = specs(OFF_GRID_MS, [f"holding:{r}" for r in range(HOLE_START, HOLE_START + 10)])
     batch = ValueBatch(0, hole)
     first.read_batch(batch)  # split on the exception, learned: 405 is bad
     assert batch.errors.count(None) == 9
@@ -344,4 +350,22 @@ def test_what_a_unit_taught_is_its_own_and_shared_by_its_readers(gateway: LineSi
     assert gateway.requests_by_unit[1] == 3
     assert other.stats()["splits"] == 1
     for reader in (first, again, other):
+        reader.close()
+
+
+def test_frames_are_kept_apart_by_the_silent_interval_and_the_pause(sim: LineSimulator) -> None:
+    line = line_for(sim, pause_between_requests_ms=20)
+    gap_s = line.gap_s
+    assert gap_s == pytest.approx(0.020 + (0.00175 if sim.serial else 0.0))
+    readers = [ModbusDataReader(f"u{u}", line=line, unit=u, timeout_s=0.5) for u in UNITS]
+    variables = specs(OFF_GRID_MS, [f"holding:{UNIT_REGISTER}"])
+    readers[0].read_batch(ValueBatch(0, variables))  # connect, and one exchange before timing
+    started = time.monotonic()
+    for reader in readers:
+        batch = ValueBatch(0, variables)
+        reader.read_batch(batch)
+        assert batch.values == [reader.unit]
+    # Three requests after an exchange: each waits for the line's gap first.
+    assert time.monotonic() - started >= 3 * gap_s
+    for reader in readers:
         reader.close()
