@@ -20,6 +20,7 @@ import logging
 import re
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,18 @@ from flowcollect.errors import ConfigError
 from flowcollect.readers.modbus.line import ModbusLine
 from flowcollect.readers.modbus.timing import Pacer
 
-__all__ = ["MAX_RETRY_DELAY_S", "Failure", "LineConnection", "UnitState", "acquire", "release", "retry_delay"]
+__all__ = [
+    "MAX_RETRY_DELAY_S",
+    "Failure",
+    "LineConnection",
+    "UnitState",
+    "acquire",
+    "describe_error",
+    "quiet_pymodbus",
+    "release",
+    "retry_delay",
+    "short_text",
+]
 
 _log = logging.getLogger("flowcollect.readers.modbus")
 
@@ -83,8 +95,6 @@ def quiet_pymodbus() -> Iterator[None]:
 def _decode_registers(pdu: ModbusPDU, data: bytes) -> None:
     # pymodbus unpacks a response one register at a time; for 125 registers that is most of
     # the client's CPU per request. One unpack of the whole payload, with the same checks.
-    import struct
-
     byte_count = data[0]
     if byte_count >= len(data) or byte_count % 2:
         raise ValueError(f"byte count {byte_count} does not fit a {len(data) - 1}-byte register payload")
@@ -454,17 +464,8 @@ class LineConnection:
         try:
             with quiet_pymodbus():
                 response = _READS[table](client, start, count, unit.unit)
-        except ConnectionException as exc:
-            self.went_down(_connection_lost(self.line, exc), slow=False, name=name, timeout_s=timeout_s)
-            return Failure(self.down_text, fatal=True)
-        except ModbusIOException as exc:
-            self._stale = True
-            if self._clock() - started >= timeout_s / 2:
-                return self._timed_out(unit, timeout_s, name)
-            return Failure(f"bad response: {short_text(exc)}")
         except Exception as exc:  # pymodbus may raise anything on garbage bytes
-            self._stale = True
-            return Failure(f"bad response: {short_text(exc)}")
+            return self._failed(exc, unit, started, timeout_s, name)
         finally:
             self._pacer.done(self._clock())
         # Any answer, an exception answer too, shows the unit and the line are alive.
@@ -477,6 +478,20 @@ class LineConnection:
                 other.retry_at = 0.0
         unit.answered(self._clock() - started)
         return response
+
+    def _failed(
+        self, exc: Exception, unit: UnitState, started: float, timeout_s: float, name: str
+    ) -> Failure:
+        """What an exception out of pymodbus means for the line and the unit."""
+        if isinstance(exc, ConnectionException) or (self.line.kind == "serial" and _port_failed(exc)):
+            # pyserial's termios calls fail outside pymodbus's OSError net when a port vanishes
+            # (an adapter unplugged): that is the line gone too, not a bad answer.
+            self.went_down(_connection_lost(self.line, exc), slow=False, name=name, timeout_s=timeout_s)
+            return Failure(self.down_text, fatal=True)
+        self._stale = True
+        if isinstance(exc, ModbusIOException) and self._clock() - started >= timeout_s / 2:
+            return self._timed_out(unit, timeout_s, name)
+        return Failure(f"bad response: {short_text(exc)}")
 
     def bus_silent(self) -> bool:
         """True when the line has several units and none of them answers."""
@@ -585,7 +600,17 @@ def describe_error(error: BaseException | None) -> str:
     return short_text(error)
 
 
-def _connection_lost(line: ModbusLine, exc: ConnectionException) -> str:
+def _port_failed(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    try:
+        import termios
+    except ImportError:  # not POSIX: pyserial raises OSError subclasses there
+        return False
+    return isinstance(exc, termios.error)
+
+
+def _connection_lost(line: ModbusLine, exc: Exception) -> str:
     if line.kind == "serial":
         return "connection lost: the port failed"
     if "closed" in str(exc):
