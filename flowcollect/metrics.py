@@ -140,14 +140,17 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
 def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
     label = ["writer"]
     written = CounterMetricFamily(
-        "flowcollect_writer_written", "Values handed to the writer without an exception", labels=label
+        "flowcollect_writer_written", "Values the writer said are stored (acknowledged)", labels=label
     )
     failed = CounterMetricFamily(
-        "flowcollect_writer_failed", "Values in write calls that raised", labels=label
+        "flowcollect_writer_failed",
+        "Values refused: in write calls that raised, or reported failed",
+        labels=label,
     )
     dropped = CounterMetricFamily(
         "flowcollect_writer_dropped",
-        "Values dropped: stage=queue by the engine's full queue, stage=writer by the writer itself",
+        "Values dropped: stage=queue by the engine's full queue, stage=writer by the writer itself, "
+        "stage=close not stored by the close deadline",
         labels=["writer", "stage"],
     )
     queued = GaugeMetricFamily(
@@ -174,9 +177,11 @@ def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
     for name, w in stats.writers.items():
         written.add_metric([name], w.written)
         failed.add_metric([name], w.failed)
-        dropped.add_metric([name, "queue"], w.dropped)
-        if "dropped" in w.extra:
-            dropped.add_metric([name, "writer"], w.extra["dropped"])
+        # The sink's figures by stage (delivery); a writer's own "dropped" stat is added to its
+        # stage until every writer reports its drops in receipts.
+        dropped.add_metric([name, "queue"], w.dropped_queue)
+        dropped.add_metric([name, "writer"], w.dropped_writer + w.extra.get("dropped", 0))
+        dropped.add_metric([name, "close"], w.dropped_close)
         queued.add_metric([name], w.queued)
         oldest.add_metric([name], w.oldest_queued_s)
         if "buffered" in w.extra:
