@@ -334,10 +334,11 @@ class WriterSink:
         writer = self.writer
         if not self._batches:
             items = [item for item, _ in entries]
+            # One batch goes as it is (a ValueBatch is a lazy Sequence of CollectedVariables: a
+            # writer that lets each go leaves the garbage collector little to do); a backlog is
+            # joined into one list.
             values: Sequence[CollectedVariable] = (
-                items[0]
-                if len(items) == 1 and not isinstance(items[0], ValueBatch)
-                else list(chain.from_iterable(items))
+                items[0] if len(items) == 1 else list(chain.from_iterable(items))
             )
             n = len(values)
             try:
