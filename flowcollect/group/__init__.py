@@ -19,8 +19,14 @@ from flowcollect.group._core import Decision, LeaseTimer, MemberInfo, OwnerRecor
 from flowcollect.group._etcd import EtcdUnavailable
 from flowcollect.group._hrw import Pin, owner, weight
 from flowcollect.group._member import GroupMember, GroupStats, default_member_id
+from flowcollect.group._options import GroupOptions, parse_pins
+from flowcollect.group._run import GroupMembership, run_in_group
 
 __all__ = [
+    # Running a pipeline as a member (what `flowcollect run --group` calls)
+    "GroupMembership",
+    "GroupOptions",
+    "run_in_group",
     # Joining a group
     "GroupAddress",
     "GroupMember",
@@ -28,6 +34,7 @@ __all__ = [
     "Pin",
     "default_member_id",
     "parse_address",
+    "parse_pins",
     # Controlling and inspecting a group
     "GroupStatus",
     "LaneStatus",

@@ -16,9 +16,12 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
+if TYPE_CHECKING:
+    # etcd3gw and requests come with the `group` extra: imported when a group is used, so
+    # `import flowcollect.group` (and the CLI) works without them.
+    import requests
 
 __all__ = ["EtcdUnavailable", "Kv", "Store", "Watch"]
 
@@ -144,6 +147,7 @@ class Store:
     # -- plumbing --------------------------------------------------------------------------------
 
     def _post(self, path: str, body: dict[str, Any], budget_s: float | None) -> dict[str, Any]:
+        import requests
         from etcd3gw import exceptions
 
         timeout = (
@@ -192,6 +196,8 @@ class Watch:
     """
 
     def __init__(self, url: str, prefix: str, on_event: Callable[[], None], connect_timeout_s: float) -> None:
+        import requests
+
         self._session = requests.Session()
         self._cancelled = threading.Event()
         self.ended = threading.Event()
@@ -206,6 +212,8 @@ class Watch:
         self._thread.start()
 
     def _run(self, url: str, body: dict[str, Any], on_event: Callable[[], None], timeout_s: float) -> None:
+        import requests
+
         try:
             # No read timeout: an idle group sends nothing for hours; cancel() shuts the socket.
             response = self._session.post(url, json=body, stream=True, timeout=(timeout_s, None))

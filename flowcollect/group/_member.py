@@ -75,6 +75,15 @@ class GroupStats:
     etcd_errors: int = 0
     control: Mapping[int, str] = field(default_factory=dict)
 
+    def line(self) -> str:
+        """One line for logs and the live status."""
+        age = "never" if self.lease_age_s is None else f"{self.lease_age_s:.1f} s ago"
+        return (
+            f"{self.member} {self.state}: {len(self.owned)}/{self.lanes_total} lane(s), "
+            f"{len(self.members)} member(s), lease renewed {age}, "
+            f"{self.acquired} taken, {self.released} given back, {self.fenced_count} fenced"
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "group": self.group,
