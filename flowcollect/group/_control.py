@@ -138,7 +138,7 @@ def group_status(
                     tuple(sorted(held.get(info.id, []))),
                 )
             )
-        lanes = sorted({lane for m in view.members.values() for lane in m.lanes} | set(view.owners))
+        lanes = sorted(set(view.plan) | set(view.owners))
         expected = rendezvous(lanes, view.members, pins)
         lane_status = tuple(
             LaneStatus(

@@ -24,8 +24,6 @@ class MemberInfo:
     id: str
     lease: int
     labels: frozenset[str] = frozenset()
-    lanes: tuple[str, ...] = ()
-    """The lanes of the member's plan (for status: lanes nobody may own still show)."""
     host: str = ""
     pid: int = 0
 
@@ -50,6 +48,8 @@ class View:
     owners: Mapping[str, OwnerRecord] = field(default_factory=dict)
     control: Mapping[int, str] = field(default_factory=dict)
     """Context id -> ``paused``, ``running`` or ``stopped`` (``flowcollect group pause`` ...)."""
+    plan: tuple[str, ...] = ()
+    """The plan's lane keys as the last member to join wrote them (for status)."""
 
 
 @dataclass(frozen=True, slots=True)

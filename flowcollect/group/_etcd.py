@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -150,22 +151,31 @@ class Store:
         import requests
         from etcd3gw import exceptions
 
-        timeout = (
-            self.request_timeout_s if budget_s is None else max(0.05, min(budget_s, self.request_timeout_s))
-        )
+        # Each endpoint in turn, from the one that answered last: a dead node refuses at once,
+        # so the next one is asked within the same call. Never past the budget.
+        began = time.monotonic()
+        failures: list[str] = []
         with self._lock:
-            client = self._clients[self._current]
-            try:
-                client.timeout = timeout
-                url = client.get_url(path)
-                # etcd3gw's post() sends json=; txn bodies carry nested lists it passes through as is.
-                result = client.post(url, data=json.dumps(body))
-            except (exceptions.Etcd3Exception, requests.RequestException, ValueError, KeyError) as exc:
-                self._current = (self._current + 1) % len(self._clients)
-                raise EtcdUnavailable(f"etcd {client.host}:{client.port} {path}: {_describe(exc)}") from exc
-        if not isinstance(result, dict):
-            raise EtcdUnavailable(f"etcd {client.host}:{client.port} {path}: unexpected answer {result!r}")
-        return result
+            for _ in self._clients:
+                left = self.request_timeout_s if budget_s is None else budget_s - (time.monotonic() - began)
+                if failures and left < 0.05:
+                    break
+                client = self._clients[self._current]
+                try:
+                    client.timeout = max(0.05, min(left, self.request_timeout_s))
+                    url = client.get_url(path)
+                    # etcd3gw's post() would send json=; the body goes as is, already encoded.
+                    result = client.post(url, data=json.dumps(body))
+                except (exceptions.Etcd3Exception, requests.RequestException, ValueError, KeyError) as exc:
+                    failures.append(f"{client.host}:{client.port}: {_describe(exc)}")
+                    self._current = (self._current + 1) % len(self._clients)
+                    continue
+                if not isinstance(result, dict):
+                    raise EtcdUnavailable(
+                        f"etcd {client.host}:{client.port} {path}: unexpected answer {result!r}"
+                    )
+                return result
+        raise EtcdUnavailable(f"etcd {path}: " + "; ".join(failures))
 
     def watch(self, prefix: str, on_event: Callable[[], None]) -> Watch:
         client = self._clients[self._current]
@@ -226,7 +236,8 @@ class Watch:
                     return
                 if result.get("events") or result.get("created"):
                     on_event()
-        except (requests.RequestException, OSError, ValueError) as exc:
+        except (requests.RequestException, OSError, ValueError, AttributeError) as exc:
+            # AttributeError: urllib3 reading a response that cancel() closed under it.
             if not self._cancelled.is_set():
                 _log.debug("group watch ended: %s", _describe(exc))
         finally:

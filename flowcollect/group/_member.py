@@ -30,7 +30,7 @@ from flowcollect.group._address import GroupAddress, parse_address
 from flowcollect.group._core import LeaseTimer, View, decide
 from flowcollect.group._etcd import EtcdUnavailable, Store, Watch
 from flowcollect.group._hrw import Pin
-from flowcollect.group._keys import lane_key, member_key, member_value, parse_view
+from flowcollect.group._keys import lane_key, member_key, member_value, parse_view, plan_key, plan_value
 
 __all__ = ["GroupMember", "GroupStats", "default_member_id"]
 
@@ -311,7 +311,7 @@ class GroupMember:
     def _register(self) -> None:
         assert self._lease is not None  # noqa: S101 - checked by the caller; mypy's narrowing
         key = member_key(self._prefix, self.member_id)
-        value = member_value(self.labels, self.lanes, socket.gethostname(), os.getpid())
+        value = member_value(self.labels, socket.gethostname(), os.getpid())
         token = self._store.create(key, value, self._lease, self._budget())
         if token is None:
             _, kvs = self._store.read_prefix(key, self._budget())
@@ -326,6 +326,7 @@ class GroupMember:
                     )
                 )
                 return
+        self._store.put(plan_key(self._prefix), plan_value(self.lanes), budget_s=self._budget())
         with self._lock:
             self._registered = True
             self._state = "active"
