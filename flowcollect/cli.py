@@ -7,6 +7,7 @@ event, the main thread then closes the collector (writers flushed) and prints th
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -31,6 +32,8 @@ from rich.text import Text
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError
+from flowcollect.group import GroupOptions, run_in_group
+from flowcollect.group._cli import group_app
 from flowcollect.pipeline import Pipeline, RunSummary, load_pipeline
 from flowcollect.stats import CollectorStats
 
@@ -45,6 +48,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(group_app, name="group")
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 _CHATTY = ("pymodbus", "urllib3", "influxdb_client", "asyncio")
@@ -270,16 +275,53 @@ def run(
     json_summary: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            metavar="etcd://HOST:PORT[,HOST:PORT...]/NAME",
+            help="Run as a member of this group: lanes shared out, taken over on failure (docs/scaling.md).",
+        ),
+    ] = None,
+    member: Annotated[
+        str | None, typer.Option("--member", help="Member id in the group; default: host name-process id.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="A label of this member (repeat), for --pin.")
+    ] = None,
+    pin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pin", metavar="LANE_GLOB=LABEL", help="Only members with LABEL may own these lanes (repeat)."
+        ),
+    ] = None,
+    group_ttl: Annotated[
+        int, typer.Option("--group-ttl", help="Seconds a dead member's lanes wait for takeover (lease TTL).")
+    ] = 10,
 ) -> None:
     """Run a pipeline until --duration, until every context has ended, or until SIGINT/SIGTERM."""
     console = Console(stderr=True)
     live_status = console.is_terminal and not json_summary
     _setup_logging(log_level, console if live_status else None)
     debug = log_level is LogLevel.DEBUG
+    try:
+        options = (
+            None if group is None else GroupOptions.parse(group, member, label or (), pin or (), group_ttl)
+        )
+    except ConfigError as exc:
+        _fail(exc, debug)
     pipeline = _load(pipeline_file, debug)
     try:
         summary = _run(
-            pipeline, duration, context, metrics_port, metrics_host, status_every, console, live_status
+            pipeline,
+            duration,
+            context,
+            metrics_port,
+            metrics_host,
+            status_every,
+            console,
+            live_status,
+            options,
         )
     except Exception as exc:
         _fail(exc, debug)
@@ -298,6 +340,7 @@ def _run(
     status_every: float,
     console: Console,
     live_status: bool,
+    group: GroupOptions | None = None,
 ) -> RunSummary:
     ids = context_ids or None
     problems = pipeline.check(ids)
@@ -346,7 +389,8 @@ def _run(
     sys.setswitchinterval(min(previous_switch, 0.001))
     try:
         with _stop_on_signals(stop, received):
-            summary = pipeline.run(
+            run = pipeline.run if group is None else functools.partial(run_in_group, pipeline, group)
+            summary = run(
                 duration,
                 context_ids=ids,
                 stop=stop,
