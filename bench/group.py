@@ -197,7 +197,7 @@ def takeover(bench: Bench) -> dict[str, Any]:
     gaps = []
     for killed_ms, _victim, lanes in kills:
         for lane in lanes:
-            variable = 100 * index[lane]
+            variable = 100 * (index[lane] + 1)
             after = [t for found in written for vid, t in found if vid == variable and t > killed_ms]
             if after:
                 gaps.append(min(after) - killed_ms)

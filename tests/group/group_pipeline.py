@@ -4,7 +4,7 @@ Environment: ``GROUP_TEST_PORTS`` (comma-separated simulator ports), ``GROUP_TES
 member's output file), ``GROUP_TEST_INTERVAL_MS``, ``GROUP_TEST_VARIABLES`` (per device; by
 default two, from the simulated plant; more come from its bulk registers, one request a tick).
 Every member builds the same readers, so the same lanes (``modbus+tcp://127.0.0.1:PORT``);
-variable ``100 * device + n`` comes from device ``device``, so a CSV row names its device.
+variable ``100 * (device + 1) + n`` comes from device ``device`` (0-based), so a CSV row names its device.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ADDRESSES = (
     else [(f"holding:{1000 + n}:uint16", "int") for n in range(COUNT)]
 )
 variables = [
-    Variable(id=100 * i + n, address=address, value_type=kind, reader=f"unit{i}")
+    Variable(id=100 * (i + 1) + n, address=address, value_type=kind, reader=f"unit{i}")
     for i in range(len(PORTS))
     for n, (address, kind) in enumerate(ADDRESSES)
 ]

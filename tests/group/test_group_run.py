@@ -79,8 +79,13 @@ def sims(tmp_path: Path) -> Iterator[Sims]:
         found.stop()
 
 
-def lane(port: int) -> str:
-    return f"modbus+tcp://127.0.0.1:{port}"
+def device_of(key: str, ports: list[int]) -> int:
+    """The device (index into ``ports``) a lane key names: ``modbus+tcp://127.0.0.1:PORT``, or
+    ``reader:unitN`` for a reader that names no shared resource."""
+    for index, port in enumerate(ports):
+        if key.endswith(f":{port}") or key == f"reader:unit{index}":
+            return index
+    raise AssertionError(f"lane {key!r} names none of the simulated devices")
 
 
 class Members:
@@ -91,7 +96,16 @@ class Members:
         self.sims = sims
         self.folder = folder
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.lanes = [lane(p) for p in sims.ports]
+        self._lanes: list[str] = []
+
+    @property
+    def lanes(self) -> list[str]:
+        """The plan's lane keys, as the members published them (one per device)."""
+        if not self._lanes:
+            plan = [s.lane for s in group_status(self.url).lanes]
+            if len(plan) == len(self.sims.ports):
+                self._lanes = sorted(plan, key=lambda key: device_of(key, self.sims.ports))
+        return self._lanes
 
     def start(self, member_id: str) -> None:
         env = {
@@ -117,16 +131,17 @@ class Members:
 
     def owners(self) -> dict[str, str | None]:
         status = group_status(self.url)
-        return {s.lane: s.owner for s in status.lanes if s.lane in self.lanes}
+        return {s.lane: s.owner for s in status.lanes}
 
     def wait_owned(self, live: list[str], timeout_s: float) -> float:
         """Wait until every lane is held by its rendezvous owner among ``live``; the wait's length."""
         began = time.monotonic()
-        want = self.expected(live)
         got: dict[str, str | None] = {}
+        want: dict[str, str | None] = {}
         while time.monotonic() - began < timeout_s:
             got = self.owners()
-            if got == want:
+            want = self.expected(live)
+            if want and got == want:
                 return time.monotonic() - began
             for member_id, process in self.processes.items():
                 if member_id in live and process.poll() is not None:
@@ -182,14 +197,15 @@ def members(etcd: Etcd, sims: Sims, tmp_path: Path, request: pytest.FixtureReque
     group.close()
 
 
-def by_lane(rows: dict[str, list[tuple[int, int]]], ports: list[int]) -> dict[str, dict[str, list[int]]]:
+def by_lane(group: Members) -> dict[str, dict[str, list[int]]]:
     """Lane -> member -> sorted instants at which that member wrote the lane's first variable."""
     out: dict[str, dict[str, list[int]]] = defaultdict(dict)
-    for member_id, found in rows.items():
-        for index, port in enumerate(ports):
-            instants = sorted({t for vid, t in found if vid == 100 * index})
+    for member_id, found in group.rows().items():
+        for key in group.lanes:
+            index = device_of(key, group.sims.ports)
+            instants = sorted({t for vid, t in found if vid == 100 * (index + 1)})
             if instants:
-                out[lane(port)][member_id] = instants
+                out[key][member_id] = instants
     return out
 
 
@@ -244,7 +260,7 @@ def test_members_share_lanes_join_take_over_and_hand_over(members: Members) -> N
     members.close()
     ended_at = time.time() * 1000
 
-    lanes = by_lane(members.rows(), members.sims.ports)
+    lanes = by_lane(members)
     for key in members.lanes:
         assert lanes[key], f"nothing written for {key}"
     # Lanes that stayed put through the join kept their owner's values flowing.
