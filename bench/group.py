@@ -67,7 +67,7 @@ class Bench:
         for sim in self.sims:
             assert sim.stdout is not None
             self.ports.extend(json.loads(sim.stdout.readline())["ports"])
-        self.lanes = [f"modbus+tcp://127.0.0.1:{port}" for port in self.ports]
+        self.lanes: list[str] = []
         self.members: dict[str, subprocess.Popen[bytes]] = {}
         self.csvs: list[Path] = []
         self.runs = 0
@@ -99,12 +99,22 @@ class Bench:
     def expected(self, live: list[str]) -> dict[str, str | None]:
         return {lane: owner(lane, {m: frozenset() for m in live}) for lane in self.lanes}
 
+    def device_of(self, lane: str) -> int:
+        """The device a lane key names: ``modbus+tcp://127.0.0.1:PORT``, or ``reader:unitN``."""
+        for index, port in enumerate(self.ports):
+            if lane.endswith(f":{port}") or lane == f"reader:unit{index}":
+                return index
+        raise RuntimeError(f"lane {lane!r} names none of the simulated devices")
+
     def wait_owned(self, name: str, live: list[str], timeout_s: float = 60) -> None:
-        want = self.expected(live)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            got = {s.lane: s.owner for s in group_status(self.url(name)).lanes}
-            if all(got.get(lane) == want[lane] for lane in self.lanes):
+            status = group_status(self.url(name))
+            got = {s.lane: s.owner for s in status.lanes}
+            if not self.lanes and len(got) == len(self.ports):  # the plan, as members publish it
+                self.lanes = sorted(got, key=self.device_of)
+            want = self.expected(live)
+            if self.lanes and all(got.get(lane) == want[lane] for lane in self.lanes):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"group {name}: lanes not owned as expected within {timeout_s} s")
@@ -193,11 +203,10 @@ def takeover(bench: Bench) -> dict[str, Any]:
         bench.wait_owned(name, ids)
     bench.stop_members()
     written = [rows(path) for path in bench.csvs if path.name.startswith(name)]
-    index = {lane: i for i, lane in enumerate(bench.lanes)}
     gaps = []
     for killed_ms, _victim, lanes in kills:
         for lane in lanes:
-            variable = 100 * (index[lane] + 1)
+            variable = 100 * (bench.device_of(lane) + 1)
             after = [t for found in written for vid, t in found if vid == variable and t > killed_ms]
             if after:
                 gaps.append(min(after) - killed_ms)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flowcollect.group import GroupMember, group_status, owner, set_context_state
+from flowcollect.group import GroupMember, Pin, group_status, owner, set_context_state
 from tests.support.etcd import Etcd, EtcdCluster, etcd_binary
 from tests.support.proxy import TcpProxy
 
@@ -308,3 +308,20 @@ def test_a_member_survives_losing_one_node_of_a_three_node_cluster(tmp_path: Pat
             for member in (ma, mb):
                 assert member.stats().acquired == len(member.stats().owned) + member.stats().released
             assert time.monotonic() - killed_at < ttl
+
+
+def test_pinned_lanes_go_only_to_labelled_members(group: Callable[..., tuple[GroupMember, Recorder]]) -> None:
+    serial = ["modbus+rtu:///dev/ttyUSB0", "modbus+rtu:///dev/ttyUSB1"]
+    lanes = [*LANES[:4], *serial]
+    pins = [Pin("modbus+rtu://*", "line3")]
+    (a, ra), (_, rb) = group("a", lanes, labels=["line3"], pins=pins), group("b", lanes, pins=pins)
+    wait_until(lambda: all_owned_once([ra, rb], lanes), 5, "every lane owned")
+    assert set(serial) <= ra.lanes and not set(serial) & rb.lanes
+    a.stop()
+    # b takes a's other lanes but never the serial lines: nobody owns them until a labelled
+    # member is back.
+    wait_until(lambda: rb.lanes == frozenset(LANES[:4]), 2, "b took the unpinned lanes")
+    time.sleep(0.5)
+    assert rb.lanes == frozenset(LANES[:4])
+    status = group_status(a.address, pins)
+    assert {s.lane: s.owner for s in status.lanes if s.lane in serial} == dict.fromkeys(serial)
