@@ -19,6 +19,7 @@ from flowcollect.group._core import Decision, LeaseTimer, MemberInfo, OwnerRecor
 from flowcollect.group._etcd import EtcdUnavailable
 from flowcollect.group._hrw import Pin, owner, weight
 from flowcollect.group._member import GroupMember, GroupStats, default_member_id
+from flowcollect.group._metrics import GroupStatsCollector
 from flowcollect.group._options import GroupOptions, parse_pins
 from flowcollect.group._run import GroupMembership, run_in_group
 
@@ -31,6 +32,7 @@ __all__ = [
     "GroupAddress",
     "GroupMember",
     "GroupStats",
+    "GroupStatsCollector",
     "Pin",
     "default_member_id",
     "parse_address",

@@ -67,3 +67,26 @@ def test_run_options_are_checked_together() -> None:
         assert field in text
     options = GroupOptions.parse("etcd://h:1/g", labels=["serial"], pins=["modbus+rtu://*=serial"], ttl_s=3)
     assert options.pins == (Pin("modbus+rtu://*", "serial"),) and options.ttl_s == 3
+
+
+def test_group_metrics_show_the_members_lanes_and_state(etcd: Etcd) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from flowcollect.group import GroupStatsCollector
+
+    got: list[frozenset[str]] = []
+    with GroupMember(
+        f"etcd://{etcd.endpoint}/cli-metrics", LANES[:2], got.append, member_id="m", ttl_s=2
+    ) as member:
+        deadline = time.monotonic() + 5
+        while not (got and len(got[-1]) == 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        registry = CollectorRegistry()
+        registry.register(GroupStatsCollector(member.stats))
+        text = generate_latest(registry).decode()
+    labels = 'group="cli-metrics",member="m"'
+    assert f'flowcollect_group_state{{{labels},state="active"}} 1.0' in text
+    assert f"flowcollect_group_lanes_owned{{{labels}}} 2.0" in text
+    assert f"flowcollect_group_lanes_acquired_total{{{labels}}} 2.0" in text
+    tokens = [line for line in text.splitlines() if line.startswith("flowcollect_group_lane_token{")]
+    assert len(tokens) == 2 and all(float(line.split()[-1]) > 0 for line in tokens)
