@@ -10,11 +10,13 @@ once, and only then are the writers flushed and closed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from flowcollect.errors import CollectorClosedError
 from flowcollect.group._member import GroupMember, GroupStats
 from flowcollect.group._options import GroupOptions
 from flowcollect.listeners import DataCollectionListener
@@ -69,18 +71,25 @@ class GroupMembership:
         """Join with the collector's lanes; the member assigns them as it takes ownership."""
         lanes = list(collector.lanes())
 
+        # A run that ends by its duration closes the collector before the member leaves: a
+        # closed collector reads nothing, so there is nothing left to stop or to apply.
+        def on_assignment(keys: frozenset[str]) -> None:
+            with contextlib.suppress(CollectorClosedError):
+                collector.assign_lanes(keys)
+
         def on_control(context_id: int, state: str) -> None:
-            if state == "paused":
-                collector.pause(context_id)
-            elif state == "running":
-                collector.resume(context_id)
-            elif state == "stopped":
-                collector.stop(context_id)
+            with contextlib.suppress(CollectorClosedError):
+                if state == "paused":
+                    collector.pause(context_id)
+                elif state == "running":
+                    collector.resume(context_id)
+                elif state == "stopped":
+                    collector.stop(context_id)
 
         member = GroupMember(
             self.options.address,
             lanes,
-            collector.assign_lanes,
+            on_assignment,
             member_id=self.options.member_id,
             labels=self.options.labels,
             pins=self.options.pins,
