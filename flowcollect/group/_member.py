@@ -309,7 +309,8 @@ class GroupMember:
             self._register()
 
     def _register(self) -> None:
-        assert self._lease is not None  # noqa: S101 - checked by the caller; mypy's narrowing
+        if self._lease is None:
+            return
         key = member_key(self._prefix, self.member_id)
         value = member_value(self.labels, socket.gethostname(), os.getpid())
         token = self._store.create(key, value, self._lease, self._budget())
@@ -354,7 +355,8 @@ class GroupMember:
 
     def _round(self) -> bool:
         """Read, decide and act once; True if a key changed (so read again)."""
-        assert self._lease is not None  # noqa: S101 - checked by step(); mypy's narrowing
+        if self._lease is None:
+            return False
         revision, kvs = self._store.read_prefix(self._prefix, self._budget())
         view = parse_view(self._prefix, revision, kvs)
         with self._lock:
@@ -367,6 +369,8 @@ class GroupMember:
         if decision.fenced:
             self._fence(now)
             return False
+        with self._lock:
+            self._state = "active"
         if self._was_fenced:
             self._was_fenced = False
             self._log.info(

@@ -227,11 +227,13 @@ def test_fencing_deadline_in_virtual_time_against_a_frozen_etcd(etcd_factory: Ca
         member.step()
         assert recorder.lanes == frozenset()
         assert member.stats().fenced_count == 1
+        assert member.stats().state == "fenced"
         etcd.resume()
         now[0] = deadline + 0.5  # a retry later, etcd is back and the lease still alive there: collect again
         member.step()
         member.step()
         assert recorder.lanes == frozenset(LANES)
+        assert member.stats().state == "active"
     finally:
         etcd.resume() if etcd.running else None
         member.stop()
