@@ -20,7 +20,7 @@ from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Value
 from flowcollect.pipeline import Pipeline
 from flowcollect.readers.base import DataReader
 from flowcollect.stats import CollectorStats, ContextStats, ReaderStats, WriterStats
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 from flowcollect.writers.base import DataWriter
 
 __version__ = "0.1.0"
@@ -35,6 +35,9 @@ __all__ = [
     "CollectedVariable",
     "DataCollectionListener",
     "DataCollector",
+    "Receipt",
+    "ValueBatch",
+    "VariableSpec",
     # Pipelines
     "Pipeline",
     # Plugin bases

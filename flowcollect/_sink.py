@@ -11,7 +11,7 @@ from itertools import chain
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect.stats import WriterStats
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, ValueBatch
 from flowcollect.writers.base import DataWriter
 
 __all__ = ["WriterSink"]
@@ -44,7 +44,7 @@ class WriterSink:
         self._max_batch = max_batch
         self._clock = clock
         self._cond = threading.Condition()
-        self._queue: deque[tuple[Sequence[CollectedVariable], float]] = deque()
+        self._queue: deque[tuple[Sequence[CollectedVariable] | ValueBatch, float]] = deque()
         self._queued = 0
         self._busy = False
         self._stopping = False
@@ -58,7 +58,7 @@ class WriterSink:
             )
             self._thread.start()
 
-    def put(self, values: Sequence[CollectedVariable]) -> None:
+    def put(self, values: Sequence[CollectedVariable] | ValueBatch) -> None:
         if self._thread is None:
             self._write(values)
             return
@@ -71,7 +71,7 @@ class WriterSink:
                 dropped += len(old)
             if n > self._limit:  # a single batch larger than the whole queue: keep its newest part
                 dropped += n - self._limit
-                values = values[n - self._limit :]
+                values = list(values)[n - self._limit :]
                 n = self._limit
             self._queue.append((values, self._clock()))
             self._queued += n
@@ -86,9 +86,12 @@ class WriterSink:
                 self._limit,
             )
 
-    def _write(self, values: Sequence[CollectedVariable]) -> None:
+    def _write(self, values: Sequence[CollectedVariable] | ValueBatch) -> None:
         try:
-            self.writer.write(values)
+            if isinstance(values, ValueBatch):
+                self.writer.write_batch(values)
+            else:
+                self.writer.write(values)
         except Exception as exc:
             self.failed += len(values)
             text = f"{type(exc).__name__}: {exc}"
@@ -98,8 +101,8 @@ class WriterSink:
         else:
             self.written += len(values)
 
-    def _take(self) -> list[Sequence[CollectedVariable]]:
-        batches: list[Sequence[CollectedVariable]] = []
+    def _take(self) -> list[Sequence[CollectedVariable] | ValueBatch]:
+        batches: list[Sequence[CollectedVariable] | ValueBatch] = []
         taken = 0
         while self._queue and (not batches or taken + len(self._queue[0][0]) <= self._max_batch):
             values, _ = self._queue.popleft()
@@ -117,7 +120,11 @@ class WriterSink:
                     return
                 batches = self._take()
                 self._busy = True
-            self._write(batches[0] if len(batches) == 1 else list(chain.from_iterable(batches)))
+            if type(self.writer).write_batch is not DataWriter.write_batch:
+                for batch in batches:
+                    self._write(batch)
+            else:
+                self._write(batches[0] if len(batches) == 1 else list(chain.from_iterable(batches)))
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()

@@ -1,4 +1,8 @@
-"""The collector: contexts' lifecycle, listeners and the lock; the graph lives in ``_graph``."""
+"""The collector: contexts' lifecycle, listeners and the lock.
+
+Compiling is ``flowcollect.compile`` (pure); running is ``flowcollect.runtime`` (one lane per
+shared resource, each with its own thread and clock).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,20 @@ from types import TracebackType
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from reactivex import Observable, abc
-from reactivex import operators as ops
-from reactivex.scheduler import EventLoopScheduler
-from reactivex.subject import Subject
+from reactivex import abc
 
-from flowcollect._clock import ScheduleRef, instant, now_ms, ticks
-from flowcollect._graph import TickBatch, for_context, gate, read_due
+from flowcollect._clock import instant, now_ms
 from flowcollect._logs import RateLimitedLog
-from flowcollect._schedule import ReaderSchedule, Wanted
 from flowcollect._sink import WriterSink
+from flowcollect.compile import (
+    CompiledContext,
+    LaneSchedule,
+    ReaderSchedule,
+    compile_context,
+    lane_keys,
+    lane_schedule,
+    reader_schedules,
+)
 from flowcollect.errors import (
     CollectorClosedError,
     ConfigError,
@@ -30,8 +38,11 @@ from flowcollect.errors import (
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy
 from flowcollect.readers.base import DataReader
+from flowcollect.runtime._clock import Clock, LaneScheduler
+from flowcollect.runtime._lane import STEP_MS, Lane
+from flowcollect.runtime._steps import ChangeState, for_context, gate, report_changes
 from flowcollect.stats import CollectorStats, ContextStats, ReaderCounters
-from flowcollect.values import CollectedVariable
+from flowcollect.values import ValueBatch
 from flowcollect.writers.base import DataWriter
 
 __all__ = ["DataCollector"]
@@ -40,35 +51,47 @@ State = Literal["running", "paused"]
 THREAD_PREFIX = "flowcollect-"
 MAX_ENDED = 10_000
 """Stopped contexts whose figures ``stats()`` keeps (the oldest go first)."""
+CLOSE_SLACK_S = 0.5
+"""What ``close()`` may take beyond ``close_timeout_s``: the bookkeeping after the deadline."""
+
+UNTIL_STOPPED = 2**62
+"""The end instant of a context with ``duration_s=None``: later than any clock reaches."""
 
 
 class _Run:
-    """One started context: what it wants from each reader, its state and its graph branch."""
+    """One started context: its compiled variables, its state and its branches on each lane."""
 
-    __slots__ = ("context", "delivered", "since_ms", "state", "subscription", "timer", "until_ms", "wanted")
+    __slots__ = (
+        "changes",
+        "compiled",
+        "context",
+        "delivered",
+        "missed_instants",
+        "missed_values",
+        "since_ms",
+        "state",
+        "subscriptions",
+        "timer",
+        "until_ms",
+    )
 
-    def __init__(
-        self, context: DataCollectionContext, wanted: dict[str, list[Wanted]], until_ms: int
-    ) -> None:
-        self.context = context
-        self.wanted = wanted
+    def __init__(self, compiled: CompiledContext, until_ms: int) -> None:
+        self.compiled = compiled
+        self.context = compiled.context
         self.until_ms = until_ms
         self.since_ms = 0  # the instant of the start, then of the last resume: only later ones count
         self.state: State = "running"
         self.delivered = 0
-        self.subscription: abc.DisposableBase | None = None
+        self.missed_instants = 0
+        self.missed_values = 0
+        self.changes = ChangeState()
+        self.subscriptions: list[abc.DisposableBase] = []
         self.timer: abc.DisposableBase | None = None
 
-
-class _Lane:
-    """One reader with its schedule, its thread (an Rx scheduler) and its counters."""
-
-    def __init__(self, reader: DataReader, scheduler: abc.SchedulerBase, owned: bool) -> None:
-        self.reader = reader
-        self.scheduler = scheduler
-        self.owned = owned
-        self.ref = ScheduleRef()
-        self.counters = ReaderCounters()
+    def figures(self, state: str | None = None) -> ContextStats:
+        return ContextStats(
+            self.context.id, state or self.state, self.delivered, self.missed_instants, self.missed_values
+        )
 
 
 def _thread_factory(
@@ -83,12 +106,22 @@ def _thread_factory(
     return factory
 
 
+def _lane_thread_name(key: str, types: Sequence[str]) -> str:
+    if key == f"reader:{types[0]}" and len(types) == 1:
+        return f"{THREAD_PREFIX}reader-{types[0]}"
+    return f"{THREAD_PREFIX}lane-{key}"
+
+
 class DataCollector:
     """Runs data collection contexts: each variable is read once per due instant by its reader and
     delivered to every writer, for every context that wants it.
 
+    Readers with the same ``lane`` share one lane: one thread and clock, reads in deadline order.
     ``scheduler`` (keyword only) replaces the real clock and threads, for tests in virtual time:
-    every reader ticks on it and writers are called inline.
+    every lane ticks on it and writers are called inline. ``clock`` replaces the wall and
+    monotonic clocks of the collector's own threads (``flowcollect.runtime.Clock``).
+    ``close_timeout_s`` bounds ``close()`` as a whole (one deadline for every lane, reader and
+    writer).
     """
 
     def __init__(
@@ -102,6 +135,7 @@ class DataCollector:
         scheduler: abc.SchedulerBase | None = None,
         queue_limit: int = 1_000_000,
         close_timeout_s: float = 30.0,
+        clock: Clock | None = None,
     ) -> None:
         self._log = logger or logging.getLogger("flowcollect")
         self._errors = RateLimitedLog(self._log)
@@ -115,13 +149,23 @@ class DataCollector:
                 self._readers[reader.type] = reader
         writers = list(writers)
         problems += [f"writer {w!r} is not a DataWriter" for w in writers if not isinstance(w, DataWriter)]
+        names: set[str] = set()
+        for writer in writers:
+            if isinstance(writer, DataWriter):
+                if writer.name in names:
+                    problems.append(
+                        f"two writers have the name {writer.name!r}; each needs its own (stats and "
+                        "metrics name writers by it)"
+                    )
+                names.add(writer.name)
         if queue_limit <= 0:
             problems.append(f"queue_limit must be positive, got {queue_limit}")
+        if not close_timeout_s >= 0:
+            problems.append(f"close_timeout_s must be a number of seconds >= 0, got {close_timeout_s}")
         if problems:
             raise ConfigError(problems)
         self.policy = IntervalLimitPolicy(interval_limit_policy)
         self._listeners = list(listeners)
-        self._scheduler = scheduler
         self._close_timeout_s = close_timeout_s
         self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
@@ -132,23 +176,46 @@ class DataCollector:
         # Stopped contexts for stats(): the run itself while a read in flight may still deliver to
         # it, then only its figures, so a stopped plan's memory is not kept.
         self._ended: dict[int, _Run | ContextStats] = {}
-        self._lanes: dict[str, _Lane] = {}
-        self._timer: abc.SchedulerBase = scheduler or EventLoopScheduler(
-            _thread_factory(f"{THREAD_PREFIX}timer", self._threads)
+        self._virtual = scheduler is not None
+        self._timer: abc.SchedulerBase = scheduler or LaneScheduler(
+            _thread_factory(f"{THREAD_PREFIX}timer", self._threads), clock
         )
+        self._counters = {rtype: ReaderCounters() for rtype in self._readers}
+        self._lane_readers = lane_keys(self._readers.values())
+        self._lanes: dict[str, Lane] = {}
+        self._lane_of: dict[str, str] = {}
+        for key, types in self._lane_readers.items():
+            lane_scheduler = scheduler or LaneScheduler(
+                _thread_factory(_lane_thread_name(key, types), self._threads), clock
+            )
+            self._lanes[key] = Lane(
+                key,
+                [self._readers[t] for t in types],
+                lane_scheduler,
+                self._counters,
+                self._errors,
+                self._missed,
+                self._stepped,
+            )
+            for t in types:
+                self._lane_of[t] = key
+        self._assigned: frozenset[str] | None = None
+        self._step_lock = threading.Lock()
+        self._wall_offset = self._offset()
         self._sinks = [
             WriterSink(w, self._log, limit=queue_limit, threaded=scheduler is None) for w in writers
         ]
-        # Readers join the merge as they are first used; contexts tap the hub.
-        self._hub: Subject[TickBatch] = Subject()
-        self._lane_streams: Subject[Observable[TickBatch]] = Subject()
-        self._merge = self._lane_streams.pipe(ops.merge_all()).subscribe(self._hub)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def check(self, context: DataCollectionContext) -> None:
-        """Raise ``ConfigError`` listing every problem ``start`` would find; touch nothing."""
-        self._resolve(self._model(context))
+    def check(self, context: DataCollectionContext) -> CompiledContext:
+        """Compile ``context`` as ``start`` would and return it (its ``warnings`` name variables
+        the interval-limit policy drops); raise ``ConfigError`` listing every problem. Touches
+        nothing."""
+        compiled = self._compile(self._model(context))
+        for warning in compiled.warnings:
+            self._log.warning("%s", warning)
+        return compiled
 
     def start(self, context: DataCollectionContext) -> DataCollectionContext:
         """Validate and start a context; return it with ``start_date`` set.
@@ -161,18 +228,20 @@ class DataCollector:
             self._ensure_open()
             if context.id in self._runs:
                 raise ContextAlreadyRunningError(context.id)
-            wanted = self._resolve(context)
+            compiled = self._compile(context)
+            for warning in compiled.warnings:
+                self._log.warning("%s", warning)
             for listener in self._listeners:
                 listener.before_start(self, context)
-            run = _Run(context, wanted, until_ms=0)
+            run = _Run(compiled, until_ms=0)
             self._runs[context.id] = run
             try:
                 # The plan of a large context takes a while to build; the context starts once it
                 # is ready, so its first due instant is never one it had no chance to read.
-                schedules = self._plan(wanted)
+                schedules = self._plan(compiled.specs)
                 now = self._now_ms()
-                run.until_ms = until_ms = math.ceil(now + context.duration_s * 1000)
-                end = instant(until_ms)
+                duration = context.duration_s
+                run.until_ms = UNTIL_STOPPED if duration is None else math.ceil(now + duration * 1000)
             except BaseException:
                 del self._runs[context.id]
                 raise
@@ -180,14 +249,23 @@ class DataCollector:
             context.start_date = instant(run.since_ms)
             context.end_date = None
             self._ended.pop(context.id, None)
-            run.subscription = self._hub.pipe(
-                for_context(context.id, frozenset(wanted), lambda: run.since_ms, lambda: run.until_ms),
-                gate(lambda: run.state == "running"),
-            ).subscribe(on_next=lambda values: self._deliver(run, values))
+            for key in compiled.specs:
+                run.subscriptions.append(self._branch(run, self._lanes[key]))
             self._apply(schedules, run.since_ms)
-            run.timer = self._timer.schedule_absolute(end, lambda _s, _t: self._expire(run))
+            if duration is not None:
+                run.timer = self._timer.schedule_absolute(
+                    instant(run.until_ms), lambda _s, _t: self._expire(run)
+                )
             self._notify("after_start", context)
         return context
+
+    def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
+        cid = run.context.id
+        return lane.subject.pipe(
+            for_context(cid, lambda: run.since_ms, lambda: run.until_ms),
+            gate(lambda: run.state == "running"),
+            report_changes(run.changes),
+        ).subscribe(on_next=lambda batch: self._deliver(run, batch))
 
     def stop(self, context_id: int) -> DataCollectionContext:
         """Stop a running or paused context; return it with ``end_date`` set."""
@@ -203,11 +281,34 @@ class DataCollector:
         """Open the context's gate again; its variables are read from the next due instant."""
         return self._set_state(context_id, "running")
 
+    def assign_lanes(self, keys: Iterable[str] | None) -> None:
+        """Run only these lanes' reads (``None``: all, the default). May change at any time: a
+        lane no longer assigned stops reading from its next tick (its readers hear an empty
+        ``plan_changed``), and its contexts simply get nothing from it; keys of lanes this
+        collector does not have are ignored (another member's)."""
+        with self._lock:
+            self._ensure_open()
+            self._assigned = None if keys is None else frozenset(keys)
+            since = math.floor(self._now_ms())
+            for key, lane in self._lanes.items():
+                lane.assign(self._assigned is None or key in self._assigned, since)
+
+    def lanes(self) -> dict[str, tuple[str, ...]]:
+        """Lane key -> the types of the readers on it (every reader of the collector)."""
+        return dict(self._lane_readers)
+
+    @property
+    def scheduler(self) -> abc.SchedulerBase:
+        """The collector's Rx scheduler (its timer: durations, and anything a pipeline times on
+        the collector's clock, such as a pause schedule). Virtual in virtual-time tests."""
+        return self._timer
+
     def close(self) -> None:
         """Stop every context, write what is queued, close writers and readers, end every thread.
 
-        Idempotent (a call while another is closing returns when that one is done); every other
-        call raises ``CollectorClosedError`` afterwards.
+        Returns within ``close_timeout_s`` (plus a small constant) whatever a reader does: one
+        deadline for the whole collector. Idempotent (a call while another is closing returns
+        when that one is done); every other call raises ``CollectorClosedError`` afterwards.
         """
         with self._lock:
             if self._closed:
@@ -225,7 +326,7 @@ class DataCollector:
             # threads, which it may be waiting for.
             me = threading.current_thread()
             if closing is not me and not me.name.startswith(THREAD_PREFIX):
-                self._closed_event.wait()
+                self._closed_event.wait(self._close_timeout_s + CLOSE_SLACK_S)
             return
         try:
             self._end_threads()
@@ -234,29 +335,48 @@ class DataCollector:
 
     def _end_threads(self) -> None:
         timeout = self._close_timeout_s
-        for lane in self._lanes.values():
-            if lane.owned and isinstance(lane.scheduler, EventLoopScheduler):
-                lane.scheduler.dispose()
-        if isinstance(self._timer, EventLoopScheduler):
-            self._timer.dispose()
-        # One deadline for all of them: several stuck readers must not multiply the wait.
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            if thread is not threading.current_thread() and thread.ident is not None:
+
+        def failed(rtype: str, step: str, exc: Exception) -> None:
+            self._log.error("reader %r failed to %s: %s", rtype, step, exc)
+
+        me = threading.current_thread()
+        if isinstance(self._timer, LaneScheduler):
+            self._timer.dispose()
+        finishing: list[tuple[Lane, threading.Event, LaneScheduler]] = []
+        for lane in self._lanes.values():
+            scheduler = lane.scheduler
+            if self._virtual or not lane.used or not isinstance(scheduler, LaneScheduler):
+                lane.close_readers(failed)
+                if isinstance(scheduler, LaneScheduler):
+                    scheduler.dispose()
+                continue
+            finished = threading.Event()
+
+            def finish(lane: Lane = lane, finished: threading.Event = finished) -> None:
+                # On the lane's thread, after the read in flight: its values pass through first.
+                try:
+                    lane.close_readers(failed)
+                finally:
+                    finished.set()
+
+            lane.post(finish)
+            finishing.append((lane, finished, scheduler))
+        for lane, finished, scheduler in finishing:
+            # Past the deadline a lane still busy is abandoned: it reads nothing more.
+            if not finished.wait(max(0.0, deadline - time.monotonic())):
+                lane.abandon()
+            scheduler.dispose()
+        # One deadline for all of them: several stuck readers must not multiply the wait.
+        for thread in list(self._threads):
+            if thread is not me and thread.ident is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     self._log.warning(
                         "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout
                     )
-        # After the reader threads: the values of a read in flight at close pass through.
-        self._merge.dispose()
-        for lane in self._lanes.values():
-            try:
-                lane.reader.close()
-            except Exception as exc:
-                self._log.error("reader %r failed to close: %s", lane.reader.type, exc)
         for sink in self._sinks:
-            sink.close(timeout)
+            sink.close(max(0.0, deadline - time.monotonic()))
         self._notify("after_close")
 
     def flush(self, timeout_s: float | None = None) -> bool:
@@ -302,34 +422,39 @@ class DataCollector:
             return {cid: run.context for cid, run in self._runs.items()}
 
     def schedules(self) -> dict[str, ReaderSchedule]:
-        """Each reader's current due plan (GCD tick, hyperperiod, phases)."""
+        """Each reader's current due plan (its lane's GCD tick and hyperperiod, its intervals),
+        for the readers with something to read now."""
         with self._lock:
-            return {
-                rtype: lane.ref.current for rtype, lane in self._lanes.items() if lane.ref.current is not None
-            }
+            out: dict[str, ReaderSchedule] = {}
+            for lane in self._lanes.values():
+                out.update(reader_schedules(lane.planned))
+            return out
 
     def stats(self) -> CollectorStats:
         """A snapshot of every counter: per reader, per writer, per context."""
         with self._lock:
-            lanes = list(self._lanes.items())
             contexts = {
-                cid: ended
-                if isinstance(ended, ContextStats)
-                else ContextStats(cid, "stopped", ended.delivered)
+                cid: ended if isinstance(ended, ContextStats) else ended.figures("stopped")
                 for cid, ended in self._ended.items()
             }
             for cid, run in self._runs.items():
-                contexts[cid] = ContextStats(cid, run.state, run.delivered)
+                contexts[cid] = run.figures()
+            planned = {rtype: self._lanes[key].planned for rtype, key in self._lane_of.items()}
         # Percentiles and the plugins' own counters are computed outside the lock: a scrape must
         # not hold up a start or a stop.
         readers = {}
-        for rtype, lane in lanes:
+        for rtype, counters in self._counters.items():
+            lane = self._lanes[self._lane_of[rtype]]
+            if not lane.touched:
+                continue
             try:
-                extra = lane.reader.stats()
+                extra = self._readers[rtype].stats()
             except Exception:
                 extra = {}
-            schedule = lane.ref.current
-            readers[rtype] = lane.counters.snapshot(rtype, schedule.period_ms if schedule else None, extra)
+            schedule = planned[rtype]
+            readers[rtype] = counters.snapshot(
+                rtype, schedule.period_ms if schedule else None, extra, lane.key
+            )
         return CollectorStats(readers, {s.name: s.snapshot() for s in self._sinks}, contexts)
 
     # -- internals ---------------------------------------------------------------------------
@@ -358,86 +483,64 @@ class DataCollector:
                 [f"context field {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
             ) from None
 
-    def _resolve(self, context: DataCollectionContext) -> dict[str, list[Wanted]]:
-        """Every variable's reader and effective interval, or ``ConfigError`` with every problem."""
-        problems: list[str] = []
-        wanted: dict[str, list[Wanted]] = {}
-        for variable in context.variables:
-            where = f"context {context.id}, variable {variable.id} (address {variable.address!r})"
-            reader = self._readers.get(variable.reader)
-            if reader is None:
-                known = ", ".join(sorted(self._readers)) or "none"
-                problems.append(f"{where}: no reader of type {variable.reader!r} (readers: {known})")
-                continue
-            try:
-                reader.validate(variable)
-            except ValueError as exc:
-                problems.append(f"{where}, reader {reader.type!r}: {exc}")
-                continue
-            interval = context.interval_of(variable)
-            limit = max(context.min_interval_ms, reader.min_interval_ms)
-            if interval < limit:
-                why = (
-                    f"{where}: interval_ms {interval} is below the limit of {limit} ms (the larger of "
-                    f"the context's min_interval_ms ({context.min_interval_ms}) and the "
-                    f"min_interval_ms of reader {reader.type!r} ({reader.min_interval_ms}))"
-                )
-                if self.policy is IntervalLimitPolicy.ERROR:
-                    problems.append(why)
-                    continue
-                if self.policy is IntervalLimitPolicy.IGNORE:
-                    self._log.warning("%s; not collected (interval_limit_policy=ignore)", why)
-                    continue
-                interval = limit
-            wanted.setdefault(reader.type, []).append(
-                Wanted(context.id, variable.id, variable.address, variable.value_type, interval)
-            )
-        if problems:
-            raise ConfigError(problems)
-        if not wanted:
-            self._log.warning("context %s has no variable left to collect", context.id)
-        return wanted
+    def _compile(self, context: DataCollectionContext) -> CompiledContext:
+        return compile_context(context, self._readers, self.policy)
 
-    def _lane(self, rtype: str) -> _Lane:
-        lane = self._lanes.get(rtype)
-        if lane is None:
-            reader = self._readers[rtype]
-            owned = self._scheduler is None
-            scheduler = self._scheduler or EventLoopScheduler(
-                _thread_factory(f"{THREAD_PREFIX}reader-{rtype}", self._threads)
-            )
-            lane = self._lanes[rtype] = _Lane(reader, scheduler, owned)
-            stream = ticks(lane.ref, scheduler, lane.counters.skipped, lane.counters.tick_ms.append).pipe(
-                read_due(reader, lane.ref, scheduler, lane.counters, self._errors)
-            )
-            self._lane_streams.on_next(stream)
-        return lane
+    def _plan(self, touched: Iterable[str]) -> dict[str, LaneSchedule | None]:
+        """The schedule of each touched lane over the running contexts (None: nothing to read)."""
+        running = [run.compiled for run in self._runs.values() if run.state == "running"]
+        return {key: lane_schedule(key, running, self._lane_readers.get(key, ())) for key in set(touched)}
 
-    def _plan(self, touched: Iterable[str]) -> dict[str, ReaderSchedule | None]:
-        """The schedule of each touched reader over the running contexts (None: nothing to read)."""
-        schedules: dict[str, ReaderSchedule | None] = {}
-        for rtype in set(touched):
-            wanted = [
-                w for run in self._runs.values() if run.state == "running" for w in run.wanted.get(rtype, ())
-            ]
-            schedules[rtype] = ReaderSchedule(rtype, wanted) if wanted else None
-        return schedules
-
-    def _apply(self, schedules: Mapping[str, ReaderSchedule | None], since_ms: int) -> None:
-        """Hand each reader its new schedule; instants due after ``since_ms`` are read even if a
-        busy reader thread makes them late."""
-        for rtype, schedule in schedules.items():
-            self._lane(rtype).ref.set(schedule, since_ms)
+    def _apply(self, schedules: Mapping[str, LaneSchedule | None], since_ms: int) -> None:
+        """Hand each lane its new schedule; instants due after ``since_ms`` are read even if a
+        busy lane makes them late."""
+        for key, schedule in schedules.items():
+            self._lanes[key].plan(schedule, since_ms)
 
     def _replan(self, touched: Iterable[str]) -> None:
-        schedules = self._plan(touched)
-        self._apply(schedules, math.floor(self._now_ms()))
+        self._apply(self._plan(touched), math.floor(self._now_ms()))
 
-    def _deliver(self, run: _Run, values: list[CollectedVariable]) -> None:
-        run.delivered += len(values)
+    def _missed(self, schedule: LaneSchedule, instants: list[int]) -> None:
+        """On a lane's thread: due instants it could not serve (still busy), per context."""
+        runs = self._runs
+        for t in instants:
+            phase = schedule.phase_at(t)
+            if phase is None:
+                continue
+            counted: set[int] = set()
+            for rp in phase.readers:
+                for d in rp.deliveries:
+                    run = runs.get(d.context_id)
+                    if run is None or run.state != "running" or not run.since_ms < t < run.until_ms:
+                        continue
+                    run.missed_values += len(d.variables)
+                    if d.context_id not in counted:
+                        counted.add(d.context_id)
+                        run.missed_instants += 1
+
+    def _offset(self) -> float | None:
+        monotonic: Callable[[], float] | None = getattr(self._timer, "monotonic_ms", None)
+        return None if monotonic is None else self._now_ms() - monotonic()
+
+    def _stepped(self) -> None:
+        """A lane saw the wall clock step: move every run's bounds by the step, once (the first
+        lane to notice), so contexts keep their values on the new timeline."""
+        with self._step_lock:
+            offset, before = self._offset(), self._wall_offset
+            if offset is None or before is None or abs(offset - before) <= STEP_MS:
+                return
+            self._wall_offset = offset
+            delta = round(offset - before)
+            for run in list(self._runs.values()):
+                run.since_ms += delta
+                if run.until_ms != UNTIL_STOPPED:
+                    run.until_ms += delta
+
+    def _deliver(self, run: _Run, batch: ValueBatch) -> None:
+        run.delivered += len(batch)
         for sink in self._sinks:
             try:
-                sink.put(values)
+                sink.put(batch)
             except Exception as exc:  # never let one sink's bug end the stream for the others
                 self._errors.error(("sink", sink.name, str(exc)), "writer %s: %s", sink.name, exc)
 
@@ -449,9 +552,18 @@ class DataCollector:
                 if state == "running":
                     # A late tick of an instant at or before the resume is not the context's.
                     run.since_ms = math.floor(self._now_ms())
+                    run.changes = ChangeState()
+                    self._resubscribe(run)
                 run.state = state
-                self._replan(run.wanted)
+                self._replan(run.compiled.specs)
             return run.context
+
+    def _resubscribe(self, run: _Run) -> None:
+        # A fresh change state means fresh branches: report_changes holds its state object.
+        old = run.subscriptions
+        run.subscriptions = [self._branch(run, self._lanes[key]) for key in run.compiled.specs]
+        for sub in old:
+            sub.dispose()
 
     def _stop(self, run: _Run) -> DataCollectionContext:
         context = run.context
@@ -465,31 +577,30 @@ class DataCollector:
         # run.state stays as it was: the gate of a paused run stays closed after the stop (a
         # late tick under a new run of the same id must not reach it); a running one's stays
         # open for the read in flight.
-        self._replan(run.wanted)
+        self._replan(run.compiled.specs)
         now = math.floor(self._now_ms())
         context.end_date = instant(min(now, run.until_ms))
         # No instant after this one; a read in flight is of an instant inside the run, so its
-        # values are still delivered, and the branch goes once each reader has finished it.
+        # values are still delivered, and the branch goes once each lane has finished it.
         run.until_ms = min(run.until_ms, now + 1)
         self._retire(run)
         self._notify("after_stop", context)
         return context
 
     def _retire(self, run: _Run) -> None:
-        """Dispose a stopped run's branch on each of its readers' threads, after the read in flight."""
-        subscription = run.subscription
-        lanes = [self._lanes[rtype] for rtype in run.wanted if rtype in self._lanes]
+        """Dispose a stopped run's branches on each of its lanes' threads, after the read in flight."""
+        lanes = [self._lanes[key] for key in run.compiled.specs]
         left = [len(lanes)]
         lock = threading.Lock()
 
         def finish() -> None:
-            if subscription is not None:
-                subscription.dispose()
+            for sub in run.subscriptions:
+                sub.dispose()
             cid = run.context.id
             if self._ended.get(cid) is run:  # a plain swap of one key's value: no lock needed
-                self._ended[cid] = ContextStats(cid, "stopped", run.delivered)
+                self._ended[cid] = run.figures("stopped")
 
-        def done(_scheduler: abc.SchedulerBase, _state: Any) -> None:
+        def done() -> None:
             with lock:
                 left[0] -= 1
                 if left[0]:
@@ -499,7 +610,7 @@ class DataCollector:
         if not lanes:
             finish()
         for lane in lanes:
-            lane.scheduler.schedule(done)
+            lane.post(done)
 
     def _expire(self, run: _Run) -> None:
         with self._lock:

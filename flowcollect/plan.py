@@ -1,26 +1,22 @@
-"""What a pipeline compiles to, without touching a device: schedules, reads, requests, graph.
+"""What a pipeline compiles to, without touching a device: lanes, schedules, reads, requests, graph.
 
-The plan is the engine's own: the pipeline's contexts are started in a collector on a virtual
-clock that is never advanced (so nothing is ever read), and each reader's ``ReaderSchedule`` is
-read back. Readers are wrapped so that the planning collector can only ``validate`` variables
-through them; their ``plan_requests(addresses)`` method, when they have one (the Modbus reader),
-is asked what one tick costs in requests. Rendered as text, mermaid or graphviz dot.
+The plan is the engine's own: ``flowcollect.compile.compile_plan`` (pure, the same step
+``DataCollector.start`` runs) turns the contexts into lanes and schedules, and this module
+describes those objects. Each reader's ``describe_requests(variables)`` says what one tick costs
+at its source (Modbus requests, OPC UA calls). The graph drawn is the one that runs, with the
+runtime's own step names (``flowcollect.runtime._steps.STEPS``). Rendered as text, mermaid or
+graphviz dot.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from reactivex.testing import TestScheduler
-
-from flowcollect._schedule import ReaderSchedule
-from flowcollect.collector import DataCollector
-from flowcollect.models import Variable
+from flowcollect.compile import CompiledContext, CompiledPlan, LaneSchedule, compile_plan, distinct_reads
 from flowcollect.readers.base import DataReader
-from flowcollect.values import CollectedVariable
+from flowcollect.values import VariableSpec
 
 if TYPE_CHECKING:
     from flowcollect.pipeline import Pipeline
@@ -31,6 +27,7 @@ __all__ = [
     "PipelinePlan",
     "ReaderPlan",
     "build_plan",
+    "describe",
     "render_dot",
     "render_mermaid",
     "render_text",
@@ -69,11 +66,14 @@ class PhasePlan:
 class ReaderPlan:
     reader: str
     kind: str
+    lane: str
+    """The lane the reader runs on (its thread and clock, shared with the lane's other readers)."""
     period_ms: int
-    """The GCD of the intervals: the reader's tick grid."""
+    """The GCD of the lane's intervals: the lane's tick grid."""
     hyperperiod_ms: int
-    """The LCM of the intervals: the due pattern repeats after it."""
+    """The LCM of the lane's intervals: the due pattern repeats after it."""
     intervals: tuple[int, ...]
+    """This reader's own intervals."""
     grid_ticks: int
     """GCD ticks in one hyperperiod."""
     due_instants: int
@@ -92,7 +92,8 @@ class ReaderPlan:
 class ContextPlan:
     id: int
     interval_ms: int
-    duration_s: float
+    duration_s: float | None
+    """None: runs until stopped."""
     variables: int
     """Variables in the context."""
     collected: dict[str, int] = field(default_factory=dict)
@@ -100,6 +101,10 @@ class ContextPlan:
     intervals: tuple[int, ...] = ()
     shared: int = 0
     """Of its variables, those another context also reads (read once for both)."""
+    changes: int = 0
+    """Of its variables, those delivered only when they change (``report="change"``)."""
+    scaled: int = 0
+    """Of its variables, those with a scale or offset."""
 
     @property
     def left_out(self) -> int:
@@ -115,28 +120,8 @@ class PipelinePlan:
     writers: tuple[str, ...]
     devices: tuple[str, ...]
     policy: str
-
-
-class _PlanningReader(DataReader):
-    """Lends a reader's type, limit and validation to the planning collector, and nothing else:
-    closing that collector must not close the pipeline's reader, and it never reads."""
-
-    def __init__(self, reader: DataReader) -> None:
-        self._reader = reader
-
-    @property
-    def type(self) -> str:
-        return self._reader.type
-
-    @property
-    def min_interval_ms(self) -> int:
-        return self._reader.min_interval_ms
-
-    def validate(self, variable: Variable) -> None:
-        self._reader.validate(variable)
-
-    def read(self, variables: Sequence[CollectedVariable]) -> None:
-        raise RuntimeError("a planning reader never reads")  # the virtual clock never advances
+    warnings: tuple[str, ...] = ()
+    """Variables the interval-limit policy left out, once each (``check`` reports them)."""
 
 
 def build_plan(pipeline: Pipeline, context_ids: Iterable[int] | None = None) -> PipelinePlan:
@@ -145,30 +130,41 @@ def build_plan(pipeline: Pipeline, context_ids: Iterable[int] | None = None) -> 
     Raises ``ConfigError`` as ``start`` would (unknown context id, invalid variables).
     """
     contexts = pipeline.select(context_ids)
-    log = logging.getLogger("flowcollect.plan")
-    collector = DataCollector(
-        [_PlanningReader(r) for r in pipeline.readers],
-        [],
-        (),
-        pipeline.interval_limit_policy,
-        log,
-        scheduler=TestScheduler(),
+    compiled = compile_plan(contexts, pipeline.readers, pipeline.interval_limit_policy)
+    return describe(
+        compiled,
+        pipeline.readers,
+        pipeline.name,
+        [w.name for w in pipeline.writers],
+        [_device_name(d) for d in pipeline.devices],
     )
-    try:
-        for context in contexts:
-            collector.start(context.model_copy(deep=True))
-        schedules = collector.schedules()
-    finally:
-        collector.close()
-    originals = {r.type: r for r in pipeline.readers}
-    readers = tuple(_reader_plan(schedule, originals[rtype]) for rtype, schedule in sorted(schedules.items()))
+
+
+def describe(
+    compiled: CompiledPlan,
+    readers: Iterable[DataReader],
+    name: str = "collector",
+    writers: Sequence[str] = (),
+    devices: Sequence[str] = (),
+) -> PipelinePlan:
+    """Describe a compiled plan: per reader its lane's schedule and phases, per context what it
+    collects; asks each reader's ``describe_requests`` what a tick costs (no I/O)."""
+    by_type = {r.type: r for r in readers}
+    reader_plans: list[ReaderPlan] = []
+    for key in sorted(compiled.lanes):
+        schedule = compiled.lanes[key].schedule
+        if schedule is None:
+            continue
+        for rtype in sorted(schedule.reader_order):
+            reader_plans.append(_reader_plan(schedule, rtype, by_type[rtype]))
     return PipelinePlan(
-        pipeline=pipeline.name,
-        readers=readers,
-        contexts=tuple(_context_plan(c, schedules) for c in contexts),
-        writers=tuple(w.name for w in pipeline.writers),
-        devices=tuple(_device_name(d) for d in pipeline.devices),
-        policy=str(pipeline.interval_limit_policy),
+        pipeline=name,
+        readers=tuple(reader_plans),
+        contexts=tuple(_context_plan(c, compiled) for c in compiled.contexts),
+        writers=tuple(writers),
+        devices=tuple(devices),
+        policy=str(compiled.policy),
+        warnings=compiled.warnings,
     )
 
 
@@ -178,80 +174,104 @@ def _device_name(device: object) -> str:
     return device_name(device)
 
 
-def _reader_plan(schedule: ReaderSchedule, reader: DataReader) -> ReaderPlan:
+def _requests(reader: DataReader, reads: Sequence[VariableSpec]) -> tuple[str, ...] | None:
+    described = tuple(str(r) for r in reader.describe_requests(reads))
+    if described:
+        return described
+    plan_requests = getattr(reader, "plan_requests", None)  # the Modbus reader's own planner
+    if callable(plan_requests):
+        return tuple(str(r) for r in plan_requests([s.address for s in reads]))
+    return None
+
+
+def _reader_plan(schedule: LaneSchedule, rtype: str, reader: DataReader) -> ReaderPlan:
     hyper = schedule.hyperperiod_ms
-    # Walk only the due instants (next_due), never the empty GCD ticks between them.
-    groups: dict[int, list[int]] = {}
-    counts: dict[int, int] = {}
-    first: dict[int, int] = {}
+    specs = [s for s in schedule.specs if s.reader == rtype]
+    intervals = tuple(sorted({s.interval_ms for s in specs}))
+
+    def next_due(after: int) -> int:
+        return min((after // i + 1) * i for i in intervals)
+
+    # Walk only this reader's due instants, never the empty GCD ticks between them.
+    groups: dict[tuple[int, ...], list[int]] = {}
+    counts: dict[tuple[int, ...], int] = {}
+    first: dict[tuple[int, ...], int] = {}
     walked = 0
-    t = schedule.next_due(-1)  # 0: the start of a hyperperiod, where every interval is due
+    t = next_due(-1)  # 0: the start of a hyperperiod, where every interval is due
     while t < hyper and walked < MAX_INSTANTS:
-        mask = schedule.mask_at(t)
-        counts[mask] = counts.get(mask, 0) + 1
-        offsets = groups.setdefault(mask, [])
-        first.setdefault(mask, t)
+        due = tuple(i for i in intervals if t % i == 0)
+        counts[due] = counts.get(due, 0) + 1
+        offsets = groups.setdefault(due, [])
+        first.setdefault(due, t)
         if len(offsets) < SHOW_OFFSETS:
             offsets.append(t)
         walked += 1
-        t = schedule.next_due(t)
-    plan_requests = getattr(reader, "plan_requests", None)
+        t = next_due(t)
     phases = []
-    for mask in sorted(groups, key=lambda m: first[m]):
-        phase = schedule.phase_at(first[mask])
-        if phase is None:  # cannot happen for a due instant; a plan never invents reads
+    for due in sorted(groups, key=lambda m: first[m]):
+        phase = schedule.phase_at(first[due])
+        rp = next((p for p in phase.readers if p.reader == rtype), None) if phase else None
+        if rp is None:  # cannot happen for a due instant; a plan never invents reads
             continue
         requests: tuple[str, ...] | None = None
         problem = None
-        if callable(plan_requests):
-            try:
-                requests = tuple(str(r) for r in plan_requests([read[2] for read in phase.reads]))
-            except ValueError as exc:
-                problem = str(exc)
+        try:
+            requests = _requests(reader, rp.reads)
+        except ValueError as exc:
+            problem = str(exc)
         deliveries = []
-        for d in phase.deliveries:
-            if d.whole:
-                deliveries.append((d.context_id, phase.size, 0))
-            else:
-                deliveries.append((d.context_id, len(d.items), sum(not own for *_, own in d.items)))
+        for d in rp.deliveries:
+            shared = (
+                0
+                if d.index is None
+                else sum(rp.reads[n] is not v for n, v in zip(d.index, d.variables, strict=True))
+            )
+            deliveries.append((d.context_id, len(d.variables), shared))
         phases.append(
             PhasePlan(
-                intervals=tuple(i for n, i in enumerate(schedule.intervals) if mask >> n & 1),
-                offsets_ms=tuple(groups[mask]),
-                instants=counts[mask],
-                reads=phase.reads,
+                intervals=due,
+                offsets_ms=tuple(groups[due]),
+                instants=counts[due],
+                reads=tuple((s.id, s.context_id, s.address, s.value_type, s.interval_ms) for s in rp.reads),
                 deliveries=tuple(deliveries),
                 requests=requests,
                 requests_error=problem,
             )
         )
     return ReaderPlan(
-        reader=schedule.reader,
+        reader=rtype,
         kind=type(reader).__name__,
+        lane=schedule.key,
         period_ms=schedule.period_ms,
         hyperperiod_ms=hyper,
-        intervals=schedule.intervals,
+        intervals=intervals,
         grid_ticks=hyper // schedule.period_ms,
         due_instants=walked,
         walked_all=t >= hyper,
-        wanted=len(schedule.wanted),
-        distinct=len({(w.address, w.value_type) for w in schedule.wanted}),
+        wanted=len(specs),
+        distinct=len(distinct_reads(specs)),
         phases=tuple(phases),
-        contexts=tuple(dict.fromkeys(w.context_id for w in schedule.wanted)),
+        contexts=tuple(dict.fromkeys(s.context_id for s in specs)),
     )
 
 
-def _context_plan(context: Any, schedules: dict[str, ReaderSchedule]) -> ContextPlan:
+def _context_plan(compiled: CompiledContext, plan: CompiledPlan) -> ContextPlan:
+    context = compiled.context
     collected: dict[str, int] = {}
     intervals: set[int] = set()
     shared = 0
-    for rtype, schedule in schedules.items():
-        others = {(w.address, w.value_type) for w in schedule.wanted if w.context_id != context.id}
-        for w in schedule.wanted:
-            if w.context_id == context.id:
-                collected[rtype] = collected.get(rtype, 0) + 1
-                intervals.add(w.interval_ms)
-                shared += (w.address, w.value_type) in others
+    mine = [s for specs in compiled.specs.values() for s in specs]
+    others = {
+        (s.reader, s.address, s.value_type)
+        for c in plan.contexts
+        if c.context.id != context.id
+        for specs in c.specs.values()
+        for s in specs
+    }
+    for s in mine:
+        collected[s.reader] = collected.get(s.reader, 0) + 1
+        intervals.add(s.interval_ms)
+        shared += (s.reader, s.address, s.value_type) in others
     return ContextPlan(
         id=context.id,
         interval_ms=context.interval_ms,
@@ -260,6 +280,8 @@ def _context_plan(context: Any, schedules: dict[str, ReaderSchedule]) -> Context
         collected=collected,
         intervals=tuple(sorted(intervals)),
         shared=shared,
+        changes=sum(s.report == "change" for s in mine),
+        scaled=sum(s.scale is not None or s.offset is not None for s in mine),
     )
 
 
@@ -270,6 +292,10 @@ def _ms(value: int) -> str:
     if value >= 1000 and value % 1000 == 0:
         return f"{value // 1000} s"
     return f"{value} ms"
+
+
+def _ends(seconds: float | None) -> str:
+    return "runs until stopped" if seconds is None else f"ends after {_duration(seconds)}"
 
 
 def _duration(seconds: float) -> str:
@@ -297,9 +323,10 @@ def render_text(plan: PipelinePlan) -> str:
         out.append(f"devices started first: {', '.join(plan.devices)}")
     for r in plan.readers:
         out.append("")
-        out.append(f"reader {r.reader} ({r.kind})")
+        out.append(f"reader {r.reader} ({r.kind}) on lane {r.lane}")
+        ticks = _n(r.grid_ticks, "tick")
         out.append(
-            f"  GCD tick {_ms(r.period_ms)}, hyperperiod {_ms(r.hyperperiod_ms)}: {r.grid_ticks:,} ticks, "
+            f"  GCD tick {_ms(r.period_ms)}, hyperperiod {_ms(r.hyperperiod_ms)}: {ticks}, "
             f"{r.due_instants:,}{'' if r.walked_all else '+'} of them with reads"
         )
         contexts = ", ".join(map(str, r.contexts))
@@ -320,15 +347,23 @@ def render_text(plan: PipelinePlan) -> str:
         readers = ", ".join(f"{n} from {rtype}" for rtype, n in c.collected.items()) or "nothing"
         line = (
             f"  context {c.id}: {_n(c.variables, 'variable')}, interval {_ms(c.interval_ms)}, "
-            f"ends after {_duration(c.duration_s)}; collects {readers}"
+            f"{_ends(c.duration_s)}; collects {readers}"
         )
         if c.intervals:
             line += f" at {', '.join(_ms(i) for i in c.intervals)}"
         out.append(line)
         if c.shared:
             out.append(f"    {c.shared} of them shared with another context (read once)")
+        if c.changes:
+            out.append(f"    {c.changes} of them reported on change only")
+        if c.scaled:
+            out.append(f"    {c.scaled} of them scaled (raw x scale + offset)")
         if c.left_out:
             out.append(f"    {c.left_out} not collected: below the interval limit (policy {plan.policy})")
+    if plan.warnings:
+        out.append("")
+        out.append("warnings")
+        out.extend(f"  {w}" for w in plan.warnings)
     out.append("")
     out.append(f"writers (every context's values go to each): {', '.join(plan.writers)}")
     return "\n".join(out) + "\n"
@@ -368,46 +403,70 @@ class _Node:
 
 
 def _graph(plan: PipelinePlan) -> tuple[list[_Node], list[tuple[str, str, str]]]:
-    """The observable graph: the same shape ``flowcollect._graph`` builds at start."""
+    """The graph that runs (``flowcollect.runtime``): per lane a tick source and ``read_due``
+    of its readers; per context ``for_context`` on each lane it uses, its ``gate`` and
+    ``report_changes``; one sink per writer. Lanes hand over to contexts directly: no merge."""
     nodes: list[_Node] = []
     edges: list[tuple[str, str, str]] = []
-    nodes.append(_Node("merge", ("merge",), "merge"))
-    feeds: dict[int, list[str]] = {}
-    for n, r in enumerate(plan.readers):
-        most = max((len(p.reads) for p in r.phases), default=0)
-        requests = [len(p.requests) for p in r.phases if p.requests is not None]
-        cost = f"up to {most} reads/tick" + (f", {max(requests)} requests" if requests else "")
+    lanes: dict[str, list[ReaderPlan]] = {}
+    for r in plan.readers:
+        lanes.setdefault(r.lane, []).append(r)
+    feeds: dict[int, list[tuple[str, str]]] = {}
+    for n, (lane, readers) in enumerate(lanes.items()):
+        first = readers[0]
         nodes.append(
             _Node(
                 f"ticks{n}",
-                (f"ticks: {r.reader}", f"every {_ms(r.period_ms)}", f"hyperperiod {_ms(r.hyperperiod_ms)}"),
+                (
+                    f"ticks: {lane}",
+                    f"every {_ms(first.period_ms)}",
+                    f"hyperperiod {_ms(first.hyperperiod_ms)}",
+                ),
                 "source",
             )
         )
-        nodes.append(_Node(f"read{n}", (f"read_due: {r.reader}", r.kind, cost), "operator"))
+        label = [f"read_due: {', '.join(r.reader for r in readers)}"]
+        for r in readers:
+            most = max((len(p.reads) for p in r.phases), default=0)
+            requests = [len(p.requests) for p in r.phases if p.requests is not None]
+            cost = f"up to {most} reads/tick" + (f", {max(requests)} requests" if requests else "")
+            label.append(f"{r.kind}: {cost}")
+        nodes.append(_Node(f"read{n}", tuple(label), "operator"))
         edges.append((f"ticks{n}", f"read{n}", ""))
-        edges.append((f"read{n}", "merge", ""))
-        for cid in r.contexts:
-            feeds.setdefault(cid, []).append(r.reader)
+        for r in readers:
+            for cid in r.contexts:
+                feeds.setdefault(cid, []).append((f"read{n}", r.reader))
     for c in plan.contexts:
         nodes.append(
             _Node(
                 f"ctx{c.id}",
                 (
                     f"for_context {c.id}",
-                    f"{sum(c.collected.values())} variables",
-                    f"ends after {_duration(c.duration_s)}",
+                    f"{sum(c.collected.values())} variables" + (f", {c.scaled} scaled" if c.scaled else ""),
+                    _ends(c.duration_s),
                 ),
                 "filter",
             )
         )
         nodes.append(_Node(f"gate{c.id}", (f"gate {c.id}", "open while running"), "gate"))
-        edges.append(("merge", f"ctx{c.id}", ", ".join(feeds.get(c.id, [])) or "nothing"))
+        nodes.append(
+            _Node(
+                f"changes{c.id}",
+                (f"report_changes {c.id}", f"{c.changes} on change" if c.changes else "every value passes"),
+                "operator",
+            )
+        )
+        sources: dict[str, list[str]] = {}
+        for node, reader in feeds.get(c.id, []):
+            sources.setdefault(node, []).append(reader)
+        for node, types in sources.items():
+            edges.append((node, f"ctx{c.id}", ", ".join(types)))
         edges.append((f"ctx{c.id}", f"gate{c.id}", ""))
+        edges.append((f"gate{c.id}", f"changes{c.id}", ""))
     for n, name in enumerate(plan.writers):
-        nodes.append(_Node(f"sink{n}", ("WriterSink", name, "queue + thread"), "sink"))
+        nodes.append(_Node(f"sink{n}", ("sink: WriterSink", name, "queue + thread"), "sink"))
         for c in plan.contexts:
-            edges.append((f"gate{c.id}", f"sink{n}", ""))
+            edges.append((f"changes{c.id}", f"sink{n}", ""))
     return nodes, edges
 
 

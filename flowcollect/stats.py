@@ -47,6 +47,10 @@ class ReaderStats:
     """The GCD tick of the current schedule (None: nothing to read now)."""
     extra: Mapping[str, float] = field(default_factory=dict)
     """The reader's own counters (requests, reconnects...)."""
+    lane: str = ""
+    """The lane the reader runs on (readers of one lane share its thread, tick and overruns)."""
+    clock_steps: int = 0
+    """Wall-clock steps (NTP) the lane re-anchored its grid on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,12 @@ class ContextStats:
     """``running``, ``paused`` or ``stopped``."""
     delivered: int
     """Values handed to the writers for this context."""
+    missed_instants: int = 0
+    """Due instants of this context its lanes could not serve (a read still running when they
+    came): skipped and counted, never piled up."""
+    missed_values: int = 0
+    """The values those instants would have carried: values expected = delivered + missed (for
+    ``report="every"`` variables of assigned lanes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +94,10 @@ class CollectorStats:
 class ReaderCounters:
     """Mutated only by the reader's own thread; read (racily, as counters are) by ``stats()``."""
 
-    __slots__ = ("errors", "lateness", "overruns", "read_ms", "tick_ms", "ticks", "values")
+    __slots__ = ("clock_steps", "errors", "lateness", "overruns", "read_ms", "tick_ms", "ticks", "values")
 
     def __init__(self) -> None:
+        self.clock_steps = 0
         self.ticks = 0
         self.values = 0
         self.errors = 0
@@ -98,7 +109,9 @@ class ReaderCounters:
     def skipped(self, n: int) -> None:
         self.overruns += n
 
-    def snapshot(self, reader: str, period_ms: int | None, extra: Mapping[str, float]) -> ReaderStats:
+    def snapshot(
+        self, reader: str, period_ms: int | None, extra: Mapping[str, float], lane: str = ""
+    ) -> ReaderStats:
         lateness = list(self.lateness)
         read_ms = list(self.read_ms)
         tick_ms = list(self.tick_ms)
@@ -117,4 +130,6 @@ class ReaderCounters:
             tick_ms_p99=percentile(tick_ms, 99),
             period_ms=period_ms,
             extra=dict(extra),
+            lane=lane,
+            clock_steps=self.clock_steps,
         )

@@ -15,22 +15,23 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from reactivex.testing import TestScheduler
-
 from flowcollect._clock import EPOCH, instant
 from flowcollect.collector import DataCollector
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
-from flowcollect.readers.base import DataReader
-from flowcollect.values import CollectedVariable
+from flowcollect.readers.base import DataReader, Emit
+from flowcollect.runtime._clock import VirtualScheduler
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 from flowcollect.writers.base import DataWriter
 from flowcollect.writers.memory import MemoryDataWriter
 
 __all__ = [
     "MemoryDataWriter",
+    "PushingDataReader",
     "RecordingListener",
     "StaticDataReader",
     "VirtualClock",
+    "VirtualScheduler",
     "collect",
     "virtual_collector",
 ]
@@ -86,6 +87,102 @@ class StaticDataReader(DataReader):
                 v.error = f"no value for address {v.address!r}"
 
 
+class PushingDataReader(DataReader):
+    """A reader whose source pushes (``pushes`` is True), driven by the test: ``push`` hands over
+    new values as a subscription would, ``fail`` reports a lost source, ``keep_alive`` says "still
+    here, nothing changed". Values are pushed for the variables the engine last asked for through
+    ``plan_changed`` (recorded in ``plans``); an address nobody asked for is ignored, as a real
+    subscription would never report it.
+
+    In virtual time, push between ``advance`` calls: the engine samples the latest values at due
+    instants (``report="every"``) and delivers changes as they come (``report="change"``).
+    """
+
+    def __init__(
+        self,
+        type: str = "pushing",  # noqa: A002 - the contract's name for a reader's type
+        stale_after_ms: int | None = 10_000,
+        lane: str | None = None,
+    ) -> None:
+        self._type = type
+        self._stale_after_ms = stale_after_ms
+        self._lane = lane
+        self._emit: Emit | None = None
+        self._lock = threading.Lock()
+        self.serving: tuple[VariableSpec, ...] = ()
+        self.plans: list[list[str]] = []
+        self.opened = 0
+        self.closed = 0
+
+    @property
+    def type(self) -> str:
+        return self._type
+
+    @property
+    def pushes(self) -> bool:
+        return True
+
+    @property
+    def lane(self) -> str | None:
+        return self._lane
+
+    @property
+    def stale_after_ms(self) -> int | None:
+        return self._stale_after_ms
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def start_pushing(self, emit: Emit) -> None:
+        self._emit = emit
+
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+        with self._lock:
+            self.serving = tuple(variables)
+            self.plans.append([v.address for v in variables])
+
+    def _send(
+        self,
+        specs: list[VariableSpec],
+        values: list[Any],
+        errors: list[str | None],
+        source_ns: list[int | None] | None,
+        quality: list[str | None] | None,
+    ) -> None:
+        emit = self._emit
+        if emit is None:
+            raise RuntimeError("the engine has not started this reader pushing yet")
+        emit(ValueBatch(0, specs, values, errors, source_ns=source_ns, quality=quality, reader=self._type))
+
+    def push(
+        self, values: Mapping[str, Any], source_ms: int | None = None, quality: str | None = None
+    ) -> None:
+        """Push new values by address, stamped ``source_ms`` (epoch ms) by the source."""
+        with self._lock:
+            specs = [s for s in self.serving if s.address in values]
+        ns = None if source_ms is None else source_ms * 1_000_000
+        self._send(
+            specs,
+            [values[s.address] for s in specs],
+            [None] * len(specs),
+            [ns] * len(specs),
+            None if quality is None else [quality] * len(specs),
+        )
+
+    def fail(self, error: str) -> None:
+        """The source is lost: every served variable becomes an error until pushed again."""
+        with self._lock:
+            specs = list(self.serving)
+        self._send(specs, [None] * len(specs), [error] * len(specs), None, None)
+
+    def keep_alive(self) -> None:
+        """Nothing changed, the source is alive (an empty batch)."""
+        self._send([], [], [], None, None)
+
+
 class RecordingListener(DataCollectionListener):
     """Records every lifecycle event as ``(event, context id or None)``."""
 
@@ -117,11 +214,11 @@ class RecordingListener(DataCollectionListener):
 
 
 class VirtualClock:
-    """A ``TestScheduler`` that speaks epoch milliseconds."""
+    """A virtual scheduler that speaks epoch milliseconds: the wall clock starts at ``start_ms``,
+    nothing happens until you advance it."""
 
     def __init__(self, start_ms: int = 1_700_000_000_000) -> None:
-        self.scheduler = TestScheduler()
-        self.scheduler.advance_to(instant(start_ms))
+        self.scheduler = VirtualScheduler(instant(start_ms))
 
     @property
     def now_ms(self) -> int:
@@ -133,6 +230,11 @@ class VirtualClock:
 
     def advance_ms(self, ms: int) -> None:
         self.advance_to_ms(self.now_ms + ms)
+
+    def step_wall_ms(self, delta_ms: int) -> None:
+        """Make the wall clock jump by ``delta_ms`` (an NTP step; negative: backwards) while the
+        monotonic clock goes on; nothing runs until the next advance."""
+        self.scheduler.step_wall_ms(delta_ms)
 
 
 def virtual_collector(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 __all__ = ["CollectedVariable", "Receipt", "ValueBatch", "VariableSpec"]
 
@@ -68,7 +68,7 @@ class VariableSpec:
     heartbeat_ms: int | None = None
 
 
-class ValueBatch:
+class ValueBatch(Sequence[CollectedVariable]):
     """Values of one lane at one instant for one context, in columns.
 
     - ``t_ms``: the grid instant (epoch milliseconds); ``time`` is the same as an aware datetime.
@@ -81,8 +81,10 @@ class ValueBatch:
     - ``context_id``: the receiving context (``None`` in a reader's batch: the distinct reads due).
     - ``reader``: the reader type the values come from.
 
-    ``len(batch)`` is the number of values; iterating yields ``CollectedVariable``s made on
-    demand. A batch handed to writers is shared by all of them: treat it as read-only.
+    ``len(batch)`` is the number of values; iterating (or indexing: a batch is a
+    ``Sequence[CollectedVariable]``) yields ``CollectedVariable``s made on demand, new each time;
+    ``collected()`` makes them all at once. A batch handed to writers is shared by all of them:
+    treat it as read-only.
     """
 
     __slots__ = ("context_id", "errors", "quality", "reader", "source_ns", "t_ms", "values", "variables")
@@ -126,11 +128,62 @@ class ValueBatch:
         return self.time
 
     def __iter__(self) -> Iterator[CollectedVariable]:
+        # Lazily: a writer that looks at each value and lets it go keeps the garbage collector's
+        # young generation small (a whole list of them, alive at once, is promoted and walked
+        # again by full collections: measured six times slower on a realistic heap).
+        cv = CollectedVariable
+        when = self.time
+        if self.source_ns is None and self.quality is None:
+            for s, value, error in zip(self.variables, self.values, self.errors, strict=True):
+                yield cv(
+                    s.id, s.context_id, s.address, s.value_type, s.reader, s.interval_ms, value, when, error
+                )
+            return
+        for i in range(len(self.variables)):
+            yield self._one(i)
+
+    @overload
+    def __getitem__(self, index: int) -> CollectedVariable: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[CollectedVariable]: ...
+
+    def __getitem__(self, index: int | slice) -> CollectedVariable | list[CollectedVariable]:
+        if isinstance(index, slice):
+            return [self._one(i) for i in range(*index.indices(len(self.variables)))]
+        n = len(self.variables)
+        if not -n <= index < n:
+            raise IndexError(index)
+        return self._one(index % n)
+
+    def _one(self, i: int) -> CollectedVariable:
+        spec = self.variables[i]
+        quality = self.quality
+        return CollectedVariable(
+            spec.id,
+            spec.context_id,
+            spec.address,
+            spec.value_type,
+            spec.reader,
+            spec.interval_ms,
+            self.values[i],
+            self.time_of(i),
+            self.errors[i],
+            None if quality is None else quality[i],
+        )
+
+    def collected(self) -> list[CollectedVariable]:
+        """The values as ``CollectedVariable``s (new objects, yours to keep): the per-value view."""
         cv = CollectedVariable
         when = self.time
         source, quality = self.source_ns, self.quality
-        for i, spec in enumerate(self.variables):
-            yield cv(
+        if source is None and quality is None:  # the common case: one comprehension, no index
+            return [
+                cv(s.id, s.context_id, s.address, s.value_type, s.reader, s.interval_ms, value, when, error)
+                for s, value, error in zip(self.variables, self.values, self.errors, strict=True)
+            ]
+        return [
+            cv(
                 spec.id,
                 spec.context_id,
                 spec.address,
@@ -142,6 +195,8 @@ class ValueBatch:
                 self.errors[i],
                 None if quality is None else quality[i],
             )
+            for i, spec in enumerate(self.variables)
+        ]
 
     def error_count(self) -> int:
         """How many values of the batch are errors."""

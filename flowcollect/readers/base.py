@@ -67,6 +67,15 @@ class DataReader(ABC):
         """True for a reader whose source pushes values (a subscription) instead of being read."""
         return False
 
+    @property
+    def stale_after_ms(self) -> int | None:
+        """For a pushing reader: how long the engine holds its values (sample and hold) without
+        hearing from it. Any ``emit`` counts, an empty batch too (a keep-alive), so a value that
+        does not change is not stale while the reader is alive; past this, every held value is
+        delivered as an error until the reader is heard again. ``None``: never stale.
+        """
+        return 10_000
+
     def natural_value_type(self, address: str) -> ValueType | None:
         """The value type an address holds when a variable gives none (a coil is a bool).
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from itertools import repeat
 
 from flowcollect.models import Variable
 from flowcollect.readers.base import DataReader
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 __all__ = ["RandomDataReader"]
 
@@ -39,6 +40,9 @@ class RandomDataReader(DataReader):
         self.max_value = max_value
         self._min_interval_ms = min_interval_ms
         self._random = random.Random(seed)
+        # The positions of each value type per variables tuple (the engine's, shared from tick
+        # to tick), so a tick is one comprehension per type, not a branch per value.
+        self._groups: dict[int, tuple[Sequence[VariableSpec], dict[str, list[int]]]] = {}
 
     @property
     def type(self) -> str:
@@ -66,3 +70,41 @@ class RandomDataReader(DataReader):
                 v.value = x >= (lo + hi) / 2
             else:
                 v.value = repr(x)
+
+    def _positions(self, variables: Sequence[VariableSpec]) -> dict[str, list[int]]:
+        cached = self._groups.get(id(variables))
+        if cached is not None and cached[0] is variables:
+            return cached[1]
+        groups: dict[str, list[int]] = {}
+        for i, spec in enumerate(variables):
+            groups.setdefault(spec.value_type, []).append(i)
+        if len(self._groups) > 1024:  # schedules come and go: never grow without bound
+            self._groups.clear()
+        self._groups[id(variables)] = (variables, groups)
+        return groups
+
+    def read_batch(self, batch: ValueBatch) -> None:
+        n = len(batch)
+        rnd = self._random.random
+        lo, hi = self.min_value, self.max_value
+        span = hi - lo
+        groups = self._positions(batch.variables)
+        if len(groups) == 1 and "float" in groups:
+            batch.values = [lo + span * rnd() for _ in repeat(None, n)]
+            return
+        values = batch.values
+        for vt, positions in groups.items():
+            if vt == "float":
+                for i in positions:
+                    values[i] = lo + span * rnd()
+            elif vt == "int":
+                first, last = math.ceil(lo), math.floor(hi)
+                width = last - first + 1
+                for i in positions:
+                    values[i] = first + min(int(rnd() * width), width - 1)
+            elif vt == "bool":
+                for i in positions:
+                    values[i] = rnd() >= 0.5
+            else:
+                for i in positions:
+                    values[i] = repr(lo + span * rnd())

@@ -48,8 +48,10 @@ class DataWriter:
         raise NotImplementedError
 
     def write_batch(self, batch: ValueBatch) -> None:
-        """Take a columnar batch; by default, its values one by one through ``write``."""
-        self.write(list(batch))
+        """Take a columnar batch; by default, its values through ``write`` (the batch is a
+        ``Sequence[CollectedVariable]`` making each on demand, so a writer that lets each go
+        leaves the garbage collector little to do)."""
+        self.write(batch)
 
     def attach(self, on_receipt: OnReceipt) -> None:
         """Where ``acknowledge`` sends receipts; set by whoever hands this writer its batches,

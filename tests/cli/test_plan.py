@@ -98,15 +98,17 @@ def test_modbus_requests_per_tick_come_from_the_reader() -> None:
     assert "requests: 2 for 5 variables" in text
 
 
-def test_graphs_show_sources_operators_merge_filters_gates_and_sinks() -> None:
+def test_graphs_show_the_running_steps_lane_by_lane() -> None:
     plan = pipeline(ctx(1, 200, "a"), ctx(2, 300, "c")).plan()
     mermaid = render_mermaid(plan)
-    for node in ("ticks0", "read0", "merge", "ctx1", "gate1", "ctx2", "gate2", "sink0"):
+    for node in ("ticks0", "read0", "ctx1", "gate1", "changes1", "ctx2", "gate2", "changes2", "sink0"):
         assert f"  {node}" in mermaid
-    assert "gate1 --> sink0" in mermaid and "gate2 --> sink0" in mermaid
+    # A lane hands over to its contexts directly (no merge shared by every lane).
+    assert "merge" not in mermaid
+    assert "changes1 --> sink0" in mermaid and "changes2 --> sink0" in mermaid
     dot = render_dot(plan)
     assert dot.startswith('digraph "plan" {') and dot.rstrip().endswith("}")
-    assert "ticks0 -> read0;" in dot and 'merge -> ctx1 [label="static"];' in dot
+    assert "ticks0 -> read0;" in dot and 'read0 -> ctx1 [label="static"];' in dot
     if shutil.which("dot"):  # graphviz, when installed, must accept it
         subprocess.run(["dot", "-Tsvg"], input=dot, text=True, capture_output=True, check=True)
 

@@ -16,7 +16,8 @@ def var(**fields: object) -> Variable:
 
 def test_variable_defaults() -> None:
     v = var()
-    assert (v.value_type, v.interval_ms) == ("float", None)
+    # value_type None: the reader's natural type for the address, else float (at compile time).
+    assert (v.value_type, v.interval_ms, v.report, v.scale, v.tags) == (None, None, "every", None, {})
 
 
 @pytest.mark.parametrize(
@@ -31,12 +32,20 @@ def test_variable_defaults() -> None:
         ("value_type", "__import__('os')"),
         ("interval_ms", 0),
         ("interval_ms", -100),
+        ("report", "sometimes"),
+        ("deadband", -1),
+        ("heartbeat_ms", 0),
+        ("scale", float("nan")),
+        ("offset", float("inf")),
+        ("tags", {"": "x"}),
+        ("tags", {"line": 3}),
+        ("name", ""),
     ],
 )
 def test_variable_rejects_bad_field_and_names_it(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as info:
         var(**{field: value})
-    assert info.value.errors()[0]["loc"] == (field,)
+    assert info.value.errors()[0]["loc"][0] == field
 
 
 def test_variable_forbids_unknown_fields_and_is_frozen() -> None:

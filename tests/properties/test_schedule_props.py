@@ -1,4 +1,4 @@
-"""Property tests of the pure due plans (``flowcollect._schedule``) against brute force.
+"""Property tests of the pure due plans (``flowcollect.compile``) against brute force.
 
 The reference for everything here is the definition: a variable with interval I is due at every
 instant t with t % I == 0. Each property builds the answer by scanning instants one by one.
@@ -12,8 +12,31 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowcollect._graph import _build_reads, _deliver
-from flowcollect._schedule import EAGER_PHASES, MAX_COUNT_WALK, ReaderSchedule, Wanted, schedules_for
+from flowcollect.compile import LaneSchedule
+from flowcollect.compile._schedule import EAGER_PHASES, MAX_COUNT_WALK
+from flowcollect.runtime._steps import LaneRead, batch_for
+from flowcollect.values import CollectedVariable, VariableSpec
+
+
+def spec(context_id: int, variable_id: int, address: str, value_type: str, interval_ms: int) -> VariableSpec:
+    return VariableSpec(variable_id, context_id, address, value_type, "r", interval_ms)
+
+
+def schedule_of(reader: str, wanted: list[VariableSpec]) -> LaneSchedule:
+    return LaneSchedule(f"reader:{reader}", wanted)
+
+
+def _deliver(schedule: LaneSchedule, t: int, read: object = None) -> dict[int, list[CollectedVariable]]:
+    """Push one instant through the graph's own fan-out (``for_context``'s ``batch_for``), with
+    each distinct read's value set to what a reader would have read for it."""
+    phase = schedule.phase_at(t)
+    if phase is None:
+        return {}
+    (rp,) = phase.readers
+    values = [(s.address, s.value_type) for s in rp.reads]
+    lane_read = LaneRead(t, "r", values, [None] * len(values), None, None, rp.by_context)
+    return {cid: list(batch_for(lane_read, d, cid)) for cid, d in rp.by_context.items()}
+
 
 # Real epoch instants (around 2023), so the modulo arithmetic is exercised on large numbers.
 EPOCH_2023 = 1_700_000_000_000
@@ -27,16 +50,16 @@ PROPS = settings(
 
 
 @st.composite
-def wanted_lists(draw: st.DrawFn, intervals: st.SearchStrategy[int]) -> list[Wanted]:
+def wanted_lists(draw: st.DrawFn, intervals: st.SearchStrategy[int]) -> list[VariableSpec]:
     """Up to 4 contexts of 1..6 variables each; addresses and types drawn from small pools so
     that contexts (and variables within one context) share reads."""
-    out: list[Wanted] = []
+    out: list[VariableSpec] = []
     for cid in draw(st.lists(st.integers(1, 9), min_size=1, max_size=4, unique=True)):
         n = draw(st.integers(1, 6))
         vids = draw(st.lists(st.integers(1, 50), min_size=n, max_size=n, unique=True))
         for vid in vids:
             out.append(
-                Wanted(
+                spec(
                     cid,
                     vid,
                     draw(st.sampled_from(ADDRESSES)),
@@ -53,11 +76,11 @@ small_intervals = st.sampled_from([1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 25, 50, 100
 coprime_intervals = st.sampled_from([997, 999, 1000, 1001, 1009, 1013, 2003])
 
 
-def due_at(wanted: list[Wanted], t: int) -> list[Wanted]:
+def due_at(wanted: list[VariableSpec], t: int) -> list[VariableSpec]:
     return [w for w in wanted if t % w.interval_ms == 0]
 
 
-def check_phase(schedule: ReaderSchedule, wanted: list[Wanted], t: int) -> None:
+def check_phase(schedule: LaneSchedule, wanted: list[VariableSpec], t: int) -> None:
     """What the plan says at ``t`` is exactly what the definition says, read once, delivered right."""
     due = due_at(wanted, t)
     phase = schedule.phase_at(t)
@@ -67,23 +90,20 @@ def check_phase(schedule: ReaderSchedule, wanted: list[Wanted], t: int) -> None:
     assert phase is not None, t
 
     # Each distinct (address, value type) due at t is read exactly once, and nothing else is.
-    keys = [(address, vtype) for _, _, address, vtype, _ in phase.reads]
+    keys = [(s.address, s.value_type) for rp in phase.readers for s in rp.reads]
     assert Counter(keys) == Counter({(w.address, w.value_type) for w in due})
 
     # Pushed through the graph's own fan-out: each context receives exactly its due variables,
     # each once, with the value read for its (address, value type), in the plan's order.
-    reads = _build_reads(phase, "r", t)
-    for v in reads:
-        v.value = (v.address, v.value_type)  # what a reader would have read
-    delivered = _deliver(phase, reads)
-    expected_by_context: dict[int, list[Wanted]] = {}
+    delivered = _deliver(schedule, t)
+    expected_by_context: dict[int, list[VariableSpec]] = {}
     for w in due:  # ``wanted`` order is the plan's order
         expected_by_context.setdefault(w.context_id, []).append(w)
     assert set(delivered) == set(expected_by_context)
     for cid, values in delivered.items():
         expected = expected_by_context[cid]
         assert [(v.context_id, v.id, v.address, v.value_type, v.interval_ms) for v in values] == [
-            (w.context_id, w.variable_id, w.address, w.value_type, w.interval_ms) for w in expected
+            (w.context_id, w.id, w.address, w.value_type, w.interval_ms) for w in expected
         ]
         assert all(v.value == (v.address, v.value_type) for v in values)
         assert all(round(v.time.timestamp() * 1000) == t for v in values if v.time is not None)
@@ -92,21 +112,23 @@ def check_phase(schedule: ReaderSchedule, wanted: list[Wanted], t: int) -> None:
     assert set(ids.values()) == {1}
 
 
-def brute_next_due(wanted: list[Wanted], after: float) -> int:
+def brute_next_due(wanted: list[VariableSpec], after: float) -> int:
     t = math.floor(after) + 1
     while not due_at(wanted, t):
         t += 1
     return t
 
 
-def brute_count_due(wanted: list[Wanted], after: int, until: float) -> int:
+def brute_count_due(wanted: list[VariableSpec], after: int, until: float) -> int:
     return sum(1 for t in range(after + 1, math.floor(until) + 1) if due_at(wanted, t))
 
 
 @PROPS
 @given(wanted=wanted_lists(small_intervals), offset=st.integers(0, 10**6))
-def test_every_instant_of_a_hyperperiod_matches_the_definition(wanted: list[Wanted], offset: int) -> None:
-    schedule = ReaderSchedule("r", wanted)
+def test_every_instant_of_a_hyperperiod_matches_the_definition(
+    wanted: list[VariableSpec], offset: int
+) -> None:
+    schedule = schedule_of("r", wanted)
     intervals = {w.interval_ms for w in wanted}
     assert schedule.period_ms == math.gcd(*intervals)
     assert schedule.hyperperiod_ms == math.lcm(*intervals)
@@ -119,13 +141,15 @@ def test_every_instant_of_a_hyperperiod_matches_the_definition(wanted: list[Want
 
 @PROPS
 @given(wanted=wanted_lists(small_intervals), t=st.integers(EPOCH_2023, EPOCH_2023 + 10**9))
-def test_a_variable_is_due_exactly_at_the_multiples_of_its_interval(wanted: list[Wanted], t: int) -> None:
-    schedule = ReaderSchedule("r", wanted)
+def test_a_variable_is_due_exactly_at_the_multiples_of_its_interval(
+    wanted: list[VariableSpec], t: int
+) -> None:
+    schedule = schedule_of("r", wanted)
     phase = schedule.phase_at(t)
-    delivered = _deliver(phase, _build_reads(phase, "r", t)) if phase is not None else {}
+    delivered = _deliver(schedule, t) if phase is not None else {}
     got = {(v.context_id, v.id) for values in delivered.values() for v in values}
     for w in wanted:
-        assert ((w.context_id, w.variable_id) in got) == (t % w.interval_ms == 0)
+        assert ((w.context_id, w.id) in got) == (t % w.interval_ms == 0)
 
 
 @PROPS
@@ -133,8 +157,8 @@ def test_a_variable_is_due_exactly_at_the_multiples_of_its_interval(wanted: list
     wanted=wanted_lists(small_intervals),
     after=st.integers(EPOCH_2023, EPOCH_2023 + 10**9) | st.floats(EPOCH_2023, EPOCH_2023 + 10**9),
 )
-def test_next_due_is_the_first_due_instant_strictly_after(wanted: list[Wanted], after: float) -> None:
-    schedule = ReaderSchedule("r", wanted)
+def test_next_due_is_the_first_due_instant_strictly_after(wanted: list[VariableSpec], after: float) -> None:
+    schedule = schedule_of("r", wanted)
     assert schedule.next_due(after) == brute_next_due(wanted, after)
 
 
@@ -145,9 +169,9 @@ def test_next_due_is_the_first_due_instant_strictly_after(wanted: list[Wanted], 
     span=st.integers(0, 5000) | st.floats(0, 5000),
 )
 def test_count_due_counts_the_due_instants_in_the_half_open_span(
-    wanted: list[Wanted], after: int, span: float
+    wanted: list[VariableSpec], after: int, span: float
 ) -> None:
-    schedule = ReaderSchedule("r", wanted)
+    schedule = schedule_of("r", wanted)
     until = after + span
     expected = brute_count_due(wanted, after, until)
     assert expected < MAX_COUNT_WALK  # within the exact walk, so no estimate is involved
@@ -156,9 +180,9 @@ def test_count_due_counts_the_due_instants_in_the_half_open_span(
 
 @PROPS
 @given(wanted=wanted_lists(small_intervals), after=st.integers(EPOCH_2023, EPOCH_2023 + 10**9))
-def test_next_due_and_count_due_agree(wanted: list[Wanted], after: int) -> None:
+def test_next_due_and_count_due_agree(wanted: list[VariableSpec], after: int) -> None:
     # The tick source skips with one and re-arms with the other: they must describe the same set.
-    schedule = ReaderSchedule("r", wanted)
+    schedule = schedule_of("r", wanted)
     first = schedule.next_due(after)
     second = schedule.next_due(first)
     assert schedule.count_due(after, first - 1) == 0
@@ -174,9 +198,9 @@ def test_next_due_and_count_due_agree(wanted: list[Wanted], after: int) -> None:
     probes=st.lists(st.integers(0, 10**7), min_size=1, max_size=30),
 )
 def test_coprime_intervals_take_the_lazy_path_and_agree_with_brute_force(
-    wanted: list[Wanted], offset: int, probes: list[int]
+    wanted: list[VariableSpec], offset: int, probes: list[int]
 ) -> None:
-    schedule = ReaderSchedule("r", wanted)
+    schedule = schedule_of("r", wanted)
     base = EPOCH_2023 + offset
     # Walk due instant by due instant from a random start; check each against the definition.
     t = base
@@ -192,8 +216,8 @@ def test_coprime_intervals_take_the_lazy_path_and_agree_with_brute_force(
 
 def test_the_lazy_path_is_really_taken_for_coprime_intervals() -> None:
     # Guards the previous property: with 999 and 1000 ms the plan is built on first use.
-    wanted = [Wanted(1, 1, "a", "float", 999), Wanted(1, 2, "b", "float", 1000)]
-    schedule = ReaderSchedule("r", wanted)
+    wanted = [spec(1, 1, "a", "float", 999), spec(1, 2, "b", "float", 1000)]
+    schedule = schedule_of("r", wanted)
     assert schedule.hyperperiod_ms // schedule.period_ms > EAGER_PHASES
     t = 999 * 1000 * 1_700_000  # both due
     check_phase(schedule, wanted, t)
@@ -203,12 +227,34 @@ def test_the_lazy_path_is_really_taken_for_coprime_intervals() -> None:
 
 
 @PROPS
-@given(pairs=st.lists(st.tuples(st.sampled_from(["r1", "r2", "r3"]), st.integers(1, 20)), min_size=1))
-def test_schedules_for_groups_by_reader(pairs: list[tuple[str, int]]) -> None:
-    wanted = [
-        (reader, Wanted(1, n, f"x{n}", "float", 100 * (n % 3 + 1))) for n, (reader, _) in enumerate(pairs)
+@given(
+    data=st.data(),
+    t=st.integers(EPOCH_2023, EPOCH_2023 + 10**9),
+)
+def test_a_shared_lane_reads_each_readers_due_set_once_in_reader_order(data: st.DataObject, t: int) -> None:
+    readers = ("u1", "u2", "u3")
+    specs = [
+        VariableSpec(
+            data.draw(st.integers(1, 50)),
+            cid,
+            data.draw(st.sampled_from(ADDRESSES)),
+            data.draw(st.sampled_from(VALUE_TYPES)),
+            data.draw(st.sampled_from(readers)),
+            data.draw(small_intervals),
+        )
+        for cid in range(1, data.draw(st.integers(2, 12)))
     ]
-    schedules = schedules_for(wanted)
-    assert set(schedules) == {reader for reader, _ in wanted}
-    for reader, schedule in schedules.items():
-        assert schedule.wanted == tuple(w for r, w in wanted if r == reader)
+    schedule = LaneSchedule("modbus+rtu:///dev/ttyUSB0", specs, readers)
+    assert schedule.period_ms == math.gcd(*{s.interval_ms for s in specs})
+    phase = schedule.phase_at(t)
+    due = [s for s in specs if t % s.interval_ms == 0]
+    if not due:
+        assert phase is None
+        return
+    assert phase is not None
+    # Readers in the lane's order, each with exactly its own distinct due (address, type) pairs.
+    assert [rp.reader for rp in phase.readers] == [r for r in readers if any(s.reader == r for s in due)]
+    for rp in phase.readers:
+        mine = {(s.address, s.value_type) for s in due if s.reader == rp.reader}
+        assert sorted((s.address, s.value_type) for s in rp.reads) == sorted(mine)
+        assert all(s.reader == rp.reader for s in rp.reads)

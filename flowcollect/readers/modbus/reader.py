@@ -227,7 +227,7 @@ class ModbusDataReader(DataReader):
 
     def validate(self, variable: Variable) -> None:
         address = self._parse(variable.address)
-        check_value_type(address, variable.value_type)
+        check_value_type(address, variable.value_type or "float")  # the engine resolves None first
         limit = self.max_bits if address.is_bit else self.max_registers
         if address.width > limit:
             raise ValueError(

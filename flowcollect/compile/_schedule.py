@@ -1,0 +1,212 @@
+"""Pure scheduling of one lane: which reads are due at which instant, and who receives them.
+
+No threads, no I/O, no clock: everything here is a function of epoch milliseconds, so property
+tests can hammer it. A variable with interval I is due at every instant t with t % I == 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from flowcollect.values import VariableSpec
+
+__all__ = ["Delivery", "LanePhase", "LaneSchedule", "ReaderPhase", "distinct_reads"]
+
+# Phases are built eagerly at plan time when one hyperperiod has at most this many GCD ticks;
+# beyond that (co-prime intervals such as 999 and 1000 ms) they are built on first use.
+EAGER_PHASES = 4096
+# Counting skipped ticks walks the due instants; past this many we estimate on the GCD grid.
+MAX_COUNT_WALK = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What one context receives from one reader at a phase.
+
+    ``variables``: the context's own ``VariableSpec``s, in the context's order. ``index``: for
+    each of them, the position of its value in the reader's distinct reads; ``None`` when the
+    context receives the reads as they are (same variables, same order: no copy at all).
+    ``scaled`` and ``changes``: positions (in ``variables``) with a scale/offset, and with
+    ``report="change"``; both computed once, so the hot path never looks at a variable.
+    """
+
+    context_id: int
+    variables: tuple[VariableSpec, ...]
+    index: tuple[int, ...] | None
+    scaled: tuple[int, ...] = ()
+    changes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderPhase:
+    """The distinct reads one reader has due at an instant, and their deliveries per context.
+
+    ``reads`` holds, per distinct (address, value type), the ``VariableSpec`` of the first
+    context that wants it: that is what the reader is asked for.
+    """
+
+    reader: str
+    reads: tuple[VariableSpec, ...]
+    deliveries: tuple[Delivery, ...]
+    by_context: dict[int, Delivery] = field(default_factory=dict, compare=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.reads)
+
+
+@dataclass(frozen=True, slots=True)
+class LanePhase:
+    """What a lane has due at an instant: one ``ReaderPhase`` per reader with reads, in reader order."""
+
+    readers: tuple[ReaderPhase, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(rp.size for rp in self.readers)
+
+
+def distinct_reads(specs: Iterable[VariableSpec]) -> list[VariableSpec]:
+    """The first spec of each distinct (reader, address, value type): what is actually read."""
+    seen: dict[tuple[str, str, str], VariableSpec] = {}
+    for spec in specs:
+        seen.setdefault((spec.reader, spec.address, spec.value_type), spec)
+    return list(seen.values())
+
+
+class LaneSchedule:
+    """The due plan of one lane over the variables of its running contexts.
+
+    ``period_ms`` is the GCD of the intervals (the lane's tick grid) and ``hyperperiod_ms``
+    their LCM (the due pattern repeats after it). What is due at an instant depends only on
+    which intervals divide it, so phases are cached by that set: each is built once.
+    """
+
+    __slots__ = (
+        "_by_interval",
+        "_phases",
+        "hyperperiod_ms",
+        "intervals",
+        "key",
+        "period_ms",
+        "reader_order",
+        "specs",
+    )
+
+    def __init__(self, key: str, specs: Iterable[VariableSpec], reader_order: Sequence[str] = ()) -> None:
+        self.key = key
+        self.specs = tuple(specs)
+        if not self.specs:
+            raise ValueError("a lane schedule needs at least one variable")
+        self.intervals = tuple(sorted({s.interval_ms for s in self.specs}))
+        if self.intervals[0] <= 0:
+            raise ValueError(f"intervals must be positive, got {self.intervals[0]}")
+        self.period_ms = math.gcd(*self.intervals)
+        self.hyperperiod_ms = math.lcm(*self.intervals)
+        order = list(dict.fromkeys([*reader_order, *(s.reader for s in self.specs)]))
+        self.reader_order = tuple(r for r in order if any(s.reader == r for s in self.specs))
+        # Positions in the plan keep batches in a stable order (context, then its variables).
+        groups: dict[int, list[tuple[int, VariableSpec]]] = {i: [] for i in self.intervals}
+        for position, s in enumerate(self.specs):
+            groups[s.interval_ms].append((position, s))
+        self._by_interval = {i: tuple(ws) for i, ws in groups.items()}
+        self._phases: dict[int, LanePhase] = {}
+        if self.hyperperiod_ms // self.period_ms <= EAGER_PHASES:
+            for t in range(0, self.hyperperiod_ms, self.period_ms):
+                self.phase_at(t)
+
+    def __repr__(self) -> str:
+        return (
+            f"LaneSchedule(key={self.key!r}, variables={len(self.specs)}, "
+            f"period_ms={self.period_ms}, hyperperiod_ms={self.hyperperiod_ms})"
+        )
+
+    def mask_at(self, t_ms: int) -> int:
+        """Bit i is set when the i-th interval (ascending) is due at ``t_ms``."""
+        mask = 0
+        for i, interval in enumerate(self.intervals):
+            if t_ms % interval == 0:
+                mask |= 1 << i
+        return mask
+
+    def phase_at(self, t_ms: int) -> LanePhase | None:
+        """What is due at ``t_ms``, or None when nothing is."""
+        mask = self.mask_at(t_ms)
+        if not mask:
+            return None
+        phase = self._phases.get(mask)
+        if phase is None:
+            phase = self._phases[mask] = self._build(mask)
+        return phase
+
+    def next_due(self, after_ms: int | float) -> int:
+        """The first instant strictly after ``after_ms`` at which something is due."""
+        base = math.floor(after_ms)
+        return min((base // i + 1) * i for i in self.intervals)
+
+    def count_due(self, after_ms: int, until_ms: int | float) -> int:
+        """How many due instants lie in ``(after_ms, until_ms]``."""
+        count = 0
+        t = after_ms
+        while count < MAX_COUNT_WALK:
+            t = self.next_due(t)
+            if t > until_ms:
+                return count
+            count += 1
+        # A lane stuck for a very long time: estimate on the grid rather than walk it.
+        return max(count, int((until_ms - after_ms) // self.period_ms))
+
+    def due_between(self, after_ms: int, until_ms: int | float) -> list[int]:
+        """The due instants in ``(after_ms, until_ms]``, at most ``MAX_COUNT_WALK`` of them."""
+        out: list[int] = []
+        t = after_ms
+        while len(out) < MAX_COUNT_WALK:
+            t = self.next_due(t)
+            if t > until_ms:
+                break
+            out.append(t)
+        return out
+
+    def _build(self, mask: int) -> LanePhase:
+        due = [
+            pw
+            for i, interval in enumerate(self.intervals)
+            if mask >> i & 1
+            for pw in self._by_interval[interval]
+        ]
+        due.sort(key=lambda pw: pw[0])
+        per_reader: dict[str, list[VariableSpec]] = {}
+        for _, s in due:
+            per_reader.setdefault(s.reader, []).append(s)
+        return LanePhase(tuple(_reader_phase(r, per_reader[r]) for r in self.reader_order if r in per_reader))
+
+
+def _reader_phase(reader: str, due: Sequence[VariableSpec]) -> ReaderPhase:
+    index: dict[tuple[str, str], int] = {}
+    reads: list[VariableSpec] = []
+    per_context: dict[int, list[tuple[int, VariableSpec]]] = {}
+    for s in due:
+        key = (s.address, s.value_type)
+        n = index.get(key)
+        if n is None:
+            n = index[key] = len(reads)
+            reads.append(s)
+        per_context.setdefault(s.context_id, []).append((n, s))
+    deliveries = []
+    for context_id, items in per_context.items():
+        variables = tuple(s for _, s in items)
+        whole = len(items) == len(reads) and all(n == k and s is reads[k] for k, (n, s) in enumerate(items))
+        deliveries.append(
+            Delivery(
+                context_id,
+                variables,
+                None if whole else tuple(n for n, _ in items),
+                tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None),
+                tuple(k for k, s in enumerate(variables) if s.report == "change"),
+            )
+        )
+    phase = ReaderPhase(reader, tuple(reads), tuple(deliveries))
+    phase.by_context.update((d.context_id, d) for d in deliveries)
+    return phase

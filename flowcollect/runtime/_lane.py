@@ -1,0 +1,390 @@
+"""A lane: one thread and one clock serving the readers that share a resource.
+
+Everything a lane owns (its schedule, its tick, its readers' calls, the reuse of per-value
+objects) is touched only on its scheduler's thread; other threads hand it work with
+``scheduler.schedule``. What it reads goes out on its own ``Subject``: a slow or blocked lane
+takes no lock another lane needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from reactivex import abc
+from reactivex.internal.exceptions import DisposedException
+from reactivex.subject import Subject
+
+from flowcollect._clock import instant, now_ms
+from flowcollect._logs import RateLimitedLog
+from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase, distinct_reads
+from flowcollect.readers.base import DataReader
+from flowcollect.runtime._push import PushStore
+from flowcollect.runtime._steps import LaneRead
+from flowcollect.stats import ReaderCounters
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
+
+__all__ = ["STEP_MS", "Lane"]
+
+STEP_MS = 1000
+"""A wall-clock jump larger than this between two ticks (beyond what the monotonic clock saw) is a
+step (NTP, an operator): the lane re-anchors its grid on the new time instead of sleeping through
+it (backwards) or firing the instants it jumped over (forwards)."""
+
+
+def _batch_reader(reader: DataReader) -> bool:
+    """Whether the engine calls ``read_batch``: the class that defines ``read`` or ``read_batch``
+    nearest to the reader's own class decides, so a subclass overriding ``read`` of a reader that
+    has both (``RandomDataReader``) is read through its ``read``."""
+    for cls in type(reader).__mro__:
+        if cls is DataReader:
+            break
+        if "read" in vars(cls):
+            return "read_batch" in vars(cls)
+        if "read_batch" in vars(cls):
+            return True
+    return False
+
+
+class Lane:
+    """The tick source, reads and hand-over of one lane."""
+
+    def __init__(
+        self,
+        key: str,
+        readers: Sequence[DataReader],
+        scheduler: abc.SchedulerBase,
+        counters: Mapping[str, ReaderCounters],
+        errors: RateLimitedLog,
+        on_missed: Callable[[LaneSchedule, list[int]], None],
+        on_step: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.key = key
+        self.readers = {r.type: r for r in readers}
+        self.order = tuple(r.type for r in readers)
+        self.scheduler = scheduler
+        self.counters = counters
+        self.subject: Subject[LaneRead] = Subject()
+        self.planned: LaneSchedule | None = None
+        """The schedule the collector wants (set under its lock; what ``schedules()`` shows)."""
+        self.assigned = True
+        self.touched = False
+        """Some context ever wanted this lane: its readers are closed at close."""
+        self.used = False
+        """Work was ever handed to the scheduler (its thread exists)."""
+        self.clock_steps = 0
+        self._errors = errors
+        self._on_missed = on_missed
+        self._on_step = on_step
+        # A scheduler that waits on the monotonic clock (LaneScheduler, VirtualScheduler) lets
+        # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
+        self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
+        self._active: LaneSchedule | None = None
+        self._served: dict[str, tuple[VariableSpec, ...]] = {}
+        self._opened: set[str] = set()
+        self._batchy = {r.type: _batch_reader(r) for r in readers}
+        self._stores: dict[str, PushStore] = {r.type: PushStore() for r in readers if r.pushes}
+        self._routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
+        self._reuse: dict[int, tuple[ReaderPhase, list[CollectedVariable]]] = {}
+        self._pending: abc.DisposableBase | None = None
+        self._pending_due: int | None = None
+        self._anchor: float | None = None
+        self._last_fired = -1
+        self._closed = False
+
+    # -- from other threads ------------------------------------------------------------------
+
+    def post(self, action: Callable[[], None]) -> None:
+        self.used = True
+        with contextlib.suppress(DisposedException):  # closed: nothing is done here any more
+            self.scheduler.schedule(lambda _s, _t: action())
+
+    def plan(self, schedule: LaneSchedule | None, since_ms: int) -> None:
+        """Set the wanted schedule; the lane takes it on its thread, telling its readers first.
+        Instants due after ``since_ms`` (the change's instant) are read even if late."""
+        self.planned = schedule
+        if schedule is not None:
+            self.touched = True
+        if schedule is not None or self._active is not None or self.used:
+            self.post(lambda: self._apply(since_ms))
+
+    def assign(self, assigned: bool, since_ms: int) -> None:
+        if assigned != self.assigned:
+            self.assigned = assigned
+            self.post(lambda: self._apply(since_ms))
+
+    def store(self, reader: str) -> PushStore | None:
+        return self._stores.get(reader)
+
+    # -- on the lane's thread ----------------------------------------------------------------
+
+    def _apply(self, since_ms: int) -> None:
+        if self._closed:
+            return
+        wanted = self.planned if self.assigned else None
+        if wanted is not self._active:
+            self._active = wanted
+            self._reuse.clear()
+            self._tell_readers(wanted)
+        self._retime(since_ms)
+
+    def _tell_readers(self, schedule: LaneSchedule | None) -> None:
+        routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
+        for rtype, reader in self.readers.items():
+            specs = [s for s in schedule.specs if s.reader == rtype] if schedule is not None else []
+            if reader.pushes:
+                table: dict[tuple[str, str], list[VariableSpec]] = {}
+                for s in specs:
+                    if s.report == "change":
+                        table.setdefault((s.address, s.value_type), []).append(s)
+                routes[rtype] = table
+            served = tuple(distinct_reads(specs))
+            if served == self._served.get(rtype, ()):
+                continue
+            if served:
+                self._open(reader)
+            self._served[rtype] = served
+            if rtype in self._opened:
+                try:
+                    reader.plan_changed(served)
+                except Exception as exc:
+                    self._errors.error(
+                        (rtype, "plan_changed", str(exc)), "reader %r: plan_changed failed: %r", rtype, exc
+                    )
+        self._routes = routes
+
+    def _open(self, reader: DataReader) -> None:
+        rtype = reader.type
+        if rtype in self._opened:
+            return
+        self._opened.add(rtype)
+        try:
+            reader.open()
+        except Exception as exc:  # the reader retries in read(); say why once
+            self._errors.error((rtype, "open", str(exc)), "reader %r failed to open: %s", rtype, exc)
+        if reader.pushes:
+            try:
+                reader.start_pushing(self._emitter(rtype))
+            except Exception as exc:
+                self._errors.error(
+                    (rtype, "start_pushing", str(exc)), "reader %r failed to start pushing: %s", rtype, exc
+                )
+
+    def _emitter(self, rtype: str) -> Callable[[ValueBatch], None]:
+        store = self._stores[rtype]
+
+        def emit(batch: ValueBatch) -> None:
+            # Any thread: the store takes the values at once (the next due instant samples them);
+            # changes go to their contexts on the lane's thread, which owns the delivery state.
+            store.update(batch, now_ms(self.scheduler))
+            if len(batch) and self._routes.get(rtype):
+                self.post(lambda: self._pushed(rtype, batch))
+
+        return emit
+
+    def _pushed(self, rtype: str, batch: ValueBatch) -> None:
+        routes = self._routes.get(rtype)
+        if not routes or self._closed:
+            return
+        per_context: dict[int, tuple[list[VariableSpec], list[int]]] = {}
+        for i, spec in enumerate(batch.variables):
+            for target in routes.get((spec.address, spec.value_type), ()):
+                specs, index = per_context.setdefault(target.context_id, ([], []))
+                specs.append(target)
+                index.append(i)
+        if not per_context:
+            return
+        by_context = {}
+        for cid, (specs, index) in per_context.items():
+            variables = tuple(specs)
+            scaled = tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None)
+            by_context[cid] = Delivery(cid, variables, tuple(index), scaled, tuple(range(len(variables))))
+        t = math.floor(now_ms(self.scheduler))
+        self.subject.on_next(
+            LaneRead(t, rtype, batch.values, batch.errors, batch.source_ns, batch.quality, by_context, True)
+        )
+
+    def closing(self) -> bool:
+        return self._closed
+
+    def abandon(self) -> None:
+        """The close deadline passed with this lane still busy: it reads nothing more."""
+        self._closed = True
+
+    def close_readers(self, log: Callable[[str, str, Exception], None]) -> None:
+        """Stop ticking and close every reader this lane touched (on the lane's thread when it
+        has one, else the caller's)."""
+        self._closed = True
+        if self._pending is not None:
+            self._pending.dispose()
+            self._pending = None
+        if not self.touched:
+            return
+        for rtype, reader in self.readers.items():
+            try:
+                reader.close()
+            except Exception as exc:
+                log(rtype, "close", exc)
+
+    # -- ticks -------------------------------------------------------------------------------
+
+    def _offset(self) -> float | None:
+        # Wall minus monotonic: constant while the wall clock only runs; a jump is a step.
+        if self._monotonic_ms is None:
+            return None
+        return now_ms(self.scheduler) - self._monotonic_ms()
+
+    def _arm(self, due: int) -> None:
+        self._pending_due = due
+        self._anchor = self._offset()
+        try:
+            self._pending = self.scheduler.schedule_absolute(instant(due), self._fire, due)
+        except DisposedException:  # a read that outlived the close deadline came back
+            self._closed = True
+
+    def _fire(self, _scheduler: abc.SchedulerBase, due: Any) -> None:
+        if self._closed:
+            return
+        self._pending, self._pending_due = None, None
+        schedule = self._active
+        if schedule is None:
+            return
+        anchor, offset = self._anchor, self._offset()
+        if anchor is not None and offset is not None and abs(offset - anchor) > STEP_MS:
+            # The wall clock stepped while we waited: this instant belongs to the old timeline.
+            self._stepped(schedule, offset - anchor)
+            return
+        self._last_fired = due
+        began = now_ms(self.scheduler)
+        try:
+            self._tick(schedule, due, began)
+        except Exception as exc:  # never let one tick end the lane
+            self._errors.error(
+                (self.key, "internal", str(exc)), "lane %s: tick %s failed: %r", self.key, due, exc
+            )
+        now = now_ms(self.scheduler)
+        for counters in self._tick_counters(schedule):
+            counters.tick_ms.append(now - began)
+        if self.closing():
+            return
+        after = self._offset()
+        if offset is not None and after is not None and abs(after - offset) > STEP_MS:
+            self._stepped(schedule, after - offset)  # it stepped while we read
+            return
+        following = schedule.next_due(due)
+        if following <= now:
+            skipped = schedule.due_between(due, now)
+            for counters in self._tick_counters(schedule):
+                counters.overruns += len(skipped)
+            self._on_missed(schedule, skipped)
+            following = schedule.next_due(now)
+        self._arm(following)
+
+    def _tick_counters(self, schedule: LaneSchedule) -> list[ReaderCounters]:
+        return [self.counters[r] for r in schedule.reader_order if r in self.counters]
+
+    def _stepped(self, schedule: LaneSchedule, delta_ms: float) -> None:
+        """Re-anchor on the new wall time: the next grid instant after now, neither the old
+        timeline's next instant (a stall as long as a backward step) nor every instant a forward
+        step jumped over (a burst)."""
+        self.clock_steps += 1
+        for counters in self._tick_counters(schedule):
+            counters.clock_steps += 1
+        self._errors.warning(
+            (self.key, "step"),
+            "lane %s: the wall clock stepped by %+.0f ms; the grid goes on from the new time",
+            self.key,
+            delta_ms,
+        )
+        self._on_step()
+        self._last_fired = math.floor(now_ms(self.scheduler))
+        self._arm(schedule.next_due(self._last_fired))
+
+    def _retime(self, since_ms: int) -> None:
+        if self._pending_due is not None and self._pending_due <= now_ms(self.scheduler):
+            return  # that tick is due already and about to fire; it re-arms from the new schedule
+        if self._pending is not None:
+            self._pending.dispose()
+            self._pending, self._pending_due = None, None
+        if self._active is not None:
+            self._arm(self._active.next_due(max(since_ms, self._last_fired)))
+
+    def _tick(self, schedule: LaneSchedule, t_ms: int, began: float) -> None:
+        phase = schedule.phase_at(t_ms)
+        if phase is None:
+            return
+        for rp in phase.readers:
+            reader = self.readers[rp.reader]
+            counters = self.counters[rp.reader]
+            started = now_ms(self.scheduler)
+            counters.lateness.append(started - t_ms)
+            values, errors, source, quality = self._read(reader, rp, t_ms)
+            counters.read_ms.append(now_ms(self.scheduler) - started)
+            counters.ticks += 1
+            counters.values += len(values)
+            counters.errors += len(errors) - errors.count(None)
+            self.subject.on_next(LaneRead(t_ms, rp.reader, values, errors, source, quality, rp.by_context))
+
+    def _read(
+        self, reader: DataReader, rp: ReaderPhase, t_ms: int
+    ) -> tuple[list[Any], list[str | None], list[int | None] | None, list[str | None] | None]:
+        rtype = rp.reader
+        store = self._stores.get(rtype)
+        if store is not None:
+            return store.sample(rp.reads, t_ms, reader.stale_after_ms)
+        try:
+            if self._batchy[rtype]:
+                batch = ValueBatch(t_ms, rp.reads, reader=rtype)
+                reader.read_batch(batch)
+                return batch.values, batch.errors, batch.source_ns, batch.quality
+            return self._read_each(reader, rp, t_ms)
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            self._errors.error(
+                (rtype, text), "reader %r failed at %s: %s", rtype, instant(t_ms).isoformat(), text
+            )
+            n = rp.size
+            return [None] * n, [text] * n, None, None
+
+    def _read_each(
+        self, reader: DataReader, rp: ReaderPhase, t_ms: int
+    ) -> tuple[list[Any], list[str | None], list[int | None] | None, list[str | None] | None]:
+        # The phase's objects are kept and reset from tick to tick: a per-value reader costs no
+        # allocation per value (the garbage collector's walk over them was most of the p99).
+        kept = self._reuse.get(id(rp))
+        when = instant(t_ms)
+        if kept is None or kept[0] is not rp:
+            cv = CollectedVariable
+            cvs = [
+                cv(s.id, s.context_id, s.address, s.value_type, s.reader, s.interval_ms, None, when)
+                for s in rp.reads
+            ]
+            self._reuse[id(rp)] = (rp, cvs)
+        else:
+            cvs = kept[1]
+            for v in cvs:
+                v.value = None
+                v.error = None
+                v.time = when
+                v.quality = None
+        reader.read(cvs)
+        n = len(cvs)
+        values = [v.value for v in cvs]
+        errors = [v.error for v in cvs]
+        # list.count compares by identity first: two C loops, no Python per value.
+        times = [v.time for v in cvs]
+        source: list[int | None] | None = None
+        if times.count(when) != n:
+            source = [None if t is when or t is None else _ns(t) for t in times]
+        quality: list[str | None] | None = [v.quality for v in cvs]
+        if quality is not None and quality.count(None) == n:
+            quality = None
+        return values, errors, source, quality
+
+
+def _ns(when: datetime) -> int:
+    delta = when - instant(0)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000

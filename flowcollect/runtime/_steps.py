@@ -1,0 +1,212 @@
+"""The named steps of the running graph, as Rx operators. ``flowcollect plan`` draws these names.
+
+The way of one lane's values::
+
+    ticks (lane schedule)           one tick source per lane, absolute deadlines, own thread
+      -> read_due                   each reader of the lane reads its due variables, in order
+                                    (a pushing reader: the latest values it pushed, held)
+      -> LaneRead                   on the lane's Subject: no lock shared with another lane
+      -> for_context(id)            this context's values at this instant: a ValueBatch built
+                                    by index lists computed once; scale/offset applied per batch
+      -> gate(is_open)              closed while the context is paused
+      -> report_changes             variables with report="change": only what moved (deadband),
+                                    or a heartbeat
+      -> WriterSink.put             one bounded queue and thread per writer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reactivex import Observable
+from reactivex import operators as ops
+
+from flowcollect.compile import Delivery
+from flowcollect.values import ValueBatch
+
+__all__ = ["ChangeState", "LaneRead", "for_context", "gate", "report_changes"]
+
+Operator = Callable[[Observable[Any]], Observable[Any]]
+
+STEPS = ("ticks", "read_due", "for_context", "gate", "report_changes", "sink")
+"""The steps of the running graph, in order (what ``flowcollect plan`` draws)."""
+
+
+@dataclass(slots=True)
+class LaneRead:
+    """One reader's values at one instant (or one push), with who receives which of them."""
+
+    t_ms: int
+    reader: str
+    values: list[Any]
+    errors: list[str | None]
+    source_ns: list[int | None] | None
+    quality: list[str | None] | None
+    by_context: Mapping[int, Delivery]
+    pushed: bool = False
+    """A push delivered as it came (only to ``report="change"`` variables), not a due instant."""
+
+
+def _pick(column: list[Any] | None, index: tuple[int, ...] | None) -> list[Any] | None:
+    if column is None or index is None:
+        return column
+    return [column[i] for i in index]
+
+
+def _scale(values: list[Any], variables: tuple[Any, ...], positions: tuple[int, ...]) -> None:
+    for k in positions:
+        x = values[k]
+        if x is None or isinstance(x, (bool, str)):
+            continue
+        spec = variables[k]
+        if spec.scale is not None:
+            x = x * spec.scale
+        if spec.offset is not None:
+            x = x + spec.offset
+        values[k] = x
+
+
+def batch_for(read: LaneRead, d: Delivery, context_id: int) -> ValueBatch:
+    """The context's ``ValueBatch`` of a lane read: shared columns when it gets the reads as they
+    are, index lists otherwise; scale and offset applied on a copy."""
+    index = d.index
+    if index is None:
+        values = list(read.values) if d.scaled else read.values
+        errors = read.errors
+    else:
+        src = read.values
+        values = [src[i] for i in index]
+        errs = read.errors
+        errors = [errs[i] for i in index]
+    if d.scaled:
+        _scale(values, d.variables, d.scaled)
+    return ValueBatch(
+        read.t_ms,
+        d.variables,
+        values,
+        errors,
+        source_ns=_pick(read.source_ns, index),
+        quality=_pick(read.quality, index),
+        context_id=context_id,
+        reader=read.reader,
+    )
+
+
+def for_context(context_id: int, since_ms: Callable[[], int], until_ms: Callable[[], int]) -> Operator:
+    """This context's values from each lane read that has some, strictly after ``since_ms()``
+    (its start, then its last resume) and before ``until_ms()`` (its end; a stop brings it
+    forward), as one ``ValueBatch`` per read.
+
+    The bounds matter when a tick is late: a tick due at or before the start (or resume) that
+    fires after the context's plan was applied would otherwise carry its variables; and a
+    stopped run's branch, kept for its reads in flight, must not take a new run's instants.
+    """
+
+    def batches(source: Observable[LaneRead]) -> Observable[ValueBatch]:
+        def subscribe(observer: Any, scheduler: Any = None) -> Any:
+            def on_next(read: LaneRead) -> None:
+                d = read.by_context.get(context_id)
+                if d is not None and since_ms() < read.t_ms < until_ms():
+                    observer.on_next(batch_for(read, d, context_id))
+
+            return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
+
+        return Observable(subscribe)
+
+    return batches
+
+
+def gate(is_open: Callable[[], bool]) -> Operator:
+    """Let values through only while ``is_open()``: the pause switch of a context."""
+    return ops.filter(lambda _values: is_open())
+
+
+class ChangeState:
+    """What was last delivered to one context, per variable with ``report="change"``.
+
+    Owned by the context's run; cleared on resume, so a resumed context hears every value at once.
+    """
+
+    __slots__ = ("last", "positions")
+
+    def __init__(self) -> None:
+        # (reader, variable id) -> [value, error, t_ms of the last delivery]
+        self.last: dict[tuple[str, int], list[Any]] = {}
+        # The positions of report="change" variables per variables tuple (by identity: the
+        # tuples are the compiled deliveries', shared from tick to tick).
+        self.positions: dict[int, tuple[tuple[Any, ...], tuple[int, ...]]] = {}
+
+    def clear(self) -> None:
+        self.last.clear()
+
+    def changes_of(self, batch: ValueBatch) -> tuple[int, ...]:
+        variables = batch.variables
+        entry = self.positions.get(id(variables))
+        if entry is None or entry[0] is not variables:
+            found = tuple(k for k, s in enumerate(variables) if s.report == "change")
+            if len(self.positions) > 4096:
+                self.positions.clear()
+            # Kept with the tuple itself, so its id cannot be reused while the entry lives.
+            entry = (tuple(variables) if not isinstance(variables, tuple) else variables, found)
+            self.positions[id(entry[0])] = entry
+        return entry[1]
+
+
+def _moved(spec: Any, value: Any, last: Any) -> bool:
+    if value is None or last is None or isinstance(value, (bool, str)) or isinstance(last, (bool, str)):
+        return bool(value != last)
+    band = spec.deadband or 0.0
+    try:
+        return bool(abs(value - last) > band) if band else bool(value != last)
+    except TypeError:
+        return bool(value != last)
+
+
+def report_changes(state: ChangeState) -> Operator:
+    """Pass ``report="every"`` values as they are; of the ``report="change"`` ones only those that
+    moved by more than their ``deadband`` since the last delivered to this context (any change for
+    bool and str, and any change of error), or whose ``heartbeat_ms`` has passed since then.
+    A batch left empty is not delivered."""
+
+    def keep(batch: ValueBatch) -> ValueBatch | None:
+        positions = state.changes_of(batch)
+        if not positions:
+            return batch
+        last = state.last
+        t = batch.t_ms
+        variables, values, errors = batch.variables, batch.values, batch.errors
+        dropped: set[int] = set()
+        for k in positions:
+            spec = variables[k]
+            key = (spec.reader, spec.id)
+            seen = last.get(key)
+            value, error = values[k], errors[k]
+            if seen is not None and error == seen[1] and not _moved(spec, value, seen[0]):
+                beat = spec.heartbeat_ms
+                if beat is None or t - seen[2] < beat:
+                    dropped.add(k)
+                    continue
+            last[key] = [value, error, t]
+        if not dropped:
+            return batch
+        if len(dropped) == len(batch):
+            return None
+        index = [i for i in range(len(batch)) if i not in dropped]
+        return ValueBatch(
+            t,
+            tuple(variables[i] for i in index),
+            [values[i] for i in index],
+            [errors[i] for i in index],
+            source_ns=None if batch.source_ns is None else [batch.source_ns[i] for i in index],
+            quality=None if batch.quality is None else [batch.quality[i] for i in index],
+            context_id=batch.context_id,
+            reader=batch.reader,
+        )
+
+    def _report_changes(source: Observable[ValueBatch]) -> Observable[ValueBatch]:
+        kept: Observable[ValueBatch | None] = source.pipe(ops.map(keep))
+        return kept.pipe(ops.filter(lambda b: b is not None))  # type: ignore[arg-type]
+
+    return _report_changes

@@ -1,0 +1,134 @@
+"""Lanes on the real clock: a blocked lane costs only itself, and close() is bounded whatever a
+reader does, from any thread. Tolerances come from the contract (a lane never waits for another),
+not from how fast this machine is."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from flowcollect import (
+    CollectedVariable,
+    DataCollectionContext,
+    DataCollectionListener,
+    DataCollector,
+    Variable,
+)
+from flowcollect.testing import MemoryDataWriter, StaticDataReader
+from tests.conftest import collector_threads
+from tests.reliability.support import ms, wait_until
+
+pytestmark = pytest.mark.realtime
+
+BLOCK_S = 1.5
+
+
+class BlockingReader(StaticDataReader):
+    """Blocks in one read (the third) until released or BLOCK_S passes."""
+
+    def __init__(self, type: str) -> None:  # noqa: A002
+        super().__init__({"x": 1.0}, type=type)
+        self.blocking = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        self.calls += 1
+        if self.calls == 3:
+            self.blocking.set()
+            self.release.wait(BLOCK_S)
+        super().read(variables)
+
+
+def context(cid: int, reader: str, interval_ms: int = 100, **fields: object) -> DataCollectionContext:
+    return DataCollectionContext(
+        id=cid,
+        interval_ms=interval_ms,
+        min_interval_ms=10,
+        variables=[Variable(id=1, address="x", reader=reader)],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_a_blocked_lane_delays_neither_the_reads_nor_the_hand_over_of_another(
+    no_leftover_threads: None,
+) -> None:
+    writer = MemoryDataWriter()
+    steady, blocked = StaticDataReader({"x": 2.0}, type="steady"), BlockingReader("blocked")
+    with DataCollector([steady, blocked], [writer]) as collector:
+        collector.start(context(1, "steady"))
+        collector.start(context(2, "blocked"))
+        assert blocked.blocking.wait(5)
+        began = round(time.time() * 1000)
+        # While the other lane is stuck in a read, this one's values keep reaching the writer:
+        # its reads and its hand-over take no lock the blocked lane holds.
+        assert wait_until(
+            lambda: len([v for v in writer.snapshot() if v.context_id == 1 and ms(v) > began]) >= 3,
+            timeout_s=BLOCK_S * 0.8,
+        )
+        during = [ms(v) for v in writer.snapshot() if v.context_id == 1 and ms(v) > began]
+        blocked.release.set()
+        stats = collector.stats().readers
+    # Every steady read started well within one interval of the block's length: it was never
+    # queued behind the blocked read (that would make it BLOCK_S late).
+    assert stats["steady"].lateness_ms_max is not None
+    assert stats["steady"].lateness_ms_max < BLOCK_S * 1000 / 2
+    assert stats["steady"].lane != stats["blocked"].lane
+    assert during == sorted(set(during))
+
+
+class HangingReader(StaticDataReader):
+    """Hangs for ever in read() and close() (a device that never answers, a socket that never
+    closes), until the test ends it."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__({"x": 1.0}, type="hanging")
+        self.release = release
+        self.entered = threading.Event()
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        self.entered.set()
+        self.release.wait(30)
+
+    def close(self) -> None:
+        self.release.wait(30)
+
+
+def test_close_is_bounded_whatever_a_reader_does() -> None:
+    release = threading.Event()
+    hanging = HangingReader(release)
+    healthy = StaticDataReader({"x": 1.0})
+    writer = MemoryDataWriter()
+    collector = DataCollector([hanging, healthy], [writer], close_timeout_s=1.0)
+    try:
+        collector.start(context(1, "hanging"))
+        collector.start(context(2, "static"))
+        assert hanging.entered.wait(5)
+        assert wait_until(lambda: len(writer.snapshot()) >= 2)
+        began = time.monotonic()
+        collector.close()
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert took < 1.0 + 1.0, took  # close_timeout_s plus a small constant
+    assert healthy.closed == 1 and writer.closed  # the healthy parts were closed
+    assert wait_until(lambda: not collector_threads())  # the stuck one ends once released
+
+
+def test_close_from_a_listener_callback_leaves_no_collector_thread(no_leftover_threads: None) -> None:
+    closed = threading.Event()
+
+    class CloseWhenDone(DataCollectionListener):
+        def after_stop(self, collector: DataCollector, context: DataCollectionContext) -> None:
+            collector.close()  # on the collector's timer thread: the context ended by its duration
+            closed.set()
+
+    writer = MemoryDataWriter()
+    collector = DataCollector([StaticDataReader({"x": 1.0})], [writer], [CloseWhenDone()])
+    collector.start(context(1, "static", duration_s=0.3))
+    assert closed.wait(5)
+    assert collector.closed and writer.closed
+    assert wait_until(lambda: not collector_threads(), timeout_s=5), collector_threads()
