@@ -23,14 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from flowcollect.collector import DataCollector
 from flowcollect.group import group_status, owner
 from tests.support.etcd import Etcd
-
-# TEMPORARY until main has the engine's lanes (merged ~12:20): removed by the merge commit.
-pytestmark = pytest.mark.skipif(
-    not hasattr(DataCollector, "assign_lanes"), reason="needs DataCollector.assign_lanes (engine branch)"
-)
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = Path(__file__).with_name("group_pipeline.py")
