@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flowcollect.errors import ConfigError
 from flowcollect.group import (
@@ -136,3 +138,47 @@ def test_bad_group_addresses_are_named(text: str, fault: str) -> None:
     with pytest.raises(ConfigError, match=fault) as caught:
         parse_address(text)
     assert "--group" in str(caught.value)
+
+
+member_ids = st.sampled_from(["a", "b", "c", "d", "e"])
+
+
+@st.composite
+def group_views(draw: st.DrawFn) -> tuple[View, list[str]]:
+    """A consistent read of the group: live members with leases, and ownership keys each under
+    some lease (a live member's, or a stale one of a member gone or restarted)."""
+    live = draw(st.sets(member_ids, max_size=5))
+    leases = {m: i + 1 for i, m in enumerate(sorted(live))}
+    lanes = [f"lane{i}" for i in range(draw(st.integers(0, 12)))]
+    owners = {}
+    for lane in lanes:
+        if draw(st.booleans()):
+            holder = draw(member_ids)
+            lease = leases.get(holder, 100) if draw(st.booleans()) else 99
+            owners[lane] = OwnerRecord(lane, holder, lease, token=draw(st.integers(1, 1000)))
+    members = {m: MemberInfo(m, lease) for m, lease in leases.items()}
+    return View(draw(st.integers(1, 10_000)), members, owners), lanes
+
+
+@given(group_views(), st.booleans())
+def test_decisions_never_let_two_members_collect_one_lane(case: tuple[View, list[str]], fenced: bool) -> None:
+    state, lanes = case
+    collecting: dict[str, str] = {}
+    for member in state.members.values():
+        decision = decide(member.id, member.lease, lanes, state, (), fenced=fenced)
+        held = {
+            lane
+            for lane, rec in state.owners.items()
+            if rec.lease == member.lease and rec.member == member.id
+        }
+        assert decision.collect <= held, "collects only lanes whose key it holds under its lease"
+        assert not set(decision.acquire) & set(state.owners), "creates only absent keys"
+        assert set(decision.release) <= held and not set(decision.release) & decision.collect
+        if fenced:
+            assert decision.collect == frozenset() and not decision.acquire and not decision.release
+        for lane in decision.collect:
+            assert lane not in collecting, f"{lane} collected by {collecting.get(lane)} and {member.id}"
+            collecting[lane] = member.id
+        # What it acquires or collects is its own by rendezvous among the live members.
+        labels = {m: frozenset[str]() for m in state.members}
+        assert all(owner(lane, labels) == member.id for lane in [*decision.acquire, *decision.collect])
