@@ -15,6 +15,9 @@ three processes (ten devices each, each its own port and so its own lane), and t
   takeover gap; the contract bounds it by TTL + two intervals), and the member is restarted.
   p50 and max over every killed lane, beside the contract's TTL + two intervals and the bound
   etcd allows (it revokes expired leases on a 500 ms round, so add up to 0.5 s).
+- ``handover``: ``--handovers`` times, one of three members gets SIGTERM (in turn), as in a
+  rolling restart, and is started again; the gap between its last value of each of its lanes
+  and the new owner's first (the contract bounds it by two intervals). p50 and max.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class Bench:
         self.lanes: list[str] = []
         self.members: dict[str, subprocess.Popen[bytes]] = {}
         self.csvs: list[Path] = []
+        self.current: dict[str, Path] = {}
+        """Member -> the CSV of its running incarnation."""
         self.runs = 0
 
     def url(self, name: str) -> str:
@@ -95,6 +100,7 @@ class Bench:
         )
         log.close()
         self.csvs.append(csv_path)
+        self.current[member] = csv_path
         return csv_path
 
     def expected(self, live: list[str]) -> dict[str, str | None]:
@@ -222,6 +228,48 @@ def takeover(bench: Bench) -> dict[str, Any]:
     }
 
 
+def handover(bench: Bench) -> dict[str, Any]:
+    """SIGTERM one member in turn (a rolling restart): the gap between the leaver's last value of
+    each of its lanes and the new owner's first."""
+    name = "handover"
+    ids = ["m1", "m2", "m3"]
+    for member in ids:
+        bench.start(name, member)
+    bench.wait_owned(name, ids)
+    stops: list[tuple[Path, list[str]]] = []
+    for k in range(bench.args.handovers):
+        leaver = ids[k % len(ids)]
+        time.sleep(1)
+        lanes = [lane for lane, m in bench.expected(ids).items() if m == leaver]
+        stops.append((bench.current[leaver], lanes))
+        bench.members[leaver].send_signal(signal.SIGTERM)
+        bench.members[leaver].wait(30)
+        bench.wait_owned(name, [m for m in ids if m != leaver], 10)
+        time.sleep(2 * bench.args.interval_ms / 1000 + 0.5)
+        bench.start(name, leaver)
+        bench.wait_owned(name, ids)
+    bench.stop_members()
+    by_path = {path: rows(path) for path in bench.csvs if path.name.startswith(name)}
+    gaps = []
+    for leaving, lanes in stops:
+        for lane in lanes:
+            variable = 100 * (bench.device_of(lane) + 1)
+            last = max((t for vid, t in by_path[leaving] if vid == variable), default=None)
+            if last is None:
+                continue
+            later = [t for path, found in by_path.items() if path != leaving for vid, t in found
+                     if vid == variable and t > last]  # fmt: skip
+            if later:
+                gaps.append(min(later) - last)
+    return {
+        "sigterms": len(stops),
+        "lanes_handed_over": len(gaps),
+        "gap_ms_p50": round(statistics.median(gaps)) if gaps else None,
+        "gap_ms_max": round(max(gaps)) if gaps else None,
+        "contract_ms": 2 * bench.args.interval_ms,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=30)
@@ -229,6 +277,7 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--handovers", type=int, default=5, help="SIGTERMs (a rolling restart)")
     parser.add_argument("--ttl", type=int, default=2)
     args = parser.parse_args()
     binary = find_binary()
@@ -251,6 +300,8 @@ def main() -> None:
                     result["members"][str(count)] = throughput(bench, count)
                 if args.kills:
                     result["takeover"] = takeover(bench)
+                if args.handovers:
+                    result["handover"] = handover(bench)
             finally:
                 bench.close()
     print(json.dumps(result, indent=2))

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     # `import flowcollect.group` (and the CLI) works without them.
     import requests
 
-__all__ = ["EtcdUnavailable", "Kv", "Store", "Watch"]
+__all__ = ["MAX_TXN_OPS", "EtcdUnavailable", "Kv", "Store", "Watch"]
+
+MAX_TXN_OPS = 100
+"""Keys per transaction: etcd refuses more than ``--max-txn-ops`` (128 by default)."""
 
 _log = logging.getLogger("flowcollect.group")
 
@@ -113,9 +116,22 @@ class Store:
 
     def create(self, key: str, value: bytes, lease: int, budget_s: float | None = None) -> int | None:
         """Create ``key`` under ``lease`` if no such key exists; its create revision, or None if taken."""
+        return self.create_all([(key, value)], lease, budget_s)
+
+    def create_all(
+        self, items: Sequence[tuple[str, bytes]], lease: int, budget_s: float | None = None
+    ) -> int | None:
+        """Create every key under ``lease`` in one transaction if none of them exists: their
+        create revision, or None (nothing written) if any is taken. At most ``MAX_TXN_OPS``."""
         txn = {
-            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
-            "success": [{"request_put": {"key": _b64(key), "value": _b64(value), "lease": lease}}],
+            "compare": [
+                {"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+                for key, _ in items
+            ],
+            "success": [
+                {"request_put": {"key": _b64(key), "value": _b64(value), "lease": lease}}
+                for key, value in items
+            ],
             "failure": [],
         }
         result = self._post("kv/txn", txn, budget_s)
@@ -125,11 +141,17 @@ class Store:
 
     def delete_if_created(self, key: str, create_revision: int, budget_s: float | None = None) -> bool:
         """Delete ``key`` only while it is still the incarnation created at ``create_revision``."""
+        return self.delete_all_if_created([(key, create_revision)], budget_s)
+
+    def delete_all_if_created(self, items: Sequence[tuple[str, int]], budget_s: float | None = None) -> bool:
+        """Delete every key in one transaction if each is still the incarnation created at its
+        revision; False (nothing deleted) if any is not. At most ``MAX_TXN_OPS``."""
         txn = {
             "compare": [
-                {"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": create_revision}
+                {"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": revision}
+                for key, revision in items
             ],
-            "success": [{"request_delete_range": {"key": _b64(key)}}],
+            "success": [{"request_delete_range": {"key": _b64(key)}} for key, _ in items],
             "failure": [],
         }
         return bool(self._post("kv/txn", txn, budget_s).get("succeeded", False))

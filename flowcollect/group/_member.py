@@ -28,7 +28,7 @@ from typing import Any
 from flowcollect.errors import ConfigError
 from flowcollect.group._address import GroupAddress, parse_address
 from flowcollect.group._core import LeaseTimer, View, decide
-from flowcollect.group._etcd import EtcdUnavailable, Store, Watch
+from flowcollect.group._etcd import MAX_TXN_OPS, EtcdUnavailable, Store, Watch
 from flowcollect.group._hrw import Pin
 from flowcollect.group._keys import lane_key, member_key, member_value, parse_view, plan_key, plan_value
 
@@ -379,24 +379,54 @@ class GroupMember:
         tokens = {lane: view.owners[lane].token for lane in decision.collect}
         # Lanes to give back stop here, before their keys go: nobody else may start them sooner.
         self._assign(decision.collect, tokens, decision.waiting)
-        changed = False
-        for lane in decision.release:
-            if self._store.delete_if_created(
-                lane_key(self._prefix, lane), view.owners[lane].token, self._budget()
-            ):
+        self._release(decision.release, view)
+        acquired = self._acquire(decision.acquire)
+        if acquired and not self._timer.fenced(self._clock()):
+            # The keys are ours under a lease still inside its deadline: start them now rather
+            # than after another read.
+            waiting = tuple(lane for lane in decision.waiting if lane not in acquired)
+            self._assign(decision.collect | acquired.keys(), {**tokens, **acquired}, waiting)
+        return bool(decision.release or decision.acquire)
+
+    def _release(self, lanes: Iterable[str], view: View) -> None:
+        """Delete the keys of lanes already stopped, each only if still the incarnation we made."""
+        for chunk in _chunks(lanes):
+            owned = [(lane_key(self._prefix, lane), view.owners[lane].token) for lane in chunk]
+            if self._store.delete_all_if_created(owned, self._budget()):
+                gone = list(chunk)
+            else:  # one of them changed meanwhile: give back the others one by one
+                gone = [
+                    lane
+                    for lane, (key, token) in zip(chunk, owned, strict=True)
+                    if self._store.delete_if_created(key, token, self._budget())
+                ]
+            for lane in gone:
                 self._count("released")
                 self._log.info("group %s: %s gave lane %s back", self.address.name, self.member_id, lane)
-            changed = True
-        for lane in decision.acquire:
-            value = json.dumps({"member": self.member_id}).encode()
-            token = self._store.create(lane_key(self._prefix, lane), value, self._lease, self._budget())
+
+    def _acquire(self, lanes: Iterable[str]) -> dict[str, int]:
+        """Create the keys of free lanes under our lease: lane -> fencing token, for those created."""
+        acquired: dict[str, int] = {}
+        if self._lease is None:
+            return acquired
+        value = json.dumps({"member": self.member_id}).encode()
+        for chunk in _chunks(lanes):
+            # One transaction for all: a member taking over a dead one's lanes needs one round trip.
+            items = [(lane_key(self._prefix, lane), value) for lane in chunk]
+            token = self._store.create_all(items, self._lease, self._budget())
             if token is not None:
-                self._count("acquired")
-                self._log.info(
-                    "group %s: %s took lane %s (token %d)", self.address.name, self.member_id, lane, token
-                )
-            changed = True
-        return changed
+                acquired.update(dict.fromkeys(chunk, token))
+                continue
+            for lane, (key, _) in zip(chunk, items, strict=True):  # one is taken: the others alone
+                token = self._store.create(key, value, self._lease, self._budget())
+                if token is not None:
+                    acquired[lane] = token
+        for lane, token in acquired.items():
+            self._count("acquired")
+            self._log.info(
+                "group %s: %s took lane %s (token %d)", self.address.name, self.member_id, lane, token
+            )
+        return acquired
 
     def _assign(self, lanes: frozenset[str], tokens: Mapping[str, int], waiting: tuple[str, ...]) -> None:
         with self._lock:
@@ -493,6 +523,11 @@ class GroupMember:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
+
+
+def _chunks(lanes: Iterable[str]) -> list[tuple[str, ...]]:
+    items = tuple(lanes)
+    return [items[i : i + MAX_TXN_OPS] for i in range(0, len(items), MAX_TXN_OPS)]
 
 
 def _check_timing(ttl_s: int, keepalive_s: float, margin_s: float, request_timeout_s: float) -> None:
