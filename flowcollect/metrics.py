@@ -140,14 +140,17 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
 def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
     label = ["writer"]
     written = CounterMetricFamily(
-        "flowcollect_writer_written", "Values handed to the writer without an exception", labels=label
+        "flowcollect_writer_written", "Values the writer said are stored (acknowledged)", labels=label
     )
     failed = CounterMetricFamily(
-        "flowcollect_writer_failed", "Values in write calls that raised", labels=label
+        "flowcollect_writer_failed",
+        "Values refused: in write calls that raised, or reported failed",
+        labels=label,
     )
     dropped = CounterMetricFamily(
         "flowcollect_writer_dropped",
-        "Values dropped: stage=queue by the engine's full queue, stage=writer by the writer itself",
+        "Values dropped: stage=queue by the engine's full queue, stage=writer by the writer itself, "
+        "stage=close not stored by the close deadline",
         labels=["writer", "stage"],
     )
     queued = GaugeMetricFamily(
@@ -174,9 +177,11 @@ def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
     for name, w in stats.writers.items():
         written.add_metric([name], w.written)
         failed.add_metric([name], w.failed)
-        dropped.add_metric([name, "queue"], w.dropped)
-        if "dropped" in w.extra:
-            dropped.add_metric([name, "writer"], w.extra["dropped"])
+        # The sink's figures by stage: the very numbers of the summary (writers report their own
+        # drops in receipts).
+        dropped.add_metric([name, "queue"], w.dropped_queue)
+        dropped.add_metric([name, "writer"], w.dropped_writer)
+        dropped.add_metric([name, "close"], w.dropped_close)
         queued.add_metric([name], w.queued)
         oldest.add_metric([name], w.oldest_queued_s)
         if "buffered" in w.extra:
@@ -195,11 +200,20 @@ def _context_metrics(stats: CollectorStats) -> Iterator[Metric]:
     state = GaugeMetricFamily(
         "flowcollect_context_state", "1 for the context's current state", labels=["context", "state"]
     )
+    missed = CounterMetricFamily(
+        "flowcollect_context_missed_instants",
+        "Due instants of the context its readers could not serve (a read still running)",
+        labels=["context"],
+    )
     for cid, c in stats.contexts.items():
         delivered.add_metric([str(cid)], c.delivered)
+        # Counted by the engine's second design; absent before it.
+        count = getattr(c, "missed_instants", None)
+        if count is not None:
+            missed.add_metric([str(cid)], count)
         for name in STATES:
             state.add_metric([str(cid), name], 1.0 if c.state == name else 0.0)
-    yield from (delivered, state)
+    yield from (delivered, state, missed)
 
 
 def registry_for(source: StatsSource, process: bool = True) -> CollectorRegistry:
