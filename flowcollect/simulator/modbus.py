@@ -319,6 +319,8 @@ class ReceivedRequest:
     function_code: int
     address: int
     count: int
+    t_ns: int = 0
+    """When it arrived (epoch ns): tests bucket requests by due instant (no instant read twice)."""
 
 
 class Simulator:
@@ -525,7 +527,12 @@ class Simulator:
             with self._lock:
                 self._requests += 1
                 self._log.append(
-                    ReceivedRequest(pdu.function_code, getattr(pdu, "address", 0), getattr(pdu, "count", 0))
+                    ReceivedRequest(
+                        pdu.function_code,
+                        getattr(pdu, "address", 0),
+                        getattr(pdu, "count", 0),
+                        time.time_ns(),
+                    )
                 )
         return pdu
 
