@@ -9,7 +9,7 @@ loopback port) stand for a mixer PLC, a boiler controller that stores its words 
 quality context runs 4 s, pauses 2 s, and so on (``PauseSchedule``), as a batch phase would.
 
 Values go to InfluxDB when ``INFLUX_URL``, ``INFLUX_TOKEN``, ``INFLUX_ORG`` and
-``INFLUX_BUCKET`` are set, else to ``out/plant.csv``. Runs until stopped (Ctrl-C, SIGTERM).
+``INFLUX_BUCKET`` are set, else to ``out/plant.csv`` beside this file. Runs until stopped (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
