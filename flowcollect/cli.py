@@ -577,12 +577,19 @@ def plan(
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 5020,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (5020; with --opcua 4840).")
+    ] = None,
     log_level: LogLevelOpt = LogLevel.INFO,
+    opcua: Annotated[bool, typer.Option("--opcua", help="Serve the OPC UA plant instead.")] = False,
 ) -> None:
-    """Serve the simulated Modbus TCP plant until SIGINT/SIGTERM."""
+    """Serve the simulated Modbus TCP plant (or with --opcua the OPC UA one) until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
+    if opcua:
+        _simulate_opcua(host, 4840 if port is None else port, debug)
+        return
+    port = 5020 if port is None else port
     try:
         from flowcollect import simulator
     except ImportError as exc:
@@ -605,6 +612,29 @@ def simulate(
         _fail(exc, debug)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _simulate_opcua(host: str, port: int, debug: bool) -> None:
+    try:
+        from flowcollect.simulator import opcua
+    except ImportError as exc:
+        _fail(
+            FlowcollectError(
+                f"the OPC UA simulator is not available (pip install flowcollect[opcua]): {exc}"
+            ),
+            debug,
+        )
+    if port and port_in_use(host, port):
+        _fail(FlowcollectError(f"--port {port}: {host}:{port} is already in use; pick another, or 0"), debug)
+    if not debug:
+        # asyncua logs every node of its standard address space at INFO while it starts.
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+    try:
+        opcua.serve(host=host, port=port)  # SIGTERM ends it like Ctrl-C
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        _fail(exc, debug)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -9,8 +9,9 @@ from flowcollect.readers.randomgen import RandomDataReader
 
 if TYPE_CHECKING:
     from flowcollect.readers.modbus import ModbusDataReader
+    from flowcollect.readers.opcua import OpcUaDataReader
 
-__all__ = ["DataReader", "ModbusDataReader", "RandomDataReader"]
+__all__ = ["DataReader", "ModbusDataReader", "OpcUaDataReader", "RandomDataReader"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,9 @@ def __getattr__(name: str) -> Any:
         from flowcollect.readers.modbus import ModbusDataReader
 
         return ModbusDataReader
+    # asyncua is imported only by those who read OPC UA.
+    if name == "OpcUaDataReader":
+        from flowcollect.readers.opcua import OpcUaDataReader
+
+        return OpcUaDataReader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

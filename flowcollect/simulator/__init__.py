@@ -1,4 +1,5 @@
-"""Simulated devices for demos, tests and benchmarks: a Modbus plant today (``modbus``).
+"""Simulated devices for demos, tests and benchmarks: a Modbus plant (``modbus``) and an OPC UA
+plant (``flowcollect.simulator.opcua``, imported on its own: it needs asyncua).
 
 Each protocol's simulator lives in a module of its own, imported only by those who use it; the
 Modbus names are re-exported here, where the first design had them.
