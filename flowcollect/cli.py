@@ -12,6 +12,7 @@ Commands that run a pipeline work in the pipeline file's folder, so relative pat
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,8 @@ from rich.text import Text
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
+from flowcollect.group import GroupOptions, run_in_group
+from flowcollect.group._cli import group_app
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
     EXIT_ERROR,
@@ -59,6 +62,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(group_app, name="group")
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 _CHATTY = ("urllib3", "influxdb_client", "asyncio")
@@ -315,6 +319,29 @@ def run(
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
     no_preflight: NoPreflightOpt = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            metavar="etcd://HOST:PORT[,HOST:PORT...]/NAME",
+            help="Run as a member of this group: lanes shared out, taken over on failure (docs/scaling.md).",
+        ),
+    ] = None,
+    member: Annotated[
+        str | None, typer.Option("--member", help="Member id in the group; default: host name-process id.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="A label of this member (repeat), for --pin.")
+    ] = None,
+    pin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pin", metavar="LANE_GLOB=LABEL", help="Only members with LABEL may own these lanes (repeat)."
+        ),
+    ] = None,
+    group_ttl: Annotated[
+        int, typer.Option("--group-ttl", help="Seconds a dead member's lanes wait for takeover (lease TTL).")
+    ] = 10,
 ) -> None:
     """Run a pipeline until --duration, until every context has ended, or until SIGINT/SIGTERM.
 
@@ -325,6 +352,14 @@ def run(
     live_status = console.is_terminal and not json_summary and not once
     _setup_logging(log_level, console if live_status else None)
     debug = log_level is LogLevel.DEBUG
+    try:
+        options = (
+            None if group is None else GroupOptions.parse(group, member, label or (), pin or (), group_ttl)
+        )
+        if options is not None and once:
+            raise ConfigError("--once reads every variable once and writes nothing: it joins no --group")
+    except ConfigError as exc:
+        _fail(exc, debug)
     pipeline = _load(pipeline_file, debug, enter=True)
     if once:
         _once(pipeline, context, json_summary, debug)
@@ -342,6 +377,7 @@ def run(
             live_status,
             not no_preflight,
             received,
+            options,
         )
     except Exception as exc:
         _fail(exc, debug)
@@ -368,6 +404,7 @@ def _run(
     live_status: bool,
     preflight: bool,
     received: list[str],
+    group: GroupOptions | None = None,
 ) -> RunSummary:
     ids = context_ids or None
     holder: list[DataCollector] = []
@@ -413,7 +450,8 @@ def _run(
     # the engine is meant to be fast without tuning; docs/performance.md has the figures.
     try:
         with _stop_on_signals(stop, received):
-            summary = pipeline.run(
+            run = pipeline.run if group is None else functools.partial(run_in_group, pipeline, group)
+            summary = run(
                 duration,
                 context_ids=ids,
                 stop=stop,
@@ -567,8 +605,16 @@ def simulate(
     ] = None,
     log_level: LogLevelOpt = LogLevel.INFO,
     opcua: Annotated[bool, typer.Option("--opcua", help="Serve the OPC UA plant instead.")] = False,
+    serial: Annotated[
+        bool,
+        typer.Option("--serial", help="Units 1, 2, 3 on a serial line (a socat pty pair); prints the pty."),
+    ] = False,
+    rtu: Annotated[
+        bool, typer.Option("--rtu", help="Units 1, 2, 3 speaking RTU over TCP (a gateway).")
+    ] = False,
 ) -> None:
-    """Serve the simulated Modbus TCP plant (or with --opcua the OPC UA one) until SIGINT/SIGTERM."""
+    """Serve the simulated Modbus TCP plant (a line of units with --serial or --rtu, the OPC UA
+    plant with --opcua) until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
     if opcua:
@@ -590,7 +636,10 @@ def simulate(
     # SIGTERM (a service manager's stop) ends it like Ctrl-C: the simulator closes its server.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        simulator.serve(host=host, port=port)
+        if serial or rtu:
+            simulator.serve_line(serial=serial, host=host, port=port)
+        else:
+            simulator.serve(host=host, port=port)
     except KeyboardInterrupt:
         pass
     except Exception as exc:
