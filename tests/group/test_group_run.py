@@ -11,10 +11,12 @@ import csv
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -123,6 +125,7 @@ class Members:
 
     def __init__(self, url: str, sims: Sims, folder: Path) -> None:
         self.url = url
+        self.name = url.rsplit("/", 1)[1]
         self.sims = sims
         self.folder = folder
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -137,7 +140,7 @@ class Members:
                 self._lanes = sorted(plan, key=lambda key: device_of(key, self.sims.ports))
         return self._lanes
 
-    def start(self, member_id: str) -> None:
+    def start(self, member_id: str, *extra: str) -> None:
         env = {
             **os.environ,
             "GROUP_TEST_PORTS": ",".join(map(str, self.sims.ports)),
@@ -146,7 +149,7 @@ class Members:
         }
         command = [
             sys.executable, "-m", "flowcollect", "run", str(PIPELINE), "--group", self.url,
-            "--member", member_id, "--group-ttl", str(TTL), "--status-every", "0",
+            "--member", member_id, "--group-ttl", str(TTL), "--status-every", "0", *extra,
         ]  # fmt: skip
         with open(self.folder / f"{member_id}.log", "wb") as log:
             self.processes[member_id] = subprocess.Popen(
@@ -366,9 +369,22 @@ def test_group_pause_and_resume_reach_every_member_and_a_later_joiner(members: M
         assert time.monotonic() < deadline, "the pause did not reach every member"
         time.sleep(0.05)
     paused_at = time.time() * 1000
-    members.start("m3")  # joins while the group is paused
+    members.start("m3", "--metrics-port", "0", "--status-every", "0.3")  # joins while paused
     members.wait_owned(["m1", "m2", "m3"], 20)
     assert marker in members.log("m3")
+    # Its metrics and status lines show the group as it sees it.
+    url = re.search(r"metrics at (http://\S+)", members.log("m3"))
+    assert url is not None, members.log("m3")
+    with urllib.request.urlopen(url.group(1), timeout=5) as response:  # noqa: S310 - loopback
+        metrics = response.read().decode()
+    owned = sum(1 for owner_id in members.expected(["m1", "m2", "m3"]).values() if owner_id == "m3")
+    assert f'flowcollect_group_lanes_owned{{group="{members.name}",member="m3"}} {owned}.0' in metrics
+    assert f'flowcollect_group_members{{group="{members.name}",member="m3"}} 3.0' in metrics
+    line = f"m3 active: {owned}/6 lane(s), 3 member(s)"
+    deadline = time.monotonic() + 5
+    while line not in members.log("m3"):
+        assert time.monotonic() < deadline, f"no status line {line!r}"
+        time.sleep(0.05)
     time.sleep(0.6)
     resumed_at = time.time() * 1000
     done = subprocess.run(
