@@ -334,10 +334,11 @@ class WriterSink:
         writer = self.writer
         if not self._batches:
             items = [item for item, _ in entries]
+            # One batch goes as it is (a ValueBatch is a lazy Sequence of CollectedVariables: a
+            # writer that lets each go leaves the garbage collector little to do); a backlog is
+            # joined into one list.
             values: Sequence[CollectedVariable] = (
-                items[0]
-                if len(items) == 1 and not isinstance(items[0], ValueBatch)
-                else list(chain.from_iterable(items))
+                items[0] if len(items) == 1 else list(chain.from_iterable(items))
             )
             n = len(values)
             try:
@@ -475,16 +476,25 @@ class WriterSink:
             if self._abandoned:
                 return
             unreported = sum(entry.left for entry in self._pending.values())
+            # A writer that keeps what it did not acknowledge (a spool on disk) has not lost it:
+            # those values stay in flight, to be sent by the next run, not counted dropped.
+            kept = unreported if getattr(self.writer, "keeps_unacknowledged", False) else 0
             late = self._queued  # put while the writer was closing
             self._pending.clear()
             self._queue.clear()
             self._queued = 0
-            self._in_flight -= unreported
-            self._dropped_close += unreported + late
+            self._in_flight -= unreported - kept
+            self._dropped_close += unreported - kept + late
             self._finished = True
             self._phase = "closed"
             self._cond.notify_all()
-        if unreported:
+        if kept:
+            self._log.warning(
+                "writer %s closed with %d values not yet acknowledged; it keeps them for the next run",
+                self.name,
+                kept,
+            )
+        elif unreported:
             self._log.warning(
                 "writer %s closed without acknowledging %d values; they are counted dropped",
                 self.name,

@@ -612,12 +612,27 @@ def plan(
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 5020,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (5020; with --opcua 4840).")
+    ] = None,
     log_level: LogLevelOpt = LogLevel.INFO,
+    opcua: Annotated[bool, typer.Option("--opcua", help="Serve the OPC UA plant instead.")] = False,
+    serial: Annotated[
+        bool,
+        typer.Option("--serial", help="Units 1, 2, 3 on a serial line (a socat pty pair); prints the pty."),
+    ] = False,
+    rtu: Annotated[
+        bool, typer.Option("--rtu", help="Units 1, 2, 3 speaking RTU over TCP (a gateway).")
+    ] = False,
 ) -> None:
-    """Serve the simulated Modbus TCP plant until SIGINT/SIGTERM."""
+    """Serve the simulated Modbus TCP plant (a line of units with --serial or --rtu, the OPC UA
+    plant with --opcua) until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
+    if opcua:
+        _simulate_opcua(host, 4840 if port is None else port, debug)
+        return
+    port = 5020 if port is None else port
     try:
         from flowcollect import simulator
     except ImportError as exc:
@@ -633,13 +648,39 @@ def simulate(
     # SIGTERM (a service manager's stop) ends it like Ctrl-C: the simulator closes its server.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        simulator.serve(host=host, port=port)
+        if serial or rtu:
+            simulator.serve_line(serial=serial, host=host, port=port)
+        else:
+            simulator.serve(host=host, port=port)
     except KeyboardInterrupt:
         pass
     except Exception as exc:
         _fail(exc, debug)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _simulate_opcua(host: str, port: int, debug: bool) -> None:
+    try:
+        from flowcollect.simulator import opcua
+    except ImportError as exc:
+        _fail(
+            FlowcollectError(
+                f"the OPC UA simulator is not available (pip install flowcollect[opcua]): {exc}"
+            ),
+            debug,
+        )
+    if port and port_in_use(host, port):
+        _fail(FlowcollectError(f"--port {port}: {host}:{port} is already in use; pick another, or 0"), debug)
+    if not debug:
+        # asyncua logs every node of its standard address space at INFO while it starts.
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+    try:
+        opcua.serve(host=host, port=port)  # SIGTERM ends it like Ctrl-C
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        _fail(exc, debug)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
