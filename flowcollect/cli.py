@@ -37,7 +37,7 @@ from rich.text import Text
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
-from flowcollect.group import GroupOptions, run_in_group
+from flowcollect.group import GroupMembership, GroupOptions, GroupStatsCollector, run_in_group
 from flowcollect.group._cli import group_app
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
@@ -437,6 +437,11 @@ def _run(
                     "(another flowcollect? pick another port, or 0 for any free one)"
                 ) from exc
             raise FlowcollectError(f"--metrics-port {metrics_port}: cannot listen: {exc}") from exc
+    memberships: list[GroupMembership] = []
+    if metrics is not None and group is not None:
+        metrics.registry.register(
+            GroupStatsCollector(lambda: memberships[0].stats() if memberships else None)
+        )
     status = _Status(pipeline.name)
     live = Live(console=console, auto_refresh=False, transient=True) if live_status else None
 
@@ -459,13 +464,20 @@ def _run(
 
         def on_status(stats: CollectorStats) -> None:
             _log.info("%s", status.line(stats))
+            membership = memberships[0].stats() if memberships else None
+            if membership is not None:
+                _log.info("group %s: %s", membership.group, membership.line())
 
     stop = threading.Event()
     # The interpreter's defaults stay as they are (no gc.freeze(), no shorter switch interval):
     # the engine is meant to be fast without tuning; docs/performance.md has the figures.
     try:
         with _stop_on_signals(stop, received):
-            run = pipeline.run if group is None else functools.partial(run_in_group, pipeline, group)
+            run = (
+                pipeline.run
+                if group is None
+                else functools.partial(run_in_group, pipeline, group, on_membership=memberships.append)
+            )
             summary = run(
                 duration,
                 context_ids=ids,
