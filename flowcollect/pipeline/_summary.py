@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flowcollect.stats import CollectorStats, ContextStats, WriterStats
+from flowcollect.stats import CollectorStats, WriterStats
 
 __all__ = [
     "EXIT_ALL_ERRORS",
@@ -93,12 +93,6 @@ def writer_figures(stats: WriterStats) -> WriterFigures:
     )
 
 
-def _missed(context: ContextStats) -> int | None:
-    # The engine adds the count of instants a context could not be served; None before it has.
-    missed = getattr(context, "missed_instants", None)
-    return int(missed) if missed is not None else None
-
-
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     """What a run did: why it ended, how long it took, and the final counters."""
@@ -154,10 +148,9 @@ class RunSummary:
         return self._sum("pending")
 
     @property
-    def missed(self) -> int | None:
-        counts = [_missed(c) for c in self.stats.contexts.values()]
-        known = [n for n in counts if n is not None]
-        return sum(known) if known else None
+    def missed(self) -> int:
+        """Due instants the contexts' readers could not serve (skipped under load, counted)."""
+        return sum(c.missed_instants for c in self.stats.contexts.values())
 
     @property
     def lateness_ms_p99(self) -> float | None:
@@ -238,9 +231,8 @@ class RunSummary:
                 f"{r.overruns:,} overruns, lateness p99 {late}"
             )
         for cid, c in self.stats.contexts.items():
-            missed = _missed(c)
-            tail = "" if missed is None else f", {missed:,} instants missed"
-            out.append(f"  context {cid}: {c.delivered:,} delivered, {c.state}{tail}")
+            missed = f"{c.missed_instants:,} instants missed"
+            out.append(f"  context {cid}: {c.delivered:,} delivered, {c.state}, {missed}")
         for name, f in self.writers.items():
             line = f"  writer {name}: {f.written:,} written, {f.failed:,} failed, {f.dropped:,} dropped"
             if f.skipped:
@@ -293,7 +285,7 @@ class RunSummary:
                 for name, w in self.stats.writers.items()
             },
             "context_states": {
-                str(cid): {"state": c.state, "delivered": c.delivered, "missed": _missed(c)}
+                str(cid): {"state": c.state, "delivered": c.delivered, "missed": c.missed_instants}
                 for cid, c in self.stats.contexts.items()
             },
             "problems": [text for _, text in self.problems()],
