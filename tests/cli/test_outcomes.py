@@ -146,6 +146,12 @@ def test_a_good_run_whose_contexts_ended_exits_0_and_says_why(tmp_path: Path) ->
     lines = result.stdout.rstrip("\n").splitlines()
     assert lines[0].startswith("pipeline errors: every context ended (context 1 reached its duration_s)")
     assert lines[-1].startswith("result: OK, "), lines[-1]
+    assert re.search(r"^  context 1: \d+ delivered, stopped, \d+ instants missed$", result.stdout, re.M)
+    # Values expected (0.5 s at 100 ms: 5 instants of 1 variable) = delivered + missed.
+    summary = json.loads(flowcollect("run", str(path), "--json", cwd=tmp_path).stdout)
+    context = summary["context_states"]["1"]
+    assert context["delivered"] + context["missed"] == 5, context
+    assert summary["missed"] == context["missed"]
 
 
 PREFLIGHT = """\
