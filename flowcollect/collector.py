@@ -306,9 +306,11 @@ class DataCollector:
     def close(self) -> None:
         """Stop every context, write what is queued, close writers and readers, end every thread.
 
-        Returns within ``close_timeout_s`` (plus a small constant) whatever a reader does: one
-        deadline for the whole collector. Idempotent (a call while another is closing returns
-        when that one is done); every other call raises ``CollectorClosedError`` afterwards.
+        Returns within ``close_timeout_s`` (one deadline for everything) whatever a plugin does: a
+        writer still busy at the deadline is left behind and its unstored values counted dropped.
+
+        Idempotent (a call while another is closing returns when that one is done); every other
+        call raises ``CollectorClosedError`` afterwards.
         """
         with self._lock:
             if self._closed:
@@ -334,8 +336,13 @@ class DataCollector:
             self._closed_event.set()
 
     def _end_threads(self) -> None:
+        # One deadline for the whole close, whatever any plugin does: readers still reading get
+        # the first half of it (their last values must reach the writers), writers the rest to
+        # write what is queued, flush and close. Writers keep writing their queues meanwhile.
         timeout = self._close_timeout_s
-        deadline = time.monotonic() + timeout
+        begun = time.monotonic()
+        deadline = begun + timeout
+        readers_deadline = begun + timeout / 2
 
         def failed(rtype: str, step: str, exc: Exception) -> None:
             self._log.error("reader %r failed to %s: %s", rtype, step, exc)
@@ -364,24 +371,31 @@ class DataCollector:
             finishing.append((lane, finished, scheduler))
         for lane, finished, scheduler in finishing:
             # Past the deadline a lane still busy is abandoned: it reads nothing more.
-            if not finished.wait(max(0.0, deadline - time.monotonic())):
+            if not finished.wait(max(0.0, readers_deadline - time.monotonic())):
                 lane.abandon()
             scheduler.dispose()
         # One deadline for all of them: several stuck readers must not multiply the wait.
         for thread in list(self._threads):
             if thread is not me and thread.ident is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, readers_deadline - time.monotonic()))
                 if thread.is_alive():
                     self._log.warning(
-                        "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout
+                        "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout / 2
                     )
+        # Every sink is asked first, then awaited: a stuck writer costs the others nothing.
         for sink in self._sinks:
-            sink.close(max(0.0, deadline - time.monotonic()))
+            sink.begin_close()
+        for sink in self._sinks:
+            sink.close(deadline)
         self._notify("after_close")
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Hand everything queued to the writers and flush them; False if ``timeout_s`` passed first."""
-        return all([sink.flush(timeout_s) for sink in self._sinks])
+        """Hand everything queued to the writers, flush them and wait until they acknowledged it;
+        False if ``timeout_s`` (one bound for all writers) passed first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for sink in self._sinks:
+            sink.begin_flush()
+        return all([sink.flush(deadline=deadline) for sink in self._sinks])
 
     def __enter__(self) -> DataCollector:
         return self

@@ -24,7 +24,6 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from flowcollect.collector import DataCollector
-from flowcollect.pipeline._summary import writer_figures
 from flowcollect.stats import CollectorStats
 
 __all__ = ["MetricsServer", "StatsCollector", "StatsSource", "registry_for", "serve_metrics"]
@@ -141,18 +140,17 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
 def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
     label = ["writer"]
     written = CounterMetricFamily(
-        "flowcollect_writer_written",
-        "Values the writer stored (as it says: acknowledged by the server, taken by the file)",
-        labels=label,
+        "flowcollect_writer_written", "Values the writer said are stored (acknowledged)", labels=label
     )
     failed = CounterMetricFamily(
         "flowcollect_writer_failed",
-        "Values that failed: write calls that raised, values the destination refused",
+        "Values refused: in write calls that raised, or reported failed",
         labels=label,
     )
     dropped = CounterMetricFamily(
         "flowcollect_writer_dropped",
-        "Values dropped: stage=queue by the engine's full queue, stage=writer by the writer itself",
+        "Values dropped: stage=queue by the engine's full queue, stage=writer by the writer itself, "
+        "stage=close not stored by the close deadline",
         labels=["writer", "stage"],
     )
     queued = GaugeMetricFamily(
@@ -177,13 +175,13 @@ def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
         "flowcollect_writer_stat", "The writer's own counters, by name", labels=["writer", "stat"]
     )
     for name, w in stats.writers.items():
-        # The summary's figures (writer_figures), so a scrape and the run's summary agree.
-        figures = writer_figures(w)
-        written.add_metric([name], figures.written)
-        failed.add_metric([name], figures.failed)
-        dropped.add_metric([name, "queue"], w.dropped)
-        if "dropped" in w.extra:
-            dropped.add_metric([name, "writer"], w.extra["dropped"])
+        written.add_metric([name], w.written)
+        failed.add_metric([name], w.failed)
+        # The sink's figures by stage: the very numbers of the summary (writers report their own
+        # drops in receipts).
+        dropped.add_metric([name, "queue"], w.dropped_queue)
+        dropped.add_metric([name, "writer"], w.dropped_writer)
+        dropped.add_metric([name, "close"], w.dropped_close)
         queued.add_metric([name], w.queued)
         oldest.add_metric([name], w.oldest_queued_s)
         if "buffered" in w.extra:

@@ -55,18 +55,34 @@ class ReaderStats:
 
 @dataclass(frozen=True, slots=True)
 class WriterStats:
+    """One writer's figures, taken at one moment (under the sink's lock), so they always add up:
+    ``received == written + failed + dropped + queued + in_flight``."""
+
     writer: str
     written: int
-    """Values handed to the writer's ``write`` without an exception."""
+    """Values the writer said are stored: acknowledged by a receipt (writers that acknowledge),
+    or in a ``write`` that returned (writers that do not)."""
     failed: int
-    """Values in ``write`` calls that raised."""
+    """Values refused for good: in a ``write`` that raised, or reported failed in a receipt."""
     queued: int
     """Values waiting in the engine's queue for this writer."""
     dropped: int
-    """Values dropped because the queue was full (the writer could not keep up)."""
+    """Values given up, for any reason: ``dropped_queue + dropped_writer + dropped_close``."""
     oldest_queued_s: float
     extra: Mapping[str, float] = field(default_factory=dict)
-    """The writer's own counters (buffered, dropped, failed at the destination...)."""
+    """The writer's own counters (buffered, retries...)."""
+    received: int = 0
+    """Values routed to this writer (everything it was given, whatever became of it)."""
+    in_flight: int = 0
+    """Values handed to the writer and not yet acknowledged."""
+    dropped_queue: int = 0
+    """Dropped by the queue policy because the writer could not keep up."""
+    dropped_writer: int = 0
+    """Reported dropped by the writer itself (its own buffer limits), in receipts."""
+    dropped_close: int = 0
+    """Not stored by the close deadline: queued or in flight in a writer stuck in
+    ``write``/``flush``/``close`` (its thread abandoned), never acknowledged by the end of
+    ``close``, or arriving after the writer closed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,40 +56,13 @@ class WriterFigures:
 
 
 def writer_figures(stats: WriterStats) -> WriterFigures:
-    """A writer's honest figures from its stats.
-
-    The engine's ``written`` counts values handed to ``write`` without an exception; a writer
-    that buffers and stores later (InfluxDB) counts what it stored in ``extra['written']``, and
-    only that may be called written: the hand-over is not a store. Its refusals, its own drops
-    and its buffer are added to the engine's. When the delivery engineer's typed, acknowledged
-    ``WriterStats`` lands, these are its fields as they are.
-    """
-    in_flight = getattr(stats, "in_flight", None)
-    if in_flight is not None:
-        # The delivery engineer's typed WriterStats: already acknowledged-only and disjoint.
-        return WriterFigures(
-            written=stats.written,
-            failed=stats.failed,
-            dropped=stats.dropped,
-            skipped=0,
-            pending=stats.queued + int(in_flight),
-        )
-    extra = stats.extra
-    own = int(extra.get("dropped", 0))
-    if "written" in extra:
-        return WriterFigures(
-            written=int(extra["written"]),
-            failed=stats.failed + int(extra.get("failed", 0)) + int(extra.get("unwritable", 0)),
-            dropped=stats.dropped + own,
-            skipped=int(extra.get("errors_skipped", 0)),
-            pending=stats.queued + int(extra.get("buffered", 0)),
-        )
+    """A writer's honest figures from its stats: the sink's acknowledged, disjoint counts."""
     return WriterFigures(
-        written=max(0, stats.written - own),
+        written=stats.written,
         failed=stats.failed,
-        dropped=stats.dropped + own,
+        dropped=stats.dropped,
         skipped=0,
-        pending=stats.queued,
+        pending=stats.queued + stats.in_flight,
     )
 
 

@@ -326,6 +326,10 @@ class Lane:
             counters.ticks += 1
             counters.values += len(values)
             counters.errors += len(errors) - errors.count(None)
+            if self._closed:
+                # Abandoned at the close deadline while this read hung: the writers are closed
+                # and the collector has returned, so its values reach no context.
+                return
             self.subject.on_next(LaneRead(t_ms, rp.reader, values, errors, source, quality, rp.by_context))
 
     def _read(

@@ -3,33 +3,122 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Self
 
-from flowcollect.values import CollectedVariable, Receipt, ValueBatch
+from flowcollect.errors import ConfigError
+from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 
-__all__ = ["DataWriter", "OnReceipt"]
+__all__ = ["DataWriter", "OnReceipt", "QueuePolicy", "Routing"]
 
 OnReceipt = Callable[[Receipt], None]
 """Where a writer's receipts go (set by the engine, or by a spool in front of the writer)."""
+
+QueuePolicy = Literal["drop_oldest", "drop_newest"]
+"""What a writer's queue does when a batch does not fit: drop the oldest queued batches to make
+room (the default: the newest data is usually worth most), or drop the batch that came."""
+
+QUEUE_POLICIES: tuple[QueuePolicy, ...] = ("drop_oldest", "drop_newest")
+
+# Sub-batch index lists cached per shared ``variables`` sequence; bounded so ever new plans
+# (contexts started and stopped for days) cannot grow memory.
+_ROUTE_CACHE = 4096
+
+
+class Routing:
+    """Which values a writer receives (``DataWriter.receive``): immutable, checked per batch.
+
+    ``contexts``: the context ids it receives (None: all). ``variables``: variable ids (int) or
+    names (str) it receives, in every context it receives (None: all). A batch of a context not
+    received is skipped as a whole, without looking at its values; the variables filter costs one
+    lookup per value the first time a batch's variable list is seen, then one per batch.
+    """
+
+    __slots__ = ("_cache", "contexts", "variables")
+
+    def __init__(self, contexts: frozenset[int] | None, variables: frozenset[int | str] | None) -> None:
+        self.contexts = contexts
+        self.variables = variables
+        # id(variables) -> (the sequence itself, kept so its id is not reused; indices; sub-list)
+        self._cache: dict[int, tuple[Sequence[VariableSpec], list[int], list[VariableSpec]]] = {}
+
+    def wants_context(self, context_id: int | None) -> bool:
+        return self.contexts is None or context_id in self.contexts
+
+    def wants_variable(self, context_id: int, variable_id: int, name: str | None) -> bool:
+        if self.contexts is not None and context_id not in self.contexts:
+            return False
+        wanted = self.variables
+        return wanted is None or variable_id in wanted or (name is not None and name in wanted)
+
+    def select(self, variables: Sequence[VariableSpec]) -> tuple[list[int], list[VariableSpec]]:
+        """The indices (and the specs) of the received variables of a batch's variable list."""
+        hit = self._cache.get(id(variables))
+        if hit is not None and hit[0] is variables:
+            return hit[1], hit[2]
+        keep = [
+            i for i, spec in enumerate(variables) if self.wants_variable(spec.context_id, spec.id, spec.name)
+        ]
+        picked = [variables[i] for i in keep]
+        if len(self._cache) >= _ROUTE_CACHE:
+            self._cache.clear()
+        self._cache[id(variables)] = (variables, keep, picked)
+        return keep, picked
+
+    def __repr__(self) -> str:
+        return f"Routing(contexts={self.contexts}, variables={self.variables})"
+
+
+def _uses_batches(cls: type) -> bool:
+    # The most derived of write and write_batch wins: a subclass that overrides write() of a
+    # batch writer (a test double) is called through write().
+    for klass in cls.__mro__:
+        if klass is DataWriter:
+            return False
+        if "write_batch" in vars(klass):
+            return True
+        if "write" in vars(klass):
+            return False
+    return False
 
 
 class DataWriter:
     """Takes batches of collected values to a destination.
 
     A writer implements ``write`` (a sequence of ``CollectedVariable``) or ``write_batch`` (a
-    columnar ``ValueBatch``); when it defines ``write_batch`` the engine calls that instead.
-    The engine calls them from the writer's own thread, so a slow writer delays nobody but
-    itself. Batches are shared between writers: read them, never change them.
+    columnar ``ValueBatch``); when it defines ``write_batch`` the engine calls that instead (the
+    most derived of the two wins, so a subclass overriding ``write`` is called through it).
+    Batches are shared between writers: read them, never change them.
+
+    Threading: ``write``/``write_batch``, ``flush`` and ``close`` run on the writer's own thread,
+    one at a time, never two at once; ``preflight`` runs before that thread starts; ``stats``
+    and the receipt callback may run on any thread.
 
     Acknowledgement: a writer whose ``acknowledges`` is False has stored a batch when its write
     returns (an exception: every value failed). A writer that stores later (its own buffer and
-    sender) sets ``acknowledges = True`` and calls ``self.acknowledge(...)`` for every value of
-    every batch it took, once stored or given up, from any thread. Only acknowledged values count
-    as written, and a spool deletes only what was acknowledged.
+    sender, or a file it flushes later) sets ``acknowledges = True``, implements
+    ``write_batch``, and calls ``self.acknowledge(batch, ...)`` with the very batch object it was
+    given, for every value of every batch it took, once stored, refused or given up, from any
+    thread, in one receipt or several. By the time ``close`` returns every value must be
+    reported: what is not is counted as dropped at close. Only acknowledged values count as
+    written, and a spool deletes only what was acknowledged.
+
+    Queue: ``queue_policy`` (``"drop_oldest"``, the default, or ``"drop_newest"``) and
+    ``queue_limit`` (values; None: the collector's ``queue_limit``) say what the engine's queue in
+    front of this writer does when the writer cannot keep up; a reader is never blocked.
+
+    Routing: ``receive(contexts=..., variables=...)`` limits what the writer is given.
     """
 
     acknowledges: ClassVar[bool] = False
+    queue_policy: QueuePolicy = "drop_oldest"
+    queue_limit: int | None = None
+    flush_interval_s: float | None = None
+    """When set, the engine calls ``flush`` on the writer's thread at least this often while it
+    has written since the last flush (a file that ``tail -f`` shows, and a crash loses at most
+    this much). None: only on ``DataCollector.flush`` and at close."""
+    routing: Routing | None = None
+    """What this writer receives (``receive``); None: every value of every context."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -37,11 +126,19 @@ class DataWriter:
             return
         if cls.write is DataWriter.write and cls.write_batch is DataWriter.write_batch:
             raise TypeError(f"{cls.__name__} must implement write() or write_batch()")
+        if cls.acknowledges and cls.write_batch is DataWriter.write_batch:
+            # A receipt names its batch: a write(values) writer never sees one.
+            raise TypeError(f"{cls.__name__} acknowledges, so it must implement write_batch()")
 
     @property
     def name(self) -> str:
         """A label for logs and metrics; unique among a collector's writers."""
         return type(self).__name__
+
+    @property
+    def uses_batches(self) -> bool:
+        """True when the engine calls ``write_batch``, False when it calls ``write``."""
+        return _uses_batches(type(self))
 
     def write(self, values: Sequence[CollectedVariable]) -> None:
         """Take a batch of values (with or without ``error``)."""
@@ -52,6 +149,56 @@ class DataWriter:
         ``Sequence[CollectedVariable]`` making each on demand, so a writer that lets each go
         leaves the garbage collector little to do)."""
         self.write(batch)
+
+    def receive(
+        self, contexts: Iterable[int] | None = None, variables: Iterable[int | str] | None = None
+    ) -> Self:
+        """Receive only these contexts (ids) and/or variables (ids, or names), and return the
+        writer: ``CsvFileDataWriter("line1.csv").receive(contexts=[1])``. Both given: the
+        variables of those contexts. Neither: every value (the default).
+
+        Raises ``ConfigError`` naming the writer and the field for an empty or mistyped list.
+        """
+        problems: list[str] = []
+        ctx: frozenset[int] | None = None
+        var: frozenset[int | str] | None = None
+        if contexts is not None:
+            items: list[object] = list(contexts)
+            bad = [c for c in items if isinstance(c, bool) or not isinstance(c, int)]
+            if bad:
+                problems.append(
+                    f"writer {self.name}: receive(contexts=...) takes context ids (int), got {bad!r}"
+                )
+            elif not items:
+                problems.append(
+                    f"writer {self.name}: receive(contexts=[]) would receive nothing; "
+                    "leave contexts out to receive every context"
+                )
+            ctx = frozenset(c for c in items if isinstance(c, int))
+        if variables is not None:
+            items_v: list[int | str] = [variables] if isinstance(variables, str) else list(variables)
+            bad_v = [
+                v
+                for v in items_v
+                if isinstance(v, bool)
+                or not isinstance(v, (int, str))
+                or (isinstance(v, str) and not v.strip())
+            ]
+            if bad_v:
+                problems.append(
+                    f"writer {self.name}: receive(variables=...) takes variable ids (int) or "
+                    f"names (str), got {bad_v!r}"
+                )
+            elif not items_v:
+                problems.append(
+                    f"writer {self.name}: receive(variables=[]) would receive nothing; "
+                    "leave variables out to receive every variable"
+                )
+            var = frozenset(items_v)
+        if problems:
+            raise ConfigError(problems)
+        self.routing = None if ctx is None and var is None else Routing(ctx, var)
+        return self
 
     def attach(self, on_receipt: OnReceipt) -> None:
         """Where ``acknowledge`` sends receipts; set by whoever hands this writer its batches,

@@ -204,10 +204,6 @@ def test_a_writer_that_cannot_work_stops_run_and_check_before_anything_starts(tm
     assert (tmp_path / "out.csv").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the delivery engineer's CSV writer (rows count as written once flushed, issue 14)",
-)
 def test_csv_to_a_full_disk_is_not_written(tmp_path: Path) -> None:
     path = write_pipeline(
         tmp_path,
@@ -334,10 +330,6 @@ pipeline = Pipeline(
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the writers' own preflight() (delivery: CSV, influx: InfluxDB); the CLI calls it",
-)
 @pytest.mark.parametrize(
     ("writer_class", "writer"),
     [

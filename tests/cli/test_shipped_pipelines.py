@@ -90,7 +90,8 @@ def test_with_influx_settings_the_values_go_to_the_server_too(
     assert influx["written"] == summary["delivered"] > 0
     assert influx["extra"]["written"] == summary["delivered"], "the writer's own count of stored points"
     measurement = {"demo": "flowcollect_demo", "plant_modbus_influx": "plant"}[name]
-    series = victoria.wait_for_samples(f'{{__name__="{measurement}_value"}}', summary["delivered"])
+    # The writer's typed schema: value (float), value_int, value_bool, value_str (docs/influxdb.md).
+    series = victoria.wait_for_samples(f'{{__name__=~"{measurement}_value.*"}}', summary["delivered"])
     assert sample_count(series) == summary["delivered"]
     delivering = {cid for cid, c in summary["context_states"].items() if c["delivered"]}
     assert {s.labels["context"] for s in series} == delivering
