@@ -45,14 +45,12 @@ class WriterFigures:
     """Refused or failed (a write that raised, a server that said no)."""
     dropped: int
     """Given up: the engine's full queue, or the writer's own buffer limit or close."""
-    skipped: int
-    """Values with an error that the writer has no way to store (InfluxDB has no error field)."""
     pending: int
     """Still queued in the engine or buffered in the writer (at the end of a run: not stored)."""
 
     @property
     def given(self) -> int:
-        return self.written + self.failed + self.dropped + self.skipped + self.pending
+        return self.written + self.failed + self.dropped + self.pending
 
 
 def writer_figures(stats: WriterStats) -> WriterFigures:
@@ -61,7 +59,6 @@ def writer_figures(stats: WriterStats) -> WriterFigures:
         written=stats.written,
         failed=stats.failed,
         dropped=stats.dropped,
-        skipped=0,
         pending=stats.queued + stats.in_flight,
     )
 
@@ -139,7 +136,7 @@ class RunSummary:
                 (EXIT_ALL_ERRORS, f"every value read was an error ({self.errors:,} of {self.values_read:,})")
             )
         for name, f in self.writers.items():
-            storable = f.given - f.skipped
+            storable = f.given
             if storable > 0 and f.written == 0:
                 fates = ", ".join(
                     f"{n:,} {label}"
@@ -208,8 +205,6 @@ class RunSummary:
             out.append(f"  context {cid}: {c.delivered:,} delivered, {c.state}, {missed}")
         for name, f in self.writers.items():
             line = f"  writer {name}: {f.written:,} written, {f.failed:,} failed, {f.dropped:,} dropped"
-            if f.skipped:
-                line += f", {f.skipped:,} errors not writable"
             if f.pending:
                 line += f", {f.pending:,} not stored (left queued)"
             out.append(line)
@@ -250,7 +245,6 @@ class RunSummary:
                     "written": writers[name].written,
                     "failed": writers[name].failed,
                     "dropped": writers[name].dropped,
-                    "skipped": writers[name].skipped,
                     "pending": writers[name].pending,
                     "queued": w.queued,
                     "extra": dict(w.extra),
