@@ -470,16 +470,25 @@ class WriterSink:
             if self._abandoned:
                 return
             unreported = sum(entry.left for entry in self._pending.values())
+            # A writer that keeps what it did not acknowledge (a spool on disk) has not lost it:
+            # those values stay in flight, to be sent by the next run, not counted dropped.
+            kept = unreported if getattr(self.writer, "keeps_unacknowledged", False) else 0
             late = self._queued  # put while the writer was closing
             self._pending.clear()
             self._queue.clear()
             self._queued = 0
-            self._in_flight -= unreported
-            self._dropped_close += unreported + late
+            self._in_flight -= unreported - kept
+            self._dropped_close += unreported - kept + late
             self._finished = True
             self._phase = "closed"
             self._cond.notify_all()
-        if unreported:
+        if kept:
+            self._log.warning(
+                "writer %s closed with %d values not yet acknowledged; it keeps them for the next run",
+                self.name,
+                kept,
+            )
+        elif unreported:
             self._log.warning(
                 "writer %s closed without acknowledging %d values; they are counted dropped",
                 self.name,

@@ -2,14 +2,20 @@
 
 Errors are one line each on stderr (``error: ...``) with exit code 1, a traceback only with
 ``--log-level debug``. ``run`` stops cleanly on SIGINT or SIGTERM: the signal only sets an
-event, the main thread then closes the collector (writers flushed) and prints the summary.
+event, the main thread then closes the collector (writers flushed) and prints the summary; it
+exits 0 (130 after SIGINT), or 3/4 when the run stored or read nothing real (docs/cli.md).
+
+Commands that run a pipeline work in the pipeline file's folder, so relative paths in the file
+(``out/line1.csv``) are beside it, wherever the command was started from.
 """
 
 from __future__ import annotations
 
-import gc
+import errno
+import functools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,8 +36,19 @@ from rich.table import Table
 from rich.text import Text
 
 from flowcollect.collector import DataCollector
-from flowcollect.errors import ConfigError, FlowcollectError
-from flowcollect.pipeline import Pipeline, RunSummary, load_pipeline
+from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
+from flowcollect.group import GroupMembership, GroupOptions, GroupStatsCollector, run_in_group
+from flowcollect.group._cli import group_app
+from flowcollect.pipeline import (
+    EXIT_ALL_ERRORS,
+    EXIT_ERROR,
+    OnceResult,
+    Pipeline,
+    RunSummary,
+    load_pipeline,
+    writer_figures,
+)
+from flowcollect.pipeline._devices import port_in_use
 from flowcollect.stats import CollectorStats
 
 __all__ = ["app", "main"]
@@ -45,9 +62,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(group_app, name="group")
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
-_CHATTY = ("pymodbus", "urllib3", "influxdb_client", "asyncio")
+_CHATTY = ("urllib3", "influxdb_client", "asyncio")
+# pymodbus logs its own ERROR lines for every failed connection or request, which the Modbus
+# reader already reports once in its own words (rate limited); below debug they are not shown.
+_SILENT = ("pymodbus",)
 
 
 class LogLevel(StrEnum):
@@ -84,6 +105,8 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, ConfigError):
         lines = exc.problems
+    elif isinstance(exc, PreflightError):
+        lines = str(exc).split("; ")
     elif isinstance(exc, FlowcollectError | OSError | ValueError):
         lines = [f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)]
     else:
@@ -92,7 +115,7 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
     for line in lines:
         sys.stderr.write(f"error: {line}\n")
     sys.stderr.flush()
-    raise typer.Exit(1)
+    raise typer.Exit(EXIT_ERROR)
 
 
 def _setup_logging(level: LogLevel, console: Console | None = None) -> None:
@@ -114,15 +137,23 @@ def _setup_logging(level: LogLevel, console: Console | None = None) -> None:
         logging.getLogger(name).setLevel(
             numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
         )
+    for name in _SILENT:
+        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.CRITICAL + 1)
     # Never print "--- Logging error ---" tracebacks to a service log for a closed pipe.
     logging.raiseExceptions = False
 
 
-def _load(path: Path, debug: bool) -> Pipeline:
+def _load(path: Path, debug: bool, enter: bool = False) -> Pipeline:
+    """Load the pipeline file; with ``enter``, make its folder the working directory first, so
+    its relative paths (a CSV file, a spool folder) mean "beside the pipeline file"."""
     try:
-        return load_pipeline(path)
+        pipeline = load_pipeline(path)
     except Exception as exc:
         _fail(exc, debug)
+    if enter:
+        # After loading, so errors name the file as it was given.
+        os.chdir(path.resolve().parent)
+    return pipeline
 
 
 # -- run -----------------------------------------------------------------------------------------
@@ -152,7 +183,10 @@ def _stop_on_signals(stop: threading.Event, received: list[str]) -> Iterator[Non
 
 
 class _Status:
-    """Values/s, errors, writer queue depth and lateness, from successive stats snapshots."""
+    """Values/s, errors, writer figures and lateness, from successive stats snapshots.
+
+    The writer figures are ``writer_figures``: the very numbers of the summary and the metrics.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -173,13 +207,16 @@ class _Status:
         self._last = (now, values)
         lateness = [r.lateness_ms_p99 for r in stats.readers.values() if r.lateness_ms_p99 is not None]
         states = [c.state for c in stats.contexts.values()]
+        figures = [writer_figures(w) for w in stats.writers.values()]
         return {
             "elapsed_s": now - self.began,
             "rate": rate,
             "values": values,
             "errors": sum(r.errors for r in stats.readers.values()),
-            "queued": sum(w.queued + int(w.extra.get("buffered", 0)) for w in stats.writers.values()),
-            "dropped": sum(w.dropped + int(w.extra.get("dropped", 0)) for w in stats.writers.values()),
+            "written": sum(f.written for f in figures),
+            "failed": sum(f.failed for f in figures),
+            "queued": sum(f.pending for f in figures),
+            "dropped": sum(f.dropped for f in figures),
             "lateness_p99": max(lateness, default=None),
             "running": states.count("running"),
             "paused": states.count("paused"),
@@ -191,8 +228,10 @@ class _Status:
         late = "-" if m["lateness_p99"] is None else f"{m['lateness_p99']:.1f} ms"
         return (
             f"status {self.name}: {rate} values/s, {m['values']:,} values, {m['errors']:,} errors, "
+            f"{m['written']:,} written, {m['failed']:,} failed, "
             f"{m['queued']:,} queued in writers, {m['dropped']:,} dropped, lateness p99 {late}, "
             f"contexts {m['running']} running {m['paused']} paused"
+            + "".join(f"; {name} {text}" for name, text in _spools(stats))
         )
 
     def table(self, stats: CollectorStats) -> Group:
@@ -215,17 +254,25 @@ class _Status:
                 _ms(r.lateness_ms_p99),
                 _ms(r.read_ms_p99),
             )
-        writers = Table("writer", "written", "queued", "buffered", "failed", "dropped", box=None)
+        writers = Table("writer", "written", "queued or buffered", "failed", "dropped", box=None)
         for name, w in stats.writers.items():
-            writers.add_row(
-                name,
-                f"{w.written:,}",
-                f"{w.queued:,}",
-                f"{int(w.extra.get('buffered', 0)):,}",
-                f"{w.failed:,}",
-                f"{w.dropped + int(w.extra.get('dropped', 0)):,}",
-            )
-        return Group(head, readers, writers, hint)
+            f = writer_figures(w)
+            writers.add_row(name, f"{f.written:,}", f"{f.pending:,}", f"{f.failed:,}", f"{f.dropped:,}")
+        spools = [Text(f"{name} {text}", style="dim") for name, text in _spools(stats)]
+        return Group(head, readers, writers, *spools, hint)
+
+
+def _spools(stats: CollectorStats) -> list[tuple[str, str]]:
+    """Each spooled writer's disk backlog (docs/spool.md), for the status."""
+    out = []
+    for name, w in stats.writers.items():
+        extra = w.extra
+        if "spool_bytes" in extra:
+            values = int(extra.get("spool_values", 0))
+            megabytes = extra["spool_bytes"] / 1e6
+            oldest = extra.get("spool_oldest_age_s", 0.0)
+            out.append((name, f"spool: {values:,} values, {megabytes:,.1f} MB, oldest {oldest:,.0f} s"))
+    return out
 
 
 def _n(count: int, noun: str) -> str:
@@ -234,6 +281,15 @@ def _n(count: int, noun: str) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
+
+
+NoPreflightOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-preflight",
+        help="Do not ask the writers whether their destinations can work before starting.",
+    ),
+]
 
 
 @app.command()
@@ -246,6 +302,13 @@ def run(
         ),
     ] = None,
     context: ContextOpt = None,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="Read every variable once, print a table of values and errors, write nothing, exit.",
+        ),
+    ] = False,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -270,23 +333,79 @@ def run(
     json_summary: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
+    no_preflight: NoPreflightOpt = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            metavar="etcd://HOST:PORT[,HOST:PORT...]/NAME",
+            help="Run as a member of this group: lanes shared out, taken over on failure (docs/scaling.md).",
+        ),
+    ] = None,
+    member: Annotated[
+        str | None, typer.Option("--member", help="Member id in the group; default: host name-process id.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="A label of this member (repeat), for --pin.")
+    ] = None,
+    pin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pin", metavar="LANE_GLOB=LABEL", help="Only members with LABEL may own these lanes (repeat)."
+        ),
+    ] = None,
+    group_ttl: Annotated[
+        int, typer.Option("--group-ttl", help="Seconds a dead member's lanes wait for takeover (lease TTL).")
+    ] = 10,
 ) -> None:
-    """Run a pipeline until --duration, until every context has ended, or until SIGINT/SIGTERM."""
+    """Run a pipeline until --duration, until every context has ended, or until SIGINT/SIGTERM.
+
+    Exit codes: 0 a clean end (duration, contexts ended, SIGTERM); 1 nothing started (an error);
+    3 a writer stored none of its values; 4 every value read was an error; 130 after SIGINT.
+    """
     console = Console(stderr=True)
-    live_status = console.is_terminal and not json_summary
+    live_status = console.is_terminal and not json_summary and not once
     _setup_logging(log_level, console if live_status else None)
     debug = log_level is LogLevel.DEBUG
-    pipeline = _load(pipeline_file, debug)
+    try:
+        options = (
+            None if group is None else GroupOptions.parse(group, member, label or (), pin or (), group_ttl)
+        )
+        if options is not None and once:
+            raise ConfigError("--once reads every variable once and writes nothing: it joins no --group")
+    except ConfigError as exc:
+        _fail(exc, debug)
+    pipeline = _load(pipeline_file, debug, enter=True)
+    if once:
+        _once(pipeline, context, json_summary, debug)
+        return
+    received: list[str] = []
     try:
         summary = _run(
-            pipeline, duration, context, metrics_port, metrics_host, status_every, console, live_status
+            pipeline,
+            duration,
+            context,
+            metrics_port,
+            metrics_host,
+            status_every,
+            console,
+            live_status,
+            not no_preflight,
+            received,
+            options,
         )
     except Exception as exc:
         _fail(exc, debug)
+    signal_name = received[0] if received else None
+    code = summary.exit_code(signal_name)
     if json_summary:
-        typer.echo(json.dumps(summary.as_dict()))
+        typer.echo(json.dumps(summary.as_dict() | {"signal": signal_name, "exit_code": code}))
     else:
         typer.echo("\n".join(summary.lines()))
+    for _, text in summary.problems():
+        sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
 
 
 def _run(
@@ -298,28 +417,37 @@ def _run(
     status_every: float,
     console: Console,
     live_status: bool,
+    preflight: bool,
+    received: list[str],
+    group: GroupOptions | None = None,
 ) -> RunSummary:
     ids = context_ids or None
-    problems = pipeline.check(ids)
-    if problems:
-        raise ConfigError(problems)
     holder: list[DataCollector] = []
     metrics = None
     if metrics_port is not None:
         from flowcollect.metrics import serve_metrics
 
         # Bound before anything starts: a port in use fails the run with nothing started.
-        metrics = serve_metrics(lambda: holder[0].stats() if holder else None, metrics_port, metrics_host)
+        try:
+            metrics = serve_metrics(lambda: holder[0].stats() if holder else None, metrics_port, metrics_host)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise FlowcollectError(
+                    f"--metrics-port {metrics_port}: {metrics_host}:{metrics_port} is already in use "
+                    "(another flowcollect? pick another port, or 0 for any free one)"
+                ) from exc
+            raise FlowcollectError(f"--metrics-port {metrics_port}: cannot listen: {exc}") from exc
+    memberships: list[GroupMembership] = []
+    if metrics is not None and group is not None:
+        metrics.registry.register(
+            GroupStatsCollector(lambda: memberships[0].stats() if memberships else None)
+        )
     status = _Status(pipeline.name)
     live = Live(console=console, auto_refresh=False, transient=True) if live_status else None
 
     def started(collector: DataCollector) -> None:
         holder.append(collector)
         status.reset()
-        # The start-up objects (models, plans, phases, the Rx graph) live as long as the run;
-        # without this the cyclic GC's full collections traverse them again and again, which
-        # the lead measured at a third of a core at 500,000 values/s. Frozen, they are skipped.
-        gc.freeze()
         if live is not None:
             live.start()
             live.update(status.table(collector.stats()), refresh=True)
@@ -336,33 +464,88 @@ def _run(
 
         def on_status(stats: CollectorStats) -> None:
             _log.info("%s", status.line(stats))
+            membership = memberships[0].stats() if memberships else None
+            if membership is not None:
+                _log.info("group %s: %s", membership.group, membership.line())
 
     stop = threading.Event()
-    received: list[str] = []
-    # A CPU-bound thread (a writer serializing a large batch) delays a reader thread that wakes
-    # for its deadline by up to the interpreter's switch interval (5 ms by default); at 1 ms the
-    # lead measured p99 lateness beside a spinning thread going from 5.5 to 1.5 ms.
-    previous_switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous_switch, 0.001))
+    # The interpreter's defaults stay as they are (no gc.freeze(), no shorter switch interval):
+    # the engine is meant to be fast without tuning; docs/performance.md has the figures.
     try:
         with _stop_on_signals(stop, received):
-            summary = pipeline.run(
+            run = (
+                pipeline.run
+                if group is None
+                else functools.partial(run_in_group, pipeline, group, on_membership=memberships.append)
+            )
+            summary = run(
                 duration,
                 context_ids=ids,
                 stop=stop,
                 on_started=started,
                 on_status=on_status,
                 status_every_s=every if every > 0 else 1.0,
+                preflight=preflight,
             )
         if received:
             _log.info("stopped by %s", received[0])
         return summary
     finally:
-        sys.setswitchinterval(previous_switch)
         if live is not None:
             live.stop()
         if metrics is not None:
             metrics.close()
+
+
+def _once(pipeline: Pipeline, context_ids: Sequence[int] | None, as_json: bool, debug: bool) -> None:
+    """``run --once``: one read of every variable, as a table; exit 4 when any has no good value."""
+    try:
+        result = pipeline.read_once(context_ids or None)
+    except Exception as exc:
+        _fail(exc, debug)
+    if as_json:
+        rows = [
+            {
+                "context": row.context_id,
+                "variable": row.variable_id,
+                "name": row.name,
+                "reader": row.reader,
+                "address": row.address,
+                "value": row.value,
+                "error": row.error,
+            }
+            for row in result.rows
+        ]
+        typer.echo(json.dumps({"pipeline": pipeline.name, "values": rows, "errors": result.errors}))
+    else:
+        typer.echo(_once_table(pipeline.name, result))
+    raise typer.Exit(EXIT_ALL_ERRORS if result.errors else 0)
+
+
+def _once_table(name: str, result: OnceResult) -> str:
+    header = ("context", "variable", "reader", "address", "value", "error")
+    rows = [
+        (
+            str(row.context_id),
+            str(row.variable_id) + (f" {row.name}" if row.name else ""),
+            row.reader,
+            row.address,
+            "" if row.value is None else repr(row.value) if isinstance(row.value, str) else str(row.value),
+            row.error or "",
+        )
+        for row in result.rows
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    good = len(result.rows) - result.errors
+    lines = [fmt(header), *(fmt(r) for r in rows)]
+    lines.append(
+        f"pipeline {name}: read once: {_n(good, 'value')}, {_n(result.errors, 'error')}; nothing written"
+    )
+    return "\n".join(lines)
 
 
 # -- check and plan ------------------------------------------------------------------------------
@@ -370,27 +553,45 @@ def _run(
 
 @app.command()
 def check(
-    pipeline_file: PipelineArg, context: ContextOpt = None, log_level: LogLevelOpt = LogLevel.INFO
+    pipeline_file: PipelineArg,
+    context: ContextOpt = None,
+    log_level: LogLevelOpt = LogLevel.INFO,
+    no_preflight: NoPreflightOpt = False,
 ) -> None:
-    """Validate everything start would (models, readers, addresses, interval limits); touch no device."""
+    """Validate everything start would (models, readers, addresses, interval limits) and ask each
+    writer whether its destination can work; touch no device."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
-    pipeline = _load(pipeline_file, debug)
+    pipeline = _load(pipeline_file, debug, enter=True)
     try:
         problems = pipeline.check(context or None)
+        contexts = pipeline.select(context or None)
+        left_out = pipeline.left_out(context or None)
+        empty = pipeline.nothing_to_collect(context or None)
+        if empty is not None:
+            problems.append(empty)
+        if not no_preflight:
+            problems.extend(pipeline.preflight())
     except Exception as exc:
         _fail(exc, debug)
+    for line in left_out:
+        sys.stderr.write(f"warning: {line}\n")
     if problems:
         _fail(ConfigError(problems), False)
-    contexts = pipeline.select(context or None)
-    variables = sum(len(c.variables) for c in contexts)
     counts = [
         (len(contexts), "context"),
-        (variables, "variable"),
+        (Pipeline.distinct_variables(contexts), "variable"),
         (len(pipeline.readers), "reader"),
         (len(pipeline.writers), "writer"),
     ]
-    typer.echo(f"pipeline {pipeline.name}: OK ({', '.join(_n(n, noun) for n, noun in counts)})")
+    what = ", ".join(_n(n, noun) for n, noun in counts)
+    if left_out:
+        typer.echo(
+            f"pipeline {pipeline.name}: {_n(len(left_out), 'variable')} not collected, "
+            f"see the warnings ({what})"
+        )
+    else:
+        typer.echo(f"pipeline {pipeline.name}: OK ({what})")
 
 
 @app.command()
@@ -426,26 +627,75 @@ def plan(
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 5020,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (5020; with --opcua 4840).")
+    ] = None,
     log_level: LogLevelOpt = LogLevel.INFO,
+    opcua: Annotated[bool, typer.Option("--opcua", help="Serve the OPC UA plant instead.")] = False,
+    serial: Annotated[
+        bool,
+        typer.Option("--serial", help="Units 1, 2, 3 on a serial line (a socat pty pair); prints the pty."),
+    ] = False,
+    rtu: Annotated[
+        bool, typer.Option("--rtu", help="Units 1, 2, 3 speaking RTU over TCP (a gateway).")
+    ] = False,
 ) -> None:
-    """Serve the simulated Modbus TCP plant until SIGINT/SIGTERM."""
+    """Serve the simulated Modbus TCP plant (a line of units with --serial or --rtu, the OPC UA
+    plant with --opcua) until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
+    if opcua:
+        _simulate_opcua(host, 4840 if port is None else port, debug)
+        return
+    port = 5020 if port is None else port
     try:
         from flowcollect import simulator
     except ImportError as exc:
         _fail(FlowcollectError(f"the Modbus simulator is not available: {exc}"), debug)
+    if port and port_in_use(host, port):
+        _fail(
+            FlowcollectError(
+                f"--port {port}: {host}:{port} is already in use (another simulator or server?); "
+                "pick another port, or 0 for any free one"
+            ),
+            debug,
+        )
     # SIGTERM (a service manager's stop) ends it like Ctrl-C: the simulator closes its server.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        simulator.serve(host=host, port=port)
+        if serial or rtu:
+            simulator.serve_line(serial=serial, host=host, port=port)
+        else:
+            simulator.serve(host=host, port=port)
     except KeyboardInterrupt:
         pass
     except Exception as exc:
         _fail(exc, debug)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _simulate_opcua(host: str, port: int, debug: bool) -> None:
+    try:
+        from flowcollect.simulator import opcua
+    except ImportError as exc:
+        _fail(
+            FlowcollectError(
+                f"the OPC UA simulator is not available (pip install flowcollect[opcua]): {exc}"
+            ),
+            debug,
+        )
+    if port and port_in_use(host, port):
+        _fail(FlowcollectError(f"--port {port}: {host}:{port} is already in use; pick another, or 0"), debug)
+    if not debug:
+        # asyncua logs every node of its standard address space at INFO while it starts.
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+    try:
+        opcua.serve(host=host, port=port)  # SIGTERM ends it like Ctrl-C
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        _fail(exc, debug)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

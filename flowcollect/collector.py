@@ -313,11 +313,11 @@ class DataCollector:
     def close(self) -> None:
         """Stop every context, write what is queued, close writers and readers, end every thread.
 
-        Returns within ``close_timeout_s`` (one deadline for everything) whatever a plugin does: a
-        writer still busy at the deadline is left behind and its unstored values counted dropped.
-
-        Idempotent (a call while another is closing returns when that one is done); every other
-        call raises ``CollectorClosedError`` afterwards.
+        Returns within ``close_timeout_s`` (plus a small constant) whatever a reader or writer
+        does: one deadline for the whole collector. A writer still busy at the deadline is left
+        behind and the values it had not stored are counted dropped. Idempotent (a call while
+        another is closing returns when that one is done); every other call raises
+        ``CollectorClosedError`` afterwards.
         """
         with self._lock:
             if self._closed:
@@ -343,9 +343,9 @@ class DataCollector:
             self._closed_event.set()
 
     def _end_threads(self) -> None:
-        # One deadline for the whole close, whatever any plugin does: readers still reading get
-        # the first half of it (their last values must reach the writers), writers the rest to
-        # write what is queued, flush and close. Writers keep writing their queues meanwhile.
+        # One deadline for the whole close, whatever any plugin does: lanes still reading get the
+        # first half of it (the values of a read in flight must reach the writers), writers the
+        # rest to write what is queued, flush and close; they keep writing their queues meanwhile.
         timeout = self._close_timeout_s
         begun = time.monotonic()
         deadline = begun + timeout

@@ -177,10 +177,10 @@ def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:
     for name, w in stats.writers.items():
         written.add_metric([name], w.written)
         failed.add_metric([name], w.failed)
-        # The sink's figures by stage (delivery); a writer's own "dropped" stat is added to its
-        # stage until every writer reports its drops in receipts.
+        # The sink's figures by stage: the very numbers of the summary (writers report their own
+        # drops in receipts).
         dropped.add_metric([name, "queue"], w.dropped_queue)
-        dropped.add_metric([name, "writer"], w.dropped_writer + w.extra.get("dropped", 0))
+        dropped.add_metric([name, "writer"], w.dropped_writer)
         dropped.add_metric([name, "close"], w.dropped_close)
         queued.add_metric([name], w.queued)
         oldest.add_metric([name], w.oldest_queued_s)
@@ -200,11 +200,17 @@ def _context_metrics(stats: CollectorStats) -> Iterator[Metric]:
     state = GaugeMetricFamily(
         "flowcollect_context_state", "1 for the context's current state", labels=["context", "state"]
     )
+    missed = CounterMetricFamily(
+        "flowcollect_context_missed_instants",
+        "Due instants of the context its readers could not serve (a read still running)",
+        labels=["context"],
+    )
     for cid, c in stats.contexts.items():
         delivered.add_metric([str(cid)], c.delivered)
+        missed.add_metric([str(cid)], c.missed_instants)
         for name in STATES:
             state.add_metric([str(cid), name], 1.0 if c.state == name else 0.0)
-    yield from (delivered, state)
+    yield from (delivered, state, missed)
 
 
 def registry_for(source: StatsSource, process: bool = True) -> CollectorRegistry:

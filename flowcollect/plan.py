@@ -332,7 +332,7 @@ def render_text(plan: PipelinePlan) -> str:
         contexts = ", ".join(map(str, r.contexts))
         intervals = ", ".join(_ms(i) for i in r.intervals)
         out.append(
-            f"  {r.distinct:,} distinct reads for {r.wanted:,} wanted variables "
+            f"  {_n(r.distinct, 'distinct read')} for {_n(r.wanted, 'wanted variable')} "
             f"(contexts {contexts}); intervals {intervals}"
         )
         if not r.walked_all:
@@ -381,7 +381,7 @@ def _phase_text(phase: PhasePlan) -> list[str]:
         listed = "; ".join(phase.requests[:SHOW_REQUESTS]) + _more(
             min(len(phase.requests), SHOW_REQUESTS), len(phase.requests)
         )
-        lines.append(f"      requests: {len(phase.requests)} for {size} variables: {listed}")
+        lines.append(f"      requests: {len(phase.requests)} for {_n(size, 'variable')}: {listed}")
     elif phase.requests_error is not None:
         lines.append(f"      requests: cannot plan: {phase.requests_error}")
     gets = ", ".join(

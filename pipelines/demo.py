@@ -4,9 +4,10 @@
 
 The Modbus simulator (``flowcollect.simulator``) is started in-process on a free loopback port
 before collection, so no hardware is needed. Two contexts at different intervals share
-variables (read once at the instants both want them). Values go to ``out/demo.csv`` (replaced
-on each run) and also to InfluxDB when ``INFLUX_URL``, ``INFLUX_TOKEN``, ``INFLUX_ORG`` and
-``INFLUX_BUCKET`` are set. The run ends by itself after 20 s unless ``--duration`` says sooner.
+variables (read once at the instants both want them). Values go to ``out/demo.csv`` beside
+this file (replaced on each run) and also to InfluxDB when ``INFLUX_URL``, ``INFLUX_TOKEN``,
+``INFLUX_ORG`` and ``INFLUX_BUCKET`` are set. The run ends by itself after 20 s unless
+``--duration`` says sooner.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
     flowcollect run pipelines/random_csv.py --duration 5
 
-Needs nothing but flowcollect: a first pipeline to copy. Values go to ``out/random.csv``.
+Needs nothing but flowcollect: a first pipeline to copy. Values go to ``out/random.csv``
+beside this file.
 """
 
 from __future__ import annotations

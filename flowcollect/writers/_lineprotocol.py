@@ -7,6 +7,13 @@ the float, bool, int and string formats copy influxdb-client's rules, and
 
 A value goes in only when it can be written as its ``value_type`` (see :func:`field_text`);
 anything else is refused with a reason, so one bad value never makes the server refuse a batch.
+
+The schema (see docs/influxdb.md): with ``schema="typed"`` (the default) the field key carries
+the value type (``value`` for float, ``value_int``, ``value_bool``, ``value_str``), so variables of
+different types never give one field two types and InfluxDB never refuses a point for it;
+``schema="single"`` writes every type to ``value`` (the first design's points). A point's
+identity (measurement, tags from the variable, the exact grid or source time) is deterministic,
+so a batch sent twice overwrites itself instead of adding points.
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 __all__ = [
     "FIELD_KEY",
     "TAG_KEYS",
+    "TYPED_FIELD_KEYS",
+    "Schema",
+    "BatchProblem",
     "LineSerializer",
     "Unwritable",
     "escape_measurement",
@@ -32,6 +43,20 @@ __all__ = [
 FIELD_KEY = "value"
 # The tags in the order the line protocol carries them: sorted by key, as Point sorts them.
 TAG_KEYS = ("address", "context", "reader", "variable")
+# With schema="typed", the field key of each value type: one type per key, whatever is mixed.
+TYPED_FIELD_KEYS = {"float": "value", "int": "value_int", "bool": "value_bool", "str": "value_str"}
+QUALITY_FIELD = "quality"
+# Tags the writer sets itself; a variable's own tag of one of these names is left out.
+RESERVED_TAGS = frozenset(("address", "context", "name", "reader", "variable"))
+# Batches of one context and phase share their variables list: a few thousand lists is a big
+# collector. Batches replayed from a spool each bring their own list and specs, equal to the
+# first ones: those are found by value (``_MAX_SPECS`` bounds that cache).
+_MAX_LAYOUT_VARIABLES = 2_000_000
+_MAX_SPECS = 1_000_000
+
+Schema = Literal["typed", "single"]
+BatchProblem = tuple[int, str, str]
+"""``(index in the batch, "error" or "unwritable", text)`` for a value that makes no point."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT64_MIN = -(2**63)
@@ -138,6 +163,16 @@ def field_text(value: object, value_type: str) -> str:
     return format_(value)
 
 
+def _unknown_type(value: object) -> str:
+    raise Unwritable("an unknown value_type")
+
+
+def _format(fmt: Callable[[object], str], value: object) -> str:
+    if value is None:
+        raise Unwritable("no value")
+    return fmt(value)
+
+
 def timestamp_ns(time: datetime) -> int:
     """Nanoseconds since the epoch; a naive ``time`` is taken as UTC (as influxdb-client does)."""
     if time.tzinfo is None:
@@ -156,10 +191,23 @@ class LineSerializer:
     ever holds values computed from their key.
     """
 
-    def __init__(self, measurement: str) -> None:
+    def __init__(self, measurement: str, schema: Schema = "single") -> None:
         self.measurement = measurement
+        self.schema = schema
         self._measurement = escape_measurement(measurement)
-        self._prefixes: dict[tuple[int, int, str, str], str] = {}
+        self._prefixes: dict[tuple[int, int, str, str, str], str] = {}
+        # id(batch.variables) -> (the sequence, its prefixes, its formats): batches of one
+        # context and phase share their variables list, so a batch costs one look-up.
+        self._layouts: dict[
+            int, tuple[Sequence[VariableSpec], list[str], list[Callable[[object], str]], bool]
+        ] = {}
+        self._spec_prefixes: dict[VariableSpec, str] = {}
+        self._layout_variables = 0  # variables held by _layouts
+
+    def field_key(self, value_type: str) -> str:
+        if self.schema == "typed":
+            return TYPED_FIELD_KEYS.get(value_type, FIELD_KEY)
+        return FIELD_KEY
 
     def prefix(self, value: CollectedVariable) -> str:
         """``measurement,address=...,context=...,reader=...,variable=... value=``."""
@@ -171,7 +219,116 @@ class LineSerializer:
             if escaped:
                 tags.append(f"{key}={escaped}")
         head = f"{self._measurement},{','.join(tags)}" if tags else self._measurement
-        return f"{head} {FIELD_KEY}="
+        return f"{head} {self.field_key(value.value_type)}="
+
+    def spec_prefix(self, spec: VariableSpec) -> str:
+        """A compiled variable's ``measurement,tags field=``: the built-in tags, ``name`` when
+        set, then the variable's own tags (one of a built-in name is left out), sorted by key."""
+        tags = {
+            "address": spec.address,
+            "context": str(spec.context_id),
+            "reader": spec.reader,
+            "variable": str(spec.id),
+        }
+        if spec.name:
+            tags["name"] = spec.name
+        for key, value in spec.tags:
+            if key not in RESERVED_TAGS:
+                tags[key] = value
+        parts = []
+        for key in sorted(tags):
+            escaped_key, escaped = escape_tag_value(key), escape_tag_value(tags[key])
+            if escaped_key and escaped:
+                parts.append(f"{escaped_key}={escaped}")
+        head = f"{self._measurement},{','.join(parts)}" if parts else self._measurement
+        return f"{head} {self.field_key(spec.value_type)}="
+
+    def _layout(
+        self, variables: Sequence[VariableSpec]
+    ) -> tuple[list[str], list[Callable[[object], str]], bool]:
+        """The variables' prefixes, their formats, and whether every one is a float."""
+        entry = self._layouts.get(id(variables))
+        if entry is not None and entry[0] is variables:
+            return entry[1], entry[2], entry[3]
+        if self._layout_variables + len(variables) > _MAX_LAYOUT_VARIABLES:
+            # Contexts come and go, replays bring lists of their own: memory must not follow.
+            self._layouts.clear()
+            self._layout_variables = 0
+        if len(self._spec_prefixes) >= _MAX_SPECS:
+            self._spec_prefixes.clear()
+        prefixes = []
+        formats = []
+        cache = self._spec_prefixes
+        for spec in variables:
+            known = cache.get(spec)
+            if known is None:
+                known = cache[spec] = self.spec_prefix(spec)
+            prefixes.append(known)
+            formats.append(_FIELD_FORMATS.get(spec.value_type, _unknown_type))
+        all_float = all(f is _as_float for f in formats)
+        self._layouts[id(variables)] = (variables, prefixes, formats, all_float)
+        self._layout_variables += len(variables)
+        return prefixes, formats, all_float
+
+    def serialize_batch(self, batch: ValueBatch) -> tuple[list[str], list[BatchProblem]]:
+        """One line per writable value of a columnar batch, in order, and what did not make one.
+
+        Straight from the columns: no per-value object. The timestamp is the grid instant in
+        nanoseconds, or the value's source time when the batch has one for it; a value's
+        ``quality`` (when not None) goes in a ``quality`` string field beside the value.
+        """
+        prefixes, formats, all_float = self._layout(batch.variables)
+        stamp = f" {batch.t_ms * 1_000_000}"
+        lines: list[str] = []
+        problems: list[BatchProblem] = []
+        append = lines.append
+        as_float = _as_float
+        values = batch.values
+        errors = batch.errors
+        simple = batch.source_ns is None and batch.quality is None and errors.count(None) == len(errors)
+        if (
+            simple
+            and all_float
+            and values
+            and set(map(type, values)) == {float}
+            and math.isfinite(sum(values))  # no NaN or infinity (or an overflow: the slow path)
+        ):
+            # Every value a finite float of a float variable (the bulk of industrial data): the
+            # texts made in C, and a whole float's ".0" cut as influxdb-client cuts it.
+            texts = ("\n".join(map(repr, values)) + "\n").replace(".0\n", "\n").split("\n")
+            return [p + t + stamp for p, t in zip(prefixes, texts, strict=False)], []
+        if simple:
+            for i, (prefix, fmt, x) in enumerate(zip(prefixes, formats, values, strict=True)):
+                # The common case inline: a finite float for a float variable.
+                if type(x) is float and fmt is as_float and x - x == 0.0:
+                    text = repr(x)
+                    if text.endswith(".0"):
+                        text = text[:-2]
+                else:
+                    try:
+                        text = _format(fmt, x)
+                    except Unwritable as exc:
+                        problems.append((i, "unwritable", str(exc)))
+                        continue
+                append(prefix + text + stamp)
+            return lines, problems
+        source = batch.source_ns
+        quality = batch.quality
+        for i, (prefix, fmt, x, error) in enumerate(zip(prefixes, formats, values, errors, strict=True)):
+            if error is not None:
+                problems.append((i, "error", error))
+                continue
+            try:
+                text = _format(fmt, x)
+                ns = source[i] if source is not None else None
+                word = quality[i] if quality is not None else None
+                if word is not None:
+                    text += f",{QUALITY_FIELD}={_string_text(str(word))}"
+            except Unwritable as exc:
+                problems.append((i, "unwritable", str(exc)))
+                continue
+            append(prefix + text + (stamp if ns is None else f" {ns}"))
+        return lines, problems
 
     def line(self, value: CollectedVariable, default_ns: int) -> str:
         """One value's line; ``default_ns`` stamps a value that has no ``time``."""
@@ -196,7 +353,7 @@ class LineSerializer:
             if v.error is not None:
                 failed.append(v)
                 continue
-            key = (v.context_id, v.id, v.address, v.reader)
+            key = (v.context_id, v.id, v.address, v.reader, v.value_type)
             prefix = prefixes.get(key)
             try:
                 if prefix is None:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from flowcollect import ConfigError, DataCollectionContext, Pipeline, Variable
 from flowcollect.pipeline import PauseSchedule, PipelineLoadError, load_pipeline
-from flowcollect.testing import MemoryDataWriter, RecordingListener, StaticDataReader
+from flowcollect.testing import MemoryDataWriter, RecordingListener, StaticDataReader, virtual_collector
 from tests.conftest import collector_threads
 
 pytestmark = pytest.mark.realtime
@@ -184,3 +184,27 @@ def test_load_pipeline_names_the_file_and_keeps_each_module(tmp_path: Path) -> N
         load_pipeline(tmp_path)
     with pytest.raises(PipelineLoadError, match="does not exist"):
         load_pipeline(tmp_path / "none.py")
+
+
+def test_pause_schedule_runs_in_virtual_time_on_the_collectors_scheduler() -> None:
+    schedule = PauseSchedule(1, active_s=1.0, paused_s=0.5)
+    writer = MemoryDataWriter()
+    collector, clock = virtual_collector(
+        [StaticDataReader({"a": 1.0})], [writer], [schedule], start_ms=1_000_000
+    )
+    with collector:
+        collector.start(ctx(1))
+        clock.advance_ms(4_000)
+        # Collecting for 1 s, paused 0.5 s, over and over, exactly on the virtual clock. Whether
+        # an instant at a switch itself is collected is the engine's rule for pause and resume.
+        offsets = {round(v.time.timestamp() * 1000) - 1_000_000 for v in writer.values if v.time}
+        collecting = [(0, 1_000), (1_500, 2_500), (3_000, 4_000)]
+        paused = [(1_000, 1_500), (2_500, 3_000)]
+        for begin, end in collecting:
+            assert set(range(begin + 100, end, 100)) <= offsets, (begin, end, sorted(offsets))
+        for begin, end in paused:
+            assert not set(range(begin + 100, end, 100)) & offsets, (begin, end, sorted(offsets))
+        assert (schedule.pauses, schedule.resumes) == (3, 2)
+        collector.stop(1)
+        clock.advance_ms(10_000)
+        assert (schedule.pauses, schedule.resumes) == (3, 2), "it switched a stopped context"

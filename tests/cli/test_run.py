@@ -8,12 +8,12 @@ import re
 import signal
 from collections import defaultdict
 from datetime import datetime
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from tests.cli.conftest import Running, flowcollect, write_pipeline
+from tests.support.grid import missing_on_grid
 
 pytestmark = pytest.mark.realtime
 
@@ -66,21 +66,25 @@ def test_a_signal_stops_cleanly_with_every_value_written(
     read_before = counted(str(proc.wait_for(lambda err: counted(err) and err)))
     proc.proc.send_signal(signum)
     code, out, err = proc.finish(timeout_s=5)
-    assert code == 0, err
+    # A clean stop either way; SIGINT reports itself as 128 + 2, as shells expect of Ctrl-C.
+    assert code == (130 if signum == signal.SIGINT else 0), err
     assert "Traceback" not in err
     assert f"stopped by {signum.name}" in err
     summary = json.loads(out)
     assert summary["reason"] == "stopped"
+    assert summary["signal"] == signum.name
+    assert summary["exit_code"] == code
     assert summary["values_read"] >= read_before
     assert summary["dropped"] == summary["failed"] == 0
 
     series = rows_by_series(tmp_path / "out.csv")
     assert sum(len(t) for t in series.values()) == summary["written"] == summary["delivered"]
-    # Every value read from the start up to the stop is there: each series is an unbroken grid.
+    # Every value read from the start up to the stop is there: each series is on its grid, and
+    # an instant is missing only when the reader skipped it and counted it (a loaded machine).
     assert set(series) == {("1", str(n)) for n in range(1, 6)} | {("2", "1"), ("2", "2")}
+    overruns = summary["readers"]["random"]["overruns"]
     for (context, _), times in series.items():
-        step = 100 if context == "1" else 300
-        assert [b - a for a, b in pairwise(times)] == [step] * (len(times) - 1)
+        assert missing_on_grid(times, 100 if context == "1" else 300) <= overruns
     assert len(series[("1", "1")]) * 5 >= read_before * 0.9
 
 
@@ -88,7 +92,12 @@ def test_duration_ends_the_run(tmp_path: Path) -> None:
     path = write_pipeline(tmp_path, PIPELINE.format(duration=3600))
     result = flowcollect("run", str(path), "--duration", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "pipeline signals: ran for its duration after 1.0 s (contexts 1, 2)" in result.stdout
+    # The elapsed time includes starting and closing: at least the duration, a little more.
+    headline = re.search(
+        r"^pipeline signals: ran for its duration after ([\d.]+) s \(contexts 1, 2\)$", result.stdout, re.M
+    )
+    assert headline is not None, result.stdout
+    assert 1.0 <= float(headline.group(1)) < 5.0
     for label in ("values read:", "written:", "errors", "dropped:", "lateness p99:"):
         assert label in result.stdout
     assert "writer csv:" in result.stdout
@@ -101,6 +110,10 @@ def test_the_run_ends_when_every_context_has_ended(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     assert summary["reason"] == "ended"
     assert summary["contexts"] == [1]
-    assert summary["context_states"] == {"1": {"state": "stopped", "delivered": summary["delivered"]}}
+    assert summary["why"] == "context 1 reached its duration_s"
+    assert summary["context_states"]["1"]["state"] == "stopped"
+    assert summary["context_states"]["1"]["delivered"] == summary["delivered"]
     assert summary["elapsed_s"] < 3
-    assert 5 * 5 <= summary["delivered"] <= 7 * 5
+    # 0.6 s at 100 ms: 6 instants of 5 values; one the reader skipped under load is counted.
+    overruns = summary["readers"]["random"]["overruns"]
+    assert summary["delivered"] <= 6 * 5 <= summary["delivered"] + 5 * overruns

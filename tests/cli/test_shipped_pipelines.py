@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -39,7 +40,12 @@ def test_importing_a_pipeline_does_nothing(
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_a_pipeline_runs_briefly_from_the_command(path: Path, tmp_path: Path) -> None:
-    result = flowcollect("run", str(path), "--duration", "1.5", "--json", cwd=tmp_path)
+    # A copy in a folder of its own, run from elsewhere: its relative paths are beside it.
+    folder = tmp_path / "pipes"
+    folder.mkdir()
+    copy = folder / path.name
+    shutil.copy(path, copy)
+    result = flowcollect("run", str(copy), "--duration", "1.5", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["reason"] == "duration"
@@ -49,7 +55,8 @@ def test_a_pipeline_runs_briefly_from_the_command(path: Path, tmp_path: Path) ->
     assert summary["failed"] == 0
     assert summary["written"] == summary["delivered"] * len(summary["writers"])
     # Without InfluxDB settings every shipped pipeline writes CSV under out/ in its folder.
-    csv_files = list((tmp_path / "out").glob("*.csv"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipes"], "wrote beside the caller"
+    csv_files = list((folder / "out").glob("*.csv"))
     assert len(csv_files) == 1
     rows = csv_files[0].read_text().splitlines()
     assert len(rows) - 1 == summary["written"]
@@ -83,7 +90,14 @@ def test_with_influx_settings_the_values_go_to_the_server_too(
     assert influx["written"] == summary["delivered"] > 0
     assert influx["extra"]["written"] == summary["delivered"], "the writer's own count of stored points"
     measurement = {"demo": "flowcollect_demo", "plant_modbus_influx": "plant"}[name]
-    series = victoria.wait_for_samples(f'{{__name__="{measurement}_value"}}', summary["delivered"])
+    # The writer's typed schema: value (float), value_int, value_bool, value_str (docs/influxdb.md).
+    series = victoria.wait_for_samples(f'{{__name__=~"{measurement}_value.*"}}', summary["delivered"])
     assert sample_count(series) == summary["delivered"]
     delivering = {cid for cid, c in summary["context_states"].items() if c["delivered"]}
     assert {s.labels["context"] for s in series} == delivering
+
+
+def test_the_plant_runs_until_stopped() -> None:
+    """A pipeline meant to run as a service must not stop after a day (the 24 h default)."""
+    pipeline = load_pipeline(PIPELINES / "plant_modbus_influx.py")
+    assert [c.duration_s for c in pipeline.contexts] == [None] * len(pipeline.contexts)

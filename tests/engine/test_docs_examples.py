@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import runpy
+import shutil
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -86,3 +90,190 @@ def test_the_testing_page_example_runs(tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(block, encoding="utf-8")
     runpy.run_path(str(script))  # its own asserts are the test
+
+
+# -- every example in README.md and docs/ runs as printed ---------------------------------------
+
+REPO = DOCS.parent
+PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", flags=re.DOTALL | re.MULTILINE)
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(``page:line``, code) of every ```python block of README.md and docs/*.md."""
+    found = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for match in FENCE.finditer(text):
+            if match.group(1) == "python":
+                line = text.count("\n", 0, match.start()) + 1
+                found.append((f"{page.relative_to(REPO)}:{line}", match.group(2)))
+    return found
+
+
+def first_line(code: str) -> str:
+    return code.strip().splitlines()[0]
+
+
+# Blocks that are not programs: a piece of a larger one (names defined elsewhere, ``...``), or
+# an example file shown verbatim and run by its own test above. Keyed by page and first line,
+# so a new block on any page is run unless it is added here with its reason.
+FRAGMENTS = {
+    ("docs/metrics.md", "stats = collector.stats()"): "uses a collector built elsewhere",
+    ("docs/metrics.md", "from flowcollect.metrics import serve_metrics, registry_for"): (
+        "`readers`, `writers` and `...` stand for the reader's own"
+    ),
+    ("docs/modbus.md", "from flowcollect.simulator import Simulator"): "`...` stands for the reader's code",
+    ("docs/influxdb.md", "from flowcollect.writers.sender import BufferedSender, Outcome, Status"): (
+        "`...` stands for a transport's own code"
+    ),
+    (
+        "docs/plugins.md",
+        '"""A reader of `name=value` lines from a text file another program keeps up to date."""',
+    ): ("docs/examples/file_reader.py, run by test_key_value_file_reader"),
+    ("docs/plugins.md", '"""A writer of JSON lines: one object per value, one file per day."""'): (
+        "docs/examples/jsonl_writer.py, run by test_jsonl_writer"
+    ),
+    ("docs/plugins.md", "from flowcollect import DataCollectionContext, DataCollector, Variable"): (
+        "uses the two example classes defined in the blocks above"
+    ),
+    ("docs/testing.md", "from flowcollect import DataCollectionContext, Variable"): (
+        "run by test_the_testing_page_example_runs"
+    ),
+}
+
+
+def fragment(where: str, code: str) -> str | None:
+    return FRAGMENTS.get((where.rsplit(":", 1)[0], first_line(code)))
+
+
+def run_python(
+    code: str, cwd: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    script = cwd / "example.py"
+    script.write_text(code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUX_")} | (extra_env or {})
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def workspace(tmp_path: Path) -> Path:
+    """A folder like a fresh clone's: the shipped pipelines, and ``.venv/bin`` where it is."""
+    shutil.copytree(REPO / "pipelines", tmp_path / "pipelines", ignore=shutil.ignore_patterns("out"))
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "bin").symlink_to(Path(sys.executable).parent)
+    return tmp_path
+
+
+def check_readme(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
+    assert result.stdout == "result: OK, 10 values stored\n", result.stderr
+    rows = (cwd / "out" / "values.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + 10  # the header, then every value stored
+
+
+def check_library(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
+    # "~15 values": 2 s at 100 ms, less the 0.5 s paused (the switches fall between instants).
+    count = int(result.stdout.split()[-1])
+    assert 13 <= count <= 17, result.stdout
+
+
+def check_from_python(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pipeline demo: ran for its duration after "), result.stdout
+    assert lines[-1].startswith("result: OK, "), result.stdout
+    assert (cwd / "out" / "demo.csv").exists()
+
+
+def check_pipeline_file(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
+    """A pipeline file: it imports with no output, and `flowcollect check` passes it."""
+    assert result.stdout == "", result.stdout
+    name = re.search(r"^# (pipelines/\w+\.py)$", code, flags=re.MULTILINE)
+    path = cwd / (name.group(1) if name else "pipeline.py")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(code, encoding="utf-8")
+    checked = subprocess.run(
+        [sys.executable, "-m", "flowcollect", "check", str(path.relative_to(cwd))],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert re.fullmatch(r"pipeline \w+: OK \(.*\)\n", checked.stdout), checked.stdout
+
+
+def check_runs(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
+    """Builds what it shows (a reader, a writer) with nothing to print."""
+    assert result.stdout == ""
+
+
+CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProcess[str]], None]] = {
+    ("README.md", "from flowcollect import DataCollectionContext, Pipeline, Variable"): check_readme,
+    ("docs/getting-started.md", "# pipelines/boiler.py"): check_pipeline_file,
+    ("docs/getting-started.md", "import time"): check_library,
+    (
+        "docs/cli.md",
+        "from flowcollect import DataCollectionContext, IntervalLimitPolicy, Pipeline, Variable",
+    ): (check_pipeline_file),
+    ("docs/cli.md", "from flowcollect.pipeline import load_pipeline"): check_from_python,
+    ("docs/influxdb.md", "from flowcollect.writers import InfluxDBDataWriter"): check_runs,
+    ("docs/modbus.md", "from flowcollect.readers import ModbusDataReader"): check_runs,
+    ("docs/opcua.md", "from flowcollect.readers import OpcUaDataReader"): check_runs,
+    ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
+}
+
+
+# What an example says it reads from the environment (``token=None  # None: read $INFLUX_TOKEN``).
+ENVIRONMENTS = {
+    ("docs/influxdb.md", "from flowcollect.writers import InfluxDBDataWriter"): {
+        "INFLUX_TOKEN": "a-token",
+        "INFLUX_PASSWORD": "a-password",
+    },
+}
+
+
+@pytest.mark.realtime
+@pytest.mark.parametrize(("where", "code"), python_blocks(), ids=[w for w, _ in python_blocks()])
+def test_every_python_example_in_the_docs_runs_as_printed(where: str, code: str, tmp_path: Path) -> None:
+    if fragment(where, code) is not None:
+        return  # listed with its reason in FRAGMENTS; test_fragments_are_still_there keeps the list true
+    check = CHECKS.get((where.rsplit(":", 1)[0], first_line(code)))
+    assert check is not None, (
+        f"{where}: a new example; give it a check in CHECKS (what it should produce), or list it in "
+        "FRAGMENTS with the reason it cannot run as printed"
+    )
+    cwd = workspace(tmp_path)
+    result = run_python(code, cwd, ENVIRONMENTS.get((where.rsplit(":", 1)[0], first_line(code))))
+    assert result.returncode == 0, f"{where}:\n{result.stderr}"
+    check(where, code, cwd, result)
+
+
+def test_fragments_and_checks_name_blocks_that_exist() -> None:
+    present = {(where.rsplit(":", 1)[0], first_line(code)) for where, code in python_blocks()}
+    assert set(FRAGMENTS) <= present, set(FRAGMENTS) - present
+    assert set(CHECKS) <= present, set(CHECKS) - present
+    assert set(ENVIRONMENTS) <= set(CHECKS)
+
+
+def test_the_check_transcript_in_the_cli_page_is_what_check_prints(tmp_path: Path) -> None:
+    page = (DOCS / "cli.md").read_text(encoding="utf-8")
+    transcript = re.search(r"^\$ (flowcollect check pipelines/demo\.py)\n(.*)$", page, flags=re.MULTILINE)
+    assert transcript is not None
+    cwd = workspace(tmp_path)
+    result = subprocess.run(
+        [str(cwd / ".venv" / "bin" / "flowcollect"), *transcript.group(1).split()[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout == transcript.group(2) + "\n", result.stderr

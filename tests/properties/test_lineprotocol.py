@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 from flowcollect.writers._lineprotocol import LineSerializer, Unwritable, field_text, timestamp_ns
 
 # Everything line protocol escapes (or must not), plus text from all of Unicode.
@@ -153,3 +153,77 @@ def test_values_of_the_wrong_kind_are_refused_with_a_reason(value: Any) -> None:
             assert str(exc)
         else:
             raise AssertionError(f"{value!r} accepted as {value_type}")
+
+
+TAG_KEYS_DRAWN = st.text(alphabet=st.one_of(SPECIAL, st.characters()), min_size=1, max_size=8).filter(
+    lambda key: not key.endswith("\\")  # Point leaves a key's trailing backslash to escape its '='
+)
+TYPED_KEYS = {"float": "value", "int": "value_int", "bool": "value_bool", "str": "value_str"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(measurement=NAMES, t_ms=st.integers(0, 2**63 // 10**6 - 1), data=st.data())
+def test_a_columnar_batch_is_what_point_writes_with_typed_field_keys(
+    measurement: str, t_ms: int, data: st.DataObject
+) -> None:
+    n = data.draw(st.integers(0, 10))
+    specs, values = [], []
+    for _ in range(n):
+        value_type, value = data.draw(TYPED_VALUES)
+        specs.append(
+            VariableSpec(
+                data.draw(IDS),
+                data.draw(IDS),
+                data.draw(TEXT),
+                value_type,
+                data.draw(TEXT),
+                1000,
+                name=data.draw(st.none() | TEXT),
+                tags=tuple(data.draw(st.lists(st.tuples(TAG_KEYS_DRAWN, TEXT), max_size=3))),
+            )
+        )
+        values.append(value)
+    errors: list[str | None] = [data.draw(st.sampled_from([None, None, "timeout"])) for _ in range(n)]
+    values = [None if e else v for v, e in zip(values, errors, strict=True)]
+    batch = ValueBatch(t_ms, specs, values, errors)
+    lines, problems = LineSerializer(measurement, "typed").serialize_batch(batch)
+
+    expected = []
+    for i, (spec, v) in enumerate(zip(batch.variables, batch, strict=True)):
+        if v.error is not None or refused_on_purpose(v):
+            assert any(p[0] == i for p in problems)
+            continue
+        point = Point(measurement)
+        for key, tag in spec.tags:
+            if key not in {"address", "context", "name", "reader", "variable"}:
+                point.tag(key, tag)
+        point.tag("address", spec.address).tag("context", spec.context_id).tag("reader", spec.reader)
+        point.tag("variable", spec.id).tag("name", spec.name or None)
+        point.field(TYPED_KEYS[spec.value_type], as_declared(v.value, v.value_type))
+        expected.append(str(point.time(t_ms * 1_000_000, WritePrecision.NS).to_line_protocol()))
+    assert lines == expected
+    assert len(problems) == n - len(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(), min_size=1, max_size=12), t_ms=st.integers(0, 2**40))
+@example(values=[1.0, 100.0, 1e16, -0.0, 2.5e-300, 1.7976931348623157e308, 1.7976931348623157e308], t_ms=0)
+def test_a_batch_of_floats_takes_the_fast_path_to_the_same_text(values: list[float], t_ms: int) -> None:
+    specs = [VariableSpec(i, 1, f"a{i}", "float", "r", 1000) for i in range(len(values))]
+    lines, problems = LineSerializer("m", "typed").serialize_batch(ValueBatch(t_ms, specs, list(values)))
+    expected = [
+        str(
+            Point("m")
+            .tag("address", f"a{i}")
+            .tag("context", 1)
+            .tag("reader", "r")
+            .tag("variable", i)
+            .field("value", x)
+            .time(t_ms * 1_000_000, WritePrecision.NS)
+            .to_line_protocol()
+        )
+        for i, x in enumerate(values)
+        if math.isfinite(x)
+    ]
+    assert lines == expected
+    assert [p[0] for p in problems] == [i for i, x in enumerate(values) if not math.isfinite(x)]

@@ -2,8 +2,9 @@
 
 (tests/cli covers signals with CSV alone, and bad pipeline files; this is the one case it does
 not: two writers, one of them a server behind its own buffer and sender threads.) The process
-must exit 0 within a few seconds, and every value read before the signal must be in both
-outputs: the same values, each series an unbroken grid, as many as the run reports reading.
+must exit within a few seconds (0 after SIGTERM, 130 after SIGINT), and every value read before
+the signal must be in both outputs: the same values, each series an unbroken grid, as many as
+the run reports reading.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import textwrap
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
+from tests.support.grid import missing_on_grid
 from tests.support.victoria import VictoriaMetrics
 
 pytestmark = [pytest.mark.realtime, pytest.mark.server]
@@ -122,7 +123,7 @@ def test_a_signal_ends_the_run_with_every_value_in_csv_and_on_the_server(
         pytest.fail(f"still running {EXIT_WITHIN_S} s after {signum.name}:\n{stderr.read_text()}")
     took = time.monotonic() - signalled
     log = stderr.read_text()
-    assert code == 0, log
+    assert code == (130 if signum == signal.SIGINT else 0), log
     assert "Traceback" not in log, log
     assert f"stopped by {signum.name}" in log
     summary = json.loads(stdout.read_text())
@@ -134,13 +135,14 @@ def test_a_signal_ends_the_run_with_every_value_in_csv_and_on_the_server(
     server_writer = summary["writers"]["influxdb:b"]
     assert server_writer["extra"]["written"] == summary["values_read"], server_writer
 
-    # The CSV file: every series an unbroken grid, as many values as were read.
+    # The CSV file: every series on its grid (an instant missing only when the reader skipped
+    # it under load and counted it), as many values as were read.
     in_csv = csv_series(tmp_path / "out.csv")
     assert set(in_csv) == {("1", str(n)) for n in range(1, 6)} | {("2", str(n)) for n in range(1, 4)}
     assert sum(len(points) for points in in_csv.values()) == summary["values_read"]
+    overruns = summary["readers"]["random"]["overruns"]
     for (context, _), points in in_csv.items():
-        times = sorted(points)
-        assert [b - a for a, b in pairwise(times)] == [STEPS[context]] * (len(times) - 1)
+        assert missing_on_grid(sorted(points), STEPS[context]) <= overruns
 
     # The server: the very same values at the very same instants.
     match = f'{{__name__="{name}_value"}}'

@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flowcollect import ConfigError, DataCollectionContext, DataCollector, Variable
+from flowcollect.errors import PreflightError
 from flowcollect.readers import RandomDataReader
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import InfluxDBDataWriter
 from tests.support.victoria import Factory, Series, VictoriaMetrics, sample_count
 
@@ -127,7 +128,8 @@ def test_every_value_stored_once_with_its_timestamp_type_and_tags(victoria: Vict
     # server; the writer matches it byte for byte, see the property test and docs/influxdb.md.)
     addresses = ["holding 40001,float32=be", "coil=7", "a, b", "plain"]
     batches: list[list[CollectedVariable]] = []
-    expected: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    expected: dict[tuple[str, str, str, str], list[tuple[int, float]]] = {}
+    field_of = {"float": "value", "int": "value_int", "bool": "value_bool", "str": "value_str"}
     for k in range(12):
         at = start + timedelta(milliseconds=250 * k + 7)
         batch = []
@@ -147,7 +149,8 @@ def test_every_value_stored_once_with_its_timestamp_type_and_tags(victoria: Vict
                             time=at,
                         )
                     )
-                    key = (str(context_id), str(var_id), address)
+                    # schema="typed": the field key carries the type, so no field has two types.
+                    key = (f"exact_{field_of[value_type]}", str(context_id), str(var_id), address)
                     expected.setdefault(key, []).append((int(at.timestamp() * 1000), stored(k)))
         # Values that must not become points.
         batch.append(CollectedVariable(99, 1, "hr99", "float", "modbus tcp,1", 250, None, at, "timeout"))
@@ -165,13 +168,13 @@ def test_every_value_stored_once_with_its_timestamp_type_and_tags(victoria: Vict
     assert (stats["errors_skipped"], stats["unwritable"]) == (12, 24)
     assert stats["failed"] == stats["dropped"] == stats["buffered"] == 0
 
-    series = victoria.wait_for_samples('{__name__="exact_value"}', n_points)
+    series = victoria.wait_for_samples('{__name__=~"exact_value.*"}', n_points)
     assert sample_count(series) == n_points, "each value stored exactly once"
-    stored: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    stored: dict[tuple[str, str, str, str], list[tuple[int, float]]] = {}
     for s in series:
         assert set(s.labels) == {"__name__", "address", "context", "reader", "variable"}
         assert s.labels["reader"] == "modbus tcp,1"
-        key = (s.labels["context"], s.labels["variable"], s.labels["address"])
+        key = (s.name, s.labels["context"], s.labels["variable"], s.labels["address"])
         stored.setdefault(key, []).extend(zip(s.timestamps_ms, s.values, strict=True))
     stored = {key: sorted(samples) for key, samples in stored.items()}
     assert stored.keys() == expected.keys()
@@ -353,7 +356,7 @@ def test_5xx_is_retried_until_the_server_takes_the_points(victoria_factory: Fact
     assert by_key(series) == expected_of(batches)
 
 
-def test_wrong_token_gives_one_clear_error_and_no_retries(
+def test_wrong_token_is_logged_as_an_error_and_the_points_kept_until_it_is_fixed(
     victoria_factory: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
     # VictoriaMetrics ignores tokens unless it demands credentials: with -httpAuth.* it answers 401
@@ -363,21 +366,27 @@ def test_wrong_token_gives_one_clear_error_and_no_retries(
     )
     caplog.set_level(logging.WARNING, logger=LOGGER)
     w = writer(server.url, "denied", batch_size=50, flush_interval_ms=20)
+    batches = list(ticks(50, 3))
     try:
-        for batch in ticks(50, 3):
+        for batch in batches:
             w.write(batch)
-            w.flush()
+        wait_until(lambda: w.stats()["held_retries"] >= 2, what="401 answers retried with backoff")
         stats = w.stats()
-        assert (stats["failed"], stats["written"], stats["retries"], stats["buffered"]) == (150, 0, 0, 0)
-        assert stats["requests"] == 3, "each batch tried once"
+        assert (stats["failed"], stats["written"], stats["dropped"], stats["buffered"]) == (0, 0, 0, 150)
+        assert stats["holding"] == 1
+        # The operator fixes it (here: the server stops demanding credentials): all delivered.
+        server.restart(args=[])
+        w.flush()
+        stats = w.stats()
+        assert (stats["written"], stats["failed"], stats["buffered"], stats["holding"]) == (150, 0, 0, 0)
     finally:
         w.close()
-    errors = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
-    assert len(errors) == 1, [r.getMessage() for r in errors]
-    assert "401" in errors[0].getMessage() and "not retried" in errors[0].getMessage()
-    assert w.last_error is not None and "401" in w.last_error
+    errors = [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "401" in errors[0] and "kept and retried" in errors[0]
     assert TOKEN not in caplog.text
-    assert sample_count(server.export('{__name__="denied_value"}')) == 0
+    series = server.wait_for_samples('{__name__="denied_value"}', 150)
+    assert by_key(series) == expected_of(batches)
 
 
 def test_buffer_limit_drops_the_oldest_and_counts_them(
@@ -511,3 +520,147 @@ def test_errors_are_logged_once_per_variable_and_text(caplog: pytest.LogCaptureF
     assert w.stats()["errors_skipped"] == 60
     lines = Counter(r.getMessage() for r in caplog.records if "not writing" in r.getMessage())
     assert len(lines) == 3 and set(lines.values()) == {1}
+
+
+# -- the columnar path, receipts, the v1 API and preflight (VictoriaMetrics) ---------------------------
+
+
+def spec_batches(n_vars: int, n_ticks: int, **spec_options: object) -> list[ValueBatch]:
+    start_ms = int(grid_start().timestamp() * 1000)
+    variables = [
+        VariableSpec(i, 3, f"hr{i}", "float", "modbus", 1000, **spec_options)  # type: ignore[arg-type]
+        for i in range(1, n_vars + 1)
+    ]
+    return [
+        ValueBatch(
+            start_ms + k * 1000, variables, [i * 1000 + k + 0.5 for i in range(1, n_vars + 1)], context_id=3
+        )
+        for k in range(n_ticks)
+    ]
+
+
+def test_write_batch_acknowledges_every_value_once_across_merged_and_split_requests(
+    victoria: VictoriaMetrics,
+) -> None:
+    w = writer(victoria.url, "receipts", batch_size=70, flush_interval_ms=20)
+    receipts: list[Receipt] = []
+    w.attach(receipts.append)
+    sent = spec_batches(50, 6, name="flow", tags=(("line", "A"),))
+    # One value with an error and one that cannot be a float: acknowledged at once, as failed.
+    sent[0].values[3], sent[0].errors[3] = None, "timeout"
+    sent[1].values[4] = "not a number"
+    try:
+        for batch in sent:
+            w.write_batch(batch)
+        w.flush()
+    finally:
+        w.close()
+    per_batch: dict[int, list[int]] = {}
+    for r in receipts:
+        totals = per_batch.setdefault(id(r.batch), [0, 0, 0])
+        totals[0] += r.written
+        totals[1] += r.failed
+        totals[2] += r.dropped
+    assert per_batch[id(sent[0])] == [49, 1, 0] and per_batch[id(sent[1])] == [49, 1, 0]
+    assert all(per_batch[id(b)] == [50, 0, 0] for b in sent[2:])
+    assert len(receipts) > len(sent), "batches of 50 in requests of 70: some acknowledged in parts"
+    stats = w.stats()
+    assert (stats["written"], stats["errors_skipped"], stats["unwritable"]) == (298, 1, 1)
+    series = victoria.wait_for_samples('{__name__="receipts_value"}', 298)
+    assert sample_count(series) == 298
+    assert {s.labels["name"] for s in series} == {"flow"} and {s.labels["line"] for s in series} == {"A"}
+
+
+def test_the_v1_api_writes_to_victoria_metrics_too(victoria: VictoriaMetrics) -> None:
+    w = InfluxDBDataWriter(
+        victoria.url, measurement="v1api", api="v1", database="plant", flush_interval_ms=20
+    )
+    try:
+        w.preflight()
+        for batch in spec_batches(20, 3):
+            w.write_batch(batch)
+        w.flush()
+    finally:
+        w.close()
+    series = victoria.wait_for_samples('{__name__="v1api_value"}', 60)
+    assert sample_count(series) == 60 and {s.labels["db"] for s in series} == {"plant"}
+
+
+def test_preflight_v2(victoria_factory: Factory) -> None:
+    server = victoria_factory(
+        args=["-httpAuth.username=flowcollect", "-httpAuth.password=right"], auth=("flowcollect", "right")
+    )
+    w = writer(server.url, "preflight")
+    with pytest.raises(PreflightError) as raised:
+        w.preflight()
+    w.close()
+    assert "refused the credentials for bucket 'line1' (org 'plant')" in str(raised.value)
+    assert "401" in str(raised.value) and TOKEN not in str(raised.value)
+    server.restart(args=[])
+    w = writer(server.url, "preflight")
+    w.preflight()
+    w.close()
+    assert sample_count(server.export('{__name__=~"preflight.*"}')) == 0, "a preflight stores nothing"
+    server.stop()
+    w = writer(server.url, "preflight")
+    with pytest.raises(PreflightError, match=r"cannot reach InfluxDB at http://127\.0\.0\.1:"):
+        w.preflight()
+    w.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"api": "v4"}, "api"),
+        ({"api": "v1", "org": None, "bucket": None}, "database"),
+        ({"api": "v1", "org": None, "bucket": None, "database": "d", "token": "x"}, "token"),
+        ({"api": "v1", "org": None, "bucket": None, "database": "d", "password": "x"}, "password"),
+        ({"api": "v1", "org": None, "bucket": None, "database": "d", "username": "u"}, "password"),
+        ({"api": "v3", "database": "d"}, "org"),
+        ({"api": "v2", "database": "d"}, "database"),
+        ({"schema": "wide"}, "schema"),
+        ({"url": "http://127.0.0.1:99999"}, "url"),
+    ],
+)
+def test_api_settings_are_checked(
+    options: dict[str, object], field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("INFLUX_PASSWORD", raising=False)
+    settings: dict[str, object] = {"url": "http://127.0.0.1:1", "token": TOKEN, "org": "o", "bucket": "b"}
+    settings.update(options)
+    with pytest.raises(ConfigError) as raised:
+        InfluxDBDataWriter(**settings)  # type: ignore[arg-type]
+    assert f"InfluxDBDataWriter {field}:" in str(raised.value)
+    assert TOKEN not in str(raised.value)
+
+
+def test_secrets_never_show_in_repr_for_any_api() -> None:
+    v3 = InfluxDBDataWriter("http://127.0.0.1:9", TOKEN, api="v3", database="d")
+    v1 = InfluxDBDataWriter("http://127.0.0.1:9", api="v1", database="d", username="u", password=TOKEN)
+    try:
+        assert "token=<set>" in repr(v3) and "password=<set>" in repr(v1) and "username='u'" in repr(v1)
+        for w in (v1, v3):
+            assert TOKEN not in repr(w) and TOKEN not in str(w)
+        assert v3.name == "influxdb:d"
+    finally:
+        v1.close()
+        v3.close()
+
+
+def test_a_connection_the_server_closed_while_idle_costs_no_retry(victoria_factory: Factory) -> None:
+    # The server drops idle kept-alive connections after 200 ms; the writer's next request finds
+    # its connection closed and goes again at once on a fresh one, without a backoff.
+    server = victoria_factory(args=["-http.idleConnTimeout=200ms"])
+    w = writer(server.url, "idle", batch_size=10, flush_interval_ms=10)
+    w.max_in_flight = 1
+    try:
+        for k, batch in enumerate(ticks(10, 4)):
+            w.write(batch)
+            w.flush()
+            if k < 3:
+                time.sleep(0.6)
+        stats = w.stats()
+    finally:
+        w.close()
+    assert (stats["written"], stats["retries"], stats["requests"]) == (40, 0, 4)
+    assert sample_count(server.wait_for_samples('{__name__="idle_value"}', 40)) == 40

@@ -62,13 +62,21 @@ def test_a_device_down_then_up_then_dead_never_stops_or_delays_collection(
         collector.stop(1)
         stats = collector.stats()
 
-    # Every tick produced every value: the dead device cost no tick of its own or the other reader's.
-    plc_times = sorted(t for t, _, _ in of(1))
-    random_times = sorted(t for t, _, _ in of(3))
-    assert plc_times == random_times
-    assert all(b - a == timedelta(milliseconds=TICK_MS) for a, b in itertools.pairwise(plc_times))
-    assert stats.readers["plc"].overruns == 0
+    # Every tick produced every value: the dead device cost no tick of its own or the other
+    # reader's. On a loaded machine either reader may skip an instant, counted as an overrun;
+    # none may be doubled or leave the grid.
+    for vid, reader in ((1, "plc"), (3, "random")):
+        times = sorted(t for t, _, _ in of(vid))
+        gaps = [(b - a) / timedelta(milliseconds=TICK_MS) for a, b in itertools.pairwise(times)]
+        assert all(g >= 1 and g == int(g) for g in gaps), (reader, gaps)
+        assert sum(int(g) - 1 for g in gaps) <= stats.readers[reader].overruns, (reader, gaps)
+    # A device that cost its reader time would make it overrun about every other tick (its
+    # 0.2 s timeout against a 0.1 s tick): load alone skips far fewer.
+    assert stats.readers["plc"].overruns <= stats.readers["plc"].ticks // 10, stats.readers["plc"]
     late = stats.readers["random"].lateness_ms_p99
     assert late is not None
-    assert late < 50
+    # Delayed by the dead device, the random reader would be late by its timeout (200 ms);
+    # a loaded machine makes it late by less than a tick.
+    assert late < TICK_MS
+    assert stats.readers["plc"].lane != stats.readers["random"].lane
     assert modbus.stats()["reconnects"] == 0  # connected once, after being down from the start
