@@ -245,20 +245,21 @@ class DataCollector:
             except BaseException:
                 del self._runs[context.id]
                 raise
-            # Nothing reaches the run until it has started: its lanes first take the plan (their
-            # readers hear plan_changed and prepare), then the start instant is taken, so its
-            # first due instant is never one its lanes had no chance to read on time.
-            run.since_ms = run.until_ms = UNTIL_STOPPED
-            self._ended.pop(context.id, None)
-            for key in compiled.specs:
-                run.subscriptions.append(self._branch(run, self._lanes[key]))
-            self._await_lanes(self._apply(schedules, math.floor(self._now_ms())))
+            # Its lanes get ready first (their readers hear plan_changed and prepare, per-value
+            # objects are built) while they keep serving the running contexts; then the start
+            # instant is taken and the plan applied, so the context's first due instant is never
+            # one its lanes had no chance to read on time, and nothing is read for it before.
+            self._await_lanes(schedules)
             now = self._now_ms()
             duration = context.duration_s
             run.until_ms = UNTIL_STOPPED if duration is None else math.ceil(now + duration * 1000)
             run.since_ms = math.floor(now)
             context.start_date = instant(run.since_ms)
             context.end_date = None
+            self._ended.pop(context.id, None)
+            for key in compiled.specs:
+                run.subscriptions.append(self._branch(run, self._lanes[key]))
+            self._apply(schedules, run.since_ms)
             if duration is not None:
                 run.timer = self._timer.schedule_absolute(
                     instant(run.until_ms), lambda _s, _t: self._expire(run)
@@ -512,20 +513,21 @@ class DataCollector:
         running = [run.compiled for run in self._runs.values() if run.state == "running"]
         return {key: lane_schedule(key, running, self._lane_readers.get(key, ())) for key in set(touched)}
 
-    def _apply(self, schedules: Mapping[str, LaneSchedule | None], since_ms: int) -> list[threading.Event]:
+    def _apply(self, schedules: Mapping[str, LaneSchedule | None], since_ms: int) -> None:
         """Hand each lane its new schedule; instants due after ``since_ms`` are read even if a
-        busy lane makes them late. Returns the events set as each lane takes it."""
-        taken = [self._lanes[key].plan(schedule, since_ms) for key, schedule in schedules.items()]
-        return [event for event in taken if event is not None]
+        busy lane makes them late."""
+        for key, schedule in schedules.items():
+            self._lanes[key].plan(schedule, since_ms)
 
-    def _await_lanes(self, taken: list[threading.Event]) -> None:
+    def _await_lanes(self, schedules: Mapping[str, LaneSchedule | None]) -> None:
         # Bounded: a lane busy in a long read (or a reader slow to prepare) delays a start by
         # at most LANE_READY_S. Never on the collector's own threads (a lane cannot wait for
         # itself), nor in virtual time (nothing runs until the clock is advanced).
         if self._virtual or threading.current_thread().name.startswith(THREAD_PREFIX):
             return
+        ready = [self._lanes[key].prepare(s) for key, s in schedules.items() if s is not None]
         deadline = time.monotonic() + LANE_READY_S
-        for event in taken:
+        for event in ready:
             event.wait(max(0.0, deadline - time.monotonic()))
 
     def _replan(self, touched: Iterable[str]) -> None:

@@ -86,6 +86,7 @@ class Lane:
         # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
         self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
         self._active: LaneSchedule | None = None
+        self._ready: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
         self._opened: set[str] = set()
         self._batchy = {r.type: _batch_reader(r) for r in readers}
@@ -105,25 +106,30 @@ class Lane:
         with contextlib.suppress(DisposedException):  # closed: nothing is done here any more
             self.scheduler.schedule(lambda _s, _t: action())
 
-    def plan(self, schedule: LaneSchedule | None, since_ms: int) -> threading.Event | None:
+    def plan(self, schedule: LaneSchedule | None, since_ms: int) -> None:
         """Set the wanted schedule; the lane takes it on its thread, telling its readers first.
-        Instants due after ``since_ms`` (the change's instant) are read even if late. Returns
-        an event set once the lane has taken it (None: nothing to take)."""
+        Instants due after ``since_ms`` (the change's instant) are read even if late."""
         self.planned = schedule
         if schedule is not None:
             self.touched = True
-        if schedule is None and self._active is None and not self.used:
-            return None
-        taken = threading.Event()
+        if schedule is not None or self._active is not None or self.used:
+            self.post(lambda: self._apply(since_ms))
 
-        def apply() -> None:
+    def prepare(self, schedule: LaneSchedule) -> threading.Event:
+        """Get ready for ``schedule`` before it is applied (readers told, per-value objects
+        built) while the current one keeps ticking; the event is set once done."""
+        self.touched = True
+        ready = threading.Event()
+
+        def run() -> None:
             try:
-                self._apply(since_ms)
+                if not self._closed and self.assigned:
+                    self._get_ready(schedule)
             finally:
-                taken.set()
+                ready.set()
 
-        self.post(apply)
-        return taken
+        self.post(run)
+        return ready
 
     def assign(self, assigned: bool, since_ms: int) -> None:
         if assigned != self.assigned:
@@ -141,10 +147,15 @@ class Lane:
         wanted = self.planned if self.assigned else None
         if wanted is not self._active:
             self._active = wanted
-            self._reuse.clear()
-            self._tell_readers(wanted)
-            self._prepare(wanted)
+            if wanted is not self._ready or wanted is None:
+                self._get_ready(wanted)
         self._retime(since_ms)
+
+    def _get_ready(self, schedule: LaneSchedule | None) -> None:
+        self._ready = schedule
+        self._reuse.clear()
+        self._tell_readers(schedule)
+        self._prepare(schedule)
 
     def _prepare(self, schedule: LaneSchedule | None) -> None:
         # A per-value reader's objects for every phase known now, before the first tick needs
