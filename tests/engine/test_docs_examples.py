@@ -222,6 +222,11 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
     ("docs/influxdb.md", "from flowcollect.writers import InfluxDBDataWriter"): check_runs,
     ("docs/modbus.md", "from flowcollect.readers import ModbusDataReader"): check_runs,
     ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
+    ("docs/spool.md", "from flowcollect.writers import InfluxDBDataWriter, SpooledWriter"): check_runs,
+    (
+        "docs/spool.md",
+        "from flowcollect.writers import CsvFileDataWriter, InfluxDBDataWriter, SpooledWriter, SpoolOptions",
+    ): check_runs,
 }
 
 
