@@ -19,12 +19,15 @@ from flowcollect.simulator.modbus import (
     PLANT,
     PLANT_NAME,
     REGISTER_MAP,
+    UNIT_REGISTER,
+    LineSimulator,
     SimPoint,
     Simulator,
     known_offset,
     main,
     plant_state,
     serve,
+    serve_line,
 )
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
     "KNOWN_BITS",
     "KNOWN_TYPES",
     "ORDERS",
+    "UNIT_REGISTER",
+    "LineSimulator",
     "PLANT",
     "PLANT_NAME",
     "REGISTER_MAP",
@@ -45,4 +50,5 @@ __all__ = [
     "main",
     "plant_state",
     "serve",
+    "serve_line",
 ]
