@@ -53,6 +53,9 @@ THREAD_PREFIX = "flowcollect-"
 MAX_ENDED = 10_000
 """Stopped contexts whose figures ``stats()`` keeps (the oldest go first)."""
 CLOSE_SLACK_S = 0.5
+LANE_READY_S = 1.0
+"""How long ``start`` waits at most for its lanes to take the new plan before taking its start
+instant (a lane busy in a read takes it after the read)."""
 """What ``close()`` may take beyond ``close_timeout_s``: the bookkeeping after the deadline."""
 
 UNTIL_STOPPED = 2**62
@@ -238,22 +241,24 @@ class DataCollector:
             run = _Run(compiled, until_ms=0)
             self._runs[context.id] = run
             try:
-                # The plan of a large context takes a while to build; the context starts once it
-                # is ready, so its first due instant is never one it had no chance to read.
                 schedules = self._plan(compiled.specs)
-                now = self._now_ms()
-                duration = context.duration_s
-                run.until_ms = UNTIL_STOPPED if duration is None else math.ceil(now + duration * 1000)
             except BaseException:
                 del self._runs[context.id]
                 raise
-            run.since_ms = math.floor(now)
-            context.start_date = instant(run.since_ms)
-            context.end_date = None
+            # Nothing reaches the run until it has started: its lanes first take the plan (their
+            # readers hear plan_changed and prepare), then the start instant is taken, so its
+            # first due instant is never one its lanes had no chance to read on time.
+            run.since_ms = run.until_ms = UNTIL_STOPPED
             self._ended.pop(context.id, None)
             for key in compiled.specs:
                 run.subscriptions.append(self._branch(run, self._lanes[key]))
-            self._apply(schedules, run.since_ms)
+            self._await_lanes(self._apply(schedules, math.floor(self._now_ms())))
+            now = self._now_ms()
+            duration = context.duration_s
+            run.until_ms = UNTIL_STOPPED if duration is None else math.ceil(now + duration * 1000)
+            run.since_ms = math.floor(now)
+            context.start_date = instant(run.since_ms)
+            context.end_date = None
             if duration is not None:
                 run.timer = self._timer.schedule_absolute(
                     instant(run.until_ms), lambda _s, _t: self._expire(run)
@@ -507,11 +512,21 @@ class DataCollector:
         running = [run.compiled for run in self._runs.values() if run.state == "running"]
         return {key: lane_schedule(key, running, self._lane_readers.get(key, ())) for key in set(touched)}
 
-    def _apply(self, schedules: Mapping[str, LaneSchedule | None], since_ms: int) -> None:
+    def _apply(self, schedules: Mapping[str, LaneSchedule | None], since_ms: int) -> list[threading.Event]:
         """Hand each lane its new schedule; instants due after ``since_ms`` are read even if a
-        busy lane makes them late."""
-        for key, schedule in schedules.items():
-            self._lanes[key].plan(schedule, since_ms)
+        busy lane makes them late. Returns the events set as each lane takes it."""
+        taken = [self._lanes[key].plan(schedule, since_ms) for key, schedule in schedules.items()]
+        return [event for event in taken if event is not None]
+
+    def _await_lanes(self, taken: list[threading.Event]) -> None:
+        # Bounded: a lane busy in a long read (or a reader slow to prepare) delays a start by
+        # at most LANE_READY_S. Never on the collector's own threads (a lane cannot wait for
+        # itself), nor in virtual time (nothing runs until the clock is advanced).
+        if self._virtual or threading.current_thread().name.startswith(THREAD_PREFIX):
+            return
+        deadline = time.monotonic() + LANE_READY_S
+        for event in taken:
+            event.wait(max(0.0, deadline - time.monotonic()))
 
     def _replan(self, touched: Iterable[str]) -> None:
         self._apply(self._plan(touched), math.floor(self._now_ms()))

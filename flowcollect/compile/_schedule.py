@@ -154,6 +154,10 @@ class LaneSchedule:
             phase = self._phases[mask] = self._build(mask)
         return phase
 
+    def built_phases(self) -> list[LanePhase]:
+        """The phases built so far (all of them for a hyperperiod built eagerly)."""
+        return list(self._phases.values())
+
     def next_due(self, after_ms: int | float) -> int:
         """The first instant strictly after ``after_ms`` at which something is due."""
         base = math.floor(after_ms)

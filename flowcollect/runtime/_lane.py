@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
@@ -104,14 +105,25 @@ class Lane:
         with contextlib.suppress(DisposedException):  # closed: nothing is done here any more
             self.scheduler.schedule(lambda _s, _t: action())
 
-    def plan(self, schedule: LaneSchedule | None, since_ms: int) -> None:
+    def plan(self, schedule: LaneSchedule | None, since_ms: int) -> threading.Event | None:
         """Set the wanted schedule; the lane takes it on its thread, telling its readers first.
-        Instants due after ``since_ms`` (the change's instant) are read even if late."""
+        Instants due after ``since_ms`` (the change's instant) are read even if late. Returns
+        an event set once the lane has taken it (None: nothing to take)."""
         self.planned = schedule
         if schedule is not None:
             self.touched = True
-        if schedule is not None or self._active is not None or self.used:
-            self.post(lambda: self._apply(since_ms))
+        if schedule is None and self._active is None and not self.used:
+            return None
+        taken = threading.Event()
+
+        def apply() -> None:
+            try:
+                self._apply(since_ms)
+            finally:
+                taken.set()
+
+        self.post(apply)
+        return taken
 
     def assign(self, assigned: bool, since_ms: int) -> None:
         if assigned != self.assigned:
@@ -131,7 +143,19 @@ class Lane:
             self._active = wanted
             self._reuse.clear()
             self._tell_readers(wanted)
+            self._prepare(wanted)
         self._retime(since_ms)
+
+    def _prepare(self, schedule: LaneSchedule | None) -> None:
+        # A per-value reader's objects for every phase known now, before the first tick needs
+        # them (a tick then only resets them).
+        if schedule is None:
+            return
+        for phase in schedule.built_phases():
+            for rp in phase.readers:
+                reader = self.readers[rp.reader]
+                if not self._batchy[rp.reader] and not reader.pushes and id(rp) not in self._reuse:
+                    self._reuse[id(rp)] = (rp, self._objects(rp, instant(0)))
 
     def _tell_readers(self, schedule: LaneSchedule | None) -> None:
         routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
@@ -390,6 +414,14 @@ class Lane:
             )
             n = rp.size
             return [None] * n, [text] * n, None, None
+
+    @staticmethod
+    def _objects(rp: ReaderPhase, when: datetime) -> list[CollectedVariable]:
+        cv = CollectedVariable
+        return [
+            cv(s.id, s.context_id, s.address, s.value_type, s.reader, s.interval_ms, None, when)
+            for s in rp.reads
+        ]
 
     def _read_each(
         self, reader: DataReader, rp: ReaderPhase, t_ms: int
