@@ -37,7 +37,7 @@ from rich.text import Text
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
-from flowcollect.group import GroupOptions, run_in_group
+from flowcollect.group import GroupMembership, GroupOptions, GroupStatsCollector, run_in_group
 from flowcollect.group._cli import group_app
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
@@ -231,6 +231,7 @@ class _Status:
             f"{m['written']:,} written, {m['failed']:,} failed, "
             f"{m['queued']:,} queued in writers, {m['dropped']:,} dropped, lateness p99 {late}, "
             f"contexts {m['running']} running {m['paused']} paused"
+            + "".join(f"; {name} {text}" for name, text in _spools(stats))
         )
 
     def table(self, stats: CollectorStats) -> Group:
@@ -257,7 +258,21 @@ class _Status:
         for name, w in stats.writers.items():
             f = writer_figures(w)
             writers.add_row(name, f"{f.written:,}", f"{f.pending:,}", f"{f.failed:,}", f"{f.dropped:,}")
-        return Group(head, readers, writers, hint)
+        spools = [Text(f"{name} {text}", style="dim") for name, text in _spools(stats)]
+        return Group(head, readers, writers, *spools, hint)
+
+
+def _spools(stats: CollectorStats) -> list[tuple[str, str]]:
+    """Each spooled writer's disk backlog (docs/spool.md), for the status."""
+    out = []
+    for name, w in stats.writers.items():
+        extra = w.extra
+        if "spool_bytes" in extra:
+            values = int(extra.get("spool_values", 0))
+            megabytes = extra["spool_bytes"] / 1e6
+            oldest = extra.get("spool_oldest_age_s", 0.0)
+            out.append((name, f"spool: {values:,} values, {megabytes:,.1f} MB, oldest {oldest:,.0f} s"))
+    return out
 
 
 def _n(count: int, noun: str) -> str:
@@ -422,6 +437,11 @@ def _run(
                     "(another flowcollect? pick another port, or 0 for any free one)"
                 ) from exc
             raise FlowcollectError(f"--metrics-port {metrics_port}: cannot listen: {exc}") from exc
+    memberships: list[GroupMembership] = []
+    if metrics is not None and group is not None:
+        metrics.registry.register(
+            GroupStatsCollector(lambda: memberships[0].stats() if memberships else None)
+        )
     status = _Status(pipeline.name)
     live = Live(console=console, auto_refresh=False, transient=True) if live_status else None
 
@@ -444,13 +464,20 @@ def _run(
 
         def on_status(stats: CollectorStats) -> None:
             _log.info("%s", status.line(stats))
+            membership = memberships[0].stats() if memberships else None
+            if membership is not None:
+                _log.info("group %s: %s", membership.group, membership.line())
 
     stop = threading.Event()
     # The interpreter's defaults stay as they are (no gc.freeze(), no shorter switch interval):
     # the engine is meant to be fast without tuning; docs/performance.md has the figures.
     try:
         with _stop_on_signals(stop, received):
-            run = pipeline.run if group is None else functools.partial(run_in_group, pipeline, group)
+            run = (
+                pipeline.run
+                if group is None
+                else functools.partial(run_in_group, pipeline, group, on_membership=memberships.append)
+            )
             summary = run(
                 duration,
                 context_ids=ids,

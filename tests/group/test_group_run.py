@@ -11,13 +11,15 @@ import csv
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -37,30 +39,52 @@ SIMS = 3
 
 @dataclass
 class Sims:
+    """The simulator processes of a test module, and what their devices received."""
+
     ports: list[int]
     processes: list[subprocess.Popen[str]]
     logs: list[Path]
-    requests: dict[int, list[int]] = field(default_factory=dict)
-    """Port -> arrival times (epoch ns), filled by ``stop()``."""
+    since_ns: int = 0
+    """Requests before this (a previous test's) are not this test's."""
+    dumps: int = 0
 
-    def stop(self) -> None:
+    def requests(self) -> dict[int, list[int]]:
+        """Port -> arrival times (epoch ns) since ``since_ns``: each process dumps its log."""
+        self.dumps += 1
+        for process in self.processes:
+            process.send_signal(signal.SIGUSR1)
+        out: dict[int, list[int]] = {}
+        for log in self.logs:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    found = json.loads(log.read_text())
+                    if found["dump"] >= self.dumps:
+                        break
+                except (OSError, ValueError):
+                    pass
+                assert time.monotonic() < deadline, f"{log} was not written"
+                time.sleep(0.02)
+            for port, times in found["ports"].items():
+                out[int(port)] = [t for t in times if t >= self.since_ns]
+        return out
+
+    def close(self) -> None:
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process, log in zip(self.processes, self.logs, strict=True):
+        for process in self.processes:
             process.wait(10)
             if process.stdout is not None:
                 process.stdout.close()
-            if log.exists():
-                for port, times in json.loads(log.read_text()).items():
-                    self.requests[int(port)] = times
 
 
-@pytest.fixture
-def sims(tmp_path: Path) -> Iterator[Sims]:
+@pytest.fixture(scope="module")
+def sim_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sims]:
+    folder = tmp_path_factory.mktemp("sims")
     processes, logs, ports = [], [], []
     for i in range(SIMS):
-        log = tmp_path / f"sim{i}.json"
+        log = folder / f"sim{i}.json"
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.group.sim_process", str(DEVICES_PER_SIM), str(log)],
             cwd=ROOT,
@@ -77,7 +101,14 @@ def sims(tmp_path: Path) -> Iterator[Sims]:
         found.ports = ports
         yield found
     finally:
-        found.stop()
+        found.close()
+
+
+@pytest.fixture
+def sims(sim_processes: Sims) -> Sims:
+    """The module's devices, their request logs counted from this test's start."""
+    sim_processes.since_ns = time.time_ns()
+    return sim_processes
 
 
 def device_of(key: str, ports: list[int]) -> int:
@@ -94,6 +125,7 @@ class Members:
 
     def __init__(self, url: str, sims: Sims, folder: Path) -> None:
         self.url = url
+        self.name = url.rsplit("/", 1)[1]
         self.sims = sims
         self.folder = folder
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -108,7 +140,7 @@ class Members:
                 self._lanes = sorted(plan, key=lambda key: device_of(key, self.sims.ports))
         return self._lanes
 
-    def start(self, member_id: str) -> None:
+    def start(self, member_id: str, *extra: str) -> None:
         env = {
             **os.environ,
             "GROUP_TEST_PORTS": ",".join(map(str, self.sims.ports)),
@@ -117,7 +149,7 @@ class Members:
         }
         command = [
             sys.executable, "-m", "flowcollect", "run", str(PIPELINE), "--group", self.url,
-            "--member", member_id, "--group-ttl", str(TTL), "--status-every", "0",
+            "--member", member_id, "--group-ttl", str(TTL), "--status-every", "0", *extra,
         ]  # fmt: skip
         with open(self.folder / f"{member_id}.log", "wb") as log:
             self.processes[member_id] = subprocess.Popen(
@@ -215,8 +247,9 @@ def assert_each_instant_once(group: Members) -> None:
     counts = Counter(pair for found in group.rows().values() for pair in found)
     twice = [pair for pair, n in counts.items() if n > 1]
     assert not twice, f"{len(twice)} (variable, instant) written by two members, e.g. {twice[:5]}"
-    group.sims.stop()
-    for port, arrivals in group.sims.requests.items():
+    requests = group.sims.requests()
+    assert sorted(requests) == sorted(group.sims.ports) and all(requests.values()), "every device was read"
+    for port, arrivals in requests.items():
         # One request per device and tick (its variables share one read); a due instant t is
         # read at t plus a small lateness, so two reads of one instant share a bucket.
         buckets = Counter(t_ns // 1_000_000 // INTERVAL_MS for t_ns in arrivals)
@@ -234,7 +267,7 @@ def test_members_share_lanes_join_take_over_and_hand_over(members: Members) -> N
         members.start(member_id)
     members.wait_owned(["m1", "m2", "m3"], 30)
     before = members.expected(["m1", "m2", "m3"])
-    time.sleep(1)
+    time.sleep(0.6)
 
     # A fourth member takes exactly the lanes whose rendezvous owner is now m4.
     joined_at = time.time() * 1000
@@ -243,21 +276,21 @@ def test_members_share_lanes_join_take_over_and_hand_over(members: Members) -> N
     after = members.expected(["m1", "m2", "m3", "m4"])
     moved = {key for key in members.lanes if before[key] != after[key]}
     assert all(after[key] == "m4" for key in moved)
-    time.sleep(1)
+    time.sleep(0.6)
 
     # kill -9: the victim's lanes resume elsewhere within TTL + two intervals.
     victim_lanes = {key for key, m in after.items() if m == "m1"}
     killed_at = time.time() * 1000
     members.kill("m1")
     members.wait_owned(["m2", "m3", "m4"], TTL + 5)
-    time.sleep(1)
+    time.sleep(0.6)
 
     # SIGTERM: the leaver's lanes resume elsewhere with no gap longer than two intervals.
     three = members.expected(["m2", "m3", "m4"])
     leaver_lanes = {key for key, m in three.items() if m == "m2"}
     members.terminate("m2")
     members.wait_owned(["m3", "m4"], 5)
-    time.sleep(1)
+    time.sleep(0.6)
     members.close()
     ended_at = time.time() * 1000
 
@@ -296,14 +329,14 @@ def test_members_stop_while_etcd_is_down_and_never_read_an_instant_twice(
         for member_id in ("m1", "m2"):
             group.start(member_id)
         group.wait_owned(["m1", "m2"], 30)
-        time.sleep(1)
+        time.sleep(0.6)
         etcd.stop()
         stopped_at = time.time() * 1000
-        time.sleep(TTL + 1)  # longer than the TTL
+        time.sleep(TTL + 0.5)  # longer than the TTL
         etcd.start()
         started_at = time.time() * 1000
         group.wait_owned(["m1", "m2"], 3 * TTL)
-        time.sleep(1)
+        time.sleep(0.6)
         group.close()
     finally:
         group.close()
@@ -336,10 +369,23 @@ def test_group_pause_and_resume_reach_every_member_and_a_later_joiner(members: M
         assert time.monotonic() < deadline, "the pause did not reach every member"
         time.sleep(0.05)
     paused_at = time.time() * 1000
-    members.start("m3")  # joins while the group is paused
+    members.start("m3", "--metrics-port", "0", "--status-every", "0.3")  # joins while paused
     members.wait_owned(["m1", "m2", "m3"], 20)
     assert marker in members.log("m3")
-    time.sleep(1)
+    # Its metrics and status lines show the group as it sees it.
+    url = re.search(r"metrics at (http://\S+)", members.log("m3"))
+    assert url is not None, members.log("m3")
+    with urllib.request.urlopen(url.group(1), timeout=5) as response:  # noqa: S310 - loopback
+        metrics = response.read().decode()
+    owned = sum(1 for owner_id in members.expected(["m1", "m2", "m3"]).values() if owner_id == "m3")
+    assert f'flowcollect_group_lanes_owned{{group="{members.name}",member="m3"}} {owned}.0' in metrics
+    assert f'flowcollect_group_members{{group="{members.name}",member="m3"}} 3.0' in metrics
+    line = f"m3 active: {owned}/6 lane(s), 3 member(s)"
+    deadline = time.monotonic() + 5
+    while line not in members.log("m3"):
+        assert time.monotonic() < deadline, f"no status line {line!r}"
+        time.sleep(0.05)
+    time.sleep(0.6)
     resumed_at = time.time() * 1000
     done = subprocess.run(
         [*flowcollect, "resume", "1", "--group", members.url],
@@ -353,7 +399,7 @@ def test_group_pause_and_resume_reach_every_member_and_a_later_joiner(members: M
     while not all("context 1 running (group control)" in members.log(m) for m in ("m1", "m2", "m3")):
         assert time.monotonic() < deadline, "the resume did not reach every member"
         time.sleep(0.05)
-    time.sleep(1)
+    time.sleep(0.6)
     members.close()
     found = members.rows()
     during = [
