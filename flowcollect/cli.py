@@ -578,6 +578,9 @@ def check(
         sys.stderr.write(f"warning: {line}\n")
     if problems:
         _fail(ConfigError(problems), False)
+    # Modbus lines that cannot serve their due requests within the tick (from the baud rate).
+    for line in pipeline.plan(context or None).line_warnings:
+        sys.stderr.write(f"warning: {line}\n")
     counts = [
         (len(contexts), "context"),
         (Pipeline.distinct_variables(contexts), "variable"),
