@@ -20,12 +20,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import chain
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError
 from flowcollect.stats import WriterStats
-from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
+from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec, joined
 from flowcollect.writers.base import QUEUE_POLICIES, DataWriter, Routing
 
 __all__ = ["WriterSink"]
@@ -334,12 +333,7 @@ class WriterSink:
         writer = self.writer
         if not self._batches:
             items = [item for item, _ in entries]
-            # One batch goes as it is (a ValueBatch is a lazy Sequence of CollectedVariables: a
-            # writer that lets each go leaves the garbage collector little to do); a backlog is
-            # joined into one list.
-            values: Sequence[CollectedVariable] = (
-                items[0] if len(items) == 1 else list(chain.from_iterable(items))
-            )
+            values: Sequence[CollectedVariable] = joined(items)  # lazy: see values.joined
             n = len(values)
             try:
                 writer.write(values)

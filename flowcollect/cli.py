@@ -231,6 +231,7 @@ class _Status:
             f"{m['written']:,} written, {m['failed']:,} failed, "
             f"{m['queued']:,} queued in writers, {m['dropped']:,} dropped, lateness p99 {late}, "
             f"contexts {m['running']} running {m['paused']} paused"
+            + "".join(f"; {name} {text}" for name, text in _spools(stats))
         )
 
     def table(self, stats: CollectorStats) -> Group:
@@ -257,7 +258,21 @@ class _Status:
         for name, w in stats.writers.items():
             f = writer_figures(w)
             writers.add_row(name, f"{f.written:,}", f"{f.pending:,}", f"{f.failed:,}", f"{f.dropped:,}")
-        return Group(head, readers, writers, hint)
+        spools = [Text(f"{name} {text}", style="dim") for name, text in _spools(stats)]
+        return Group(head, readers, writers, *spools, hint)
+
+
+def _spools(stats: CollectorStats) -> list[tuple[str, str]]:
+    """Each spooled writer's disk backlog (docs/spool.md), for the status."""
+    out = []
+    for name, w in stats.writers.items():
+        extra = w.extra
+        if "spool_bytes" in extra:
+            values = int(extra.get("spool_values", 0))
+            megabytes = extra["spool_bytes"] / 1e6
+            oldest = extra.get("spool_oldest_age_s", 0.0)
+            out.append((name, f"spool: {values:,} values, {megabytes:,.1f} MB, oldest {oldest:,.0f} s"))
+    return out
 
 
 def _n(count: int, noun: str) -> str:

@@ -26,6 +26,7 @@ from flowcollect.compile import (
     ReaderSchedule,
     compile_context,
     lane_keys,
+    lane_problems,
     lane_schedule,
     reader_schedules,
 )
@@ -147,6 +148,7 @@ class DataCollector:
                 if reader.type in self._readers:
                     problems.append(f"two readers have the type {reader.type!r}; each needs its own")
                 self._readers[reader.type] = reader
+        problems += lane_problems(self._readers.values())
         writers = list(writers)
         problems += [f"writer {w!r} is not a DataWriter" for w in writers if not isinstance(w, DataWriter)]
         names: set[str] = set()

@@ -207,10 +207,7 @@ def _context_metrics(stats: CollectorStats) -> Iterator[Metric]:
     )
     for cid, c in stats.contexts.items():
         delivered.add_metric([str(cid)], c.delivered)
-        # Counted by the engine's second design; absent before it.
-        count = getattr(c, "missed_instants", None)
-        if count is not None:
-            missed.add_metric([str(cid)], count)
+        missed.add_metric([str(cid)], c.missed_instants)
         for name in STATES:
             state.add_metric([str(cid), name], 1.0 if c.state == name else 0.0)
     yield from (delivered, state, missed)

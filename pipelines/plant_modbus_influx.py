@@ -9,7 +9,8 @@ loopback port) stand for a mixer PLC, a boiler controller that stores its words 
 quality context runs 4 s, pauses 2 s, and so on (``PauseSchedule``), as a batch phase would.
 
 Values go to InfluxDB when ``INFLUX_URL``, ``INFLUX_TOKEN``, ``INFLUX_ORG`` and
-``INFLUX_BUCKET`` are set, else to ``out/plant.csv`` beside this file. Runs until stopped (Ctrl-C, SIGTERM).
+``INFLUX_BUCKET`` are set, else to ``out/plant.csv`` beside this file. Runs until stopped
+(Ctrl-C, SIGTERM): its contexts have ``duration_s=None``.
 """
 
 from __future__ import annotations
@@ -86,16 +87,19 @@ pipeline = Pipeline(
     readers=[mixer, boiler, packer],
     writers=writers(),
     listeners=[PauseSchedule(QUALITY, active_s=4.0, paused_s=2.0)],
+    # duration_s=None: a plant's contexts never end by themselves; the run ends on SIGTERM.
     contexts=[
         # The process: fast values every 200 ms, the pump and valve states every 600 ms.
         DataCollectionContext(
             id=1,
+            duration_s=None,
             interval_ms=200,
             variables=[MIXER_TEMPERATURE, JACKET_TEMPERATURE, PARTS, PUMP_SPEED, PUMP_RUNNING, VALVE_OPEN],
         ),
         # Energy: the boiler every second, with the mixer temperature (shared with context 1).
         DataCollectionContext(
             id=2,
+            duration_s=None,
             interval_ms=1000,
             variables=[
                 SUPPLY_TEMPERATURE,
@@ -109,12 +113,14 @@ pipeline = Pipeline(
         # Quality: the packer every 500 ms while a batch runs (paused and resumed on a schedule).
         DataCollectionContext(
             id=QUALITY,
+            duration_s=None,
             interval_ms=500,
             variables=[FILM_TENSION, PACKS_TOTAL, RECIPE, DOOR_CLOSED, HEARTBEAT],
         ),
         # An overview every 5 s across devices, sharing reads with the other contexts.
         DataCollectionContext(
             id=4,
+            duration_s=None,
             interval_ms=5000,
             variables=[PARTS, ENERGY_KWH, PACKS_TOTAL, var(31, "mixer", "holding:10:string8", "str")],
         ),

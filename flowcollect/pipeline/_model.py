@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from reactivex.testing import TestScheduler
 
 from flowcollect.collector import DataCollector
+from flowcollect.compile import CompiledContext, compile_context
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline"]
 
 QUIET = logging.Logger("flowcollect.quiet", logging.CRITICAL + 1)
-"""For checks whose warnings are reported another way (once, by the caller or the start)."""
+"""A logger that says nothing (``check`` without a logger is as quiet already)."""
 QUIET.addHandler(logging.NullHandler())
 QUIET.propagate = False
 
@@ -142,65 +142,61 @@ class Pipeline(BaseModel):
         self, context_ids: Iterable[int] | None = None, *, logger: logging.Logger | None = None
     ) -> list[str]:
         """Every problem starting these contexts would find (all contexts for None), one line
-        each naming the context and variable; empty when they would start. Touches no device:
-        readers only ``validate`` variables, writers and devices are left alone. Variables left
-        out by the interval-limit policy are not problems: ``left_out`` lists them."""
+        each naming the context and variable; empty when they would start. Pure: the engine's
+        compiler (``flowcollect.compile``) with the readers' ``validate``; no device, writer or
+        thread is touched. Variables left out by the interval-limit policy are not problems:
+        ``left_out`` lists them (``logger``, when given, also hears the compiler's warnings)."""
         try:
-            contexts = self.select(context_ids)
+            compiled, problems = self._compile(context_ids)
         except ConfigError as exc:
             return list(exc.problems)
-        # A virtual clock: the collector then runs no thread, and writers are not even wrapped
-        # in queues; nothing is started, so closing it closes nothing of the pipeline's.
-        collector = DataCollector(
-            self.readers, [], (), self.interval_limit_policy, logger or QUIET, scheduler=TestScheduler()
-        )
-        problems: list[str] = []
-        try:
-            for context in contexts:
-                try:
-                    collector.check(context)
-                except ConfigError as exc:
-                    problems.extend(exc.problems)
-                except Exception as exc:  # a reader's validate() with a bug: still one clear line
-                    problems.append(f"context {context.id}: checking failed: {type(exc).__name__}: {exc}")
-        finally:
-            collector.close()
+        if logger is not None:
+            for context in compiled:
+                for warning in context.warnings:
+                    logger.warning("%s", warning)
         return problems
+
+    def _compile(self, context_ids: Iterable[int] | None) -> tuple[list[CompiledContext], list[str]]:
+        readers = {reader.type: reader for reader in self.readers}
+        compiled: list[CompiledContext] = []
+        problems: list[str] = []
+        for context in self.select(context_ids):
+            try:
+                compiled.append(compile_context(context, readers, self.interval_limit_policy))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+            except Exception as exc:  # a reader's validate() with a bug: still one clear line
+                problems.append(f"context {context.id}: checking failed: {type(exc).__name__}: {exc}")
+        return compiled, problems
 
     def left_out(self, context_ids: Iterable[int] | None = None) -> list[str]:
         """The variables the interval-limit policy ``ignore`` leaves out, one line each (naming
         the context, the variable and the limit); empty under ``use_limit`` and ``error``."""
-        if self.interval_limit_policy is not IntervalLimitPolicy.IGNORE:
-            return []
         readers = {reader.type: reader for reader in self.readers}
         lines = []
-        for context in self.select(context_ids):
+        for compiled in self._compile(context_ids)[0]:
+            context = compiled.context
             for variable in context.variables:
-                reader = readers.get(variable.reader)
-                if reader is None:
-                    continue  # a problem for check(), not a policy decision
-                limit = max(context.min_interval_ms, reader.min_interval_ms)
-                interval = context.interval_of(variable)
-                if interval < limit:
-                    lines.append(
-                        f"context {context.id}, variable {variable.id} (address {variable.address!r}): "
-                        f"not collected: interval_ms {interval} is below the limit of {limit} ms "
-                        f"(interval_limit_policy=ignore)"
-                    )
+                if variable.id not in compiled.dropped:
+                    continue
+                limit = max(context.min_interval_ms, readers[variable.reader].min_interval_ms)
+                lines.append(
+                    f"context {context.id}, variable {variable.id} (address {variable.address!r}): "
+                    f"not collected: interval_ms {context.interval_of(variable)} is below the limit "
+                    f"of {limit} ms (interval_limit_policy=ignore)"
+                )
         return lines
 
     def nothing_to_collect(self, context_ids: Iterable[int] | None = None) -> str | None:
         """Why these contexts would collect nothing at all (every variable left out), or None."""
-        contexts = self.select(context_ids)
-        left = self.left_out(context_ids)
-        total = sum(len(context.variables) for context in contexts)
-        if total and len(left) == total:
-            return (
-                f"nothing to collect: every variable of {_ids(contexts)} is below its interval limit "
-                "and interval_limit_policy=ignore leaves it out (raise the intervals, or use "
-                "interval_limit_policy=use_limit)"
-            )
-        return None
+        compiled, problems = self._compile(context_ids)
+        if problems or not compiled or any(c.collected for c in compiled):
+            return None
+        return (
+            f"nothing to collect: every variable of {_ids(c.context for c in compiled)} is below its "
+            "interval limit and interval_limit_policy=ignore leaves it out (raise the intervals, or "
+            "use interval_limit_policy=use_limit)"
+        )
 
     def preflight(self) -> list[str]:
         """Ask each writer whether its destination can work (``DataWriter.preflight``); one line

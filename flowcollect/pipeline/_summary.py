@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flowcollect.stats import CollectorStats, ContextStats, WriterStats
+from flowcollect.stats import CollectorStats, WriterStats
 
 __all__ = [
     "EXIT_ALL_ERRORS",
@@ -45,14 +45,12 @@ class WriterFigures:
     """Refused or failed (a write that raised, a server that said no)."""
     dropped: int
     """Given up: the engine's full queue, or the writer's own buffer limit or close."""
-    skipped: int
-    """Values with an error that the writer has no way to store (InfluxDB has no error field)."""
     pending: int
     """Still queued in the engine or buffered in the writer (at the end of a run: not stored)."""
 
     @property
     def given(self) -> int:
-        return self.written + self.failed + self.dropped + self.skipped + self.pending
+        return self.written + self.failed + self.dropped + self.pending
 
 
 def writer_figures(stats: WriterStats) -> WriterFigures:
@@ -61,15 +59,8 @@ def writer_figures(stats: WriterStats) -> WriterFigures:
         written=stats.written,
         failed=stats.failed,
         dropped=stats.dropped,
-        skipped=0,
         pending=stats.queued + stats.in_flight,
     )
-
-
-def _missed(context: ContextStats) -> int | None:
-    # The engine adds the count of instants a context could not be served; None before it has.
-    missed = getattr(context, "missed_instants", None)
-    return int(missed) if missed is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +118,9 @@ class RunSummary:
         return self._sum("pending")
 
     @property
-    def missed(self) -> int | None:
-        counts = [_missed(c) for c in self.stats.contexts.values()]
-        known = [n for n in counts if n is not None]
-        return sum(known) if known else None
+    def missed(self) -> int:
+        """Due instants the contexts' readers could not serve (skipped under load, counted)."""
+        return sum(c.missed_instants for c in self.stats.contexts.values())
 
     @property
     def lateness_ms_p99(self) -> float | None:
@@ -146,7 +136,7 @@ class RunSummary:
                 (EXIT_ALL_ERRORS, f"every value read was an error ({self.errors:,} of {self.values_read:,})")
             )
         for name, f in self.writers.items():
-            storable = f.given - f.skipped
+            storable = f.given
             if storable > 0 and f.written == 0:
                 fates = ", ".join(
                     f"{n:,} {label}"
@@ -211,13 +201,10 @@ class RunSummary:
                 f"{r.overruns:,} overruns, lateness p99 {late}"
             )
         for cid, c in self.stats.contexts.items():
-            missed = _missed(c)
-            tail = "" if missed is None else f", {missed:,} instants missed"
-            out.append(f"  context {cid}: {c.delivered:,} delivered, {c.state}{tail}")
+            missed = f"{c.missed_instants:,} instants missed"
+            out.append(f"  context {cid}: {c.delivered:,} delivered, {c.state}, {missed}")
         for name, f in self.writers.items():
             line = f"  writer {name}: {f.written:,} written, {f.failed:,} failed, {f.dropped:,} dropped"
-            if f.skipped:
-                line += f", {f.skipped:,} errors not writable"
             if f.pending:
                 line += f", {f.pending:,} not stored (left queued)"
             out.append(line)
@@ -258,7 +245,6 @@ class RunSummary:
                     "written": writers[name].written,
                     "failed": writers[name].failed,
                     "dropped": writers[name].dropped,
-                    "skipped": writers[name].skipped,
                     "pending": writers[name].pending,
                     "queued": w.queued,
                     "extra": dict(w.extra),
@@ -266,7 +252,7 @@ class RunSummary:
                 for name, w in self.stats.writers.items()
             },
             "context_states": {
-                str(cid): {"state": c.state, "delivered": c.delivered, "missed": _missed(c)}
+                str(cid): {"state": c.state, "delivered": c.delivered, "missed": c.missed_instants}
                 for cid, c in self.stats.contexts.items()
             },
             "problems": [text for _, text in self.problems()],

@@ -669,6 +669,9 @@ class EmbeddedOpcUaSimulator:
         """The running ``OpcUaSimulator``, between start and stop."""
 
     def start(self) -> None:
+        from flowcollect.readers.opcua.reader import quiet_asyncua
+
+        quiet_asyncua()  # its server logs every node of the standard address space at INFO
         self.simulator = OpcUaSimulator(self.host, self.port, period_s=self.period_s, bulk=self.bulk).start()
         for reader in self.readers:
             reader.endpoint = self.simulator.endpoint

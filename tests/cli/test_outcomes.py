@@ -54,7 +54,7 @@ def check_figures(summary: dict[str, Any], text: str) -> None:
     for figure in ("written", "failed", "dropped", "pending"):
         assert summary[figure] == sum(w[figure] for w in writers.values()), figure
     for w in writers.values():
-        assert w["written"] + w["failed"] + w["dropped"] + w["skipped"] + w["pending"] == summary["delivered"]
+        assert w["written"] + w["failed"] + w["dropped"] + w["pending"] == summary["delivered"]
     lines = dict(
         re.findall(r"^  writer (\S+): ([\d,]+) written, [\d,]+ failed, [\d,]+ dropped", text, re.MULTILINE)
     )
@@ -65,11 +65,19 @@ def check_figures(summary: dict[str, Any], text: str) -> None:
 
 
 def run_twice(path: Path, cwd: Path) -> tuple[dict[str, Any], str, int]:
-    """The same pipeline run once with ``--json``, once as text: (summary, text, exit code)."""
-    # Without the preflight, which would refuse these servers before collecting: the figures of
-    # a run whose destination fails are what is tested here.
-    as_json = flowcollect("run", str(path), "--duration", "1.5", "--json", "--no-preflight", cwd=cwd)
-    as_text = flowcollect("run", str(path), "--duration", "1.5", "--no-preflight", cwd=cwd)
+    """The same pipeline run once with ``--json``, once as text: (summary, text, exit code).
+
+    First without ``--no-preflight``: the writer's preflight finds the destination unusable and
+    nothing starts. Then past the preflight (the server fails after a good start, say), to see
+    what the run itself reports."""
+    refused = flowcollect("run", str(path), "--duration", "1.5", cwd=cwd)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: writer influxdb:b: "), refused.stderr
+    assert refused.stdout == ""
+    assert not (cwd / "out.csv").exists(), "collection started"
+    options = ("--duration", "1.5", "--no-preflight")
+    as_json = flowcollect("run", str(path), *options, "--json", cwd=cwd)
+    as_text = flowcollect("run", str(path), *options, cwd=cwd)
     assert as_json.returncode == as_text.returncode
     assert "Traceback" not in as_json.stderr + as_text.stderr
     summary = json.loads(as_json.stdout)
@@ -148,6 +156,12 @@ def test_a_good_run_whose_contexts_ended_exits_0_and_says_why(tmp_path: Path) ->
     lines = result.stdout.rstrip("\n").splitlines()
     assert lines[0].startswith("pipeline errors: every context ended (context 1 reached its duration_s)")
     assert lines[-1].startswith("result: OK, "), lines[-1]
+    assert re.search(r"^  context 1: \d+ delivered, stopped, \d+ instants missed$", result.stdout, re.M)
+    # Values expected (0.5 s at 100 ms: 5 instants of 1 variable) = delivered + missed.
+    summary = json.loads(flowcollect("run", str(path), "--json", cwd=tmp_path).stdout)
+    context = summary["context_states"]["1"]
+    assert context["delivered"] + context["missed"] == 5, context
+    assert summary["missed"] == context["missed"]
 
 
 PREFLIGHT = """\
@@ -287,7 +301,7 @@ def test_the_summary_the_status_line_and_the_metrics_say_the_same(
     path = write_pipeline(tmp_path, INFLUX.format(url=f"http://127.0.0.1:{free_port()}"))
     monkeypatch.chdir(tmp_path)  # the CSV file's relative path
     pipeline = load_pipeline(path)
-    summary = pipeline.run(1.0, preflight=False)
+    summary = pipeline.run(1.0, preflight=False)  # past the preflight, which refuses the port
     stats = summary.stats
     scraped: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(
@@ -335,20 +349,24 @@ pipeline = Pipeline(
             "InfluxDBDataWriter",
             'InfluxDBDataWriter("http://127.0.0.1:99999", token="t", org="o", bucket="b")',
         ),
+        (
+            "InfluxDBDataWriter",
+            'InfluxDBDataWriter("http://127.0.0.1:{port}", token="t", org="o", bucket="b")',
+        ),
     ],
-    ids=["csv-under-proc", "csv-a-directory", "influx-port-99999"],
+    ids=["csv-under-proc", "csv-a-directory", "influx-port-99999", "influx-nothing-listens"],
 )
 def test_the_shipped_writers_refuse_a_destination_that_cannot_work(
     writer_class: str, writer: str, tmp_path: Path
 ) -> None:
+    writer = writer.replace("{port}", str(free_port()))
     path = write_pipeline(tmp_path, UNUSABLE.format(writer_class=writer_class, writer=writer))
     for command in ("check", "run"):
         result = flowcollect(command, str(path), cwd=tmp_path)
         assert result.returncode == 1, (command, result.stderr)
-        # A path is refused by the writer's preflight; a URL that cannot parse already when the
-        # pipeline file builds the writer (naming the file's line and the field).
+        # Named by the writer's preflight, or earlier still by its own validation (a URL).
         first = result.stderr.splitlines()[0]
-        assert first.startswith("error: writer ") or (" url: " in first and "99999" in first), first
+        assert first.startswith("error: writer ") or "InfluxDBDataWriter url:" in first, first
         assert "Traceback" not in result.stderr
 
 

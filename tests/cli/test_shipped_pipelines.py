@@ -95,3 +95,9 @@ def test_with_influx_settings_the_values_go_to_the_server_too(
     assert sample_count(series) == summary["delivered"]
     delivering = {cid for cid, c in summary["context_states"].items() if c["delivered"]}
     assert {s.labels["context"] for s in series} == delivering
+
+
+def test_the_plant_runs_until_stopped() -> None:
+    """A pipeline meant to run as a service must not stop after a day (the 24 h default)."""
+    pipeline = load_pipeline(PIPELINES / "plant_modbus_influx.py")
+    assert [c.duration_s for c in pipeline.contexts] == [None] * len(pipeline.contexts)

@@ -124,6 +124,9 @@ FRAGMENTS = {
         "`readers`, `writers` and `...` stand for the reader's own"
     ),
     ("docs/modbus.md", "from flowcollect.simulator import Simulator"): "`...` stands for the reader's code",
+    ("docs/influxdb.md", "from flowcollect.writers.sender import BufferedSender, Outcome, Status"): (
+        "`...` stands for a transport's own code"
+    ),
     (
         "docs/plugins.md",
         '"""A reader of `name=value` lines from a text file another program keeps up to date."""',
@@ -147,10 +150,12 @@ def fragment(where: str, code: str) -> str | None:
     return FRAGMENTS.get((where.rsplit(":", 1)[0], first_line(code)))
 
 
-def run_python(code: str, cwd: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, cwd: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
     script = cwd / "example.py"
     script.write_text(code, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUX_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUX_")} | (extra_env or {})
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=cwd,
@@ -224,7 +229,17 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
     ("docs/cli.md", "from flowcollect.pipeline import load_pipeline"): check_from_python,
     ("docs/influxdb.md", "from flowcollect.writers import InfluxDBDataWriter"): check_runs,
     ("docs/modbus.md", "from flowcollect.readers import ModbusDataReader"): check_runs,
+    ("docs/opcua.md", "from flowcollect.readers import OpcUaDataReader"): check_runs,
     ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
+}
+
+
+# What an example says it reads from the environment (``token=None  # None: read $INFLUX_TOKEN``).
+ENVIRONMENTS = {
+    ("docs/influxdb.md", "from flowcollect.writers import InfluxDBDataWriter"): {
+        "INFLUX_TOKEN": "a-token",
+        "INFLUX_PASSWORD": "a-password",
+    },
 }
 
 
@@ -239,7 +254,7 @@ def test_every_python_example_in_the_docs_runs_as_printed(where: str, code: str,
         "FRAGMENTS with the reason it cannot run as printed"
     )
     cwd = workspace(tmp_path)
-    result = run_python(code, cwd)
+    result = run_python(code, cwd, ENVIRONMENTS.get((where.rsplit(":", 1)[0], first_line(code))))
     assert result.returncode == 0, f"{where}:\n{result.stderr}"
     check(where, code, cwd, result)
 
@@ -248,6 +263,7 @@ def test_fragments_and_checks_name_blocks_that_exist() -> None:
     present = {(where.rsplit(":", 1)[0], first_line(code)) for where, code in python_blocks()}
     assert set(FRAGMENTS) <= present, set(FRAGMENTS) - present
     assert set(CHECKS) <= present, set(CHECKS) - present
+    assert set(ENVIRONMENTS) <= set(CHECKS)
 
 
 def test_the_check_transcript_in_the_cli_page_is_what_check_prints(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -111,7 +112,9 @@ def produced_ticks(log: Path) -> list[int]:
     return ticks
 
 
-def start_run(pipeline: Path, tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_run(
+    pipeline: Path, tmp_path: Path, *args: str, log_level: str = "warning", status_every: str = "0"
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(tmp_path / "run.log", "ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
@@ -122,9 +125,9 @@ def start_run(pipeline: Path, tmp_path: Path, *args: str) -> subprocess.Popen[by
                 "run",
                 str(pipeline),
                 "--log-level",
-                "warning",
+                log_level,
                 "--status-every",
-                "0",
+                status_every,
                 *args,
             ],
             stdout=log,
@@ -197,8 +200,14 @@ def test_kill_9_while_the_server_is_down_loses_nothing_the_spool_accepted(
         accepted |= now
     assert accepted
 
-    last = start_run(pipeline, tmp_path, "--duration", "3")
+    log_size = (tmp_path / "run.log").stat().st_size
+    last = start_run(pipeline, tmp_path, "--duration", "3", log_level="info", status_every="1")
     assert last.wait(60) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    # The status lines show the spool: its backlog, bytes and oldest value's age.
+    status = (tmp_path / "run.log").read_bytes()[log_size:].decode()
+    assert re.search(
+        r"status spool-kill: .*; influxdb:b spool: [\d,]+ values, [\d.,]+ MB, oldest [\d,]+ s", status
+    ), status[-2000:]
 
     ticks = produced_ticks(produced)
     expected = {(vid, t) for t in ticks for vid in range(1, VARIABLES + 1)}

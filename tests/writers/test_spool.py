@@ -635,6 +635,8 @@ def test_spool_writers_wraps_the_named_writers_and_names_mistakes(tmp_path: Path
     )
     assert out[0] is memory
     assert isinstance(out[1], SpooledWriter) and out[1].writer is held
+    again = spool_writers(out, {"HoldingWriter": SpoolOptions(path=tmp_path / "a", max_bytes=1 << 20)})
+    assert again[1] is out[1]  # applied twice: nothing changes
     with pytest.raises(ConfigError) as info:
         spool_writers(
             [memory],

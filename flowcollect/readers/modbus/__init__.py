@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flowcollect.readers.modbus.address import ModbusAddress, parse_address
-from flowcollect.readers.modbus.line import LineEstimate, ModbusLine, estimate_lane
+from flowcollect.readers.modbus.line import LineEstimate, ModbusLine, estimate_lane, line_estimates
 from flowcollect.readers.modbus.packing import ModbusRequest
 from flowcollect.readers.modbus.reader import ModbusDataReader
 
@@ -15,6 +15,7 @@ __all__ = [
     "LineEstimate",
     "ModbusRequest",
     "estimate_lane",
+    "line_estimates",
     # addresses
     "ModbusAddress",
     "parse_address",

@@ -15,10 +15,14 @@ from flowcollect.readers.modbus.packing import ModbusRequest
 from flowcollect.readers.modbus.timing import silent_interval_s, wire_time_s
 
 if TYPE_CHECKING:
+    from flowcollect.compile import CompiledPlan
     from flowcollect.readers.base import DataReader
     from flowcollect.values import VariableSpec
 
-__all__ = ["LineEstimate", "LineKind", "ModbusLine", "estimate_lane"]
+__all__ = ["LineEstimate", "LineKind", "ModbusLine", "estimate_lane", "line_estimates"]
+
+# Due instants walked per lane to find its due patterns (as flowcollect.plan walks them).
+_MAX_INSTANTS: Final = 100_000
 
 LineKind = Literal["serial", "rtu-tcp", "tcp"]
 
@@ -234,6 +238,47 @@ def estimate_lane(
 
 
 _SETTINGS: Final = tuple(name for name in ModbusLine.__slots__ if not name.startswith("__"))
+
+
+def line_estimates(compiled: CompiledPlan, readers: Iterable[DataReader]) -> list[LineEstimate]:
+    """The busiest tick of every Modbus line of a compiled plan (``flowcollect.compile``).
+
+    Per lane whose readers are Modbus readers on one line: each due pattern of its hyperperiod
+    is estimated against the time until the lane's next instant after it, and the one with the
+    highest load is kept (the first, on lines without a baud rate). No I/O: ``flowcollect
+    plan`` can print ``str(estimate)`` per line, and ``check`` warn with ``estimate.warning``.
+    """
+    from flowcollect.readers.modbus.reader import ModbusDataReader
+    from flowcollect.readers.modbus.timing import next_due_ms
+
+    by_type = {r.type: r for r in readers}
+    result: list[LineEstimate] = []
+    for key in sorted(compiled.lanes):
+        schedule = compiled.lanes[key].schedule
+        if schedule is None or not all(
+            isinstance(by_type.get(r), ModbusDataReader) for r in schedule.reader_order
+        ):
+            continue
+        intervals = frozenset(s.interval_ms for s in schedule.specs)
+        worst: LineEstimate | None = None
+        seen: set[frozenset[int]] = set()
+        t, walked = 0, 0
+        while t < schedule.hyperperiod_ms and walked < _MAX_INSTANTS:
+            walked += 1
+            following = next_due_ms(t, intervals) or t + schedule.period_ms
+            due = frozenset(i for i in intervals if t % i == 0)
+            phase = schedule.phase_at(t)
+            if due not in seen and phase is not None:
+                seen.add(due)
+                estimate = estimate_lane(
+                    [(by_type[rp.reader], rp.reads) for rp in phase.readers], following - t
+                )
+                if estimate is not None and (worst is None or (estimate.load or 0.0) > (worst.load or 0.0)):
+                    worst = estimate
+            t = following
+        if worst is not None:
+            result.append(worst)
+    return result
 
 
 def _check_endpoint(

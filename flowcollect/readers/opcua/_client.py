@@ -232,6 +232,8 @@ class _Item:
     handle: int = 0
     server_id: int | None = None
     error: str | None = None
+    heard: bool = False
+    """Whether a notification of this item arrived (its first one is the current value)."""
 
 
 class Link:
@@ -620,6 +622,20 @@ class Link:
             # Errors at once, not "no value yet", for variables added while the server is away.
             self._emit_errors(self.down_text)
         await self._apply_watch()
+        await self._first_values()
+
+    async def _first_values(self) -> None:
+        """Wait (bounded) for each new item's first notification: the server sends the current
+        value at once, so the first due instant after a plan change samples a value, not
+        "no value pushed yet"."""
+        if not self.connected or self._publishing_ms is None:
+            return
+        limit = min(self.settings.timeout_s, 2 * self._publishing_ms / 1000 + 0.5)
+        deadline = asyncio.get_running_loop().time() + limit
+        while asyncio.get_running_loop().time() < deadline:
+            if all(item.heard for item in self._items.values() if item.server_id is not None):
+                return
+            await asyncio.sleep(0.01)
 
     async def start_emitting(self, emit: Callable[[ValueBatch], None]) -> None:
         self.emit = emit
@@ -793,6 +809,7 @@ class Link:
                     item = by_handle.get(monitored.ClientHandle)
                     if item is None:
                         continue
+                    item.heard = True
                     self.counters["notifications"] += 1
                     for spec in item.specs:
                         value, error, good, when = decode(monitored.Value, spec.value_type, timestamps)
@@ -854,6 +871,7 @@ class Link:
         for item in self._items.values():
             item.server_id = None
             item.handle = 0
+            item.heard = False
         self._by_handle.clear()
         self.items_active = 0
         if client is None:

@@ -243,8 +243,8 @@ class Record:
 def parse(buffer: bytes | memoryview, offset: int, base: int = 0) -> Record:
     """The record at ``offset`` of ``buffer`` (which starts at file offset ``base``).
 
-    Raises ``RecordError`` for a torn record (``torn=True`` in args: it runs past the buffer's
-    end) or a corrupt one.
+    Raises ``TornRecordError`` for a record that runs past the buffer's end (torn, or not all read
+    yet) and ``RecordError`` for a corrupt one (checksum, length, kind).
     """
     view = memoryview(buffer)
     if offset + HEADER_SIZE > len(view):

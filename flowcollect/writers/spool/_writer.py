@@ -1011,6 +1011,7 @@ def spool_writers(writers: Sequence[DataWriter], spools: Mapping[str, SpoolOptio
 
     For a pipeline's per-writer option (``spools={"influxdb:line1": SpoolOptions(...)}``):
     a name that matches no writer, or two spools in one folder, is a ``ConfigError`` naming it.
+    Writers already spooled are left as they are (applying it twice changes nothing).
     """
     names = [w.name for w in writers]
     problems = [
@@ -1026,4 +1027,10 @@ def spool_writers(writers: Sequence[DataWriter], spools: Mapping[str, SpoolOptio
         folders[folder] = name
     if problems:
         raise ConfigError(problems)
-    return [SpooledWriter.from_options(w, spools[w.name]) if w.name in spools else w for w in writers]
+    # Idempotent: a writer already spooled stays as it is, so a model may apply this again.
+    return [
+        SpooledWriter.from_options(w, spools[w.name])
+        if w.name in spools and not isinstance(w, SpooledWriter)
+        else w
+        for w in writers
+    ]

@@ -256,3 +256,36 @@ def test_plan_changed_plans_each_due_set_before_the_first_tick() -> None:
     reader.plan_changed(variables)
     # Due every 100 ms: holding:0 and coil:4; every 1000 ms all three.
     assert reader.stats()["plans"] == 2
+
+
+def test_line_estimates_of_a_compiled_plan_find_each_lines_busiest_tick() -> None:
+    from flowcollect import DataCollectionContext, Variable
+    from flowcollect.compile import compile_plan
+    from flowcollect.readers.modbus import line_estimates
+
+    rs485 = ModbusLine("/dev/ttyUSB8", baudrate=9600)
+    meters = [ModbusDataReader(f"meter{u}", line=rs485, unit=u) for u in (1, 2, 3)]
+    plc = ModbusDataReader("plc", host="127.0.0.1", port=5021)
+    fast = DataCollectionContext(
+        id=1,
+        interval_ms=100,
+        variables=[Variable(id=u, reader=f"meter{u}", address="holding:0:float32") for u in (1, 2, 3)]
+        + [Variable(id=9, reader="plc", address="holding:0")],
+    )
+    slow = DataCollectionContext(
+        id=2,
+        interval_ms=1000,
+        variables=[Variable(id=10 + u, reader=f"meter{u}", address="holding:50:string40") for u in (1, 2, 3)],
+    )
+    estimates = line_estimates(compile_plan([fast, slow], [*meters, plc]), [*meters, plc])
+    by_line = {e.line: e for e in estimates}
+    assert set(by_line) == {"modbus+rtu:///dev/ttyUSB8", "modbus+tcp://127.0.0.1:5021"}
+    busiest = by_line["modbus+rtu:///dev/ttyUSB8"]
+    # At the whole second both are due: 6 requests, 3 of 85 answer bytes, in the 100 ms to the
+    # next instant: far more than 9600 baud carries.
+    assert busiest.requests == 6
+    assert busiest.tick_ms == 100
+    assert busiest.warning is not None
+    assert by_line["modbus+tcp://127.0.0.1:5021"].warning is None
+    quiet = line_estimates(compile_plan([fast], [*meters, plc]), [*meters, plc])
+    assert [e.warning for e in quiet if e.line.startswith("modbus+rtu")] == [None]
