@@ -380,6 +380,7 @@ def run(
         _once(pipeline, context, json_summary, debug)
         return
     received: list[str] = []
+    memberships: list[GroupMembership] = []
     try:
         summary = _run(
             pipeline,
@@ -393,15 +394,21 @@ def run(
             not no_preflight,
             received,
             options,
+            memberships,
         )
     except Exception as exc:
         _fail(exc, debug)
     signal_name = received[0] if received else None
     code = summary.exit_code(signal_name)
+    final = memberships[0].stats() if memberships else None
     if json_summary:
-        typer.echo(json.dumps(summary.as_dict() | {"signal": signal_name, "exit_code": code}))
+        group_figures = {} if final is None else {"group": final.as_dict()}
+        typer.echo(json.dumps(summary.as_dict() | {"signal": signal_name, "exit_code": code} | group_figures))
     else:
-        typer.echo("\n".join(summary.lines()))
+        lines = summary.lines()
+        if final is not None:  # before the verdict, which stays the last line
+            lines.insert(-1, f"  group {final.group}: {final.line()}")
+        typer.echo("\n".join(lines))
     for _, text in summary.problems():
         sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()
@@ -420,6 +427,7 @@ def _run(
     preflight: bool,
     received: list[str],
     group: GroupOptions | None = None,
+    memberships: list[GroupMembership] | None = None,
 ) -> RunSummary:
     ids = context_ids or None
     holder: list[DataCollector] = []
@@ -437,7 +445,7 @@ def _run(
                     "(another flowcollect? pick another port, or 0 for any free one)"
                 ) from exc
             raise FlowcollectError(f"--metrics-port {metrics_port}: cannot listen: {exc}") from exc
-    memberships: list[GroupMembership] = []
+    memberships = memberships if memberships is not None else []
     if metrics is not None and group is not None:
         metrics.registry.register(
             GroupStatsCollector(lambda: memberships[0].stats() if memberships else None)

@@ -140,6 +140,9 @@ FRAGMENTS = {
     ("docs/testing.md", "from flowcollect import DataCollectionContext, Variable"): (
         "run by test_the_testing_page_example_runs"
     ),
+    ("docs/scaling.md", "from flowcollect.group import GroupOptions, run_in_group"): (
+        "needs a pipeline and an etcd of the reader's own; tests/group runs the same calls"
+    ),
 }
 
 
