@@ -21,6 +21,20 @@ PLC's scan does.
   whole time on a tick (``tick_ms_p50``: building the values, the read, the split per context,
   the hand-over to the writer): what the engine collects per second of reader-thread time.
   Target: at least 80% of the raw loop.
+
+Lines (``lines``): three units on one RTU-over-TCP line (the simulator process with ``--rtu``),
+each reader 100 holding registers, read on a 100 ms grid by one thread, unit after unit, as the
+engine's lane for the line does:
+
+- ``requests_per_tick``: requests the three units cost per tick (planned, and counted by the
+  readers over the run) against the minimum, one per unit. Target: equal.
+- ``one_silent``: the same run with unit 2 silent (``timeout_s`` 60 ms): the values units 1 and
+  3 delivered against the run with all three answering. Target: at least 99 %.
+- ``reader_vs_raw``: the reader's time per tick (the three ``read_batch`` calls, given the
+  current grid instant) against a bare pymodbus RTU-over-TCP client doing the same three
+  requests, alternating back to back; medians, raw over reader (the reader's rate against the
+  raw loop's). Requests skipped near a grid instant (they would overrun it) are counted and
+  reported. Target: at least 80 %.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import gc
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -37,11 +52,12 @@ import time
 from collections.abc import Sequence
 
 from pymodbus.client import ModbusTcpClient
+from pymodbus.framer import FramerType
 
 from flowcollect import DataCollectionContext, DataCollector, DataWriter, Variable
-from flowcollect.readers import ModbusDataReader
+from flowcollect.readers import ModbusDataReader, ModbusLine
 from flowcollect.simulator import BULK_COUNT, BULK_START
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 ADDRESSES = [f"holding:{BULK_START + k}" for k in range(BULK_COUNT)]
 MAX_REGISTERS = 125
@@ -60,16 +76,16 @@ class CountingWriter(DataWriter):
             self.errors += errors
 
 
-def start_simulator(delay_ms: float = 0.0) -> tuple[subprocess.Popen[str], int]:
+def start_simulator(delay_ms: float = 0.0, *options: str) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "flowcollect.simulator", "--port", "0", "--delay-ms", str(delay_ms)],
+        [sys.executable, "-m", "flowcollect.simulator", "--port", "0", "--delay-ms", str(delay_ms), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
-    match = re.search(r":(\d+) ", line)
+    match = re.search(r":(\d+)[ ,]", line)
     if match is None:
         process.kill()
         raise SystemExit(f"the simulator did not start: {line!r}")
@@ -190,6 +206,147 @@ def throughput(delay_ms: float, seconds: float) -> dict[str, object]:
     }
 
 
+# ---------------------------------------------------------------------------- lines
+
+LINE_UNITS = (1, 2, 3)
+LINE_REGISTERS = 100
+LINE_TICK_MS = 100
+LINE_TIMEOUT_S = 0.06
+
+
+def line_readers(port: int) -> list[ModbusDataReader]:
+    line = ModbusLine(host="127.0.0.1", port=port, framer="rtu")
+    return [ModbusDataReader(f"unit{u}", line=line, unit=u, timeout_s=LINE_TIMEOUT_S) for u in LINE_UNITS]
+
+
+def line_specs() -> list[VariableSpec]:
+    return [
+        VariableSpec(k + 1, 1, f"holding:{BULK_START + k}", "int", "modbus", LINE_TICK_MS)
+        for k in range(LINE_REGISTERS)
+    ]
+
+
+def line_lane(port: int, seconds: float) -> dict[str, object]:
+    """One thread reading the three units on the 100 ms grid, as the engine's lane does."""
+    readers = line_readers(port)
+    variables = line_specs()
+    for reader in readers:
+        reader.plan_changed(variables)
+    planned = sum(len(r.plan_requests([v.address for v in variables])) for r in readers)
+    good = dict.fromkeys(LINE_UNITS, 0)
+    ticks = late = 0
+    t = (int(time.time() * 1000) // LINE_TICK_MS + 1) * LINE_TICK_MS
+    end = t + seconds * 1000
+    while t < end:
+        wait = (t - time.time() * 1000) / 1000
+        if wait > 0:
+            time.sleep(wait)
+        elif -wait * 1000 >= LINE_TICK_MS:
+            late += 1
+            t += LINE_TICK_MS
+            continue
+        for reader in readers:
+            batch = ValueBatch(t, variables)
+            reader.read_batch(batch)
+            good[reader.unit] += sum(
+                1 for k, e in enumerate(batch.errors) if e is None and batch.values[k] == k
+            )
+        ticks += 1
+        t += LINE_TICK_MS
+    stats = [r.stats() for r in readers]
+    for reader in readers:
+        reader.close()
+    return {
+        "ticks": ticks,
+        "instants_missed_by_the_thread": late,
+        "planned_per_tick": planned,
+        "sent_per_tick": round(sum(s["requests"] for s in stats) / ticks, 3),
+        "skipped_requests": int(sum(s["skipped_requests"] for s in stats)),
+        "values_by_unit": good,
+        "silent_unit_timeouts": int(stats[1]["timeouts"]),
+    }
+
+
+def line_reader_vs_raw(port: int, seconds: float) -> dict[str, float]:
+    """Time per tick: the three readers' ``read_batch`` calls against a bare pymodbus client
+    doing the same three requests, alternating back to back (so machine load drifts hit both
+    alike). The readers get the current grid instant, as the lane would."""
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=1.0, retries=0, framer=FramerType.RTU)
+    if not client.connect():
+        raise SystemExit("raw client cannot connect")
+    readers = line_readers(port)
+    variables = line_specs()
+    for reader in readers:
+        reader.plan_changed(variables)
+    raw_ms: list[float] = []
+    reader_ms: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        began = time.perf_counter()
+        for unit in LINE_UNITS:
+            response = client.read_holding_registers(BULK_START, count=LINE_REGISTERS, device_id=unit)
+            if response.isError() or len(response.registers) != LINE_REGISTERS:
+                raise SystemExit(f"raw read failed: {response}")
+        raw_ms.append(1000 * (time.perf_counter() - began))
+        t = int(time.time() * 1000) // LINE_TICK_MS * LINE_TICK_MS
+        began = time.perf_counter()
+        for reader in readers:
+            batch = ValueBatch(t, variables)
+            reader.read_batch(batch)
+            errors += len(batch.errors) - batch.errors.count(None)
+        reader_ms.append(1000 * (time.perf_counter() - began))
+    client.close()
+    skipped = sum(r.stats()["skipped_requests"] for r in readers)
+    for reader in readers:
+        reader.close()
+    raw, ours = statistics.median(raw_ms), statistics.median(reader_ms)
+    return {
+        "ticks": len(reader_ms),
+        "raw_ms_per_tick_p50": round(raw, 3),
+        "reader_ms_per_tick_p50": round(ours, 3),
+        "reader_skipped_requests": skipped,
+        "reader_errors": errors,
+        "reader_vs_raw": round(raw / ours, 3),
+    }
+
+
+def lines(seconds: float) -> dict[str, object]:
+    process, port = start_simulator(0.0, "--rtu")
+    try:
+        answering = line_lane(port, seconds)
+        speed = line_reader_vs_raw(port, min(seconds, 3.0))
+    finally:
+        stop_simulator(process)
+    process, port = start_simulator(0.0, "--rtu", "--silent", "2")
+    try:
+        silent = line_lane(port, seconds)
+    finally:
+        stop_simulator(process)
+    others = [1, 3]
+    all_answering = sum(answering["values_by_unit"][u] for u in others)  # type: ignore[index]
+    one_silent = sum(silent["values_by_unit"][u] for u in others)  # type: ignore[index]
+    # Per tick served, so a tick the thread itself missed (machine load) counts against neither.
+    ratio = (one_silent / silent["ticks"]) / (all_answering / answering["ticks"])  # type: ignore[operator]
+    return {
+        "units": len(LINE_UNITS),
+        "registers_per_unit": LINE_REGISTERS,
+        "tick_ms": LINE_TICK_MS,
+        "requests_per_tick": {
+            "planned": answering["planned_per_tick"],
+            "sent": answering["sent_per_tick"],
+            "minimum": len(LINE_UNITS),
+        },
+        "requests_target_met": answering["planned_per_tick"] == answering["sent_per_tick"] == len(LINE_UNITS),
+        "all_answering": answering,
+        "one_silent": silent,
+        "others_delivered_vs_all_answering": round(ratio, 4),
+        "silent_target_met": ratio >= 0.99,
+        "reader_vs_raw": speed,
+        "reader_target_met": speed["reader_vs_raw"] >= 0.8,
+    }
+
+
 def stop_simulator(process: subprocess.Popen[str]) -> None:
     process.kill()
     process.wait()
@@ -201,7 +358,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--delay-ms", type=float, default=2.0, help="the slower device's answer delay")
+    parser.add_argument("--lines-only", action="store_true", help="run only the lines part")
+    parser.add_argument("--line-seconds", type=float, default=10.0, help="length of each line run")
     args = parser.parse_args()
+    if args.lines_only:
+        print(json.dumps({"benchmark": "modbus", "lines": lines(args.line_seconds)}, indent=2))
+        return
     process, port = start_simulator()
     try:
         requests = requests_per_tick(port)
@@ -216,6 +378,7 @@ def main() -> None:
                 "requests_per_tick": requests,
                 "requests_target_met": requests["planned"] == requests["sent"] == requests["minimum"],
                 "throughput": runs,
+                "lines": lines(args.line_seconds),
             },
             indent=2,
         )

@@ -20,12 +20,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import chain
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError
 from flowcollect.stats import WriterStats
-from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
+from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec, joined
 from flowcollect.writers.base import QUEUE_POLICIES, DataWriter, Routing
 
 __all__ = ["WriterSink"]
@@ -334,11 +333,7 @@ class WriterSink:
         writer = self.writer
         if not self._batches:
             items = [item for item, _ in entries]
-            values: Sequence[CollectedVariable] = (
-                items[0]
-                if len(items) == 1 and not isinstance(items[0], ValueBatch)
-                else list(chain.from_iterable(items))
-            )
+            values: Sequence[CollectedVariable] = joined(items)  # lazy: see values.joined
             n = len(values)
             try:
                 writer.write(values)
@@ -475,16 +470,25 @@ class WriterSink:
             if self._abandoned:
                 return
             unreported = sum(entry.left for entry in self._pending.values())
+            # A writer that keeps what it did not acknowledge (a spool on disk) has not lost it:
+            # those values stay in flight, to be sent by the next run, not counted dropped.
+            kept = unreported if getattr(self.writer, "keeps_unacknowledged", False) else 0
             late = self._queued  # put while the writer was closing
             self._pending.clear()
             self._queue.clear()
             self._queued = 0
-            self._in_flight -= unreported
-            self._dropped_close += unreported + late
+            self._in_flight -= unreported - kept
+            self._dropped_close += unreported - kept + late
             self._finished = True
             self._phase = "closed"
             self._cond.notify_all()
-        if unreported:
+        if kept:
+            self._log.warning(
+                "writer %s closed with %d values not yet acknowledged; it keeps them for the next run",
+                self.name,
+                kept,
+            )
+        elif unreported:
             self._log.warning(
                 "writer %s closed without acknowledging %d values; they are counted dropped",
                 self.name,

@@ -12,6 +12,7 @@ Commands that run a pipeline work in the pipeline file's folder, so relative pat
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,8 @@ from rich.text import Text
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
+from flowcollect.group import GroupMembership, GroupOptions, GroupStatsCollector, run_in_group
+from flowcollect.group._cli import group_app
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
     EXIT_ERROR,
@@ -59,6 +62,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(group_app, name="group")
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 _CHATTY = ("urllib3", "influxdb_client", "asyncio")
@@ -227,6 +231,7 @@ class _Status:
             f"{m['written']:,} written, {m['failed']:,} failed, "
             f"{m['queued']:,} queued in writers, {m['dropped']:,} dropped, lateness p99 {late}, "
             f"contexts {m['running']} running {m['paused']} paused"
+            + "".join(f"; {name} {text}" for name, text in _spools(stats))
         )
 
     def table(self, stats: CollectorStats) -> Group:
@@ -253,7 +258,21 @@ class _Status:
         for name, w in stats.writers.items():
             f = writer_figures(w)
             writers.add_row(name, f"{f.written:,}", f"{f.pending:,}", f"{f.failed:,}", f"{f.dropped:,}")
-        return Group(head, readers, writers, hint)
+        spools = [Text(f"{name} {text}", style="dim") for name, text in _spools(stats)]
+        return Group(head, readers, writers, *spools, hint)
+
+
+def _spools(stats: CollectorStats) -> list[tuple[str, str]]:
+    """Each spooled writer's disk backlog (docs/spool.md), for the status."""
+    out = []
+    for name, w in stats.writers.items():
+        extra = w.extra
+        if "spool_bytes" in extra:
+            values = int(extra.get("spool_values", 0))
+            megabytes = extra["spool_bytes"] / 1e6
+            oldest = extra.get("spool_oldest_age_s", 0.0)
+            out.append((name, f"spool: {values:,} values, {megabytes:,.1f} MB, oldest {oldest:,.0f} s"))
+    return out
 
 
 def _n(count: int, noun: str) -> str:
@@ -315,6 +334,29 @@ def run(
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,
     no_preflight: NoPreflightOpt = False,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            metavar="etcd://HOST:PORT[,HOST:PORT...]/NAME",
+            help="Run as a member of this group: lanes shared out, taken over on failure (docs/scaling.md).",
+        ),
+    ] = None,
+    member: Annotated[
+        str | None, typer.Option("--member", help="Member id in the group; default: host name-process id.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="A label of this member (repeat), for --pin.")
+    ] = None,
+    pin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pin", metavar="LANE_GLOB=LABEL", help="Only members with LABEL may own these lanes (repeat)."
+        ),
+    ] = None,
+    group_ttl: Annotated[
+        int, typer.Option("--group-ttl", help="Seconds a dead member's lanes wait for takeover (lease TTL).")
+    ] = 10,
 ) -> None:
     """Run a pipeline until --duration, until every context has ended, or until SIGINT/SIGTERM.
 
@@ -325,6 +367,14 @@ def run(
     live_status = console.is_terminal and not json_summary and not once
     _setup_logging(log_level, console if live_status else None)
     debug = log_level is LogLevel.DEBUG
+    try:
+        options = (
+            None if group is None else GroupOptions.parse(group, member, label or (), pin or (), group_ttl)
+        )
+        if options is not None and once:
+            raise ConfigError("--once reads every variable once and writes nothing: it joins no --group")
+    except ConfigError as exc:
+        _fail(exc, debug)
     pipeline = _load(pipeline_file, debug, enter=True)
     if once:
         _once(pipeline, context, json_summary, debug)
@@ -342,6 +392,7 @@ def run(
             live_status,
             not no_preflight,
             received,
+            options,
         )
     except Exception as exc:
         _fail(exc, debug)
@@ -368,6 +419,7 @@ def _run(
     live_status: bool,
     preflight: bool,
     received: list[str],
+    group: GroupOptions | None = None,
 ) -> RunSummary:
     ids = context_ids or None
     holder: list[DataCollector] = []
@@ -385,6 +437,11 @@ def _run(
                     "(another flowcollect? pick another port, or 0 for any free one)"
                 ) from exc
             raise FlowcollectError(f"--metrics-port {metrics_port}: cannot listen: {exc}") from exc
+    memberships: list[GroupMembership] = []
+    if metrics is not None and group is not None:
+        metrics.registry.register(
+            GroupStatsCollector(lambda: memberships[0].stats() if memberships else None)
+        )
     status = _Status(pipeline.name)
     live = Live(console=console, auto_refresh=False, transient=True) if live_status else None
 
@@ -407,13 +464,21 @@ def _run(
 
         def on_status(stats: CollectorStats) -> None:
             _log.info("%s", status.line(stats))
+            membership = memberships[0].stats() if memberships else None
+            if membership is not None:
+                _log.info("group %s: %s", membership.group, membership.line())
 
     stop = threading.Event()
     # The interpreter's defaults stay as they are (no gc.freeze(), no shorter switch interval):
     # the engine is meant to be fast without tuning; docs/performance.md has the figures.
     try:
         with _stop_on_signals(stop, received):
-            summary = pipeline.run(
+            run = (
+                pipeline.run
+                if group is None
+                else functools.partial(run_in_group, pipeline, group, on_membership=memberships.append)
+            )
+            summary = run(
                 duration,
                 context_ids=ids,
                 stop=stop,
@@ -562,12 +627,27 @@ def plan(
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 5020,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", min=0, max=65535, help="TCP port (5020; with --opcua 4840).")
+    ] = None,
     log_level: LogLevelOpt = LogLevel.INFO,
+    opcua: Annotated[bool, typer.Option("--opcua", help="Serve the OPC UA plant instead.")] = False,
+    serial: Annotated[
+        bool,
+        typer.Option("--serial", help="Units 1, 2, 3 on a serial line (a socat pty pair); prints the pty."),
+    ] = False,
+    rtu: Annotated[
+        bool, typer.Option("--rtu", help="Units 1, 2, 3 speaking RTU over TCP (a gateway).")
+    ] = False,
 ) -> None:
-    """Serve the simulated Modbus TCP plant until SIGINT/SIGTERM."""
+    """Serve the simulated Modbus TCP plant (a line of units with --serial or --rtu, the OPC UA
+    plant with --opcua) until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
+    if opcua:
+        _simulate_opcua(host, 4840 if port is None else port, debug)
+        return
+    port = 5020 if port is None else port
     try:
         from flowcollect import simulator
     except ImportError as exc:
@@ -583,13 +663,39 @@ def simulate(
     # SIGTERM (a service manager's stop) ends it like Ctrl-C: the simulator closes its server.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        simulator.serve(host=host, port=port)
+        if serial or rtu:
+            simulator.serve_line(serial=serial, host=host, port=port)
+        else:
+            simulator.serve(host=host, port=port)
     except KeyboardInterrupt:
         pass
     except Exception as exc:
         _fail(exc, debug)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _simulate_opcua(host: str, port: int, debug: bool) -> None:
+    try:
+        from flowcollect.simulator import opcua
+    except ImportError as exc:
+        _fail(
+            FlowcollectError(
+                f"the OPC UA simulator is not available (pip install flowcollect[opcua]): {exc}"
+            ),
+            debug,
+        )
+    if port and port_in_use(host, port):
+        _fail(FlowcollectError(f"--port {port}: {host}:{port} is already in use; pick another, or 0"), debug)
+    if not debug:
+        # asyncua logs every node of its standard address space at INFO while it starts.
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+    try:
+        opcua.serve(host=host, port=port)  # SIGTERM ends it like Ctrl-C
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        _fail(exc, debug)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

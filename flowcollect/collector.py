@@ -26,6 +26,7 @@ from flowcollect.compile import (
     ReaderSchedule,
     compile_context,
     lane_keys,
+    lane_problems,
     lane_schedule,
     reader_schedules,
 )
@@ -147,6 +148,7 @@ class DataCollector:
                 if reader.type in self._readers:
                     problems.append(f"two readers have the type {reader.type!r}; each needs its own")
                 self._readers[reader.type] = reader
+        problems += lane_problems(self._readers.values())
         writers = list(writers)
         problems += [f"writer {w!r} is not a DataWriter" for w in writers if not isinstance(w, DataWriter)]
         names: set[str] = set()
@@ -306,11 +308,11 @@ class DataCollector:
     def close(self) -> None:
         """Stop every context, write what is queued, close writers and readers, end every thread.
 
-        Returns within ``close_timeout_s`` (one deadline for everything) whatever a plugin does: a
-        writer still busy at the deadline is left behind and its unstored values counted dropped.
-
-        Idempotent (a call while another is closing returns when that one is done); every other
-        call raises ``CollectorClosedError`` afterwards.
+        Returns within ``close_timeout_s`` (plus a small constant) whatever a reader or writer
+        does: one deadline for the whole collector. A writer still busy at the deadline is left
+        behind and the values it had not stored are counted dropped. Idempotent (a call while
+        another is closing returns when that one is done); every other call raises
+        ``CollectorClosedError`` afterwards.
         """
         with self._lock:
             if self._closed:
@@ -336,9 +338,9 @@ class DataCollector:
             self._closed_event.set()
 
     def _end_threads(self) -> None:
-        # One deadline for the whole close, whatever any plugin does: readers still reading get
-        # the first half of it (their last values must reach the writers), writers the rest to
-        # write what is queued, flush and close. Writers keep writing their queues meanwhile.
+        # One deadline for the whole close, whatever any plugin does: lanes still reading get the
+        # first half of it (the values of a read in flight must reach the writers), writers the
+        # rest to write what is queued, flush and close; they keep writing their queues meanwhile.
         timeout = self._close_timeout_s
         begun = time.monotonic()
         deadline = begun + timeout

@@ -15,6 +15,7 @@ from flowcollect.compile._compile import (
     compile_plan,
     lane_key,
     lane_keys,
+    lane_problems,
     lane_schedule,
     reader_schedules,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "compile_plan",
     "lane_key",
     "lane_keys",
+    "lane_problems",
     "lane_schedule",
     "reader_schedules",
     # What it produces

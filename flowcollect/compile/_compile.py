@@ -24,6 +24,7 @@ __all__ = [
     "compile_plan",
     "lane_key",
     "lane_keys",
+    "lane_problems",
 ]
 
 
@@ -31,6 +32,20 @@ def lane_key(reader: DataReader) -> str:
     """The lane a reader runs on: its ``lane`` text, or ``reader:<type>`` for a lane of its own."""
     lane = reader.lane
     return lane if lane else f"reader:{reader.type}"
+
+
+def lane_problems(readers: Iterable[DataReader]) -> list[str]:
+    """What is wrong with the readers' ``lane`` keys (each must be None or a non-blank text)."""
+    problems = []
+    for reader in readers:
+        try:
+            lane = reader.lane
+        except Exception as exc:
+            problems.append(f"reader {reader.type!r}: its lane cannot be read: {type(exc).__name__}: {exc}")
+            continue
+        if lane is not None and (not isinstance(lane, str) or not lane.strip()):
+            problems.append(f"reader {reader.type!r}: lane must be None or a non-blank text, got {lane!r}")
+    return problems
 
 
 def lane_keys(readers: Iterable[DataReader]) -> dict[str, tuple[str, ...]]:
@@ -235,7 +250,7 @@ def compile_plan(
     ids, unknown readers, invalid variables, intervals below the limit with ``error``).
     """
     readers = list(readers)
-    problems: list[str] = []
+    problems: list[str] = lane_problems(readers)
     by_type: dict[str, DataReader] = {}
     for reader in readers:
         if reader.type in by_type:

@@ -7,6 +7,7 @@ tests can hammer it. A variable with interval I is due at every instant t with t
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ class Delivery:
     index: tuple[int, ...] | None
     scaled: tuple[int, ...] = ()
     changes: tuple[int, ...] = ()
+    reader: str = ""
+    """The reader type of every value, when they come from one reader ("" when from several)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +62,12 @@ class ReaderPhase:
 
 @dataclass(frozen=True, slots=True)
 class LanePhase:
-    """What a lane has due at an instant: one ``ReaderPhase`` per reader with reads, in reader order."""
+    """What a lane has due at an instant: one ``ReaderPhase`` per reader with reads, in reader
+    order, and per context its ``Delivery`` over all of them (indices into the readers' reads
+    laid end to end): one batch per lane, instant and context."""
 
     readers: tuple[ReaderPhase, ...]
+    by_context: dict[int, Delivery] = field(default_factory=dict, compare=False)
 
     @property
     def size(self) -> int:
@@ -92,6 +98,7 @@ class LaneSchedule:
         "key",
         "period_ms",
         "reader_order",
+        "served",
         "specs",
     )
 
@@ -107,6 +114,12 @@ class LaneSchedule:
         self.hyperperiod_ms = math.lcm(*self.intervals)
         order = list(dict.fromkeys([*reader_order, *(s.reader for s in self.specs)]))
         self.reader_order = tuple(r for r in order if any(s.reader == r for s in self.specs))
+        # What each reader must serve (plan_changed), computed here, where the plan is built
+        # before its context starts, not on the lane's thread before its first tick.
+        served: dict[str, list[VariableSpec]] = {r: [] for r in self.reader_order}
+        for spec in distinct_reads(self.specs):
+            served[spec.reader].append(spec)
+        self.served = {r: tuple(v) for r, v in served.items()}
         # Positions in the plan keep batches in a stable order (context, then its variables).
         groups: dict[int, list[tuple[int, VariableSpec]]] = {i: [] for i in self.intervals}
         for position, s in enumerate(self.specs):
@@ -180,10 +193,44 @@ class LaneSchedule:
         per_reader: dict[str, list[VariableSpec]] = {}
         for _, s in due:
             per_reader.setdefault(s.reader, []).append(s)
-        return LanePhase(tuple(_reader_phase(r, per_reader[r]) for r in self.reader_order if r in per_reader))
+        readers = tuple(
+            _reader_phase(r, per_reader[r], self.served[r]) for r in self.reader_order if r in per_reader
+        )
+        phase = LanePhase(readers)
+        phase.by_context.update(_lane_deliveries(readers))
+        return phase
 
 
-def _reader_phase(reader: str, due: Sequence[VariableSpec]) -> ReaderPhase:
+def _lane_deliveries(readers: Sequence[ReaderPhase]) -> dict[int, Delivery]:
+    """Each context's delivery over all the readers of a lane phase, reads laid end to end."""
+    if len(readers) == 1:
+        return dict(readers[0].by_context)
+    parts: dict[int, list[tuple[int, Delivery]]] = {}
+    offset = 0
+    for rp in readers:
+        for d in rp.deliveries:
+            parts.setdefault(d.context_id, []).append((offset, d))
+        offset += rp.size
+    out: dict[int, Delivery] = {}
+    for cid, pieces in parts.items():
+        variables: list[VariableSpec] = []
+        index: list[int] = []
+        for start, d in pieces:
+            variables.extend(d.variables)
+            index.extend(start + n for n in (d.index if d.index is not None else range(len(d.variables))))
+        whole = index == list(range(offset))
+        out[cid] = Delivery(
+            cid,
+            tuple(variables),
+            None if whole else tuple(index),
+            tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None),
+            tuple(k for k, s in enumerate(variables) if s.report == "change"),
+            pieces[0][1].reader if len(pieces) == 1 else "",
+        )
+    return out
+
+
+def _reader_phase(reader: str, due: Sequence[VariableSpec], served: tuple[VariableSpec, ...]) -> ReaderPhase:
     index: dict[tuple[str, str], int] = {}
     reads: list[VariableSpec] = []
     per_context: dict[int, list[tuple[int, VariableSpec]]] = {}
@@ -205,8 +252,12 @@ def _reader_phase(reader: str, due: Sequence[VariableSpec]) -> ReaderPhase:
                 None if whole else tuple(n for n, _ in items),
                 tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None),
                 tuple(k for k, s in enumerate(variables) if s.report == "change"),
+                reader,
             )
         )
-    phase = ReaderPhase(reader, tuple(reads), tuple(deliveries))
+    # When the reads are exactly what the reader serves (same specs, same order), they are the
+    # very tuple plan_changed gave it: a reader may prepare per tuple there, off the hot path.
+    same = len(reads) == len(served) and all(map(operator.is_, reads, served))
+    phase = ReaderPhase(reader, served if same else tuple(reads), tuple(deliveries))
     phase.by_context.update((d.context_id, d) for d in deliveries)
     return phase

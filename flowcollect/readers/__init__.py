@@ -8,15 +8,21 @@ from flowcollect.readers.base import DataReader
 from flowcollect.readers.randomgen import RandomDataReader
 
 if TYPE_CHECKING:
-    from flowcollect.readers.modbus import ModbusDataReader
+    from flowcollect.readers.modbus import ModbusDataReader, ModbusLine
+    from flowcollect.readers.opcua import OpcUaDataReader
 
-__all__ = ["DataReader", "ModbusDataReader", "RandomDataReader"]
+__all__ = ["DataReader", "ModbusDataReader", "ModbusLine", "OpcUaDataReader", "RandomDataReader"]
 
 
 def __getattr__(name: str) -> Any:
     # pymodbus is imported only by those who read Modbus.
-    if name == "ModbusDataReader":
-        from flowcollect.readers.modbus import ModbusDataReader
+    if name in ("ModbusDataReader", "ModbusLine"):
+        from flowcollect.readers import modbus
 
-        return ModbusDataReader
+        return getattr(modbus, name)
+    # asyncua is imported only by those who read OPC UA.
+    if name == "OpcUaDataReader":
+        from flowcollect.readers.opcua import OpcUaDataReader
+
+        return OpcUaDataReader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

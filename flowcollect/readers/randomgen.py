@@ -83,6 +83,11 @@ class RandomDataReader(DataReader):
         self._groups[id(variables)] = (variables, groups)
         return groups
 
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+        # Usually the very tuple of the ticks that read everything: group it now, not at a tick.
+        self._groups.clear()
+        self._positions(variables)
+
     def read_batch(self, batch: ValueBatch) -> None:
         n = len(batch)
         rnd = self._random.random

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from reactivex import abc
@@ -20,7 +22,7 @@ from reactivex.subject import Subject
 
 from flowcollect._clock import instant, now_ms
 from flowcollect._logs import RateLimitedLog
-from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase, distinct_reads
+from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
 from flowcollect.runtime._push import PushStore
 from flowcollect.runtime._steps import LaneRead
@@ -134,15 +136,17 @@ class Lane:
     def _tell_readers(self, schedule: LaneSchedule | None) -> None:
         routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
         for rtype, reader in self.readers.items():
-            specs = [s for s in schedule.specs if s.reader == rtype] if schedule is not None else []
+            served = schedule.served.get(rtype, ()) if schedule is not None else ()
             if reader.pushes:
                 table: dict[tuple[str, str], list[VariableSpec]] = {}
-                for s in specs:
-                    if s.report == "change":
+                for s in schedule.specs if schedule is not None else ():
+                    if s.reader == rtype and s.report == "change":
                         table.setdefault((s.address, s.value_type), []).append(s)
                 routes[rtype] = table
-            served = tuple(distinct_reads(specs))
-            if served == self._served.get(rtype, ()):
+            before = self._served.get(rtype, ())
+            # The specs are the compiled contexts' own objects: identity says "unchanged" at C
+            # speed, where comparing 100,000 dataclasses field by field would not.
+            if len(served) == len(before) and all(map(operator.is_, served, before)):
                 continue
             if served:
                 self._open(reader)
@@ -304,6 +308,21 @@ class Lane:
         self._arm(schedule.next_due(self._last_fired))
 
     def _retime(self, since_ms: int) -> None:
+        anchor, offset = self._anchor, self._offset()
+        pending = self._pending
+        if (
+            pending is not None
+            and anchor is not None
+            and offset is not None
+            and abs(offset - anchor) > STEP_MS
+        ):
+            # The wall clock stepped since the pending tick was armed: that tick and the last
+            # fired instant belong to the old timeline.
+            pending.dispose()
+            self._pending, self._pending_due = None, None
+            if self._active is not None:
+                self._stepped(self._active, offset - anchor)
+            return
         if self._pending_due is not None and self._pending_due <= now_ms(self.scheduler):
             return  # that tick is due already and about to fire; it re-arms from the new schedule
         if self._pending is not None:
@@ -316,6 +335,7 @@ class Lane:
         phase = schedule.phase_at(t_ms)
         if phase is None:
             return
+        reads = []
         for rp in phase.readers:
             reader = self.readers[rp.reader]
             counters = self.counters[rp.reader]
@@ -326,11 +346,29 @@ class Lane:
             counters.ticks += 1
             counters.values += len(values)
             counters.errors += len(errors) - errors.count(None)
-            if self._closed:
-                # Abandoned at the close deadline while this read hung: the writers are closed
-                # and the collector has returned, so its values reach no context.
-                return
+            reads.append((rp, values, errors, source, quality))
+        if self._closed:
+            # Abandoned at the close deadline while this read hung: the writers are closed
+            # and the collector has returned, so its values reach no context.
+            return
+        if len(reads) == 1:
+            rp, values, errors, source, quality = reads[0]
             self.subject.on_next(LaneRead(t_ms, rp.reader, values, errors, source, quality, rp.by_context))
+            return
+        # One batch per lane, instant and context: the readers' columns laid end to end.
+        values = list(chain.from_iterable(r[1] for r in reads))
+        errors = list(chain.from_iterable(r[2] for r in reads))
+        source = None
+        if any(r[3] is not None for r in reads):
+            source = list(
+                chain.from_iterable(r[3] if r[3] is not None else [None] * len(r[1]) for r in reads)
+            )
+        quality = None
+        if any(r[4] is not None for r in reads):
+            quality = list(
+                chain.from_iterable(r[4] if r[4] is not None else [None] * len(r[1]) for r in reads)
+            )
+        self.subject.on_next(LaneRead(t_ms, "", values, errors, source, quality, phase.by_context))
 
     def _read(
         self, reader: DataReader, rp: ReaderPhase, t_ms: int

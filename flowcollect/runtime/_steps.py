@@ -29,6 +29,8 @@ from flowcollect.values import ValueBatch
 __all__ = ["ChangeState", "LaneRead", "for_context", "gate", "report_changes"]
 
 Operator = Callable[[Observable[Any]], Observable[Any]]
+Counted = tuple[ValueBatch, tuple[int, ...]]
+"""A context's batch and the positions of its ``report="change"`` values."""
 
 STEPS = ("ticks", "read_due", "for_context", "gate", "report_changes", "sink")
 """The steps of the running graph, in order (what ``flowcollect plan`` draws)."""
@@ -90,26 +92,27 @@ def batch_for(read: LaneRead, d: Delivery, context_id: int) -> ValueBatch:
         source_ns=_pick(read.source_ns, index),
         quality=_pick(read.quality, index),
         context_id=context_id,
-        reader=read.reader,
+        reader=d.reader or read.reader,
     )
 
 
 def for_context(context_id: int, since_ms: Callable[[], int], until_ms: Callable[[], int]) -> Operator:
     """This context's values from each lane read that has some, strictly after ``since_ms()``
     (its start, then its last resume) and before ``until_ms()`` (its end; a stop brings it
-    forward), as one ``ValueBatch`` per read.
+    forward), as one ``ValueBatch`` per read, with the positions of its ``report="change"``
+    variables (computed once, at compile time).
 
     The bounds matter when a tick is late: a tick due at or before the start (or resume) that
     fires after the context's plan was applied would otherwise carry its variables; and a
     stopped run's branch, kept for its reads in flight, must not take a new run's instants.
     """
 
-    def batches(source: Observable[LaneRead]) -> Observable[ValueBatch]:
+    def batches(source: Observable[LaneRead]) -> Observable[Counted]:
         def subscribe(observer: Any, scheduler: Any = None) -> Any:
             def on_next(read: LaneRead) -> None:
                 d = read.by_context.get(context_id)
                 if d is not None and since_ms() < read.t_ms < until_ms():
-                    observer.on_next(batch_for(read, d, context_id))
+                    observer.on_next((batch_for(read, d, context_id), d.changes))
 
             return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
 
@@ -126,32 +129,14 @@ def gate(is_open: Callable[[], bool]) -> Operator:
 class ChangeState:
     """What was last delivered to one context, per variable with ``report="change"``.
 
-    Owned by the context's run; cleared on resume, so a resumed context hears every value at once.
+    Owned by the context's run; a resumed context gets a new one, so it hears every value at once.
     """
 
-    __slots__ = ("last", "positions")
+    __slots__ = ("last",)
 
     def __init__(self) -> None:
         # (reader, variable id) -> [value, error, t_ms of the last delivery]
         self.last: dict[tuple[str, int], list[Any]] = {}
-        # The positions of report="change" variables per variables tuple (by identity: the
-        # tuples are the compiled deliveries', shared from tick to tick).
-        self.positions: dict[int, tuple[tuple[Any, ...], tuple[int, ...]]] = {}
-
-    def clear(self) -> None:
-        self.last.clear()
-
-    def changes_of(self, batch: ValueBatch) -> tuple[int, ...]:
-        variables = batch.variables
-        entry = self.positions.get(id(variables))
-        if entry is None or entry[0] is not variables:
-            found = tuple(k for k, s in enumerate(variables) if s.report == "change")
-            if len(self.positions) > 4096:
-                self.positions.clear()
-            # Kept with the tuple itself, so its id cannot be reused while the entry lives.
-            entry = (tuple(variables) if not isinstance(variables, tuple) else variables, found)
-            self.positions[id(entry[0])] = entry
-        return entry[1]
 
 
 def _moved(spec: Any, value: Any, last: Any) -> bool:
@@ -170,8 +155,8 @@ def report_changes(state: ChangeState) -> Operator:
     bool and str, and any change of error), or whose ``heartbeat_ms`` has passed since then.
     A batch left empty is not delivered."""
 
-    def keep(batch: ValueBatch) -> ValueBatch | None:
-        positions = state.changes_of(batch)
+    def keep(counted: Counted) -> ValueBatch | None:
+        batch, positions = counted
         if not positions:
             return batch
         last = state.last
@@ -205,7 +190,7 @@ def report_changes(state: ChangeState) -> Operator:
             reader=batch.reader,
         )
 
-    def _report_changes(source: Observable[ValueBatch]) -> Observable[ValueBatch]:
+    def _report_changes(source: Observable[Counted]) -> Observable[ValueBatch]:
         kept: Observable[ValueBatch | None] = source.pipe(ops.map(keep))
         return kept.pipe(ops.filter(lambda b: b is not None))  # type: ignore[arg-type]
 

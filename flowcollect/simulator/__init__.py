@@ -1,4 +1,5 @@
-"""Simulated devices for demos, tests and benchmarks: a Modbus plant today (``modbus``).
+"""Simulated devices for demos, tests and benchmarks: a Modbus plant (``modbus``) and an OPC UA
+plant (``flowcollect.simulator.opcua``, imported on its own: it needs asyncua).
 
 Each protocol's simulator lives in a module of its own, imported only by those who use it; the
 Modbus names are re-exported here, where the first design had them.
@@ -18,12 +19,15 @@ from flowcollect.simulator.modbus import (
     PLANT,
     PLANT_NAME,
     REGISTER_MAP,
+    UNIT_REGISTER,
+    LineSimulator,
     SimPoint,
     Simulator,
     known_offset,
     main,
     plant_state,
     serve,
+    serve_line,
 )
 
 __all__ = [
@@ -35,6 +39,8 @@ __all__ = [
     "KNOWN_BITS",
     "KNOWN_TYPES",
     "ORDERS",
+    "UNIT_REGISTER",
+    "LineSimulator",
     "PLANT",
     "PLANT_NAME",
     "REGISTER_MAP",
@@ -44,4 +50,5 @@ __all__ = [
     "main",
     "plant_state",
     "serve",
+    "serve_line",
 ]

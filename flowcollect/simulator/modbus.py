@@ -15,7 +15,12 @@ The register map (``REGISTER_MAP``; ``docs/modbus.md`` has it as a table):
   registers 100..227, at ``100 + 16 * type + 4 * order`` (``known_offset``);
 - fixed strings: holding and input 300..323; fixed bits: coils and discrete inputs 100..115;
 - a hole: holding 400..409 is readable except 405, which answers "illegal data address";
+- the unit's id: holding 500 (0 on the TCP simulator, which answers every unit id);
 - a bulk block: holding 1000..1999, register ``1000 + k`` holds ``k``.
+
+Several units on one line: ``LineSimulator`` serves units 1, 2, 3 (each the map above) on a
+serial line (a pty pair made by ``socat``; ``pty`` is the end to open) or over RTU-over-TCP,
+and can make one unit silent or slow (``silence``, ``slow``).
 
 Offsets outside these areas answer "illegal data address" (bit tables: beyond 115).
 """
@@ -25,9 +30,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import math
+import os
+import shutil
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
@@ -37,8 +47,9 @@ from types import TracebackType
 from typing import Any, Final
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 __all__ = [
@@ -49,6 +60,8 @@ __all__ = [
     "KNOWN",
     "KNOWN_BITS",
     "KNOWN_TYPES",
+    "LineSimulator",
+    "UNIT_REGISTER",
     "PLANT",
     "REGISTER_MAP",
     "ORDERS",
@@ -57,6 +70,7 @@ __all__ = [
     "known_offset",
     "main",
     "serve",
+    "serve_line",
 ]
 
 _log = logging.getLogger("flowcollect.simulator")
@@ -235,6 +249,8 @@ KNOWN: Final[tuple[SimPoint, ...]] = _known_points()
 HOLE_START: Final = 400
 HOLE_INVALID: Final = 405
 HOLE_END: Final = 410
+UNIT_REGISTER: Final = 500
+"""Holding 500 holds the unit's id (0 on the TCP simulator, which answers every unit)."""
 BULK_START: Final = 1000
 BULK_COUNT: Final = 1000
 
@@ -303,6 +319,8 @@ class ReceivedRequest:
     function_code: int
     address: int
     count: int
+    t_ns: int = 0
+    """When it arrived (epoch ns): tests bucket requests by due instant (no instant read twice)."""
 
 
 class Simulator:
@@ -327,7 +345,7 @@ class Simulator:
         self._connections = 0
         self._log: deque[ReceivedRequest] = deque(maxlen=100_000)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusBaseServer | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -397,7 +415,7 @@ class Simulator:
         try:
             asyncio.run(self._serve())
         except KeyboardInterrupt:
-            _log.info("simulator on %s:%d stopped", self.host, self.port)
+            _log.info("simulator on %s stopped", self._where())
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -424,18 +442,13 @@ class Simulator:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._started_at = time.monotonic()
-        server = ModbusTcpServer(
-            self._device(),
-            address=(self.host, self.port),
-            trace_pdu=self._trace_pdu,
-            trace_connect=self._trace_connect,
-        )
+        server = self._make_server()
         await server.serve_forever(background=True)
         sockets: Any = getattr(server.transport, "sockets", None) or []
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
         self._server = server
-        _log.info("simulator listening on %s:%d", self.host, self.port)
+        _log.info("simulator listening on %s", self._where())
         self._ready.set()
         if self._on_ready is not None:
             self._on_ready(self)
@@ -444,7 +457,18 @@ class Simulator:
         finally:
             await _close(server)
 
-    def _device(self) -> SimDevice:
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _make_server(self) -> ModbusBaseServer:
+        return ModbusTcpServer(
+            self._device(0),
+            address=(self.host, self.port),
+            trace_pdu=self._trace_pdu,
+            trace_connect=self._trace_connect,
+        )
+
+    def _device(self, unit: int) -> SimDevice:
         plant, coils, discrete = plant_state(0.0)
         hole_low = list(range(HOLE_START, HOLE_INVALID))
         hole_high = list(range(HOLE_INVALID + 1, HOLE_END))
@@ -454,6 +478,7 @@ class Simulator:
             _registers(300, _string_registers()),
             _registers(HOLE_START, hole_low),
             _registers(HOLE_INVALID + 1, hole_high),
+            _registers(UNIT_REGISTER, [unit]),
             _registers(BULK_START, list(range(BULK_COUNT))),
         ]
         inputs = [
@@ -462,10 +487,18 @@ class Simulator:
         ]
         coil_bits = [_bits(0, coils), _bits(100, KNOWN_BITS)]
         discrete_bits = [_bits(0, discrete), _bits(100, KNOWN_BITS)]
-        return SimDevice(0, simdata=(coil_bits, discrete_bits, holding, inputs), action=self._action)
+        return SimDevice(
+            unit,
+            simdata=(coil_bits, discrete_bits, holding, inputs),
+            action=functools.partial(self._action, unit),
+        )
+
+    def _delay_s(self, unit: int) -> float:
+        return self.response_delay_s
 
     async def _action(
         self,
+        unit: int,
         function_code: int,
         start_address: int,
         address: int,
@@ -475,8 +508,9 @@ class Simulator:
     ) -> ExcCodes | None:
         # pymodbus calls this before answering, with the table's live registers: the plant is
         # brought up to date only when someone looks, so an idle simulator costs nothing.
-        if self.response_delay_s:
-            await asyncio.sleep(self.response_delay_s)
+        delay = self._delay_s(unit)
+        if delay:
+            await asyncio.sleep(delay)
         if start_address != 0 or address >= _PLANT_REGISTERS:
             return None
         plant, coils, discrete = plant_state(time.monotonic() - self._started_at)
@@ -493,7 +527,12 @@ class Simulator:
             with self._lock:
                 self._requests += 1
                 self._log.append(
-                    ReceivedRequest(pdu.function_code, getattr(pdu, "address", 0), getattr(pdu, "count", 0))
+                    ReceivedRequest(
+                        pdu.function_code,
+                        getattr(pdu, "address", 0),
+                        getattr(pdu, "count", 0),
+                        time.time_ns(),
+                    )
                 )
         return pdu
 
@@ -503,7 +542,220 @@ class Simulator:
                 self._connections += 1
 
 
-async def _close(server: ModbusTcpServer) -> None:
+Exchange = tuple[str, int]
+"""One event on a simulated line: ``("request", unit)``, ``("answer", unit)`` or
+``("silent", unit)`` (a request the unit was told not to answer)."""
+
+
+class LineSimulator(Simulator):
+    """Several units on one Modbus RTU line, served from a background thread.
+
+    ``serial=True``: a serial line. ``socat`` makes a pty pair; the simulator's pymodbus serial
+    server holds one end and ``pty`` is the other, the port a reader opens (its path stays the
+    same across ``stop()`` and ``start()``, as a USB adapter's does when it is replugged).
+    Otherwise RTU framing over TCP on ``host``:``port``, as a serial-to-Ethernet gateway
+    speaks it.
+
+    ``silence(unit)`` makes a unit stop answering (its requests are received and counted, the
+    answer is never sent), ``slow(unit, seconds)`` delays its answers. ``requests_by_unit`` and
+    ``exchanges`` (the order of requests and answers the line carried) are what tests check.
+    """
+
+    def __init__(
+        self,
+        units: Sequence[int] = (1, 2, 3),
+        *,
+        serial: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        baudrate: int = 19_200,
+        parity: str = "N",
+        directory: str | None = None,
+    ) -> None:
+        super().__init__(host, port)
+        if not units or any(not 1 <= u <= 247 for u in units):
+            raise ValueError(f"LineSimulator units: must be 1..247, got {list(units)!r}")
+        self.units = tuple(units)
+        self.serial = serial
+        self.baudrate = baudrate
+        self.parity = parity
+        self._directory = directory
+        self._socat: subprocess.Popen[bytes] | None = None
+        self._silent: set[int] = set()
+        self._delays: dict[int, float] = {}
+        self._by_unit: dict[int, int] = {}
+        self._exchanges: deque[Exchange] = deque(maxlen=100_000)
+
+    # -- what the line carried
+
+    @property
+    def pty(self) -> str:
+        """The serial port a reader opens (``serial=True`` only)."""
+        if not self.serial:
+            raise RuntimeError("an RTU-over-TCP simulator has no pty: use host and port")
+        return os.path.join(self._dir(), "client")
+
+    @property
+    def requests_by_unit(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._by_unit)
+
+    @property
+    def exchanges(self) -> list[Exchange]:
+        """Requests and answers in the order the line carried them (the last 100,000)."""
+        with self._lock:
+            return list(self._exchanges)
+
+    def reset_counters(self) -> None:
+        super().reset_counters()
+        with self._lock:
+            self._by_unit.clear()
+            self._exchanges.clear()
+
+    # -- faults on demand
+
+    def silence(self, unit: int, silent: bool = True) -> None:
+        """Make ``unit`` stop answering (``silent=False``: answer again)."""
+        with self._lock:
+            if silent:
+                self._silent.add(unit)
+            else:
+                self._silent.discard(unit)
+
+    def slow(self, unit: int, delay_s: float) -> None:
+        """Delay ``unit``'s answers by ``delay_s`` (0: as fast as it can)."""
+        with self._lock:
+            self._delays[unit] = delay_s
+
+    # -- lifecycle
+
+    def start(self, timeout_s: float = 10.0) -> LineSimulator:
+        if self.serial and self._socat is None:
+            self._start_socat(timeout_s)
+        try:
+            super().start(timeout_s)
+        except BaseException:
+            self._stop_socat()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 10.0, *, keep_port: bool = False) -> None:
+        """Stop serving; on a serial line the pty pair goes too (the reader's port is gone),
+        unless ``keep_port``: then the port stays and every unit falls silent, as when a bus's
+        cable is pulled."""
+        super().stop(timeout_s)
+        if not keep_port:
+            self._stop_socat()
+
+    def close(self) -> None:
+        """Stop, and remove the pty folder if this simulator made it."""
+        self.stop()
+        if self._directory is not None and self._made_directory:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    _made_directory = False
+
+    def _dir(self) -> str:
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="flowcollect-line-")
+            self._made_directory = True
+        return self._directory
+
+    def _start_socat(self, timeout_s: float) -> None:
+        socat = shutil.which("socat")
+        if socat is None:
+            raise RuntimeError("a serial line simulator needs socat (apt-get install socat)")
+        folder = self._dir()
+        ends = [os.path.join(folder, name) for name in ("server", "client")]
+        for end in ends:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(end)
+        self._socat = subprocess.Popen(  # noqa: S603 - a fixed program, our own paths
+            [socat, *(f"pty,raw,echo=0,link={end}" for end in ends)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not all(os.path.exists(end) for end in ends):
+            if self._socat.poll() is not None or time.monotonic() > deadline:
+                self._stop_socat()
+                raise RuntimeError("socat did not make the pty pair")
+            time.sleep(0.005)
+
+    def _stop_socat(self) -> None:
+        process, self._socat = self._socat, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    # -- serving
+
+    def _make_server(self) -> ModbusBaseServer:
+        devices = [self._device(unit) for unit in self.units]
+        if self.serial:
+            return ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=os.path.join(self._dir(), "server"),
+                baudrate=self.baudrate,
+                parity=self.parity,
+                ignore_missing_devices=True,
+                trace_pdu=self._trace_pdu,
+                trace_packet=self._trace_packet,
+                trace_connect=self._trace_connect,
+            )
+        return ModbusTcpServer(
+            devices,
+            framer=FramerType.RTU,
+            address=(self.host, self.port),
+            ignore_missing_devices=True,
+            trace_pdu=self._trace_pdu,
+            trace_packet=self._trace_packet,
+            trace_connect=self._trace_connect,
+        )
+
+    def _where(self) -> str:
+        return self.pty if self.serial else f"{self.host}:{self.port} (RTU over TCP)"
+
+    def _delay_s(self, unit: int) -> float:
+        with self._lock:
+            return self._delays.get(unit, self.response_delay_s)
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending:
+            with self._lock:
+                self._by_unit[pdu.dev_id] = self._by_unit.get(pdu.dev_id, 0) + 1
+                self._exchanges.append(("request", pdu.dev_id))
+        return super()._trace_pdu(sending, pdu)
+
+    def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
+        if not sending or not packet:
+            return packet
+        unit = packet[0]  # an RTU frame starts with the unit id
+        with self._lock:
+            if unit in self._silent:
+                self._exchanges.append(("silent", unit))
+                return b""
+            self._exchanges.append(("answer", unit))
+        return packet
+
+
+async def _close(server: ModbusBaseServer) -> None:
     """Stop listening, let accepts under way finish, then close every connection.
 
     On Python 3.11, closing an asyncio server while a just-accepted connection is still being
@@ -531,6 +783,29 @@ def serve(host: str = "127.0.0.1", port: int = 5020, response_delay_s: float = 0
     Simulator(host, port, response_delay_s).run(on_ready=_announce)
 
 
+def serve_line(
+    units: Sequence[int] = (1, 2, 3),
+    *,
+    serial: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 5020,
+    baudrate: int = 19_200,
+    silent: Sequence[int] = (),
+) -> None:
+    """Serve several units on one line in the foreground until Ctrl-C: a serial line (a pty
+    pair; prints the pty to open) or RTU over TCP (prints where it listens). ``silent`` units
+    receive requests but never answer."""
+    simulator = LineSimulator(units, serial=serial, host=host, port=port, baudrate=baudrate)
+    for unit in silent:
+        simulator.silence(unit)
+    if serial:
+        simulator._start_socat(10.0)
+    try:
+        simulator.run(on_ready=_announce_line)
+    finally:
+        simulator.close()
+
+
 def _announce(simulator: Simulator) -> None:
     # The one line the standalone command prints; scripts and tests read the port from it.
     print(
@@ -538,10 +813,21 @@ def _announce(simulator: Simulator) -> None:
     )
 
 
+def _announce_line(simulator: Simulator) -> None:
+    if not isinstance(simulator, LineSimulator):
+        return
+    units = ", ".join(str(u) for u in simulator.units)
+    if simulator.serial:
+        where = f"Modbus RTU on serial port {simulator.pty} ({simulator.baudrate} baud, 8N1)"
+    else:
+        where = f"Modbus RTU over TCP on {simulator.host}:{simulator.port}"
+    print(f"flowcollect simulator: {where}, units {units} (Ctrl-C stops)", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m flowcollect.simulator",
-        description="Serve the flowcollect Modbus TCP device simulator until Ctrl-C.",
+        description="Serve the flowcollect Modbus device simulator until Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5020, help="TCP port; 0 picks a free one (default 5020)")
@@ -551,5 +837,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0.0,
         help="wait this long before each answer, like a real PLC (default 0)",
     )
+    parser.add_argument(
+        "--serial",
+        action="store_true",
+        help="units 1, 2, 3 on a serial line (a pty pair made by socat); prints the pty to open",
+    )
+    parser.add_argument("--rtu", action="store_true", help="units 1, 2, 3 speaking RTU over TCP (a gateway)")
+    parser.add_argument("--baudrate", type=int, default=19_200, help="the serial line's baud rate")
+    parser.add_argument(
+        "--silent", type=int, action="append", default=[], help="a unit that never answers (repeatable)"
+    )
     args = parser.parse_args(argv)
+    if args.serial or args.rtu:
+        serve_line(
+            serial=args.serial, host=args.host, port=args.port, baudrate=args.baudrate, silent=args.silent
+        )
+        return
     serve(args.host, args.port, args.delay_ms / 1000)

@@ -8,11 +8,21 @@ from flowcollect.writers.base import DataWriter
 from flowcollect.writers.csvfile import CsvFileDataWriter
 from flowcollect.writers.log import LogDataWriter
 from flowcollect.writers.memory import MemoryDataWriter
+from flowcollect.writers.spool import SpooledWriter, SpoolOptions
 
 if TYPE_CHECKING:
     from flowcollect.writers.influxdb import InfluxDBDataWriter
 
-__all__ = ["CsvFileDataWriter", "DataWriter", "InfluxDBDataWriter", "LogDataWriter", "MemoryDataWriter"]
+__all__ = [
+    "CsvFileDataWriter",
+    "DataWriter",
+    "InfluxDBDataWriter",
+    "LogDataWriter",
+    "MemoryDataWriter",
+    # store and forward
+    "SpoolOptions",
+    "SpooledWriter",
+]
 
 
 def __getattr__(name: str) -> Any:

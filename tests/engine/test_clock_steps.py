@@ -73,3 +73,18 @@ def test_the_virtual_scheduler_waits_on_monotonic_time() -> None:
     scheduler.step_wall_ms(-60_000)  # the due action keeps its monotonic due time
     scheduler.advance_by(1.0)
     assert ran == [pytest.approx(-59.0)]
+
+
+def test_a_plan_change_right_after_a_backward_step_does_not_stall_either() -> None:
+    writer, collector, clock = start(-10_000)
+    # A second context starts before the lane's next tick: its plan change re-arms the lane,
+    # which must see the step then, not wait for the old timeline's next instant.
+    collector.start(  # type: ignore[attr-defined]
+        DataCollectionContext(
+            id=2, interval_ms=100, duration_s=None, variables=[Variable(id=1, address="a", reader="static")]
+        )
+    )
+    clock.advance_ms(1000)
+    after = [v for v in writer.values[10:] if v.context_id == 1]
+    assert 9 <= len(after) <= 10, times(after)
+    assert len([v for v in writer.values if v.context_id == 2]) >= 9

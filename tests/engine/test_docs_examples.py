@@ -226,6 +226,7 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
     ("docs/cli.md", "from flowcollect.pipeline import load_pipeline"): check_from_python,
     ("docs/influxdb.md", "from flowcollect.writers import InfluxDBDataWriter"): check_runs,
     ("docs/modbus.md", "from flowcollect.readers import ModbusDataReader"): check_runs,
+    ("docs/opcua.md", "from flowcollect.readers import OpcUaDataReader"): check_runs,
     ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
 }
 

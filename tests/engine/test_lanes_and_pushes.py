@@ -15,6 +15,7 @@ from flowcollect import (
     ConfigError,
     DataCollectionContext,
     DataCollector,
+    DataWriter,
     IntervalLimitPolicy,
     Variable,
 )
@@ -26,7 +27,7 @@ from flowcollect.testing import (
     StaticDataReader,
     virtual_collector,
 )
-from flowcollect.values import VariableSpec
+from flowcollect.values import ValueBatch, VariableSpec
 
 T0 = 1_699_999_200_000  # a round hour
 
@@ -69,6 +70,16 @@ class LaneReader(StaticDataReader):
         super().read(variables)
 
 
+class BatchRecorder(DataWriter):
+    """Keeps every batch it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[ValueBatch] = []
+
+    def write_batch(self, batch: ValueBatch) -> None:
+        self.got.append(batch)
+
+
 # -- lanes --------------------------------------------------------------------------------------
 
 
@@ -77,8 +88,8 @@ def test_readers_with_one_lane_key_share_a_lane_and_its_gcd_tick() -> None:
     unit1 = LaneReader("unit1", "modbus+rtu:///dev/ttyUSB0", log)
     unit2 = LaneReader("unit2", "modbus+rtu:///dev/ttyUSB0", log)
     alone = LaneReader("alone", None, log)
-    writer = MemoryDataWriter()
-    collector, clock = virtual_collector([unit1, unit2, alone], [writer], start_ms=T0)
+    writer, batches = MemoryDataWriter(), BatchRecorder()
+    collector, clock = virtual_collector([unit1, unit2, alone], [writer, batches], start_ms=T0)
     assert collector.lanes() == {
         "modbus+rtu:///dev/ttyUSB0": ("unit1", "unit2"),
         "reader:alone": ("alone",),
@@ -99,6 +110,15 @@ def test_readers_with_one_lane_key_share_a_lane_and_its_gcd_tick() -> None:
     stats = collector.stats().readers
     assert stats["unit1"].lane == stats["unit2"].lane == "modbus+rtu:///dev/ttyUSB0"
     assert stats["unit1"].period_ms == 100
+    # One batch per lane, instant and context: at 600 both units' values travel together.
+    assert [(b.t_ms - T0, b.context_id, b.reader, [s.reader for s in b.variables]) for b in batches.got] == [
+        (200, 1, "unit1", ["unit1"]),
+        (300, 1, "unit2", ["unit2"]),
+        (400, 1, "unit1", ["unit1"]),
+        (500, 2, "alone", ["alone"]),
+        (600, 1, "", ["unit1", "unit2"]),
+    ]
+    assert batches.got[-1].values == [1, 2]
 
 
 def test_readers_hear_the_distinct_variables_they_must_serve_before_the_tick() -> None:
@@ -376,3 +396,8 @@ def test_instants_a_reader_could_not_serve_are_counted_per_context() -> None:
     # accounted for: 12 for context 1, 6 for context 2.
     assert (one.delivered, one.missed_instants) == (4, 8)
     assert two.delivered + two.missed_instants == 6
+
+
+def test_a_blank_lane_key_is_a_config_error_naming_the_reader() -> None:
+    with pytest.raises(ConfigError, match="reader 'bad': lane must be None or a non-blank text"):
+        DataCollector([LaneReader("bad", "  ", [])], [])

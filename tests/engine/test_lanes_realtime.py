@@ -18,6 +18,7 @@ from flowcollect import (
     Variable,
 )
 from flowcollect.testing import MemoryDataWriter, StaticDataReader
+from flowcollect.values import VariableSpec
 from tests.conftest import collector_threads
 from tests.reliability.support import ms, wait_until
 
@@ -132,3 +133,53 @@ def test_close_from_a_listener_callback_leaves_no_collector_thread(no_leftover_t
     assert closed.wait(5)
     assert collector.closed and writer.closed
     assert wait_until(lambda: not collector_threads(), timeout_s=5), collector_threads()
+
+
+class ThreadRecordingReader(StaticDataReader):
+    """Notes the thread of every call the engine makes."""
+
+    def __init__(self, type: str, lane: str) -> None:  # noqa: A002
+        super().__init__({"x": 1.0}, type=type)
+        self._lane = lane
+        self.calls: list[tuple[str, str]] = []
+
+    @property
+    def lane(self) -> str | None:
+        return self._lane
+
+    def _note(self, call: str) -> None:
+        self.calls.append((call, threading.current_thread().name))
+
+    def open(self) -> None:
+        self._note("open")
+
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+        self._note("plan_changed")
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        self._note("read")
+        super().read(variables)
+
+    def close(self) -> None:
+        self._note("close")
+
+
+def test_readers_of_one_lane_are_called_on_that_lanes_thread_only(no_leftover_threads: None) -> None:
+    unit1, unit2 = (
+        ThreadRecordingReader("unit1", "line:/dev/ttyX"),
+        ThreadRecordingReader("unit2", "line:/dev/ttyX"),
+    )
+    writer = MemoryDataWriter()
+    with DataCollector([unit1, unit2], [writer]) as collector:
+        collector.start(context(1, "unit1", interval_ms=50))
+        collector.start(context(2, "unit2", interval_ms=50))
+        assert wait_until(lambda: len({v.context_id for v in writer.snapshot()}) == 2)
+        collector.pause(2)  # unit2 hears it has nothing to serve, then its variable again
+        assert wait_until(lambda: [c for c, _ in unit2.calls].count("plan_changed") >= 2)
+        collector.resume(2)
+        assert wait_until(lambda: [c for c, _ in unit2.calls].count("plan_changed") >= 3)
+    threads = {name for reader in (unit1, unit2) for _, name in reader.calls}
+    assert threads == {"flowcollect-lane-line:/dev/ttyX"}
+    for reader in (unit1, unit2):
+        calls = [c for c, _ in reader.calls]
+        assert calls[:2] == ["open", "plan_changed"] and calls[-1] == "close" and "read" in calls

@@ -444,11 +444,16 @@ def test_a_hung_reader_and_three_stuck_writers_share_one_close_deadline(
         started = time.monotonic()
         collector.close()  # was 14 s: 2 for the reader, then 2 + 2 per stuck writer
         took = time.monotonic() - started
+        stats = collector.stats()  # the figures close() ended with
     finally:
         release_and_wait(collector, hung, *stuck)
     assert took < CLOSE_TIMEOUT_S + CLOSE_SLACK_S, took
-    stats = collector.stats()
     delivered = stats.contexts[1].delivered
     assert stats.contexts[2].delivered == 0
     assert len(csv_keys(csv_writer.path)) == delivered == stats.writers[csv_writer.name].written
     assert_stuck_writers_accounted(stats, delivered)
+    # The hung read, released after close, returns to a lane abandoned at the deadline: its
+    # values reach no context and no writer, and no figure moves.
+    late = collector.stats()
+    assert late.contexts[2].delivered == 0, late.contexts[2]
+    assert late.writers == stats.writers

@@ -7,6 +7,7 @@ tests). The clock is a variable; ``threaded=False`` makes ``pump()`` send what i
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowcollect.writers.influxdb._http import classify
+from flowcollect.writers.influxdb._http import _conflicting_lines, classify
 from flowcollect.writers.sender import Backoff, BufferedSender, Outcome, Status
 
 OK = Outcome.ok()
@@ -367,3 +368,21 @@ def test_statuses(status: int, headers: dict[str, str], expected: Status) -> Non
     assert outcome.status is expected
     if headers:
         assert outcome.retry_after_s == 7.0
+
+
+def test_a_named_type_conflict_pins_down_its_lines_and_a_mismatch_falls_back_to_the_count() -> None:
+    lines = [
+        r"my\ m,address=a\ b value=1.5 1",
+        r"my\ m,address=a\ b value_int=2i 1",
+        r'my\ m,address=c value_str="x y" 1',
+        r"my\ m,address=d value_int=3i 1",
+        r"other value_int=4i 1",
+    ]
+    body = gzip.compress("\n".join(lines).encode(), 1)
+    message = (
+        'partial write: field type conflict: input field "value_int" on measurement "my m" is type integer'
+    )
+    assert _conflicting_lines(message, body, 2) == (1, 3)
+    assert _conflicting_lines(message, b"\n".join(x.encode() for x in lines), 2) == (1, 3)
+    assert _conflicting_lines(message, body, 3) is None, "more refused than named: the count alone"
+    assert _conflicting_lines("partial write: points beyond retention policy dropped=2", body, 2) is None

@@ -1,24 +1,29 @@
-"""The Modbus TCP reader: planned requests, decoding, reconnects and learned splits."""
+"""The Modbus reader: one unit on a line; planned requests, decoding and learned splits."""
 
 from __future__ import annotations
 
-import logging
-import socket
-import struct
+import math
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pymodbus.client import ModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
-from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError
-from flowcollect.models import Variable
+from flowcollect.models import ValueType, Variable
 from flowcollect.readers.base import DataReader
+from flowcollect.readers.modbus._connection import (
+    MAX_RETRY_DELAY_S,
+    Failure,
+    LineConnection,
+    UnitState,
+    acquire,
+    release,
+    retry_delay,
+    short_text,
+)
 from flowcollect.readers.modbus.address import (
     BIT_TABLES,
     ModbusAddress,
@@ -26,15 +31,12 @@ from flowcollect.readers.modbus.address import (
     parse_address,
 )
 from flowcollect.readers.modbus.decoding import Decoder, convert, decoder_for, plain_register
+from flowcollect.readers.modbus.line import ModbusLine
 from flowcollect.readers.modbus.packing import ModbusRequest, Span, pack
-from flowcollect.values import CollectedVariable
+from flowcollect.readers.modbus.timing import answer_bytes, next_due_ms, request_bytes
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 __all__ = ["MAX_RETRY_DELAY_S", "ModbusDataReader", "retry_delay"]
-
-_log = logging.getLogger("flowcollect.readers.modbus")
-
-MAX_RETRY_DELAY_S: Final = 5.0
-"""The longest wait between two connection attempts to a device that is down."""
 
 # Exceptions that name the registers asked for: splitting the request can isolate them. Other
 # codes (busy, gateway trouble, unsupported function) hit the whole request alike.
@@ -50,75 +52,18 @@ _EXCEPTION_NAMES: Final[dict[int, str]] = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
+_FUNCTION_CODES: Final[dict[str, int]] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 _MAX_PLANS: Final = 256
+# Pre-planning walks one hyperperiod of the reader's intervals; past this many ticks the rest is
+# planned on first use.
+_MAX_PREPLAN_TICKS: Final = 512
+SKIPPED: Final = "skipped: the line is busy until the next tick"
 
+# Lines by key, to refuse two different settings for one port before anything opens.
+_lines: weakref.WeakValueDictionary[str, ModbusLine] = weakref.WeakValueDictionary()
 
-def _decode_registers(pdu: ModbusPDU, data: bytes) -> None:
-    # pymodbus unpacks a response one register at a time; for 125 registers that is most of
-    # the client's CPU per request. One unpack of the whole payload, with the same checks.
-    byte_count = data[0]
-    if byte_count >= len(data) or byte_count % 2:
-        raise ValueError(f"byte count {byte_count} does not fit a {len(data) - 1}-byte register payload")
-    pdu.registers = list(struct.unpack_from(f">{byte_count // 2}H", data, 1))
-
-
-class _FastHoldingResponse(ReadHoldingRegistersResponse):
-    def decode(self, data: bytes) -> None:
-        _decode_registers(self, data)
-
-
-class _FastInputResponse(ReadInputRegistersResponse):
-    def decode(self, data: bytes) -> None:
-        _decode_registers(self, data)
-
-
-class _TcpClient(ModbusTcpClient):
-    """pymodbus's sync TCP client, with a quiet connect and faster register responses.
-
-    pymodbus logs an ERROR line for every failed connect; a device that is down for an hour
-    would log one per tick. The reader logs state changes itself, rate-limited. The response
-    classes are registered on this client's own decoder only.
-    """
-
-    connect_error: OSError | None = None
-
-    def __init__(self, host: str, *, port: int, timeout: float) -> None:
-        super().__init__(host, port=port, timeout=timeout, retries=0)
-        self.register(_FastHoldingResponse)
-        self.register(_FastInputResponse)
-
-    def connect(self) -> bool:
-        if self.socket is not None:
-            return True
-        params = self.comm_params
-        try:
-            sock = socket.create_connection((params.host, int(params.port)), timeout=params.timeout_connect)
-        except OSError as exc:
-            self.connect_error = exc
-            return False
-        # Requests are small and answered one at a time; never let Nagle hold one back.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.socket = sock
-        self.connect_error = None
-        return True
-
-    def close(self) -> None:
-        # pymodbus's own close does the same but is unannotated; strict typing wants ours.
-        if self.socket is not None:
-            self.socket.close()
-        self.socket = None
-
-
-@dataclass(slots=True)
-class _Failure:
-    text: str
-    code: int | None = None
-    """The Modbus exception code, when the device answered with one."""
-    fatal: bool = False
-    """The connection is gone or out of step: close it and stop this tick."""
-    slow: bool = False
-    """The failure cost a whole timeout, so retrying it backs off."""
-
+# Values and errors in columns: what read_batch fills in place, and read copies back.
+_Columns = tuple[list[Any], list[str | None]]
 
 # (variable index, the decoder, the address's natural type)
 _Slot = tuple[int, Decoder, str]
@@ -147,55 +92,97 @@ class _Plan:
 
 
 class ModbusDataReader(DataReader):
-    """Reads coils, discrete inputs, input and holding registers from one Modbus TCP device.
+    """Reads coils, discrete inputs, input and holding registers of one Modbus unit.
+
+    The unit sits on a line: ``ModbusDataReader("meter", line=rs485, unit=3)``, where ``rs485``
+    is a ``ModbusLine`` (a serial port, an RTU-over-TCP gateway or a Modbus TCP address) shared
+    by every reader on it. ``ModbusDataReader("plc", host="10.0.0.7", port=502)`` is a Modbus
+    TCP line of its own (readers given the same host and port share it too).
 
     Addresses: ``<table>:<offset>[:<type>[:<order>]]`` (see ``docs/modbus.md``). Each tick's
-    variables are read in the fewest requests (``plan_requests``), over one reused connection.
-    A device that is down or silent yields values with ``error`` set, never an exception; the
-    reader reconnects by itself (see ``docs/modbus.md``, failure behaviour).
+    variables are read in the fewest requests (``plan_requests``). A unit or line that fails
+    yields values with ``error`` set, never an exception; a silent unit is backed off on its
+    own, a broken line is reopened by itself (see ``docs/modbus.md``, failure behaviour).
+    ``timeout_s`` and ``retries`` (resends of an unanswered request) are this unit's own.
+    ``clock`` (epoch seconds) is what the reader compares the engine's instants with.
     """
 
     def __init__(
         self,
         type: str,  # noqa: A002 - the contract's name for a reader's type
-        host: str,
-        port: int = 502,
+        host: str | None = None,
+        port: int | None = None,
         unit: int = 1,
         timeout_s: float = 1.0,
         max_gap: int = 10,
         max_registers: int = 125,
         max_bits: int = 2000,
         min_interval_ms: int = 50,
+        *,
+        line: ModbusLine | None = None,
+        retries: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        problems = _check_settings(
-            type, host, port, unit, timeout_s, max_gap, max_registers, max_bits, min_interval_ms
+        problems: list[str] = []
+        resolved: ModbusLine | None = None
+        given: object = line  # callers without type checking pass anything
+        if given is not None:
+            if not isinstance(given, ModbusLine):
+                problems.append(f"ModbusDataReader line: must be a ModbusLine, got {given!r}")
+            elif host is not None or port is not None:
+                problems.append("ModbusDataReader host/port: give either line= or host= and port=, not both")
+            else:
+                resolved = given
+        elif host is None:
+            problems.append(
+                "ModbusDataReader host: must be a non-empty str, got None (or give line=, a ModbusLine)"
+            )
+        else:
+            try:
+                resolved = ModbusLine(host=host, port=502 if port is None else port)
+            except ConfigError as exc:
+                problems.extend(p.replace("ModbusLine", "ModbusDataReader") for p in exc.problems)
+        problems += _check_settings(
+            type, unit, timeout_s, retries, max_gap, max_registers, max_bits, min_interval_ms
         )
-        if problems:
+        if resolved is not None and not problems:
+            if isinstance(unit, int) and not 0 <= unit <= resolved.max_unit:
+                problems.append(
+                    f"ModbusDataReader unit: must be an int 0..{resolved.max_unit} on line {resolved.key}, "
+                    f"got {unit!r}"
+                )
+            known = _lines.get(resolved.key)
+            if known is not None and known != resolved:
+                problems.append(
+                    f"ModbusDataReader line: {resolved.key} is configured twice: "
+                    f"{', '.join(known.differences(resolved))}"
+                )
+        if problems or resolved is None:
             raise ConfigError(problems)
+        line = resolved
+        _lines.setdefault(line.key, line)
         self._type = type
-        self.host = host
-        self.port = port
+        self._line = line
+        self._own_line = host is not None
         self.unit = unit
         self.timeout_s = float(timeout_s)
+        self.retries = retries
         self.max_gap = max_gap
         self.max_registers = max_registers
         self.max_bits = max_bits
         self._min_interval_ms = min_interval_ms
+        self._wall = clock
+        """Epoch seconds, to compare with the engine's instants (tests inject their own)."""
 
-        self._client: _TcpClient | None = None
+        self._connection: LineConnection | None = None
+        self._last_connection: LineConnection | None = None
+        self._columns_of: tuple[Sequence[VariableSpec], tuple[str, ...], list[str], frozenset[int]] | None = (
+            None
+        )
+        self._intervals: frozenset[int] = frozenset()
         self._addresses: dict[str, ModbusAddress] = {}
         self._plans: dict[tuple[str, ...], _Plan] = {}
-        # What exception responses taught us about the device (see _learn).
-        self._bad: dict[str, set[int]] = {}
-        self._bad_sorted: dict[str, list[int]] = {}
-        self._alone: set[tuple[str, int, int]] = set()
-        self._limits: dict[str, int] = {}
-        # Connection state.
-        self._ever_connected = False
-        self._retry_at = 0.0
-        self._slow_failures = 0
-        self._down_text = "not connected"
-        self._down_log = RateLimitedLog(_log, window_s=60.0)
+        self._plans_generation = 0
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "requests",
@@ -205,15 +192,48 @@ class ModbusDataReader(DataReader):
                 "bad_responses",
                 "splits",
                 "split_requests",
-                "connect_attempts",
-                "connect_failures",
-                "reconnects",
                 "backoff_skips",
-                "learned_bad_registers",
-                "learned_alone",
+                "skipped_requests",
             ),
             0,
         )
+
+    # ------------------------------------------------------------------ the line
+
+    @property
+    def line(self) -> ModbusLine:
+        """The line this unit is on."""
+        return self._line
+
+    @property
+    def host(self) -> str | None:
+        return self._line.host
+
+    @host.setter
+    def host(self, value: str) -> None:
+        # A pipeline may point a reader at the port an embedded simulator got; the next
+        # connection goes there.
+        self._repoint(value, self._line.port)
+
+    @property
+    def port(self) -> str | int:
+        return self._line.port
+
+    @port.setter
+    def port(self, value: int) -> None:
+        self._repoint(self._line.host, value)
+
+    def _repoint(self, host: str | None, port: str | int) -> None:
+        if not self._own_line:
+            raise AttributeError(
+                f"reader {self._type!r} is on line {self._line.key}: change the line instead"
+            )
+        self._line = ModbusLine(host=host, port=port)
+
+    @property
+    def lane(self) -> str:
+        """The line's key: every reader on one line shares the engine lane."""
+        return self._line.key
 
     # ------------------------------------------------------------------ DataReader contract
 
@@ -224,6 +244,23 @@ class ModbusDataReader(DataReader):
     @property
     def min_interval_ms(self) -> int:
         return self._min_interval_ms
+
+    def natural_value_type(self, address: str) -> ValueType | None:
+        """A coil or discrete input is a bool, an integer register type an int, a float32 or
+        float64 a float, a string a str. ``None`` for an address that does not parse (``validate``
+        says why)."""
+        try:
+            natural = self._parse(address).natural_type
+        except ValueError:
+            return None
+        result: ValueType = (
+            "bool"
+            if natural == "bool"
+            else "int"
+            if natural == "int"
+            else ("float" if natural == "float" else "str")
+        )
+        return result
 
     def validate(self, variable: Variable) -> None:
         address = self._parse(variable.address)
@@ -236,63 +273,260 @@ class ModbusDataReader(DataReader):
             )
 
     def open(self) -> None:
-        self._ensure_connection()
+        connection = self._lease()
+        with connection.lock:
+            connection.ensure(self.timeout_s, self._type)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        connection = self._connection
+        self._connection = None
+        if connection is not None:
+            connection.set_intervals(id(self), None)
+            release(connection)
 
     def stats(self) -> Mapping[str, float]:
-        # DataCollector.stats() calls this from its caller's thread while this reader's thread
-        # reads: only copy counters and read single references here, never iterate its state.
+        # DataCollector.stats() calls this from its caller's thread while the lane reads: only
+        # copy counters and read single references here, never iterate the reader's state.
         result: dict[str, float] = dict(self._counters)
-        client = self._client
-        result["connected"] = 1 if client is not None and client.connected else 0
+        # After close, the line's counters of this reader's time on it still hold.
+        connection = self._connection or self._last_connection
+        if connection is not None:
+            result.update(connection.counters)
+            result["connected"] = 1 if connection.connected else 0
+            unit = connection.units.get(self.unit)
+        else:
+            result.update(
+                dict.fromkeys(("connect_attempts", "connect_failures", "reconnects", "dead_connections"), 0)
+            )
+            result["connected"] = 0
+            unit = None
         result["plans"] = len(self._plans)
+        result["unit_failures"] = unit.failures if unit is not None else 0
+        result["learned_bad_registers"] = sum(len(b) for b in list(unit.bad.values())) if unit else 0
+        result["learned_alone"] = len(unit.alone) if unit is not None else 0
         return result
+
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+        """Remember the intervals (the line's next due instant) and plan each tick's requests
+        now, so the first ticks do no planning."""
+        self._intervals = frozenset(v.interval_ms for v in variables)
+        if not variables:
+            # Nothing to read here any more (contexts stopped, or the lane went to another
+            # collector of a group): let go of the line, so a port is free for its new owner.
+            self.close()
+            return
+        connection = self._connection
+        if connection is not None:
+            connection.set_intervals(id(self), self._intervals)
+        for due in _due_sets(variables):
+            key = tuple(v.address for v in due)
+            if key and key not in self._plans:
+                self._compile(key, due)
+
+    def describe_requests(self, variables: Sequence[VariableSpec]) -> Sequence[str]:
+        """One line per request one tick due at ``variables`` costs: ``unit 3: holding 0..9
+        (10 registers), 8 + 25 bytes, ~9.1 ms`` (bytes and time on lines with a baud rate)."""
+        try:
+            requests = self.plan_requests([v.address for v in variables])
+        except ValueError as exc:
+            return [f"unit {self.unit}: {exc}"]
+        lines: list[str] = []
+        for request in requests:
+            text = f"unit {self.unit}: {request}"
+            seconds = self._line.request_time_s(request)
+            if seconds is not None:
+                text += (
+                    f", {request_bytes(request)} + {answer_bytes(request)} bytes, ~{1000 * seconds:.1f} ms"
+                )
+            lines.append(text)
+        return lines
 
     def read(self, variables: Sequence[CollectedVariable]) -> None:
         if not variables:
             return
+        n = len(variables)
+        values: list[Any] = [None] * n
+        errors: list[str | None] = [None] * n
         key = tuple([v.address for v in variables])
+        when = variables[0].time
+        t_ms = round(when.timestamp() * 1000) if when is not None else None
+        self._read_columns(
+            key,
+            variables,
+            [v.value_type for v in variables],
+            frozenset(v.interval_ms for v in variables),
+            t_ms,
+            (values, errors),
+        )
+        for variable, value, error in zip(variables, values, errors, strict=True):
+            variable.value = value
+            variable.error = error
+
+    def read_batch(self, batch: ValueBatch) -> None:
+        specs = batch.variables
+        if not specs:
+            return
+        # The engine hands the same variables object tick after tick: its columns are built once.
+        cached = self._columns_of
+        if cached is None or cached[0] is not specs:
+            cached = self._columns_of = (
+                specs,
+                tuple([v.address for v in specs]),
+                [v.value_type for v in specs],
+                frozenset(v.interval_ms for v in specs),
+            )
+        _, key, types, intervals = cached
+        self._read_columns(key, specs, types, intervals, batch.t_ms, (batch.values, batch.errors))
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_columns(
+        self,
+        key: tuple[str, ...],
+        variables: Sequence[VariableSpec | CollectedVariable],
+        types: list[str],
+        intervals: frozenset[int],
+        t_ms: int | None,
+        columns: _Columns,
+    ) -> None:
+        values, errors = columns
+        connection = self._lease()
+        unit = connection.unit(self.unit)
+        if unit.generation != self._plans_generation:
+            self._plans.clear()
+            self._plans_generation = unit.generation
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._compile(key)
+            plan = self._compile(key, variables)
         for index, text in plan.invalid:
-            _fail(variables[index], text)
+            values[index] = None
+            errors[index] = text
         if not plan.steps:
             return
-        if not self._ensure_connection():
-            for step in plan.steps:
-                _fail_step(variables, step, self._down_text)
-            return
-        self._read_steps(variables, plan.steps)
+        with connection.lock:
+            if not connection.ensure(self.timeout_s, self._type):
+                for step in plan.steps:
+                    _fail_groups(columns, step.groups, connection.down_text)
+                return
+            now = connection.now()
+            instant = t_ms if t_ms is not None else int(1000 * now)
+            # Nobody on the line answering, one request per instant (to each unit in turn) finds
+            # out when the bus is back; otherwise a silent unit waits out its own back-off.
+            asked = (
+                connection.may_probe(unit, instant) if connection.bus_silent() else not unit.backed_off(now)
+            )
+            if not asked:
+                # A silent unit is asked once per back-off period; meanwhile its values say why.
+                self._counters["backoff_skips"] += 1
+                for step in plan.steps:
+                    _fail_groups(columns, step.groups, unit.last_text)
+                return
+            next_due: int | None = None
+            if self._line.is_bus and t_ms is not None:
+                # The lane's next instant after now: a lane running late skips the instants
+                # already past, so the one a request must not run into is the next future one.
+                now_ms = max(t_ms, int(1000 * self._wall()))
+                next_due = next_due_ms(now_ms, intervals | connection.line_intervals())
+            self._read_steps(connection, unit, columns, types, plan.steps, next_due)
 
-    def _read_steps(self, variables: Sequence[CollectedVariable], steps: list[_Step]) -> None:
-        stop: _Failure | None = None
+    def _read_steps(
+        self,
+        connection: LineConnection,
+        unit: UnitState,
+        columns: _Columns,
+        types: list[str],
+        steps: list[_Step],
+        next_due: int | None,
+    ) -> None:
+        stop: Failure | None = None
         for step in steps:
             if stop is not None:
-                _fail_step(variables, step, stop.text)
+                _fail_groups(columns, step.groups, stop.text)
                 continue
             request = step.request
-            answer = self._request(request.table, request.start, request.count)
-            if not isinstance(answer, _Failure):
-                _deliver(variables, step.flat, answer)
-            elif answer.fatal:
-                _fail_step(variables, step, answer.text)
+            if next_due is not None and self._would_overrun(connection, unit, request, next_due):
+                self._counters["skipped_requests"] += 1
+                _fail_groups(columns, step.groups, SKIPPED)
+                continue
+            answer = self._request(connection, unit, request.table, request.start, request.count)
+            if not isinstance(answer, Failure):
+                _deliver(columns, types, step.flat, answer)
+            elif answer.fatal or answer.timeout:
+                # The line is gone, or this unit is silent: its other requests would only wait.
+                _fail_groups(columns, step.groups, answer.text)
                 stop = answer
             elif answer.code in _SPLIT_CODES and len(step.groups) > 1:
-                stop = self._split(variables, step)
+                stop = self._split(connection, unit, columns, types, step)
             else:
-                _fail_step(variables, step, answer.text)
+                _fail_groups(columns, step.groups, answer.text)
                 if answer.code in _SPLIT_CODES:
-                    self._learn_alone(request.table, request.start, request.end)
+                    self._learn_alone(unit, request.table, request.start, request.end)
+
+    def _would_overrun(
+        self, connection: LineConnection, unit: UnitState, request: ModbusRequest, next_due: int
+    ) -> bool:
+        """Would ``request`` still be running at the line's next due instant?
+
+        The unit's own recent answers say how long it takes; until it has answered, the
+        line's estimate from the baud rate does.
+        """
+        expected = unit.answer_s
+        if expected is None:
+            expected = self._line.request_time_s(request) or 0.0
+        expected += connection.pacing_s()
+        return 1000 * (self._wall() + expected) > next_due
+
+    def _request(
+        self, connection: LineConnection, unit: UnitState, table: str, start: int, count: int
+    ) -> Sequence[Any] | Failure:
+        self._counters["requests"] += 1
+        response = connection.request(
+            unit, table, start, count, timeout_s=self.timeout_s, retries=self.retries, name=self._type
+        )
+        if isinstance(response, Failure):
+            self._counters["request_errors"] += 1
+            if response.timeout:
+                self._counters["timeouts"] += 1
+            elif not response.fatal:
+                self._counters["bad_responses"] += 1
+            return response
+        return self._check_response(response, table, count)
+
+    def _check_response(self, response: ModbusPDU, table: str, count: int) -> Sequence[Any] | Failure:
+        if isinstance(response, ExceptionResponse):
+            self._counters["request_errors"] += 1
+            self._counters["exceptions"] += 1
+            code = response.exception_code
+            name = _EXCEPTION_NAMES.get(code, "unknown exception")
+            return Failure(f"modbus exception {code}: {name}", code=code)
+        expected = _FUNCTION_CODES[table]
+        if response.function_code != expected:
+            self._counters["request_errors"] += 1
+            self._counters["bad_responses"] += 1
+            return Failure(f"bad response: function code {response.function_code}, expected {expected}")
+        data: Sequence[Any] = response.bits if table in BIT_TABLES else response.registers
+        if len(data) < count:
+            self._counters["request_errors"] += 1
+            self._counters["bad_responses"] += 1
+            kind = "bits" if table in BIT_TABLES else "registers"
+            return Failure(f"short response: {len(data)} of {count} {kind}")
+        return data
+
+    def _lease(self) -> LineConnection:
+        connection = self._connection
+        if connection is not None:
+            if connection.line.key == self._line.key:
+                return connection
+            self.close()
+        connection = acquire(self._line)
+        connection.set_intervals(id(self), self._intervals)
+        self._connection = self._last_connection = connection
+        return connection
 
     # ------------------------------------------------------------------ planning (no I/O)
 
     def plan_requests(self, addresses: Sequence[str]) -> list[ModbusRequest]:
-        """The requests one tick due at ``addresses`` costs, with what the device taught so far.
+        """The requests one tick due at ``addresses`` costs, with what the unit taught so far.
 
         No I/O. Raises ``ValueError`` naming the first address that does not parse.
         """
@@ -306,20 +540,26 @@ class ModbusDataReader(DataReader):
             self._addresses[text] = address
         return address
 
+    def _unit_state(self) -> UnitState | None:
+        connection = self._connection
+        return connection.units.get(self.unit) if connection is not None else None
+
     def _pack(self, spans: set[tuple[Any, int, int]]) -> list[ModbusRequest]:
+        unit = self._unit_state()
         return pack(
             spans,
             max_gap=self.max_gap,
             max_registers=self.max_registers,
             max_bits=self.max_bits,
-            bad=self._bad_sorted,
-            alone=self._alone,
-            limits=self._limits,
+            bad=unit.bad_sorted if unit is not None else None,
+            alone=unit.alone if unit is not None else (),
+            limits=unit.limits if unit is not None else None,
         )
 
-    def _compile(self, key: tuple[str, ...]) -> _Plan:
+    def _compile(self, key: tuple[str, ...], variables: Sequence[VariableSpec | CollectedVariable]) -> _Plan:
         invalid: list[tuple[int, str]] = []
         slots_by_span: dict[tuple[str, int, int], list[_Slot]] = {}
+        soonest: dict[tuple[str, int, int], int] = {}
         decoders: dict[ModbusAddress, Decoder] = {}
         for index, text in enumerate(key):
             try:
@@ -332,10 +572,15 @@ class ModbusDataReader(DataReader):
                 decoder = decoders[address] = decoder_for(address)
             span_key = (address.table, address.offset, address.end)
             slots_by_span.setdefault(span_key, []).append((index, decoder, address.natural_type))
+            interval = variables[index].interval_ms
+            soonest[span_key] = min(soonest.get(span_key, interval), interval)
         steps: list[_Step] = []
         for request in self._pack(set(slots_by_span)):
             groups = [_Group(span, slots_by_span[(request.table, *span)]) for span in request.spans]
             steps.append(_Step(request, groups, _flatten(groups, request.start)))
+        # Deadline order: the values due again soonest are read first, so a tick cut short by
+        # the line's time loses the slower ones.
+        steps.sort(key=lambda s: min(soonest[(s.request.table, *span)] for span in s.request.spans))
         if len(self._plans) >= _MAX_PLANS:
             # Due sets repeat tick after tick; this many distinct ones means they do not, and
             # a cache that only grows would be a leak.
@@ -344,204 +589,108 @@ class ModbusDataReader(DataReader):
         self._plans[key] = plan
         return plan
 
-    # ------------------------------------------------------------------ I/O
-
-    def _ensure_connection(self) -> bool:
-        client = self._client
-        if client is not None and client.connected:
-            return True
-        if client is None or (client.comm_params.host, client.comm_params.port) != (self.host, self.port):
-            # host and port are plain attributes: a pipeline may point the reader elsewhere
-            # (an embedded simulator on the port it got); the next connection goes there.
-            client = self._client = _TcpClient(self.host, port=self.port, timeout=self.timeout_s)
-        now = time.monotonic()
-        if now < self._retry_at:
-            self._counters["backoff_skips"] += 1
-            return False
-        self._counters["connect_attempts"] += 1
-        if client.connect():
-            if self._ever_connected:
-                self._counters["reconnects"] += 1
-                _log.info("modbus %s:%d (reader %r): connected again", self.host, self.port, self._type)
-            self._ever_connected = True
-            self._retry_at = 0.0
-            return True
-        self._counters["connect_failures"] += 1
-        error = client.connect_error
-        reason = _describe_os_error(error)
-        # A refusal comes back at once (the host is up, the device process is not): retrying at
-        # the next tick is free and brings values back within two ticks of its restart. Any
-        # other failure cost up to timeout_s of this thread, so those back off.
-        self._went_down(f"not connected: {reason}", slow=not isinstance(error, ConnectionRefusedError))
-        return False
-
-    def _went_down(self, text: str, *, slow: bool) -> None:
-        self._down_text = text
-        if self._client is not None:
-            self._client.close()
-        if slow:
-            self._slow_failures += 1
-            self._retry_at = time.monotonic() + retry_delay(self._slow_failures, self.timeout_s)
-        else:
-            self._retry_at = 0.0
-        self._down_log.warning(
-            (self.host, self.port, text),
-            "modbus %s:%d (reader %r): %s; reconnecting",
-            self.host,
-            self.port,
-            self._type,
-            text,
-        )
-
-    def _request(self, table: str, start: int, count: int) -> Sequence[Any] | _Failure:
-        """One read request; any trouble comes back as a ``_Failure``, never raised."""
-        client = self._client
-        if client is None or not client.connected:
-            return _Failure(self._down_text, fatal=True)
-        self._counters["requests"] += 1
-        started = time.monotonic()
-        try:
-            response = _READS[table](client, start, count, self.unit)
-        except ConnectionException as exc:
-            return self._fatal(f"connection lost: {_short(exc)}", slow=False)
-        except ModbusIOException as exc:
-            if time.monotonic() - started >= self.timeout_s / 2:
-                self._counters["timeouts"] += 1
-                return self._fatal(f"no response within {self.timeout_s:g} s", slow=True)
-            self._counters["bad_responses"] += 1
-            return self._fatal(f"bad response: {_short(exc)}", slow=False)
-        except Exception as exc:  # pymodbus may raise anything on garbage bytes
-            self._counters["bad_responses"] += 1
-            return self._fatal(f"bad response: {_short(exc)}", slow=False)
-        return self._check_response(response, table, count)
-
-    def _check_response(self, response: ModbusPDU, table: str, count: int) -> Sequence[Any] | _Failure:
-        # Only an answer ends the backoff: a device that accepts connections and then stays
-        # silent must not be retried at full rate.
-        self._slow_failures = 0
-        if isinstance(response, ExceptionResponse):
-            self._counters["request_errors"] += 1
-            self._counters["exceptions"] += 1
-            code = response.exception_code
-            name = _EXCEPTION_NAMES.get(code, "unknown exception")
-            return _Failure(f"modbus exception {code}: {name}", code=code)
-        expected = _FUNCTION_CODES[table]
-        if response.function_code != expected:
-            self._counters["request_errors"] += 1
-            self._counters["bad_responses"] += 1
-            return _Failure(f"bad response: function code {response.function_code}, expected {expected}")
-        data: Sequence[Any] = response.bits if table in BIT_TABLES else response.registers
-        if len(data) < count:
-            self._counters["request_errors"] += 1
-            self._counters["bad_responses"] += 1
-            unit = "bits" if table in BIT_TABLES else "registers"
-            return _Failure(f"short response: {len(data)} of {count} {unit}")
-        return data
-
-    def _fatal(self, text: str, *, slow: bool) -> _Failure:
-        self._counters["request_errors"] += 1
-        self._went_down(text, slow=slow)
-        return _Failure(text, fatal=True, slow=slow)
-
     # ------------------------------------------------------------------ exception splitting
 
-    def _split(self, variables: Sequence[CollectedVariable], step: _Step) -> _Failure | None:
+    def _split(
+        self,
+        connection: LineConnection,
+        unit: UnitState,
+        columns: _Columns,
+        types: list[str],
+        step: _Step,
+    ) -> Failure | None:
         """Re-read a request refused with an address exception in halves, down to single values.
 
         Delivers what can be read this tick, then remembers (``_learn``) which registers the
-        device refuses, so later plans steer around them without extra requests.
+        unit refuses, so later plans steer around them without extra requests.
         """
         request = step.request
         table = request.table
         good: list[Span] = []
         refused: list[Span] = []
-        fatal: _Failure | None = None
+        stop: Failure | None = None
         self._counters["splits"] += 1
 
         def attempt(groups: list[_Group]) -> None:
-            nonlocal fatal
+            nonlocal stop
             start = groups[0].span[0]
             end = max(g.span[1] for g in groups)
-            if fatal is not None:
-                _fail_groups(variables, groups, fatal.text)
+            if stop is not None:
+                _fail_groups(columns, groups, stop.text)
                 return
             self._counters["split_requests"] += 1
-            answer = self._request(table, start, end - start)
-            if not isinstance(answer, _Failure):
-                _deliver(variables, _flatten(groups, start), answer)
+            answer = self._request(connection, unit, table, start, end - start)
+            if not isinstance(answer, Failure):
+                _deliver(columns, types, _flatten(groups, start), answer)
                 good.append((start, end))
-            elif answer.fatal:
-                fatal = answer
-                _fail_groups(variables, groups, answer.text)
+            elif answer.fatal or answer.timeout:
+                stop = answer
+                _fail_groups(columns, groups, answer.text)
             elif answer.code in _SPLIT_CODES and len(groups) > 1:
                 middle = len(groups) // 2
                 attempt(groups[:middle])
                 attempt(groups[middle:])
             else:
-                _fail_groups(variables, groups, answer.text)
+                _fail_groups(columns, groups, answer.text)
                 if answer.code in _SPLIT_CODES:
                     refused.append((start, end))
 
         middle = len(step.groups) // 2
         attempt(step.groups[:middle])
         attempt(step.groups[middle:])
-        if fatal is None:
-            self._learn(table, request, good, refused)
-        return fatal
+        if stop is None:
+            self._learn(unit, table, request, good, refused)
+        return stop
 
-    def _learn(self, table: str, request: ModbusRequest, good: list[Span], refused: list[Span]) -> None:
-        """Remember what a split showed, so the next plans cost no extra requests.
+    def _learn(
+        self, unit: UnitState, table: str, request: ModbusRequest, good: list[Span], refused: list[Span]
+    ) -> None:
+        """Remember what a split showed (for every reader of this unit on the line), so the
+        next plans cost no extra requests.
 
         Registers of the refused request that no successful part covered hold the fault: no
         merged request may cover them again. Values refused even alone are read alone. If every
-        part succeeded, the device refused the request's size: lower that table's limit.
+        part succeeded, the unit refused the request's size: lower that table's limit.
         """
         covered: set[int] = set()
         for start, end in good:
             covered.update(range(start, end))
         suspects = [r for r in range(request.start, request.end) if r not in covered]
         if suspects:
-            bad = self._bad.setdefault(table, set())
+            bad = unit.bad.setdefault(table, set())
             bad.update(suspects)
-            self._bad_sorted[table] = sorted(bad)
-            self._counters["learned_bad_registers"] = sum(len(b) for b in self._bad.values())
-        self._alone.update((table, start, end) for start, end in refused)
-        self._counters["learned_alone"] = len(self._alone)
+            unit.bad_sorted[table] = sorted(bad)
+        unit.alone.update((table, start, end) for start, end in refused)
         if not suspects and not refused and good:
             largest = max(end - start for start, end in good)
             if largest < request.count:
-                self._limits[table] = largest
-        self._plans.clear()
+                unit.limits[table] = largest
+        unit.generation += 1
 
-    def _learn_alone(self, table: str, start: int, end: int) -> None:
-        if (table, start, end) not in self._alone:
-            self._alone.add((table, start, end))
-            self._counters["learned_alone"] = len(self._alone)
-            self._plans.clear()
+    def _learn_alone(self, unit: UnitState, table: str, start: int, end: int) -> None:
+        if (table, start, end) not in unit.alone:
+            unit.alone.add((table, start, end))
+            unit.generation += 1
 
     def __repr__(self) -> str:
-        return f"ModbusDataReader(type={self._type!r}, {self.host}:{self.port}, unit={self.unit})"
+        return f"ModbusDataReader(type={self._type!r}, {self._line.key}, unit={self.unit})"
 
 
-def retry_delay(failures: int, timeout_s: float) -> float:
-    """Seconds to wait after ``failures`` attempts in a row that each cost up to ``timeout_s``.
-
-    Starts at one timeout (a dead device then takes at most half the reader's time), doubles,
-    and never exceeds ``MAX_RETRY_DELAY_S``.
-    """
-    if failures <= 0:
-        return 0.0
-    return float(min(MAX_RETRY_DELAY_S, timeout_s * 2 ** min(failures - 1, 16)))
-
-
-_FUNCTION_CODES: Final[dict[str, int]] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
-
-_READS: Final[dict[str, Callable[[ModbusTcpClient, int, int, int], ModbusPDU]]] = {
-    "coil": lambda c, start, count, unit: c.read_coils(start, count=count, device_id=unit),
-    "discrete": lambda c, start, count, unit: c.read_discrete_inputs(start, count=count, device_id=unit),
-    "holding": lambda c, start, count, unit: c.read_holding_registers(start, count=count, device_id=unit),
-    "input": lambda c, start, count, unit: c.read_input_registers(start, count=count, device_id=unit),
-}
+def _due_sets(variables: Sequence[VariableSpec]) -> list[list[VariableSpec]]:
+    """The distinct sets of ``variables`` due together over one hyperperiod, in their order."""
+    if not variables:
+        return []
+    intervals = sorted({v.interval_ms for v in variables})
+    tick = math.gcd(*intervals)
+    period = math.lcm(*intervals)
+    if period // tick > _MAX_PREPLAN_TICKS:
+        return [list(variables)]
+    patterns: set[frozenset[int]] = set()
+    for t in range(0, period, tick):
+        due = frozenset(i for i in intervals if t % i == 0)
+        if due:
+            patterns.add(due)
+    return [[v for v in variables if v.interval_ms in due] for due in patterns]
 
 
 def _flatten(groups: list[_Group], start: int) -> list[tuple[int, int, Decoder, str]]:
@@ -553,62 +702,41 @@ def _flatten(groups: list[_Group], start: int) -> list[tuple[int, int, Decoder, 
 
 
 def _deliver(
-    variables: Sequence[CollectedVariable], flat: list[tuple[int, int, Decoder, str]], data: Sequence[Any]
+    columns: _Columns, types: list[str], flat: list[tuple[int, int, Decoder, str]], data: Sequence[Any]
 ) -> None:
+    values, errors = columns
     for index, offset, decoder, natural in flat:
-        variable = variables[index]
         try:
             # The plain register is by far the commonest value: skip the call for it.
             value = data[offset] if decoder is plain_register else decoder(data, offset)
-            value_type = variable.value_type
+            value_type = types[index]
             if value_type != natural:
                 value = convert(value, natural, value_type)
         except KeyError:
-            _fail(variable, f"value_type {variable.value_type!r} cannot hold this {natural} value")
+            values[index] = None
+            errors[index] = f"value_type {types[index]!r} cannot hold this {natural} value"
             continue
         except Exception as exc:  # a device's bytes must never end the tick
-            _fail(variable, f"cannot decode: {_short(exc)}")
+            values[index] = None
+            errors[index] = f"cannot decode: {short_text(exc)}"
             continue
-        variable.value = value
-        variable.error = None
+        values[index] = value
+        errors[index] = None
 
 
-def _fail(variable: CollectedVariable, text: str) -> None:
-    variable.value = None
-    variable.error = text
-
-
-def _fail_step(variables: Sequence[CollectedVariable], step: _Step, text: str) -> None:
-    _fail_groups(variables, step.groups, text)
-
-
-def _fail_groups(variables: Sequence[CollectedVariable], groups: list[_Group], text: str) -> None:
+def _fail_groups(columns: _Columns, groups: list[_Group], text: str) -> None:
+    values, errors = columns
     for group in groups:
         for index, _decoder, _natural in group.slots:
-            _fail(variables[index], text)
-
-
-def _describe_os_error(error: OSError | None) -> str:
-    if error is None:
-        return "connection failed"
-    if isinstance(error, TimeoutError):
-        return "connect timed out"
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve host ({error.strerror or error})"
-    return (error.strerror or str(error) or type(error).__name__).lower()
-
-
-def _short(exc: BaseException, limit: int = 120) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+            values[index] = None
+            errors[index] = text
 
 
 def _check_settings(
     type_: object,
-    host: object,
-    port: object,
     unit: object,
     timeout_s: object,
+    retries: object,
     max_gap: object,
     max_registers: object,
     max_bits: object,
@@ -616,12 +744,11 @@ def _check_settings(
 ) -> list[str]:
     where = "ModbusDataReader"
     problems: list[str] = []
-    for name, value in (("type", type_), ("host", host)):
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{where} {name}: must be a non-empty str, got {value!r}")
+    if not isinstance(type_, str) or not type_.strip():
+        problems.append(f"{where} type: must be a non-empty str, got {type_!r}")
     ranges: tuple[tuple[str, object, int, int | None, str], ...] = (
-        ("port", port, 1, 65535, ""),
         ("unit", unit, 0, 255, ""),
+        ("retries", retries, 0, 10, ""),
         ("max_gap", max_gap, 0, None, ""),
         ("max_registers", max_registers, 1, 125, " (the protocol's limit per request)"),
         ("max_bits", max_bits, 1, 2000, " (the protocol's limit per request)"),

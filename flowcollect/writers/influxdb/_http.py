@@ -41,6 +41,10 @@ GZIP_LEVEL = 1
 _MAX_MESSAGE = 500
 _MIN_SCRUBBED = 4
 _DROPPED = re.compile(r"dropped=(\d+)")
+_CONFLICT = re.compile(r'input field "((?:[^"\\]|\\.)*)" on measurement "((?:[^"\\]|\\.)*)" is type (\w+)')
+_GZIP_MAGIC = b"\x1f\x8b"
+_UNESCAPED_SPACE = re.compile(r"(?<!\\) ")
+_UNESCAPED_TAGS_START = re.compile(r"(?<!\\)[, ]")
 
 
 @dataclass(frozen=True)
@@ -124,11 +128,18 @@ class HttpTransport:
         return gzip.compress(text, compresslevel=GZIP_LEVEL, mtime=0) if self.gzip else text
 
     def send(self, body: bytes, *, timeout_s: float) -> Outcome:
+        # The body says how it was encoded (gzip may have been switched since it was made).
+        compressed = body[:2] == _GZIP_MAGIC
         try:
-            status, reason, headers, data = self._post(body, timeout_s, compressed=self.gzip)
+            status, reason, headers, data = self._post(body, timeout_s, compressed=compressed)
         except (OSError, http.client.HTTPException) as exc:
             return Outcome(Status.RETRY, self.endpoint.scrub(f"{type(exc).__name__}: {exc}"))
-        return classify(self.endpoint.api, status, reason, headers, data, self.endpoint.scrub)
+        outcome = classify(self.endpoint.api, status, reason, headers, data, self.endpoint.scrub)
+        if outcome.status is Status.PARTIAL and outcome.rejected_records is None:
+            lines = _conflicting_lines(_message(headers, data), body, outcome.rejected)
+            if lines is not None:
+                return Outcome(Status.PARTIAL, outcome.detail, rejected=len(lines), rejected_records=lines)
+        return outcome
 
     def probe(self, timeout_s: float) -> Probe:
         """POST an empty body: InfluxDB checks the credentials and the database (and, in 1.x,
@@ -240,6 +251,47 @@ def classify(  # noqa: PLR0911 - one return per kind of answer reads best
         rejected = dropped + message.count("unable to parse")
         return Outcome(Status.PARTIAL, detail, rejected=rejected)
     return Outcome(Status.REFUSED, detail)
+
+
+def _conflicting_lines(message: str, body: bytes, rejected: int) -> tuple[int, ...] | None:
+    """The lines a 1.x/2.x field type conflict refused, when the server's words pin them down.
+
+    The server names one conflict (``input field "f" on measurement "m" is type integer``) and
+    counts every refused line (``dropped=N``). When exactly N lines of the request write ``f`` of
+    ``m`` as that type, those are the refused ones; otherwise None (the count alone is used).
+    """
+    match = _CONFLICT.search(message)
+    if match is None or rejected <= 0:
+        return None
+    field, measurement, kind = (g.replace('\\"', '"') for g in match.groups())
+    try:
+        text = (gzip.decompress(body) if body[:2] == _GZIP_MAGIC else body).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError):
+        return None
+    out = []
+    for i, line in enumerate(text.split("\n")):
+        head = _UNESCAPED_SPACE.split(line, 2)
+        if len(head) < 2:
+            continue
+        name = _UNESCAPED_TAGS_START.split(head[0], 1)[0].replace("\\,", ",").replace("\\ ", " ")
+        key, _, value = head[1].partition("=")
+        if name == measurement and key == field and _field_type(value) == kind:
+            out.append(i)
+    return tuple(out) if len(out) == rejected else None
+
+
+def _field_type(value: str) -> str:
+    """The InfluxDB type name of a field value's text (up to the next field)."""
+    if value.startswith('"'):
+        return "string"
+    first = value.split(",", 1)[0]
+    if first in ("t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE"):
+        return "boolean"
+    if first.endswith("i"):
+        return "integer"
+    if first.endswith("u"):
+        return "unsigned"
+    return "float"
 
 
 def _v3_rejected_lines(data: bytes) -> tuple[int, ...] | None:

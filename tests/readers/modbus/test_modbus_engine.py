@@ -78,4 +78,5 @@ def test_a_device_down_then_up_then_dead_never_stops_or_delays_collection(
     # Delayed by the dead device, the random reader would be late by its timeout (200 ms);
     # a loaded machine makes it late by less than a tick.
     assert late < TICK_MS
+    assert stats.readers["plc"].lane != stats.readers["random"].lane
     assert modbus.stats()["reconnects"] == 0  # connected once, after being down from the start

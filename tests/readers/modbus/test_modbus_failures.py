@@ -115,14 +115,32 @@ def test_a_hung_device_costs_one_timeout_then_backs_off(
         assert failed(values, errors)
         assert elapsed < timeout_s + 0.25
         time.sleep(0.02)
-    # Retries back off 0.2 s, 0.4 s, 0.8 s...: far fewer connections than ticks.
-    assert 2 <= device.connections <= 4
-    assert ticks > 3 * device.connections
-    assert reader.stats()["timeouts"] == device.connections
+    # The unit is asked again after 0.4 s, then 0.8 s, ...: far fewer requests than ticks, each
+    # one timeout. A silent unit never closes its line's connection (other units may answer).
+    timeouts = reader.stats()["timeouts"]
+    assert timeouts == len(device.requests)
+    assert 2 <= timeouts <= 3
+    assert ticks > 3 * timeouts
+    assert reader.stats()["backoff_skips"] >= ticks - timeouts
+    assert device.connections == 1
 
     device.respond = echo_registers
     # Back off at most the delay after the last failure, then values flow again.
     assert wait_until(lambda: tick(reader)[1] == [None, None, None], timeout_s=3.0)
+
+
+def test_a_tcp_connection_nobody_answers_on_is_reopened(
+    raw_device: MakeDevice, make_reader: MakeReader
+) -> None:
+    # A device that went away without a reset: every unit of the line stays silent. After three
+    # unanswered requests in a row the connection is taken for dead and opened again.
+    device = raw_device(_silent)
+    reader = make_reader(port=device.port, timeout_s=0.1)
+    assert wait_until(lambda: (tick(reader), reader.stats()["dead_connections"] >= 1)[1], timeout_s=5.0)
+    assert reader.stats()["timeouts"] == 3
+    device.respond = echo_registers
+    assert wait_until(lambda: tick(reader)[1] == [None, None, None], timeout_s=3.0)
+    assert device.connections == 2
 
 
 def test_retry_delay_doubles_from_the_timeout_and_never_exceeds_five_seconds() -> None:

@@ -1,0 +1,483 @@
+"""The spool's folder: segment files, their recovery at open, the send position, the disk limit.
+
+Not thread-safe by itself: ``SpooledWriter`` calls it under its lock, except ``SegmentReader``,
+which reads on the sender's thread from its own file descriptors (a segment unlinked meanwhile
+stays readable through them, so a drop never pulls a file from under a read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowcollect.values import ValueBatch, VariableSpec
+from flowcollect.writers.spool import _records as rec
+
+logger = logging.getLogger("flowcollect.writers.spool")
+
+SEGMENT_SUFFIX = ".seg"
+CORRUPT_SUFFIX = ".corrupt"
+POSITION = "position"
+LOCK = "lock"
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_READ_CHUNK = 1 << 20
+
+
+class SpoolInUseError(OSError):
+    """Another process (or writer) holds the spool folder."""
+
+
+class DiskFullError(OSError):
+    """An append found no room on the disk (ENOSPC, EDQUOT, or a file size limit)."""
+
+
+@dataclass(eq=False)
+class Segment:
+    seq: int
+    path: Path
+    size: int
+    """Bytes of whole, valid records (plus the magic): where the next append or read ends."""
+    own: bool
+    """Appended by this process (its batches are the engine's, owed a receipt)."""
+    records: int = 0
+    """Batch records from the send position on (all of them, for later segments)."""
+    values: int = 0
+    tables: dict[int, Sequence[VariableSpec]] = field(default_factory=dict)
+    start: int = len(rec.MAGIC)
+    """Where sending resumes in this segment when it was opened (the saved position's offset)."""
+    tables_complete: bool = False
+    """Every variable table of the segment is in ``tables`` (own segments: always)."""
+    # Own segments: which table each ``variables`` sequence got, by identity and by its specs' ids.
+    by_object: dict[int, tuple[Sequence[VariableSpec], int]] = field(default_factory=dict)
+    by_ids: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+
+@dataclass
+class OpenReport:
+    """What opening the folder found, for the writer's counters and log."""
+
+    torn: int = 0
+    torn_bytes: int = 0
+    corrupt: int = 0
+    corrupt_bytes: int = 0
+    replay_values: int = 0
+    replay_records: int = 0
+    position_reset: str | None = None
+
+
+def segment_name(seq: int) -> str:
+    return f"{seq:012d}{SEGMENT_SUFFIX}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never a mix."""
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+@dataclass
+class _Scan:
+    size: int  # end of the last good record
+    problem: str | None = None  # None, "torn" or "corrupt"
+    detail: str = ""
+    file_size: int = 0
+
+
+def _scan(data: bytes) -> _Scan:
+    """Walk a segment's records; stop at the first bad one and say whether it is a torn tail."""
+    if data[: len(rec.MAGIC)] != rec.MAGIC:
+        if len(data) < len(rec.MAGIC) and rec.MAGIC.startswith(data):
+            return _Scan(0, "torn", "incomplete file header", len(data))
+        return _Scan(0, "corrupt", "not a spool segment (bad magic)", len(data))
+    offset = len(rec.MAGIC)
+    view = memoryview(data)
+    while offset < len(data):
+        try:
+            record = rec.parse(view, offset)
+        except rec.TornRecordError as exc:
+            return _Scan(offset, "torn", str(exc), len(data))
+        except rec.RecordError as exc:
+            # A write cut short by a crash leaves the tail short or zero-filled (delayed
+            # allocation after a power cut); damage with readable data after it is corruption.
+            length = rec.HEADER.unpack_from(view, offset)[0]
+            cut = offset + rec.HEADER_SIZE + length >= len(data) or not any(view[offset:])
+            return _Scan(offset, "torn" if cut else "corrupt", str(exc), len(data))
+        offset = record.end
+    return _Scan(offset, None, "", len(data))
+
+
+def iter_records(data: bytes | memoryview, start: int, end: int) -> Iterator[rec.Record]:
+    offset = start
+    view = memoryview(data)
+    while offset < end:
+        record = rec.parse(view[:end], offset)
+        yield record
+        offset = record.end
+
+
+class Store:
+    """The folder's segments, oldest first, and the append file."""
+
+    def __init__(self, path: Path, segment_bytes: int, sync: str) -> None:
+        self.path = path
+        self.segment_bytes = segment_bytes
+        self.sync = sync
+        self.segments: list[Segment] = []
+        self._fd: int | None = None  # the active (last, own) segment, open for appending
+        self._lock_fd: int | None = None
+        self.dirty = False  # appended since the last fsync
+        self.bytes = 0
+        self.position: tuple[int, int] = (0, len(rec.MAGIC))
+        self._encoder = rec.Encoder()
+        self._as_text: set[str] = set()  # value types already reported as stored as text
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def open(self) -> OpenReport:
+        """Take the folder, check and repair every segment, and count the backlog from the saved
+        send position on: one read of each segment."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        report = OpenReport()
+        found = sorted(
+            (int(p.name[: -len(SEGMENT_SUFFIX)]), p)
+            for p in self.path.iterdir()
+            if p.name.endswith(SEGMENT_SUFFIX) and p.name[: -len(SEGMENT_SUFFIX)].isdigit()
+        )
+        for p in self.path.glob(f"*{SEGMENT_SUFFIX}.tmp"):
+            p.unlink(missing_ok=True)
+        seq, offset = self._read_position(report)
+        kept = []
+        for s, p in found:
+            if s < seq:
+                p.unlink()  # wholly acknowledged; its deletion was cut short by a crash
+            else:
+                kept.append((s, p))
+        if kept and kept[0][0] != seq:
+            seq, offset = kept[0][0], len(rec.MAGIC)  # the saved segment is gone: from the next one
+        for s, p in kept:
+            segment = self._recover(s, p, offset if s == seq else len(rec.MAGIC), report)
+            if segment is not None:
+                self.segments.append(segment)
+                report.replay_values += segment.values
+                report.replay_records += segment.records
+        self.bytes = sum(s.size for s in self.segments)
+        self.position = (seq, offset)
+        if self.segments and self.segments[0].seq == seq:
+            self.position = (seq, self.segments[0].start)
+        return report
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolInUseError(
+                errno.EBUSY, f"spool folder {self.path} is in use by another writer or process"
+            ) from None
+        self._lock_fd = fd
+
+    def _read_position(self, report: OpenReport) -> tuple[int, int]:
+        try:
+            raw = json.loads((self.path / POSITION).read_text(encoding="utf-8"))
+            seq, offset = int(raw["segment"]), int(raw["offset"])
+        except FileNotFoundError:
+            return (0, len(rec.MAGIC))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            report.position_reset = f"unreadable position file ({exc}); replaying every segment"
+            return (0, len(rec.MAGIC))
+        return (seq, offset)
+
+    def _recover(self, seq: int, p: Path, start: int, report: OpenReport) -> Segment | None:
+        """Check a segment, cut a torn tail, move a corrupt one aside (keeping its good records),
+        and count its batches from ``start`` (the send position, in its segment) on."""
+        data = p.read_bytes()
+        scan = _scan(data)
+        if scan.problem == "torn":
+            report.torn += 1
+            report.torn_bytes += scan.file_size - scan.size
+            logger.warning(
+                "spool %s: segment %s ends in a torn record at byte %d (%s): dropped its last %d bytes",
+                self.path,
+                p.name,
+                scan.size,
+                scan.detail,
+                scan.file_size - scan.size,
+            )
+            if scan.size < len(rec.MAGIC):
+                p.unlink()
+                return None
+            os.truncate(p, scan.size)
+        elif scan.problem == "corrupt":
+            report.corrupt += 1
+            report.corrupt_bytes += scan.file_size - scan.size
+            aside = p.with_name(p.name + CORRUPT_SUFFIX)
+            os.replace(p, aside)
+            logger.error(
+                "spool %s: segment %s is corrupt at byte %d (%s): moved aside to %s; "
+                "its %d bytes from there on cannot be read, the records before are kept",
+                self.path,
+                p.name,
+                scan.size,
+                scan.detail,
+                aside.name,
+                scan.file_size - scan.size,
+            )
+            if scan.size <= len(rec.MAGIC):
+                return None
+            write_atomically(p, data[: scan.size])
+        segment = Segment(seq, p, scan.size, own=False)
+        # Past the good records: everything left was acknowledged before the damage.
+        start = min(start, scan.size)
+        offsets = set()
+        for record in iter_records(data, len(rec.MAGIC), scan.size):
+            offsets.add(record.offset)
+            if record.offset >= start and record.kind == rec.KIND_BATCH:
+                segment.records += 1
+                segment.values += record.values
+        if start != scan.size and start not in offsets:
+            report.position_reset = (
+                f"position {start} of segment {p.name} is not a record; replaying that segment from its start"
+            )
+            start = len(rec.MAGIC)
+            segment.records = segment.values = 0
+            for record in iter_records(data, len(rec.MAGIC), scan.size):
+                if record.kind == rec.KIND_BATCH:
+                    segment.records += 1
+                    segment.values += record.values
+        segment.start = start
+        return segment
+
+    # -- appending -------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> Segment | None:
+        last = self.segments[-1] if self.segments else None
+        return last if last is not None and last.own and self._fd is not None else None
+
+    def roll(self) -> Segment:
+        """Seal the active segment (if any) and start a new one."""
+        self.seal()
+        # Never a number the saved position could name: it would point into the wrong file.
+        seq = max(self.segments[-1].seq if self.segments else 0, self.position[0]) + 1
+        p = self.path / segment_name(seq)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise DiskFullError(exc.errno, f"no room for a new segment in {self.path}") from exc
+            raise
+        try:
+            _write_all(fd, rec.MAGIC)
+        except OSError as exc:
+            os.close(fd)
+            p.unlink(missing_ok=True)
+            if exc.errno in DISK_FULL:
+                raise DiskFullError(exc.errno, f"no room for a new segment in {self.path}") from exc
+            raise
+        if self.sync != "never":
+            os.fsync(fd)
+            fsync_dir(self.path)
+        self._fd = fd
+        segment = Segment(seq, p, len(rec.MAGIC), own=True, tables_complete=True)
+        self.segments.append(segment)
+        self.bytes += len(rec.MAGIC)
+        return segment
+
+    def seal(self) -> None:
+        if self._fd is not None:
+            if self.dirty and self.sync != "never":
+                os.fsync(self._fd)
+            self.dirty = False
+            os.close(self._fd)
+            self._fd = None
+
+    def append(self, batch: ValueBatch) -> tuple[Segment, int, int]:
+        """Append one batch (and its variable table, first time in this segment): (segment, start, end)."""
+        segment = self.active
+        if segment is None or segment.size >= self.segment_bytes:
+            segment = self.roll()
+        variables = batch.variables
+        list_id: int | None = None
+        hit = segment.by_object.get(id(variables))
+        if hit is not None and hit[0] is variables:
+            list_id = hit[1]
+        else:
+            ids = tuple(map(id, variables))
+            list_id = segment.by_ids.get(ids)
+        parts = []
+        new_table = list_id is None
+        if list_id is None:
+            list_id = len(segment.tables)
+            parts.append(rec.specs_record(list_id, variables))
+        record, as_text = rec.batch_record(list_id, batch, self._encoder)
+        parts.append(record)
+        if as_text - self._as_text:
+            self._as_text |= as_text
+            logger.warning(
+                "spool %s: values of type %s from reader %r are stored as their text",
+                self.path,
+                ", ".join(sorted(as_text)),
+                batch.reader,
+            )
+        data = b"".join(parts) if len(parts) > 1 else parts[0]
+        start = segment.size
+        fd = self._fd
+        if fd is None:  # roll() just opened it; this is for the type checker
+            raise RuntimeError("spool segment is not open")
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            # Whatever part of the record reached the file is cut off again: the file stays whole.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            if exc.errno in DISK_FULL:
+                raise DiskFullError(exc.errno, f"no room for {len(data)} bytes in {self.path}") from exc
+            raise
+        if new_table:
+            segment.tables[list_id] = variables
+            segment.by_ids[tuple(map(id, variables))] = list_id
+        if len(segment.by_object) < 10_000:
+            segment.by_object[id(variables)] = (variables, list_id)
+        end = start + len(data)
+        segment.size = end
+        self.bytes += len(data)
+        segment.records += 1
+        segment.values += len(variables)
+        if self.sync == "always":
+            os.fdatasync(fd)
+        else:
+            self.dirty = True
+        return segment, start, end
+
+    def sync_now(self) -> None:
+        """fsync the active segment if it has unsynced appends."""
+        if self.dirty and self._fd is not None:
+            os.fdatasync(self._fd)
+            self.dirty = False
+
+    # -- the send position and deletion ----------------------------------------------------------
+
+    def save_position(self, position: tuple[int, int]) -> None:
+        data = json.dumps({"segment": position[0], "offset": position[1]}).encode()
+        write_atomically(self.path / POSITION, data)
+        self.position = position
+
+    def delete(self, segment: Segment) -> None:
+        """Remove a segment (acknowledged, or dropped by the disk limit) from disk and the list."""
+        if segment is self.active:
+            self.seal()
+        self.segments.remove(segment)
+        self.bytes -= segment.size
+        segment.path.unlink(missing_ok=True)
+
+    def load_tables(self, segment: Segment) -> None:
+        """Read every variable table of a segment another process wrote."""
+        if segment.tables_complete:
+            return
+        with open(segment.path, "rb") as f:
+            data = f.read(segment.size)
+        for record in iter_records(data, len(rec.MAGIC), len(data)):
+            if record.kind == rec.KIND_SPECS:
+                list_id, specs = rec.decode_specs(record.payload)
+                segment.tables[list_id] = specs
+        segment.tables_complete = True
+
+    def batch_headers(self, segment: Segment, start: int) -> Iterator[tuple[int, int]]:
+        """(start, values) of each batch appended from ``start`` on, from the headers alone.
+
+        A batch's start is where its append began, as ``append`` returned it: its variable
+        table's record when it brought one.
+        """
+        with open(segment.path, "rb") as f:
+            data = f.read(segment.size)
+        began: int | None = None
+        for record in iter_records(data, start, len(data)):
+            if record.kind == rec.KIND_SPECS:
+                began = record.offset if began is None else began
+            else:
+                yield (record.offset if began is None else began), record.values
+                began = None
+
+    def close(self) -> None:
+        self.seal()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class SegmentReader:
+    """Reads records in order for the sender, from its own descriptors and a read-ahead buffer."""
+
+    def __init__(self) -> None:
+        self._seq: int | None = None
+        self._fd: int | None = None
+        self._buffer = b""
+        self._base = 0  # file offset of _buffer[0]
+
+    def read(self, segment: Segment, offset: int, end: int) -> rec.Record:
+        """The record at ``offset`` of ``segment`` (whose valid data ends at ``end``)."""
+        if self._seq != segment.seq or self._fd is None:
+            self.close()
+            self._fd = os.open(segment.path, os.O_RDONLY)
+            self._seq = segment.seq
+            self._buffer = b""
+            self._base = 0
+        rel = offset - self._base
+        if rel < 0 or rel + rec.HEADER_SIZE > len(self._buffer):
+            self._fill(offset, end)
+            rel = 0
+        try:
+            return rec.parse(self._buffer, rel, self._base)
+        except rec.TornRecordError:
+            length = rec.HEADER.unpack_from(self._buffer, rel)[0]
+            need = rec.HEADER_SIZE + length
+            if offset + need > end:
+                raise
+            self._fill(offset, end, need)
+            return rec.parse(self._buffer, 0, self._base)
+
+    def _fill(self, offset: int, end: int, need: int = 0) -> None:
+        if self._fd is None:
+            raise RuntimeError("no segment open for reading")
+        size = min(max(_READ_CHUNK, need), end - offset)
+        self._buffer = os.pread(self._fd, size, offset)
+        self._base = offset
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._seq = None
+        self._buffer = b""

@@ -1,0 +1,150 @@
+"""Security against an in-process server that offers only secured endpoints and wants a user."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opcua_helpers import read, specs, wait_for
+
+from flowcollect.errors import ConfigError
+from flowcollect.readers import OpcUaDataReader
+from flowcollect.readers.opcua._security import ensure_client_certificate
+from flowcollect.simulator.opcua import OpcUaSimulator
+
+USER, PASSWORD = "ops", "r1ght-Pa55"
+
+
+@pytest.fixture(scope="module")
+def client_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("client")
+    cert, key = directory / "client-cert.der", directory / "client-key.pem"
+    assert ensure_client_certificate(cert, key) is True
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def secured(
+    tmp_path_factory: pytest.TempPathFactory, client_files: tuple[Path, Path]
+) -> Iterator[OpcUaSimulator]:
+    with OpcUaSimulator(
+        security=True,
+        allow_none=False,
+        certificate_dir=tmp_path_factory.mktemp("server"),
+        users={USER: PASSWORD},
+        trusted_clients=[client_files[0]],
+    ) as simulator:
+        yield simulator
+
+
+def make(secured: OpcUaSimulator, cert: Path, key: Path, **options: object) -> OpcUaDataReader:
+    settings: dict[str, object] = {
+        "security_policy": "Basic256Sha256",
+        "security_mode": "SignAndEncrypt",
+        "certificate": cert,
+        "private_key": key,
+        "server_certificate": secured.server_certificate,
+        "username": USER,
+        "password": PASSWORD,
+        "timeout_s": 3.0,
+    }
+    settings.update(options)
+    return OpcUaDataReader("secure-plc", secured.endpoint, **settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("policy", "mode"),
+    [
+        ("Basic256Sha256", "Sign"),
+        ("Basic256Sha256", "SignAndEncrypt"),
+        ("Aes128_Sha256_RsaOaep", "Sign"),
+        ("Aes128_Sha256_RsaOaep", "SignAndEncrypt"),
+        ("Aes256_Sha256_RsaPss", "Sign"),
+        ("Aes256_Sha256_RsaPss", "SignAndEncrypt"),
+    ],
+)
+def test_each_policy_and_mode_reads(
+    secured: OpcUaSimulator, client_files: tuple[Path, Path], policy: str, mode: str
+) -> None:
+    reader = make(secured, *client_files, security_policy=policy, security_mode=mode)
+    reader.open()
+    try:
+        assert reader.wait_connected(20), reader.connection_error
+        batch = read(reader, specs([secured.node_id("Types/Double")]))
+        assert (batch.values, batch.errors) == ([2.25], [None])
+    finally:
+        reader.close()
+
+
+def test_unsecured_access_to_a_secured_only_server_says_what_it_offers(secured: OpcUaSimulator) -> None:
+    reader = OpcUaDataReader("plain-plc", secured.endpoint, username=USER, password=PASSWORD, timeout_s=3.0)
+    reader.open()
+    try:
+        assert wait_for(lambda: "opcua reader 'plain-plc'" in (reader.connection_error or ""), 15)
+        assert not reader.connected
+        batch = read(reader, specs([secured.node_id("Types/Double")]))
+        assert batch.values == [None] and batch.errors[0] == reader.connection_error
+    finally:
+        reader.close()
+
+
+def test_a_wrong_password_is_a_clear_error_naming_the_reader(
+    secured: OpcUaSimulator, client_files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flowcollect")
+    wrong = "wr0ng-Pa55"
+    reader = make(secured, *client_files, password=wrong)
+    reader.open()
+    try:
+        assert wait_for(lambda: "Bad" in (reader.connection_error or ""), 20)
+        error = reader.connection_error or ""
+        assert error.startswith("not connected (opcua reader 'secure-plc'): ")
+        assert "the server refused the user (username='ops'; check username and password)" in error
+        assert wrong not in error and wrong not in repr(reader)
+        batch = read(reader, specs([secured.node_id("Types/Double")]))
+        assert batch.errors == [error] and batch.values == [None]
+    finally:
+        reader.close()
+    assert any("secure-plc" in r.getMessage() for r in caplog.records)  # the reader said why...
+    assert all(wrong not in r.getMessage() for r in caplog.records)  # ...without the password
+
+
+def test_an_untrusted_client_certificate_is_a_clear_error_and_is_generated_only_once(
+    secured: OpcUaSimulator, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "pki" / "new-cert.pem", tmp_path / "pki" / "new-key.pem"
+    reader = make(secured, cert, key)
+    reader.open()
+    try:
+        assert cert.is_file() and key.is_file()
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert wait_for(lambda: "certificate" in (reader.connection_error or ""), 20)
+        error = reader.connection_error or ""
+        assert error.startswith("not connected (opcua reader 'secure-plc'): Bad")
+        assert f"the server does not accept this client's certificate (certificate={cert})" in error
+    finally:
+        reader.close()
+    first = (cert.read_bytes(), key.read_bytes())
+    again = make(secured, cert, key)
+    again.open()
+    again.close()
+    assert (cert.read_bytes(), key.read_bytes()) == first  # kept, never regenerated
+    key.unlink()
+    with pytest.raises(
+        ConfigError, match="OpcUaDataReader private_key: the file is missing but the certificate"
+    ):
+        make(secured, cert, key)
+
+
+def test_a_server_certificate_other_than_the_trusted_one_is_refused(
+    secured: OpcUaSimulator, client_files: tuple[Path, Path]
+) -> None:
+    reader = make(secured, *client_files, server_certificate=client_files[0])
+    reader.open()
+    try:
+        assert wait_for(lambda: "trusted one" in (reader.connection_error or ""), 15)
+        assert (reader.connection_error or "").startswith("not connected (opcua reader 'secure-plc'): ")
+    finally:
+        reader.close()
