@@ -65,10 +65,9 @@ app = typer.Typer(
 app.add_typer(group_app, name="group")
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
-_CHATTY = ("urllib3", "influxdb_client", "asyncio")
-# pymodbus logs its own ERROR lines for every failed connection or request, which the Modbus
-# reader already reports once in its own words (rate limited); below debug they are not shown.
-_SILENT = ("pymodbus",)
+# (pymodbus's own ERROR lines for failures the Modbus reader reports are kept out by the reader,
+# around its calls; pymodbus's other warnings, a server's say, still show.)
+_CHATTY = ("pymodbus", "urllib3", "influxdb_client", "asyncio")
 
 
 class LogLevel(StrEnum):
@@ -137,8 +136,6 @@ def _setup_logging(level: LogLevel, console: Console | None = None) -> None:
         logging.getLogger(name).setLevel(
             numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
         )
-    for name in _SILENT:
-        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.CRITICAL + 1)
     # Never print "--- Logging error ---" tracebacks to a service log for a closed pipe.
     logging.raiseExceptions = False
 
