@@ -138,9 +138,6 @@ FRAGMENTS = {
     ("docs/scaling.md", "from flowcollect.group import GroupOptions, run_in_group"): (
         "`pipeline` is one loaded elsewhere, and it needs an etcd cluster at the address shown"
     ),
-    ("docs/spool.md", "from flowcollect.writers import SpooledWriter, SpoolOptions"): (
-        "`influx` and `csv` are writers built elsewhere"
-    ),
     ("docs/influxdb.md", "from flowcollect.writers.sender import BufferedSender, Outcome, Status"): (
         "`...` stands for a transport's own code"
     ),
@@ -156,9 +153,6 @@ FRAGMENTS = {
     ),
     ("docs/testing.md", "from flowcollect import DataCollectionContext, Variable"): (
         "run by test_the_testing_page_example_runs"
-    ),
-    ("docs/scaling.md", "from flowcollect.group import GroupOptions, run_in_group"): (
-        "needs a pipeline and an etcd of the reader's own; tests/group runs the same calls"
     ),
 }
 
@@ -251,7 +245,6 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
     ("docs/spool.md", "from flowcollect.writers import InfluxDBDataWriter, SpooledWriter"): check_runs,
     ("docs/opcua.md", "from flowcollect.readers import OpcUaDataReader"): check_runs,
     ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
-    ("docs/spool.md", "from flowcollect.writers import InfluxDBDataWriter, SpooledWriter"): check_runs,
     (
         "docs/spool.md",
         "from flowcollect.writers import CsvFileDataWriter, InfluxDBDataWriter, SpooledWriter, SpoolOptions",
