@@ -65,10 +65,9 @@ app = typer.Typer(
 app.add_typer(group_app, name="group")
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
-_CHATTY = ("urllib3", "influxdb_client", "asyncio")
-# pymodbus logs its own ERROR lines for every failed connection or request, which the Modbus
-# reader already reports once in its own words (rate limited); below debug they are not shown.
-_SILENT = ("pymodbus",)
+# (pymodbus's own ERROR lines for failures the Modbus reader reports are kept out by the reader,
+# around its calls; pymodbus's other warnings, a server's say, still show.)
+_CHATTY = ("pymodbus", "urllib3", "influxdb_client", "asyncio")
 
 
 class LogLevel(StrEnum):
@@ -137,8 +136,6 @@ def _setup_logging(level: LogLevel, console: Console | None = None) -> None:
         logging.getLogger(name).setLevel(
             numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
         )
-    for name in _SILENT:
-        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.CRITICAL + 1)
     # Never print "--- Logging error ---" tracebacks to a service log for a closed pipe.
     logging.raiseExceptions = False
 
@@ -380,6 +377,7 @@ def run(
         _once(pipeline, context, json_summary, debug)
         return
     received: list[str] = []
+    memberships: list[GroupMembership] = []
     try:
         summary = _run(
             pipeline,
@@ -393,15 +391,21 @@ def run(
             not no_preflight,
             received,
             options,
+            memberships,
         )
     except Exception as exc:
         _fail(exc, debug)
     signal_name = received[0] if received else None
     code = summary.exit_code(signal_name)
+    final = memberships[0].stats() if memberships else None
     if json_summary:
-        typer.echo(json.dumps(summary.as_dict() | {"signal": signal_name, "exit_code": code}))
+        group_figures = {} if final is None else {"group": final.as_dict()}
+        typer.echo(json.dumps(summary.as_dict() | {"signal": signal_name, "exit_code": code} | group_figures))
     else:
-        typer.echo("\n".join(summary.lines()))
+        lines = summary.lines()
+        if final is not None:  # before the verdict, which stays the last line
+            lines.insert(-1, f"  group {final.group}: {final.line()}")
+        typer.echo("\n".join(lines))
     for _, text in summary.problems():
         sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()
@@ -420,6 +424,7 @@ def _run(
     preflight: bool,
     received: list[str],
     group: GroupOptions | None = None,
+    memberships: list[GroupMembership] | None = None,
 ) -> RunSummary:
     ids = context_ids or None
     holder: list[DataCollector] = []
@@ -437,7 +442,7 @@ def _run(
                     "(another flowcollect? pick another port, or 0 for any free one)"
                 ) from exc
             raise FlowcollectError(f"--metrics-port {metrics_port}: cannot listen: {exc}") from exc
-    memberships: list[GroupMembership] = []
+    memberships = memberships if memberships is not None else []
     if metrics is not None and group is not None:
         metrics.registry.register(
             GroupStatsCollector(lambda: memberships[0].stats() if memberships else None)
@@ -578,6 +583,9 @@ def check(
         sys.stderr.write(f"warning: {line}\n")
     if problems:
         _fail(ConfigError(problems), False)
+    # Modbus lines that cannot serve their due requests within the tick (from the baud rate).
+    for line in pipeline.plan(context or None).line_warnings:
+        sys.stderr.write(f"warning: {line}\n")
     counts = [
         (len(contexts), "context"),
         (Pipeline.distinct_variables(contexts), "variable"),

@@ -122,6 +122,10 @@ class PipelinePlan:
     policy: str
     warnings: tuple[str, ...] = ()
     """Variables the interval-limit policy left out, once each (``check`` reports them)."""
+    lines: tuple[str, ...] = ()
+    """Each Modbus line's busiest tick, estimated from its baud rate (``line_estimates``)."""
+    line_warnings: tuple[str, ...] = ()
+    """Lines that cannot serve their due requests within the tick (``check`` warns)."""
 
 
 def build_plan(pipeline: Pipeline, context_ids: Iterable[int] | None = None) -> PipelinePlan:
@@ -149,6 +153,7 @@ def describe(
 ) -> PipelinePlan:
     """Describe a compiled plan: per reader its lane's schedule and phases, per context what it
     collects; asks each reader's ``describe_requests`` what a tick costs (no I/O)."""
+    readers = list(readers)
     by_type = {r.type: r for r in readers}
     reader_plans: list[ReaderPlan] = []
     for key in sorted(compiled.lanes):
@@ -165,7 +170,22 @@ def describe(
         devices=tuple(devices),
         policy=str(compiled.policy),
         warnings=compiled.warnings,
+        **_lines(compiled, readers),
     )
+
+
+def _lines(compiled: CompiledPlan, readers: list[DataReader]) -> dict[str, tuple[str, ...]]:
+    # Only Modbus lines have an estimate (from their baud rate); pymodbus is imported only by
+    # pipelines that read Modbus.
+    if not any(type(r).__module__.startswith("flowcollect.readers.modbus") for r in readers):
+        return {}
+    from flowcollect.readers.modbus import line_estimates
+
+    estimates = [e for e in line_estimates(compiled, readers) if e.time_ms is not None]
+    return {
+        "lines": tuple(str(e) for e in estimates),
+        "line_warnings": tuple(e.warning for e in estimates if e.warning),
+    }
 
 
 def _device_name(device: object) -> str:
@@ -341,6 +361,7 @@ def render_text(plan: PipelinePlan) -> str:
             out.extend(_phase_text(phase))
         if len(r.phases) > SHOW_PHASES:
             out.append(f"  ... {len(r.phases) - SHOW_PHASES} more due patterns")
+    out.extend(_lines_text(plan))
     out.append("")
     out.append("contexts")
     for c in plan.contexts:
@@ -360,13 +381,19 @@ def render_text(plan: PipelinePlan) -> str:
             out.append(f"    {c.scaled} of them scaled (raw x scale + offset)")
         if c.left_out:
             out.append(f"    {c.left_out} not collected: below the interval limit (policy {plan.policy})")
-    if plan.warnings:
+    if plan.warnings or plan.line_warnings:
         out.append("")
         out.append("warnings")
-        out.extend(f"  {w}" for w in plan.warnings)
+        out.extend(f"  {w}" for w in (*plan.warnings, *plan.line_warnings))
     out.append("")
     out.append(f"writers (every context's values go to each): {', '.join(plan.writers)}")
     return "\n".join(out) + "\n"
+
+
+def _lines_text(plan: PipelinePlan) -> list[str]:
+    if not plan.lines:
+        return []
+    return ["", "lines (estimated from the baud rate, busiest tick)", *(f"  {line}" for line in plan.lines)]
 
 
 def _phase_text(phase: PhasePlan) -> list[str]:

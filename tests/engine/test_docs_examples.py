@@ -115,6 +115,18 @@ def first_line(code: str) -> str:
     return code.strip().splitlines()[0]
 
 
+def key(where: str, code: str) -> tuple[str, str]:
+    """A block's name in FRAGMENTS and CHECKS: its page and first line, with `` #2``, `` #3``...
+    for a later block of the page that starts with the same line."""
+    page = where.rsplit(":", 1)[0]
+    line = int(where.rsplit(":", 1)[1])
+    same = [
+        w for w, c in python_blocks() if w.rsplit(":", 1)[0] == page and first_line(c) == first_line(code)
+    ]
+    n = [int(w.rsplit(":", 1)[1]) for w in same].index(line) + 1
+    return page, first_line(code) + ("" if n == 1 else f" #{n}")
+
+
 # Blocks that are not programs: a piece of a larger one (names defined elsewhere, ``...``), or
 # an example file shown verbatim and run by its own test above. Keyed by page and first line,
 # so a new block on any page is run unless it is added here with its reason.
@@ -123,7 +135,9 @@ FRAGMENTS = {
     ("docs/metrics.md", "from flowcollect.metrics import serve_metrics, registry_for"): (
         "`readers`, `writers` and `...` stand for the reader's own"
     ),
-    ("docs/modbus.md", "from flowcollect.simulator import Simulator"): "`...` stands for the reader's code",
+    ("docs/scaling.md", "from flowcollect.group import GroupOptions, run_in_group"): (
+        "`pipeline` is one loaded elsewhere, and it needs an etcd cluster at the address shown"
+    ),
     ("docs/influxdb.md", "from flowcollect.writers.sender import BufferedSender, Outcome, Status"): (
         "`...` stands for a transport's own code"
     ),
@@ -144,7 +158,7 @@ FRAGMENTS = {
 
 
 def fragment(where: str, code: str) -> str | None:
-    return FRAGMENTS.get((where.rsplit(":", 1)[0], first_line(code)))
+    return FRAGMENTS.get(key(where, code))
 
 
 def run_python(
@@ -225,9 +239,16 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
     ): (check_pipeline_file),
     ("docs/cli.md", "from flowcollect.pipeline import load_pipeline"): check_from_python,
     ("docs/influxdb.md", "from flowcollect.writers import InfluxDBDataWriter"): check_runs,
-    ("docs/modbus.md", "from flowcollect.readers import ModbusDataReader"): check_runs,
+    ("docs/modbus.md", "from flowcollect.readers import ModbusDataReader, ModbusLine"): check_runs,
+    ("docs/modbus.md", "from flowcollect.readers import ModbusDataReader"): check_runs,  # `...` runs too
+    ("docs/modbus.md", "from flowcollect.readers import ModbusDataReader, ModbusLine #2"): check_runs,
+    ("docs/spool.md", "from flowcollect.writers import InfluxDBDataWriter, SpooledWriter"): check_runs,
     ("docs/opcua.md", "from flowcollect.readers import OpcUaDataReader"): check_runs,
     ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
+    (
+        "docs/spool.md",
+        "from flowcollect.writers import CsvFileDataWriter, InfluxDBDataWriter, SpooledWriter, SpoolOptions",
+    ): check_runs,
 }
 
 
@@ -237,6 +258,9 @@ ENVIRONMENTS = {
         "INFLUX_TOKEN": "a-token",
         "INFLUX_PASSWORD": "a-password",
     },
+    ("docs/spool.md", "from flowcollect.writers import InfluxDBDataWriter, SpooledWriter"): {
+        "INFLUX_TOKEN": "a-token"
+    },
 }
 
 
@@ -245,19 +269,19 @@ ENVIRONMENTS = {
 def test_every_python_example_in_the_docs_runs_as_printed(where: str, code: str, tmp_path: Path) -> None:
     if fragment(where, code) is not None:
         return  # listed with its reason in FRAGMENTS; test_fragments_are_still_there keeps the list true
-    check = CHECKS.get((where.rsplit(":", 1)[0], first_line(code)))
+    check = CHECKS.get(key(where, code))
     assert check is not None, (
         f"{where}: a new example; give it a check in CHECKS (what it should produce), or list it in "
         "FRAGMENTS with the reason it cannot run as printed"
     )
     cwd = workspace(tmp_path)
-    result = run_python(code, cwd, ENVIRONMENTS.get((where.rsplit(":", 1)[0], first_line(code))))
+    result = run_python(code, cwd, ENVIRONMENTS.get(key(where, code)))
     assert result.returncode == 0, f"{where}:\n{result.stderr}"
     check(where, code, cwd, result)
 
 
 def test_fragments_and_checks_name_blocks_that_exist() -> None:
-    present = {(where.rsplit(":", 1)[0], first_line(code)) for where, code in python_blocks()}
+    present = {key(where, code) for where, code in python_blocks()}
     assert set(FRAGMENTS) <= present, set(FRAGMENTS) - present
     assert set(CHECKS) <= present, set(CHECKS) - present
     assert set(ENVIRONMENTS) <= set(CHECKS)

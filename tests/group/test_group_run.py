@@ -271,7 +271,7 @@ def test_members_share_lanes_join_take_over_and_hand_over(members: Members) -> N
 
     # A fourth member takes exactly the lanes whose rendezvous owner is now m4.
     joined_at = time.time() * 1000
-    members.start("m4")
+    members.start("m4", "--json")
     members.wait_owned(["m1", "m2", "m3", "m4"], 20)
     after = members.expected(["m1", "m2", "m3", "m4"])
     moved = {key for key in members.lanes if before[key] != after[key]}
@@ -289,10 +289,23 @@ def test_members_share_lanes_join_take_over_and_hand_over(members: Members) -> N
     three = members.expected(["m2", "m3", "m4"])
     leaver_lanes = {key for key, m in three.items() if m == "m2"}
     members.terminate("m2")
+    # Its summary says what it did in the group, before the verdict line.
+    summary = members.log("m2").rstrip("\n").splitlines()
+    assert summary[-1].startswith("result: OK"), summary[-3:]
+    assert summary[-2].startswith(f"  group {members.name}: m2 left: 0/6 lane(s)"), summary[-3:]
     members.wait_owned(["m3", "m4"], 5)
     time.sleep(0.6)
     members.close()
     ended_at = time.time() * 1000
+
+    # m4's JSON summary carries its group figures: every lane it took, as it saw them.
+    figures = json.loads(next(line for line in members.log("m4").splitlines() if line.startswith("{")))
+    taken = figures["group"]
+    assert (taken["member"], taken["state"]) == ("m4", "left")
+    expected_m4 = {key for key, m in members.expected(["m3", "m4"]).items() if m == "m4"}
+    assert taken["acquired"] == len(expected_m4 | moved | {k for k in victim_lanes if three[k] == "m4"}), (
+        taken
+    )
 
     lanes = by_lane(members)
     for key in members.lanes:

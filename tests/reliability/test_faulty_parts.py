@@ -184,8 +184,10 @@ def test_faulty_readers_and_writers_cost_only_themselves(
         assert all(t % period == 0 for t in instants), name
         between = (instants[-1] - instants[0]) // period + 1
         assert between <= r.ticks + r.overruns <= between + 4, (name, between, r)
-        longest = max(b - a for a, b in pairwise(instants))
-        assert longest < HANG_S * 1000, (name, longest, r)
+        # Held up by the hanging reader, a healthy one would pause that long at every hanging
+        # read; a loaded machine (load 10 on 2 cores, seen) stalls a thread that long rarely.
+        pauses = [b - a for a, b in pairwise(instants) if b - a >= HANG_S * 1000]
+        assert len(pauses) < len(reads["hanging"]) // 2, (name, pauses, len(reads["hanging"]), r)
     for cid in (1, 3):  # every instant due and not read was skipped, and counted
         reader = PLANS[cid][0]
         for _, _, interval in PLANS[cid][1]:

@@ -320,7 +320,8 @@ def test_preflight_names_each_problem(influxdb1_factory: InfluxFactory) -> None:
     assert preflight() == "ok"
     wrong = preflight(password="wrong-password")
     assert "refused the credentials" in wrong and "401" in wrong and "wrong-password" not in wrong
-    assert "refused the credentials" in preflight(username="reader", password="reader-pw")  # 403: no WRITE
+    forbidden = preflight(username="reader", password="reader-pw")  # a user with READ only
+    assert "does not let these credentials write to database 'plant'" in forbidden and "403" in forbidden
     missing = preflight(database="nope")
     assert "has no database 'nope'" in missing and "404" in missing
     assert "cannot reach InfluxDB at http://127.0.0.1:" in preflight(url=f"http://127.0.0.1:{free_port()}")

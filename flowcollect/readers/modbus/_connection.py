@@ -470,6 +470,8 @@ class LineConnection:
             self._pacer.done(self._clock())
         # Any answer, an exception answer too, shows the unit and the line are alive.
         self._unanswered = 0
+        if unit.failures:
+            _log.info("modbus %s unit %d (reader %r): answers again", self.line.key, unit.unit, name)
         if unit.failures and self.bus_silent():
             # The first answer after the whole bus was silent: the others were silent for the
             # same reason (a cable, an adapter, the gateway's serial side), not each their own.
@@ -513,6 +515,16 @@ class LineConnection:
     def _timed_out(self, unit: UnitState, timeout_s: float, name: str) -> Failure:
         text = f"no response within {timeout_s:g} s"
         unit.missed(self._clock(), timeout_s, text)
+        if unit.failures == 1:
+            # Once per silence (and at most once a minute): every later probe says the same.
+            self._down_log.warning(
+                (self.line.key, unit.unit, text),
+                "modbus %s unit %d (reader %r): %s; asking again after a back-off",
+                self.line.key,
+                unit.unit,
+                name,
+                text,
+            )
         self._unanswered += 1
         everyone = all(u.failures > 0 for u in list(self.units.values()))
         if self.line.kind != "serial" and everyone and self._unanswered >= _DEAD_AFTER_TIMEOUTS:

@@ -876,6 +876,7 @@ class Link:
         self.items_active = 0
         if client is None:
             return
+        protocol = client.uaclient.protocol
         # A lost server would make every close request wait its timeout: only an orderly close
         # (ours) says goodbye; a lost one just lets the socket go.
         with contextlib.suppress(Exception):  # a dying session may fail any way; it is gone anyway
@@ -887,6 +888,11 @@ class Link:
         if publish is not None and not publish.done():
             publish.cancel()
         client.disconnect_socket()
+        # A goodbye cut short by its timeout leaves asyncua "disconnecting" with the socket open
+        # (its disconnect_socket then does nothing): close it here, whatever asyncua thinks.
+        transport = protocol.transport if protocol is not None else None
+        if transport is not None and not transport.is_closing():
+            transport.abort()
 
 
 def _node_in(address: OpcUaAddress, namespaces: list[str]) -> NodeId | str:

@@ -252,9 +252,13 @@ class InfluxDBDataWriter(DataWriter):
             # InfluxDB 2.0 (before 2.1) refuses an empty write with 400 "writing requires points",
             # after checking the token and the bucket: as good as a 204 here.
             return
-        if probe.status in (401, 403):
+        if probe.status == 401:
             raise PreflightError(
                 f"InfluxDB at {e.origin} refused the credentials for {target}: {probe.detail}"
+            )
+        if probe.status == 403:
+            raise PreflightError(
+                f"InfluxDB at {e.origin} does not let these credentials write to {target}: {probe.detail}"
             )
         if probe.status == 404:
             raise PreflightError(f"InfluxDB at {e.origin} has no {target}: {probe.detail}")

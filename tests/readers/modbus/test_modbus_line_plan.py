@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -289,3 +292,52 @@ def test_line_estimates_of_a_compiled_plan_find_each_lines_busiest_tick() -> Non
     assert by_line["modbus+tcp://127.0.0.1:5021"].warning is None
     quiet = line_estimates(compile_plan([fast], [*meters, plc]), [*meters, plc])
     assert [e.warning for e in quiet if e.line.startswith("modbus+rtu")] == [None]
+
+
+PIPELINE = """
+from flowcollect import DataCollectionContext, Variable
+from flowcollect.pipeline import Pipeline
+from flowcollect.readers import ModbusDataReader, ModbusLine
+from flowcollect.writers.log import LogDataWriter
+
+rs485 = ModbusLine("/dev/ttyUSB0", baudrate=BAUD)
+meters = [ModbusDataReader(f"meter{u}", line=rs485, unit=u) for u in (1, 2, 3)]
+pipeline = Pipeline(
+    name="meters",
+    readers=meters,
+    writers=[LogDataWriter()],
+    contexts=[
+        DataCollectionContext(
+            id=1,
+            interval_ms=100,
+            variables=[Variable(id=u, reader=f"meter{u}", address="holding:0:float32") for u in (1, 2, 3)]
+            + [Variable(id=10 + u, reader=f"meter{u}", address="holding:50:string40") for u in (1, 2, 3)],
+        )
+    ],
+)
+"""
+
+
+@pytest.mark.parametrize("baud", [9600, 115200])
+def test_plan_prints_each_lines_estimate_and_check_warns_when_it_cannot_keep_up(
+    tmp_path: Path, baud: int
+) -> None:
+    path = tmp_path / "meters.py"
+    path.write_text(PIPELINE.replace("BAUD", str(baud)), encoding="utf-8")
+    flowcollect = [sys.executable, "-m", "flowcollect"]
+    plan = subprocess.run(
+        [*flowcollect, "plan", str(path)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "lines (estimated from the baud rate, busiest tick)" in plan.stdout
+    assert "  line modbus+rtu:///dev/ttyUSB0: 6 requests, ~" in plan.stdout
+    assert f"per tick at {baud} baud" in plan.stdout
+    check = subprocess.run(
+        [*flowcollect, "check", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert check.returncode == 0, check.stderr
+    warned = [line for line in check.stderr.splitlines() if line.startswith("warning: line modbus+rtu")]
+    if baud == 9600:  # 6 requests, 3 of 85 answer bytes: ~430 ms of a 100 ms tick
+        assert len(warned) == 1
+        assert "more than the 100 ms tick" in warned[0]
+    else:  # ~69 ms at 115200 baud: it fits
+        assert warned == []

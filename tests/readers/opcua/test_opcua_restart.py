@@ -103,25 +103,39 @@ def test_a_frozen_server_gives_timeouts_then_values_and_close_stays_bounded(
 ) -> None:
     server_process.start()
     reader = OpcUaDataReader("plc", server_process.endpoint, timeout_s=0.5)
+    pushing = OpcUaDataReader("plc-sub", server_process.endpoint, timeout_s=0.5, mode="subscribe")
+    pushed = Pushed()
     wanted = specs([OpcUaSimulator.browse_path("Line1/Counter")], "int")
     pid = server_process.pid
     try:
         reader.open()
-        assert reader.wait_connected(15)
+        pushing.open()
+        assert reader.wait_connected(15) and pushing.wait_connected(15)
+        pushing.start_pushing(pushed)
+        pushing.plan_changed(wanted)
         assert read(reader, wanted).errors == [None]
+        assert wait_for(lambda: len(pushed.values(1)) >= 1, 10)
         os.kill(pid, signal.SIGSTOP)  # a cut network: the socket stays, nothing answers
         started = time.monotonic()
         frozen = read(reader, wanted)
         assert time.monotonic() - started < 0.5 + 1.0
         assert frozen.values == [None] and frozen.errors[0] is not None
         assert wait_for(lambda: read(reader, wanted).errors[0].startswith("not connected"), 10)  # type: ignore[union-attr]
+        # The subscriber hears nothing more, and says so (its session watchdog): errors, not silence.
+        assert wait_for(
+            lambda: any(e.startswith("not connected (opcua reader 'plc-sub')") for e in pushed.errors(1)), 15
+        )
         os.kill(pid, signal.SIGCONT)
         assert wait_for(lambda: read(reader, wanted).errors == [None], 20)
+        mark = len(pushed.batches)
+        assert wait_for(lambda: any(cv.error is None for b in pushed.batches[mark:] for cv in b), 20)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(0.2)
-        started = time.monotonic()
-        reader.close()
-        assert time.monotonic() - started < 0.5 * 2 + 1.0 + 0.5 + 1.0
+        for closing in (reader, pushing):
+            started = time.monotonic()
+            closing.close()
+            assert time.monotonic() - started < 0.5 * 2 + 1.0 + 0.5 + 1.0
     finally:
         os.kill(pid, signal.SIGCONT)
         reader.close()
+        pushing.close()
