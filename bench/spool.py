@@ -3,6 +3,7 @@
     .venv/bin/python bench/spool.py                 # full: the end-to-end part has a 60 s outage
     .venv/bin/python bench/spool.py --outage-s 10   # shorter outage
     .venv/bin/python bench/spool.py --quick         # smaller runs, no end to end
+    .venv/bin/python bench/spool.py --engine-only --engine-s 40   # only the engine_outage case
 
 1. append: ``SpooledWriter.write_batch`` of ready batches (1,000 values of one instant: floats,
    ints, bools and strings; and batches of 20, a tenth as many values) as fast as it takes them,
@@ -13,8 +14,9 @@
 3. replay: a spool of that size left by a closed writer, opened again in front of a writer that
    stores at once: read back, decoded and handed over in order, until the backlog is empty.
 4. engine_outage: through a ``DataCollector`` (``RandomDataReader``, 100,000 values/s) into a
-   spooled writer whose destination never acknowledges: RSS as the backlog grows, since the
-   engine holds each batch until its receipt (and the spool keeps this run's batches with it).
+   spooled writer whose destination never acknowledges: RSS as the backlog grows. The engine
+   and the spool keep a small object per batch until its receipt; the spool releases its values
+   beyond its in-memory budget (200,000 values), so RSS should stay flat once that is full.
 5. end_to_end (needs victoria-metrics): a feeder thread offers ``--rate`` values/s (2,000
    variables every 10 ms, by absolute deadlines) to ``SpooledWriter(InfluxDBDataWriter ->
    VictoriaMetrics)``; after ``--before-s`` the server is stopped for ``--outage-s``, then started
@@ -178,7 +180,8 @@ def engine_outage(seconds: float, folder: Path) -> dict[str, Any]:
 
     ``RandomDataReader`` with 1,000 float variables every 10 ms (100,000 values/s) through a
     ``DataCollector`` into ``SpooledWriter(a writer that never acknowledges)``: the engine is
-    attached for receipts and holds each batch until its receipt, so this measures that cost.
+    attached for receipts and holds each batch (a small object of the writer's own, its values
+    released by the spool beyond its in-memory budget) until its receipt: this measures that cost.
     """
     from flowcollect import DataCollectionContext, DataCollector, Variable
     from flowcollect.readers import RandomDataReader
@@ -206,7 +209,9 @@ def engine_outage(seconds: float, folder: Path) -> dict[str, Any]:
         "values_spooled": int(spooled),
         "rss_mb_first": rss[0],
         "rss_mb_last": rss[-1],
+        "rss_mb_max": max(rss),
         "rss_mb_per_million_values": round((rss[-1] - rss[0]) / max(1, spooled) * 1e6, 1),
+        "rss_mb_samples_every_s": [round(r, 1) for r in rss],
     }
 
 
@@ -363,6 +368,7 @@ def main() -> None:
     parser.add_argument("--after-s", type=float, default=10.0)
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--engine-s", type=float, default=20.0, help="seconds of the engine outage run")
+    parser.add_argument("--engine-only", action="store_true", help="run only the engine_outage case")
     parser.add_argument(
         "--exposure-s", type=float, default=5.0, help="seconds of steady appends per sync mode"
     )
@@ -373,6 +379,10 @@ def main() -> None:
     report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="flowcollect-bench-spool-") as tmp:
         folder = Path(tmp)
+        if args.engine_only:
+            report["engine_outage"] = engine_outage(args.engine_s, folder)
+            print(json.dumps(report, indent=2))
+            return
         report["power_cut_exposure"] = [
             exposure(sync, 1.0 if args.quick else args.exposure_s, folder)
             for sync in ("batch", "always", "never")

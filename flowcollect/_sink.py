@@ -36,7 +36,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _Pending:
-    """A batch handed to an acknowledging writer, with how many of its values are unreported."""
+    """A batch handed to an acknowledging writer, with how many of its values are unreported.
+
+    Only its identity and counts are used: the writer may have released its columns meanwhile.
+    """
 
     __slots__ = ("batch", "left", "seq")
 
@@ -224,12 +227,9 @@ class WriterSink:
     def put(self, batch: Item) -> None:
         """Queue a batch (a ``ValueBatch``, or a sequence of ``CollectedVariable``) for the
         writer; never blocks beyond a short lock."""
-        routing = self.writer.routing
-        item: Item | None = batch if routing is None else _route(batch, routing)
+        item = self._routed(batch)
         if item is None:
             return
-        if self._acks and not isinstance(item, ValueBatch):
-            item = as_batch(item)
         n = len(item)
         if not n:
             return
@@ -269,6 +269,18 @@ class WriterSink:
                 "newest" if self._drop_newest else "oldest",
                 self._limit,
             )
+
+    def _routed(self, batch: Item) -> Item | None:
+        """What the writer gets of ``batch`` (None: nothing). An acknowledging writer gets a
+        batch object of its own (the same lists): receipts name it alone, and the writer may
+        release its columns while it holds it for a receipt (a spool, during a long outage)."""
+        routing = self.writer.routing
+        item = batch if routing is None else _route(batch, routing)
+        if item is None or not self._acks:
+            return item
+        if not isinstance(item, ValueBatch):
+            return as_batch(item)
+        return item.handle() if item is batch else item  # a routed part is a new object already
 
     def _put_inline(self, item: Item) -> None:
         # No thread (virtual time): the writer is called on the caller's thread, at once.

@@ -85,7 +85,9 @@ class ValueBatch(Sequence[CollectedVariable]):
     ``len(batch)`` is the number of values; iterating (or indexing: a batch is a
     ``Sequence[CollectedVariable]``) yields ``CollectedVariable``s made on demand, new each time;
     ``collected()`` makes them all at once. A batch handed to writers is shared by all of them:
-    treat it as read-only.
+    treat it as read-only. An acknowledging writer gets a ``handle()`` of its own instead (the
+    same lists, a private object): it may ``release()`` that object's columns once it has
+    stored them elsewhere, and keep the small object to acknowledge it.
     """
 
     __slots__ = ("context_id", "errors", "quality", "reader", "source_ns", "t_ms", "values", "variables")
@@ -198,6 +200,36 @@ class ValueBatch(Sequence[CollectedVariable]):
             )
             for i, spec in enumerate(self.variables)
         ]
+
+    def handle(self) -> ValueBatch:
+        """A new batch object over the same columns (no list is copied): private to whoever gets
+        it, so it can be told apart by identity and have its columns released, while the lists
+        themselves stay shared (never change them)."""
+        return ValueBatch(
+            self.t_ms,
+            self.variables,
+            self.values,
+            self.errors,
+            source_ns=self.source_ns,
+            quality=self.quality,
+            context_id=self.context_id,
+            reader=self.reader,
+        )
+
+    def release(self) -> None:
+        """Let go of this object's columns (``values``, ``errors``, ``source_ns``, ``quality``),
+        for the owner of a ``handle()`` that keeps them elsewhere (on disk) and holds the object
+        only to acknowledge it. ``len()``, ``t_ms``, ``variables``, ``context_id`` and ``reader``
+        stay; the lists themselves are not touched (other writers may share them)."""
+        self.values = []
+        self.errors = []
+        self.source_ns = None
+        self.quality = None
+
+    @property
+    def released(self) -> bool:
+        """True when the columns were let go (``release()``): only the counts are left."""
+        return len(self.values) != len(self.variables)
 
     def error_count(self) -> int:
         """How many values of the batch are errors."""

@@ -103,6 +103,13 @@ class DataWriter:
     reported: what is not is counted as dropped at close. Only acknowledged values count as
     written, and a spool deletes only what was acknowledged.
 
+    An acknowledging writer's batch object is its own (``batch.handle()``: the engine's lists,
+    a private object). Once it has stored the values elsewhere it may ``batch.release()`` the
+    object's columns (``values``, ``errors``, ``source_ns``, ``quality``) and keep the object only
+    to acknowledge it: ``len(batch)`` (its ``variables``, the plan's shared tuple: keep it) still
+    counts its values. Never change the lists themselves: other writers share them. A writer
+    that hands batches on to another acknowledging writer gives it a ``handle()`` of its own.
+
     Queue: ``queue_policy`` (``"drop_oldest"``, the default, or ``"drop_newest"``) and
     ``queue_limit`` (values; None: the collector's ``queue_limit``) say what the engine's queue in
     front of this writer does when the writer cannot keep up; a reader is never blocked.

@@ -152,10 +152,10 @@ def test_receipts_late_partial_and_in_pieces_are_counted_exactly(
 ) -> None:
     writer = AckWriter()
     sink = make_sink(sinks, writer)
-    a, b, c = batch(1, 6, 0), batch(1, 5, 1), batch(2, 4, 2)
-    for x in (a, b, c):
+    for x in (batch(1, 6, 0), batch(1, 5, 1), batch(2, 4, 2)):
         sink.put(x)
     assert wait_until(lambda: len(writer.batches) == 3)
+    a, b, c = writer.batches  # receipts name the objects the writer was given (its own)
     # Handed over, nothing acknowledged: all in flight, none written.
     assert figures(sink.snapshot()) == (15, 0, 0, 0, 15, 0, 0, 0)
 
@@ -199,7 +199,8 @@ def test_receipts_from_many_threads_add_up_at_every_moment(sinks: list[WriterSin
             writer.acknowledge(b, 2)
             writer.acknowledge(b, 0, failed=1, error="no")
 
-    threads = [threading.Thread(target=acker, args=(batches[i::4],)) for i in range(4)]
+    given = writer.batches  # receipts name the objects the writer was given (its own)
+    threads = [threading.Thread(target=acker, args=(given[i::4],)) for i in range(4)]
     for t in threads:
         t.start()
     while True:  # sample while the receipts come in, and once after

@@ -154,7 +154,8 @@ def test_batches_come_back_exactly_and_in_order_after_a_restart(spool_dir: Path,
     for batch in sent:
         writer.write_batch(batch)
     wait_until(lambda: len(holder.received) == 60)
-    assert all(a is b for a, b in zip(holder.received, sent, strict=True))  # from memory: no copy
+    # From memory, no copy: the writer behind gets an object of its own over the same lists.
+    assert all(a.values is b.values and a is not b for a, b in zip(holder.received, sent, strict=True))
     assert receipts == []  # spooled is not written
     writer.close()
     assert len(segments(spool_dir)) > 1
@@ -714,8 +715,73 @@ def test_without_receipts_wanted_a_long_backlog_is_read_back_from_disk(
         holder.ack()
         time.sleep(0.002)
     assert all(same(a, b) for a, b in zip(holder.received, sent, strict=True))
-    assert sum(a is b for a, b in zip(holder.received, sent, strict=True)) <= 3  # the rest came from disk
+    # From memory a batch shares the caller's lists (the writer gets its own object over them).
+    from_memory = sum(a.values is b.values for a, b in zip(holder.received, sent, strict=True))
+    assert 1 <= from_memory <= 3  # the rest came from disk
     writer.close()
+
+
+def test_beyond_the_memory_budget_a_batch_keeps_only_its_counts_and_its_receipt_still_comes(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowcollect.writers.spool import _writer as spool_writer
+
+    monkeypatch.setattr(spool_writer, "_MEMORY_VALUES", 12)  # two batches keep their columns
+    holder = HoldingWriter()
+    writer, receipts = spooled(holder, spool_dir, max_in_flight_values=6)
+    sent = [make_batch(k) for k in range(20)]
+    handles = [b.handle() for b in sent]  # what the engine gives an acknowledging writer
+    for handle in handles:
+        writer.write_batch(handle)
+    # Released once appended: the columns are gone, the counts and the instant stay.
+    released = [h for h in handles if h.released]
+    assert len(released) >= len(handles) - 3
+    assert all(len(h) == len(SPECS) and h.values == [] and h.source_ns is None for h in released)
+    # The lists are the engine's, shared with other writers: never changed, only let go.
+    assert all(same(b, make_batch(k)) for k, b in enumerate(sent))
+    deadline = time.monotonic() + 10
+    while len(holder.received) < 20 and time.monotonic() < deadline:
+        holder.ack(written=4, failed=2)
+        time.sleep(0.002)
+    holder.ack(written=4, failed=2)
+    # The released ones were read back from disk, exactly; each receipt names the batch given.
+    assert all(same(a, b) for a, b in zip(holder.received, sent, strict=True))
+    assert sum(a.values is b.values for a, b in zip(holder.received, sent, strict=True)) <= 3
+    wait_until(lambda: len(receipts) == 20)
+    assert [id(r.batch) for r in receipts] == [id(h) for h in handles]
+    assert all((r.written, r.failed, r.dropped) == (4, 2, 0) for r in receipts)
+    assert writer.stats()["spool_values"] == 0
+    writer.close()
+
+
+def test_through_a_sink_the_spool_releases_its_own_objects_and_the_figures_add_up(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowcollect._sink import WriterSink
+    from flowcollect.writers.spool import _writer as spool_writer
+
+    monkeypatch.setattr(spool_writer, "_MEMORY_VALUES", 12)
+    holder = HoldingWriter()
+    writer = SpooledWriter(holder, spool_dir, max_bytes=1 << 20, sync_interval_s=0.05, close_timeout_s=0.2)
+    sink = WriterSink(writer, logging.getLogger("test.spool.sink"))
+    sent = [make_batch(k) for k in range(20)]
+    for batch in sent:
+        sink.put(batch)  # the engine's batch, shared with any other writer
+    wait_until(lambda: writer.stats()["spool_appended_records"] == 20)
+    assert all(same(b, make_batch(k)) for k, b in enumerate(sent))  # the shared ones are whole
+    snap = sink.snapshot()
+    assert (snap.received, snap.written, snap.in_flight) == (120, 0, 120)
+    deadline = time.monotonic() + 10
+    while len(holder.received) < 20 and time.monotonic() < deadline:
+        holder.ack()
+        time.sleep(0.002)
+    holder.ack()
+    assert all(same(a, b) for a, b in zip(holder.received, sent, strict=True))
+    assert sum(a.values is b.values for a, b in zip(holder.received, sent, strict=True)) <= 3
+    wait_until(lambda: sink.snapshot().written == 120)
+    assert sink.close(time.monotonic() + 5)
+    snap = sink.snapshot()
+    assert (snap.written, snap.failed, snap.dropped, snap.in_flight, snap.queued) == (120, 0, 0, 0, 0)
 
 
 FSIZE_SCRIPT = """

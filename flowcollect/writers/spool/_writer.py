@@ -51,15 +51,21 @@ _EPISODE_END = 0.5
 
 
 class _Pending:
-    """A recent append still in memory: where its record is, and the engine's batch."""
+    """An append not yet handed out: where its record is, and the engine's batch.
 
-    __slots__ = ("batch", "end", "seq", "start")
+    ``held``: the batch still has its columns, so it is handed from memory; otherwise they were
+    released (beyond ``_MEMORY_VALUES``) and the batch object is kept only for its receipt,
+    while the values are read back from the record on disk.
+    """
 
-    def __init__(self, seq: int, start: int, end: int, batch: ValueBatch) -> None:
+    __slots__ = ("batch", "end", "held", "seq", "start")
+
+    def __init__(self, seq: int, start: int, end: int, batch: ValueBatch, held: bool = True) -> None:
         self.seq = seq
         self.start = start
         self.end = end
         self.batch = batch
+        self.held = held
 
 
 class _Sent:
@@ -69,6 +75,7 @@ class _Sent:
         "end",
         "failed",
         "handed",
+        "held",
         "keep",
         "n",
         "origin",
@@ -79,12 +86,15 @@ class _Sent:
         "written",
     )
 
-    def __init__(self, seq: int, start: int, end: int, handed: ValueBatch, origin: ValueBatch | None) -> None:
+    def __init__(
+        self, seq: int, start: int, end: int, handed: ValueBatch, origin: ValueBatch | None, held: bool
+    ) -> None:
         self.seq = seq
         self.start = start
         self.end = end
         self.handed = handed
         self.origin = origin  # the batch the engine gave (or its copy from disk); None: a replay
+        self.held = held  # the origin still has its columns (it was handed from memory)
         self.n = len(handed)
         self.t_ms = handed.t_ms
         self.written = 0
@@ -100,7 +110,11 @@ class SpooledWriter(DataWriter):
     hands the spooled batches to ``writer`` in order and deletes them once ``writer`` has
     acknowledged them (``writer.acknowledges``: its receipts; otherwise its ``write`` returning).
     The spool acknowledges to the engine what ``writer`` acknowledged, so a value counts as
-    written once stored at the destination, never merely spooled.
+    written once stored at the destination, never merely spooled. As for any acknowledging
+    writer, the batch object given to ``write_batch`` is the spool's own (the engine gives it a
+    ``handle()``; a caller that keeps using its batch passes one too): beyond the most recent
+    200,000 values the spool releases its columns once appended, keeping the object for the
+    receipt and reading the values back from disk, so memory stays flat through an outage.
 
     - ``max_bytes``: the spool's disk budget. Beyond it, or when the disk is full, the oldest
       segment is dropped (counted, logged once per episode, reported as ``dropped`` in receipts
@@ -175,9 +189,12 @@ class SpooledWriter(DataWriter):
         self._memory_values = 0
         # With someone attached for receipts (the engine): this run's batches not yet handed out,
         # by record. A receipt must carry the very batch the engine gave (it matches them by
-        # identity), and the engine holds those batches until their receipt anyway, so keeping
-        # them here costs no memory of its own; it also spares reading them back from disk.
+        # identity), so each is kept until handed out. The engine gives an acknowledging writer
+        # its own batch object, so beyond _MEMORY_VALUES (``_held``) the spool releases its
+        # columns once appended: the object stays for the receipt, the values are read back
+        # from disk, and memory stays flat however long the outage.
         self._origins: dict[tuple[int, int], _Pending] = {}
+        self._held = 0  # values of _origins still holding their columns
         self._receipts_wanted = False
         self._sent: deque[_Sent] = deque()
         self._by_batch: dict[int, _Sent] = {}
@@ -512,11 +529,7 @@ class SpooledWriter(DataWriter):
             if self._unsynced_since is None:
                 self._unsynced_since = self._monotonic()
             self._unsynced_values += n
-        if self._receipts_wanted:
-            self._origins[(segment.seq, start)] = _Pending(segment.seq, start, end, batch)
-        elif self._memory_values + n <= _MEMORY_VALUES:
-            self._memory.append(_Pending(segment.seq, start, end, batch))
-            self._memory_values += n
+        self._keep_locked(segment, start, end, batch)
         while store.bytes > self.max_bytes and len(store.segments) > 1:
             if not self._drop_oldest_locked(store, f"max_bytes={self.max_bytes} reached", receipts):
                 break
@@ -529,6 +542,21 @@ class SpooledWriter(DataWriter):
             )
             self._episode_dropped = None
             self._episode_limit = self.max_bytes
+
+    def _keep_locked(self, segment: Segment, start: int, end: int, batch: ValueBatch) -> None:
+        """Keep an appended batch in memory: for its receipt, and its values while within
+        ``_MEMORY_VALUES``, so a sender that keeps up never reads the disk."""
+        n = len(batch)
+        if self._receipts_wanted:
+            held = self._held + n <= _MEMORY_VALUES
+            if held:
+                self._held += n
+            else:
+                batch.release()  # on disk now; the object (ours: see DataWriter) stays for its receipt
+            self._origins[(segment.seq, start)] = _Pending(segment.seq, start, end, batch, held)
+        elif self._memory_values + n <= _MEMORY_VALUES:
+            self._memory.append(_Pending(segment.seq, start, end, batch))
+            self._memory_values += n
 
     def _drop_batch_locked(self, batch: ValueBatch, reason: str, receipts: list[Receipt]) -> None:
         """A batch that could not be appended at all: dropped before it was ever spooled."""
@@ -565,7 +593,7 @@ class SpooledWriter(DataWriter):
                     dropped += n
                     records += 1
                     # Receipts only matter to whoever is attached, and then the batch is kept.
-                    kept = self._origins.pop((segment.seq, record_start), None)
+                    kept = self._pop_origin((segment.seq, record_start))
                     if kept is not None:
                         receipts.append(Receipt(kept.batch, 0, 0, n, f"spool: {reason}"))
             except (OSError, rec.RecordError) as exc:
@@ -625,13 +653,17 @@ class SpooledWriter(DataWriter):
             if item is None:
                 return
             segment, offset, pending = item
-            if pending is not None:
-                self._hand(segment, pending.start, pending.end, pending.batch, pending.batch)
+            if pending is not None and pending.held:
+                # Its own object for the writer behind: it may release it (see DataWriter).
+                self._hand(segment, pending.start, pending.end, pending.batch.handle(), pending)
                 continue
-            read = self._read_from_disk(store, segment, offset)
+            read = self._read_from_disk(store, segment, offset, pending)
             if read is not None:
                 end, batch = read
-                self._hand(segment, offset, end, batch, batch if segment.own else None)
+                if pending is not None:  # released: the values from disk, the receipt to its batch
+                    self._hand(segment, offset, end, batch, pending)
+                else:
+                    self._hand(segment, offset, end, batch, batch if segment.own else None)
 
     def _wait_next(self, store: Store) -> tuple[Segment, int, _Pending | None] | None:
         """Wait until a record may be handed out (window, retry pause); None when stopping."""
@@ -651,20 +683,30 @@ class SpooledWriter(DataWriter):
                     return item
                 self._cond.wait(self.sync_interval_s)
 
-    def _read_from_disk(self, store: Store, segment: Segment, offset: int) -> tuple[int, ValueBatch] | None:
-        """The batch at the cursor, read from its segment (variable tables are taken in passing)."""
+    def _read_from_disk(
+        self, store: Store, segment: Segment, offset: int, pending: _Pending | None = None
+    ) -> tuple[int, ValueBatch] | None:
+        """The batch at the cursor, read from its segment (variable tables are taken in passing).
+
+        With ``pending`` (an append whose columns were released), its whole append: the batch
+        record, after the variable table the append may have written before it."""
         with self._cond:
             end = segment.size
         try:
             if not segment.tables_complete and offset > len(rec.MAGIC):
                 store.load_tables(segment)
-            record = self._reader.read(segment, offset, end)
-            batch = None
-            if record.kind == rec.KIND_SPECS:
-                list_id, specs = rec.decode_specs(record.payload)
-                segment.tables.setdefault(list_id, specs)
-            else:
-                batch = rec.decode_batch(record.payload, record.t_ms, segment.tables)
+            at = offset
+            while True:
+                record = self._reader.read(segment, at, end)
+                batch = None
+                if record.kind == rec.KIND_SPECS:
+                    list_id, specs = rec.decode_specs(record.payload)
+                    segment.tables.setdefault(list_id, specs)
+                else:
+                    batch = rec.decode_batch(record.payload, record.t_ms, segment.tables)
+                if batch is not None or pending is None or record.end >= pending.end:
+                    break
+                at = record.end
         except (OSError, rec.RecordError) as exc:
             self._corrupt_at_read(store, segment, offset, exc)
             return None
@@ -677,15 +719,24 @@ class SpooledWriter(DataWriter):
         return record.end, batch
 
     def _hand(
-        self, segment: Segment, start: int, end: int, batch: ValueBatch, origin: ValueBatch | None
+        self,
+        segment: Segment,
+        start: int,
+        end: int,
+        batch: ValueBatch,
+        origin: ValueBatch | _Pending | None,
     ) -> None:
+        """Hand ``batch`` (the record at ``start``) to the writer; ``origin``: the batch its
+        receipts go to, or the pending append that holds it."""
         with self._cond:
             if self._cursor != (segment.seq, start):
                 return  # dropped meanwhile (its receipt went with the drop)
-            self._origins.pop((segment.seq, start), None)
+            self._pop_origin((segment.seq, start))
+            receipts_to: ValueBatch | None = origin.batch if isinstance(origin, _Pending) else origin
+            held = isinstance(origin, _Pending) and origin.held
             if id(batch) in self._by_batch:
-                batch = _copy(batch)  # the same object twice in flight: receipts must tell them apart
-            entry = _Sent(segment.seq, start, end, batch, origin)
+                batch = batch.handle()  # the same object twice in flight: receipts must tell them apart
+            entry = _Sent(segment.seq, start, end, batch, receipts_to, held)
             self._sent.append(entry)
             self._by_batch[id(batch)] = entry
             self._in_flight += entry.n
@@ -713,9 +764,13 @@ class SpooledWriter(DataWriter):
             if entry.seq in self._segments and (entry.seq, entry.start) < self._cursor:
                 self._cursor = (entry.seq, entry.start)
                 if entry.origin is not None and self._receipts_wanted:
+                    # Handed again from memory if it still has its columns (within the in-flight
+                    # window, so not counted against _MEMORY_VALUES), else from disk.
                     self._origins[(entry.seq, entry.start)] = _Pending(
-                        entry.seq, entry.start, entry.end, entry.origin
+                        entry.seq, entry.start, entry.end, entry.origin, held=entry.held
                     )
+                    if entry.held:
+                        self._held += entry.n
             self._failures += 1
             delay = min(_RETRY_MAX_S, _RETRY_INITIAL_S * 2 ** (self._failures - 1))
             self._retry_at = self._monotonic() + delay
@@ -768,6 +823,13 @@ class SpooledWriter(DataWriter):
             self._cond.notify_all()
         if forward is not None:
             self._send_receipts([forward])
+
+    def _pop_origin(self, key: tuple[int, int]) -> _Pending | None:
+        """Under the lock: the pending append of this run at ``key``, taken out of ``_origins``."""
+        pending = self._origins.pop(key, None)
+        if pending is not None and pending.held:
+            self._held -= len(pending.batch)
+        return pending
 
     def _advance_locked(self) -> None:
         sent = self._sent
@@ -828,7 +890,8 @@ class SpooledWriter(DataWriter):
             if segment.seq not in self._segments:
                 return
             for key in [k for k in self._origins if k[0] == segment.seq]:
-                batch = self._origins.pop(key).batch
+                batch = self._origins[key].batch
+                self._pop_origin(key)
                 receipts.append(Receipt(batch, 0, 0, len(batch), "spool: segment unreadable"))
             self._counters["corrupt"] += 1
             lost, records = self._unsent_in_locked(segment)
@@ -949,19 +1012,6 @@ def _batch_at(
     t_ms, rest = divmod(us, 1000)
     source_ns = [us * 1000] * len(values) if rest else None
     return ValueBatch(t_ms, specs, values, errors, source_ns=source_ns, context_id=context_id, reader=reader)
-
-
-def _copy(batch: ValueBatch) -> ValueBatch:
-    return ValueBatch(
-        batch.t_ms,
-        batch.variables,
-        batch.values,
-        batch.errors,
-        source_ns=batch.source_ns,
-        quality=batch.quality,
-        context_id=batch.context_id,
-        reader=batch.reader,
-    )
 
 
 def _dup(store: Store) -> int | None:
