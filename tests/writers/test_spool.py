@@ -762,7 +762,14 @@ def test_through_a_sink_the_spool_releases_its_own_objects_and_the_figures_add_u
 
     monkeypatch.setattr(spool_writer, "_MEMORY_VALUES", 12)
     holder = HoldingWriter()
-    writer = SpooledWriter(holder, spool_dir, max_bytes=1 << 20, sync_interval_s=0.05, close_timeout_s=0.2)
+    writer = SpooledWriter(
+        holder,
+        spool_dir,
+        max_bytes=1 << 20,
+        sync_interval_s=0.05,
+        max_in_flight_values=6,
+        close_timeout_s=0.2,
+    )
     sink = WriterSink(writer, logging.getLogger("test.spool.sink"))
     sent = [make_batch(k) for k in range(20)]
     for batch in sent:
