@@ -18,6 +18,7 @@ from flowcollect.pipeline._devices import Device
 from flowcollect.readers.base import DataReader
 from flowcollect.stats import CollectorStats
 from flowcollect.writers.base import DataWriter
+from flowcollect.writers.spool._options import SpoolOptions
 
 if TYPE_CHECKING:
     from flowcollect.pipeline._once import OnceResult
@@ -59,6 +60,9 @@ class Pipeline(BaseModel):
     """Values each writer's queue holds before the oldest are dropped (see ``DataCollector``)."""
     close_timeout_s: float = Field(default=30.0, gt=0)
     """How long closing waits for readers and writers to finish."""
+    spools: dict[str, SpoolOptions] = Field(default_factory=dict)
+    """Writers to put behind a durable spool, by writer name (``{"influxdb:plant":
+    SpoolOptions(path="spool/influx", max_bytes=2**30)}``): see docs/spool.md."""
 
     @field_validator("name")
     @classmethod
@@ -83,6 +87,12 @@ class Pipeline(BaseModel):
             problems.append(f"contexts: context ids must be unique; repeated: {repeated_ids}")
         if problems:
             raise ValueError("; ".join(problems))
+        if self.spools:
+            from flowcollect.writers.spool import spool_writers
+
+            # Set past validate_assignment: the writers were validated above, and this runs again
+            # for every assignment (spool_writers leaves a spooled writer as it is).
+            object.__setattr__(self, "writers", spool_writers(self.writers, self.spools))
         return self
 
     # -- building ----------------------------------------------------------------------------

@@ -826,3 +826,25 @@ def test_a_file_size_limit_is_handled_like_a_full_disk(tmp_path: Path) -> None:
     assert stats["spool_appended_values"] == stats["spool_values"] + stats["spool_dropped_by_policy"]
     assert stats["receipts_dropped"] == stats["spool_dropped_by_policy"] + stats["spool_not_spooled"]
     assert stats["spool_not_spooled"] == 0  # every batch found room, the newest included
+
+
+def test_a_pipeline_spools_the_writers_it_names_and_refuses_unknown_names(tmp_path: Path) -> None:
+    from flowcollect import DataCollectionContext, Pipeline, Variable
+    from flowcollect.readers import RandomDataReader
+
+    def pipeline(spools: Mapping[str, Any]) -> Pipeline:
+        return Pipeline(
+            name="spooled",
+            readers=[RandomDataReader()],
+            writers=[MemoryDataWriter()],
+            contexts=[DataCollectionContext(id=1, variables=[Variable(id=1, address="a", reader="random")])],
+            spools=dict(spools),
+        )
+
+    built = pipeline({"MemoryDataWriter": SpoolOptions(path=tmp_path / "spool", max_bytes=1 << 20)})
+    assert isinstance(built.writers[0], SpooledWriter)
+    assert built.writers[0].name == "MemoryDataWriter"  # the spool keeps its writer's name
+    with pytest.raises(ValidationError, match=r"spools\.nope: no writer is named 'nope'"):
+        pipeline({"nope": {"path": str(tmp_path / "other"), "max_bytes": 1 << 20}})
+    with pytest.raises(ValidationError, match=r"spools\.MemoryDataWriter\.max_bytes"):
+        pipeline({"MemoryDataWriter": {"path": str(tmp_path / "other"), "max_bytes": 0}})
