@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flowcollect.values import VariableSpec
 
@@ -82,6 +82,29 @@ def distinct_reads(specs: Iterable[VariableSpec]) -> list[VariableSpec]:
     return list(seen.values())
 
 
+def served_specs(specs: Iterable[VariableSpec]) -> list[VariableSpec]:
+    """What a reader must serve: one spec per distinct (reader, address, value type), asking for
+    what every context wanting it needs. A source that samples or filters on its own (an OPC UA
+    monitored item) must sample at the shortest of their intervals, and filter no finer than the
+    smallest of their deadbands (none when one context reports every value): each context's own
+    deadband is applied again by its ``report_changes`` step.
+    """
+    merged: dict[tuple[str, str, str], VariableSpec] = {}
+    for spec in specs:
+        key = (spec.reader, spec.address, spec.value_type)
+        first = merged.get(key)
+        if first is None:
+            merged[key] = spec
+            continue
+        interval = min(first.interval_ms, spec.interval_ms)
+        deadband = (
+            None if first.deadband is None or spec.deadband is None else min(first.deadband, spec.deadband)
+        )
+        if interval != first.interval_ms or deadband != first.deadband:
+            merged[key] = replace(first, interval_ms=interval, deadband=deadband)
+    return list(merged.values())
+
+
 class LaneSchedule:
     """The due plan of one lane over the variables of its running contexts.
 
@@ -117,7 +140,7 @@ class LaneSchedule:
         # What each reader must serve (plan_changed), computed here, where the plan is built
         # before its context starts, not on the lane's thread before its first tick.
         served: dict[str, list[VariableSpec]] = {r: [] for r in self.reader_order}
-        for spec in distinct_reads(self.specs):
+        for spec in served_specs(self.specs):
             served[spec.reader].append(spec)
         self.served = {r: tuple(v) for r, v in served.items()}
         # Positions in the plan keep batches in a stable order (context, then its variables).

@@ -139,6 +139,26 @@ def test_readers_hear_the_distinct_variables_they_must_serve_before_the_tick() -
     assert reader.plans == [["a", "b"], ["a"], ["a", "b"], []]
 
 
+def test_a_pushing_reader_serves_a_shared_variable_as_finely_as_its_finest_context_asks() -> None:
+    # One monitored item per node: it must sample at the shortest interval and filter no finer
+    # than the smallest deadband, or one context's filter would thin another context's values.
+    pusher = PushingDataReader()
+    collector, clock = virtual_collector([pusher], [MemoryDataWriter()], start_ms=T0)
+    change = {"report": "change", "deadband": 0.5}
+    collector.start(context(1, var(1, "a", "pushing", **change), var(2, "b", "pushing", **change)))
+    collector.start(context(2, var(3, "a", "pushing", report="change", deadband=0.2), interval_ms=50))
+    collector.start(context(3, var(4, "b", "pushing", interval_ms=200)))  # every value of "b"
+    clock.advance_ms(100)
+    served = {spec.address: (spec.interval_ms, spec.deadband) for spec in pusher.serving}
+    assert served == {"a": (50, 0.2), "b": (100, None)}
+    collector.stop(2)
+    collector.stop(3)
+    clock.advance_ms(100)
+    served = {spec.address: (spec.interval_ms, spec.deadband) for spec in pusher.serving}
+    assert served == {"a": (100, 0.5), "b": (100, 0.5)}
+    collector.close()
+
+
 def test_a_lane_not_assigned_does_not_read_and_its_contexts_get_nothing_from_it() -> None:
     log: list[tuple[int, str]] = []
     mine = LaneReader("mine", "tcp://10.0.0.1:502", log)
