@@ -412,7 +412,13 @@ def test_group_pause_and_resume_reach_every_member_and_a_later_joiner(members: M
     while not all("context 1 running (group control)" in members.log(m) for m in ("m1", "m2", "m3")):
         assert time.monotonic() < deadline, "the resume did not reach every member"
         time.sleep(0.05)
-    time.sleep(0.6)
+    # Each member collects again: wait for its rows (its CSV flushes every second) rather than
+    # for a fixed time a loaded machine may not keep.
+    deadline = time.monotonic() + 10
+    while not all(any(t > resumed_at for _, t in members.rows()[m]) for m in ("m1", "m2", "m3")):
+        if time.monotonic() > deadline:
+            break  # the assertions below say which member did not resume
+        time.sleep(0.1)
     members.close()
     found = members.rows()
     during = [
