@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import pytest
 
+from tests.support.process import ServerProcess
 from tests.support.victoria import REQUIRE_SERVERS_ENV, free_port
 
 __all__ = ["ETCD_FIXTURES", "Etcd", "EtcdCluster", "EtcdError", "etcd", "etcd_binary", "etcd_factory"]
@@ -60,8 +61,13 @@ def etcd_binary() -> str:
     pytest.skip(reason)
 
 
-class Etcd:
+class Etcd(ServerProcess):
     """One etcd member on ``127.0.0.1``: a client port, a peer port and a data folder."""
+
+    error = EtcdError
+
+    def describe(self) -> str:
+        return f"etcd {self.name} on {self.url}"
 
     def __init__(
         self,
@@ -150,18 +156,6 @@ class Etcd:
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._end(signal.SIGTERM, timeout_s)
-
-    def kill(self) -> None:
-        self._end(signal.SIGKILL, 10.0)
-
-    def pause(self) -> None:
-        self._signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -195,37 +189,6 @@ class Etcd:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - loopback
             answer: dict[str, Any] = json.loads(response.read())
             return answer
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self._process is None or self._process.poll() is not None:
-            raise EtcdError(f"etcd {self.name} on {self.url} is not running")
-        self._process.send_signal(sig)
-
-    def _end(self, sig: signal.Signals, timeout_s: float) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._process = None
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class EtcdCluster:

@@ -22,7 +22,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -34,6 +33,7 @@ from typing import IO, Any
 
 import pytest
 
+from tests.support.process import ServerProcess
 from tests.support.victoria import REQUIRE_SERVERS_ENV, free_port
 
 __all__ = [
@@ -99,8 +99,13 @@ def influxd_binary() -> str:
     pytest.skip(reason)
 
 
-class InfluxDB1:
+class InfluxDB1(ServerProcess):
     """One ``influxd`` process on ``127.0.0.1`` keeping its data under ``root``."""
+
+    error = InfluxDB1Error
+
+    def describe(self) -> str:
+        return f"influxd on {self.url}"
 
     def __init__(
         self,
@@ -167,13 +172,6 @@ class InfluxDB1:
             )
             self._admin_created = True
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM: stored data reaches the disk (the WAL)."""
-        self._end(signal.SIGTERM, timeout_s)
-
-    def kill(self) -> None:
-        self._end(signal.SIGKILL, 10.0)
-
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -226,13 +224,6 @@ class InfluxDB1:
                     rows.append(row)
         return rows
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
     # -- internals -------------------------------------------------------------------------------
 
     def _request(
@@ -274,25 +265,6 @@ class InfluxDB1:
                     f"influxd on {self.url} not ready after {self.ready_timeout_s} s\n{self.log_tail()}"
                 )
             time.sleep(_POLL_S)
-
-    def _end(self, sig: signal.Signals, timeout_s: float) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._process = None
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 InfluxFactory = Any

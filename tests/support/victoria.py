@@ -40,6 +40,8 @@ from typing import IO, Any
 
 import pytest
 
+from tests.support.process import ServerProcess
+
 __all__ = [
     "REQUIRE_SERVERS_ENV",
     "SERVER_FIXTURES",
@@ -108,12 +110,18 @@ def free_port() -> int:
         return port
 
 
-class VictoriaMetrics:
+class VictoriaMetrics(ServerProcess):
     """One VictoriaMetrics process on ``127.0.0.1:port`` storing into ``storage``.
 
     ``args`` adds command-line flags (``-httpAuth.username=...``, ``-dedup.minScrapeInterval=1ms``).
     ``auth`` is the (user, password) the helper's own reads use when the server demands Basic auth.
+    ``kill()`` loses what VictoriaMetrics held in memory, acknowledged or not.
     """
+
+    error = VictoriaMetricsError
+
+    def describe(self) -> str:
+        return f"VictoriaMetrics on {self.url}"
 
     def __init__(
         self,
@@ -177,21 +185,6 @@ class VictoriaMetrics:
             command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
         )
         self._wait_ready()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop gracefully (SIGTERM): in-flight requests finish and stored data reaches the disk."""
-        self._end(signal.SIGTERM, timeout_s)
-
-    def kill(self) -> None:
-        """Kill at once (SIGKILL). VictoriaMetrics then loses what it held in memory, acknowledged or not."""
-        self._end(signal.SIGKILL, 10.0)
-
-    def pause(self) -> None:
-        """Freeze the process (SIGSTOP): connections open, nothing answers."""
-        self._signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self._signal(signal.SIGCONT)
 
     def restart(self, args: Sequence[str] | None = None) -> None:
         self.stop()
@@ -257,13 +250,6 @@ class VictoriaMetrics:
         """Poll until at least ``count`` samples match (or the deadline); return the series."""
         return self.wait_for(match, lambda series: sample_count(series) >= count, timeout_s)
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
     # -- internals -------------------------------------------------------------------------------
 
     def _get(self, path: str, timeout_s: float = 10.0) -> bytes:
@@ -306,30 +292,6 @@ class VictoriaMetrics:
                     + self.log_tail()
                 )
             time.sleep(_POLL_S)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self._process is None or self._process.poll() is not None:
-            raise VictoriaMetricsError(f"VictoriaMetrics on {self.url} is not running")
-        self._process.send_signal(sig)
-
-    def _end(self, sig: signal.Signals, timeout_s: float) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._process = None
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 Factory = Callable[..., VictoriaMetrics]
