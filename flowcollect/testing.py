@@ -30,6 +30,7 @@ __all__ = [
     "PushingDataReader",
     "RecordingListener",
     "StaticDataReader",
+    "StuckDataWriter",
     "VirtualClock",
     "VirtualScheduler",
     "collect",
@@ -181,6 +182,49 @@ class PushingDataReader(DataReader):
     def keep_alive(self) -> None:
         """Nothing changed, the source is alive (an empty batch)."""
         self._send([], [], [], None, None)
+
+
+class StuckDataWriter(DataWriter):
+    """A fault-injecting writer: it blocks for ever in ``where`` (``"write"``, ``"flush"`` or
+    ``"close"``), as a file on a hung network mount does, until the test sets ``release``;
+    ``entered`` is set once it blocks. Elsewhere it behaves as a file: it acknowledges its
+    batches when it flushes them. Use it to test that your pipeline's shutdown stays bounded.
+    """
+
+    acknowledges = True
+
+    def __init__(self, where: str, name: str = "") -> None:
+        if where not in ("write", "flush", "close"):
+            raise ValueError(f"where must be 'write', 'flush' or 'close', got {where!r}")
+        self.where = where
+        self.label = name or f"stuck-in-{where}"
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[ValueBatch] = []
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def _block(self, where: str) -> None:
+        if self.where == where:
+            self.entered.set()
+            self.release.wait()
+
+    def write_batch(self, batch: ValueBatch) -> None:
+        self._block("write")
+        self.batches.append(batch)
+
+    def flush(self) -> None:
+        self._block("flush")
+        done, self.batches = self.batches, []
+        for batch in done:
+            self.acknowledge(batch, len(batch))
+
+    def close(self) -> None:
+        self._block("close")
+        self.closed = True
 
 
 class RecordingListener(DataCollectionListener):

@@ -28,8 +28,7 @@ import pytest
 
 from flowcollect import CollectedVariable, DataCollectionContext, DataCollector, DataWriter, Variable
 from flowcollect.stats import CollectorStats
-from flowcollect.testing import MemoryDataWriter, StaticDataReader
-from flowcollect.values import ValueBatch
+from flowcollect.testing import MemoryDataWriter, StaticDataReader, StuckDataWriter
 from flowcollect.writers import CsvFileDataWriter
 from tests.conftest import collector_threads
 from tests.reliability.support import ms, wait_until
@@ -304,41 +303,6 @@ CLOSE_TIMEOUT_S = 2.0
 CLOSE_SLACK_S = 1.0
 
 
-class StuckWriter(DataWriter):
-    """A writer that acknowledges its rows when it flushes them (a file's way) and blocks for
-    ever in ``where`` (a file on a hung network mount), until the test releases it."""
-
-    acknowledges = True
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.batches: list[ValueBatch] = []
-
-    @property
-    def name(self) -> str:
-        return f"stuck-in-{self.where}"
-
-    def _block(self, where: str) -> None:
-        if self.where == where:
-            self.entered.set()
-            self.release.wait()
-
-    def write_batch(self, batch: ValueBatch) -> None:
-        self._block("write")
-        self.batches.append(batch)
-
-    def flush(self) -> None:
-        self._block("flush")
-        done, self.batches = self.batches, []
-        for b in done:
-            self.acknowledge(b, len(b))
-
-    def close(self) -> None:
-        self._block("close")
-
-
 class HungReader(StaticDataReader):
     """Its first read never returns (until the test releases it)."""
 
@@ -375,7 +339,7 @@ def assert_stuck_writers_accounted(stats: CollectorStats, delivered: int) -> Non
         assert w.dropped == w.dropped_close == delivered - written, w
 
 
-def release_and_wait(collector: DataCollector, *parts: StuckWriter | HungReader) -> None:
+def release_and_wait(collector: DataCollector, *parts: StuckDataWriter | HungReader) -> None:
     collector.close()  # when the test failed before its own close; bounded, and idempotent
     for part in parts:
         part.release.set()
@@ -388,7 +352,7 @@ def test_writers_stuck_in_write_flush_and_close_cost_close_only_its_timeout(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, no_leftover_threads: None
 ) -> None:
     reader = StaticDataReader({"a": 1.5, "b": 2.5}, type="steady")
-    stuck = [StuckWriter(where) for where in ("write", "flush", "close")]
+    stuck = [StuckDataWriter(where) for where in ("write", "flush", "close")]
     memory, csv_writer = MemoryDataWriter(), CsvFileDataWriter(tmp_path / "out.csv")
     collector = DataCollector([reader], [csv_writer, memory, *stuck], close_timeout_s=CLOSE_TIMEOUT_S)
     try:
@@ -433,7 +397,7 @@ def test_a_hung_reader_and_three_stuck_writers_share_one_close_deadline(
     tmp_path: Path, no_leftover_threads: None
 ) -> None:
     hung, steady = HungReader(), StaticDataReader({"a": 1.5, "b": 2.5}, type="steady")
-    stuck = [StuckWriter(where) for where in ("write", "flush", "close")]
+    stuck = [StuckDataWriter(where) for where in ("write", "flush", "close")]
     csv_writer = CsvFileDataWriter(tmp_path / "out.csv")
     collector = DataCollector([hung, steady], [*stuck, csv_writer], close_timeout_s=CLOSE_TIMEOUT_S)
     try:

@@ -19,6 +19,7 @@ import pytest
 from flowcollect import CollectedVariable, DataWriter, WriterStats
 from flowcollect._sink import WriterSink
 from flowcollect.errors import ConfigError
+from flowcollect.testing import StuckDataWriter
 from flowcollect.values import ValueBatch, VariableSpec
 from flowcollect.writers import MemoryDataWriter
 from tests.reliability.support import wait_until
@@ -358,44 +359,6 @@ def test_receive_checks_its_arguments_and_can_be_reset() -> None:
 # -- bounded flush and close -------------------------------------------------------------------
 
 
-class StuckWriter(DataWriter):
-    """An acknowledging writer (rows acknowledged at flush, as a file's are) that blocks for
-    ever in ``where`` (a file on a hung network mount), until the test releases it."""
-
-    acknowledges = True
-
-    def __init__(self, where: str, name: str = "") -> None:
-        self.where = where
-        self.label = name or f"stuck-in-{where}"
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.batches: list[ValueBatch] = []
-        self.closed = False
-
-    @property
-    def name(self) -> str:
-        return self.label
-
-    def _block(self, where: str) -> None:
-        if self.where == where:
-            self.entered.set()
-            self.release.wait()
-
-    def write_batch(self, batch: ValueBatch) -> None:
-        self._block("write")
-        self.batches.append(batch)
-
-    def flush(self) -> None:
-        self._block("flush")
-        done, self.batches = self.batches, []
-        for b in done:
-            self.acknowledge(b, len(b))
-
-    def close(self) -> None:
-        self._block("close")
-        self.closed = True
-
-
 @pytest.mark.parametrize(
     ("where", "expected"),
     [
@@ -410,7 +373,7 @@ class StuckWriter(DataWriter):
 def test_close_returns_by_its_deadline_whatever_the_writer_does(
     where: str, expected: tuple[int, ...], caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = StuckWriter(where)
+    writer = StuckDataWriter(where)
     sink = WriterSink(writer, LOG)
     took_in = {"write": 3, "flush": 12, "close": 0}[where]  # in flight at the deadline
     try:
