@@ -384,7 +384,11 @@ def test_group_pause_and_resume_reach_every_member_and_a_later_joiner(members: M
     paused_at = time.time() * 1000
     members.start("m3", "--metrics-port", "0", "--status-every", "0.3")  # joins while paused
     members.wait_owned(["m1", "m2", "m3"], 20)
-    assert marker in members.log("m3")
+    # It applies the paused state before it collects; its log reaches us through a pipe, later.
+    deadline = time.monotonic() + 5
+    while marker not in members.log("m3"):
+        assert time.monotonic() < deadline, f"the later joiner did not apply the pause: {members.log('m3')}"
+        time.sleep(0.05)
     # Its metrics and status lines show the group as it sees it.
     url = re.search(r"metrics at (http://\S+)", members.log("m3"))
     assert url is not None, members.log("m3")
