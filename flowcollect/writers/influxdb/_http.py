@@ -35,14 +35,28 @@ from flowcollect.writers.sender import Outcome, Status
 __all__ = ["Api", "Endpoint", "HttpTransport", "Probe"]
 
 Api = Literal["v1", "v2", "v3"]
-# Level 1 compresses line protocol about 11:1 at ~0.2 us a point; level 9 reaches 16:1 for
-# ten times the CPU.
+# Level 1 compresses line protocol 6-11:1 (ISA-L ~0.11 us a point, zlib ~0.43 us); zlib's level
+# 9 gains a third more for ten times the CPU.
 GZIP_LEVEL = 1
 _MAX_MESSAGE = 500
 _MIN_SCRUBBED = 4
 _DROPPED = re.compile(r"dropped=(\d+)")
 _CONFLICT = re.compile(r'input field "((?:[^"\\]|\\.)*)" on measurement "((?:[^"\\]|\\.)*)" is type (\w+)')
 _GZIP_MAGIC = b"\x1f\x8b"
+
+try:
+    # ISA-L's gzip: the same format as zlib's, ~4x less CPU at level 1 and a little smaller.
+    from isal.igzip import compress as _isal_compress
+
+    def _gzip(data: bytes) -> bytes:
+        return _isal_compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+
+except ImportError:  # a platform without its wheel: the standard library's zlib
+
+    def _gzip(data: bytes) -> bytes:
+        return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+
+
 _UNESCAPED_SPACE = re.compile(r"(?<!\\) ")
 _UNESCAPED_TAGS_START = re.compile(r"(?<!\\)[, ]")
 
@@ -125,7 +139,7 @@ class HttpTransport:
 
     def encode(self, records: Sequence[str]) -> bytes:
         text = "\n".join(records).encode("utf-8")
-        return gzip.compress(text, compresslevel=GZIP_LEVEL, mtime=0) if self.gzip else text
+        return _gzip(text) if self.gzip else text
 
     def send(self, body: bytes, *, timeout_s: float) -> Outcome:
         # The body says how it was encoded (gzip may have been switched since it was made).
