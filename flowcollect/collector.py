@@ -301,6 +301,15 @@ class DataCollector:
             for key, lane in self._lanes.items():
                 lane.assign(self._assigned is None or key in self._assigned, since)
 
+    def lanes_stopped(self, keys: Iterable[str]) -> frozenset[str]:
+        """Those of ``keys`` this collector reads nothing on any more: not assigned, and the read
+        that was in flight when ``assign_lanes`` took them away has ended (``assign_lanes``
+        returns at once; a group gives a lane's key back only once it is here). A lane closed
+        with the collector counts once its last read has ended (or the close deadline abandoned
+        it); a key of a lane this collector does not have counts as stopped."""
+        lanes = self._lanes  # fixed at construction: no lock, so a close in progress never blocks this
+        return frozenset(key for key in keys if key not in lanes or lanes[key].stopped)
+
     def lanes(self) -> dict[str, tuple[str, ...]]:
         """Lane key -> the types of the readers on it (every reader of the collector)."""
         return dict(self._lane_readers)

@@ -35,6 +35,8 @@ from flowcollect.group._keys import lane_key, member_key, member_value, parse_vi
 __all__ = ["GroupMember", "GroupStats", "default_member_id"]
 
 _log = logging.getLogger("flowcollect.group")
+# How often a member looks again at a lane it gave up that is still finishing its read.
+_DRAIN_POLL_S = 0.05
 
 Clock = Callable[[], float]
 Wait = Callable[[threading.Event, float], bool]
@@ -109,8 +111,11 @@ class GroupMember:
     """Join ``address``'s group, own a fair share of ``lanes``, and say which through ``on_assignment``.
 
     ``on_assignment(lanes)`` gets the full set of lanes to collect every time it changes (the
-    empty set before a lane may be read elsewhere); it must return only once lanes no longer in
-    the set have stopped reading. ``on_control(context_id, state)`` applies the group's
+    empty set before a lane may be read elsewhere). A lane taken out of the set may still finish
+    the read it is in: ``lanes_stopped(lanes)`` says which of those have stopped, and only their
+    keys are given back (a lane still reading after ``ttl_s``, the bound a crashed member gives
+    too, is given back with a warning); without it, ``on_assignment`` must return only once they
+    have stopped. ``on_control(context_id, state)`` applies the group's
     ``paused``/``running``/``stopped`` wish for a context. ``clock`` (monotonic seconds) and
     ``wait(event, timeout)`` are injectable so the loop can run in virtual time.
     """
@@ -125,6 +130,7 @@ class GroupMember:
         labels: Iterable[str] = (),
         pins: Iterable[Pin] = (),
         on_control: Callable[[int, str], None] | None = None,
+        lanes_stopped: Callable[[frozenset[str]], frozenset[str]] | None = None,
         ttl_s: int = 10,
         keepalive_s: float | None = None,
         margin_s: float | None = None,
@@ -147,6 +153,9 @@ class GroupMember:
         _check_timing(self.ttl_s, keepalive, margin, timeout)
         self._on_assignment = on_assignment
         self._on_control = on_control
+        self._lanes_stopped = lanes_stopped
+        self._draining: dict[str, float] = {}  # lane given up but still reading -> since when
+        self._nap = threading.Event()  # never set: a plain bounded sleep through ``wait``
         self._clock = clock
         self._wait = wait
         self._log = logger or _log
@@ -276,8 +285,10 @@ class GroupMember:
     def _pause(self, now: float) -> float:
         if self._lease is None:
             return max(0.0, min(self._timer.retry_s, self._next_grant - now))
-        # Read at least once per keep-alive interval even when the watch says nothing.
-        return min(self._timer.next_wake(now), self._timer.keepalive_s)
+        # Read at least once per keep-alive interval even when the watch says nothing; soon
+        # when a lane given up is still finishing its read (its key goes once it has).
+        pause = min(self._timer.next_wake(now), self._timer.keepalive_s)
+        return min(pause, _DRAIN_POLL_S) if self._draining else pause
 
     def _budget(self) -> float | None:
         """Seconds left before the fencing deadline: no etcd call may run longer (None: fenced
@@ -379,14 +390,67 @@ class GroupMember:
         tokens = {lane: view.owners[lane].token for lane in decision.collect}
         # Lanes to give back stop here, before their keys go: nobody else may start them sooner.
         self._assign(decision.collect, tokens, decision.waiting)
-        self._release(decision.release, view)
+        released = self._stopped(decision.release)
+        self._release(released, view)
         acquired = self._acquire(decision.acquire)
         if acquired and not self._timer.fenced(self._clock()):
             # The keys are ours under a lease still inside its deadline: start them now rather
             # than after another read.
             waiting = tuple(lane for lane in decision.waiting if lane not in acquired)
             self._assign(decision.collect | acquired.keys(), {**tokens, **acquired}, waiting)
-        return bool(decision.release or decision.acquire)
+        return bool(released or decision.acquire)
+
+    def _stopped(self, lanes: Iterable[str]) -> list[str]:
+        """Those of ``lanes`` (no longer assigned) that may be given back: their read has ended."""
+        lanes = list(lanes)
+        if self._lanes_stopped is None:
+            return lanes
+        try:
+            stopped = self._lanes_stopped(frozenset(lanes)) if lanes else frozenset()
+        except Exception:
+            self._log.exception("group %s: asking which lanes have stopped failed", self.address.name)
+            stopped = frozenset()
+        now = self._clock()
+        ready = []
+        for lane in lanes:
+            since = self._draining.setdefault(lane, now)
+            if lane in stopped:
+                ready.append(lane)
+            elif now - since >= self.ttl_s:
+                self._log.warning(
+                    "group %s: %s gives lane %s back still reading after %d s (a read stuck?)",
+                    self.address.name,
+                    self.member_id,
+                    lane,
+                    self.ttl_s,
+                )
+                ready.append(lane)
+        self._draining = {lane: since for lane, since in self._draining.items() if lane in lanes}
+        for lane in ready:
+            del self._draining[lane]
+        return ready
+
+    def _await_stopped(self, lanes: frozenset[str]) -> None:
+        """Wait (bounded by ``ttl_s``) until ``lanes`` have ended their reads in flight."""
+        if self._lanes_stopped is None or not lanes:
+            return
+        deadline = self._clock() + self.ttl_s
+        while True:
+            try:
+                if self._lanes_stopped(lanes) >= lanes:
+                    return
+            except Exception:
+                self._log.exception("group %s: asking which lanes have stopped failed", self.address.name)
+                return
+            if self._clock() >= deadline:
+                self._log.warning(
+                    "group %s: %s leaves with lane(s) still reading after %d s",
+                    self.address.name,
+                    self.member_id,
+                    self.ttl_s,
+                )
+                return
+            self._wait(self._nap, _DRAIN_POLL_S)
 
     def _release(self, lanes: Iterable[str], view: View) -> None:
         """Delete the keys of lanes already stopped, each only if still the incarnation we made."""
@@ -492,7 +556,11 @@ class GroupMember:
         self._watch = self._store.watch(self._prefix, self._wake.set)
 
     def _leave(self) -> None:
+        with self._lock:
+            held = self._collecting
         self._assign(frozenset(), {}, ())
+        # Revoking the lease frees every key at once: first let the reads in flight end.
+        self._await_stopped(held | frozenset(self._draining))
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None

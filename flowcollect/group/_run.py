@@ -4,8 +4,10 @@ The run is the pipeline's own, with three additions. Before the first context st
 collector is told to run no lane at all, so nothing is read before ownership is settled. Once
 every context has started, the member joins and hands the collector the lanes it holds. On
 SIGTERM/SIGINT the member leaves before the collector closes: its lanes stop (the read in
-flight completes and goes to the writers), its lease is revoked so the others take over at
-once, and only then are the writers flushed and closed.
+flight completes and goes to the writers, and the member waits for it through
+``DataCollector.lanes_stopped``), its lease is revoked so the others take over at once, and only
+then are the writers flushed and closed. A lane moved to another member is given back the same
+way: its key goes once its read in flight has ended.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class LaneCollector(Protocol):
     """What a member needs of the collector (``DataCollector`` has it)."""
 
     def assign_lanes(self, keys: Iterable[str] | None) -> None: ...
+    def lanes_stopped(self, keys: Iterable[str]) -> frozenset[str]: ...
     def lanes(self) -> Any: ...
     def pause(self, context_id: int) -> Any: ...
     def resume(self, context_id: int) -> Any: ...
@@ -94,6 +97,7 @@ class GroupMembership:
             labels=self.options.labels,
             pins=self.options.pins,
             on_control=on_control,
+            lanes_stopped=collector.lanes_stopped,
             ttl_s=self.options.ttl_s,
             logger=self._log,
         )

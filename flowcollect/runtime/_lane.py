@@ -98,6 +98,8 @@ class Lane:
         self._anchor: float | None = None
         self._last_fired = -1
         self._closed = False
+        self._assignments = 0  # assign() calls that changed the assignment
+        self._applied = 0  # the last of them the lane's thread has applied
 
     # -- from other threads ------------------------------------------------------------------
 
@@ -134,7 +136,23 @@ class Lane:
     def assign(self, assigned: bool, since_ms: int) -> None:
         if assigned != self.assigned:
             self.assigned = assigned
-            self.post(lambda: self._apply(since_ms))
+            self._assignments += 1
+            assignment = self._assignments
+
+            def apply() -> None:
+                self._apply(since_ms)
+                # On the lane's thread: whatever read was in flight when this was posted is over.
+                self._applied = assignment
+
+            self.post(apply)
+
+    @property
+    def stopped(self) -> bool:
+        """No read runs and none will: the lane is closed (after its last read) or abandoned, or
+        it is not assigned and its thread has taken that in."""
+        if self._closed:
+            return True
+        return not self.assigned and self._applied == self._assignments
 
     def store(self, reader: str) -> PushStore | None:
         return self._stores.get(reader)

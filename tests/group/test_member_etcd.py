@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -340,3 +340,75 @@ def test_pinned_lanes_go_only_to_labelled_members(group: Callable[..., tuple[Gro
     assert rb.lanes == frozenset(LANES[:4])
     status = group_status(a.address, pins)
     assert {s.lane: s.owner for s in status.lanes if s.lane in serial} == dict.fromkeys(serial)
+
+
+class Reads:
+    """Stands in for a collector's ``lanes_stopped``: the lanes whose read is still in flight."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight: set[str] = set()
+
+    def __call__(self, lanes: frozenset[str]) -> frozenset[str]:
+        with self.lock:
+            return frozenset(lanes - self.in_flight)
+
+    def set(self, lanes: Iterable[str]) -> None:
+        with self.lock:
+            self.in_flight = set(lanes)
+
+
+def test_a_lane_given_up_mid_read_is_given_back_only_once_that_read_has_ended(
+    group: Callable[..., tuple[GroupMember, Recorder]],
+) -> None:
+    reads = Reads()
+    _, ra = group("a", lanes_stopped=reads)
+    wait_until(lambda: ra.lanes == frozenset(LANES), 5, "a holds every lane")
+    reads.set(LANES)  # every lane of a is in a read that has not ended
+    _, rb = group("b")
+    moving = {lane for lane in LANES if owner(lane, {"a": frozenset(), "b": frozenset()}) == "b"}
+    assert moving, "with 8 lanes over two members, b should own some"
+    wait_until(lambda: ra.lanes == frozenset(LANES) - moving, 5, "a stopped the lanes that move to b")
+    time.sleep(TTL / 2)
+    assert rb.lanes == frozenset(), "b started lanes whose reads on a had not ended"
+    reads.set(())
+    waited = wait_until(lambda: rb.lanes == moving, 2, "b holds its lanes once a's reads ended")
+    assert waited < 1.0
+    assert_never_both({"a": ra, "b": rb})
+
+
+def test_a_read_that_never_ends_holds_its_lane_no_longer_than_the_ttl(
+    group: Callable[..., tuple[GroupMember, Recorder]], caplog: pytest.LogCaptureFixture
+) -> None:
+    reads = Reads()
+    _, ra = group("a", lanes_stopped=reads)
+    wait_until(lambda: ra.lanes == frozenset(LANES), 5, "a holds every lane")
+    reads.set(LANES)  # stuck for good
+    _, rb = group("b")
+    moving = {lane for lane in LANES if owner(lane, {"a": frozenset(), "b": frozenset()}) == "b"}
+    wait_until(lambda: ra.lanes == frozenset(LANES) - moving, 5, "a stopped the lanes that move to b")
+    gave_up = time.monotonic()
+    wait_until(lambda: rb.lanes == moving, 2 * TTL, "b holds its lanes after a's bound")
+    assert time.monotonic() - gave_up >= TTL * 0.8
+    assert "still reading after" in caplog.text
+
+
+def test_a_leaving_member_revokes_its_lease_only_once_its_reads_have_ended(
+    group: Callable[..., tuple[GroupMember, Recorder]],
+) -> None:
+    reads = Reads()
+    a, ra = group("a", lanes_stopped=reads)
+    _, rb = group("b")
+    wait_until(lambda: all_owned_once([ra, rb]), 5, "lanes shared")
+    given = ra.lanes
+    reads.set(given)
+    leaving = threading.Thread(target=a.stop, daemon=True)
+    leaving.start()
+    wait_until(lambda: ra.lanes == frozenset(), 2, "a stopped its lanes")
+    time.sleep(TTL / 4)
+    assert not (rb.lanes & given), "b started lanes whose reads on a had not ended"
+    reads.set(())
+    wait_until(lambda: rb.lanes == frozenset(LANES), 2, "b holds every lane")
+    leaving.join(5)
+    assert not leaving.is_alive()
+    assert_never_both({"a": ra, "b": rb})
