@@ -37,7 +37,7 @@ from rich.text import Text
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
-from flowcollect.group import GroupMembership, GroupOptions, GroupStatsCollector, run_in_group
+from flowcollect.group import GroupMembership, GroupOptions, GroupStats, GroupStatsCollector, run_in_group
 from flowcollect.group._cli import group_app
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
@@ -231,7 +231,7 @@ class _Status:
             + "".join(f"; {name} {text}" for name, text in _spools(stats))
         )
 
-    def table(self, stats: CollectorStats) -> Group:
+    def table(self, stats: CollectorStats, group: GroupStats | None = None) -> Group:
         m = self.measure(stats)
         rate = "-" if m["rate"] is None else f"{m['rate']:,.0f}"
         head = Text.assemble(
@@ -255,8 +255,15 @@ class _Status:
         for name, w in stats.writers.items():
             f = writer_figures(w)
             writers.add_row(name, f"{f.written:,}", f"{f.pending:,}", f"{f.failed:,}", f"{f.dropped:,}")
-        spools = [Text(f"{name} {text}", style="dim") for name, text in _spools(stats)]
-        return Group(head, readers, writers, *spools, hint)
+        extra = [Text(f"{name} {text}", style="dim") for name, text in _spools(stats)]
+        if group is not None:
+            # A member that is not collecting (fenced, joining) is the line to notice.
+            extra.append(
+                Text(
+                    f"group {group.group}: {group.line()}", style="" if group.state == "active" else "yellow"
+                )
+            )
+        return Group(head, readers, writers, *extra, hint)
 
 
 def _spools(stats: CollectorStats) -> list[tuple[str, str]]:
@@ -450,12 +457,15 @@ def _run(
     status = _Status(pipeline.name)
     live = Live(console=console, auto_refresh=False, transient=True) if live_status else None
 
+    def membership() -> GroupStats | None:
+        return memberships[0].stats() if memberships else None
+
     def started(collector: DataCollector) -> None:
         holder.append(collector)
         status.reset()
         if live is not None:
             live.start()
-            live.update(status.table(collector.stats()), refresh=True)
+            live.update(status.table(collector.stats(), membership()), refresh=True)
 
     on_status: Callable[[CollectorStats], None] | None = None
     every = status_every
@@ -463,15 +473,15 @@ def _run(
         every = 1.0
 
         def on_status(stats: CollectorStats) -> None:
-            live.update(status.table(stats), refresh=True)
+            live.update(status.table(stats, membership()), refresh=True)
 
     elif status_every > 0:
 
         def on_status(stats: CollectorStats) -> None:
             _log.info("%s", status.line(stats))
-            membership = memberships[0].stats() if memberships else None
-            if membership is not None:
-                _log.info("group %s: %s", membership.group, membership.line())
+            group_stats = membership()
+            if group_stats is not None:
+                _log.info("group %s: %s", group_stats.group, group_stats.line())
 
     stop = threading.Event()
     # The interpreter's defaults stay as they are (no gc.freeze(), no shorter switch interval):

@@ -90,3 +90,31 @@ def test_group_metrics_show_the_members_lanes_and_state(etcd: Etcd) -> None:
     assert f"flowcollect_group_lanes_acquired_total{{{labels}}} 2.0" in text
     tokens = [line for line in text.splitlines() if line.startswith("flowcollect_group_lane_token{")]
     assert len(tokens) == 2 and all(float(line.split()[-1]) > 0 for line in tokens)
+
+
+def test_the_live_status_shows_the_members_group_line(etcd: Etcd) -> None:
+    from rich.console import Console
+
+    from flowcollect import DataCollectionContext, DataCollector, Variable
+    from flowcollect.cli import _Status
+    from flowcollect.testing import StaticDataReader
+
+    collector = DataCollector(readers=[StaticDataReader({"a": 1.0})], writers=[])
+    collector.start(DataCollectionContext(id=1, variables=[Variable(id=1, address="a", reader="static")]))
+    url = f"etcd://{etcd.endpoint}/cli-live"
+    try:
+        with GroupMember(url, LANES, lambda lanes: None, member_id="m1", ttl_s=2) as member:
+            assert member.wait_joined(5)
+            deadline = time.monotonic() + 5
+            while len(member.stats().owned) < len(LANES) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            console = Console(record=True, width=200)
+            console.print(_Status("plant").table(collector.stats(), member.stats()))
+            text = console.export_text()
+    finally:
+        collector.close()
+    assert "group cli-live: m1 active: 3/3 lane(s), 1 member(s)" in text
+    # Without a group, no group line.
+    console = Console(record=True, width=200)
+    console.print(_Status("plant").table(collector.stats()))
+    assert "group" not in console.export_text()
