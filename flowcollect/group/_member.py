@@ -156,6 +156,7 @@ class GroupMember:
         self._lanes_stopped = lanes_stopped
         self._draining: dict[str, float] = {}  # lane given up but still reading -> since when
         self._nap = threading.Event()  # never set: a plain bounded sleep through ``wait``
+        self._leave_within_s = 10.0  # stop()'s timeout: leaving waits for reads within half of it
         self._clock = clock
         self._wait = wait
         self._log = logger or _log
@@ -203,6 +204,7 @@ class GroupMember:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Leave: stop collecting every lane, then revoke the lease so the others take over at once."""
+        self._leave_within_s = timeout_s
         self._stopping.set()
         self._wake.set()
         thread = self._thread
@@ -430,11 +432,11 @@ class GroupMember:
             del self._draining[lane]
         return ready
 
-    def _await_stopped(self, lanes: frozenset[str]) -> None:
-        """Wait (bounded by ``ttl_s``) until ``lanes`` have ended their reads in flight."""
+    def _await_stopped(self, lanes: frozenset[str], bound_s: float) -> None:
+        """Wait (at most ``bound_s``) until ``lanes`` have ended their reads in flight."""
         if self._lanes_stopped is None or not lanes:
             return
-        deadline = self._clock() + self.ttl_s
+        deadline = self._clock() + bound_s
         while True:
             try:
                 if self._lanes_stopped(lanes) >= lanes:
@@ -444,10 +446,10 @@ class GroupMember:
                 return
             if self._clock() >= deadline:
                 self._log.warning(
-                    "group %s: %s leaves with lane(s) still reading after %d s",
+                    "group %s: %s leaves with lane(s) still reading after %.1f s",
                     self.address.name,
                     self.member_id,
-                    self.ttl_s,
+                    bound_s,
                 )
                 return
             self._wait(self._nap, _DRAIN_POLL_S)
@@ -560,7 +562,8 @@ class GroupMember:
             held = self._collecting
         self._assign(frozenset(), {}, ())
         # Revoking the lease frees every key at once: first let the reads in flight end.
-        self._await_stopped(held | frozenset(self._draining))
+        # Within half of stop()'s timeout, so the loop still ends (and revokes) inside it.
+        self._await_stopped(held | frozenset(self._draining), min(self.ttl_s, self._leave_within_s / 2))
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
