@@ -386,3 +386,29 @@ def test_a_named_type_conflict_pins_down_its_lines_and_a_mismatch_falls_back_to_
     assert _conflicting_lines(message, b"\n".join(x.encode() for x in lines), 2) == (1, 3)
     assert _conflicting_lines(message, body, 3) is None, "more refused than named: the count alone"
     assert _conflicting_lines("partial write: points beyond retention policy dropped=2", body, 2) is None
+
+
+@pytest.mark.parametrize("isal", [True, False], ids=["isal", "stdlib-gzip"])
+def test_bodies_are_gzip_level_1_with_or_without_isal(isal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from flowcollect.writers.influxdb import _http
+
+    if not isal:
+        monkeypatch.setitem(sys.modules, "isal", None)  # import isal now fails: the fallback
+        monkeypatch.setitem(sys.modules, "isal.igzip", None)
+    module = importlib.reload(_http)
+    try:
+        uses = module._gzip.__code__.co_names
+        assert ("_isal_compress" in uses) is isal
+        endpoint = module.Endpoint.build("http://127.0.0.1:1", "v1", {"db": "d"})
+        records = [f"m,variable={i} value={i * 0.1!r} {i}" for i in range(2000)]
+        body = module.HttpTransport(endpoint).encode(records)
+        raw = "\n".join(records).encode()
+        assert body[:2] == b"\x1f\x8b" and len(body) < len(raw) / 3
+        assert gzip.decompress(body).decode() == "\n".join(records)
+        assert module.HttpTransport(endpoint, gzip=False).encode(records) == "\n".join(records).encode()
+    finally:
+        monkeypatch.undo()
+        importlib.reload(_http)
