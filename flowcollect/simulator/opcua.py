@@ -56,6 +56,10 @@ __all__ = [
     "serve",
 ]
 
+# Stopping the server (its sessions closed), then whatever tasks are left: bounded, so SIGTERM
+# ends the process within about five seconds whatever a client does.
+_STOP_TIMEOUT_S = 3.0
+_LEFT_TIMEOUT_S = 2.0
 _log = logging.getLogger("flowcollect.simulator.opcua")
 
 NAMESPACE_URI: Final = "urn:flowcollect:simulator"
@@ -300,10 +304,20 @@ class OpcUaSimulator:
             self._tempdir = None
 
     def run(self, on_ready: Callable[[OpcUaSimulator], None] | None = None) -> None:
-        """Serve from this thread until Ctrl-C (or ``stop`` from another thread)."""
+        """Serve from this thread until Ctrl-C, SIGTERM (on the main thread) or ``stop`` from
+        another thread; returns within a few seconds of being asked, whatever a client does."""
         self._on_ready = on_ready
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self._serve())
+            _run_bounded(
+                self._serve(),
+                self._request_stop,
+                signals=threading.current_thread() is threading.main_thread(),
+            )
+
+    def _request_stop(self) -> None:
+        # On the loop's thread (a signal handler the loop runs): the server then closes in order.
+        if self._stop is not None:
+            self._stop.set()
 
     def __enter__(self) -> OpcUaSimulator:
         return self.start()
@@ -318,7 +332,7 @@ class OpcUaSimulator:
 
     def _thread_main(self) -> None:
         try:
-            asyncio.run(self._serve())
+            _run_bounded(self._serve(), self._request_stop, signals=False)
         except BaseException as exc:  # reported to start(), which raises it
             self._error = exc
         finally:
@@ -359,7 +373,8 @@ class OpcUaSimulator:
         await self._set_limits(server)
         server.subscribe_server_callback(CallbackType.PreRead, self._pre_read)
         self._server = server
-        async with server:
+        await server.start()
+        try:
             updater = asyncio.create_task(self._update_loop())
             bulk = asyncio.create_task(self._bulk_loop()) if self.bulk and self.bulk_period_s else None
             self._ready.set()
@@ -373,7 +388,12 @@ class OpcUaSimulator:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
-        self._server = None
+        finally:
+            # asyncua's stop closes every session; a client that does not answer must not keep
+            # the simulator (and whoever stops it) waiting.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.stop(), _STOP_TIMEOUT_S)
+            self._server = None
 
     async def _load_certificate(self, server: Any) -> None:
         from asyncua.crypto.cert_gen import setup_self_signed_certificate
@@ -687,12 +707,38 @@ class EmbeddedOpcUaSimulator:
 
 def serve(host: str = "127.0.0.1", port: int = 4840, **options: Any) -> None:
     """Run the simulator in the foreground until Ctrl-C or SIGTERM; prints its endpoint."""
-    simulator = OpcUaSimulator(host, port, **options)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    OpcUaSimulator(host, port, **options).run(on_ready=_announce)
+
+
+def _run_bounded(main: Any, request_stop: Callable[[], None], *, signals: bool) -> None:
+    """Run ``main`` on a new event loop; SIGINT/SIGTERM (``signals``) ask it to stop in order.
+
+    Unlike ``asyncio.run``, what is left once ``main`` has returned gets ``_LEFT_TIMEOUT_S`` to
+    finish its cancellation, not for ever: a KeyboardInterrupt raised into asyncua's callbacks
+    once left a task that never ended, and the process with it.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        simulator.run(on_ready=_announce)
+        if signals:
+            for number in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(number, request_stop)
+        task = loop.create_task(main)
+        loop.run_until_complete(task)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        try:
+            left = asyncio.all_tasks(loop)
+            for pending in left:
+                pending.cancel()
+            if left:
+                loop.run_until_complete(asyncio.wait(left, timeout=_LEFT_TIMEOUT_S))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            if signals:
+                for number in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(number)
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def _announce(simulator: OpcUaSimulator) -> None:
