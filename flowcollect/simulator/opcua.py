@@ -185,6 +185,7 @@ class OpcUaSimulator:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
+        self._stop_requested = False  # a signal may come before _serve has made its event
         self._error: BaseException | None = None
         self._server: Any = None
         self._nodes: dict[str, Any] = {}
@@ -307,6 +308,7 @@ class OpcUaSimulator:
         """Serve from this thread until Ctrl-C, SIGTERM (on the main thread) or ``stop`` from
         another thread; returns within a few seconds of being asked, whatever a client does."""
         self._on_ready = on_ready
+        self._stop_requested = False
         with contextlib.suppress(KeyboardInterrupt):
             _run_bounded(
                 self._serve(),
@@ -316,6 +318,7 @@ class OpcUaSimulator:
 
     def _request_stop(self) -> None:
         # On the loop's thread (a signal handler the loop runs): the server then closes in order.
+        self._stop_requested = True
         if self._stop is not None:
             self._stop.set()
 
@@ -331,6 +334,7 @@ class OpcUaSimulator:
         self.stop()
 
     def _thread_main(self) -> None:
+        self._stop_requested = False
         try:
             _run_bounded(self._serve(), self._request_stop, signals=False)
         except BaseException as exc:  # reported to start(), which raises it
@@ -349,6 +353,8 @@ class OpcUaSimulator:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
         server = Server(user_manager=_Users(self.users) if self.users else None)  # type: ignore[arg-type]
         await server.init()
         if self.port == 0:
