@@ -52,6 +52,8 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from flowcollect.simulator._loop import run_bounded
+
 __all__ = [
     "BULK_COUNT",
     "BULK_START",
@@ -350,6 +352,7 @@ class Simulator:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._on_ready: Callable[[Simulator], None] | None = None
+        self._stop_requested = False
 
     # -- counters
 
@@ -407,15 +410,30 @@ class Simulator:
         self._thread = None
 
     def run(self, on_ready: Callable[[Simulator], None] | None = None) -> None:
-        """Serve from this thread until Ctrl-C (or ``stop`` from another thread).
+        """Serve from this thread until Ctrl-C, SIGTERM (on the main thread) or ``stop`` from
+        another thread.
 
         ``on_ready`` is called once listening, when ``port`` holds the real port.
         """
         self._on_ready = on_ready
+        self._stop_requested = False
         try:
-            asyncio.run(self._serve())
+            run_bounded(
+                self._serve(),
+                self._request_stop,
+                signals=threading.current_thread() is threading.main_thread(),
+            )
         except KeyboardInterrupt:
+            self._stop_requested = True
+        if self._stop_requested:
             _log.info("simulator on %s stopped", self._where())
+
+    def _request_stop(self) -> None:
+        # On the loop's thread (a signal handler the loop runs): _serve then closes the server.
+        self._stop_requested = True
+        server = self._server
+        if server is not None and not server.serving.done():
+            server.serving.set_result(True)
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -432,8 +450,9 @@ class Simulator:
 
     def _thread_main(self) -> None:
         self._error = None
+        self._stop_requested = False
         try:
-            asyncio.run(self._serve())
+            run_bounded(self._serve(), self._request_stop, signals=False)
         except BaseException as exc:  # reported to start(), which raises it
             self._error = exc
         finally:
@@ -453,7 +472,8 @@ class Simulator:
         if self._on_ready is not None:
             self._on_ready(self)
         try:
-            await server.serving
+            if not self._stop_requested:  # a signal may have come while the server started
+                await server.serving
         finally:
             await _close(server)
 
@@ -770,7 +790,7 @@ async def _close(server: ModbusBaseServer) -> None:
         await asyncio.sleep(0)
     await server.shutdown()  # type: ignore[no-untyped-call]
     # Closing a connection only schedules its socket's close: one more turn runs it before
-    # asyncio.run tears the loop down.
+    # the loop is torn down.
     await asyncio.sleep(0)
 
 

@@ -34,7 +34,6 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import signal
 import socket
 import tempfile
 import threading
@@ -43,6 +42,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
+
+from flowcollect.simulator._loop import run_bounded
 
 __all__ = [
     "KNOWN",
@@ -56,10 +57,9 @@ __all__ = [
     "serve",
 ]
 
-# Stopping the server (its sessions closed), then whatever tasks are left: bounded, so SIGTERM
-# ends the process within about five seconds whatever a client does.
+# Stopping the server closes its sessions: bounded, so SIGTERM ends the process within about
+# five seconds (with what is left after it, see run_bounded) whatever a client does.
 _STOP_TIMEOUT_S = 3.0
-_LEFT_TIMEOUT_S = 2.0
 _log = logging.getLogger("flowcollect.simulator.opcua")
 
 NAMESPACE_URI: Final = "urn:flowcollect:simulator"
@@ -310,7 +310,7 @@ class OpcUaSimulator:
         self._on_ready = on_ready
         self._stop_requested = False
         with contextlib.suppress(KeyboardInterrupt):
-            _run_bounded(
+            run_bounded(
                 self._serve(),
                 self._request_stop,
                 signals=threading.current_thread() is threading.main_thread(),
@@ -336,7 +336,7 @@ class OpcUaSimulator:
     def _thread_main(self) -> None:
         self._stop_requested = False
         try:
-            _run_bounded(self._serve(), self._request_stop, signals=False)
+            run_bounded(self._serve(), self._request_stop, signals=False)
         except BaseException as exc:  # reported to start(), which raises it
             self._error = exc
         finally:
@@ -714,37 +714,6 @@ class EmbeddedOpcUaSimulator:
 def serve(host: str = "127.0.0.1", port: int = 4840, **options: Any) -> None:
     """Run the simulator in the foreground until Ctrl-C or SIGTERM; prints its endpoint."""
     OpcUaSimulator(host, port, **options).run(on_ready=_announce)
-
-
-def _run_bounded(main: Any, request_stop: Callable[[], None], *, signals: bool) -> None:
-    """Run ``main`` on a new event loop; SIGINT/SIGTERM (``signals``) ask it to stop in order.
-
-    Unlike ``asyncio.run``, what is left once ``main`` has returned gets ``_LEFT_TIMEOUT_S`` to
-    finish its cancellation, not for ever: a KeyboardInterrupt raised into asyncua's callbacks
-    once left a task that never ended, and the process with it.
-    """
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        if signals:
-            for number in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(number, request_stop)
-        task = loop.create_task(main)
-        loop.run_until_complete(task)
-    finally:
-        try:
-            left = asyncio.all_tasks(loop)
-            for pending in left:
-                pending.cancel()
-            if left:
-                loop.run_until_complete(asyncio.wait(left, timeout=_LEFT_TIMEOUT_S))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            if signals:
-                for number in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(number)
-            asyncio.set_event_loop(None)
-            loop.close()
 
 
 def _announce(simulator: OpcUaSimulator) -> None:
