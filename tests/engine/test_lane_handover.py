@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
 from flowcollect import CollectedVariable, DataCollectionContext, DataCollector, Variable
 from flowcollect.testing import MemoryDataWriter, StaticDataReader
+from tests.support.waiting import wait_until
 
 LANE = "tcp://10.0.0.9:502"
 
@@ -39,14 +40,6 @@ class GatedReader(StaticDataReader):
         self.entered.set()
         self.gate.wait(10)
         super().read(variables)
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.01)
 
 
 def test_a_lane_taken_away_mid_read_stops_only_once_that_read_has_ended() -> None:

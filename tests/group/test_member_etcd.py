@@ -17,6 +17,7 @@ import pytest
 from flowcollect.group import GroupMember, Pin, group_status, owner, set_context_state
 from tests.support.etcd import Etcd, EtcdCluster, etcd_binary
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import wait_until
 
 TTL = 2
 LANES = [f"modbus+tcp://127.0.0.1:{5100 + i}" for i in range(8)]
@@ -47,15 +48,6 @@ class Recorder:
                 if not any(lane.startswith("control:") for lane in lanes):
                     return lanes
             return frozenset()
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    began = time.monotonic()
-    while not check():
-        if time.monotonic() - began > timeout_s:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - began
 
 
 @pytest.fixture

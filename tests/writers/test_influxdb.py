@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,6 +17,7 @@ from flowcollect.readers import RandomDataReader
 from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import InfluxDBDataWriter
 from tests.support.victoria import Factory, Series, VictoriaMetrics, sample_count
+from tests.support.waiting import wait_until
 
 TOKEN = "s3cr3t-t0ken-for-tests"
 LOGGER = "flowcollect.writers.influxdb"
@@ -75,14 +76,6 @@ def expected_of(batches: list[list[CollectedVariable]]) -> dict[tuple[str, str],
             ms = int(v.time.timestamp() * 1000)
             out.setdefault((str(v.context_id), str(v.id)), []).append((ms, float(v.value)))
     return {key: sorted(samples) for key, samples in out.items()}
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def writer(server_url: str, measurement: str, **options: object) -> InfluxDBDataWriter:

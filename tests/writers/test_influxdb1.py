@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from flowcollect.values import Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import InfluxDBDataWriter
 from tests.support.influxdb1 import ADMIN, InfluxDB1, InfluxFactory
 from tests.support.victoria import free_port
+from tests.support.waiting import wait_until
 
 LOGGER = "flowcollect.writers.influxdb"
 DB = "plant"
@@ -105,14 +106,6 @@ class Receipts:
             for r in self.all:
                 out[id(r.batch)] = out.get(id(r.batch), 0) + r.written + r.failed + r.dropped
             return out
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def v1_writer(server: InfluxDB1, measurement: str, **options: Any) -> InfluxDBDataWriter:

@@ -26,6 +26,7 @@ from flowcollect.values import Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import DataWriter, MemoryDataWriter, SpooledWriter, SpoolOptions
 from flowcollect.writers.spool import _records as rec
 from flowcollect.writers.spool._store import iter_records
+from tests.support.waiting import wait_until
 
 SPECS = (
     VariableSpec(1, 7, "a:float", "float", "random", 10, name="temperature", tags=(("line", "2"),)),
@@ -114,14 +115,6 @@ class FlakyWriter(DataWriter):
         if self.calls <= self.fail:
             raise ConnectionError("destination down")
         self.stored.append(batch)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 @pytest.fixture
