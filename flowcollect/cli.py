@@ -450,15 +450,14 @@ def _run(
                 ) from exc
             raise FlowcollectError(f"--metrics-port {metrics_port}: cannot listen: {exc}") from exc
     memberships = memberships if memberships is not None else []
-    if metrics is not None and group is not None:
-        metrics.registry.register(
-            GroupStatsCollector(lambda: memberships[0].stats() if memberships else None)
-        )
-    status = _Status(pipeline.name)
-    live = Live(console=console, auto_refresh=False, transient=True) if live_status else None
 
     def membership() -> GroupStats | None:
         return memberships[0].stats() if memberships else None
+
+    if metrics is not None and group is not None:
+        metrics.registry.register(GroupStatsCollector(membership))
+    status = _Status(pipeline.name)
+    live = Live(console=console, auto_refresh=False, transient=True) if live_status else None
 
     def started(collector: DataCollector) -> None:
         holder.append(collector)

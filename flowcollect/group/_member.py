@@ -407,11 +407,8 @@ class GroupMember:
         lanes = list(lanes)
         if self._lanes_stopped is None:
             return lanes
-        try:
-            stopped = self._lanes_stopped(frozenset(lanes)) if lanes else frozenset()
-        except Exception:
-            self._log.exception("group %s: asking which lanes have stopped failed", self.address.name)
-            stopped = frozenset()
+        # If the question fails, none has stopped: they wait for the next round, up to the TTL.
+        stopped = self._ask_stopped(frozenset(lanes), frozenset()) if lanes else frozenset()
         now = self._clock()
         ready = []
         for lane in lanes:
@@ -437,13 +434,8 @@ class GroupMember:
         if self._lanes_stopped is None or not lanes:
             return
         deadline = self._clock() + bound_s
-        while True:
-            try:
-                if self._lanes_stopped(lanes) >= lanes:
-                    return
-            except Exception:
-                self._log.exception("group %s: asking which lanes have stopped failed", self.address.name)
-                return
+        # If the question fails, waiting cannot end better: leave now.
+        while not self._ask_stopped(lanes, lanes) >= lanes:
             if self._clock() >= deadline:
                 self._log.warning(
                     "group %s: %s leaves with lane(s) still reading after %.1f s",
@@ -453,6 +445,16 @@ class GroupMember:
                 )
                 return
             self._wait(self._nap, _DRAIN_POLL_S)
+
+    def _ask_stopped(self, lanes: frozenset[str], failed: frozenset[str]) -> frozenset[str]:
+        """``lanes_stopped(lanes)``; ``failed`` (logged) when that raises."""
+        if self._lanes_stopped is None:
+            return lanes
+        try:
+            return self._lanes_stopped(lanes)
+        except Exception:
+            self._log.exception("group %s: asking which lanes have stopped failed", self.address.name)
+            return failed
 
     def _release(self, lanes: Iterable[str], view: View) -> None:
         """Delete the keys of lanes already stopped, each only if still the incarnation we made."""
