@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite talks to, when missing and when we may (root/sudo):
 # VictoriaMetrics (the InfluxDB v2 write API; no InfluxDB 2/3 server is packaged here),
-# InfluxDB 1.x, etcd and socat (serial pty pairs), all from Debian's packages.
+# InfluxDB 1.x, etcd, socat (serial pty pairs) and Mosquitto (MQTT), all from Debian's packages.
 set -u
 # command -> Debian package
 declare -A PACKAGES=(
@@ -10,10 +10,13 @@ declare -A PACKAGES=(
   [etcd]=etcd-server
   [etcdctl]=etcd-client
   [socat]=socat
+  [mosquitto]=mosquitto
+  [mosquitto_passwd]=mosquitto
 )
 missing=()
 for cmd in "${!PACKAGES[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${PACKAGES[$cmd]}")
+  # mosquitto lives in /usr/sbin, which a non-root PATH may lack.
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${PACKAGES[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else
@@ -24,4 +27,4 @@ echo "install-servers: installing ${missing[*]} from Debian's packages" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq >/dev/null || { echo "install-servers: apt-get update failed" >&2; exit 1; }
 # The packages enable systemd services; tests start their own instances on free ports instead.
-$SUDO apt-get install -y -qq "${missing[@]}" >/dev/null || { echo "install-servers: install failed" >&2; exit 1; }
+$SUDO apt-get install -y -qq $(printf "%s\n" "${missing[@]}" | sort -u) >/dev/null || { echo "install-servers: install failed" >&2; exit 1; }
