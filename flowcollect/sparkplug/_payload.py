@@ -377,16 +377,18 @@ def decode(data: bytes) -> Any:
     return Payload.FromString(data)
 
 
-def metric_value(metric: Any) -> Any:
+def metric_value(metric: Any, datatype: int | None = None) -> Any:
     """A decoded metric's value as Python: None when null or absent; integers of the signed
-    datatypes back from two's complement."""
+    datatypes back from two's complement. ``datatype``: the metric's, from its birth, for DATA
+    messages (which carry only the alias)."""
     if metric.is_null:
         return None
     which = metric.WhichOneof("value")
     if which is None:
         return None
     value = getattr(metric, which)
-    datatype = metric.datatype
+    if metric.HasField("datatype"):
+        datatype = metric.datatype
     if which == "int_value" and datatype in (DataType.Int8, DataType.Int16, DataType.Int32):
         return value - (1 << 32) if value >= 1 << 31 else value
     if which == "long_value" and datatype == DataType.Int64:

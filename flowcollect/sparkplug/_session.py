@@ -56,6 +56,7 @@ __all__ = [
     "Settle",
     "Subscribe",
     "check_id",
+    "ndeath_payload",
 ]
 
 NAMESPACE: Final = "spBv1.0"
@@ -73,6 +74,11 @@ def check_id(kind: str, value: str) -> str | None:
     if bad:
         return f"{kind} {value!r} must not contain {' '.join(bad)} (MQTT topic characters)"
     return None
+
+
+def ndeath_payload(bdseq: int, now_ms: int) -> bytes:
+    """An NDEATH: the ``bdSeq`` metric (Int64) and no ``seq``."""
+    return birth_payload(None, now_ms, [(MetricDef.make(BDSEQ, 0, DataType.Int64), Current(now_ms, bdseq))])
 
 
 # -- actions --------------------------------------------------------------------------------------
@@ -243,6 +249,11 @@ class EdgeNode:
         """The NDEATH to register as the will of the connection about to be made."""
         return self._ndeath(now_ms)
 
+    def set_bdseq(self, bdseq: int) -> None:
+        """The ``bdSeq`` of the connection about to come up, when the driver keeps the count
+        itself (it registers each will before the node hears of the connection)."""
+        self._bdseq = bdseq % 256
+
     def connected(self, now_ms: int) -> list[Action]:
         """The MQTT session is up (CONNACK): subscribe, then the births unless a primary host
         must say it is online first."""
@@ -296,11 +307,10 @@ class EdgeNode:
 
     def requeue(self, carried: Iterable[Carried]) -> None:
         """Values a message carried that the broker never got (the connection dropped first):
-        hold them again, ahead of what is held, to go out once a session is up."""
-        back = [(c.batch, (c.part,)) for c in carried]
-        for entry in reversed(back):
-            self._held.appendleft(entry)
-        self._held_values += sum(c.count for c in carried)
+        hold them again, to go out (in instant order with the rest) once a session is up."""
+        for c in carried:
+            self._held.append((c.batch, (c.part,)))
+            self._held_values += c.count
 
     def stop(self, now_ms: int) -> list[Action]:
         """A clean end: DDEATH for every device born in this session, then NDEATH."""
@@ -378,9 +388,7 @@ class EdgeNode:
         return seq
 
     def _ndeath(self, now_ms: int) -> Publish:
-        bdseq = MetricDef.make(BDSEQ, 0, DataType.Int64)
-        payload = birth_payload(None, now_ms, [(bdseq, Current(now_ms, self._bdseq))])
-        return Publish("NDEATH", self._topic_ndeath, payload, 1)
+        return Publish("NDEATH", self._topic_ndeath, ndeath_payload(self._bdseq, now_ms), 1)
 
     def _ddeath(self, device: str, now_ms: int) -> Publish:
         payload = birth_payload(self._next_seq(), now_ms, [])
@@ -414,7 +422,8 @@ class EdgeNode:
 
     def _births(self, now_ms: int, *, replay: bool) -> list[Action]:
         """NBIRTH, a DBIRTH per known device, then (``replay``) what was held, oldest first."""
-        held = list(self._held) if replay else []
+        # Oldest first (values a dropped connection gave back join the end of the queue).
+        held = sorted(self._held, key=lambda entry: entry[0].t_ms) if replay else []
         if replay:
             # Devices and metrics first seen in held data are born now too, with the rest.
             for batch, _ in held:
