@@ -34,6 +34,10 @@ The interface, all exported here (the modules are private)::
     conn.connected, conn.wait_connected(t), conn.pending, conn.stats(), conn.last_error
     conn.close(timeout_s)                          # bounded; returns how many were GIVEN_UP
 
+    template = TopicTemplate("flowcollect/{context}/{name}")   # ValueError: unknown placeholder
+    template.render(spec) -> str; template.problem(spec) -> str | None; topic_problem(topic)
+        # {context} {id} {name} {address} {reader} {tag:KEY}; no wildcard, no empty level
+
 Receipts and messages arrive on paho's network thread: keep the callbacks short, never block in
 them. ``publish`` may be called from any thread (also from the callbacks).
 """
@@ -50,6 +54,7 @@ from flowcollect.mqtt._options import (
     parse_url,
 )
 from flowcollect.mqtt._preflight import preflight
+from flowcollect.mqtt._topics import PLACEHOLDERS, TopicTemplate, topic_problem
 
 __all__ = [
     "MqttConnection",
@@ -57,10 +62,13 @@ __all__ = [
     "MqttOptions",
     "OnDone",
     "OnMessage",
+    "PLACEHOLDERS",
     "Outcome",
     "Protocol",
     "TlsOptions",
+    "TopicTemplate",
     "options_problems",
     "parse_url",
     "preflight",
+    "topic_problem",
 ]

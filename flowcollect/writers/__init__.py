@@ -12,6 +12,7 @@ from flowcollect.writers.spool import SpooledWriter, SpoolOptions
 
 if TYPE_CHECKING:
     from flowcollect.writers.influxdb import InfluxDBDataWriter
+    from flowcollect.writers.mqtt import MqttDataWriter
 
 __all__ = [
     "CsvFileDataWriter",
@@ -19,6 +20,7 @@ __all__ = [
     "InfluxDBDataWriter",
     "LogDataWriter",
     "MemoryDataWriter",
+    "MqttDataWriter",
     # store and forward
     "SpoolOptions",
     "SpooledWriter",
@@ -31,4 +33,9 @@ def __getattr__(name: str) -> Any:
         from flowcollect.writers.influxdb import InfluxDBDataWriter
 
         return InfluxDBDataWriter
+    # paho-mqtt is imported only by those who publish to MQTT.
+    if name == "MqttDataWriter":
+        from flowcollect.writers.mqtt import MqttDataWriter
+
+        return MqttDataWriter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
