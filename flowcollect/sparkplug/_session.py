@@ -38,6 +38,7 @@ from flowcollect.sparkplug._payload import (
     Current,
     DataEncoder,
     MetricDef,
+    ValueDoesNotFitError,
     birth_payload,
     datatype_of,
     decode,
@@ -64,6 +65,9 @@ REBIRTH: Final = "Node Control/Rebirth"
 BDSEQ: Final = "bdSeq"
 
 _NODE_INFO: Final = "Node Info/Software"
+HISTORICAL_GRACE_MS: Final = 1_000
+"""A value reaching a live session this much older than its births is historical (a spool's
+backlog after a restart); younger, it is one the births just overtook."""
 
 
 def check_id(kind: str, value: str) -> str | None:
@@ -421,42 +425,83 @@ class EdgeNode:
         return Publish("DBIRTH", topic, payload, self.qos, carries)
 
     def _births(self, now_ms: int, *, replay: bool) -> list[Action]:
-        """NBIRTH, a DBIRTH per known device, then (``replay``) what was held, oldest first."""
+        """NBIRTH, a DBIRTH per known device, then (``replay``) what was held, oldest first.
+
+        A held value that is still its metric's newest goes out in the DBIRTH, as the current
+        value (the birth carries it); the older ones follow as historical DDATA.
+        """
         # Oldest first (values a dropped connection gave back join the end of the queue).
         held = sorted(self._held, key=lambda entry: entry[0].t_ms) if replay else []
+        carried: dict[str, list[Carried]] = {}
+        in_birth: set[tuple[int, int]] = set()
         if replay:
             # Devices and metrics first seen in held data are born now too, with the rest.
-            for batch, _ in held:
-                self._register(self._layout(batch.variables))
+            newest: dict[int, tuple[ValueBatch, int, _Part]] = {}
+            for batch, parts in held:
+                layout = self._layout(batch.variables)
+                self._register(layout)
+                for k in range(len(layout.parts)) if parts is None else parts:
+                    part = layout.parts[k]
+                    seen = newest.get(id(part))
+                    if seen is None or seen[0].t_ms <= batch.t_ms:
+                        newest[id(part)] = (batch, k, part)
+            for batch, k, part in newest.values():
+                device = self._devices[part.device]
+                current = device.newest.get(id(part))
+                if current is not None and current[1] is batch:
+                    unfit = _unfit(device, batch, part)
+                    carried.setdefault(part.device, []).append(self._carried(batch, k, part, unfit))
+                    in_birth.add((id(batch), k))
         self._live = True
         self._born_ms = now_ms
         actions: list[Action] = [self._nbirth(now_ms)]
-        actions += [self._dbirth(device, now_ms) for device in self._devices.values() if device.metrics]
+        for device in self._devices.values():
+            if device.metrics:
+                actions.append(self._dbirth(device, now_ms, tuple(carried.get(device.name, ()))))
         if replay:
             self._held.clear()
             self._held_values = 0
             for batch, parts in held:
-                actions += self._send(batch, self._layout(batch.variables), parts, now_ms)
+                layout = self._layout(batch.variables)
+                chosen = range(len(layout.parts)) if parts is None else parts
+                rest = tuple(k for k in chosen if (id(batch), k) not in in_birth)
+                if rest:
+                    actions += self._send(batch, layout, rest, now_ms, historical=True)
         return actions
 
     def _send(
-        self, batch: ValueBatch, layout: _Layout, parts: tuple[int, ...] | None, now_ms: int
+        self,
+        batch: ValueBatch,
+        layout: _Layout,
+        parts: tuple[int, ...] | None,
+        now_ms: int,
+        *,
+        historical: bool | None = None,
     ) -> list[Action]:
-        """Publish a batch (or some of its device parts) in the live session."""
+        """Publish a batch (or some of its device parts) in the live session.
+
+        Historical (``is_historical``): what was held, a value older than one already sent for
+        its metric, and a value from well before the session's births (a spool's backlog after
+        a restart).
+        """
+        if historical is None:
+            historical = batch.t_ms + HISTORICAL_GRACE_MS < self._born_ms or self._superseded(
+                batch, layout, parts
+            )
         self._note_newest(batch, layout, parts)
         grown = self._register(layout, parts)
         actions: list[Action] = []
         if grown:
             # A metric new to a device already born: the specification's way is a rebirth.
             actions += self._births(now_ms, replay=False)
-        historical = batch.t_ms < self._born_ms
         chosen = range(len(layout.parts)) if parts is None else parts
         for k in chosen:
             part = layout.parts[k]
             device = self._devices[part.device]
             if not device.born and not historical:
                 # Born with this batch's values as its current ones: the birth carries them.
-                actions.append(self._dbirth(device, now_ms, (self._carried(batch, k, part, []),)))
+                unfit = _unfit(device, batch, part)
+                actions.append(self._dbirth(device, now_ms, (self._carried(batch, k, part, unfit),)))
                 continue
             if not device.born:
                 # A historical value goes out flagged as such, after a birth that carries none.
@@ -474,6 +519,16 @@ class EdgeNode:
                 Publish("DDATA", topic, payload, self.qos, (self._carried(batch, k, part, unfit),))
             )
         return actions
+
+    def _superseded(self, batch: ValueBatch, layout: _Layout, parts: tuple[int, ...] | None) -> bool:
+        """True when a newer value than this batch's was already taken for one of its parts."""
+        for k in range(len(layout.parts)) if parts is None else parts:
+            part = layout.parts[k]
+            device = self._devices.get(part.device)
+            seen = None if device is None else device.newest.get(id(part))
+            if seen is not None and seen[1].t_ms > batch.t_ms:
+                return True
+        return False
 
     def _carried(self, batch: ValueBatch, k: int, part: _Part, unfit: list[int]) -> Carried:
         if not unfit:
@@ -555,6 +610,18 @@ class EdgeNode:
             seen = device.newest.get(id(part))
             if seen is None or seen[1].t_ms <= batch.t_ms:
                 device.newest[id(part)] = (part, batch)
+
+
+def _unfit(device: _Device, batch: ValueBatch, part: _Part) -> list[int]:
+    """Positions (in the part) of values a birth sends as null because they do not fit."""
+    out: list[int] = []
+    for j, (name, i) in enumerate(zip(part.names, part.indices, strict=True)):
+        if batch.errors[i] is None:
+            try:
+                device.metrics[name].encode(batch.values[i])
+            except ValueDoesNotFitError:
+                out.append(j)
+    return out
 
 
 def _columns(

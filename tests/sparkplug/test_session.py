@@ -301,11 +301,13 @@ def test_primary_host_births_only_when_online_and_held_data_goes_out_historical(
     assert n.held_values == 9
     assert publishes(n.received(STATE, state(False, 10), T0 + 250)) == []
     out = publishes(n.received(STATE, state(True, 20), T0 + 300))
-    assert [m.kind for m in out] == ["NBIRTH", "DBIRTH", "DDATA", "DDATA", "DDATA"]
-    assert [decoded(m).seq for m in out] == [0, 1, 2, 3, 4]
-    assert out[1].carries == ()
+    assert [m.kind for m in out] == ["NBIRTH", "DBIRTH", "DDATA", "DDATA"]
+    assert [decoded(m).seq for m in out] == [0, 1, 2, 3]
+    # The newest held values are the current ones: the birth carries them; the older follow.
+    assert out[1].carries == (Carried(held[2], 0, 3),)
     born = metric_by_name(decoded(out[1]))
-    assert born["Line/Temp"].double_value == 2.0 and not born["Line/Temp"].is_historical  # the newest
+    assert born["Line/Temp"].double_value == 2.0 and not born["Line/Temp"].is_historical
+    assert born["Line/Temp"].timestamp == T0 + 200
     for k, message in enumerate(out[2:]):
         assert message.carries == (Carried(held[k], 0, 3),)
         metrics = decoded(message).metrics
@@ -326,16 +328,18 @@ def test_primary_host_offline_ends_the_session_and_data_is_held() -> None:
     (ndeath,) = publishes(actions)
     assert ndeath.kind == "NDEATH" and metric_by_name(decoded(ndeath))["bdSeq"].long_value == 0
     assert isinstance(actions[-1], Reconnect)
-    assert publishes(n.data(batch(VARS, T0 + 200, [2.0, True, 2]), T0 + 200)) == []
+    older, newer = batch(VARS, T0 + 200, [2.0, True, 2]), batch(VARS, T0 + 300, [3.0, True, 3])
+    assert publishes(n.data(older, T0 + 200)) == [] and publishes(n.data(newer, T0 + 300)) == []
     n.connection_lost()
     assert metric_by_name(decoded(n.will(T0 + 250)))["bdSeq"].long_value == 1
     assert publishes(n.connected(T0 + 250)) == []
     # A stale retained "online" (older timestamp) does not count.
     assert publishes(n.received(STATE, state(True, 25), T0 + 260)) == []
-    out = publishes(n.received(STATE, state(True, 40), T0 + 300))
+    out = publishes(n.received(STATE, state(True, 40), T0 + 400))
     assert [m.kind for m in out] == ["NBIRTH", "DBIRTH", "DDATA"]
     assert metric_by_name(decoded(out[0]))["bdSeq"].long_value == 1
-    assert all(m.is_historical for m in decoded(out[2]).metrics)
+    assert out[1].carries == (Carried(newer, 0, 3),) and out[2].carries == (Carried(older, 0, 3),)
+    assert all(m.is_historical and m.timestamp == T0 + 200 for m in decoded(out[2]).metrics)
 
 
 def test_state_that_is_not_json_is_a_note() -> None:
@@ -357,7 +361,7 @@ def test_hold_limit_drops_the_oldest_and_says_so() -> None:
     assert taken == [(batches[1], 3), (batches[2], 3)] and n.held_values == 0
 
 
-def test_requeued_values_go_out_first_and_historical() -> None:
+def test_requeued_values_go_out_in_instant_order_and_historical() -> None:
     n = node()
     start(n)
     first = batch(VARS, T0, [1.0, True, 1])
@@ -365,11 +369,14 @@ def test_requeued_values_go_out_first_and_historical() -> None:
     b = batch(VARS, T0 + 100, [2.0, True, 2])
     (ddata,) = publishes(n.data(b, T0 + 100))
     n.connection_lost()
-    n.requeue(ddata.carries)
-    assert n.held_values == 3
-    n.will(T0 + 200)
-    out = publishes(n.connected(T0 + 200))
+    later = batch(VARS, T0 + 200, [3.0, True, 3])
+    n.data(later, T0 + 200)  # held: no session
+    n.requeue(ddata.carries)  # the broker never got it: back, behind the later one
+    assert n.held_values == 6
+    n.will(T0 + 300)
+    out = publishes(n.connected(T0 + 300))
     assert [m.kind for m in out] == ["NBIRTH", "DBIRTH", "DDATA"]
+    assert out[1].carries == (Carried(later, 0, 3),)
     assert out[2].carries == (Carried(b, 0, 3),)
     assert all(m.is_historical for m in decoded(out[2]).metrics)
 
@@ -387,3 +394,20 @@ def test_clean_stop_sends_ddeath_per_device_then_ndeath() -> None:
     ]
     assert [decoded(m).seq for m in out[:2]] == [3, 4]
     assert metric_by_name(decoded(out[2]))["bdSeq"].long_value == 3
+
+
+def test_late_values_in_a_live_session_are_historical() -> None:
+    n = node()
+    start(n, now=T0 + 5_000)
+    n.data(batch(VARS, T0 + 5_000, [1.0, True, 1]), T0 + 5_000)
+    # Older than a value already sent: it must not overwrite the live one.
+    (older,) = publishes(n.data(batch(VARS, T0 + 4_900, [0.5, True, 0]), T0 + 5_010))
+    assert all(m.is_historical for m in decoded(older).metrics)
+    # From well before the births (a spool's backlog after a restart), on another device.
+    other = (spec(9, "x", reader="plc9"),)
+    out = publishes(n.data(batch(other, T0, [7.0]), T0 + 5_020))
+    assert [m.kind for m in out] == ["DBIRTH", "DDATA"]
+    assert out[0].carries == () and all(m.is_historical for m in decoded(out[1]).metrics)
+    # Just overtaken by the births (within the grace): live.
+    (fresh,) = publishes(n.data(batch(other, T0 + 4_500, [8.0]), T0 + 5_030))
+    assert not any(m.is_historical for m in decoded(fresh).metrics)
