@@ -159,6 +159,8 @@ class _Part:
     datatypes: list[int]
     encoder: DataEncoder | None = None
     """Made once every metric of the part has its alias (never changes after)."""
+    key: tuple[str, ...] = ()
+    """Its metric names: what identifies the part across layouts."""
 
 
 @dataclass(slots=True, eq=False)
@@ -173,8 +175,9 @@ class _Layout:
 class _Device:
     name: str
     metrics: dict[str, MetricDef] = field(default_factory=dict)
-    newest: dict[int, tuple[_Part, ValueBatch]] = field(default_factory=dict)
-    """Per layout part (by id), the newest batch seen: where a birth takes current values."""
+    newest: dict[tuple[str, ...], tuple[_Part, ValueBatch]] = field(default_factory=dict)
+    """Per set of metrics (a part's names: the same for every layout of a plan, also those a
+    spool rebuilds), the newest batch seen: where a birth takes current values."""
     born: bool = False
 
 
@@ -436,18 +439,18 @@ class EdgeNode:
         in_birth: set[tuple[int, int]] = set()
         if replay:
             # Devices and metrics first seen in held data are born now too, with the rest.
-            newest: dict[int, tuple[ValueBatch, int, _Part]] = {}
+            newest: dict[tuple[str, ...], tuple[ValueBatch, int, _Part]] = {}
             for batch, parts in held:
                 layout = self._layout(batch.variables)
                 self._register(layout)
                 for k in range(len(layout.parts)) if parts is None else parts:
                     part = layout.parts[k]
-                    seen = newest.get(id(part))
+                    seen = newest.get(part.key)
                     if seen is None or seen[0].t_ms <= batch.t_ms:
-                        newest[id(part)] = (batch, k, part)
+                        newest[part.key] = (batch, k, part)
             for batch, k, part in newest.values():
                 device = self._devices[part.device]
-                current = device.newest.get(id(part))
+                current = device.newest.get(part.key)
                 if current is not None and current[1] is batch:
                     unfit = _unfit(device, batch, part)
                     carried.setdefault(part.device, []).append(self._carried(batch, k, part, unfit))
@@ -525,7 +528,7 @@ class EdgeNode:
         for k in range(len(layout.parts)) if parts is None else parts:
             part = layout.parts[k]
             device = self._devices.get(part.device)
-            seen = None if device is None else device.newest.get(id(part))
+            seen = None if device is None else device.newest.get(part.key)
             if seen is not None and seen[1].t_ms > batch.t_ms:
                 return True
         return False
@@ -574,6 +577,8 @@ class EdgeNode:
             part.indices.append(i)
             part.names.append(spec.name or spec.address)
             part.datatypes.append(datatype_of(spec))
+        for part in by_device.values():
+            part.key = (part.device, *part.names)
         layout = _Layout(variables, list(by_device.values()), failed)
         if len(self._layouts) >= _LAYOUT_CACHE:
             self._layouts.clear()
@@ -607,9 +612,9 @@ class EdgeNode:
             device = self._devices.get(part.device)
             if device is None:
                 device = self._devices[part.device] = _Device(part.device)
-            seen = device.newest.get(id(part))
+            seen = device.newest.get(part.key)
             if seen is None or seen[1].t_ms <= batch.t_ms:
-                device.newest[id(part)] = (part, batch)
+                device.newest[part.key] = (part, batch)
 
 
 def _unfit(device: _Device, batch: ValueBatch, part: _Part) -> list[int]:

@@ -365,3 +365,52 @@ def test_check_variables_names_the_variable_and_the_cause() -> None:
     assert "variable 3" in problems[1] and "must not contain /" in problems[1]
     assert "variable 4" in problems[2] and "Int64 here and Double for variable 1" in problems[2]
     writer.close()
+
+
+def test_held_values_stay_in_the_spool_and_go_out_historical_next_run(
+    mosquitto_factory: Any, tmp_path: Path
+) -> None:
+    from flowcollect.writers import SpooledWriter
+
+    broker = mosquitto_factory()
+    spool_dir = tmp_path / "spool"
+    t0 = now_ms() - 60_000  # collected during a minute the primary host was away
+    with watch(broker.url) as peer:
+        peer.publish("spBv1.0/STATE/scada", state(False, 1), retain=True)
+        inner = SparkplugDataWriter(
+            broker.url, group_id="Plant", edge_node_id="edge1", primary_host_id="scada"
+        )
+        first = SpooledWriter(inner, spool_dir, max_bytes=1 << 20, close_timeout_s=1.0)
+        receipts = Receipts()
+        first.attach(receipts)
+        for k in range(4):
+            first.write_batch(batch(t0, k))
+        wait_until(lambda: inner.stats()["held"] == 12, what="the writer holding what the spool handed")
+        first.close()
+        assert receipts.totals() == (0, 0, 0)  # nothing written, nothing lost: kept in the spool
+        wait_until(lambda: kinds(peer) == ["NDEATH"], what="only the NDEATH of a clean stop")
+
+        # The next run, the host back: the spool's values go out, flagged historical.
+        peer.publish("spBv1.0/STATE/scada", state(True, 2), retain=True)
+        inner = SparkplugDataWriter(
+            broker.url, group_id="Plant", edge_node_id="edge1", primary_host_id="scada"
+        )
+        second = SpooledWriter(inner, spool_dir, max_bytes=1 << 20, close_timeout_s=5.0)
+        receipts = Receipts()
+        second.attach(receipts)
+        live = now_ms()
+        second.write_batch(batch(live, 0))
+        try:
+            wait_until(lambda: inner.stats()["written"] == 15, what="the spool's 12 values and 3 new written")
+        finally:
+            second.close()
+    stamps = {
+        (t.rsplit("/", 1)[1], m.timestamp, m.is_historical)
+        for t, p in messages(peer)
+        if t.split("/")[2] == "DDATA"
+        for m in p.metrics
+    }
+    assert {(d, t0 + 100 * k, True) for k in range(4) for d in ("plc1", "plc2")} <= stamps
+    assert not {(d, ts) for d, ts, historical in stamps if not historical} & {
+        (d, t0 + 100 * k) for k in range(4) for d in ("plc1", "plc2")
+    }
