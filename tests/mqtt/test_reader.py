@@ -1,0 +1,239 @@
+"""MqttDataReader: addresses, payloads as values, and a real broker's messages on the grid."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from flowcollect import CollectedVariable, DataCollectionContext, DataCollector, Variable
+from flowcollect.errors import ConfigError
+from flowcollect.readers import MqttDataReader
+from flowcollect.readers.mqtt._plain import PlainKind, decode_text, from_json
+from flowcollect.writers import MemoryDataWriter, MqttDataWriter
+from tests.support.mqtt_peer import Peer
+from tests.support.waiting import wait_until
+
+FAST: dict[str, Any] = {"interval_ms": 50, "min_interval_ms": 10}
+
+# -- addresses and payloads (pure) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "topic", "path"),
+    [
+        ("plant/line1/temp", "plant/line1/temp", None),
+        ("plant/line1/status#$.temperature", "plant/line1/status", ("temperature",)),
+        ("a/b#$.pumps[1].speed", "a/b", ("pumps", 1, "speed")),
+        ("a/b#$['with space'][\"and.dot\"]", "a/b", ("with space", "and.dot")),
+        ("a/b#$", "a/b", ()),
+        ("/leading/and//empty", "/leading/and//empty", None),
+    ],
+)
+def test_addresses(text: str, topic: str, path: tuple[Any, ...] | None) -> None:
+    parsed = PlainKind().parse(text)
+    assert (parsed.topic, parsed.path) == (topic, path)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("plant/+/temp", "wildcard"),
+        ("plant/#", "wildcard"),
+        ("#$.x", "names no topic"),
+        ("a/b#$.x[", "not understood"),
+        ("a/b#$x", "not understood"),
+    ],
+)
+def test_bad_addresses_are_refused_before_start_naming_the_variable(text: str, words: str) -> None:
+    reader = MqttDataReader("mqtt://127.0.0.1:1")
+    context = DataCollectionContext(id=4, variables=[Variable(id=9, address=text, reader="mqtt")])
+    with DataCollector([reader], [MemoryDataWriter()]) as collector, pytest.raises(ConfigError) as caught:
+        collector.check(context)
+    assert "context 4" in str(caught.value) and "variable 9" in str(caught.value)
+    assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("payload", "value_type", "value", "error"),
+    [
+        (b"21.5", "float", 21.5, None),
+        (b" 7 \n", "int", 7, None),
+        (b"7.5", "int", None, "payload '7.5' is not an int"),
+        (b"ON", "bool", True, None),
+        (b"0", "bool", False, None),
+        (b"maybe", "bool", None, "payload 'maybe' is not a bool (true/false, 1/0, on/off)"),
+        (b"hello", "str", "hello", None),
+        (b"\xff\xfe", "float", None, "payload is not UTF-8 text"),
+        (b"", "float", None, "payload '' is not a float"),
+    ],
+)
+def test_plain_payloads(payload: bytes, value_type: str, value: Any, error: str | None) -> None:
+    assert decode_text(payload, value_type) == (value, error)
+
+
+@pytest.mark.parametrize(
+    ("doc", "value_type", "value", "error"),
+    [
+        (3, "float", 3.0, None),
+        (True, "float", None, "'true' is not a float"),
+        (4.0, "int", 4, None),
+        (4.5, "int", None, "'4.5' is not an int"),
+        (1, "bool", True, None),
+        ("x", "bool", None, "'\"x\"' is not a bool"),
+        (12, "str", "12", None),
+        ({"a": 1}, "str", None, "'{\"a\": 1}' is not a str"),
+    ],
+)
+def test_json_values(doc: Any, value_type: str, value: Any, error: str | None) -> None:
+    assert from_json(doc, value_type) == (value, error)
+
+
+# -- against a broker ------------------------------------------------------------------------------
+
+
+class Collected(MemoryDataWriter):
+    """Keeps each value with its context; thread-safe for a test's reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def last(self, variable_id: int) -> CollectedVariable | None:
+        got = [v for v in self.snapshot() if v.id == variable_id]
+        return got[-1] if got else None
+
+
+def test_values_on_the_grid_as_they_come_and_bad_payloads_as_errors(mosquitto_factory: Any) -> None:
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url)
+    memory = Collected()
+    variables = [
+        Variable(id=1, address="plant/temp", reader="mqtt"),
+        Variable(id=2, address="plant/status#$.pump.speed", reader="mqtt", value_type="int"),
+        Variable(id=3, address="plant/status#$.running", reader="mqtt", value_type="bool"),
+        Variable(id=4, address="plant/name", reader="mqtt", value_type="str", report="change"),
+    ]
+    with Peer(broker.url) as peer, DataCollector([reader], [memory]) as collector:
+        collector.start(DataCollectionContext(id=1, variables=variables, **FAST))
+        wait_until(lambda: memory.last(1) is not None, what="a first instant")
+        assert memory.last(1).error == "no value pushed yet"  # type: ignore[union-attr]
+        wait_until(lambda: reader.stats().get("subscriptions") == 3, what="three subscriptions")
+        peer.publish("plant/temp", b"21.5")
+        peer.publish(
+            "plant/status", json.dumps({"pump": {"speed": 1200}, "running": True, "time": 1_796_638_500_100})
+        )
+        peer.publish("plant/name", b"line 1")
+        wait_until(lambda: (v := memory.last(3)) is not None and v.value is True, what="the JSON values")
+        wait_until(lambda: (v := memory.last(1)) is not None and v.value == 21.5, what="the plain value")
+        speed = memory.last(2)
+        assert speed is not None and speed.value == 1200 and speed.error is None
+        assert speed.time is not None and speed.time.isoformat() == "2026-12-07T10:15:00.100000+00:00"
+        names = [v for v in memory.snapshot() if v.id == 4 and v.error is None]
+        assert [v.value for v in names] == ["line 1"], "report=change: delivered once, as it came"
+        # held on the grid: the plain value is delivered at each instant with its own arrival
+        held = [v for v in memory.snapshot() if v.id == 1 and v.value == 21.5]
+        wait_until(
+            lambda: len([v for v in memory.snapshot() if v.id == 1 and v.value == 21.5]) > len(held) + 2,
+            what="held values",
+        )
+        # a bad payload is an error on that value only
+        peer.publish("plant/status", json.dumps({"pump": {"speed": "fast"}, "running": False}))
+        wait_until(lambda: (v := memory.last(3)) is not None and v.value is False, what="the second status")
+        assert memory.last(2).error == "'\"fast\"' is not an int"  # type: ignore[union-attr]
+        peer.publish("plant/status", b"{not json")
+        wait_until(
+            lambda: (v := memory.last(3)) is not None and (v.error or "").startswith("payload is not JSON"),
+            what="not JSON",
+        )
+        assert memory.last(1).value == 21.5  # type: ignore[union-attr]
+    stats = reader.stats()
+    assert stats["messages"] == 5 and stats["bad_values"] == 3
+
+
+def test_reads_back_what_the_writer_published(mosquitto_factory: Any) -> None:
+    """The writer's "value" layout, read back with its time and its errors."""
+    from flowcollect.readers import RandomDataReader
+
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url)
+    memory = Collected()
+    with DataCollector([reader], [memory]) as back:
+        back.start(
+            DataCollectionContext(
+                id=2,
+                variables=[
+                    Variable(id=1, address="flowcollect/1/r1#$.value", reader="mqtt", report="change")
+                ],
+                **FAST,
+            )
+        )
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="the subscription")
+        writer = MqttDataWriter(broker.url)
+        with DataCollector([RandomDataReader(seed=3)], [writer]) as forth:
+            forth.start(
+                DataCollectionContext(id=1, variables=[Variable(id=1, address="r1", reader="random")], **FAST)
+            )
+            wait_until(lambda: writer.stats()["written"] >= 10, what="ten values published")
+        written = int(writer.stats()["written"])
+        wait_until(
+            lambda: len([v for v in memory.snapshot() if v.error is None]) >= written, what="all read back"
+        )
+    got = [v for v in memory.snapshot() if v.error is None]
+    assert len(got) == written
+    assert all(v.time is not None and v.time.microsecond % 50_000 == 0 for v in got), (
+        "the writer's grid times"
+    )
+
+
+def test_subscriptions_follow_the_contexts_and_come_back_after_a_restart(mosquitto_factory: Any) -> None:
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url)
+    memory = Collected()
+    one = DataCollectionContext(id=1, variables=[Variable(id=1, address="a/1", reader="mqtt")], **FAST)
+    two = DataCollectionContext(id=2, variables=[Variable(id=2, address="a/2", reader="mqtt")], **FAST)
+    with DataCollector([reader], [memory]) as collector:
+        collector.start(one)
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="one subscription")
+        collector.start(two)
+        wait_until(lambda: reader.stats().get("subscriptions") == 2, what="two subscriptions")
+        collector.pause(1)
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="one again while 1 is paused")
+        collector.resume(1)
+        wait_until(lambda: reader.stats().get("subscriptions") == 2, what="two again")
+        broker.kill()
+        wait_until(
+            lambda: (v := memory.last(2)) is not None and (v.error or "").startswith("lost the MQTT broker"),
+            what="errors while the broker is away",
+        )
+        broker.start()
+        wait_until(
+            lambda: reader.stats().get("connects") == 2 and reader.stats().get("subscriptions") == 2,
+            what="resubscribed",
+        )
+        with Peer(broker.url) as peer:
+            wait_until(
+                lambda: (peer.publish("a/2", b"2"), (v := memory.last(2)) is not None and v.value == 2.0)[1],
+                what="a value after the restart",
+                poll_s=0.2,
+            )
+
+
+def test_stale_after_silence(mosquitto_factory: Any) -> None:
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url, stale_after_ms=300)
+    memory = Collected()
+    with Peer(broker.url) as peer, DataCollector([reader], [memory]) as collector:
+        collector.start(
+            DataCollectionContext(id=1, variables=[Variable(id=1, address="s/1", reader="mqtt")], **FAST)
+        )
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="the subscription")
+        peer.publish("s/1", b"5")
+        wait_until(lambda: (v := memory.last(1)) is not None and v.value == 5.0, what="the value")
+        wait_until(
+            lambda: (v := memory.last(1)) is not None and (v.error or "").startswith("stale"), what="stale"
+        )
+        peer.publish("s/1", b"6")
+        wait_until(lambda: (v := memory.last(1)) is not None and v.value == 6.0, what="fresh again")
