@@ -148,6 +148,19 @@ class SparkplugHost:
     def set_wanted(self, addresses: list[SparkplugAddress]) -> None:
         self._wanted = {a.key: a for a in addresses}
 
+    def rebirth_all(self, now_ms: int, nodes: set[tuple[str, str]] | None = None) -> list[tuple[str, bytes]]:
+        """Rebirth requests for every watched edge node (or those of ``nodes``), sent as the
+        reader connects or starts watching. They do not count towards the interval between
+        requests: the subscriptions may not be in place yet, so the births can be missed, and
+        the first message seen without them must be able to ask again."""
+        wanted = {a.node for a in self._wanted.values()}
+        return [rebirth_request(g, e, now_ms) for g, e in sorted(wanted if nodes is None else wanted & nodes)]
+
+    def forget_sequences(self) -> None:
+        """The connection was lost: messages were missed, so no node's ``seq`` is known."""
+        for node in self._nodes.values():
+            node.seq = None
+
     def received(self, topic: str, payload: bytes, now_ms: int) -> HostUpdate:
         update = HostUpdate()
         levels = topic.split("/")

@@ -12,8 +12,9 @@ from flowcollect.errors import ConfigError
 from flowcollect.models import ValueType, Variable
 from flowcollect.mqtt import MqttConnection, Protocol, TlsOptions, options_problems
 from flowcollect.readers.base import DataReader, Emit
-from flowcollect.readers.mqtt._kinds import AddressKind, Delivery, Source, Watched
+from flowcollect.readers.mqtt._kinds import AddressKind, Delivery, Publish, Source, Watched
 from flowcollect.readers.mqtt._plain import PlainKind
+from flowcollect.readers.mqtt._sparkplug import SparkplugKind
 from flowcollect.values import ValueBatch, VariableSpec
 
 __all__ = ["KINDS", "MqttDataReader"]
@@ -21,7 +22,7 @@ __all__ = ["KINDS", "MqttDataReader"]
 logger = logging.getLogger("flowcollect.readers.mqtt")
 _VALUE_TYPES = ("float", "int", "bool", "str")
 
-KINDS: list[AddressKind] = [PlainKind()]
+KINDS: list[AddressKind] = [SparkplugKind(), PlainKind()]
 """The address kinds, tried in order; the plain topic (last) takes whatever no other claims.
 A kind with its own prefix (Sparkplug B: ``spBv1.0/``) is inserted before it."""
 
@@ -172,6 +173,11 @@ class MqttDataReader(DataReader):
         for name, items in by_kind.items():
             if name not in self._sources:
                 self._sources[name] = kinds[name].source(self.qos)
+                conn = self._conn
+                if conn is not None and conn.connected:
+                    # A source made after the connection came up hears of it too (Sparkplug
+                    # asks the nodes it now watches for their births).
+                    self._sources[name].connected(self._publisher(conn))
             source = self._sources[name]
             for topic, qos in source.watch(items).items():
                 filters[topic] = max(qos, filters.get(topic, 0))
@@ -253,12 +259,16 @@ class MqttDataReader(DataReader):
         conn = self._conn
         if conn is None:
             return
+        publish = self._publisher(conn)
+        for source in list(self._sources.values()):
+            source.connected(publish)
 
+    @staticmethod
+    def _publisher(conn: MqttConnection) -> Publish:
         def publish(topic: str, payload: bytes, qos: int, retain: bool) -> bool:
             return conn.publish(topic, payload, qos, retain, None)
 
-        for source in list(self._sources.values()):
-            source.connected(publish)
+        return publish
 
     def _on_disconnect(self, reason: str) -> None:
         for source in list(self._sources.values()):
