@@ -171,6 +171,7 @@ class SparkplugDataWriter(DataWriter):
         self._started = False
         self._closing = False
         self._busy = False  # the driver is carrying out events taken from the inbox
+        self._failure: str | None = None  # the driver died of this (a bug): no more values taken
         self._driver: threading.Thread | None = None
         # Guarded by _will_lock: the bdSeq registered in the current (or next) connection's will,
         # and whether that connection is up; paho's callbacks and the driver both touch them.
@@ -192,11 +193,13 @@ class SparkplugDataWriter(DataWriter):
         with self._cond:
             if self._closing:
                 raise RuntimeError(f"{self.name} is closed; it takes no more values")
+            if self._failure is not None:
+                raise RuntimeError(f"{self.name} stopped working: {self._failure}")
             if not self._started:
                 self._start_locked()
             # Bounded: the engine's queue in front of this writer is where values wait (and its
             # policy drops) when the broker cannot keep up.
-            while self._inbox_values > self._max_inbox_values and not self._closing:
+            while self._inbox_values > self._max_inbox_values and not self._closing and not self._failure:
                 self._cond.wait(0.5)
             self._inbox.append(("data", batch))
             self._inbox_values += len(batch)
@@ -336,14 +339,24 @@ class SparkplugDataWriter(DataWriter):
                                 self._inbox.extendleft(reversed(events[k + 1 :]))
                             self._stop()
                             return
-                        self._handle(kind, item)
+                        try:
+                            self._handle(kind, item)
+                        except Exception as exc:  # a bug for one event must not stop the node
+                            logger.exception("%s: handling %s failed", self.name, kind)
+                            if kind == "data":
+                                self.acknowledge(item, 0, len(item), 0, f"{type(exc).__name__}: {exc}")
+                                with self._counts_lock:
+                                    self._counts["failed"] += len(item)
                 finally:
                     self._held_snapshot = self._node.held_values
                     with self._cond:
                         self._busy = False
                         self._cond.notify_all()
-        except Exception:
+        except Exception as exc:
             logger.exception("%s: the Sparkplug driver failed; values it holds are dropped", self.name)
+            with self._cond:
+                self._failure = f"{type(exc).__name__}: {exc}"
+                self._cond.notify_all()
 
     def _handle(self, kind: str, item: Any) -> None:
         now = self._clock()

@@ -414,3 +414,35 @@ def test_held_values_stay_in_the_spool_and_go_out_historical_next_run(
     assert not {(d, ts) for d, ts, historical in stamps if not historical} & {
         (d, t0 + 100 * k) for k in range(4) for d in ("plc1", "plc2")
     }
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_a_collector_publishes_every_value_and_the_figures_agree(mosquitto_factory: Any, qos: int) -> None:
+    from flowcollect import DataCollectionContext, DataCollector, Variable
+    from flowcollect.readers import RandomDataReader
+
+    broker = mosquitto_factory()
+    variables = [Variable(id=i, address=f"r{i}", reader="random", name=f"Line/R{i}") for i in range(1, 21)]
+    with watch(broker.url) as peer:
+        w = SparkplugDataWriter(broker.url, group_id="Plant", edge_node_id="edge1", qos=qos)
+        with DataCollector([RandomDataReader(seed=1)], [w]) as collector:
+            collector.start(
+                DataCollectionContext(id=7, variables=variables, interval_ms=50, min_interval_ms=10)
+            )
+            wait_until(lambda: w.stats()["written"] >= 400, what="twenty instants written")
+        stats = collector.stats().writers[w.name]
+        assert stats.written == stats.received and stats.failed == stats.dropped == stats.in_flight == 0
+        assert w.stats()["written"] == stats.written
+        wait_until(lambda: "NDEATH" in kinds(peer), what="the deaths of the clean close")
+    # Every value the collector counts written is at the subscriber once, by (metric, instant):
+    # in a DDATA, or as the current value of the DBIRTH that carried it.
+    births = messages(peer, "DBIRTH")
+    assert len(births) == 1 and births[0][0] == "spBv1.0/Plant/DBIRTH/edge1/random"
+    names = {m.alias: m.name for m in births[0][1].metrics}
+    assert set(names.values()) == {f"Line/R{i}" for i in range(1, 21)}
+    seen = {(m.name, m.timestamp) for m in births[0][1].metrics}
+    for _topic, payload in messages(peer, "DDATA"):
+        seen |= {(names[m.alias], m.timestamp) for m in payload.metrics}
+    assert len(seen) == stats.written
+    assert all(t % 50 == 0 for _n, t in seen), "on the 50 ms grid"
+    assert node_seqs(peer) == [k % 256 for k in range(len(node_seqs(peer)))]
