@@ -60,6 +60,10 @@ class PlainKind(AddressKind):
         topic, sep, path = text.partition("#$")
         if not topic:
             raise ValueError("names no topic")
+        if topic.startswith("spBv1.0/"):
+            # Sparkplug B payloads are protobuf, never a plain value: the Sparkplug kind (tried
+            # before this one in KINDS) claims these; without it they are refused, not misread.
+            raise ValueError("is a Sparkplug B address, and no Sparkplug B kind is registered")
         if "+" in topic or "#" in topic:
             raise ValueError(
                 f"the topic {topic!r} has a wildcard ('+' or '#'); an address names one topic "
