@@ -48,6 +48,7 @@ def test_kill_and_restart_of_the_broker_with_spool_and_qos1(
                 DataCollectionContext(id=1, variables=variables, interval_ms=50, min_interval_ms=10)
             )
             wait_until(lambda: inner.stats()["written"] >= 200, what="values before the outage")
+            killed_ms = time.time() * 1000
             broker.kill()
             wait_until(lambda: inner.stats()["connected"] == 0, what="the writer noticing the outage")
             time.sleep(1.5)
@@ -60,6 +61,30 @@ def test_kill_and_restart_of_the_broker_with_spool_and_qos1(
         assert stats.received == stats.written, f"everything acknowledged by the end: {stats}"
         assert stats.failed == stats.dropped == stats.in_flight == stats.queued == 0
         if layout == "value":
+
+            def missing() -> str:
+                keys = {(t, json.loads(p)["time"]) for t, p, _d in peer.taken()}
+                ms = sorted(
+                    {datetime.fromisoformat(k[1].replace("Z", "+00:00")).timestamp() * 1000 for k in keys}
+                )
+                have = {
+                    (t, datetime.fromisoformat(w.replace("Z", "+00:00")).timestamp() * 1000) for t, w in keys
+                }
+                lost = [
+                    (m - killed_ms, f"r{i}")
+                    for m in ms
+                    for i in range(1, 11)
+                    if (f"plant/1/r{i}", m) not in have
+                ]
+                return f"{len(keys)} of {stats.written}; missing (ms after the kill, variable): {lost[:40]}"
+
+            try:
+                wait_until(
+                    lambda: len({(t, json.loads(p)["time"]) for t, p, _d in peer.taken()}) >= stats.written,
+                    timeout_s=20,
+                )
+            except AssertionError:
+                raise AssertionError(missing()) from None
             wait_until(
                 lambda: len({(t, json.loads(p)["time"]) for t, p, _d in peer.taken()}) >= stats.written,
                 what="every value at the subscriber",
