@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,20 +144,17 @@ class PlainSource(Source):
 
     def __init__(self, qos: int) -> None:
         self._qos = qos
-        self._lock = threading.Lock()
         self._by_topic: dict[str, list[tuple[VariableSpec, PlainAddress]]] = {}
 
     def watch(self, watched: Sequence[Watched]) -> Mapping[str, int]:
         by_topic: dict[str, list[tuple[VariableSpec, PlainAddress]]] = {}
         for w in watched:
             by_topic.setdefault(w.address.topic, []).append((w.spec, w.address))
-        with self._lock:
-            self._by_topic = by_topic
+        self._by_topic = by_topic
         return dict.fromkeys(by_topic, self._qos)
 
     def handle(self, topic: str, payload: bytes, arrived_ns: int) -> Sequence[Delivery] | None:
-        with self._lock:
-            entries = self._by_topic.get(topic)
+        entries = self._by_topic.get(topic)  # replaced whole by watch(), never changed in place
         if entries is None:
             return None
         out: list[Delivery] = []
