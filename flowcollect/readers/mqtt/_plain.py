@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +59,10 @@ class PlainKind(AddressKind):
         topic, sep, path = text.partition("#$")
         if not topic:
             raise ValueError("names no topic")
+        if topic.startswith("spBv1.0/"):
+            # Sparkplug B payloads are protobuf, never a plain value: the Sparkplug kind (tried
+            # before this one in KINDS) claims these; without it they are refused, not misread.
+            raise ValueError("is a Sparkplug B address, and no Sparkplug B kind is registered")
         if "+" in topic or "#" in topic:
             raise ValueError(
                 f"the topic {topic!r} has a wildcard ('+' or '#'); an address names one topic "
@@ -141,20 +144,17 @@ class PlainSource(Source):
 
     def __init__(self, qos: int) -> None:
         self._qos = qos
-        self._lock = threading.Lock()
         self._by_topic: dict[str, list[tuple[VariableSpec, PlainAddress]]] = {}
 
     def watch(self, watched: Sequence[Watched]) -> Mapping[str, int]:
         by_topic: dict[str, list[tuple[VariableSpec, PlainAddress]]] = {}
         for w in watched:
             by_topic.setdefault(w.address.topic, []).append((w.spec, w.address))
-        with self._lock:
-            self._by_topic = by_topic
+        self._by_topic = by_topic
         return dict.fromkeys(by_topic, self._qos)
 
     def handle(self, topic: str, payload: bytes, arrived_ns: int) -> Sequence[Delivery] | None:
-        with self._lock:
-            entries = self._by_topic.get(topic)
+        entries = self._by_topic.get(topic)  # replaced whole by watch(), never changed in place
         if entries is None:
             return None
         out: list[Delivery] = []

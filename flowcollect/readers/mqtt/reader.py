@@ -84,8 +84,10 @@ class MqttDataReader(DataReader):
         self._endpoint = endpoint
         self._parsed: dict[str, tuple[AddressKind, Any]] = {}
         self._sources: dict[str, Source] = {}
+        self._source_list: tuple[Source, ...] = ()  # the same, for the connection's thread
         self._emit: Emit | None = None
-        # Guarded by _lock: what is watched (for the errors when the broker is lost), counters.
+        # Guarded by _lock: what is watched (for the errors when the broker is lost). The counters
+        # are written by the connection's thread only.
         self._lock = threading.Lock()
         self._watched: list[VariableSpec] = []
         self._counts = dict.fromkeys(("messages", "values", "bad_values", "unknown_topic"), 0)
@@ -181,6 +183,7 @@ class MqttDataReader(DataReader):
             source = self._sources[name]
             for topic, qos in source.watch(items).items():
                 filters[topic] = max(qos, filters.get(topic, 0))
+        self._source_list = tuple(self._sources.values())
         with self._lock:
             self._watched = watched
         conn = self._conn
@@ -208,8 +211,7 @@ class MqttDataReader(DataReader):
         ]
 
     def stats(self) -> Mapping[str, float]:
-        with self._lock:
-            out = {k: float(v) for k, v in self._counts.items()}
+        out = {k: float(v) for k, v in self._counts.items()}
         conn = self._conn
         if conn is not None:
             stats = conn.stats()
@@ -227,33 +229,50 @@ class MqttDataReader(DataReader):
     # -- the connection's callbacks (its thread) -----------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes, _qos: int) -> None:
+        # Hot: one call per message on the connection's thread, the only writer of the counters
+        # (read without a lock, as stats() may).
         arrived_ns = time.time_ns()
-        deliveries: list[Delivery] = []
-        for source in list(self._sources.values()):
+        deliveries: Sequence[Delivery] | None = None
+        for source in self._source_list:
             got = source.handle(topic, payload, arrived_ns)
             if got:
-                deliveries.extend(got)
-        bad = sum(1 for d in deliveries if d.error is not None)
-        with self._lock:
-            self._counts["messages"] += 1
-            self._counts["values"] += len(deliveries)
-            self._counts["bad_values"] += bad
-            if not deliveries:
-                self._counts["unknown_topic"] += 1
-        if not deliveries:
+                deliveries = got if deliveries is None else [*deliveries, *got]
+        counts = self._counts
+        counts["messages"] += 1
+        if deliveries is None:
+            counts["unknown_topic"] += 1
             return
-        source_ns = [d.source_ns for d in deliveries]
-        quality = [d.quality for d in deliveries]
-        batch = ValueBatch(
-            arrived_ns // 1_000_000,
-            [d.spec for d in deliveries],
-            [d.value for d in deliveries],
-            [d.error for d in deliveries],
-            source_ns=source_ns if any(s is not None for s in source_ns) else None,
-            quality=quality if any(q is not None for q in quality) else None,
-            reader=self._type,
+        n = len(deliveries)
+        counts["values"] += n
+        if n == 1:
+            d = deliveries[0]
+            specs: list[VariableSpec] = [d.spec]
+            values: list[Any] = [d.value]
+            errors: list[str | None] = [d.error]
+            source_ns: list[int | None] | None = None if d.source_ns is None else [d.source_ns]
+            quality: list[str | None] | None = None if d.quality is None else [d.quality]
+        else:
+            specs = [d.spec for d in deliveries]
+            values = [d.value for d in deliveries]
+            errors = [d.error for d in deliveries]
+            stamps = [d.source_ns for d in deliveries]
+            words = [d.quality for d in deliveries]
+            source_ns = stamps if stamps.count(None) != n else None
+            quality = words if words.count(None) != n else None
+        bad = n - errors.count(None)
+        if bad:
+            counts["bad_values"] += bad
+        self._send(
+            ValueBatch(
+                arrived_ns // 1_000_000,
+                specs,
+                values,
+                errors,
+                source_ns=source_ns,
+                quality=quality,
+                reader=self._type,
+            )
         )
-        self._send(batch)
 
     def _on_connect(self, _session_present: bool) -> None:
         conn = self._conn
