@@ -13,7 +13,10 @@
    process's CPU seconds (every thread: the driver, paho's network thread, the feeder) per
    million values. ``write_batch`` blocks while 200,000 values wait for the driver, so nothing
    is dropped.
-3. bare_paho: the limit, in the same run: a plain paho client (``loop_start``) publishing the
+3. host_decode: the reading side alone (``SparkplugHost.received``, what ``MqttDataReader``
+   runs per Sparkplug message): the same DDATA payloads, 1,000 metrics each, decoded by the
+   protobuf library and turned into values by name; values/s on one thread.
+4. bare_paho: the limit, in the same run: a plain paho client (``loop_start``) publishing the
    same number of pre-encoded DDATA payloads of the same size at QoS 0 to the same broker,
    until paho has written the last one; values/s counts 1,000 per message.
 
@@ -138,6 +141,37 @@ def bench_writer(url: str, broker_pid: int | None, instants: int) -> dict[str, A
     }
 
 
+def bench_host(rounds: int) -> dict[str, Any]:
+    from flowcollect.sparkplug._host import SparkplugHost, parse_address
+    from flowcollect.sparkplug._session import EdgeNode, Publish
+
+    specs = tuple(
+        VariableSpec(i + 1, 1, f"m{i}", "float", "plc1", 1000, name=f"Line/M{i}") for i in range(METRICS)
+    )
+    node = EdgeNode("Bench", "edge1", device_of=lambda s: s.reader)
+    host = SparkplugHost()
+    host.set_wanted([parse_address(f"spBv1.0/Bench/DDATA/edge1/plc1:Line/M{i}") for i in range(METRICS)])
+    t0 = time.time_ns() // 1_000_000
+    node.will(t0)
+    messages = [a for a in node.connected(t0) if isinstance(a, Publish)]
+    values = [random.uniform(0, 100) for _ in range(METRICS)]
+    for k in range(rounds + 1):
+        messages += [
+            a
+            for a in node.data(ValueBatch(t0 + k, specs, values, context_id=1), t0)
+            if isinstance(a, Publish)
+        ]
+    for m in messages[:2]:  # NBIRTH, DBIRTH: aliases learned
+        host.received(m.topic, m.payload, t0)
+    data = messages[2:]
+    began = time.perf_counter()
+    got = 0
+    for m in data:
+        got += len(host.received(m.topic, m.payload, t0).values)
+    elapsed = time.perf_counter() - began
+    return {"messages": len(data), "values": got, "values_per_s": round(got / elapsed)}
+
+
 def bench_bare(url: str, broker_pid: int | None, instants: int) -> dict[str, Any]:
     metrics = [MetricDef.make(f"Line/M{i}", i + 1, DataType.Double) for i in range(METRICS)]
     values = [random.uniform(0, 100) for _ in range(METRICS)]
@@ -198,6 +232,7 @@ def main() -> None:
         raise SystemExit("mosquitto is not installed (make servers)")
     out: dict[str, Any] = {"load_before": os.getloadavg()}
     out["encode"] = bench_encode(50 if args.quick else 500)
+    out["host_decode"] = bench_host(50 if args.quick else 300)
     with tempfile.TemporaryDirectory() as folder, Mosquitto(binary, Path(folder)) as broker:
         out["writer"] = bench_writer(broker.url, broker.pid, instants)
         out["bare_paho"] = bench_bare(broker.url, broker.pid, instants)

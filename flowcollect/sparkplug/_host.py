@@ -127,6 +127,9 @@ class HostUpdate:
 class _Metric:
     name: str
     datatype: int
+    address: SparkplugAddress | None = None
+    """The watched address of this metric, as of ``version`` of what is watched."""
+    version: int = -1
 
 
 @dataclass(slots=True)
@@ -144,9 +147,11 @@ class SparkplugHost:
     def __init__(self) -> None:
         self._nodes: dict[tuple[str, str], _Node] = {}
         self._wanted: dict[tuple[str, str, str | None, str], SparkplugAddress] = {}
+        self._version = 0
 
     def set_wanted(self, addresses: list[SparkplugAddress]) -> None:
         self._wanted = {a.key: a for a in addresses}
+        self._version += 1
 
     def rebirth_all(self, now_ms: int, nodes: set[tuple[str, str]] | None = None) -> list[tuple[str, bytes]]:
         """Rebirth requests for every watched edge node (or those of ``nodes``), sent as the
@@ -192,20 +197,71 @@ class SparkplugHost:
         if kind == "DDEATH":
             self._dead(group, edge, device, message.timestamp or now_ms, "device offline (DDEATH)", update)
             return update
-        birth = kind in ("NBIRTH", "DBIRTH")
+        if kind in ("NBIRTH", "DBIRTH"):
+            self._birth(group, edge, device, node, message, update)
+        else:
+            self._data(group, edge, device, node, message, topic, now_ms, update)
+        return update
+
+    def _birth(
+        self, group: str, edge: str, device: str | None, node: _Node, message: Any, update: HostUpdate
+    ) -> None:
+        """A birth: names, aliases and datatypes learned; the current values delivered."""
         for metric in message.metrics:
-            name, datatype = self._identify(node, device, metric, birth)
+            name, datatype = self._identify(node, device, metric, True)
             if name is None:
-                self._ask_rebirth(
-                    group, edge, node, now_ms, update, f"unknown alias {metric.alias} on {topic}"
-                )
-                continue
+                continue  # a birth names its metrics; one without a name says nothing
             address = self._wanted.get((group, edge, device, name))
             if address is None:
                 continue
             t_ms = metric.timestamp if metric.HasField("timestamp") else message.timestamp
             update.values.append(_value(address, metric, datatype, t_ms))
-        return update
+
+    def _data(
+        self,
+        group: str,
+        edge: str,
+        device: str | None,
+        node: _Node,
+        message: Any,
+        topic: str,
+        now_ms: int,
+        update: HostUpdate,
+    ) -> None:
+        """A DATA message: by alias (a lookup per metric, the watched address cached with it),
+        a plain value without a property read straight from its field."""
+        aliases = node.aliases
+        version = self._version
+        default_t = message.timestamp
+        out = update.values
+        for metric in message.metrics:
+            found = None if metric.name else aliases.get((device, metric.alias))
+            if found is None:
+                name, datatype = self._identify(node, device, metric, False)
+                if name is None:
+                    why = f"unknown alias {metric.alias} on {topic}"
+                    self._ask_rebirth(group, edge, node, now_ms, update, why)
+                    continue
+                address = self._wanted.get((group, edge, device, name))
+            else:
+                if found.version != version:
+                    found.address = self._wanted.get((group, edge, device, found.name))
+                    found.version = version
+                address, datatype = found.address, found.datatype
+            if address is None:
+                continue
+            t_ms = metric.timestamp or default_t
+            if metric.is_null or metric.HasField("properties"):
+                out.append(_value(address, metric, datatype, t_ms))
+                continue
+            which = metric.WhichOneof("value")
+            if which is None:
+                out.append(SparkplugValue(address, None, t_ms, "null value", None, metric.is_historical))
+                continue
+            value = getattr(metric, which)
+            if which in ("int_value", "long_value"):
+                value = metric_value(metric, datatype)
+            out.append(SparkplugValue(address, value, t_ms, None, None, metric.is_historical))
 
     @staticmethod
     def _in_sequence(node: _Node, message: Any, kind: str) -> bool:

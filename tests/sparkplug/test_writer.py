@@ -446,3 +446,24 @@ def test_a_collector_publishes_every_value_and_the_figures_agree(mosquitto_facto
     assert len(seen) == stats.written
     assert all(t % 50 == 0 for _n, t in seen), "on the 50 ms grid"
     assert node_seqs(peer) == [k % 256 for k in range(len(node_seqs(peer)))]
+
+
+def test_preflight_and_a_password_protected_broker(mosquitto_factory: Any) -> None:
+    from flowcollect.errors import PreflightError
+
+    broker = mosquitto_factory(users={"edge": "pw-1"})
+    good = SparkplugDataWriter(broker.url, group_id="G", edge_node_id="E", username="edge", password="pw-1")
+    good.preflight()
+    bad = SparkplugDataWriter(broker.url, group_id="G", edge_node_id="E", username="edge", password="nope")
+    with pytest.raises(PreflightError, match="refused the connection") as caught:
+        bad.preflight()
+    assert "nope" not in str(caught.value)
+    with Peer(broker.url, username="edge", password="pw-1") as peer:
+        peer.subscribe("spBv1.0/#")
+        receipts = Receipts()
+        good.attach(receipts)
+        good.write_batch(batch(now_ms(), 0))
+        wait_until(lambda: receipts.totals() == (3, 0, 0), what="written with credentials")
+        good.close()
+        wait_until(lambda: peer.count() >= 5, what="births and deaths at the subscriber")
+    bad.close()
