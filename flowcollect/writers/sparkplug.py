@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError
 from flowcollect.sparkplug._payload import datatype_of
 from flowcollect.sparkplug._schema import DataType
@@ -181,7 +182,8 @@ class SparkplugDataWriter(DataWriter):
         # Guarded by _counts_lock: the writer's counters.
         self._counts_lock = threading.Lock()
         self._counts = {"written": 0, "failed": 0, "dropped": 0, "messages": 0, "requeued": 0, "births": 0}
-        self._held_snapshot = 0
+        self._held_snapshot = 0  # the node's held values, as the driver last saw them
+        self._log = RateLimitedLog(logger)
 
     # -- the DataWriter interface ----------------------------------------------------------------
 
@@ -391,7 +393,8 @@ class SparkplugDataWriter(DataWriter):
                 with self._counts_lock:
                     self._counts["failed"] += action.failed
                     self._counts["dropped"] += action.dropped
-                logger.warning("%s: %s", self.name, action.reason)
+                # Once a minute per cause: a variable without a device fails at every instant.
+                self._log.log(logging.WARNING, ("settle", action.reason), "%s: %s", self.name, action.reason)
             elif isinstance(action, Subscribe):
                 if conn is not None:
                     conn.set_subscriptions(dict(action.topics))
@@ -399,12 +402,8 @@ class SparkplugDataWriter(DataWriter):
                 self._reconnect(action.reason)
                 conn = self._conn
             elif isinstance(action, Note):
-                logger.log(
-                    logging.WARNING if action.level == "warning" else logging.INFO,
-                    "%s: %s",
-                    self.name,
-                    action.text,
-                )
+                level = logging.WARNING if action.level == "warning" else logging.INFO
+                self._log.log(level, ("note", action.text), "%s: %s", self.name, action.text)
         if unsent:
             self._node.requeue(unsent)
 
