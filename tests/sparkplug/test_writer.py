@@ -467,3 +467,18 @@ def test_preflight_and_a_password_protected_broker(mosquitto_factory: Any) -> No
         good.close()
         wait_until(lambda: peer.count() >= 5, what="births and deaths at the subscriber")
     bad.close()
+
+
+def test_tls_broker_with_a_will(mosquitto_factory: Any, tmp_path: Path) -> None:
+    from tests.support.certs import make_certificates
+
+    certs = make_certificates(tmp_path / "certs")
+    broker = mosquitto_factory(tls=certs.broker())
+    writer, receipts = make(broker.url, tls={"ca_file": certs.ca})
+    writer.preflight()
+    try:
+        writer.write_batch(batch(now_ms(), 0))
+        wait_until(lambda: receipts.totals() == (3, 0, 0), what="the births over TLS")
+        assert writer.stats()["births"] == 1
+    finally:
+        writer.close()
