@@ -469,7 +469,7 @@ def test_preflight_and_a_password_protected_broker(mosquitto_factory: Any) -> No
     bad.close()
 
 
-def test_tls_broker_with_a_will(mosquitto_factory: Any, tmp_path: Path) -> None:
+def test_tls_broker(mosquitto_factory: Any, tmp_path: Path) -> None:
     from tests.support.certs import make_certificates
 
     certs = make_certificates(tmp_path / "certs")
