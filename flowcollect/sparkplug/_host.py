@@ -102,7 +102,7 @@ def rebirth_request(group: str, edge_node: str, now_ms: int) -> tuple[str, bytes
     return f"{NAMESPACE}/{group}/NCMD/{edge_node}", payload.SerializeToString()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per value, and a frozen dataclass's __init__ costs more
 class SparkplugValue:
     """A metric's value from a message: ``error`` set (and ``value`` None) for a null with a Bad
     quality, a device or node death, or a value of no known metric."""
