@@ -212,11 +212,9 @@ def test_instant_layout_payloads() -> None:
     ]
     nan = enc.encode(ValueBatch(T, specs, [math.nan, 2.5, True], context_id=1))
     assert nan.unwritable == [(0, "JSON cannot carry nan")]
-    assert [(t, json.loads(p), n) for t, p, n in nan.messages][0] == (
-        "f/1/random",
-        {"time": "2026-12-07T10:15:00.100Z", "values": {"flow": 2.5}, "errors": {}},
-        1,
-    )
+    assert [(t, json.loads(p), n) for t, p, n in nan.messages[:1]] == [
+        ("f/1/random", {"time": "2026-12-07T10:15:00.100Z", "values": {"flow": 2.5}, "errors": {}}, 1)
+    ]
     mixed = enc.encode(
         ValueBatch(
             T,
