@@ -227,6 +227,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--change", action="store_true", help="the reader's variable reports changes")
+    parser.add_argument("--rounds", type=int, default=3, help="writer runs alternated with bare ones")
     args = parser.parse_args()
     binary = find_binary()
     if binary is None:
@@ -242,42 +243,57 @@ def main() -> None:
         Mosquitto(binary, Path(folder) / "broker", extra_config="max_queued_messages 0") as broker,
     ):
         port = broker.port
-        # 1. instant layout at QoS 0
-        batches = make_batches(200 * scale, 1000, T0)
-        b0 = broker_cpu_s(broker.pid)
-        ours = writer_run(port, "instant", 0, batches)
-        ours["broker_cpu_s"] = broker_cpu_s(broker.pid) - b0
-        size = len(
-            json.dumps(
-                {
-                    "time": "2026-12-07T10:15:00.000Z",
-                    "values": {f"v{i}": 17.0 + i / 7 for i in range(1000)},
-                    "errors": {},
-                },
-                separators=(",", ":"),
-            ).encode()
-        )
-        payload = b"x" * size
-        bare = bare_publish(port, [("bench/1", payload)] * len(batches), 0)
-        bare["values_per_s"] = bare["messages_per_s"] * 1000
-        bare["cpu_s_per_million_values"] = bare["cpu_s"] / (bare["messages"] * 1000) * 1e6
-        out["instant_qos0"] = {"writer": ours, "bare_paho": bare, "payload_bytes": size}
-        # 2. value layout at QoS 1
-        batches = make_batches(100 * scale, 100, T0)
-        ours = writer_run(port, "value", 1, batches)
-        ours["messages_per_s"] = ours["values_per_s"]
-        payloads = [
-            (f"bench/1/v{i}", b'{"value":17.142857142857142,"time":"2026-12-07T10:15:00.100Z"}')
-            for i in range(100)
-        ] * (100 * scale)
-        bare = bare_publish(port, payloads, 1)
+        # Each pair alternated `rounds` times and the best of each kept: on a shared machine a
+        # neighbour's burst otherwise decides which looks faster.
+        document = {
+            "time": "2026-12-07T10:15:00.000Z",
+            "values": {f"v{i}": 17.0 + i / 7 for i in range(1000)},
+        }
+        size = len(json.dumps({**document, "errors": {}}, separators=(",", ":")).encode())
+        ours_i: list[dict[str, float]] = []
+        bare_i: list[dict[str, float]] = []
+        ours_v: list[dict[str, float]] = []
+        bare_v: list[dict[str, float]] = []
+        for _ in range(args.rounds):
+            # 1. instant layout at QoS 0
+            batches = make_batches(200 * scale, 1000, T0)
+            b0 = broker_cpu_s(broker.pid)
+            ours = writer_run(port, "instant", 0, batches)
+            ours["broker_cpu_s"] = broker_cpu_s(broker.pid) - b0
+            ours_i.append(ours)
+            bare = bare_publish(port, [("bench/1", b"x" * size)] * len(batches), 0)
+            bare["values_per_s"] = bare["messages_per_s"] * 1000
+            bare["cpu_s_per_million_values"] = bare["cpu_s"] / (bare["messages"] * 1000) * 1e6
+            bare_i.append(bare)
+            # 2. value layout at QoS 1
+            batches = make_batches(100 * scale, 100, T0)
+            ours = writer_run(port, "value", 1, batches)
+            ours["messages_per_s"] = ours["values_per_s"]
+            ours_v.append(ours)
+            payload = b'{"value":17.142857142857142,"time":"2026-12-07T10:15:00.100Z"}'
+            bare_v.append(
+                bare_publish(port, [(f"bench/1/v{i}", payload) for i in range(100)] * (100 * scale), 1)
+            )
+        best_i = max(ours_i, key=lambda r: r["values_per_s"])
+        best_bi = max(bare_i, key=lambda r: r["values_per_s"])
+        out["instant_qos0"] = {
+            "writer": best_i,
+            "bare_paho": best_bi,
+            "payload_bytes": size,
+            "rounds": ours_i,
+        }
+        best_v = max(ours_v, key=lambda r: r["messages_per_s"])
+        best_bv = max(bare_v, key=lambda r: r["messages_per_s"])
         out["value_qos1"] = {
-            "writer": ours,
-            "bare_paho": bare,
-            "share_of_bare": ours["messages_per_s"] / bare["messages_per_s"],
+            "writer": best_v,
+            "bare_paho": best_bv,
+            "share_of_bare": best_v["messages_per_s"] / best_bv["messages_per_s"],
+            "rounds": [
+                (o["messages_per_s"], b["messages_per_s"]) for o, b in zip(ours_v, bare_v, strict=True)
+            ],
         }
         # 3. the reader
-        n = 100_000 * scale
+        n = 20_000 * scale
         report = "change" if args.change else "every"
         out["reader"] = {
             "report": report,

@@ -12,6 +12,7 @@ declare -A PACKAGES=(
   [socat]=socat
   [mosquitto]=mosquitto
   [mosquitto_passwd]=mosquitto
+  [mosquitto_pub]=mosquitto-clients
 )
 missing=()
 for cmd in "${!PACKAGES[@]}"; do

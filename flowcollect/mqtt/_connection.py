@@ -78,9 +78,16 @@ def make_client(endpoint: MqttEndpoint, options: MqttOptions, client_id: str) ->
             tls = TlsOptions()
         client.tls_set_context(tls.context())
     # Exceptions in our callbacks are caught by the callbacks themselves; a paho thread that
-    # died on one would stop the connection silently.
+    # died on one would stop the connection silently. A callback exception paho caught anyway
+    # reaches our log; its other lines (socket errors we report ourselves) stay quiet.
     client.suppress_exceptions = True
+    client.on_log = _paho_errors
     return client
+
+
+def _paho_errors(_client: paho.Client, _userdata: Any, level: int, text: str) -> None:
+    if level == paho.MQTT_LOG_ERR and text.startswith("Caught exception"):
+        logger.error("paho: %s", text)
 
 
 class MqttConnection:

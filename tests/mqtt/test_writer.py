@@ -210,13 +210,16 @@ def test_instant_layout_payloads() -> None:
         ),
         ("f/1/b", {"time": "2026-12-07T10:15:00.100Z", "values": {"run": True}, "errors": {}}, 1),
     ]
+    texts = enc.encode(ValueBatch(T, specs, ['a,"b"', 1e16, False], context_id=1))
+    assert [json.loads(p)["values"] for _t, p, _n in texts.messages] == [
+        {"temp": 'a,"b"', "flow": 1e16},
+        {"run": False},
+    ]
     nan = enc.encode(ValueBatch(T, specs, [math.nan, 2.5, True], context_id=1))
     assert nan.unwritable == [(0, "JSON cannot carry nan")]
-    assert [(t, json.loads(p), n) for t, p, n in nan.messages][0] == (
-        "f/1/random",
-        {"time": "2026-12-07T10:15:00.100Z", "values": {"flow": 2.5}, "errors": {}},
-        1,
-    )
+    assert [(t, json.loads(p), n) for t, p, n in nan.messages[:1]] == [
+        ("f/1/random", {"time": "2026-12-07T10:15:00.100Z", "values": {"flow": 2.5}, "errors": {}}, 1)
+    ]
     mixed = enc.encode(
         ValueBatch(
             T,

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from pydantic_core import PydanticSerializationError, to_json
 
 from flowcollect.mqtt import TopicTemplate
 from flowcollect.values import ValueBatch, VariableSpec
@@ -71,6 +74,7 @@ class Encoder:
         # id(variables) -> (variables kept so the id is not reused, per-layout plan)
         self._topics: dict[int, tuple[Sequence[VariableSpec], list[str]]] = {}
         self._groups: dict[int, tuple[Sequence[VariableSpec], list[tuple[str, list[int], list[str]]]]] = {}
+        self._prefixes: dict[int, tuple[list[str], list[bytes]]] = {}  # id(keys): '"key":' texts
 
     def _iso(self, t_ms: int) -> str:
         if t_ms != self._last_t:
@@ -141,22 +145,53 @@ class Encoder:
         when = self._iso(batch.t_ms)
         clean = quality is None and errors.count(None) == len(errors)
         for topic, idx, keys in self.groups(batch.variables):
-            body = None
+            data: bytes | None = None
             if clean:
                 picked = values if len(idx) == len(values) else [values[i] for i in idx]
-                try:
-                    body = _dumps(
-                        {"time": when, "values": dict(zip(keys, picked, strict=True)), "errors": {}}
-                    )
-                except (ValueError, TypeError):  # NaN, infinity, a type JSON has not: value by value
-                    body = None
+                data = self._instant_fast(when, topic, keys, picked)
             skipped = 0
-            if body is None:
+            if data is None:
                 body, skipped = self._instant_slow(out, batch, when, idx, keys)
+                data = body.encode()
             carried = len(idx) - skipped
             if carried:
-                out.messages.append((topic, body.encode(), carried))
+                out.messages.append((topic, data, carried))
         return out
+
+    def _instant_fast(self, when: str, topic: str, keys: list[str], picked: list[Any]) -> bytes | None:
+        """The whole message in two C calls: pydantic-core's encoder (Ryu for floats, ~4x json's)
+        writes the values as a JSON list, whose items are joined with the keys' texts, encoded
+        once per variable list. Only for numbers and bools (a text may hold a comma); NaN and
+        infinities come out as bare NaN/Infinity, not JSON: None sends those the slow way."""
+        try:
+            listed = to_json(picked)
+        except (ValueError, TypeError, PydanticSerializationError):
+            return None
+        if b'"' in listed or b"NaN" in listed or b"Infinity" in listed or b"null" in listed:
+            return None
+        items = listed[1:-1].split(b",") if len(picked) else []
+        if len(items) != len(keys):
+            return None
+        prefixes = self._key_prefixes(topic, keys)
+        return b"".join(
+            (
+                b'{"time":"',
+                when.encode(),
+                b'","values":{',
+                b",".join(map(operator.add, prefixes, items)),
+                b'},"errors":{}}',
+            )
+        )
+
+    def _key_prefixes(self, topic: str, keys: list[str]) -> list[bytes]:
+        hit = self._prefixes.get(id(keys))
+        if hit is not None and hit[0] is keys:
+            return hit[1]
+        prefixes = [_dumps(k).encode() + b":" for k in keys]
+        if len(self._prefixes) >= _SPEC_CACHE:
+            self._prefixes.clear()
+        self._prefixes[id(keys)] = (keys, prefixes)
+        return prefixes
 
     def _instant_slow(
         self, out: Encoded, batch: ValueBatch, when: str, idx: list[int], keys: list[str]
