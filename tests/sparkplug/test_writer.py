@@ -238,7 +238,10 @@ def test_primary_host_offline_holds_then_historical_in_order(mosquitto_factory: 
     assert nbirths == [0, 1] and ndeaths[0] == 0
 
 
-def test_ndeath_will_with_the_birth_bdseq_on_kill_9(mosquitto_factory: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_ndeath_will_with_the_birth_bdseq_on_kill_9(
+    mosquitto_factory: Any, tmp_path: Path, protocol: str
+) -> None:
     broker = mosquitto_factory()
     script = tmp_path / "edge.py"
     script.write_text(
@@ -248,7 +251,9 @@ def test_ndeath_will_with_the_birth_bdseq_on_kill_9(mosquitto_factory: Any, tmp_
             from flowcollect.values import ValueBatch, VariableSpec
             from flowcollect.writers.sparkplug import SparkplugDataWriter
             spec = VariableSpec(1, 1, "temp", "float", "plc1", 100, name="Temp")
-            writer = SparkplugDataWriter({broker.url!r}, group_id="Plant", edge_node_id="edge9")
+            writer = SparkplugDataWriter(
+                {broker.url!r}, group_id="Plant", edge_node_id="edge9", protocol={protocol!r}
+            )
             writer.attach(lambda r: print("written", r.written, flush=True))
             writer.write_batch(ValueBatch({now_ms()}, (spec,), [1.5], context_id=1))
             time.sleep(60)
