@@ -173,6 +173,7 @@ class SparkplugDataWriter(DataWriter):
         self._closing = False
         self._busy = False  # the driver is carrying out events taken from the inbox
         self._failure: str | None = None  # the driver died of this (a bug): no more values taken
+        self._close_deadline = 0.0  # set by close(): the driver's deaths and disconnect end by then
         self._driver: threading.Thread | None = None
         # Guarded by _will_lock: the bdSeq registered in the current (or next) connection's will,
         # and whether that connection is up; paho's callbacks and the driver both touch them.
@@ -233,6 +234,7 @@ class SparkplugDataWriter(DataWriter):
         with self._cond:
             if self._closing:
                 return
+            self._close_deadline = time.monotonic() + self.close_timeout_s
             self._closing = True
             self._inbox.append(("stop", None))
             self._cond.notify_all()
@@ -240,7 +242,9 @@ class SparkplugDataWriter(DataWriter):
         if driver is not None:
             driver.join(self.close_timeout_s + 2.0)
             if driver.is_alive():
+                # It still owns the node: what it holds is reported as it ends (_stop).
                 logger.error("%s: the driver thread did not end within close_timeout_s", self.name)
+                return
         self._drop_leftovers()
 
     def stats(self) -> Mapping[str, float]:
@@ -408,9 +412,11 @@ class SparkplugDataWriter(DataWriter):
             self._node.requeue(unsent)
 
     def _publish(self, conn: MqttConnection, message: Publish) -> bool:
-        if conn.pending >= conn.max_pending:
-            while not conn.wait_for_room(1.0):
-                if not conn.connected or conn.closed:
+        if conn.pending >= conn.max_pending and not self._closing:
+            # Bounded by close(): a broker that stalls without dropping the connection (paused)
+            # would otherwise hold the driver here until paho's keepalive gives up.
+            while not conn.wait_for_room(0.5):
+                if not conn.connected or conn.closed or self._closing:
                     break
         if message.kind == "NBIRTH":
             with self._counts_lock:
@@ -490,11 +496,12 @@ class SparkplugDataWriter(DataWriter):
 
     def _stop(self) -> None:
         conn = self._conn
-        deadline = time.monotonic() + self.close_timeout_s
+        deadline = self._close_deadline
         if conn is not None:
             self._carry_out(self._node.stop(self._clock()))
             self._settle_wait(conn, max(0.0, deadline - time.monotonic() - 1.0))
             conn.close(max(0.1, deadline - time.monotonic()))
+        self._drop_leftovers()
 
     def _drop_leftovers(self) -> None:
         with self._cond:

@@ -487,3 +487,22 @@ def test_tls_broker(mosquitto_factory: Any, tmp_path: Path) -> None:
         assert writer.stats()["births"] == 1
     finally:
         writer.close()
+
+
+def test_close_is_bounded_with_a_stalled_broker_and_accounts_for_every_value(mosquitto_factory: Any) -> None:
+    broker = mosquitto_factory()
+    writer, receipts = make(broker.url, qos=1, max_pending=2, close_timeout_s=2.0)
+    t0 = now_ms()
+    writer.write_batch(batch(t0, 0))
+    wait_until(lambda: receipts.totals()[0] == 3, what="the births acknowledged")
+    broker.pause()  # the connection stays up; nothing is acknowledged any more
+    try:
+        for k in range(1, 20):
+            writer.write_batch(batch(t0, k))
+        began = time.monotonic()
+        writer.close()
+        assert time.monotonic() - began < 2.0 + 3.0
+    finally:
+        broker.resume()
+    written, failed, dropped = receipts.totals()
+    assert failed == 0 and written + dropped == 60 and dropped > 0
