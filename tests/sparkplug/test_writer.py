@@ -506,3 +506,18 @@ def test_close_is_bounded_with_a_stalled_broker_and_accounts_for_every_value(mos
         broker.resume()
     written, failed, dropped = receipts.totals()
     assert failed == 0 and written + dropped == 60 and dropped > 0
+
+
+def test_no_broker_at_all_close_is_bounded_and_every_value_dropped() -> None:
+    from tests.support.victoria import free_port
+
+    writer, receipts = make(f"mqtt://127.0.0.1:{free_port()}", close_timeout_s=1.0)
+    t0 = now_ms()
+    for k in range(3):
+        writer.write_batch(batch(t0, k))
+    wait_until(lambda: writer.stats()["held"] == 9, what="held for want of a session")
+    began = time.monotonic()
+    writer.close()
+    assert time.monotonic() - began < 1.0 + 3.0
+    assert receipts.totals() == (0, 0, 9)
+    assert writer.stats()["dropped"] == 9 and writer.stats()["held"] == 0
