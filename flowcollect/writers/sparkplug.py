@@ -377,6 +377,8 @@ class SparkplugDataWriter(DataWriter):
         elif kind == "lost":
             if item is self._conn:
                 node.connection_lost()
+                if self.qos == 1 and item is not None:
+                    self._renew(item)
         elif kind == "message":
             topic, payload = item
             self._carry_out(node.received(topic, payload, now))
@@ -474,6 +476,14 @@ class SparkplugDataWriter(DataWriter):
         conn = self._new_connection()
         self._conn = conn
         conn.start()
+
+    def _renew(self, old: MqttConnection) -> None:
+        """After a lost connection at QoS 1: a new client rather than paho's reconnect, which
+        would send the unacknowledged messages of the old session again, with its ``seq``,
+        before the new births. Those come back (GIVEN_UP) and go out in the new session,
+        historical, numbered in it."""
+        self._connect()
+        old.close(1.0)
 
     def _reconnect(self, reason: str) -> None:
         old = self._conn

@@ -521,3 +521,39 @@ def test_no_broker_at_all_close_is_bounded_and_every_value_dropped() -> None:
     assert time.monotonic() - began < 1.0 + 3.0
     assert receipts.totals() == (0, 0, 9)
     assert writer.stats()["dropped"] == 9 and writer.stats()["held"] == 0
+
+
+def test_qos1_after_a_broker_restart_no_message_of_the_old_session(mosquitto_factory: Any) -> None:
+    broker = mosquitto_factory()
+    writer, receipts = make(broker.url, qos=1)
+    t0 = now_ms()
+    try:
+        writer.write_batch(batch(t0, 0))
+        wait_until(lambda: receipts.totals()[0] == 3, what="the births acknowledged")
+        broker.pause()  # messages go out and stay unacknowledged
+        for k in range(1, 4):
+            writer.write_batch(batch(t0, k))
+        wait_until(lambda: writer.stats()["pending"] >= 1, what="messages awaiting their PUBACK")
+        broker.kill()  # still paused: those messages are never acknowledged
+        wait_until(lambda: writer.stats()["requeued"] >= 1, what="the unacknowledged ones held again")
+        broker.start()
+        with watch(broker.url) as peer:
+            wait_until(lambda: receipts.totals()[0] == 12, timeout_s=30, what="the held values written")
+            live = now_ms() + 100
+            writer.write_batch(batch(live, 0))
+            wait_until(lambda: receipts.totals()[0] == 15, what="the live values")
+    finally:
+        writer.close()
+    assert receipts.totals() == (15, 0, 0)
+    seen = kinds(peer)
+    # The subscriber (there since the restart) sees the new session only: births first, then
+    # the old session's values, historical, numbered in the new one.
+    assert seen[0] == "NBIRTH"
+    seqs = node_seqs(peer)
+    assert seqs == list(range(len(seqs)))
+    (nbirth,) = messages(peer, "NBIRTH")
+    assert bdseq(nbirth[1]) == 1
+    historical = {m.timestamp for _t, p in messages(peer, "DDATA") for m in p.metrics if m.is_historical}
+    assert historical <= {t0 + 100 * k for k in range(1, 4)} and historical
+    live_metrics = [m for _t, p in messages(peer, "DDATA") for m in p.metrics if m.timestamp == live]
+    assert len(live_metrics) == 3 and not any(m.is_historical for m in live_metrics)
