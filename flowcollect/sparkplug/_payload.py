@@ -179,7 +179,10 @@ def _encode_bool(v: Any) -> bytes:
 
 def _encode_string(v: Any) -> bytes:
     if isinstance(v, str):
-        data = v.encode("utf-8", "surrogatepass")
+        try:
+            data = v.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 text can carry it
+            raise ValueDoesNotFitError(f"{v!r} is not valid Unicode text") from None
         return _K_STRING + varint(len(data)) + data
     raise ValueDoesNotFitError(f"{v!r} is not a string")
 

@@ -124,9 +124,16 @@ def test_births_name_every_metric_with_its_datatype_and_value(rows: list[Any], s
 TOO_BIG = st.one_of(st.integers(2**15, 2**70), st.integers(-(2**70), -(2**15) - 1))
 
 
-@given(value=st.one_of(TOO_BIG, st.text(), st.floats(), st.booleans()))
-def test_a_value_that_does_not_fit_is_null_and_bad_and_said(value: Any) -> None:
-    payload, unfit = DataEncoder([MetricDef.make("m", 1, DataType.Int16)]).encode(
+@given(
+    case=st.one_of(
+        st.tuples(st.just(DataType.Int16), st.one_of(TOO_BIG, st.text(), st.floats(), st.booleans())),
+        st.tuples(st.just(DataType.String), st.just("half a pair: \ud800")),
+        st.tuples(st.just(DataType.Boolean), st.one_of(st.integers(2, 9), st.text())),
+    )
+)
+def test_a_value_that_does_not_fit_is_null_and_bad_and_said(case: tuple[DataType, Any]) -> None:
+    datatype, value = case
+    payload, unfit = DataEncoder([MetricDef.make("m", 1, datatype)]).encode(
         1, 0, [value], [None], None, now_ms=1
     )
     (m,) = Payload.FromString(payload).metrics
