@@ -39,8 +39,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from flowcollect.sparkplug._payload import DataEncoder, MetricDef
-from flowcollect.sparkplug._schema import DataType, Payload
+from flowcollect.sparkplug import DataEncoder, DataType, MetricDef, Payload
 from flowcollect.values import Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import SparkplugDataWriter
 
@@ -142,8 +141,7 @@ def bench_writer(url: str, broker_pid: int | None, instants: int) -> dict[str, A
 
 
 def bench_host(rounds: int) -> dict[str, Any]:
-    from flowcollect.sparkplug._host import SparkplugHost, parse_address
-    from flowcollect.sparkplug._session import EdgeNode, Publish
+    from flowcollect.sparkplug import EdgeNode, Publish, SparkplugHost, parse_address
 
     specs = tuple(
         VariableSpec(i + 1, 1, f"m{i}", "float", "plc1", 1000, name=f"Line/M{i}") for i in range(METRICS)

@@ -585,10 +585,6 @@ class EdgeNode:
         self._layouts[id(variables)] = layout
         return layout
 
-    def layout_failures(self, variables: Sequence[VariableSpec]) -> list[tuple[int, str]]:
-        """Positions of variables whose values cannot go out (no valid device), and why."""
-        return list(self._layout(variables).failed)
-
     def _register(self, layout: _Layout, parts: tuple[int, ...] | None = None) -> bool:
         """Give every metric of the layout an alias; True when a device already born got a new
         metric (it must be born again)."""

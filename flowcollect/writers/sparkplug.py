@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError
-from flowcollect.sparkplug._payload import datatype_of
-from flowcollect.sparkplug._schema import DataType
-from flowcollect.sparkplug._session import (
+from flowcollect.sparkplug import (
     Carried,
+    DataType,
     EdgeNode,
     Note,
     Publish,
@@ -35,6 +34,7 @@ from flowcollect.sparkplug._session import (
     Settle,
     Subscribe,
     check_id,
+    datatype_of,
     ndeath_payload,
 )
 from flowcollect.values import ValueBatch, VariableSpec

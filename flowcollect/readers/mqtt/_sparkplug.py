@@ -19,8 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from flowcollect.readers.mqtt._kinds import AddressKind, Delivery, Publish, Source, Watched
 from flowcollect.readers.mqtt._plain import from_json
-from flowcollect.sparkplug._host import SparkplugAddress, SparkplugHost, parse_address
-from flowcollect.sparkplug._session import NAMESPACE
+from flowcollect.sparkplug import NAMESPACE, SparkplugAddress, SparkplugHost, parse_address
 from flowcollect.values import VariableSpec
 
 __all__ = ["SparkplugKind", "SparkplugSource"]
