@@ -208,28 +208,10 @@ def _reader_plan(schedule: LaneSchedule, rtype: str, reader: DataReader) -> Read
     hyper = schedule.hyperperiod_ms
     specs = [s for s in schedule.specs if s.reader == rtype]
     intervals = tuple(sorted({s.interval_ms for s in specs}))
-
-    def next_due(after: int) -> int:
-        return min((after // i + 1) * i for i in intervals)
-
-    # Walk only this reader's due instants, never the empty GCD ticks between them.
-    groups: dict[tuple[int, ...], list[int]] = {}
-    counts: dict[tuple[int, ...], int] = {}
-    first: dict[tuple[int, ...], int] = {}
-    walked = 0
-    t = next_due(-1)  # 0: the start of a hyperperiod, where every interval is due
-    while t < hyper and walked < MAX_INSTANTS:
-        due = tuple(i for i in intervals if t % i == 0)
-        counts[due] = counts.get(due, 0) + 1
-        offsets = groups.setdefault(due, [])
-        first.setdefault(due, t)
-        if len(offsets) < SHOW_OFFSETS:
-            offsets.append(t)
-        walked += 1
-        t = next_due(t)
+    walk = schedule.due_patterns(MAX_INSTANTS, rtype, offsets=SHOW_OFFSETS)
     phases = []
-    for due in sorted(groups, key=lambda m: first[m]):
-        phase = schedule.phase_at(first[due])
+    for pattern in walk.patterns:
+        phase = schedule.phase_at(pattern.first_ms)
         rp = next((p for p in phase.readers if p.reader == rtype), None) if phase else None
         if rp is None:  # cannot happen for a due instant; a plan never invents reads
             continue
@@ -249,9 +231,9 @@ def _reader_plan(schedule: LaneSchedule, rtype: str, reader: DataReader) -> Read
             deliveries.append((d.context_id, len(d.variables), shared))
         phases.append(
             PhasePlan(
-                intervals=due,
-                offsets_ms=tuple(groups[due]),
-                instants=counts[due],
+                intervals=pattern.intervals,
+                offsets_ms=pattern.offsets_ms,
+                instants=pattern.instants,
                 reads=tuple((s.id, s.context_id, s.address, s.value_type, s.interval_ms) for s in rp.reads),
                 deliveries=tuple(deliveries),
                 requests=requests,
@@ -266,8 +248,8 @@ def _reader_plan(schedule: LaneSchedule, rtype: str, reader: DataReader) -> Read
         hyperperiod_ms=hyper,
         intervals=intervals,
         grid_ticks=hyper // schedule.period_ms,
-        due_instants=walked,
-        walked_all=t >= hyper,
+        due_instants=walk.instants,
+        walked_all=walk.complete,
         wanted=len(specs),
         distinct=len(distinct_reads(specs)),
         phases=tuple(phases),

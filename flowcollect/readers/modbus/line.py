@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LineEstimate", "LineKind", "ModbusLine", "estimate_lane", "line_estimates"]
 
-# Due instants walked per lane to find its due patterns (as flowcollect.plan walks them).
+# Due instants walked per lane to find its due patterns (``LaneSchedule.due_patterns``).
 _MAX_INSTANTS: Final = 100_000
 
 LineKind = Literal["serial", "rtu-tcp", "tcp"]
@@ -249,7 +249,6 @@ def line_estimates(compiled: CompiledPlan, readers: Iterable[DataReader]) -> lis
     plan`` can print ``str(estimate)`` per line, and ``check`` warn with ``estimate.warning``.
     """
     from flowcollect.readers.modbus.reader import ModbusDataReader
-    from flowcollect.readers.modbus.timing import next_due_ms
 
     by_type = {r.type: r for r in readers}
     result: list[LineEstimate] = []
@@ -259,23 +258,14 @@ def line_estimates(compiled: CompiledPlan, readers: Iterable[DataReader]) -> lis
             isinstance(by_type.get(r), ModbusDataReader) for r in schedule.reader_order
         ):
             continue
-        intervals = frozenset(s.interval_ms for s in schedule.specs)
         worst: LineEstimate | None = None
-        seen: set[frozenset[int]] = set()
-        t, walked = 0, 0
-        while t < schedule.hyperperiod_ms and walked < _MAX_INSTANTS:
-            walked += 1
-            following = next_due_ms(t, intervals) or t + schedule.period_ms
-            due = frozenset(i for i in intervals if t % i == 0)
-            phase = schedule.phase_at(t)
-            if due not in seen and phase is not None:
-                seen.add(due)
-                estimate = estimate_lane(
-                    [(by_type[rp.reader], rp.reads) for rp in phase.readers], following - t
-                )
-                if estimate is not None and (worst is None or (estimate.load or 0.0) > (worst.load or 0.0)):
-                    worst = estimate
-            t = following
+        for pattern in schedule.due_patterns(_MAX_INSTANTS).patterns:
+            phase = schedule.phase_at(pattern.first_ms)
+            if phase is None:  # cannot happen for a due instant
+                continue
+            estimate = estimate_lane([(by_type[rp.reader], rp.reads) for rp in phase.readers], pattern.gap_ms)
+            if estimate is not None and (worst is None or (estimate.load or 0.0) > (worst.load or 0.0)):
+                worst = estimate
         if worst is not None:
             result.append(worst)
     return result

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flowcollect.compile import next_due
 from flowcollect.errors import ConfigError
 from flowcollect.readers import RandomDataReader
 from flowcollect.readers.modbus import ModbusDataReader, ModbusLine, estimate_lane
@@ -20,7 +21,7 @@ from flowcollect.readers.modbus._connection import (
     short_text,
 )
 from flowcollect.readers.modbus.packing import ModbusRequest
-from flowcollect.readers.modbus.timing import Pacer, answer_bytes, next_due_ms, silent_interval_s, wire_time_s
+from flowcollect.readers.modbus.timing import Pacer, answer_bytes, silent_interval_s, wire_time_s
 from flowcollect.values import VariableSpec
 
 
@@ -114,10 +115,10 @@ def test_wire_time_counts_both_frames_the_gap_and_the_turnaround() -> None:
 
 
 def test_next_due_instant_on_the_engine_grid() -> None:
-    assert next_due_ms(1000, {100}) == 1100
-    assert next_due_ms(1000, {150, 100}) == 1050
-    assert next_due_ms(1049, frozenset({150, 100})) == 1050
-    assert next_due_ms(1000, set()) is None
+    assert next_due(1000, {100}) == 1100
+    assert next_due(1000, {150, 100}) == 1050
+    assert next_due(1049, frozenset({150, 100})) == 1050
+    assert next_due(1000, set()) is None
 
 
 def test_pacer_keeps_frames_apart_in_virtual_time() -> None:
