@@ -37,8 +37,14 @@ from rich.text import Text
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
-from flowcollect.group import GroupMembership, GroupOptions, GroupStats, GroupStatsCollector, run_in_group
-from flowcollect.group._cli import group_app
+from flowcollect.group import (
+    GroupMembership,
+    GroupOptions,
+    GroupStats,
+    GroupStatsCollector,
+    group_app,
+    run_in_group,
+)
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
     EXIT_ERROR,
@@ -46,9 +52,9 @@ from flowcollect.pipeline import (
     Pipeline,
     RunSummary,
     load_pipeline,
+    port_in_use,
     writer_figures,
 )
-from flowcollect.pipeline._devices import port_in_use
 from flowcollect.stats import CollectorStats
 
 __all__ = ["app", "main"]

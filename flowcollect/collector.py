@@ -39,9 +39,16 @@ from flowcollect.errors import (
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy
 from flowcollect.readers.base import DataReader
-from flowcollect.runtime._clock import Clock, LaneScheduler
-from flowcollect.runtime._lane import STEP_MS, Lane
-from flowcollect.runtime._steps import ChangeState, for_context, gate, report_changes
+from flowcollect.runtime import (
+    STEP_MS,
+    ChangeState,
+    Clock,
+    Lane,
+    LaneScheduler,
+    for_context,
+    gate,
+    report_changes,
+)
 from flowcollect.stats import CollectorStats, ContextStats, ReaderCounters
 from flowcollect.values import ValueBatch
 from flowcollect.writers.base import DataWriter

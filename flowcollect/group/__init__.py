@@ -8,6 +8,7 @@ rendezvous hashing and held as an etcd key under the member's lease; see docs/sc
 from __future__ import annotations
 
 from flowcollect.group._address import GroupAddress, parse_address
+from flowcollect.group._cli import group_app
 from flowcollect.group._control import (
     GroupStatus,
     LaneStatus,
@@ -55,4 +56,6 @@ __all__ = [
     "weight",
     # Errors
     "EtcdUnavailable",
+    # The ``flowcollect group`` command (typer), mounted by flowcollect.cli
+    "group_app",
 ]

@@ -18,7 +18,7 @@ from flowcollect.pipeline._devices import Device
 from flowcollect.readers.base import DataReader
 from flowcollect.stats import CollectorStats
 from flowcollect.writers.base import DataWriter
-from flowcollect.writers.spool._options import SpoolOptions
+from flowcollect.writers.spool import SpoolOptions
 
 if TYPE_CHECKING:
     from flowcollect.pipeline._once import OnceResult
