@@ -31,6 +31,7 @@ from flowcollect.readers.modbus.address import (
     parse_address,
 )
 from flowcollect.readers.modbus.decoding import Decoder, convert, decoder_for, plain_register
+from flowcollect.readers.modbus.estimates import LineEstimate
 from flowcollect.readers.modbus.line import ModbusLine
 from flowcollect.readers.modbus.packing import ModbusRequest, Span, pack
 from flowcollect.readers.modbus.timing import answer_bytes, request_bytes
@@ -340,6 +341,20 @@ class ModbusDataReader(DataReader):
                 )
             lines.append(text)
         return lines
+
+    def estimate_tick(
+        self, due: Sequence[tuple[DataReader, Sequence[VariableSpec]]], tick_ms: float
+    ) -> LineEstimate | None:
+        """The line's time for one tick: the requests of every unit on it due at the instant
+        (``estimates.py``); None when a reader of the lane is not a Modbus reader."""
+        requests: list[ModbusRequest] = []
+        for reader, variables in due:
+            if not isinstance(reader, ModbusDataReader):
+                return None
+            if reader.line.key != self._line.key:
+                raise ValueError(f"readers of lines {self._line.key} and {reader.line.key} are not one lane")
+            requests.extend(reader.plan_requests([v.address for v in variables]))
+        return self._line.estimate(requests, tick_ms)
 
     def read(self, variables: Sequence[CollectedVariable]) -> None:
         if not variables:
