@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from flowcollect._clock import EPOCH, instant
+from flowcollect._instants import EPOCH, instant
 from flowcollect.collector import DataCollector
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
