@@ -262,6 +262,16 @@ def test_plan_changed_plans_each_due_set_before_the_first_tick() -> None:
     assert reader.stats()["plans"] == 2
 
 
+def test_pre_planning_walks_a_bounded_number_of_due_instants() -> None:
+    # 999 and 1000 ms: a hyperperiod of 999 s with ~2,000 due instants. The first 512 of them
+    # (compile.due_patterns) already hold all three patterns: both, 999 alone, 1000 alone.
+    reader = ModbusDataReader("m", host="127.0.0.1", port=502)
+    reader.plan_changed(
+        [VariableSpec(1, 1, "holding:0", "int", "m", 999), VariableSpec(2, 1, "holding:1", "int", "m", 1000)]
+    )
+    assert reader.stats()["plans"] == 3
+
+
 def test_line_estimates_of_a_compiled_plan_find_each_lines_busiest_tick() -> None:
     from flowcollect import DataCollectionContext, Variable
     from flowcollect.compile import compile_plan
