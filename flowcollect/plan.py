@@ -204,7 +204,9 @@ def lane_estimates(compiled: CompiledPlan, readers: Iterable[DataReader]) -> lis
             due = [(by_type[rp.reader], rp.reads) for rp in phase.readers]
             estimate = due[0][0].estimate_tick(due, pattern.gap_ms)
             if estimate is None:
-                break  # the lane's readers give no estimate: no need to walk on
+                if worst is None:
+                    break  # asked first with every reader of the lane (all are due at 0): none
+                continue
             if worst is None or (estimate.load or 0.0) > (worst.load or 0.0):
                 worst = estimate
         if worst is not None:

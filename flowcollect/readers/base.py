@@ -146,7 +146,9 @@ class DataReader(ABC):
         Called on the lane's first reader with every reader of the lane that has variables due
         at the instant, paired with them (readers on one lane share its source: a serial line's
         cost is that of all its units), and ``tick_ms``, the time until the lane's next due
-        instant. No I/O. None (the default): no estimate for this source.
+        instant; once per due pattern, first at the hyperperiod's start, where every reader of
+        the lane is due. No I/O. None (the default) from that first call: no estimate for the
+        lane, which is not asked again.
         """
         return None
 
