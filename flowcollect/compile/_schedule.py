@@ -286,15 +286,11 @@ class LaneSchedule:
 
     def count_due(self, after_ms: int, until_ms: int | float) -> int:
         """How many due instants lie in ``(after_ms, until_ms]``."""
-        count = 0
-        t = after_ms
-        while count < MAX_COUNT_WALK:
-            t = self.next_due(t)
-            if t > until_ms:
-                return count
-            count += 1
+        due = self.due_between(after_ms, until_ms)
+        if len(due) < MAX_COUNT_WALK:
+            return len(due)
         # A lane stuck for a very long time: estimate on the grid rather than walk it.
-        return max(count, int((until_ms - after_ms) // self.period_ms))
+        return max(len(due), int((until_ms - after_ms) // self.period_ms))
 
     def due_between(self, after_ms: int, until_ms: int | float) -> list[int]:
         """The due instants in ``(after_ms, until_ms]``, at most ``MAX_COUNT_WALK`` of them."""

@@ -343,3 +343,12 @@ def test_next_due_of_any_intervals_is_the_lanes_next_due(intervals: set[int], af
     schedule = LaneSchedule("lane", [spec(1, n, "a", "int", i) for n, i in enumerate(intervals)])
     assert next_due(after, intervals) == schedule.next_due(after)
     assert next_due(after, intervals) == brute_next_due([spec(1, 1, "a", "int", i) for i in intervals], after)
+
+
+def test_count_due_estimates_on_the_grid_past_the_walk() -> None:
+    schedule = schedule_of("r", [spec(1, 1, "a", "int", 2)])
+    # Within the walk: exact (every even instant of (0, 2 * MAX_COUNT_WALK - 2]).
+    assert schedule.count_due(0, 2 * MAX_COUNT_WALK - 2) == MAX_COUNT_WALK - 1
+    # Past it: the span over the GCD tick, never less than what was walked.
+    assert schedule.count_due(0, 10 * MAX_COUNT_WALK) == 5 * MAX_COUNT_WALK
+    assert len(schedule.due_between(0, 10 * MAX_COUNT_WALK)) == MAX_COUNT_WALK
