@@ -67,6 +67,8 @@ class OpenReport:
     torn_bytes: int = 0
     corrupt: int = 0
     corrupt_bytes: int = 0
+    corrupt_values: int = 0
+    """Values in records after the send position that damage made unreadable."""
     replay_values: int = 0
     replay_records: int = 0
     position_reset: str | None = None

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 from flowcollect.writers.base import DataWriter, OnReceipt
 from flowcollect.writers.spool import _records as rec
+from flowcollect.writers.spool._forward import Forwarder, Handout, Sent
 from flowcollect.writers.spool._store import (
     DiskFullError,
     OpenReport,
@@ -66,41 +68,6 @@ class _Pending:
         self.end = end
         self.batch = batch
         self.held = held
-
-
-class _Sent:
-    """A record handed to the inner writer and not yet (wholly) acknowledged."""
-
-    __slots__ = (
-        "end",
-        "failed",
-        "handed",
-        "held",
-        "keep",
-        "n",
-        "origin",
-        "seq",
-        "settled",
-        "start",
-        "t_ms",
-        "written",
-    )
-
-    def __init__(
-        self, seq: int, start: int, end: int, handed: ValueBatch, origin: ValueBatch | None, held: bool
-    ) -> None:
-        self.seq = seq
-        self.start = start
-        self.end = end
-        self.handed = handed
-        self.origin = origin  # the batch the engine gave (or its copy from disk); None: a replay
-        self.held = held  # the origin still has its columns (it was handed from memory)
-        self.n = len(handed)
-        self.t_ms = handed.t_ms
-        self.written = 0
-        self.failed = 0
-        self.settled = 0
-        self.keep = False  # given up by the inner writer while closing: stays spooled
 
 
 class SpooledWriter(DataWriter):
@@ -181,43 +148,42 @@ class SpooledWriter(DataWriter):
         self._monotonic = monotonic
         self._errors = RateLimitedLog(logger, clock=monotonic)
 
+        # Thread ownership. Every mutable field below is guarded by ``_cond`` (the spool lock),
+        # which the forwarder shares: appends (the engine's writer thread), the forwarder's
+        # thread, the maintenance thread, receipts (any thread) and ``stats()`` all take it.
+        # Exceptions: ``_reader`` is used by the forwarder's thread only (and by close() once
+        # that thread has stopped); ``_specs`` by the thread calling ``write()``; ``_threads`` is
+        # written once, under the lock, when the folder is opened.
         self._cond = threading.Condition()
-        self._store: Store | None = None
-        self._segments: dict[int, Segment] = {}
-        self._cursor: tuple[int, int] = (0, 0)
-        self._memory: deque[_Pending] = deque()
-        self._memory_values = 0
+        self._store: Store | None = None  # guarded by _cond (None until the first batch)
+        self._segments: dict[int, Segment] = {}  # guarded by _cond
+        self._memory: deque[_Pending] = deque()  # guarded by _cond (no receipts wanted: recent appends)
+        self._memory_values = 0  # guarded by _cond
         # With someone attached for receipts (the engine): this run's batches not yet handed out,
         # by record. A receipt must carry the very batch the engine gave (it matches them by
         # identity), so each is kept until handed out. The engine gives an acknowledging writer
         # its own batch object, so beyond _MEMORY_VALUES (``_held``) the spool releases its
         # columns once appended: the object stays for the receipt, the values are read back
         # from disk, and memory stays flat however long the outage.
-        self._origins: dict[tuple[int, int], _Pending] = {}
-        self._held = 0  # values of _origins still holding their columns
-        self._receipts_wanted = False
-        self._sent: deque[_Sent] = deque()
-        self._by_batch: dict[int, _Sent] = {}
-        self._in_flight = 0
+        self._origins: dict[tuple[int, int], _Pending] = {}  # guarded by _cond
+        self._held = 0  # guarded by _cond: values of _origins still holding their columns
+        self._receipts_wanted = False  # set by attach(), before the first batch
         # Values (and batch records) appended or left by an earlier run and not yet settled by
         # the writer, dropped by the policy or lost to corruption: in flight ones included.
-        self._backlog = 0
-        self._backlog_records = 0
-        self._retry_at = 0.0
-        self._failures = 0
-        self._closed = False
-        self._closing = False
-        self._stop = False
-        self._stopped = threading.Event()
+        self._backlog = 0  # guarded by _cond
+        self._backlog_records = 0  # guarded by _cond
+        self._closed = False  # guarded by _cond
+        self._stopped = threading.Event()  # set once by close(): the maintenance thread ends
         self._threads: list[threading.Thread] = []
-        self._reader = SegmentReader()
-        self._episode_dropped: int | None = None  # values dropped in the current drop episode
-        self._episode_limit = max_bytes
+        self._reader = SegmentReader()  # the forwarder's thread's
+        self._episode_dropped: int | None = None  # guarded by _cond: values dropped this episode
+        self._episode_limit = max_bytes  # guarded by _cond
         # Appends not yet known to be on disk (fsync): what a power cut could take now.
-        self._unsynced_since: float | None = None
-        self._unsynced_values = 0
+        self._unsynced_since: float | None = None  # guarded by _cond
+        self._unsynced_values = 0  # guarded by _cond
+        self._maintenance_errors = 0  # guarded by _cond: rounds of the maintenance loop that raised
         self._specs: dict[tuple[Any, ...], VariableSpec] = {}
-        self._counters: dict[str, int] = dict.fromkeys(
+        self._counters: dict[str, int] = dict.fromkeys(  # guarded by _cond
             (
                 "appended_values",
                 "appended_records",
@@ -229,14 +195,25 @@ class SpooledWriter(DataWriter):
                 "replayed_values",
                 "torn",
                 "corrupt",
+                "corrupt_values",
                 "write_errors",
                 "disk_full",
                 "not_spooled",
             ),
             0,
         )
+        # The forwarder: cursor, in-flight window, retry pause; its state is under _cond too.
+        self._fw = Forwarder(
+            self.name,
+            writer,
+            _Outbox(self),
+            self._cond,
+            max_in_flight_values=max_in_flight_values,
+            idle_s=self.sync_interval_s,
+            monotonic=monotonic,
+        )
         if writer.acknowledges:
-            writer.attach(self._on_inner_receipt)
+            writer.attach(self._fw.on_receipt)
 
     # -- the DataWriter contract ---------------------------------------------------------------
 
@@ -340,7 +317,7 @@ class SpooledWriter(DataWriter):
                 raise RuntimeError(f"spooled writer {self.name} is closed; it takes no more values")
             store = self._open_locked()
             self._append_locked(store, batch, receipts)
-            self._cond.notify_all()
+            self._fw.wake_locked()
         self._send_receipts(receipts)
 
     def flush(self) -> None:
@@ -367,13 +344,13 @@ class SpooledWriter(DataWriter):
             self._closed = True
             deadline = self._monotonic() + self.close_timeout_s
             if self._store is not None:
-                self._retry_at = 0.0
-                self._cond.notify_all()
+                self._fw.retry_at = 0.0
+                self._fw.wake_locked()
                 while self._backlog_locked() and (left := deadline - self._monotonic()) > 0:
                     self._cond.wait(min(left, 0.1))
-            self._closing = True
-            self._cond.notify_all()
-        # The sender stops handing batches before the writer closes (it may be in a write now).
+            self._fw.closing = True
+            self._fw.wake_locked()
+        # The forwarder stops handing batches before the writer closes (it may be in a write now).
         for thread in self._threads[:1]:
             thread.join(max(0.0, deadline - self._monotonic()) + 1.0)
         try:
@@ -381,9 +358,9 @@ class SpooledWriter(DataWriter):
         except Exception as exc:
             logger.error("%s: closing the writer behind the spool failed: %s", self.name, exc)
         with self._cond:
-            self._stop = True
+            self._fw.stopping = True
             self._stopped.set()
-            self._cond.notify_all()
+            self._fw.wake_locked()
         for thread in self._threads:
             thread.join(max(0.0, deadline - self._monotonic()) + 1.0)
             if thread.is_alive():
@@ -392,8 +369,12 @@ class SpooledWriter(DataWriter):
             store = self._store
             if store is None:
                 return
+            # Batches whose segment was dropped while the writer had them, and that the writer
+            # did not settle: no copy is left for the next run, so they are lost, and counted.
+            lost = self._fw.drop_orphans_locked("spool: dropped while with the writer, not stored by close")
             left = self._backlog_locked()
             position = self._position_locked()
+        self._send_receipts(lost)
         self._save_position(store, position)
         with self._cond:
             self._delete_acknowledged_locked(store)
@@ -430,12 +411,14 @@ class SpooledWriter(DataWriter):
         with self._cond:
             for key, value in self._counters.items():
                 out[f"spool_{key}"] = value
+            out["spool_write_errors"] += self._fw.write_errors
+            out["spool_thread_errors"] = self._fw.loop_errors + self._maintenance_errors
             store = self._store
             out["spool_bytes"] = store.bytes if store is not None else 0
             out["spool_segments"] = len(store.segments) if store is not None else 0
             out["spool_records"] = self._backlog_records
             out["spool_values"] = self._backlog_locked()
-            out["spool_in_flight"] = self._in_flight
+            out["spool_in_flight"] = self._fw.in_flight
             out["spool_unsynced_values"] = self._unsynced_values
             since = self._unsynced_since
             out["spool_unsynced_age_s"] = self._monotonic() - since if since is not None else 0.0
@@ -471,21 +454,22 @@ class SpooledWriter(DataWriter):
             raise PreflightError(str(exc.strerror)) from exc
         self._store = store
         self._segments = {s.seq: s for s in store.segments}
-        self._cursor = store.position
+        self._fw.cursor = store.position
         self._backlog = report.replay_values
         self._backlog_records = report.replay_records
         self._report_open(report)
-        for target, name in ((self._run_sender, "sender"), (self._run_maintenance, "sync")):
-            thread = threading.Thread(
-                target=target, name=f"flowcollect-spool-{name}-{self.name}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
+        self._threads.append(self._fw.start(f"flowcollect-spool-sender-{self.name}"))
+        thread = threading.Thread(
+            target=self._run_maintenance, name=f"flowcollect-spool-sync-{self.name}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
         return store
 
     def _report_open(self, report: OpenReport) -> None:
         self._counters["torn"] += report.torn
         self._counters["corrupt"] += report.corrupt
+        self._counters["corrupt_values"] += report.corrupt_values
         if report.position_reset:
             logger.warning("spool %s: %s", self.path, report.position_reset)
         if report.replay_values:
@@ -584,7 +568,7 @@ class SpooledWriter(DataWriter):
         segment = store.segments[0]
         if segment is store.active and segment.records == 0 and len(store.segments) == 1:
             return False
-        seq, offset = self._cursor
+        seq, offset = self._fw.cursor
         dropped = records = 0
         if seq <= segment.seq:
             start = offset if seq == segment.seq else len(rec.MAGIC)
@@ -600,16 +584,19 @@ class SpooledWriter(DataWriter):
                 logger.error("spool %s: dropping %s: %s", self.path, segment.path.name, exc)
                 dropped, records = self._unsent_in_locked(segment)
             later = [s.seq for s in store.segments if s.seq > segment.seq]
-            self._cursor = (later[0], len(rec.MAGIC)) if later else (segment.seq + 1, len(rec.MAGIC))
+            self._fw.cursor = (later[0], len(rec.MAGIC)) if later else (segment.seq + 1, len(rec.MAGIC))
         while self._memory and self._memory[0].seq <= segment.seq:
             self._memory_values -= len(self._memory.popleft().batch)
+        # Its batches with the writer now are no longer in the spool: what the writer stores of
+        # them counts as written, what it does not is counted dropped then (never kept).
+        self._fw.orphan_locked(segment.seq)
         store.delete(segment)
         self._segments.pop(segment.seq, None)
         self._counters["dropped_segments"] += 1
         self._backlog -= dropped
         self._backlog_records -= records
         self._count_drop(dropped, reason)
-        self._cond.notify_all()
+        self._fw.wake_locked()
         return True
 
     # -- sending ---------------------------------------------------------------------------------
@@ -617,71 +604,32 @@ class SpooledWriter(DataWriter):
     def _next_locked(self, store: Store) -> tuple[Segment, int, _Pending | None] | None:
         """The next record to hand out: (segment, offset, the in-memory batch if any), or None."""
         while True:
-            seq, offset = self._cursor
+            seq, offset = self._fw.cursor
             segment = self._segments.get(seq)
             if segment is None:
                 later = [s for s in store.segments if s.seq > seq]
                 if not later:
                     return None
-                self._cursor = (later[0].seq, len(rec.MAGIC))
+                self._fw.cursor = (later[0].seq, len(rec.MAGIC))
                 continue
             if offset >= segment.size:
                 if segment is store.active or segment is store.segments[-1]:
                     return None
                 later = [s for s in store.segments if s.seq > seq]
-                self._cursor = (later[0].seq, len(rec.MAGIC))
+                self._fw.cursor = (later[0].seq, len(rec.MAGIC))
                 continue
             # Left in place: _hand takes it under the lock, so a drop in between still finds it.
             kept = self._origins.get((seq, offset))
             if kept is not None:
                 return segment, offset, kept
             memory = self._memory
-            while memory and (memory[0].seq, memory[0].start) < self._cursor:
+            while memory and (memory[0].seq, memory[0].start) < self._fw.cursor:
                 self._memory_values -= len(memory.popleft().batch)
             if memory and memory[0].seq == seq and memory[0].start == offset:
                 pending = memory.popleft()
                 self._memory_values -= len(pending.batch)
                 return segment, offset, pending
             return segment, offset, None
-
-    def _run_sender(self) -> None:
-        store = self._store
-        if store is None:
-            return
-        while True:
-            item = self._wait_next(store)
-            if item is None:
-                return
-            segment, offset, pending = item
-            if pending is not None and pending.held:
-                # Its own object for the writer behind: it may release it (see DataWriter).
-                self._hand(segment, pending.start, pending.end, pending.batch.handle(), pending)
-                continue
-            read = self._read_from_disk(store, segment, offset, pending)
-            if read is not None:
-                end, batch = read
-                if pending is not None:  # released: the values from disk, the receipt to its batch
-                    self._hand(segment, offset, end, batch, pending)
-                else:
-                    self._hand(segment, offset, end, batch, batch if segment.own else None)
-
-    def _wait_next(self, store: Store) -> tuple[Segment, int, _Pending | None] | None:
-        """Wait until a record may be handed out (window, retry pause); None when stopping."""
-        with self._cond:
-            while True:
-                if self._stop or self._closing:
-                    return None
-                now = self._monotonic()
-                if now < self._retry_at:
-                    self._cond.wait(self._retry_at - now)
-                    continue
-                busy = self._in_flight >= self.max_in_flight_values or (
-                    self._in_flight and not self.writer.acknowledges
-                )
-                item = None if busy else self._next_locked(store)
-                if item is not None:
-                    return item
-                self._cond.wait(self.sync_interval_s)
 
     def _read_from_disk(
         self, store: Store, segment: Segment, offset: int, pending: _Pending | None = None
@@ -711,118 +659,81 @@ class SpooledWriter(DataWriter):
             self._corrupt_at_read(store, segment, offset, exc)
             return None
         with self._cond:
-            if self._cursor != (segment.seq, offset) or segment.seq not in self._segments:
+            if self._fw.cursor != (segment.seq, offset) or segment.seq not in self._segments:
                 return None  # dropped meanwhile
             if batch is None:
-                self._cursor = (segment.seq, record.end)
+                self._fw.cursor = (segment.seq, record.end)
                 return None
         return record.end, batch
 
-    def _hand(
-        self,
-        segment: Segment,
-        start: int,
-        end: int,
-        batch: ValueBatch,
-        origin: ValueBatch | _Pending | None,
-    ) -> None:
-        """Hand ``batch`` (the record at ``start``) to the writer; ``origin``: the batch its
-        receipts go to, or the pending append that holds it."""
-        with self._cond:
-            if self._cursor != (segment.seq, start):
-                return  # dropped meanwhile (its receipt went with the drop)
-            self._pop_origin((segment.seq, start))
-            receipts_to: ValueBatch | None = origin.batch if isinstance(origin, _Pending) else origin
-            held = isinstance(origin, _Pending) and origin.held
-            if id(batch) in self._by_batch:
-                batch = batch.handle()  # the same object twice in flight: receipts must tell them apart
-            entry = _Sent(segment.seq, start, end, batch, receipts_to, held)
-            self._sent.append(entry)
-            self._by_batch[id(batch)] = entry
-            self._in_flight += entry.n
-            self._cursor = (segment.seq, end)
-        try:
-            self.writer.write_batch(batch)
-        except Exception as exc:
-            self._write_failed(entry, exc)
-            return
-        if not self.writer.acknowledges:
-            self._settle(entry, entry.n, 0, 0, None)
-        elif self._failures:
-            with self._cond:
-                self._failures = 0
+    # -- the forwarder's source (see _Outbox) ----------------------------------------------------
 
-    def _write_failed(self, entry: _Sent, exc: Exception) -> None:
-        # The writer did not take the batch: it stays spooled and is handed again after a pause.
-        text = f"{type(exc).__name__}: {exc}"
-        with self._cond:
-            self._counters["write_errors"] += 1
-            self._by_batch.pop(id(entry.handed), None)
-            with contextlib.suppress(ValueError):
-                self._sent.remove(entry)
-            self._in_flight -= entry.n
-            if entry.seq in self._segments and (entry.seq, entry.start) < self._cursor:
-                self._cursor = (entry.seq, entry.start)
-                if entry.origin is not None and self._receipts_wanted:
-                    # Handed again from memory if it still has its columns (within the in-flight
-                    # window, so not counted against _MEMORY_VALUES), else from disk.
-                    self._origins[(entry.seq, entry.start)] = _Pending(
-                        entry.seq, entry.start, entry.end, entry.origin, held=entry.held
-                    )
-                    if entry.held:
-                        self._held += entry.n
-            self._failures += 1
-            delay = min(_RETRY_MAX_S, _RETRY_INITIAL_S * 2 ** (self._failures - 1))
-            self._retry_at = self._monotonic() + delay
-        self._errors.error(
-            ("write", text),
-            "%s: the writer behind the spool failed (%s); retrying in %.1f s, the values stay spooled",
-            self.name,
-            text,
-            delay,
-        )
+    def _load(self, item: Handout) -> Handout | None:
+        """Outside the lock: the batch to hand for ``item`` (from memory, or read from disk)."""
+        segment, pending = item.pending
+        if pending is not None and pending.held:
+            # Its own object for the writer behind: it may release it (see DataWriter).
+            item.end, item.batch, item.origin, item.held = (
+                pending.end,
+                pending.batch.handle(),
+                pending.batch,
+                True,
+            )
+            return item
+        store = self._store
+        if store is None:
+            return None
+        read = self._read_from_disk(store, segment, item.start, pending)
+        if read is None:
+            return None
+        item.end, item.batch = read
+        if pending is not None:  # released: the values from disk, the receipt to its batch
+            item.origin = pending.batch
+        else:  # a replay of an earlier run has no batch of the engine's to answer to
+            item.origin = item.batch if segment.own else None
+        return item
 
-    def _on_inner_receipt(self, receipt: Receipt) -> None:
-        with self._cond:
-            entry = self._by_batch.get(id(receipt.batch))
-            if entry is None or entry.handed is not receipt.batch:
-                self._errors.warning(
-                    ("receipt",), "%s: a receipt for a batch the spool did not hand out; ignored", self.name
-                )
-                return
-        self._settle(entry, receipt.written, receipt.failed, receipt.dropped, receipt.error)
+    def _returned_locked(self, entry: Sent) -> None:
+        if entry.origin is not None and self._receipts_wanted:
+            # Handed again from memory if it still has its columns (within the in-flight window,
+            # so not counted against _MEMORY_VALUES), else from disk.
+            self._origins[(entry.seq, entry.start)] = _Pending(
+                entry.seq, entry.start, entry.end, entry.origin, held=entry.held
+            )
+            if entry.held:
+                self._held += entry.n
 
-    def _settle(self, entry: _Sent, written: int, failed: int, dropped: int, error: str | None) -> None:
-        forward: Receipt | None = None
-        with self._cond:
-            if self._closing and dropped:
-                # Given up because the writer is closing: not lost, the spool sends it next run.
-                entry.keep = True
-                dropped = 0
-            entry.written += written
-            entry.failed += failed
-            entry.settled += written + failed + dropped + (entry.n if entry.keep else 0)
-            self._counters["written"] += written
-            self._counters["failed"] += failed
-            self._counters["dropped_by_writer"] += dropped
-            if entry.origin is None:
-                self._counters["replayed_values"] += written + failed + dropped
-            elif written or failed or dropped:
-                forward = Receipt(entry.origin, written, failed, dropped, error)
-            if entry.settled >= entry.n:
-                self._by_batch.pop(id(entry.handed), None)
-                self._in_flight -= entry.n
-                segment = self._segments.get(entry.seq)
-                if not entry.keep:
-                    self._backlog -= entry.n
-                    self._backlog_records -= 1
-                    if segment is not None:
-                        segment.records -= 1
-                        segment.values -= entry.n
-                self._advance_locked()
-            self._cond.notify_all()
-        if forward is not None:
-            self._send_receipts([forward])
+    def _settled_locked(
+        self, entry: Sent, written: int, failed: int, dropped: int, error: str | None, done: bool
+    ) -> Receipt | None:
+        self._counters["written"] += written
+        self._counters["failed"] += failed
+        self._counters["dropped_by_writer"] += dropped
+        forward = None
+        if entry.origin is None:
+            self._counters["replayed_values"] += written + failed + dropped
+        elif written or failed or dropped:
+            forward = Receipt(entry.origin, written, failed, dropped, error)
+        if done and not entry.keep:
+            self._backlog -= entry.n
+            self._backlog_records -= 1
+            segment = self._segments.get(entry.seq)
+            if segment is not None and not entry.orphan:
+                segment.records -= 1
+                segment.values -= entry.n
+        return forward
+
+    def _orphan_lost_locked(self, entry: Sent, why: str) -> Receipt | None:
+        """An orphan (its segment dropped while the writer had it) the writer did not store: its
+        unsettled values are lost, counted once here as dropped by the policy."""
+        lost = entry.n - entry.settled
+        entry.settled = entry.n
+        self._backlog -= lost
+        self._backlog_records -= 1
+        self._count_drop(lost, why)
+        if entry.origin is None or not lost:
+            return None
+        return Receipt(entry.origin, 0, 0, lost, f"spool: {why}")
 
     def _pop_origin(self, key: tuple[int, int]) -> _Pending | None:
         """Under the lock: the pending append of this run at ``key``, taken out of ``_origins``."""
@@ -831,35 +742,28 @@ class SpooledWriter(DataWriter):
             self._held -= len(pending.batch)
         return pending
 
-    def _advance_locked(self) -> None:
-        sent = self._sent
-        while sent and sent[0].settled >= sent[0].n and not sent[0].keep:
-            sent.popleft()
-
     def _position_locked(self) -> tuple[int, int]:
         """The first record not acknowledged: where a restart resumes sending."""
-        if self._sent:
-            return (self._sent[0].seq, self._sent[0].start)
-        return self._cursor
+        return self._fw.position_locked()
 
     def _backlog_locked(self) -> int:
         return self._backlog
 
     def _unsent_in_locked(self, segment: Segment) -> tuple[int, int]:
         """Values and records of a segment not yet handed to the writer (by its counts)."""
-        sent = [e for e in self._sent if e.seq == segment.seq and e.settled < e.n]
+        sent = [e for e in self._fw.sent if e.seq == segment.seq and e.settled < e.n and not e.orphan]
         return segment.values - sum(e.n for e in sent), segment.records - len(sent)
 
     def _oldest_t_ms_locked(self) -> int | None:
-        if self._sent:
-            return self._sent[0].t_ms
+        if self._fw.sent:
+            return self._fw.sent[0].t_ms
         if not self._backlog_locked():
             return None
-        in_memory = self._origins.get(self._cursor)
+        in_memory = self._origins.get(self._fw.cursor)
         if (
             in_memory is None
             and self._memory
-            and (self._memory[0].seq, self._memory[0].start) == self._cursor
+            and (self._memory[0].seq, self._memory[0].start) == self._fw.cursor
         ):
             in_memory = self._memory[0]
         if in_memory is not None:
@@ -870,9 +774,9 @@ class SpooledWriter(DataWriter):
         """The instant of the first batch record at or after the cursor, from its header."""
         store = self._store
         for segment in store.segments if store is not None else ():
-            if segment.seq < self._cursor[0]:
+            if segment.seq < self._fw.cursor[0]:
                 continue
-            start = self._cursor[1] if segment.seq == self._cursor[0] else len(rec.MAGIC)
+            start = self._fw.cursor[1] if segment.seq == self._fw.cursor[0] else len(rec.MAGIC)
             try:
                 with open(segment.path, "rb") as f:
                     f.seek(start)
@@ -911,45 +815,62 @@ class SpooledWriter(DataWriter):
             self._counters["dropped_by_policy"] += lost
             self._backlog -= lost
             self._backlog_records -= records
+            self._fw.orphan_locked(segment.seq)
             if segment is store.active:
                 store.seal()
             store.segments.remove(segment)
             store.bytes -= segment.size
             del self._segments[segment.seq]
             later = [s.seq for s in store.segments if s.seq > segment.seq]
-            self._cursor = (later[0], len(rec.MAGIC)) if later else (segment.seq + 1, len(rec.MAGIC))
+            self._fw.cursor = (later[0], len(rec.MAGIC)) if later else (segment.seq + 1, len(rec.MAGIC))
             self._reader.close()
         self._send_receipts(receipts)
 
     # -- durability and cleanup -------------------------------------------------------------------
 
     def _run_maintenance(self) -> None:
+        """The maintenance thread: group commit (``sync="batch"``), the send position, deleting
+        what was acknowledged. A round that raises is logged and counted; the next one comes."""
         store = self._store
         if store is None:
             return
-        saved: tuple[int, int] | None = None
-        while True:
-            # Its own event, not the condition every append notifies: it wakes once an interval.
-            if self._stopped.wait(self.sync_interval_s):
-                return
-            with self._cond:
-                fd = _dup(store) if self.sync == "batch" and store.dirty else None
-                if fd is not None:
-                    store.dirty = False
-                    self._unsynced_since, self._unsynced_values = None, 0
-                position = self._position_locked()
+        saved: list[tuple[int, int] | None] = [None]
+        # Its own event, not the condition every append notifies: it wakes once an interval.
+        while not self._stopped.wait(self.sync_interval_s):
             try:
-                if fd is not None:
-                    os.fdatasync(fd)
-                if position != saved and self._save_position(store, position):
-                    saved = position
-            except OSError as exc:
-                self._errors.error(("sync", exc.errno), "spool %s: cannot sync: %s", self.path, exc)
-            finally:
-                if fd is not None:
-                    os.close(fd)
-            with self._cond:
-                self._delete_acknowledged_locked(store)
+                self._maintain(store, saved)
+            except Exception as exc:
+                with self._cond:
+                    self._maintenance_errors += 1
+                text = f"{type(exc).__name__}: {exc}"
+                self._errors.error(
+                    ("maintenance", text),
+                    "spool %s: a maintenance round failed (%s); the next one comes in %.1f s\n%s",
+                    self.path,
+                    text,
+                    self.sync_interval_s,
+                    "".join(traceback.format_exception(exc)).rstrip(),
+                )
+
+    def _maintain(self, store: Store, saved: list[tuple[int, int] | None]) -> None:
+        with self._cond:
+            fd = _dup(store) if self.sync == "batch" and store.dirty else None
+            if fd is not None:
+                store.dirty = False
+                self._unsynced_since, self._unsynced_values = None, 0
+            position = self._position_locked()
+        try:
+            if fd is not None:
+                os.fdatasync(fd)
+            if position != saved[0] and self._save_position(store, position):
+                saved[0] = position
+        except OSError as exc:
+            self._errors.error(("sync", exc.errno), "spool %s: cannot sync: %s", self.path, exc)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        with self._cond:
+            self._delete_acknowledged_locked(store)
 
     def _save_position(self, store: Store, position: tuple[int, int]) -> bool:
         try:
@@ -1002,6 +923,44 @@ class SpooledWriter(DataWriter):
         if key is not None:
             out.append(_batch_at(key, specs, column, errors))
         return out
+
+
+class _Outbox:
+    """The store side of a spool as its forwarder sees it (``_forward.Source``)."""
+
+    __slots__ = ("_spool",)
+
+    def __init__(self, spool: SpooledWriter) -> None:
+        self._spool = spool
+
+    def next_locked(self) -> Handout | None:
+        spool = self._spool
+        store = spool._store
+        found = spool._next_locked(store) if store is not None else None
+        if found is None:
+            return None
+        segment, offset, pending = found
+        return Handout(segment.seq, offset, pending=(segment, pending))
+
+    def load(self, item: Handout) -> Handout | None:
+        return self._spool._load(item)
+
+    def taken_locked(self, item: Handout) -> None:
+        self._spool._pop_origin((item.seq, item.start))
+
+    def returned_locked(self, entry: Sent) -> None:
+        self._spool._returned_locked(entry)
+
+    def settled_locked(
+        self, entry: Sent, written: int, failed: int, dropped: int, error: str | None, done: bool
+    ) -> Receipt | None:
+        return self._spool._settled_locked(entry, written, failed, dropped, error, done)
+
+    def orphan_lost_locked(self, entry: Sent, why: str) -> Receipt | None:
+        return self._spool._orphan_lost_locked(entry, why)
+
+    def send_receipts(self, receipts: list[Receipt]) -> None:
+        self._spool._send_receipts(receipts)
 
 
 def _batch_at(
