@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,45 +92,100 @@ def write_atomically(path: Path, data: bytes) -> None:
     temp = path.with_name(path.name + ".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        # A full disk (or any failure) leaves no half-written temporary file behind.
+        temp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
 @dataclass
 class _Scan:
-    size: int  # end of the last good record
-    problem: str | None = None  # None, "torn" or "corrupt"
+    size: int  # end of the last good record: where the good data ends
+    problem: str | None = None  # None, "torn" (only a tail cut short) or "corrupt" (damage inside)
     detail: str = ""
     file_size: int = 0
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    """Damaged spans ``[start, end)`` with readable records after each."""
+
+
+def _resync(view: memoryview, start: int) -> int | None:
+    """The offset of the first whole, valid record at or after ``start``, or None.
+
+    A damaged header (a length field overwritten, say) hides where the next record begins, so
+    every offset is tried; the kind byte and the length are checked before the checksum, so
+    almost every offset costs a few comparisons.
+    """
+    end = len(view)
+    kind_at = 8  # the kind byte follows the length and the checksum
+    for offset in range(start, end - rec.HEADER_SIZE + 1):
+        if view[offset + kind_at] not in (rec.KIND_SPECS, rec.KIND_BATCH):
+            continue
+        length = int.from_bytes(view[offset : offset + 4], "little")
+        if offset + rec.HEADER_SIZE + length > end:
+            continue
+        try:
+            rec.parse(view, offset)
+        except rec.RecordError:
+            continue
+        return offset
+    return None
 
 
 def _scan(data: bytes) -> _Scan:
-    """Walk a segment's records; stop at the first bad one and say whether it is a torn tail."""
+    """Walk a segment's records. A bad record with a readable record somewhere after it is
+    damage (a gap, and the walk goes on after it); one with nothing readable after it is a tail
+    that a crash cut short (torn: short, or zero-filled after a power cut)."""
     if data[: len(rec.MAGIC)] != rec.MAGIC:
         if len(data) < len(rec.MAGIC) and rec.MAGIC.startswith(data):
             return _Scan(0, "torn", "incomplete file header", len(data))
         return _Scan(0, "corrupt", "not a spool segment (bad magic)", len(data))
     offset = len(rec.MAGIC)
     view = memoryview(data)
+    gaps: list[tuple[int, int]] = []
+    detail = ""
     while offset < len(data):
         try:
             record = rec.parse(view, offset)
-        except rec.TornRecordError as exc:
-            return _Scan(offset, "torn", str(exc), len(data))
         except rec.RecordError as exc:
-            # A write cut short by a crash leaves the tail short or zero-filled (delayed
-            # allocation after a power cut); damage with readable data after it is corruption.
-            length = rec.HEADER.unpack_from(view, offset)[0]
-            cut = offset + rec.HEADER_SIZE + length >= len(data) or not any(view[offset:])
-            return _Scan(offset, "torn" if cut else "corrupt", str(exc), len(data))
+            resume = _resync(view, offset + 1)
+            if resume is None:
+                if gaps:  # damage earlier, and a torn tail too
+                    return _Scan(offset, "corrupt", detail, len(data), gaps)
+                return _Scan(offset, "torn", str(exc), len(data))
+            detail = detail or f"{exc} at byte {offset}"
+            gaps.append((offset, resume))
+            offset = resume
+            continue
         offset = record.end
-    return _Scan(offset, None, "", len(data))
+    return _Scan(offset, "corrupt" if gaps else None, detail, len(data), gaps)
+
+
+def _lost_in(view: memoryview, gap: tuple[int, int]) -> int:
+    """Values of the batch record a gap begins with, from its header if that still reads as
+    one (a damaged length or payload leaves it whole); 0 when it does not."""
+    start = gap[0]
+    if start + rec.HEADER_SIZE > len(view):
+        return 0
+    _length, _crc, kind, values, _t_ms = rec.HEADER.unpack_from(view, start)
+    return values if kind == rec.KIND_BATCH and 0 < values <= 1 << 24 else 0
+
+
+def _table_of(record: rec.Record) -> int | None:
+    """The variable table a batch record refers to (its payload's first field)."""
+    try:
+        row = rec.loads(record.payload)
+        return int(row[0])
+    except (rec.RecordError, TypeError, ValueError, IndexError):
+        return None
 
 
 def iter_records(data: bytes | memoryview, start: int, end: int) -> Iterator[rec.Record]:
@@ -161,24 +217,46 @@ class Store:
 
     def open(self) -> OpenReport:
         """Take the folder, check and repair every segment, and count the backlog from the saved
-        send position on: one read of each segment."""
+        send position on: one read of each segment. An open that fails releases the folder."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        try:
+            return self._open()
+        except BaseException:
+            self.segments = []
+            self.close()
+            raise
+
+    def _open(self) -> OpenReport:
         report = OpenReport()
-        found = sorted(
-            (int(p.name[: -len(SEGMENT_SUFFIX)]), p)
-            for p in self.path.iterdir()
-            if p.name.endswith(SEGMENT_SUFFIX) and p.name[: -len(SEGMENT_SUFFIX)].isdigit()
-        )
+        found = self._segment_files()
         for p in self.path.glob(f"*{SEGMENT_SUFFIX}.tmp"):
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                p.unlink()
         seq, offset = self._read_position(report)
+        if found and seq not in {s for s, _ in found} and found[0][0] < seq:
+            # Deleting every segment below it is what the position would say; but it names a
+            # segment the folder does not hold, so it is not trusted with the backlog: replay.
+            report.position_reset = (
+                f"the position file names segment {seq}, which the folder does not hold; "
+                f"keeping every segment and sending from {segment_name(found[0][0])} on"
+            )
+            seq, offset = found[0][0], len(rec.MAGIC)
         kept = []
+        below = []
         for s, p in found:
             if s < seq:
-                p.unlink()  # wholly acknowledged; its deletion was cut short by a crash
+                below.append(p)  # wholly acknowledged; their deletion was cut short by a crash
             else:
                 kept.append((s, p))
+        if below:
+            logger.info(
+                "spool %s: deleting %d segments before the saved send position (acknowledged)",
+                self.path,
+                len(below),
+            )
+            for p in below:
+                p.unlink(missing_ok=True)
         if kept and kept[0][0] != seq:
             seq, offset = kept[0][0], len(rec.MAGIC)  # the saved segment is gone: from the next one
         for s, p in kept:
@@ -192,6 +270,25 @@ class Store:
         if self.segments and self.segments[0].seq == seq:
             self.position = (seq, self.segments[0].start)
         return report
+
+    def _segment_files(self) -> list[tuple[int, Path]]:
+        """The segment files, by number; entries that are not regular files are left alone."""
+        found = []
+        for p in self.path.iterdir():
+            if not (p.name.endswith(SEGMENT_SUFFIX) and p.name[: -len(SEGMENT_SUFFIX)].isdigit()):
+                continue
+            try:
+                regular = stat.S_ISREG(p.stat().st_mode)
+            except OSError:
+                regular = False  # a dangling link
+            if not regular:
+                # A folder, a FIFO, a socket: not the spool's; reading it would fail or block.
+                logger.warning(
+                    "spool %s: %s is not a regular file; left alone and not sent", self.path, p.name
+                )
+                continue
+            found.append((int(p.name[: -len(SEGMENT_SUFFIX)]), p))
+        return sorted(found)
 
     def _take_lock(self) -> None:
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -216,8 +313,9 @@ class Store:
         return (seq, offset)
 
     def _recover(self, seq: int, p: Path, start: int, report: OpenReport) -> Segment | None:
-        """Check a segment, cut a torn tail, move a corrupt one aside (keeping its good records),
-        and count its batches from ``start`` (the send position, in its segment) on."""
+        """Check a segment, cut a torn tail, repair a damaged one (a copy as found is moved aside
+        as ``.corrupt``; every readable record, before the damage and after it, is kept), and
+        count its batches from ``start`` (the send position, in its segment) on."""
         data = p.read_bytes()
         scan = _scan(data)
         if scan.problem == "torn":
@@ -235,45 +333,93 @@ class Store:
                 p.unlink()
                 return None
             os.truncate(p, scan.size)
+            data = data[: scan.size]
         elif scan.problem == "corrupt":
-            report.corrupt += 1
-            report.corrupt_bytes += scan.file_size - scan.size
-            aside = p.with_name(p.name + CORRUPT_SUFFIX)
-            os.replace(p, aside)
-            logger.error(
-                "spool %s: segment %s is corrupt at byte %d (%s): moved aside to %s; "
-                "its %d bytes from there on cannot be read, the records before are kept",
-                self.path,
-                p.name,
-                scan.size,
-                scan.detail,
-                aside.name,
-                scan.file_size - scan.size,
-            )
-            if scan.size <= len(rec.MAGIC):
+            repaired = self._repair(p, data, scan, start, report)
+            if repaired is None:
                 return None
-            write_atomically(p, data[: scan.size])
-        segment = Segment(seq, p, scan.size, own=False)
-        # Past the good records: everything left was acknowledged before the damage.
-        start = min(start, scan.size)
+            data, start = repaired
+        if start > len(data):
+            report.position_reset = (
+                f"position {start} is past the end of segment {p.name} ({len(data)} bytes); "
+                "replaying that segment from its start"
+            )
+            start = len(rec.MAGIC)
+        segment = Segment(seq, p, len(data), own=False)
         offsets = set()
-        for record in iter_records(data, len(rec.MAGIC), scan.size):
+        for record in iter_records(data, len(rec.MAGIC), len(data)):
             offsets.add(record.offset)
             if record.offset >= start and record.kind == rec.KIND_BATCH:
                 segment.records += 1
                 segment.values += record.values
-        if start != scan.size and start not in offsets:
+        if start != len(data) and start not in offsets:
             report.position_reset = (
                 f"position {start} of segment {p.name} is not a record; replaying that segment from its start"
             )
             start = len(rec.MAGIC)
             segment.records = segment.values = 0
-            for record in iter_records(data, len(rec.MAGIC), scan.size):
+            for record in iter_records(data, len(rec.MAGIC), len(data)):
                 if record.kind == rec.KIND_BATCH:
                     segment.records += 1
                     segment.values += record.values
         segment.start = start
         return segment
+
+    def _repair(
+        self, p: Path, data: bytes, scan: _Scan, start: int, report: OpenReport
+    ) -> tuple[bytes, int] | None:
+        """A damaged segment: its readable records in a new file (the original moved aside as
+        ``.corrupt``), the values lost from ``start`` on counted; (new data, ``start`` in it)."""
+        report.corrupt += 1
+        view = memoryview(data)
+        aside = p.with_name(p.name + CORRUPT_SUFFIX)
+        kept = [rec.MAGIC] if scan.size >= len(rec.MAGIC) else []
+        lost = 0
+        new_start: int | None = None
+        size = len(rec.MAGIC)
+        if kept:
+            # The spans between the gaps hold whole records; a batch whose variable table was in
+            # a gap cannot be decoded, so it is lost as well.
+            spans = []
+            at = len(rec.MAGIC)
+            for gap in scan.gaps:
+                spans.append((at, gap[0]))
+                if gap[0] >= start:
+                    lost += _lost_in(view, gap)
+                at = gap[1]
+            spans.append((at, scan.size))
+            tables: set[int] = set()
+            for lo, hi in spans:
+                for record in iter_records(view, lo, hi):
+                    if new_start is None and record.offset >= start:
+                        new_start = size
+                    if record.kind == rec.KIND_SPECS:
+                        tables.add(rec.decode_specs(record.payload)[0])
+                    elif _table_of(record) not in tables:
+                        if record.offset >= start:
+                            lost += record.values
+                        continue
+                    kept.append(bytes(view[record.offset : record.end]))
+                    size += record.end - record.offset
+        if new_start is None:
+            new_start = size
+        report.corrupt_values += lost
+        report.corrupt_bytes += scan.file_size - size
+        logger.error(
+            "spool %s: segment %s is damaged (%s): moved aside to %s; the readable records before "
+            "and after the damage are kept, %d values not yet sent are lost",
+            self.path,
+            p.name,
+            scan.detail,
+            aside.name,
+            lost,
+        )
+        os.replace(p, aside)
+        if size <= len(rec.MAGIC):
+            return None
+        repaired = b"".join(kept)
+        write_atomically(p, repaired)
+        return repaired, new_start
 
     # -- appending -------------------------------------------------------------------------------
 
