@@ -22,6 +22,7 @@ from flowcollect.writers.base import DataWriter, OnReceipt
 from flowcollect.writers.spool import _records as rec
 from flowcollect.writers.spool._forward import Forwarder, Handout, Sent
 from flowcollect.writers.spool._store import (
+    DISK_FULL,
     DiskFullError,
     OpenReport,
     Segment,
@@ -271,25 +272,44 @@ class SpooledWriter(DataWriter):
     def preflight(self) -> None:
         """The folder can be created and written and no other process holds it; then the
         destination's own preflight (its failure only logged, unless ``destination_preflight="fail"``)."""
+        probe = self.path / f".preflight-{os.getpid()}"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".preflight-{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as exc:
-            raise PreflightError(
-                f"spool folder {self.path} cannot be written: {exc.strerror or exc}"
-            ) from exc
-        if self._store is None:
-            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise PreflightError(
-                    f"spool folder {self.path} is in use by another writer or process"
-                ) from None
+                probe.write_bytes(b"ok")
             finally:
-                os.close(fd)
+                probe.unlink(missing_ok=True)  # never left behind, even when the write failed
+        except OSError as exc:
+            if exc.errno not in DISK_FULL or not self.path.is_dir():
+                raise PreflightError(
+                    f"spool folder {self.path} cannot be written: {exc.strerror or exc}"
+                ) from exc
+            # A full disk is a state to collect through, not a reason not to start: appends drop
+            # the oldest segments (or, with nothing to drop, the new batch), counted and logged.
+            logger.warning(
+                "spool %s: the disk is full (%s); collecting anyway: the oldest spooled values are "
+                "dropped to make room, counted as dropped",
+                self.path,
+                exc.strerror or exc,
+            )
+        if self._store is None:
+            try:
+                fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise PreflightError(
+                        f"spool folder {self.path} cannot be written: {exc.strerror or exc}"
+                    ) from exc
+                fd = None  # no room even for the lock file: appends will say so, counted
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise PreflightError(
+                        f"spool folder {self.path} is in use by another writer or process"
+                    ) from None
+                finally:
+                    os.close(fd)
         try:
             self.writer.preflight()
         except PreflightError as exc:
@@ -315,9 +335,19 @@ class SpooledWriter(DataWriter):
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"spooled writer {self.name} is closed; it takes no more values")
-            store = self._open_locked()
-            self._append_locked(store, batch, receipts)
-            self._fw.wake_locked()
+            try:
+                store = self._open_locked()
+            except PreflightError:
+                raise
+            except OSError as exc:
+                # The folder cannot be opened now (a full disk, an I/O error): this batch cannot
+                # be kept, counted as such; the next batch tries again. Collection goes on.
+                self._counters["write_errors"] += 1
+                self._errors.error(("open", exc.errno), "spool %s: cannot open: %s", self.path, exc)
+                self._drop_batch_locked(batch, f"spool folder cannot be opened: {exc}", receipts)
+            else:
+                self._append_locked(store, batch, receipts)
+                self._fw.wake_locked()
         self._send_receipts(receipts)
 
     def flush(self) -> None:
