@@ -258,3 +258,71 @@ def test_a_real_torn_tail_is_still_a_torn_tail(spool_dir: Path) -> None:
     assert [b.t_ms for b in again.received] == [make_batch(k).t_ms for k in (0, 1, 2, 9)]
     assert stats["spool_torn"] == 1 and stats["spool_corrupt"] == 0
     assert not list(spool_dir.glob("*.corrupt"))
+
+
+# -- 10: what the spool keeps is neither "lost" in the logs nor dropped at the engine's close -----
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_behind_a_spool_the_influxdb_writer_does_not_call_what_the_spool_keeps_lost(
+    spool_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flowcollect.writers import InfluxDBDataWriter
+
+    # Nothing listens there: every request fails, so the writer gives everything up at close.
+    influx = InfluxDBDataWriter(
+        f"http://127.0.0.1:{_closed_port()}", token="t", org="o", bucket="b", timeout_s=0.3
+    )
+    writer, receipts = spooled(influx, spool_dir, close_timeout_s=0.2)
+    for k in range(5):
+        writer.write_batch(make_batch(k))
+    wait_until(lambda: writer.stats()["spool_in_flight"] == 5 * len(SPECS))
+    with caplog.at_level(logging.INFO):
+        writer.close()
+    assert "they are lost" not in caplog.text
+    assert f"the spool {spool_dir} keeps them for the next run" in caplog.text
+    stats = writer.stats()
+    assert stats["spool_values"] == 5 * len(SPECS)
+    assert stats["dropped"] == 0 and sum(r.dropped for r in receipts) == 0
+    assert values_of(replayed(spool_dir, 5 * len(SPECS))) == 5 * len(SPECS)
+
+
+def test_values_in_the_spool_are_not_dropped_close_when_the_engine_gives_up_on_its_close_first(
+    spool_dir: Path,
+) -> None:
+    from flowcollect import DataCollectionContext, DataCollector, Variable
+    from flowcollect.errors import PreflightError
+    from flowcollect.readers import RandomDataReader
+
+    down = HoldingWriter()  # never acknowledges: the spool's close drains for its whole timeout
+    writer = SpooledWriter(down, spool_dir, max_bytes=1 << 20, sync_interval_s=0.05, close_timeout_s=3)
+    context = DataCollectionContext(
+        id=1,
+        interval_ms=50,
+        min_interval_ms=50,
+        variables=[Variable(id=n, address=f"v{n}", reader="random") for n in range(1, 4)],
+    )
+    collector = DataCollector([RandomDataReader()], [writer], close_timeout_s=1)  # < the spool's 3
+    collector.start(context)
+    wait_until(lambda: len(down.received) >= 5)
+    collector.close()
+    final = collector.stats().writers[writer.name]
+    assert final.dropped_close == 0 and final.dropped == 0
+    assert final.in_flight == final.received > 0
+
+    def released() -> bool:
+        try:
+            SpooledWriter(HoldingWriter(), spool_dir, max_bytes=1 << 20).preflight()
+        except PreflightError:
+            return False
+        return True
+
+    wait_until(released, timeout_s=15)  # the spool's own close ends on the thread left behind
+    assert values_of(replayed(spool_dir, final.in_flight)) == final.in_flight

@@ -215,6 +215,7 @@ class SpooledWriter(DataWriter):
         )
         if writer.acknowledges:
             writer.attach(self._fw.on_receipt)
+        writer.kept_by = str(self.path)  # what it gives up at close stays here: not "lost"
 
     # -- the DataWriter contract ---------------------------------------------------------------
 
@@ -460,8 +461,10 @@ class SpooledWriter(DataWriter):
                 out[f"inner_{key}"] = out[key]
         out["buffered"] = out["spool_values"]
         out["oldest_buffered_age_s"] = age
+        # What the writer gave up as it said in its receipts (not what it gave up at close,
+        # which the spool keeps), plus what the spool itself dropped: what receipts reported.
         out["dropped"] = (
-            out.get("inner_dropped", 0) + out["spool_dropped_by_policy"] + out["spool_not_spooled"]
+            out["spool_dropped_by_writer"] + out["spool_dropped_by_policy"] + out["spool_not_spooled"]
         )
         return out
 
