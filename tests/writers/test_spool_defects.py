@@ -11,12 +11,13 @@ import json
 import logging
 import os
 import struct
+import threading
 from pathlib import Path
 
 import pytest
 
 from flowcollect.values import ValueBatch
-from flowcollect.writers import SpooledWriter
+from flowcollect.writers import DataWriter, SpooledWriter
 from flowcollect.writers.spool import _records as rec
 from flowcollect.writers.spool._store import iter_records
 from tests.support.waiting import wait_until
@@ -99,6 +100,45 @@ def test_through_the_engine_dropped_and_kept_add_up_with_what_the_next_run_sends
     assert final.dropped == stats["spool_dropped_by_policy"] + stats["spool_not_spooled"] > 0
     assert final.in_flight == stats["spool_values"]
     assert values_of(replayed(spool_dir, final.in_flight)) == final.in_flight
+
+
+class StuckThenFailing(DataWriter):
+    """A plain writer whose first write waits until the test lets it go, then raises; the rest
+    store at once."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.entered = threading.Event()
+        self.calls = 0
+        self.stored: list[ValueBatch] = []
+
+    def write_batch(self, batch: ValueBatch) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            self.go.wait(20)
+            raise ConnectionError("the destination went away mid-write")
+        self.stored.append(batch)
+
+
+def test_a_batch_whose_segment_was_dropped_during_its_failed_write_is_counted_dropped_once(
+    spool_dir: Path,
+) -> None:
+    inner = StuckThenFailing()
+    writer, receipts = spooled(inner, spool_dir, segment_bytes=4096, max_bytes=16384)
+    writer.write_batch(make_batch(0))
+    assert inner.entered.wait(10)  # batch 0 is with the writer, in its first segment
+    for k in range(1, 400):  # the first segment goes to the disk limit meanwhile
+        writer.write_batch(make_batch(k))
+    assert writer.stats()["spool_dropped_segments"] >= 1
+    inner.go.set()  # the write fails: no copy of batch 0 is left to hand again
+    wait_until(lambda: writer.stats()["spool_values"] == 0)
+    writer.close()
+    stats = writer.stats()
+    assert stats["spool_appended_values"] == stats["spool_written"] + stats["spool_dropped_by_policy"]
+    assert stats["spool_written"] == values_of(inner.stored)
+    assert sum(r.dropped for r in receipts) == stats["spool_dropped_by_policy"] == stats["dropped"]
+    assert [r.dropped for r in receipts if r.batch.t_ms == make_batch(0).t_ms] == [len(SPECS)]
 
 
 # -- 5: a non-file entry in the folder ------------------------------------------------------------

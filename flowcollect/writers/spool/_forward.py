@@ -302,7 +302,9 @@ class Forwarder:
                 self.in_flight -= entry.n
             if entry.orphan:
                 # Its segment was dropped while it was being handed: no copy is left to retry.
-                lost = self._source.orphan_lost_locked(entry, f"the writer failed ({text})")
+                lost = self._source.orphan_lost_locked(
+                    entry, f"its segment was dropped; the writer failed ({text})"
+                )
             elif (entry.seq, entry.start) < self.cursor:
                 self.cursor = (entry.seq, entry.start)
                 self._source.returned_locked(entry)

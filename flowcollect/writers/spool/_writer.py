@@ -183,6 +183,7 @@ class SpooledWriter(DataWriter):
         self._unsynced_since: float | None = None  # guarded by _cond
         self._unsynced_values = 0  # guarded by _cond
         self._maintenance_errors = 0  # guarded by _cond: rounds of the maintenance loop that raised
+        self._orphans_lost = 0  # guarded by _cond: values of dropped segments the writer did not store
         self._specs: dict[tuple[Any, ...], VariableSpec] = {}
         self._counters: dict[str, int] = dict.fromkeys(  # guarded by _cond
             (
@@ -402,10 +403,18 @@ class SpooledWriter(DataWriter):
                 return
             # Batches whose segment was dropped while the writer had them, and that the writer
             # did not settle: no copy is left for the next run, so they are lost, and counted.
-            lost = self._fw.drop_orphans_locked("spool: dropped while with the writer, not stored by close")
+            lost = self._fw.drop_orphans_locked("its segment was dropped, and the writer closed without it")
+            orphans_lost = self._orphans_lost
             left = self._backlog_locked()
             position = self._position_locked()
         self._send_receipts(lost)
+        if orphans_lost:
+            logger.warning(
+                "%s: %d values whose segment the disk limit dropped while the writer had them were "
+                "not stored by it; counted dropped",
+                self.name,
+                orphans_lost,
+            )
         self._save_position(store, position)
         with self._cond:
             self._delete_acknowledged_locked(store)
@@ -763,7 +772,8 @@ class SpooledWriter(DataWriter):
         entry.settled = entry.n
         self._backlog -= lost
         self._backlog_records -= 1
-        self._count_drop(lost, why)
+        self._counters["dropped_by_policy"] += lost
+        self._orphans_lost += lost
         if entry.origin is None or not lost:
             return None
         return Receipt(entry.origin, 0, 0, lost, f"spool: {why}")
