@@ -117,3 +117,38 @@ def test_flowcollect_run_starts_and_collects_on_a_full_spool_disk(full_disk: Pat
     assert len(behind.read_text().splitlines()) > 10 * 20
     left = sorted(p.name for p in spool.iterdir())
     assert not [name for name in left if name.startswith(".preflight-") or name.endswith(".tmp")], left
+
+
+def test_a_damaged_segment_on_a_full_disk_is_read_up_to_the_damage_and_the_rest_counted_lost(
+    full_disk: Path,
+) -> None:
+    import struct
+
+    from flowcollect.writers.spool import _records as rec
+    from flowcollect.writers.spool._store import iter_records
+    from tests.writers.test_spool import SPECS, spooled
+
+    spool = full_disk / "spool"
+    writer, _ = spooled(HoldingWriter(), spool)
+    for k in range(10):
+        writer.write_batch(make_batch(k))
+    writer.close()
+    (segment,) = sorted(spool.glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    batches = [r for r in iter_records(bytes(data), len(rec.MAGIC), len(data)) if r.kind == rec.KIND_BATCH]
+    struct.pack_into("<I", data, batches[4].offset, 5_000_000)  # a damaged length field
+    segment.write_bytes(bytes(data))
+    fill(full_disk / "filler")  # no room for a repaired copy
+
+    again = HoldingWriter()
+    writer2, _ = spooled(again, spool)
+    writer2.write_batch(make_batch(100))  # opens the folder: no exception, whatever the disk says
+    stats = writer2.stats()
+    writer2.close()
+    # Read up to the damage (what follows it counted lost); then, the disk being full, the new
+    # batch made room by the drop policy: the four readable batches, counted once.
+    assert stats["spool_corrupt"] == 1
+    assert stats["spool_corrupt_values"] == 6 * len(SPECS)  # the damaged batch and the five after it
+    assert stats["spool_dropped_by_policy"] == 4 * len(SPECS)
+    assert stats["spool_appended_values"] + stats["spool_not_spooled"] == len(SPECS)
+    assert not list(spool.glob("*.tmp"))

@@ -373,38 +373,63 @@ class Store:
         report.corrupt += 1
         view = memoryview(data)
         aside = p.with_name(p.name + CORRUPT_SUFFIX)
-        kept = [rec.MAGIC] if scan.size >= len(rec.MAGIC) else []
-        lost = 0
-        new_start: int | None = None
-        size = len(rec.MAGIC)
-        if kept:
-            # The spans between the gaps hold whole records; a batch whose variable table was in
-            # a gap cannot be decoded, so it is lost as well.
-            spans = []
-            at = len(rec.MAGIC)
-            for gap in scan.gaps:
-                spans.append((at, gap[0]))
-                if gap[0] >= start:
-                    lost += _lost_in(view, gap)
-                at = gap[1]
+        # The spans between the gaps hold whole records.
+        spans = []
+        at = len(rec.MAGIC)
+        for gap in scan.gaps:
+            spans.append((at, gap[0]))
+            at = gap[1]
+        if scan.size >= len(rec.MAGIC):
             spans.append((at, scan.size))
-            tables: set[int] = set()
-            for lo, hi in spans:
-                for record in iter_records(view, lo, hi):
-                    if new_start is None and record.offset >= start:
-                        new_start = size
-                    if record.kind == rec.KIND_SPECS:
-                        tables.add(rec.decode_specs(record.payload)[0])
-                    elif _table_of(record) not in tables:
-                        if record.offset >= start:
-                            lost += record.values
-                        continue
-                    kept.append(bytes(view[record.offset : record.end]))
-                    size += record.end - record.offset
+        lost = sum(_lost_in(view, gap) for gap in scan.gaps if gap[0] >= start)
+        kept = [rec.MAGIC]
+        size = len(rec.MAGIC)
+        new_start: int | None = None
+        tables: set[int] = set()
+        for lo, hi in spans:
+            for record in iter_records(view, lo, hi):
+                if new_start is None and record.offset >= start:
+                    new_start = size
+                if record.kind == rec.KIND_SPECS:
+                    tables.add(rec.decode_specs(record.payload)[0])
+                elif _table_of(record) not in tables:
+                    # Its variable table was in the damaged part: it cannot be decoded.
+                    lost += record.values if record.offset >= start else 0
+                    continue
+                kept.append(bytes(view[record.offset : record.end]))
+                size += record.end - record.offset
         if new_start is None:
             new_start = size
-        report.corrupt_values += lost
         report.corrupt_bytes += scan.file_size - size
+        os.replace(p, aside)
+        repaired = b"".join(kept)
+        try:
+            if size > len(rec.MAGIC):
+                write_atomically(p, repaired)
+        except OSError as exc:
+            # No room for the repaired copy (a full disk): the original goes back under its
+            # name, read up to the damage only; what follows the damage is lost, and counted.
+            os.replace(aside, p)
+            first = scan.gaps[0][0] if scan.gaps else scan.size
+            lost = sum(_lost_in(view, gap) for gap in scan.gaps if gap[0] >= start) + sum(
+                r.values
+                for lo, hi in spans
+                for r in iter_records(view, lo, hi)
+                if r.kind == rec.KIND_BATCH and r.offset >= max(first, start)
+            )
+            report.corrupt_values += lost
+            logger.error(
+                "spool %s: segment %s is damaged (%s) and there is no room to repair it (%s): it is "
+                "read up to byte %d; %d values not yet sent are lost",
+                self.path,
+                p.name,
+                scan.detail,
+                exc.strerror or exc,
+                first,
+                lost,
+            )
+            return data[:first], min(start, first)
+        report.corrupt_values += lost
         logger.error(
             "spool %s: segment %s is damaged (%s): moved aside to %s; the readable records before "
             "and after the damage are kept, %d values not yet sent are lost",
@@ -414,11 +439,8 @@ class Store:
             aside.name,
             lost,
         )
-        os.replace(p, aside)
         if size <= len(rec.MAGIC):
             return None
-        repaired = b"".join(kept)
-        write_atomically(p, repaired)
         return repaired, new_start
 
     # -- appending -------------------------------------------------------------------------------
