@@ -691,9 +691,9 @@ def test_what_a_power_cut_could_take_is_in_the_stats_per_sync_mode(spool_dir: Pa
 def test_without_receipts_wanted_a_long_backlog_is_read_back_from_disk(
     spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flowcollect.writers.spool import _writer as spool_writer
+    from flowcollect.writers.spool import _backlog
 
-    monkeypatch.setattr(spool_writer, "_MEMORY_VALUES", 12)  # two batches kept in memory, no more
+    monkeypatch.setattr(_backlog, "MEMORY_VALUES", 12)  # two batches kept in memory, no more
     holder = HoldingWriter()
     writer = SpooledWriter(
         holder,
@@ -720,9 +720,9 @@ def test_without_receipts_wanted_a_long_backlog_is_read_back_from_disk(
 def test_beyond_the_memory_budget_a_batch_keeps_only_its_counts_and_its_receipt_still_comes(
     spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flowcollect.writers.spool import _writer as spool_writer
+    from flowcollect.writers.spool import _backlog
 
-    monkeypatch.setattr(spool_writer, "_MEMORY_VALUES", 12)  # two batches keep their columns
+    monkeypatch.setattr(_backlog, "MEMORY_VALUES", 12)  # two batches keep their columns
     holder = HoldingWriter()
     writer, receipts = spooled(holder, spool_dir, max_in_flight_values=6)
     sent = [make_batch(k) for k in range(20)]
@@ -754,9 +754,9 @@ def test_through_a_sink_the_spool_releases_its_own_objects_and_the_figures_add_u
     spool_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flowcollect._sink import WriterSink
-    from flowcollect.writers.spool import _writer as spool_writer
+    from flowcollect.writers.spool import _backlog
 
-    monkeypatch.setattr(spool_writer, "_MEMORY_VALUES", 12)
+    monkeypatch.setattr(_backlog, "MEMORY_VALUES", 12)
     holder = HoldingWriter()
     writer = SpooledWriter(
         holder,
