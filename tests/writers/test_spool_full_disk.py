@@ -152,3 +152,26 @@ def test_a_damaged_segment_on_a_full_disk_is_read_up_to_the_damage_and_the_rest_
     assert stats["spool_dropped_by_policy"] == 4 * len(SPECS)
     assert stats["spool_appended_values"] + stats["spool_not_spooled"] == len(SPECS)
     assert not list(spool.glob("*.tmp"))
+
+
+def test_preflight_on_a_full_disk_warns_leaves_nothing_and_appends_go_on(
+    full_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.writers.test_spool import SPECS
+
+    fill(full_disk / "filler")
+    spool = full_disk / "spool"
+    writer = SpooledWriter(HoldingWriter(), spool, max_bytes=1 << 20, close_timeout_s=0)
+    receipts: list[object] = []
+    writer.attach(receipts.append)
+    with caplog.at_level(logging.WARNING, logger="flowcollect.writers.spool"):
+        writer.preflight()  # no PreflightError: a full disk is collected through
+    assert "the disk is full" in caplog.text
+    assert not [p for p in full_disk.rglob("*") if p.name.startswith(".preflight-") or p.suffix == ".tmp"]
+    writer.write_batch(make_batch(0))  # nothing to drop: this batch is counted, not raised
+    stats = writer.stats()
+    assert stats["spool_appended_values"] + stats["spool_not_spooled"] == len(SPECS)
+    assert stats["dropped"] == stats["spool_not_spooled"]
+    writer.close()

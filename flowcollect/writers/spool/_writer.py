@@ -213,7 +213,7 @@ class SpooledWriter(DataWriter):
             finally:
                 probe.unlink(missing_ok=True)  # never left behind, even when the write failed
         except OSError as exc:
-            if exc.errno not in DISK_FULL or not self.path.is_dir():
+            if exc.errno not in DISK_FULL:
                 raise PreflightError(
                     f"spool folder {self.path} cannot be written: {exc.strerror or exc}"
                 ) from exc
@@ -225,7 +225,7 @@ class SpooledWriter(DataWriter):
                 self.path,
                 exc.strerror or exc,
             )
-        if self._backlog.store is None:
+        if self._backlog.store is None and self.path.is_dir():
             try:
                 fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
