@@ -205,8 +205,9 @@ def test_a_folder_that_cannot_be_opened_releases_its_lock(
 # -- 6: a position naming a later segment ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("named", ["missing", "existing"])
 def test_a_position_naming_a_later_segment_is_distrusted_and_the_backlog_kept(
-    spool_dir: Path, caplog: pytest.LogCaptureFixture
+    spool_dir: Path, named: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     holder = HoldingWriter()
     writer, _ = spooled(holder, spool_dir, segment_bytes=4096, max_bytes=1 << 20)
@@ -215,11 +216,13 @@ def test_a_position_naming_a_later_segment_is_distrusted_and_the_backlog_kept(
     writer.close()
     before = segments(spool_dir)
     assert len(before) >= 3
-    (spool_dir / "position").write_text(json.dumps({"segment": 10_000, "offset": 8}))
+    # Nothing was acknowledged; a damaged position names a segment far ahead, or the third one.
+    seq = 10_000 if named == "missing" else int(before[2].name[:-4])
+    (spool_dir / "position").write_text(json.dumps({"segment": seq, "offset": 8}))
     with caplog.at_level(logging.WARNING, logger="flowcollect.writers.spool"):
         got = replayed(spool_dir, 150 * len(SPECS))
     assert [b.t_ms for b in got] == [make_batch(k).t_ms for k in range(150)]  # nothing deleted
-    assert "position" in caplog.text and "names segment 10000" in caplog.text
+    assert f"names segment {seq}" in caplog.text and "older segments are still there" in caplog.text
 
 
 def test_a_position_past_the_end_of_its_segment_is_distrusted(

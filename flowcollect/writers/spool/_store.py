@@ -234,29 +234,21 @@ class Store:
             with contextlib.suppress(OSError):
                 p.unlink()
         seq, offset = self._read_position(report)
-        if found and seq not in {s for s, _ in found} and found[0][0] < seq:
-            # Deleting every segment below it is what the position would say; but it names a
-            # segment the folder does not hold, so it is not trusted with the backlog: replay.
+        if found and found[0][0] < seq:
+            # Segments below the position should have been deleted when it was saved. Either a
+            # crash came in between, or the position file is damaged: it is not trusted with
+            # the backlog, nothing is deleted for it, and everything is sent again (replays of
+            # what was acknowledged are harmless: the destination overwrites a point).
+            older = sum(1 for s, _ in found if s < seq)
+            held = (
+                "which the folder holds" if seq in {s for s, _ in found} else "which the folder does not hold"
+            )
             report.position_reset = (
-                f"the position file names segment {seq}, which the folder does not hold; "
-                f"keeping every segment and sending from {segment_name(found[0][0])} on"
+                f"the position file names segment {seq} ({held}) but {older} older segments are "
+                f"still there; keeping them all and sending from {segment_name(found[0][0])} on"
             )
             seq, offset = found[0][0], len(rec.MAGIC)
-        kept = []
-        below = []
-        for s, p in found:
-            if s < seq:
-                below.append(p)  # wholly acknowledged; their deletion was cut short by a crash
-            else:
-                kept.append((s, p))
-        if below:
-            logger.info(
-                "spool %s: deleting %d segments before the saved send position (acknowledged)",
-                self.path,
-                len(below),
-            )
-            for p in below:
-                p.unlink(missing_ok=True)
+        kept = found
         if kept and kept[0][0] != seq:
             seq, offset = kept[0][0], len(rec.MAGIC)  # the saved segment is gone: from the next one
         for s, p in kept:
