@@ -1,8 +1,11 @@
 """The spool's folder: segment files, their recovery at open, the send position, the disk limit.
 
-Not thread-safe by itself: ``SpooledWriter`` calls it under its lock, except ``SegmentReader``,
-which reads on the sender's thread from its own file descriptors (a segment unlinked meanwhile
-stays readable through them, so a drop never pulls a file from under a read).
+Not thread-safe by itself: the spool's ``Backlog`` calls it under the spool's lock, except
+``SegmentReader``, which reads on the forwarder's thread from its own file descriptors (a segment
+unlinked meanwhile stays readable through them, so a drop never pulls a file from under a read),
+and a segment's ``tables`` (with ``load_tables``), which the forwarder's thread fills as it reads
+another run's segment: appends write only their own segments' tables, under the lock, and the
+forwarder only adds missing ids (``setdefault``), so neither overwrites the other's.
 """
 
 from __future__ import annotations
@@ -600,7 +603,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class SegmentReader:
-    """Reads records in order for the sender, from its own descriptors and a read-ahead buffer."""
+    """Reads records in order for the forwarder (its thread only), from its own descriptors and a
+    read-ahead buffer."""
 
     def __init__(self) -> None:
         self._seq: int | None = None
