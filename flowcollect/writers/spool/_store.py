@@ -120,27 +120,38 @@ class _Scan:
     """Damaged spans ``[start, end)`` with readable records after each."""
 
 
-def _resync(view: memoryview, start: int) -> int | None:
+def _resync(data: bytes, start: int) -> int | None:
     """The offset of the first whole, valid record at or after ``start``, or None.
 
     A damaged header (a length field overwritten, say) hides where the next record begins, so
-    every offset is tried; the kind byte and the length are checked before the checksum, so
-    almost every offset costs a few comparisons.
+    every offset is a candidate; ``bytes.find`` jumps to the next byte that could be a record's
+    kind (a zero-filled tail costs next to nothing), and the length is checked before the
+    checksum, so few candidates cost more than a comparison.
     """
-    end = len(view)
+    view = memoryview(data)
+    end = len(data)
     kind_at = 8  # the kind byte follows the length and the checksum
-    for offset in range(start, end - rec.HEADER_SIZE + 1):
-        if view[offset + kind_at] not in (rec.KIND_SPECS, rec.KIND_BATCH):
-            continue
+    offset = start
+    while offset <= end - rec.HEADER_SIZE:
+        hits = [i for i in (data.find(bytes([k]), offset + kind_at) for k in _KINDS) if i >= 0]
+        if not hits:
+            return None
+        offset = min(hits) - kind_at
+        if offset > end - rec.HEADER_SIZE:
+            return None
         length = int.from_bytes(view[offset : offset + 4], "little")
-        if offset + rec.HEADER_SIZE + length > end:
-            continue
-        try:
-            rec.parse(view, offset)
-        except rec.RecordError:
-            continue
-        return offset
+        if offset + rec.HEADER_SIZE + length <= end:
+            try:
+                rec.parse(view, offset)
+            except rec.RecordError:
+                pass
+            else:
+                return offset
+        offset += 1
     return None
+
+
+_KINDS = (rec.KIND_SPECS, rec.KIND_BATCH)
 
 
 def _scan(data: bytes) -> _Scan:
@@ -159,7 +170,7 @@ def _scan(data: bytes) -> _Scan:
         try:
             record = rec.parse(view, offset)
         except rec.RecordError as exc:
-            resume = _resync(view, offset + 1)
+            resume = _resync(data, offset + 1)
             if resume is None:
                 if gaps:  # damage earlier, and a torn tail too
                     return _Scan(offset, "corrupt", detail, len(data), gaps)
