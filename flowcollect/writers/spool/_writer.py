@@ -37,7 +37,7 @@ _MIN_SEGMENT = 4096
 class SpooledWriter(DataWriter):
     """Puts a write-ahead spool on disk in front of ``writer``.
 
-    ``write_batch`` appends the batch to a segment file in ``path`` and returns; a sender thread
+    ``write_batch`` appends the batch to a segment file in ``path`` and returns; a forwarder thread
     hands the spooled batches to ``writer`` in order and deletes them once ``writer`` has
     acknowledged them (``writer.acknowledges``: its receipts; otherwise its ``write`` returning).
     The spool acknowledges to the engine what ``writer`` acknowledged, so a value counts as
@@ -58,7 +58,7 @@ class SpooledWriter(DataWriter):
       64 KiB and 64 MiB). Segments are the unit deleted once acknowledged, or dropped.
     - ``max_in_flight_values``: values handed to ``writer`` and not yet acknowledged, at most.
       The rest waits on disk, so ``writer``'s own buffer never overflows during an outage.
-    - ``close_timeout_s``: how long ``close()`` lets the sender drain the backlog before it
+    - ``close_timeout_s``: how long ``close()`` lets the forwarder drain the backlog before it
       stops; what is left stays in the spool for the next run.
     - ``destination_preflight``: ``"warn"`` (default) runs ``writer.preflight()`` and only logs
       its failure, since the spool holds the values until the destination works; ``"fail"``
@@ -301,7 +301,7 @@ class SpooledWriter(DataWriter):
                 os.close(fd)
 
     def close(self) -> None:
-        """Let the sender drain the backlog for up to ``close_timeout_s``, stop it, close the inner
+        """Let the forwarder drain the backlog for up to ``close_timeout_s``, stop it, close the inner
         writer, and keep on disk whatever it did not acknowledge, for the next run."""
         with self._cond:
             if self._closed:
