@@ -206,7 +206,10 @@ class Forwarder:
             if delay is None:
                 return
             if delay > 0:
-                self._wait(delay)
+                try:
+                    self._wait(delay)
+                except Exception as exc:  # an injected wait, or a bug: the next round comes anyway
+                    self._loop_failed(exc)
 
     def step(self) -> float | None:
         """One round: hand out the next record if the window and the retry pause allow.
