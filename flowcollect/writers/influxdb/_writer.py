@@ -234,7 +234,7 @@ class InfluxDBDataWriter(DataWriter):
 
         Points still queued at the deadline are counted as dropped (and acknowledged so).
         """
-        self.sender.close()
+        self.sender.close(kept_by=self.kept_by)
 
     def preflight(self) -> None:
         """The server answers, accepts the credentials, and the database or bucket exists: an
