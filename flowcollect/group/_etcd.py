@@ -5,6 +5,11 @@ etcd3gw gives the HTTP plumbing (API path discovery: ``/v3/`` on etcd 3.4+, ``/v
 several endpoints tried in turn, a time budget on every call (so no call outlives the member's
 fencing deadline), the response header's revision, transactions comparing a key's create
 revision, and a watch stream that reports when it ends instead of dying silently in a pool.
+
+The budget is an overall deadline, not requests' per-read timeout: etcd3gw is handed a session
+whose adapter runs each request inside a ``flowcollect._deadline`` scope over sockets that keep
+it (a server dripping its answer is cut at the budget), and reads at most ``MAX_RESPONSE_BYTES``
+of an answer.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ import base64
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from flowcollect._deadline import deadline, deadline_socket, expired, read_capped
+from flowcollect._text import peer_text
 
 if TYPE_CHECKING:
     # etcd3gw and requests come with the `group` extra: imported when a group is used, so
@@ -28,6 +37,13 @@ __all__ = ["MAX_TXN_OPS", "EtcdUnavailable", "Kv", "Store", "Watch"]
 
 MAX_TXN_OPS = 100
 """Keys per transaction: etcd refuses more than ``--max-txn-ops`` (128 by default)."""
+
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+"""The most read of one answer: a group's whole prefix (members, owners, controls) is a few
+hundred bytes a lane; etcd itself refuses requests over 1.5 MiB."""
+
+MAX_WATCH_LINE = 4 * 1024 * 1024
+"""The longest watch event line kept: longer, the watch ends (and is opened again)."""
 
 _log = logging.getLogger("flowcollect.group")
 
@@ -71,7 +87,8 @@ class Store:
             raise ValueError("at least one etcd endpoint is needed")
         self.request_timeout_s = request_timeout_s
         self._clients = [
-            Etcd3Client(host=host, port=port, timeout=request_timeout_s) for host, port in endpoints
+            Etcd3Client(host=host, port=port, timeout=request_timeout_s, session=bounded_session())
+            for host, port in endpoints
         ]
         self._current = 0
         self._lock = threading.Lock()
@@ -205,9 +222,93 @@ class Store:
 
 
 def _describe(exc: BaseException) -> str:
+    """An exception's kind and words, which may quote etcd's answer: escaped and cut."""
     detail = getattr(exc, "detail_text", None)
     text = f"{type(exc).__name__}: {detail or exc}".strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return peer_text(text, 300) if text else type(exc).__name__
+
+
+def bounded_session(tls: ssl.SSLContext | None = None, verify: bool = True) -> requests.Session:
+    """A requests session for etcd3gw: one deadline per request (its ``timeout``, connect to
+    last byte), answers read to ``MAX_RESPONSE_BYTES``, TLS through ``tls`` (a ``tls_context``:
+    the deadline holds through the handshake); ``None`` for plain http."""
+    import requests
+
+    session = requests.Session()
+    session.verify = verify
+    adapter = _bounded_adapter_class()(tls)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+_ADAPTER: type | None = None
+
+
+def _bounded_adapter_class() -> type:
+    """The adapter class, made on first use (requests and urllib3 are the ``group`` extra's)."""
+    global _ADAPTER  # noqa: PLW0603 - a lazily built class, built once
+    if _ADAPTER is not None:
+        return _ADAPTER
+    import requests
+    import urllib3
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class _Connection(HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            self.sock = deadline_socket(self.sock)
+
+    class _TlsConnection(HTTPSConnection):
+        pass  # its TLS socket comes from the adapter's context (``DeadlineSSLSocket``)
+
+    class _Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = _Connection
+
+    class _TlsPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = _TlsConnection
+
+    class BoundedAdapter(HTTPAdapter):
+        def __init__(self, tls: ssl.SSLContext | None) -> None:
+            # Only for https (loading the system's CAs takes a while; plain etcd needs none).
+            self._tls = tls
+            super().__init__()
+
+        def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: Any) -> None:
+            if self._tls is not None:
+                kw["ssl_context"] = self._tls
+            super().init_poolmanager(connections, maxsize, block, **kw)
+            self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TlsPool}
+
+        def send(  # type: ignore[override]
+            self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None, **kw: Any
+        ) -> requests.Response:
+            budget = timeout[0] if isinstance(timeout, tuple) else timeout
+            with deadline(float(budget) if budget is not None else 30.0):
+                try:
+                    response = super().send(request, stream=True, timeout=timeout, **kw)
+                    if stream:
+                        return response
+                    data, whole = read_capped(response.raw, MAX_RESPONSE_BYTES)
+                except (OSError, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                    if expired():
+                        raise requests.Timeout(f"no complete answer within {budget} s") from exc
+                    raise
+            if whole:
+                response.raw.release_conn()
+            else:
+                response.close()  # the rest is never read; the connection goes
+            # requests keeps a read body in _content: there is no public way to preload it,
+            # and a stream would let etcd3gw read without a bound.
+            response._content = data
+            response._content_consumed = True
+            # etcd speaks JSON (UTF-8); never let requests guess a charset from hostile bytes.
+            response.encoding = response.encoding or "utf-8"
+            return response
+
+    _ADAPTER = BoundedAdapter
+    return _ADAPTER
 
 
 def _kv(item: dict[str, Any]) -> Kv:
@@ -283,6 +384,8 @@ def _lines(response: requests.Response) -> Iterator[bytes]:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         yield from (line for line in lines if line.strip())
+        if len(pending) > MAX_WATCH_LINE:
+            raise ValueError(f"a watch event longer than {MAX_WATCH_LINE} bytes")
     if pending.strip():
         yield pending
 

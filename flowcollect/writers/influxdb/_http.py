@@ -140,9 +140,7 @@ class Probe:
 class HttpTransport:
     """Posts line protocol to one InfluxDB endpoint; classifies every answer as an ``Outcome``."""
 
-    def __init__(
-        self, endpoint: Endpoint, *, gzip: bool = True, tls: ssl.SSLContext | None = None
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, *, gzip: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.endpoint = endpoint
         self.gzip = gzip
         self.max_response_bytes = MAX_RESPONSE_BYTES[endpoint.api]
