@@ -135,6 +135,7 @@ class Probe:
 
     status: int | None
     detail: str
+    server: str = ""  # the server's own version header (``X-Influxdb-Version``), when it sent one
 
 
 class HttpTransport:
@@ -177,7 +178,8 @@ class HttpTransport:
             status, reason, headers, data = self._post(b"", timeout_s, compressed=False)
         except (OSError, http.client.HTTPException) as exc:
             return Probe(None, _failure(exc, self.endpoint.scrub))
-        return Probe(status, _detail(status, reason, headers, data, self.endpoint.scrub))
+        version = peer_text(str(headers.get("X-Influxdb-Version") or ""), 40)
+        return Probe(status, _detail(status, reason, headers, data, self.endpoint.scrub), version)
 
     def close(self) -> None:
         with self._lock:

@@ -36,6 +36,12 @@ PASSWORD_ENV = "INFLUX_PASSWORD"  # noqa: S105 - the name of the variable, not a
 _APIS = ("v1", "v2", "v3")
 _EMPTY_REFUSED = re.compile(r"requires points|no points|empty|no data|no lines", re.IGNORECASE)
 _SCHEMAS = get_args(Schema)
+# A 404 naming what is missing: 1.x `database not found: "x"`, 2.x `bucket "x" not found`,
+# 3.x `database not found`/`db does not exist`. Anything else is the endpoint that is missing.
+_TARGET_MISSING = re.compile(
+    r"database not found|bucket .*not found|organization .*not found|org .*not found|does not exist",
+    re.IGNORECASE,
+)
 
 
 class InfluxDBDataWriter(DataWriter):
@@ -261,8 +267,27 @@ class InfluxDBDataWriter(DataWriter):
                 f"InfluxDB at {e.origin} does not let these credentials write to {target}: {probe.detail}"
             )
         if probe.status == 404:
-            raise PreflightError(f"InfluxDB at {e.origin} has no {target}: {probe.detail}")
+            raise PreflightError(self._not_found(probe.detail, probe.server, target))
         raise PreflightError(f"InfluxDB at {e.origin} refused a write to {target}: {probe.detail}")
+
+    def _not_found(self, detail: str, server: str, target: str) -> str:
+        """A 404 names the database or bucket when it is missing; any other 404 (Go's ``404
+        page not found``) is the write endpoint itself missing: the wrong ``api`` for this
+        server (InfluxDB 1.x before 1.8 has no v2 endpoint), or a URL with a wrong base path."""
+        e = self._endpoint
+        if _TARGET_MISSING.search(detail):
+            return f"InfluxDB at {e.origin} has no {target}: {detail}"
+        path = e.path.split("?", 1)[0]
+        said = f" (it says it is InfluxDB {server})" if server else ""
+        hint = {
+            "v2": 'InfluxDB 1.x before 1.8 has no v2 API: use api="v1" with database=...',
+            "v1": 'InfluxDB 3.x answers v1 writes only with its compatibility on: try api="v3"',
+            "v3": 'only InfluxDB 3.x has it: use api="v2" for 2.x, api="v1" for 1.x',
+        }[self.api]
+        return (
+            f"InfluxDB at {e.origin}{said} has no {self.api} write endpoint ({path}: {detail}); "
+            f"{hint}, or check the URL's base path"
+        )
 
     def stats(self) -> Mapping[str, float]:
         """The sender's counters (``SenderStats``: ``written``, ``failed``, ``dropped``,
