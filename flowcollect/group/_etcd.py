@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowcollect._deadline import deadline, deadline_socket, expired, read_capped
 from flowcollect._text import peer_text
+from flowcollect.group._access import EtcdAccess
 
 if TYPE_CHECKING:
     # etcd3gw and requests come with the `group` extra: imported when a group is used, so
@@ -78,18 +79,39 @@ def prefix_end(prefix: str) -> str:
 
 
 class Store:
-    """etcd3gw clients, one per endpoint; a failed call moves on to the next endpoint."""
+    """etcd3gw clients, one per endpoint; a failed call moves on to the next endpoint.
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]], request_timeout_s: float = 2.0) -> None:
+    ``access`` (``EtcdAccess``): TLS through etcd3gw's https protocol and a session whose TLS
+    context keeps the call's deadline; with a username, a token from etcd's
+    ``auth/authenticate`` in every request's ``Authorization`` header, fetched again when etcd
+    says it expired (simple tokens live 5 minutes by default).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        request_timeout_s: float = 2.0,
+        access: EtcdAccess | None = None,
+    ) -> None:
         from etcd3gw.client import Etcd3Client
 
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.request_timeout_s = request_timeout_s
+        self.access = access or EtcdAccess()
+        self._tls = self.access.ssl_context()
+        protocol = "https" if self._tls is not None else "http"
         self._clients = [
-            Etcd3Client(host=host, port=port, timeout=request_timeout_s, session=bounded_session())
+            Etcd3Client(
+                host=host,
+                port=port,
+                protocol=protocol,
+                timeout=request_timeout_s,
+                session=bounded_session(self._tls, self.access.tls_verify),
+            )
             for host, port in endpoints
         ]
+        self._tokens: dict[int, str] = {}  # client index -> auth token; guarded by _lock
         self._current = 0
         self._lock = threading.Lock()
 
@@ -203,8 +225,15 @@ class Store:
                 try:
                     client.timeout = max(0.05, min(left, self.request_timeout_s))
                     url = client.get_url(path)
+                    self._authenticate_locked(client)
                     # etcd3gw's post() would send json=; the body goes as is, already encoded.
-                    result = client.post(url, data=json.dumps(body))
+                    try:
+                        result = client.post(url, data=json.dumps(body))
+                    except exceptions.Etcd3Exception as exc:
+                        if not self._token_expired_locked(client, exc):
+                            raise
+                        self._authenticate_locked(client)
+                        result = client.post(url, data=json.dumps(body))
                 except (exceptions.Etcd3Exception, requests.RequestException, ValueError, KeyError) as exc:
                     failures.append(f"{client.host}:{client.port}: {_describe(exc)}")
                     self._current = (self._current + 1) % len(self._clients)
@@ -216,9 +245,38 @@ class Store:
                 return result
         raise EtcdUnavailable(f"etcd {path}: " + "; ".join(failures))
 
+    def _authenticate_locked(self, client: Any) -> None:
+        """With a username: a token for ``client`` (etcd's ``auth/authenticate``), once."""
+        index = self._clients.index(client)
+        if self.access.username is None or index in self._tokens:
+            return
+        answer = client.post(
+            client.get_url("auth/authenticate"),
+            data=json.dumps({"name": self.access.username, "password": self.access.secret()}),
+        )
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ValueError("etcd auth/authenticate answered without a token")
+        self._tokens[index] = token
+        client.session.headers["Authorization"] = token
+
+    def _token_expired_locked(self, client: Any, exc: BaseException) -> bool:
+        """Whether etcd refused the call for its token (expired, or etcd restarted): forget it."""
+        index = self._clients.index(client)
+        said = f"{getattr(exc, 'detail_text', None) or ''} {exc}"
+        if index not in self._tokens or "invalid auth token" not in said:
+            return False
+        del self._tokens[index]
+        client.session.headers.pop("Authorization", None)
+        return True
+
     def watch(self, prefix: str, on_event: Callable[[], None]) -> Watch:
         client = self._clients[self._current]
-        return Watch(client.get_url("watch"), prefix, on_event, self.request_timeout_s)
+        session = bounded_session(self._tls, self.access.tls_verify)
+        token = client.session.headers.get("Authorization")
+        if token:
+            session.headers["Authorization"] = token
+        return Watch(client.get_url("watch"), prefix, on_event, self.request_timeout_s, session)
 
 
 def _describe(exc: BaseException) -> str:
@@ -328,10 +386,19 @@ class Watch:
     that breaks loses nothing but promptness, and ``ended`` tells the member to open another.
     """
 
-    def __init__(self, url: str, prefix: str, on_event: Callable[[], None], connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        on_event: Callable[[], None],
+        connect_timeout_s: float,
+        session: requests.Session | None = None,
+    ) -> None:
         import requests
 
-        self._session = requests.Session()
+        # The store's kind of session (TLS, token, a deadline up to the answer's head); the
+        # stream itself has no deadline: an idle group sends nothing for hours.
+        self._session = session or requests.Session()
         self._cancelled = threading.Event()
         self.ended = threading.Event()
         self._response: requests.Response | None = None

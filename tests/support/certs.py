@@ -59,7 +59,16 @@ class Pki:
             except ValueError:
                 sans.append(x509.DNSName(host))
         server_key = _key()
-        server = self._leaf(ca_key, ca_cert, server_key, "server", sans, ExtendedKeyUsageOID.SERVER_AUTH)
+        # Client use too: etcd's JSON gateway dials etcd itself with the server's certificate.
+        server = self._leaf(
+            ca_key,
+            ca_cert,
+            server_key,
+            "server",
+            sans,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
         self.server_cert = _write_cert(server, folder / "server.pem")
         self.server_key = _write_key(server_key, folder / "server-key.pem")
         client_key = _key()
@@ -107,7 +116,7 @@ class Pki:
         key: ec.EllipticCurvePrivateKey,
         common: str,
         sans: list[x509.GeneralName],
-        usage: x509.ObjectIdentifier,
+        *usage: x509.ObjectIdentifier,
     ) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
@@ -118,7 +127,7 @@ class Pki:
             .not_valid_before(self._valid[0])
             .not_valid_after(self._valid[1])
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
                 critical=False,
