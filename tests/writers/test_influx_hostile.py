@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import tracemalloc
 
 import pytest
 
@@ -90,10 +91,16 @@ def test_an_endless_body_is_read_only_up_to_the_cap() -> None:
         writer = writer_for(server, timeout_s=5.0)
         try:
             began = time.monotonic()
-            writer.sender.submit(lines(10))
-            writer.flush()
+            tracemalloc.start()
+            try:
+                writer.sender.submit(lines(10))
+                writer.flush()
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
             assert writer.sender.stats().written == 10, "a 2xx stores the points, whatever follows"
             assert time.monotonic() - began < 3, "the rest of the body is not read: the connection goes"
+            assert peak < 4 * 1024 * 1024, f"{peak} bytes at the peak: the body was read"
             # What the server got rid of is what fits the socket buffers: far below the promise.
             assert writer._transport.max_response_bytes == MAX_RESPONSE_BYTES["v1"] == 64 * 1024
         finally:
