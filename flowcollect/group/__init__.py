@@ -7,6 +7,7 @@ rendezvous hashing and held as an etcd key under the member's lease; see docs/sc
 
 from __future__ import annotations
 
+from flowcollect.group._access import EtcdAccess
 from flowcollect.group._address import GroupAddress, parse_address
 from flowcollect.group._cli import group_app
 from flowcollect.group._control import (
@@ -30,6 +31,7 @@ __all__ = [
     "GroupOptions",
     "run_in_group",
     # Joining a group
+    "EtcdAccess",
     "GroupAddress",
     "GroupMember",
     "GroupStats",

@@ -323,6 +323,33 @@ def test_preflight_names_each_problem(influxdb1_factory: InfluxFactory) -> None:
     assert server.query("SHOW MEASUREMENTS", DB)[0].get("series") is None
 
 
+def test_a_preflight_404_tells_a_missing_database_from_a_missing_endpoint(
+    influxdb1_factory: InfluxFactory,
+) -> None:
+    """InfluxDB 1.6 has no v2 endpoint (that came in 1.8): the first thing a user of the demo
+    meets is a 404 for /api/v2/write, which must not read as a missing bucket."""
+    server = influxdb1_factory()
+    server.query(f"CREATE DATABASE {DB}")
+
+    def preflight(**settings: Any) -> str:
+        w = InfluxDBDataWriter(server.url, **settings)
+        try:
+            w.preflight()
+        except PreflightError as exc:
+            return str(exc)
+        finally:
+            w.close()
+        return "ok"
+
+    v2 = preflight(token="t", org="o", bucket="plant")
+    assert "no bucket" not in v2
+    assert "has no v2 write endpoint (/api/v2/write: HTTP 404 Not Found: 404 page not found)" in v2
+    assert 'use api="v1" with database=' in v2 and "it says it is InfluxDB 1." in v2
+    missing = preflight(api="v1", database="nope")
+    assert "has no database 'nope': HTTP 404 Not Found: database not found" in missing
+    assert preflight(api="v1", database=DB) == "ok"
+
+
 def test_a_url_that_does_not_parse_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="InfluxDBDataWriter url"):
         InfluxDBDataWriter("http://127.0.0.1:99999", api="v1", database=DB)

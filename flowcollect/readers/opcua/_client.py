@@ -36,6 +36,7 @@ from asyncua.ua import (
 from asyncua.ua.uaerrors import UaStatusCodeError
 
 from flowcollect._logs import RateLimitedLog
+from flowcollect._text import peer_text
 from flowcollect.readers.opcua._security import APPLICATION_URI, MODES, POLICIES, file_format
 from flowcollect.readers.opcua._values import Timestamps, decode, status_name
 from flowcollect.readers.opcua.address import OpcUaAddress, parse_address
@@ -414,7 +415,10 @@ class Link:
         match = [e for e in endpoints if e.SecurityPolicyUri == policy.URI and e.SecurityMode == mode]
         if not match:
             offered = sorted(
-                {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}
+                {
+                    peer_text(f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}", 80)
+                    for e in endpoints
+                }
             )
             raise _RefusedError(
                 f"the server offers no endpoint with security_policy={s.security_policy} and "
@@ -1010,10 +1014,10 @@ def _describe_connect_error(exc: BaseException, settings: LinkSettings) -> tuple
     if isinstance(exc, FileNotFoundError | PermissionError):
         return _short(exc), False
     if isinstance(exc, OSError):
-        return (exc.strerror or str(exc) or type(exc).__name__).lower(), False
+        return peer_text((exc.strerror or str(exc) or type(exc).__name__).lower(), 160), False
     return _short(exc), False
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    # An exception's words may quote the server: escaped and cut (flowcollect._text).
+    return peer_text(str(exc) or type(exc).__name__, limit)

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from flowcollect._secret import SecretLike, reveal
 from flowcollect.errors import ConfigError
 from flowcollect.models import Variable
 from flowcollect.readers.base import DataReader, Emit
@@ -54,7 +55,7 @@ class OpcUaDataReader(DataReader):
         private_key: str | Path | None = None,
         server_certificate: str | Path | None = None,
         username: str | None = None,
-        password: str | None = None,
+        password: SecretLike | None = None,
         timeout_s: float = 2.0,
         min_interval_ms: int = 50,
         max_nodes_per_read: int = 1000,
@@ -62,6 +63,7 @@ class OpcUaDataReader(DataReader):
         queue_size: int = 10,
         publishing_interval_ms: int | None = None,
     ) -> None:
+        password = reveal(password)  # a Secret (secret_from_env/secret_from_file) or a str
         problems = _check_settings(
             type,
             endpoint,
@@ -531,7 +533,7 @@ def _check_settings(  # noqa: PLR0912 - one branch per setting
         problems.append(f"{where} username: must be a non-empty str")
     if password is not None and not isinstance(password, str):
         # Never echo the value: it may be a secret of the wrong type.
-        problems.append(f"{where} password: must be a str")
+        problems.append(f"{where} password: must be a str or a Secret")
     if (password is None) != (username is None):
         problems.append(f"{where} username and password: give both or neither")
     if (
