@@ -174,21 +174,23 @@ def _own_rows(header: list[str], body: Iterable[tuple[int, list[str]]]) -> tuple
     rows: list[_Row] = []
     if problems:
         return rows, problems
+    # Per column, decided once: a tag's key, or a field and the parser of its cells.
+    tag_columns = [(i, c[len(TAG_PREFIX) :]) for i, c in known.items() if c.startswith(TAG_PREFIX)]
+    field_columns = [(i, c, _PARSERS.get(c, str)) for i, c in known.items() if not c.startswith(TAG_PREFIX)]
+    width = len(header)
     for number, record in body:
+        if len(record) < width:
+            record = record + [""] * (width - len(record))  # noqa: PLW2901 - a short row's empty cells
         row = _Row(number, {}, {})
-        tags: dict[str, str] = {}
-        for index, column in known.items():
-            cell = record[index].strip() if index < len(record) else ""
-            if not cell:
-                continue
-            if column.startswith(TAG_PREFIX):
-                tags[column[len(TAG_PREFIX) :]] = cell
-                continue
-            try:
-                row.fields[column] = _PARSERS.get(column, str)(cell)
-            except ValueError as exc:
-                row.problems.append((column, str(exc)))
-            row.columns[column] = column
+        for index, column, parse in field_columns:
+            cell = record[index].strip()
+            if cell:
+                row.columns[column] = column
+                try:
+                    row.fields[column] = parse(cell)
+                except ValueError as exc:
+                    row.problems.append((column, str(exc)))
+        tags = {key: cell for index, key in tag_columns if (cell := record[index].strip())}
         if tags:
             row.fields["tags"] = tags
         if len(record) > len(header) and any(c.strip() for c in record[len(header) :]):

