@@ -39,6 +39,7 @@ from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
 from flowcollect.group import GroupMembership, GroupOptions, GroupStats, GroupStatsCollector, run_in_group
 from flowcollect.group._cli import group_app
+from flowcollect.importers import import_app
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
     EXIT_ERROR,
@@ -63,6 +64,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(group_app, name="group")
+app.add_typer(import_app, name="import")
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 # (pymodbus's own ERROR lines for failures the Modbus reader reports are kept out by the reader,
