@@ -50,6 +50,7 @@ from flowcollect.pipeline import (
     writer_figures,
 )
 from flowcollect.pipeline._devices import port_in_use
+from flowcollect.scan import scan_command
 from flowcollect.stats import CollectorStats
 
 __all__ = ["app", "main"]
@@ -65,6 +66,7 @@ app = typer.Typer(
 )
 app.add_typer(group_app, name="group")
 app.add_typer(import_app, name="import")
+app.command("scan")(scan_command)
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 # (pymodbus's own ERROR lines for failures the Modbus reader reports are kept out by the reader,
