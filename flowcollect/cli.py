@@ -35,6 +35,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from flowcollect._browse_cli import browse_command
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
 from flowcollect.group import GroupMembership, GroupOptions, GroupStats, GroupStatsCollector, run_in_group
@@ -67,6 +68,7 @@ app = typer.Typer(
 app.add_typer(group_app, name="group")
 app.add_typer(import_app, name="import")
 app.command("scan")(scan_command)
+app.command("browse")(browse_command)
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 # (pymodbus's own ERROR lines for failures the Modbus reader reports are kept out by the reader,

@@ -11,8 +11,8 @@ See docs/tags.md.
 
 from __future__ import annotations
 
+from flowcollect._ids import stable_id
 from flowcollect.tags._csv import read_csv
-from flowcollect.tags._ids import stable_id
 from flowcollect.tags._profile import DeviceProfile
 
 __all__ = ["DeviceProfile", "read_csv", "stable_id"]

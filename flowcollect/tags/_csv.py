@@ -24,11 +24,11 @@ from typing import Any, Final, get_args
 
 from pydantic import ValidationError
 
+from flowcollect._ids import stable_id
 from flowcollect.errors import ConfigError
 from flowcollect.models import Report, ValueType, Variable
 from flowcollect.readers.base import DataReader
 from flowcollect.tags import _kepware
-from flowcollect.tags._ids import stable_id
 
 __all__ = ["DEFAULTABLE", "read_csv", "validate_for_reader"]
 

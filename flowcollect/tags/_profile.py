@@ -21,11 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flowcollect._ids import stable_id
 from flowcollect.errors import ConfigError
 from flowcollect.models import Variable
 from flowcollect.readers.base import DataReader
 from flowcollect.tags._csv import read_csv, validate_for_reader
-from flowcollect.tags._ids import stable_id
 
 __all__ = ["DeviceProfile"]
 

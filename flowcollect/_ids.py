@@ -1,5 +1,8 @@
 """Stable variable ids derived from names: the same text gives the same id on every run.
 
+Public as ``flowcollect.tags.stable_id``; here, below every package, so that readers (OPC UA
+discovery) and tag lists share it without importing each other.
+
 ``stable_id(*parts)`` hashes the parts (joined by a unit separator, so ``("a", "bc")`` and
 ``("ab", "c")`` differ) with BLAKE2b and keeps 53 bits, plus one: an id in ``1 .. 2**53``, exact
 in JSON numbers and in every database's integers. Among 100,000 derived ids the chance that two
