@@ -52,6 +52,9 @@ _NODES_PER_BROWSE: Final = 100
 _DEFAULT_PAGE: Final = 1000
 # Attribute reads per Read call: below the MaxNodesPerRead of common servers (1000).
 _READS_PER_CALL: Final = 900
+_RESULT_MASK: Final = (
+    ua.BrowseResultMask.IsForward | ua.BrowseResultMask.NodeClass | ua.BrowseResultMask.BrowseName
+)
 _TYPES: Final = (AttributeIds.DataType, AttributeIds.AccessLevel)
 _WITH_VALUES: Final = (*_TYPES, AttributeIds.Value)
 _VALUE_TYPES: Final[dict[str, ValueType]] = {
@@ -235,8 +238,12 @@ class _Walk:
                 chunk = level[first : first + _NODES_PER_BROWSE]
                 references = await self._browse(client, [node for node, *_ in chunk])
                 for (parent, path, names, parent_states), refs in zip(chunk, references, strict=True):
+                    # The Server object (namespace 0, under Objects): diagnostics, not plant data.
+                    skip_server = parent == _OBJECTS and not self.include_server
                     for ref in refs:
-                        child = self._child(ref, parent, path, names, parent_states, depth)
+                        if skip_server and ref.NodeId.NamespaceIndex == 0:
+                            continue
+                        child = self._child(ref, path, names, parent_states, depth)
                         if child is None:
                             continue
                         node, child_path, child_names, child_states, descend = child
@@ -252,7 +259,6 @@ class _Walk:
     def _child(
         self,
         ref: ua.ReferenceDescription,
-        parent: ua.NodeId,
         path: list[tuple[str, str]],
         names: list[str],
         states: frozenset[int],
@@ -260,8 +266,6 @@ class _Walk:
     ) -> tuple[BrowsedNode, list[tuple[str, str]], list[str], frozenset[int], bool] | None:
         if not ref.IsForward:
             return None
-        if parent == _OBJECTS and ref.NodeId.NamespaceIndex == 0 and not self.include_server:
-            return None  # the Server object: diagnostics, not plant data
         qualified = ref.BrowseName
         index = qualified.NamespaceIndex
         uri = self.namespaces[index] if index < len(self.namespaces) else ""
@@ -296,7 +300,8 @@ class _Walk:
             description.ReferenceTypeId = _HIERARCHICAL
             description.IncludeSubtypes = True
             description.NodeClassMask = ua.NodeClass.Object | ua.NodeClass.Variable
-            description.ResultMask = ua.BrowseResultMask.All
+            # Only what the walk uses: less for the server to send and for us to decode.
+            description.ResultMask = _RESULT_MASK
             params.NodesToBrowse.append(description)
         results = await self.call(client.uaclient.browse(params))
         out = [list(result.References) for result in results]
