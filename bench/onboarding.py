@@ -148,18 +148,19 @@ def browse_bench(nodes: int, repeat: int) -> dict[str, Any]:
 
     port = free_port()
     endpoint = f"opc.tcp://127.0.0.1:{port}/flowcollect"
+    log = tempfile.NamedTemporaryFile("w+", prefix="bench-opcua-", suffix=".log")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
         [sys.executable, "-m", "flowcollect.simulator.opcua", "--port", str(port), "--bulk", str(nodes)],
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         started = time.monotonic()
-        assert server.stdout is not None
-        for line in server.stdout:  # it prints its endpoint once it serves
-            if "opc.tcp://" in line:
-                break
+        # It prints its endpoint once it serves; a large address space takes a while.
+        while endpoint not in Path(log.name).read_text() and server.poll() is None:
+            time.sleep(0.1)
+        if server.poll() is not None:
+            raise SystemExit(f"the OPC UA simulator exited: {Path(log.name).read_text()[-2000:]}")
         server_start_s = round(time.monotonic() - started, 1)
         ours, described, limit = [], [], []
         found = bare = 0
@@ -176,6 +177,7 @@ def browse_bench(nodes: int, repeat: int) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
     best, best_limit = min(ours), min(limit)
     return {
         "server_nodes": nodes,

@@ -3,9 +3,9 @@
 ``DeviceProfile(name="pump", variables=[...])`` holds the variables of one kind of device, with
 any placeholder reader. ``profile.instantiate(device="pump-3", reader="pump3", tags={...})``
 gives that device's variables: the reader replaced, each name prefixed by the device
-(``pump-3/flow``; a variable without a name uses its address), the tags merged (the tag
-``device``, then the profile variable's tags, then the instance's ``tags``, later ones winning),
-and stable ids.
+(``pump-3/flow``; a variable without a name uses its address), the tags merged (the tags
+``profile`` and ``device``, then the profile variable's tags, then the instance's ``tags``, later
+ones winning), and stable ids. ``flowcollect plan`` summarises by those two tags.
 
 The id rule: ``stable_id(device, str(variable.id))`` (see ``flowcollect.tags.stable_id``), so
 the same device's same profile variable has the same id on every run, whatever else the pipeline
@@ -93,7 +93,7 @@ class DeviceProfile(BaseModel):
                     "id": vid,
                     "reader": reader_type,
                     "name": f"{device}/{variable.name or variable.address}",
-                    "tags": {"device": device, **variable.tags, **extra},
+                    "tags": {"profile": self.name, "device": device, **variable.tags, **extra},
                 }
             )
             if isinstance(reader, DataReader):

@@ -28,10 +28,10 @@ def test_an_instance_has_its_reader_prefixed_names_merged_tags_and_stable_ids() 
     flow, speed = PUMP.instantiate(device="pump-3", reader="pump3", tags={"line": "A", "unit": "l/s"})
     assert flow == Variable(
         id=stable_id("pump-3", "1"), name="pump-3/flow", address="holding:0:float32", reader="pump3",
-        tags={"device": "pump-3", "unit": "l/s", "line": "A"},
+        tags={"profile": "pump", "device": "pump-3", "unit": "l/s", "line": "A"},
     )  # fmt: skip
     assert (speed.name, speed.reader, speed.interval_ms) == ("pump-3/holding:6:uint16", "pump3", 500)
-    assert speed.tags == {"device": "pump-3", "line": "A", "unit": "l/s"}
+    assert speed.tags == {"profile": "pump", "device": "pump-3", "line": "A", "unit": "l/s"}
     # The same device gets the same ids on every call; another device gets others.
     assert [v.id for v in PUMP.instantiate("pump-3", "pump3")] == [flow.id, speed.id]
     other = PUMP.instantiate("pump-4", "pump4")

@@ -18,6 +18,8 @@ from flowcollect.pipeline import load_pipeline
 from flowcollect.readers.opcua import browse, browse_csv, discover
 from flowcollect.simulator.opcua import KNOWN, LINE1, OpcUaSimulator
 from flowcollect.tags import read_csv, stable_id
+from tests.support.victoria import free_port
+from tests.support.waiting import wait_until
 
 BULK = 600
 URI = "urn:flowcollect:simulator"
@@ -165,3 +167,34 @@ def test_the_command_prints_a_tree_a_tag_list_and_a_pipeline_that_runs(
     )
     bad = run("--match", "/")
     assert bad.returncode == 1 and "must be a browse path" in bad.stderr
+
+
+def test_a_server_process_of_20000_nodes_is_browsed_whole_in_pages(tmp_path: Path) -> None:
+    """The simulator in a process of its own, 20,000 Bulk variables in 80 folders of 250: every
+    node found once, the folders in pages of 100 references (continuation points), and a pattern
+    that reaches one folder browses only it."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "flowcollect.simulator.opcua", "--port", str(port), "--bulk", "20000"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        endpoint = f"opc.tcp://127.0.0.1:{port}/flowcollect"
+        # It prints its endpoint once it serves (a 20,000-node address space takes a while).
+        wait_until(
+            lambda: endpoint in log.read_text() or server.poll() is not None, 120, "the server to serve"
+        )
+        assert server.poll() is None, log.read_text()
+        nodes = browse(endpoint, page=100, timeout_s=30)
+        bulk = [n for n in nodes if re.search(r"/B\d+$", n.name)]
+        assert len(bulk) == 20000
+        assert len({n.path for n in nodes}) == len(nodes)
+        seen: list[int] = []
+        one_folder = browse(endpoint, match="/2:Plant/2:Bulk/2:G79/*", progress=seen.append, timeout_s=30)
+        assert [n.name for n in one_folder] == [f"Plant/Bulk/G79/B{k}" for k in range(19750, 20000)]
+        assert seen[-1] < 250 + 80 + 50, "only the one folder below Bulk was browsed"
+    finally:
+        server.terminate()
+        server.wait(30)
