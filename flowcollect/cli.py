@@ -36,6 +36,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from flowcollect._browse_cli import browse_command
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
 from flowcollect.group import (
@@ -46,6 +47,7 @@ from flowcollect.group import (
     group_app,
     run_in_group,
 )
+from flowcollect.importers import import_app
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
     EXIT_ERROR,
@@ -56,6 +58,7 @@ from flowcollect.pipeline import (
     port_in_use,
     writer_figures,
 )
+from flowcollect.scan import scan_command
 from flowcollect.stats import CollectorStats
 
 __all__ = ["app", "main"]
@@ -70,6 +73,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(group_app, name="group")
+app.add_typer(import_app, name="import")
+app.command("scan")(scan_command)
+app.command("browse")(browse_command)
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 # (pymodbus's own ERROR lines for failures the Modbus reader reports are kept out by the reader,
