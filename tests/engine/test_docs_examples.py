@@ -253,6 +253,8 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
     ("docs/spool.md", "from flowcollect.writers import InfluxDBDataWriter, SpooledWriter"): check_runs,
     ("docs/opcua.md", "from flowcollect.readers import OpcUaDataReader"): check_runs,
     ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
+    ("docs/mqtt.md", "from flowcollect.writers import MqttDataWriter"): check_runs,
+    ("docs/mqtt.md", "from flowcollect import DataCollectionContext, Variable"): check_runs,
     (
         "docs/spool.md",
         "from flowcollect.writers import CsvFileDataWriter, InfluxDBDataWriter, SpooledWriter, SpoolOptions",

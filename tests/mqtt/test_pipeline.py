@@ -59,6 +59,10 @@ def test_check_with_and_without_the_preflight(mosquitto_factory: Any, tmp_path: 
     assert f"writer mqtt:127.0.0.1:{broker.port}/p/{{name}}" in line
     assert SECRET not in out and "wrong" not in out
     assert flowcollect("check", str(bad), "--no-preflight", cwd=tmp_path).returncode == 0
+    for args in (("plan", str(good)), ("plan", str(good), "--format", "mermaid")):
+        shown = flowcollect(*args, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert SECRET not in shown.stdout + shown.stderr
     tagged = write_pipeline(
         tmp_path, CHECKED.format(url=broker.url, topic="p/{tag:line}", password=SECRET), "tag.py"
     )

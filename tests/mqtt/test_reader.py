@@ -12,6 +12,7 @@ from flowcollect import CollectedVariable, DataCollectionContext, DataCollector,
 from flowcollect.errors import ConfigError
 from flowcollect.readers import MqttDataReader
 from flowcollect.readers.mqtt._plain import PlainKind, decode_text, from_json
+from flowcollect.values import ValueBatch, VariableSpec
 from flowcollect.writers import MemoryDataWriter, MqttDataWriter
 from tests.support.mqtt_peer import Peer
 from tests.support.waiting import wait_until
@@ -237,3 +238,39 @@ def test_stale_after_silence(mosquitto_factory: Any) -> None:
         )
         peer.publish("s/1", b"6")
         wait_until(lambda: (v := memory.last(1)) is not None and v.value == 6.0, what="fresh again")
+
+
+def test_a_tls_broker_with_a_password(mosquitto_factory: Any, tmp_path: Any) -> None:
+    from tests.support.certs import make_certificates
+
+    certs = make_certificates(tmp_path / "certs")
+    broker = mosquitto_factory(tls=certs.broker(), users={"r": "Reader-pw-1"})
+    reader = MqttDataReader(broker.url, username="r", password="Reader-pw-1", tls={"ca_file": certs.ca})
+    assert "Reader-pw-1" not in repr(reader)
+    memory = Collected()
+    with DataCollector([reader], [memory]) as collector:
+        collector.start(
+            DataCollectionContext(
+                id=1, variables=[Variable(id=1, address="t/1#$.value", reader="mqtt")], **FAST
+            )
+        )
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="subscribed over TLS")
+        publisher = MqttDataWriter(
+            broker.url, topic="t/{id}", username="r", password="Reader-pw-1", tls={"ca_file": certs.ca}
+        )
+        publisher.write_batch(
+            ValueBatch(1_796_638_500_100, (VariableSpec(1, 9, "x", "float", "x", 100),), [4.5], context_id=9)
+        )
+        wait_until(lambda: (v := memory.last(1)) is not None and v.value == 4.5, what="the value over TLS")
+        publisher.close()
+    wrong = MqttDataReader(broker.url, username="r", password="nope", tls={"ca_file": certs.ca})
+    memory = Collected()
+    with DataCollector([wrong], [memory]) as collector:
+        collector.start(
+            DataCollectionContext(id=1, variables=[Variable(id=1, address="t/1", reader="mqtt")], **FAST)
+        )
+        wait_until(
+            lambda: (v := memory.last(1)) is not None and "refused the connection" in (v.error or ""),
+            what="the refusal as the value's error",
+        )
+        assert "nope" not in (memory.last(1).error or "")  # type: ignore[union-attr]

@@ -383,3 +383,36 @@ def test_tls_broker(mosquitto_factory: Any, tmp_path: Path) -> None:
         wait_until(lambda: receipts.total("written") == 1, what="the PUBACK over TLS")
     finally:
         w.close()
+
+
+@pytest.mark.realtime
+def test_qos2_messages_held_through_an_outage_all_arrive(mosquitto_factory: Any) -> None:
+    """paho sends every message it holds at once after a reconnect; Mosquitto drops QoS 2
+    messages beyond its receive maximum (20) while completing their flow, so the writer hands
+    paho no more than its window: 200 values held through an outage all arrive, once.
+
+    The writer retries every 2 s, so the test's subscriber is back before it (a killed broker
+    forgets subscriptions it had not saved)."""
+    broker = mosquitto_factory()
+    receipts = Receipts()
+    w = MqttDataWriter(broker.url, qos=2)
+    w.reconnect_min_s = w.reconnect_max_s = 2.0
+    w.attach(receipts)
+    specs = tuple(spec(i) for i in range(1, 11))
+    try:
+        w.write_batch(ValueBatch(T, specs, [0.0] * 10, context_id=1))
+        wait_until(lambda: receipts.total("written") == 10, what="the first batch")
+        broker.kill()
+        wait_until(lambda: w.stats()["connected"] == 0, what="the outage noticed")
+        for k in range(1, 21):
+            w.write_batch(ValueBatch(T + k * 100, specs, [float(k)] * 10, context_id=1))
+        broker.start()
+        with Peer(broker.url) as peer:
+            peer.subscribe("flowcollect/#", qos=2)
+            assert w.stats()["connects"] == 1, "the subscriber is back first"
+            wait_until(lambda: receipts.total("written") == 210, what="all 210 acknowledged", timeout_s=20)
+            keys = lambda: {(t, json.loads(p)["time"]) for t, p, _d in peer.taken()}  # noqa: E731
+            wait_until(lambda: len(keys()) == 200, what="the 200 held values at the subscriber", timeout_s=20)
+            assert len(peer.taken()) == 200, "QoS 2: once each"
+    finally:
+        w.close()

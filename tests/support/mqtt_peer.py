@@ -47,6 +47,8 @@ class Peer:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_connect = lambda *_a: self._connected.set()
+        self.client.on_disconnect = lambda *_a: self._connected.clear()
+        self.client.reconnect_delay_set(0.1, 0.2)  # type: ignore[arg-type]
         self.client.connect(parts.hostname or "127.0.0.1", parts.port or 1883, keepalive=30)
         self.client.loop_start()
         if not self._connected.wait(timeout_s):
@@ -75,6 +77,10 @@ class Peer:
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         info = self.client.publish(topic, payload, qos, retain)
         info.wait_for_publish(10.0)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
 
     def count(self) -> int:
         with self._lock:
