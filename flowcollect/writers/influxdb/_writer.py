@@ -27,7 +27,7 @@ from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.values import CollectedVariable, ValueBatch
 from flowcollect.writers._lineprotocol import LineSerializer, Schema
 from flowcollect.writers.base import DataWriter
-from flowcollect.writers.influxdb._http import Api, Endpoint, HttpTransport
+from flowcollect.writers.influxdb._http import TARGET_MISSING, Api, Endpoint, HttpTransport
 from flowcollect.writers.sender import Backoff, BufferedSender, SenderStats
 
 __all__ = ["InfluxDBDataWriter"]
@@ -39,12 +39,6 @@ PASSWORD_ENV = "INFLUX_PASSWORD"  # noqa: S105 - the name of the variable, not a
 _APIS = ("v1", "v2", "v3")
 _EMPTY_REFUSED = re.compile(r"requires points|no points|empty|no data|no lines", re.IGNORECASE)
 _SCHEMAS = get_args(Schema)
-# A 404 naming what is missing: 1.x `database not found: "x"`, 2.x `bucket "x" not found`,
-# 3.x `database not found`/`db does not exist`. Anything else is the endpoint that is missing.
-_TARGET_MISSING = re.compile(
-    r"database not found|bucket .*not found|organization .*not found|org .*not found|does not exist",
-    re.IGNORECASE,
-)
 
 
 class InfluxDBDataWriter(DataWriter):
@@ -290,7 +284,7 @@ class InfluxDBDataWriter(DataWriter):
         page not found``) is the write endpoint itself missing: the wrong ``api`` for this
         server (InfluxDB 1.x before 1.8 has no v2 endpoint), or a URL with a wrong base path."""
         e = self._endpoint
-        if _TARGET_MISSING.search(detail):
+        if TARGET_MISSING.search(detail):
             return f"InfluxDB at {e.origin} has no {target}: {detail}"
         path = e.path.split("?", 1)[0]
         said = f" (it says it is InfluxDB {server})" if server else ""
