@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flowcollect.group._access import EtcdAccess
 from flowcollect.group._address import GroupAddress, parse_address
+from flowcollect.group._cli import group_app
 from flowcollect.group._control import (
     GroupStatus,
     LaneStatus,
@@ -57,4 +58,6 @@ __all__ = [
     "weight",
     # Errors
     "EtcdUnavailable",
+    # The ``flowcollect group`` command (typer), mounted by flowcollect.cli
+    "group_app",
 ]

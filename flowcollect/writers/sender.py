@@ -299,9 +299,10 @@ class BufferedSender:
         deadline = self._clock() + (self.timeout_s if timeout_s is None else timeout_s)
         return self._flush_until(deadline)
 
-    def close(self) -> int:
+    def close(self, kept_by: str | None = None) -> int:
         """Flush within ``timeout_s``, stop the threads, drop (and report) what is left; return
-        how many records were dropped so."""
+        how many records were dropped so. ``kept_by``: who keeps what is dropped so (a spool in
+        front of the writer), for the log: they are given back to it, not lost."""
         with self._cond:
             if self._closed:
                 return 0
@@ -329,7 +330,17 @@ class BufferedSender:
             self._waiting = 0
             self._stats.dropped += lost
         self._report(settled)
-        if lost:
+        if lost and kept_by is not None:
+            self._logger.info(
+                "%s: closed with %d records undelivered within timeout_s=%s (last error: %s); "
+                "the spool %s keeps them for the next run",
+                self.name,
+                lost,
+                self.timeout_s,
+                self._stats.last_error,
+                kept_by,
+            )
+        elif lost:
             self._logger.warning(
                 "%s: closed with %d records undelivered within timeout_s=%s (last error: %s); they are lost",
                 self.name,

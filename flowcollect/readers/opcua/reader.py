@@ -214,10 +214,9 @@ class OpcUaDataReader(DataReader):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self) -> None:
-        if self._link is not None and self._thread.running:
-            return
-        quiet_asyncua()
+    def link_settings(self) -> LinkSettings:
+        """How to connect: what the reader's link uses, and ``flowcollect browse`` too. Makes the
+        client certificate pair first when security asks for one and none exists."""
         if self.security_policy is not None and self.certificate is not None and self.private_key is not None:
             # Generated here, once, before any connection: later starts load the same pair.
             try:
@@ -242,6 +241,13 @@ class OpcUaDataReader(DataReader):
             username=self.username,
             password=self.__password,
         )
+        return settings
+
+    def open(self) -> None:
+        if self._link is not None and self._thread.running:
+            return
+        quiet_asyncua()
+        settings = self.link_settings()
         link = Link(settings, self._counters)
         loop = self._thread.start()
         self._link = link

@@ -53,8 +53,10 @@ class InfluxDBDataWriter(DataWriter):
     A point per value without ``error``: measurement ``measurement``; tags ``address``,
     ``context``, ``reader``, ``variable``, ``name`` (when the variable has one) and the variable's
     own ``tags``; the field ``value`` (float), ``value_int``, ``value_bool`` or ``value_str``
-    (``schema="typed"``, the default; ``"single"`` puts every type in ``value``); the grid instant
-    (or the source's time) in nanoseconds. See docs/influxdb.md.
+    (``schema="typed"``, the default; ``"single"`` puts every type in ``value``; ``"fields"``
+    writes Telegraf's shape instead: a field named by the variable, the measurement from its
+    ``measurement`` tag, its own tags only); the grid instant (or the source's time) in
+    nanoseconds. See docs/influxdb.md.
 
     ``write_batch()`` serializes from the columns and queues; the sender posts. Every value of
     a batch is acknowledged once it is stored, refused for good or given up: values with an error
@@ -249,7 +251,7 @@ class InfluxDBDataWriter(DataWriter):
 
         Points still queued at the deadline are counted as dropped (and acknowledged so).
         """
-        self.sender.close()
+        self.sender.close(kept_by=self.kept_by)
 
     def preflight(self) -> None:
         """The server answers, accepts the credentials, and the database or bucket exists: an
@@ -488,7 +490,7 @@ def _check_config(
     elif measurement.startswith("#"):
         problems.append(f"{where} measurement: must not start with '#' (a line protocol comment)")
     if schema not in _SCHEMAS:
-        problems.append(f"{where} schema: must be 'typed' or 'single', got {schema!r}")
+        problems.append(f"{where} schema: must be 'typed', 'single' or 'fields', got {schema!r}")
     for field, value in (
         ("batch_size", batch_size),
         ("flush_interval_ms", flush_interval_ms),
