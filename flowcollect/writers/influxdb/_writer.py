@@ -264,7 +264,8 @@ class InfluxDBDataWriter(DataWriter):
             else f"database {self.database!r}"
         )
         if probe.status is None:
-            raise PreflightError(f"cannot reach InfluxDB at {e.origin}: {probe.detail}")
+            hint = _tls_hint(probe.detail, self.ca_file, e.host)
+            raise PreflightError(f"cannot reach InfluxDB at {e.origin}: {probe.detail}{hint}")
         if 200 <= probe.status < 300 or (probe.status == 400 and _EMPTY_REFUSED.search(probe.detail)):
             # InfluxDB 2.0 (before 2.1) refuses an empty write with 400 "writing requires points",
             # after checking the token and the bucket: as good as a 204 here.
@@ -370,6 +371,17 @@ class InfluxDBDataWriter(DataWriter):
             value_type,
             reason,
         )
+
+
+def _tls_hint(detail: str, ca_file: str | None, host: str) -> str:
+    """What to do about a certificate the writer refused (empty for other failures)."""
+    if "CERTIFICATE_VERIFY_FAILED" not in detail:
+        return ""
+    if "Hostname mismatch" in detail or "IP address mismatch" in detail:
+        return f"; the server's certificate is not for {host!r} (connect by a name it lists)"
+    if ca_file is None:
+        return "; give the CA that signed the server's certificate as ca_file"
+    return f"; ca_file={ca_file} did not sign the server's certificate"
 
 
 def _secrets(
