@@ -109,9 +109,9 @@ class MqttOptions(BaseModel):
     @field_validator("password", mode="before")
     @classmethod
     def _plain_or_secret(cls, value: object) -> object:
-        # A plain str, pydantic's SecretStr, or any object with get_secret_value() (the project's
-        # own Secret type): kept as a SecretStr either way.
-        getter = getattr(value, "get_secret_value", None)
+        # A plain str, pydantic's SecretStr (get_secret_value()), or the project's own Secret
+        # (secret_from_env/secret_from_file: reveal()): kept as a SecretStr either way.
+        getter = getattr(value, "get_secret_value", None) or getattr(value, "reveal", None)
         if callable(getter):
             value = getter()
         if isinstance(value, str) and not value:

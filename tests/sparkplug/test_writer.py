@@ -557,3 +557,13 @@ def test_qos1_after_a_broker_restart_no_message_of_the_old_session(mosquitto_fac
     assert historical <= {t0 + 100 * k for k in range(1, 4)} and historical
     live_metrics = [m for _t, p in messages(peer, "DDATA") for m in p.metrics if m.timestamp == live]
     assert len(live_metrics) == 3 and not any(m.is_historical for m in live_metrics)
+
+
+def test_a_secret_password_is_taken_and_never_shown() -> None:
+    from flowcollect import Secret
+
+    writer = SparkplugDataWriter(
+        "mqtt://127.0.0.1:1883", group_id="g", edge_node_id="e", username="u", password=Secret("s3cret")
+    )
+    assert "s3cret" not in repr(writer) and "s3cret" not in str(writer.stats())
+    writer.close()
