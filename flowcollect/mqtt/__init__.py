@@ -38,6 +38,11 @@ The interface, all exported here (the modules are private)::
     template.render(spec) -> str; template.problem(spec) -> str | None; topic_problem(topic)
         # {context} {id} {name} {address} {reader} {tag:KEY}; no wildcard, no empty level
 
+    rx = MqttReceiver(endpoint, options, name=..., on_message=..., on_connect=..., on_disconnect=...)
+        # the subscribing side only, reading the socket in blocks (~5x paho's messages/s): the
+        # MQTT reader's. start, close(timeout_s), set_subscriptions, subscriptions (acknowledged),
+        # connected, wait_connected, last_error, stats, publish_qos0(topic, payload) -> bool
+
 Receipts and messages arrive on paho's network thread: keep the callbacks short, never block in
 them. ``publish`` may be called from any thread (also from the callbacks).
 """
@@ -54,12 +59,14 @@ from flowcollect.mqtt._options import (
     parse_url,
 )
 from flowcollect.mqtt._preflight import preflight
+from flowcollect.mqtt._receiver import MqttReceiver
 from flowcollect.mqtt._topics import PLACEHOLDERS, TopicTemplate, topic_problem
 
 __all__ = [
     "MqttConnection",
     "MqttEndpoint",
     "MqttOptions",
+    "MqttReceiver",
     "OnDone",
     "OnMessage",
     "PLACEHOLDERS",

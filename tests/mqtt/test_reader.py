@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -274,3 +275,45 @@ def test_a_tls_broker_with_a_password(mosquitto_factory: Any, tmp_path: Any) -> 
             what="the refusal as the value's error",
         )
         assert "nope" not in (memory.last(1).error or "")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_every_message_once_at_each_qos_and_protocol(mosquitto_factory: Any, protocol: str, qos: int) -> None:
+    """The reader's own receive path: QoS 1 acknowledged, QoS 2 handed over once, both protocols."""
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url, qos=qos, protocol=protocol)  # type: ignore[arg-type]
+    memory = Collected()
+    variables = [Variable(id=1, address="q/v", reader="mqtt", value_type="int", report="change")]
+    with Peer(broker.url) as peer, DataCollector([reader], [memory]) as collector:
+        collector.start(DataCollectionContext(id=1, variables=variables, **FAST))
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="the subscription")
+        for i in range(200):
+            peer.client.publish("q/v", b"%d" % i, 2)
+        wait_until(lambda: reader.stats().get("messages") == 200, what="200 messages")
+        wait_until(lambda: (v := memory.last(1)) is not None and v.value == 199, what="the last value")
+        time.sleep(0.2)
+        assert reader.stats()["messages"] == 200, "each message handed over once"
+        assert reader.stats()["connects"] == 1
+    got = {v.value for v in memory.snapshot() if v.error is None}
+    assert got <= set(range(200)) and 199 in got
+
+
+@pytest.mark.realtime
+def test_keepalive_pings_hold_a_quiet_connection(mosquitto_factory: Any) -> None:
+    """Nothing published for longer than the keep-alive: the reader pings, the broker keeps it."""
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url, keepalive_s=5, stale_after_ms=None)
+    memory = Collected()
+    with DataCollector([reader], [memory]) as collector:
+        collector.start(
+            DataCollectionContext(id=1, variables=[Variable(id=1, address="k/v", reader="mqtt")], **FAST)
+        )
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="the subscription")
+        time.sleep(8.5)  # beyond 1.5 keep-alives: the broker would have dropped a silent client
+        assert reader.stats()["connects"] == 1 and reader.stats()["disconnects"] == 0
+        with Peer(broker.url) as peer:
+            peer.publish("k/v", b"1.5")
+            wait_until(
+                lambda: (v := memory.last(1)) is not None and v.value == 1.5, what="a value after the quiet"
+            )
