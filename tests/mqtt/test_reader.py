@@ -242,10 +242,11 @@ def test_stale_after_silence(mosquitto_factory: Any) -> None:
 
 
 def test_a_tls_broker_with_a_password(mosquitto_factory: Any, tmp_path: Any) -> None:
-    from tests.support.certs import make_certificates
+    from tests.support.certs import Pki
+    from tests.support.mosquitto import broker_tls
 
-    certs = make_certificates(tmp_path / "certs")
-    broker = mosquitto_factory(tls=certs.broker(), users={"r": "Reader-pw-1"})
+    certs = Pki(tmp_path / "certs")
+    broker = mosquitto_factory(tls=broker_tls(certs), users={"r": "Reader-pw-1"})
     reader = MqttDataReader(broker.url, username="r", password="Reader-pw-1", tls={"ca_file": certs.ca})
     assert "Reader-pw-1" not in repr(reader)
     memory = Collected()

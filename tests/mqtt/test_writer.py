@@ -19,7 +19,8 @@ from flowcollect.readers import RandomDataReader
 from flowcollect.values import Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import MqttDataWriter
 from flowcollect.writers.mqtt._payload import Encoder, iso_ms
-from tests.support.certs import make_certificates
+from tests.support.certs import Pki
+from tests.support.mosquitto import broker_tls
 from tests.support.mqtt_peer import Peer
 from tests.support.victoria import free_port
 from tests.support.waiting import wait_until
@@ -370,8 +371,8 @@ def test_preflight_names_the_cause(mosquitto_factory: Any, tmp_path: Path) -> No
 
 
 def test_tls_broker(mosquitto_factory: Any, tmp_path: Path) -> None:
-    certs = make_certificates(tmp_path / "certs")
-    broker = mosquitto_factory(tls=certs.broker(), users={"c": SECRET})
+    certs = Pki(tmp_path / "certs")
+    broker = mosquitto_factory(tls=broker_tls(certs), users={"c": SECRET})
     w = MqttDataWriter(broker.url, username="c", password=SECRET, tls={"ca_file": certs.ca})
     w.preflight()
     with pytest.raises(PreflightError, match="certificate that was refused"):

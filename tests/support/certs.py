@@ -1,142 +1,138 @@
-"""Certificates the TLS tests generate: a CA, a server certificate for 127.0.0.1/localhost signed
-by it, a client certificate signed by it, and a second CA that signed none of them."""
+"""Certificates the TLS tests make for themselves: a CA, a server certificate it signed (for
+127.0.0.1 and localhost), a client certificate it signed, and a second CA nobody trusts.
+
+Usage::
+
+    pki = Pki(tmp_path)        # files under tmp_path/pki
+    pki.ca, pki.server_cert, pki.server_key, pki.client_cert, pki.client_key, pki.other_ca
+    pki.server_context(require_client=True)     # an ssl.SSLContext for an in-process server
+"""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+import ssl
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.support.mosquitto import TlsFiles
-
-__all__ = ["Certificates", "make_certificates"]
-
-
-@dataclass(frozen=True)
-class Certificates:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path
-    """A CA that signed nothing here: trusting only it must refuse the broker."""
-
-    def broker(self, *, require_client_cert: bool = False) -> TlsFiles:
-        return TlsFiles(self.ca, self.server_cert, self.server_key, require_client_cert)
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+__all__ = ["Pki"]
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _ca(common: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common))
-        .issuer_name(_name(common))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _leaf(
-    common: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, *, server: bool
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [
-                    x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
-                    if server
-                    else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
-                ]
-            ),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(ca_key, hashes.SHA256()), key
-
-
-def make_certificates(folder: Path) -> Certificates:
-    folder.mkdir(parents=True, exist_ok=True)
-    ca, ca_key = _ca("flowcollect test CA")
-    other, _ = _ca("flowcollect other CA")
-    server, server_key = _leaf("localhost", ca, ca_key, server=True)
-    client, client_key = _leaf("flowcollect client", ca, ca_key, server=False)
-    paths = Certificates(
-        ca=folder / "ca.pem",
-        server_cert=folder / "server.pem",
-        server_key=folder / "server.key",
-        client_cert=folder / "client.pem",
-        client_key=folder / "client.key",
-        other_ca=folder / "other-ca.pem",
-    )
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
     pem = serialization.Encoding.PEM
-    paths.ca.write_bytes(ca.public_bytes(pem))
-    paths.other_ca.write_bytes(other.public_bytes(pem))
-    paths.server_cert.write_bytes(server.public_bytes(pem))
-    paths.client_cert.write_bytes(client.public_bytes(pem))
-    _write_key(server_key, paths.server_key)
-    _write_key(client_key, paths.client_key)
-    return paths
+    path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return path
+
+
+def _write_cert(cert: x509.Certificate, path: Path) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+class Pki:
+    def __init__(self, folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> None:
+        folder = folder / "pki"
+        folder.mkdir(parents=True, exist_ok=True)
+        now = datetime.datetime.now(datetime.UTC)
+        self._valid = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+        ca_key, ca_cert = self._ca("flowcollect test CA")
+        self.ca = _write_cert(ca_cert, folder / "ca.pem")
+        other_key, other_cert = self._ca("a CA nobody trusts")
+        self.other_ca = _write_cert(other_cert, folder / "other-ca.pem")
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        server_key = _key()
+        # Client use too: etcd's JSON gateway dials etcd itself with the server's certificate.
+        server = self._leaf(
+            ca_key,
+            ca_cert,
+            server_key,
+            "server",
+            sans,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+        self.server_cert = _write_cert(server, folder / "server.pem")
+        self.server_key = _write_key(server_key, folder / "server-key.pem")
+        client_key = _key()
+        client = self._leaf(ca_key, ca_cert, client_key, "collector", [], ExtendedKeyUsageOID.CLIENT_AUTH)
+        self.client_cert = _write_cert(client, folder / "client.pem")
+        self.client_key = _write_key(client_key, folder / "client-key.pem")
+        stranger_key = _key()
+        stranger = self._leaf(
+            other_key, other_cert, stranger_key, "stranger", [], ExtendedKeyUsageOID.CLIENT_AUTH
+        )
+        self.stranger_cert = _write_cert(stranger, folder / "stranger.pem")
+        self.stranger_key = _write_key(stranger_key, folder / "stranger-key.pem")
+
+    def server_context(self, require_client: bool = False) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.server_cert, self.server_key)
+        if require_client:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.ca)
+        return context
+
+    def _ca(self, common: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = _key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common))
+            .issuer_name(_name(common))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._valid[0])
+            .not_valid_after(self._valid[1])
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return key, cert
+
+    def _leaf(
+        self,
+        ca_key: ec.EllipticCurvePrivateKey,
+        ca_cert: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        common: str,
+        sans: list[x509.GeneralName],
+        *usage: x509.ObjectIdentifier,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self._valid[0])
+            .not_valid_after(self._valid[1])
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())

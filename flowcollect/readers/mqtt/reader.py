@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flowcollect._secret import SecretLike
 from flowcollect.errors import ConfigError
 from flowcollect.models import ValueType, Variable
 from flowcollect.mqtt import MqttReceiver, Protocol, TlsOptions, options_problems
@@ -50,7 +51,7 @@ class MqttDataReader(DataReader):
         stale_after_ms: int | None = 60_000,
         client_id: str | None = None,
         username: str | None = None,
-        password: str | None = None,
+        password: SecretLike | None = None,
         tls: TlsOptions | Mapping[str, Any] | bool | None = None,
         protocol: Protocol = "5",
         keepalive_s: int = 30,
