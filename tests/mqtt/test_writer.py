@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flowcollect import DataCollectionContext, DataCollector, Variable
+from flowcollect import DataCollectionContext, DataCollector, Secret, Variable
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.mqtt import TopicTemplate
 from flowcollect.pipeline import Pipeline
@@ -350,6 +350,9 @@ def test_buffer_limit_drops_the_oldest_and_says_so(mosquitto_factory: Any) -> No
 def test_preflight_names_the_cause(mosquitto_factory: Any, tmp_path: Path) -> None:
     broker = mosquitto_factory(users={"c": SECRET})
     MqttDataWriter(broker.url, username="c", password=SECRET).preflight()
+    secret = MqttDataWriter(broker.url, username="c", password=Secret(SECRET))
+    secret.preflight()
+    assert SECRET not in repr(secret)
     bad = MqttDataWriter(broker.url, username="c", password="nope")
     with pytest.raises(PreflightError, match="refused the connection"):
         bad.preflight()
