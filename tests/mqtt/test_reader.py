@@ -318,3 +318,39 @@ def test_keepalive_pings_hold_a_quiet_connection(mosquitto_factory: Any) -> None
             wait_until(
                 lambda: (v := memory.last(1)) is not None and v.value == 1.5, what="a value after the quiet"
             )
+
+
+@pytest.mark.realtime
+def test_a_frozen_broker_is_noticed_and_close_stays_bounded(mosquitto_factory: Any) -> None:
+    """A broker that keeps the connection open and answers nothing (SIGSTOP): after one and a
+    half keep-alives every value is an error; the values come back once it answers again; and
+    closing while it is frozen ends within the close bound."""
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url, keepalive_s=5, stale_after_ms=None)
+    memory = Collected()
+    variables = [Variable(id=1, address="f/v", reader="mqtt")]
+    with DataCollector([reader], [memory]) as collector:
+        collector.start(DataCollectionContext(id=1, variables=variables, **FAST))
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="the subscription")
+        with Peer(broker.url) as peer:
+            peer.publish("f/v", b"1", retain=True)
+        wait_until(lambda: (v := memory.last(1)) is not None and v.value == 1.0, what="a value")
+        broker.pause()
+        try:
+            wait_until(
+                lambda: "no word from the broker" in (((v := memory.last(1)) and v.error) or ""),
+                what="the silence noticed",
+                timeout_s=15,
+            )
+        finally:
+            broker.resume()
+        wait_until(
+            lambda: (v := memory.last(1)) is not None and v.value == 1.0,
+            what="back (the retained value)",
+            timeout_s=15,
+        )
+        broker.pause()
+        began = time.monotonic()
+    took = time.monotonic() - began
+    broker.resume()
+    assert took < 10, f"close took {took:.1f} s with the broker frozen"
