@@ -18,7 +18,10 @@ The interface, all exported here (the modules are private)::
                           on_message=lambda topic, payload, qos: ...,   # subscriptions
                           on_connect=lambda session_present: ...,       # paho's thread
                           on_disconnect=lambda reason: ...,             # paho's thread
-                          max_pending=10_000, reconnect_min_s=0.5, reconnect_max_s=30)
+                          max_pending=10_000, max_inflight=20, reconnect_min_s=0.5, reconnect_max_s=30)
+        # max_inflight: QoS 1/2 messages on the wire (the broker's receive maximum; Mosquitto's
+        # is 20). paho resends everything it holds at once after a reconnect: keep max_pending
+        # at max_inflight for QoS 1/2 (the MQTT writer does) and queue the rest yourself.
     conn.set_will(topic, payload, qos, retain)     # before start(), or from on_disconnect
     conn.start()                                   # connects in the background; reconnects
     conn.wait_for_room(timeout_s)                  # fewer than max_pending receipts awaited

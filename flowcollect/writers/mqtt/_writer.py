@@ -385,7 +385,8 @@ class MqttDataWriter(DataWriter):
 
     def _pump_loop(self) -> None:
         conn = self._conn
-        assert conn is not None  # noqa: S101 - set before the thread starts
+        if conn is None:  # set before the thread starts
+            return
         try:
             while True:
                 with self._cond:
