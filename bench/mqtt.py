@@ -16,7 +16,10 @@
    ``MqttDataReader`` in a ``DataCollector`` (one variable, held and sampled every second,
    ``report="every"``) turns each into a value pushed into the engine (``emit``, the held
    store): messages/s from the first to the last, and the collector process's CPU per million
-   messages. The limit: a bare paho subscriber counting messages. (With ``report="change"``
+   messages. References: a bare paho subscriber counting messages (paho reads each header byte
+   by byte), and a bare socket loop reading 64 KiB blocks and counting the PUBLISH packets in
+   them (what the broker and ``mosquitto_pub`` deliver at most here). The reader has its own
+   block-reading receive path (``flowcollect.mqtt.MqttReceiver``). (With ``report="change"``
    each message is also a batch through the graph to the writers: ``--change`` measures that.)
 
 The broker runs on this machine, so the client and the broker share its cores; the load
@@ -223,6 +226,71 @@ def bare_subscribe(port: int, n: int) -> dict[str, float]:
     }
 
 
+def bare_socket_subscribe(port: int, n: int) -> dict[str, float]:
+    """The limit without any MQTT library: read blocks, count PUBLISH packets (QoS 0, MQTT 3.1.1)."""
+    import socket
+    import struct
+
+    def s16(b: bytes) -> bytes:
+        return struct.pack("!H", len(b)) + b
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    body = s16(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 30) + s16(b"bench-raw")
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    sock.recv(4)
+    sub = struct.pack("!H", 1) + s16(b"flood/v") + b"\x00"
+    sock.sendall(bytes([0x82, len(sub)]) + sub)
+    sock.recv(5)
+    time.sleep(0.3)
+    pub = subprocess.Popen(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", "flood/v", "-q", "0", "-l"],
+        stdin=subprocess.PIPE,
+    )
+    assert pub.stdin is not None
+    pub.stdin.write(b"".join(b"%d\n" % i for i in range(n)))
+    pub.stdin.close()
+    buf, count, first, c0 = b"", 0, None, cpu()
+    sock.settimeout(5)
+    try:
+        while count < n:
+            data = sock.recv(1 << 16)
+            if not data:
+                break
+            if first is None:
+                first = time.perf_counter()
+            buf += data
+            pos, end = 0, len(buf)
+            while end - pos >= 2:
+                length, shift, i = 0, 0, pos + 1
+                while i < end:
+                    byte = buf[i]
+                    length |= (byte & 127) << shift
+                    shift += 7
+                    i += 1
+                    if not byte & 128:
+                        break
+                else:
+                    break
+                if i + length > end:
+                    break
+                if buf[pos] >> 4 == 3:
+                    count += 1
+                pos = i + length
+            buf = buf[pos:]
+    except TimeoutError:
+        pass
+    wall = time.perf_counter() - (first or time.perf_counter())
+    used = cpu() - c0
+    pub.wait(30)
+    sock.close()
+    return {
+        "messages": count,
+        "seconds": wall,
+        "messages_per_s": count / max(wall, 1e-9),
+        "cpu_s_per_million": used / max(count, 1) * 1e6,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -299,6 +367,7 @@ def main() -> None:
             "report": report,
             "reader": reader_run(port, n, report),
             "bare_paho": bare_subscribe(port, n),
+            "bare_socket": bare_socket_subscribe(port, n),
         }
     out["load_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))

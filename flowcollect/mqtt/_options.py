@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from flowcollect._secret import Secret
+
 __all__ = ["MqttEndpoint", "MqttOptions", "Protocol", "TlsOptions", "options_problems", "parse_url"]
 
 Protocol = Literal["5", "3.1.1"]
@@ -109,9 +111,11 @@ class MqttOptions(BaseModel):
     @field_validator("password", mode="before")
     @classmethod
     def _plain_or_secret(cls, value: object) -> object:
-        # A plain str, pydantic's SecretStr (get_secret_value()), or the project's own Secret
-        # (secret_from_env/secret_from_file: reveal()): kept as a SecretStr either way.
-        getter = getattr(value, "get_secret_value", None) or getattr(value, "reveal", None)
+        # A plain str, flowcollect's Secret (secret_from_env, secret_from_file), pydantic's
+        # SecretStr: kept as a SecretStr either way.
+        if isinstance(value, Secret):
+            value = value.reveal()
+        getter = getattr(value, "get_secret_value", None)
         if callable(getter):
             value = getter()
         if isinstance(value, str) and not value:

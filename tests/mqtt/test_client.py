@@ -19,7 +19,8 @@ from flowcollect.mqtt import (
     parse_url,
     preflight,
 )
-from tests.support.certs import make_certificates
+from tests.support.certs import Pki
+from tests.support.mosquitto import broker_tls
 from tests.support.mqtt_peer import Peer
 from tests.support.victoria import free_port
 from tests.support.waiting import wait_until
@@ -96,11 +97,10 @@ def test_password_never_in_repr_or_dump() -> None:
     assert SECRET not in options.model_dump_json()
     assert options.password_text() == SECRET
 
-    class Secret:  # the project's own Secret type, when it lands, has get_secret_value()
-        def get_secret_value(self) -> str:
-            return SECRET
+    from flowcollect import Secret
 
-    assert MqttOptions(username="u", password=Secret()).password_text() == SECRET  # type: ignore[arg-type]
+    assert MqttOptions(username="u", password=Secret(SECRET)).password_text() == SECRET  # type: ignore[arg-type]
+    assert SECRET not in repr(MqttOptions(username="u", password=Secret(SECRET)))
     assert TlsOptions().insecure is False
 
 
@@ -266,8 +266,8 @@ def test_preflight_names_an_unknown_host_and_a_closed_port() -> None:
 
 
 def test_tls(mosquitto_factory: Any, tmp_path: Path) -> None:
-    certs = make_certificates(tmp_path / "certs")
-    broker = mosquitto_factory(tls=certs.broker())
+    certs = Pki(tmp_path / "certs")
+    broker = mosquitto_factory(tls=broker_tls(certs))
     endpoint = parse_url(broker.url)
     assert endpoint.tls
     preflight(endpoint, MqttOptions(tls=TlsOptions(ca_file=certs.ca)), 5)
@@ -296,8 +296,8 @@ def test_tls(mosquitto_factory: Any, tmp_path: Path) -> None:
 
 
 def test_tls_client_certificate(mosquitto_factory: Any, tmp_path: Path) -> None:
-    certs = make_certificates(tmp_path / "certs")
-    broker = mosquitto_factory(tls=certs.broker(require_client_cert=True))
+    certs = Pki(tmp_path / "certs")
+    broker = mosquitto_factory(tls=broker_tls(certs, require_client_cert=True))
     endpoint = parse_url(broker.url)
     preflight(
         endpoint,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -241,10 +242,11 @@ def test_stale_after_silence(mosquitto_factory: Any) -> None:
 
 
 def test_a_tls_broker_with_a_password(mosquitto_factory: Any, tmp_path: Any) -> None:
-    from tests.support.certs import make_certificates
+    from tests.support.certs import Pki
+    from tests.support.mosquitto import broker_tls
 
-    certs = make_certificates(tmp_path / "certs")
-    broker = mosquitto_factory(tls=certs.broker(), users={"r": "Reader-pw-1"})
+    certs = Pki(tmp_path / "certs")
+    broker = mosquitto_factory(tls=broker_tls(certs), users={"r": "Reader-pw-1"})
     reader = MqttDataReader(broker.url, username="r", password="Reader-pw-1", tls={"ca_file": certs.ca})
     assert "Reader-pw-1" not in repr(reader)
     memory = Collected()
@@ -274,3 +276,81 @@ def test_a_tls_broker_with_a_password(mosquitto_factory: Any, tmp_path: Any) -> 
             what="the refusal as the value's error",
         )
         assert "nope" not in (memory.last(1).error or "")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_every_message_once_at_each_qos_and_protocol(mosquitto_factory: Any, protocol: str, qos: int) -> None:
+    """The reader's own receive path: QoS 1 acknowledged, QoS 2 handed over once, both protocols."""
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url, qos=qos, protocol=protocol)  # type: ignore[arg-type]
+    memory = Collected()
+    variables = [Variable(id=1, address="q/v", reader="mqtt", value_type="int", report="change")]
+    with Peer(broker.url) as peer, DataCollector([reader], [memory]) as collector:
+        collector.start(DataCollectionContext(id=1, variables=variables, **FAST))
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="the subscription")
+        for i in range(200):
+            peer.client.publish("q/v", b"%d" % i, 2)
+        wait_until(lambda: reader.stats().get("messages") == 200, what="200 messages")
+        wait_until(lambda: (v := memory.last(1)) is not None and v.value == 199, what="the last value")
+        time.sleep(0.2)
+        assert reader.stats()["messages"] == 200, "each message handed over once"
+        assert reader.stats()["connects"] == 1
+    got = {v.value for v in memory.snapshot() if v.error is None}
+    assert got <= set(range(200)) and 199 in got
+
+
+@pytest.mark.realtime
+def test_keepalive_pings_hold_a_quiet_connection(mosquitto_factory: Any) -> None:
+    """Nothing published for longer than the keep-alive: the reader pings, the broker keeps it."""
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url, keepalive_s=5, stale_after_ms=None)
+    memory = Collected()
+    with DataCollector([reader], [memory]) as collector:
+        collector.start(
+            DataCollectionContext(id=1, variables=[Variable(id=1, address="k/v", reader="mqtt")], **FAST)
+        )
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="the subscription")
+        time.sleep(8.5)  # beyond 1.5 keep-alives: the broker would have dropped a silent client
+        assert reader.stats()["connects"] == 1 and reader.stats()["disconnects"] == 0
+        with Peer(broker.url) as peer:
+            peer.publish("k/v", b"1.5")
+            wait_until(
+                lambda: (v := memory.last(1)) is not None and v.value == 1.5, what="a value after the quiet"
+            )
+
+
+@pytest.mark.realtime
+def test_a_frozen_broker_is_noticed_and_close_stays_bounded(mosquitto_factory: Any) -> None:
+    """A broker that keeps the connection open and answers nothing (SIGSTOP): after one and a
+    half keep-alives every value is an error; the values come back once it answers again; and
+    closing while it is frozen ends within the close bound."""
+    broker = mosquitto_factory()
+    reader = MqttDataReader(broker.url, keepalive_s=5, stale_after_ms=None)
+    memory = Collected()
+    variables = [Variable(id=1, address="f/v", reader="mqtt")]
+    with DataCollector([reader], [memory]) as collector:
+        collector.start(DataCollectionContext(id=1, variables=variables, **FAST))
+        wait_until(lambda: reader.stats().get("subscriptions") == 1, what="the subscription")
+        with Peer(broker.url) as peer:
+            peer.publish("f/v", b"1", retain=True)
+        wait_until(lambda: (v := memory.last(1)) is not None and v.value == 1.0, what="a value")
+        broker.pause()
+        try:
+            wait_until(
+                lambda: "no word from the broker" in (((v := memory.last(1)) and v.error) or ""),
+                what="the silence noticed",
+                timeout_s=15,
+            )
+        finally:
+            broker.resume()
+        wait_until(
+            lambda: (v := memory.last(1)) is not None and v.value == 1.0,
+            what="back (the retained value)",
+            timeout_s=15,
+        )
+        broker.pause()
+        began = time.monotonic()
+    took = time.monotonic() - began
+    broker.resume()
+    assert took < 10, f"close took {took:.1f} s with the broker frozen"

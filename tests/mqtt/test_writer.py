@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flowcollect import DataCollectionContext, DataCollector, Variable
+from flowcollect import DataCollectionContext, DataCollector, Secret, Variable
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.mqtt import TopicTemplate
 from flowcollect.pipeline import Pipeline
@@ -19,7 +19,8 @@ from flowcollect.readers import RandomDataReader
 from flowcollect.values import Receipt, ValueBatch, VariableSpec
 from flowcollect.writers import MqttDataWriter
 from flowcollect.writers.mqtt._payload import Encoder, iso_ms
-from tests.support.certs import make_certificates
+from tests.support.certs import Pki
+from tests.support.mosquitto import broker_tls
 from tests.support.mqtt_peer import Peer
 from tests.support.victoria import free_port
 from tests.support.waiting import wait_until
@@ -349,6 +350,9 @@ def test_buffer_limit_drops_the_oldest_and_says_so(mosquitto_factory: Any) -> No
 def test_preflight_names_the_cause(mosquitto_factory: Any, tmp_path: Path) -> None:
     broker = mosquitto_factory(users={"c": SECRET})
     MqttDataWriter(broker.url, username="c", password=SECRET).preflight()
+    secret = MqttDataWriter(broker.url, username="c", password=Secret(SECRET))
+    secret.preflight()
+    assert SECRET not in repr(secret)
     bad = MqttDataWriter(broker.url, username="c", password="nope")
     with pytest.raises(PreflightError, match="refused the connection"):
         bad.preflight()
@@ -370,8 +374,8 @@ def test_preflight_names_the_cause(mosquitto_factory: Any, tmp_path: Path) -> No
 
 
 def test_tls_broker(mosquitto_factory: Any, tmp_path: Path) -> None:
-    certs = make_certificates(tmp_path / "certs")
-    broker = mosquitto_factory(tls=certs.broker(), users={"c": SECRET})
+    certs = Pki(tmp_path / "certs")
+    broker = mosquitto_factory(tls=broker_tls(certs), users={"c": SECRET})
     w = MqttDataWriter(broker.url, username="c", password=SECRET, tls={"ca_file": certs.ca})
     w.preflight()
     with pytest.raises(PreflightError, match="certificate that was refused"):

@@ -475,10 +475,11 @@ def test_preflight_and_a_password_protected_broker(mosquitto_factory: Any) -> No
 
 
 def test_tls_broker(mosquitto_factory: Any, tmp_path: Path) -> None:
-    from tests.support.certs import make_certificates
+    from tests.support.certs import Pki
+    from tests.support.mosquitto import broker_tls
 
-    certs = make_certificates(tmp_path / "certs")
-    broker = mosquitto_factory(tls=certs.broker())
+    certs = Pki(tmp_path / "certs")
+    broker = mosquitto_factory(tls=broker_tls(certs))
     writer, receipts = make(broker.url, tls={"ca_file": certs.ca})
     writer.preflight()
     try:

@@ -6,7 +6,6 @@ Usage::
     pki = Pki(tmp_path)        # files under tmp_path/pki
     pki.ca, pki.server_cert, pki.server_key, pki.client_cert, pki.client_key, pki.other_ca
     pki.server_context(require_client=True)     # an ssl.SSLContext for an in-process server
-    certs = make_certificates(tmp_path / "certs")   # the same, for a Mosquitto: certs.broker()
 """
 
 from __future__ import annotations
@@ -14,19 +13,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-if TYPE_CHECKING:
-    from tests.support.mosquitto import TlsFiles
-
-__all__ = ["Certificates", "Pki", "make_certificates"]
+__all__ = ["Pki"]
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -142,30 +136,3 @@ class Pki:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(ca_key, hashes.SHA256())
-
-
-# -- the MQTT tests' view of the same PKI: the files, and the broker's TLS settings -------------
-
-
-@dataclass(frozen=True)
-class Certificates:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path
-    """A CA that signed nothing the broker shows: trusting only it must refuse the broker."""
-
-    def broker(self, *, require_client_cert: bool = False) -> TlsFiles:
-        from tests.support.mosquitto import TlsFiles
-
-        return TlsFiles(self.ca, self.server_cert, self.server_key, require_client_cert)
-
-
-def make_certificates(folder: Path) -> Certificates:
-    """A ``Pki`` under ``folder``, as the files a Mosquitto test needs."""
-    pki = Pki(folder)
-    return Certificates(
-        pki.ca, pki.server_cert, pki.server_key, pki.client_cert, pki.client_key, pki.other_ca
-    )

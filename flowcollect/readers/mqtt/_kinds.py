@@ -26,7 +26,8 @@ from flowcollect.values import VariableSpec
 __all__ = ["AddressKind", "Delivery", "Publish", "Source", "Watched"]
 
 Publish = Callable[[str, bytes, int, bool], bool]
-"""``publish(topic, payload, qos, retain)`` on the reader's connection; False when not taken."""
+"""``publish(topic, payload, qos, retain)`` on the reader's connection (``MqttReceiver``: QoS 0
+only, queued and sent by its thread within a quarter of a second); False when not taken."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, get_args
 
 from flowcollect._logs import RateLimitedLog
+from flowcollect._secret import SecretLike
 from flowcollect.errors import ConfigError
 from flowcollect.mqtt import (
     MqttConnection,
@@ -105,7 +106,7 @@ class MqttDataWriter(DataWriter):
         retain: bool = False,
         client_id: str | None = None,
         username: str | None = None,
-        password: str | None = None,
+        password: SecretLike | None = None,
         tls: TlsOptions | Mapping[str, Any] | bool | None = None,
         protocol: Protocol = "5",
         keepalive_s: int = 30,
@@ -384,7 +385,8 @@ class MqttDataWriter(DataWriter):
 
     def _pump_loop(self) -> None:
         conn = self._conn
-        assert conn is not None  # noqa: S101 - set before the thread starts
+        if conn is None:  # set before the thread starts
+            return
         try:
             while True:
                 with self._cond:
