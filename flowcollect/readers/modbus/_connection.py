@@ -1,7 +1,8 @@
 """The connection of a Modbus line, shared by its units: one client, one request at a time.
 
-A registry keyed by the line's key hands every reader of a line the same ``LineConnection``;
-it is opened once and closed when the last reader closes. pymodbus's sync clients do the
+The registry (``lines``) owns a line's identity: it refuses one key with two settings and hands
+every reader of a line the same ``LineConnection``, opened once and closed when the last reader
+closes. pymodbus's sync clients do the
 framing; this module keeps what pymodbus would otherwise decide for the whole line:
 
 - pymodbus closes a client after ``retries + 3`` requests in a row go unanswered, so one dead
@@ -23,6 +24,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -43,10 +45,10 @@ __all__ = [
     "Failure",
     "LineConnection",
     "UnitState",
-    "acquire",
+    "LineRegistry",
     "describe_error",
+    "lines",
     "quiet_pymodbus",
-    "release",
     "retry_delay",
     "short_text",
 ]
@@ -538,32 +540,60 @@ class LineConnection:
 
 # ---------------------------------------------------------------------------- the registry
 
-_registry: dict[str, LineConnection] = {}
-_registry_lock = threading.Lock()
+
+class LineRegistry:
+    """The one owner of a line's identity: its settings, and its shared connection.
+
+    A line's settings are known while any ``ModbusLine`` of that key lives (a reader holds its
+    line), so a second reader naming the same port with other settings is refused when it is
+    made, before anything opens. The connection exists while some reader has it open: the
+    first ``acquire`` makes it, the last ``release`` closes it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Guarded by _lock, both.
+        self._lines: weakref.WeakValueDictionary[str, ModbusLine] = weakref.WeakValueDictionary()
+        self._connections: dict[str, LineConnection] = {}
+
+    def claim(self, line: ModbusLine) -> str | None:
+        """Remember ``line``'s settings under its key; the problem if the key has others."""
+        with self._lock:
+            return self._claim_locked(line)
+
+    def _claim_locked(self, line: ModbusLine) -> str | None:
+        connection = self._connections.get(line.key)
+        known = self._lines.get(line.key) or (connection.line if connection is not None else None)
+        if known is not None and known != line:
+            return f"modbus line {line.key} is configured twice: {', '.join(known.differences(line))}"
+        self._lines.setdefault(line.key, line)
+        return None
+
+    def acquire(self, line: ModbusLine) -> LineConnection:
+        """The line's shared connection (made on first use); ``release`` it when done."""
+        with self._lock:
+            problem = self._claim_locked(line)
+            if problem is not None:
+                raise ConfigError(problem)
+            connection = self._connections.get(line.key)
+            if connection is None:
+                connection = self._connections[line.key] = LineConnection(line)
+            connection.users += 1
+            return connection
+
+    def release(self, connection: LineConnection) -> None:
+        """One reader less; the last one closes the connection."""
+        with self._lock:
+            connection.users -= 1
+            if connection.users > 0:
+                return
+            if self._connections.get(connection.line.key) is connection:
+                del self._connections[connection.line.key]
+        connection.close()
 
 
-def acquire(line: ModbusLine) -> LineConnection:
-    """The line's shared connection (made on first use); ``release`` it when done."""
-    with _registry_lock:
-        connection = _registry.get(line.key)
-        if connection is None:
-            connection = _registry[line.key] = LineConnection(line)
-        elif connection.line != line:
-            differences = ", ".join(connection.line.differences(line))
-            raise ConfigError(f"modbus line {line.key} is configured twice: {differences}")
-        connection.users += 1
-        return connection
-
-
-def release(connection: LineConnection) -> None:
-    """One reader less; the last one closes the connection."""
-    with _registry_lock:
-        connection.users -= 1
-        if connection.users > 0:
-            return
-        if _registry.get(connection.line.key) is connection:
-            del _registry[connection.line.key]
-    connection.close()
+lines: Final = LineRegistry()
+"""Every Modbus line of the process."""
 
 
 # ---------------------------------------------------------------------------- texts

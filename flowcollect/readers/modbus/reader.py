@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -19,8 +18,7 @@ from flowcollect.readers.modbus._connection import (
     Failure,
     LineConnection,
     UnitState,
-    acquire,
-    release,
+    lines,
     retry_delay,
     short_text,
 )
@@ -58,9 +56,6 @@ _MAX_PLANS: Final = 256
 # planned on first use.
 _MAX_PREPLAN_TICKS: Final = 512
 SKIPPED: Final = "skipped: the line is busy until the next tick"
-
-# Lines by key, to refuse two different settings for one port before anything opens.
-_lines: weakref.WeakValueDictionary[str, ModbusLine] = weakref.WeakValueDictionary()
 
 # Values and errors in columns: what read_batch fills in place, and read copies back.
 _Columns = tuple[list[Any], list[str | None]]
@@ -151,16 +146,13 @@ class ModbusDataReader(DataReader):
                     f"ModbusDataReader unit: must be an int 0..{resolved.max_unit} on line {resolved.key}, "
                     f"got {unit!r}"
                 )
-            known = _lines.get(resolved.key)
-            if known is not None and known != resolved:
-                problems.append(
-                    f"ModbusDataReader line: {resolved.key} is configured twice: "
-                    f"{', '.join(known.differences(resolved))}"
-                )
+            # Two settings for one port are refused before anything opens.
+            conflict = lines.claim(resolved)
+            if conflict is not None:
+                problems.append(f"ModbusDataReader line: {conflict}")
         if problems or resolved is None:
             raise ConfigError(problems)
         line = resolved
-        _lines.setdefault(line.key, line)
         self._type = type
         self._line = line
         self._own_line = host is not None
@@ -282,7 +274,7 @@ class ModbusDataReader(DataReader):
         self._connection = None
         if connection is not None:
             connection.set_intervals(id(self), None)
-            release(connection)
+            lines.release(connection)
 
     def stats(self) -> Mapping[str, float]:
         # DataCollector.stats() calls this from its caller's thread while the lane reads: only
@@ -518,7 +510,7 @@ class ModbusDataReader(DataReader):
             if connection.line.key == self._line.key:
                 return connection
             self.close()
-        connection = acquire(self._line)
+        connection = lines.acquire(self._line)
         connection.set_intervals(id(self), self._intervals)
         self._connection = self._last_connection = connection
         return connection
