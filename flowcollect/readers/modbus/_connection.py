@@ -5,9 +5,11 @@ every reader of a line the same ``LineConnection``, opened once and closed when 
 closes. pymodbus's sync clients do the
 framing; this module keeps what pymodbus would otherwise decide for the whole line:
 
-- pymodbus closes a client after ``retries + 3`` requests in a row go unanswered, so one dead
-  unit would bounce every unit on the line. The counter is reset before each request.
-- Timeouts and retries are per unit: set on the client for each request.
+- pymodbus gives up on a client after ``retries + 3`` requests in a row go unanswered, so one
+  dead unit would bounce every unit on the line: its public ``set_max_no_responses`` moves
+  that out of reach, and the line decides when a connection is dead.
+- Timeouts and retries are per unit: the client is made with ``retries=0`` and the line
+  resends an unanswered request itself (``request``), pacing and draining like any other.
 - A unit that does not answer is backed off on its own (``UnitState``).
 - pymodbus logs an ERROR line for every timeout, refused connect and stray frame. The reader
   reports those failures itself (as value errors and rate-limited log lines), so while a
@@ -61,7 +63,8 @@ MAX_RETRY_DELAY_S: Final = 5.0
 # After this many unanswered requests in a row, with no unit of the line answering, a TCP
 # connection is taken for dead (a device rebooted without a reset reaches nobody) and reopened.
 _DEAD_AFTER_TIMEOUTS: Final = 3
-# pymodbus's counter of unanswered requests before it closes the line: never reached.
+# pymodbus's count of unanswered requests before it gives up on a connection: never reached
+# (the line decides when a connection is dead, see _DEAD_AFTER_TIMEOUTS).
 _NEVER: Final = 1 << 30
 
 # ---------------------------------------------------------------------------- pymodbus's logs
@@ -124,6 +127,7 @@ class _TcpClient(ModbusTcpClient):
 
     def __init__(self, host: str, *, port: int, timeout: float, framer: FramerType) -> None:
         super().__init__(host, port=port, timeout=timeout, retries=0, framer=framer)
+        self.set_max_no_responses(_NEVER)
         self.register(_FastHoldingResponse)
         self.register(_FastInputResponse)
 
@@ -179,6 +183,7 @@ class _SerialClient(ModbusSerialClient):
             timeout=timeout,
             retries=0,
         )
+        self.set_max_no_responses(_NEVER)
         self.register(_FastHoldingResponse)
         self.register(_FastInputResponse)
 
@@ -449,27 +454,32 @@ class LineConnection:
         client = self._client
         if client is None or not client.connected:
             return Failure(self.down_text, fatal=True)
-        wait = self._pacer.wait_s(self._clock())
-        if wait > 0:
-            # The line's silent interval (and configured pause): a bus must be quiet between
-            # frames, or the next unit cannot tell where the last answer ended.
-            self._sleep(wait)
         client.comm_params.timeout_connect = timeout_s
-        manager = client.transaction
-        # A unit already failing gets one attempt per back-off period, never its retries too.
-        manager.retries = retries if unit.failures == 0 else 0
-        manager.max_until_disconnect = manager.count_until_disconnect = _NEVER
-        if self._stale:
-            client.drain()
-            self._stale = False
-        started = unit.tried_at = self._clock()
-        try:
-            with quiet_pymodbus():
-                response = _READS[table](client, start, count, unit.unit)
-        except Exception as exc:  # pymodbus may raise anything on garbage bytes
-            return self._failed(exc, unit, started, timeout_s, name)
-        finally:
-            self._pacer.done(self._clock())
+        # Retries are ours, not pymodbus's: a unit already failing gets one attempt per back-off
+        # period, never its retries too, and every resend keeps the line's silent interval.
+        attempts = 1 + (retries if unit.failures == 0 else 0)
+        while True:
+            attempts -= 1
+            wait = self._pacer.wait_s(self._clock())
+            if wait > 0:
+                # The line's silent interval (and configured pause): a bus must be quiet between
+                # frames, or the next unit cannot tell where the last answer ended.
+                self._sleep(wait)
+            if self._stale:
+                client.drain()
+                self._stale = False
+            started = unit.tried_at = self._clock()
+            try:
+                with quiet_pymodbus():
+                    response = _READS[table](client, start, count, unit.unit)
+            except Exception as exc:  # pymodbus may raise anything on garbage bytes
+                if attempts > 0 and self._unanswered_in_time(exc, started, timeout_s):
+                    self._stale = True  # an answer arriving late is dropped before the resend
+                    continue
+                return self._failed(exc, unit, started, timeout_s, name)
+            finally:
+                self._pacer.done(self._clock())
+            break
         # Any answer, an exception answer too, shows the unit and the line are alive.
         self._unanswered = 0
         if unit.failures:
@@ -493,9 +503,13 @@ class LineConnection:
             self.went_down(_connection_lost(self.line, exc), slow=False, name=name, timeout_s=timeout_s)
             return Failure(self.down_text, fatal=True)
         self._stale = True
-        if isinstance(exc, ModbusIOException) and self._clock() - started >= timeout_s / 2:
+        if self._unanswered_in_time(exc, started, timeout_s):
             return self._timed_out(unit, timeout_s, name)
         return Failure(f"bad response: {short_text(exc)}")
+
+    def _unanswered_in_time(self, exc: Exception, started: float, timeout_s: float) -> bool:
+        """Did the request go unanswered for its timeout? (A bad frame fails sooner.)"""
+        return isinstance(exc, ModbusIOException) and self._clock() - started >= timeout_s / 2
 
     def bus_silent(self) -> bool:
         """True when the line has several units and none of them answers."""
