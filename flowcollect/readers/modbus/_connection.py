@@ -29,13 +29,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError
@@ -97,138 +96,168 @@ def quiet_pymodbus() -> Iterator[None]:
 # ---------------------------------------------------------------------------- clients
 
 
-def _decode_registers(pdu: ModbusPDU, data: bytes) -> None:
-    # pymodbus unpacks a response one register at a time; for 125 registers that is most of
-    # the client's CPU per request. One unpack of the whole payload, with the same checks.
-    byte_count = data[0]
-    if byte_count >= len(data) or byte_count % 2:
-        raise ValueError(f"byte count {byte_count} does not fit a {len(data) - 1}-byte register payload")
-    pdu.registers = list(struct.unpack_from(f">{byte_count // 2}H", data, 1))
+class _RegistersAnswer(ModbusPDU):
+    """A read-registers answer decoded in one unpack.
 
-
-class _FastHoldingResponse(ReadHoldingRegistersResponse):
-    def decode(self, data: bytes) -> None:
-        _decode_registers(self, data)
-
-
-class _FastInputResponse(ReadInputRegistersResponse):
-    def decode(self, data: bytes) -> None:
-        _decode_registers(self, data)
-
-
-class _TcpClient(ModbusTcpClient):
-    """pymodbus's sync TCP client (Modbus TCP or RTU framing), with a quiet connect.
-
-    pymodbus logs an ERROR line for every failed connect; a device down for an hour would log
-    one per tick. The response classes are registered on this client's own decoder only.
+    pymodbus unpacks an answer one register at a time; for 125 registers that is most of the
+    client's CPU per request. A ``ModbusPDU`` subclass given to ``client.register`` is
+    pymodbus's public way to decode a function code one's own way; the checks are the same.
     """
 
-    connect_error: Exception | None = None
+    rtu_byte_count_pos = 2
 
-    def __init__(self, host: str, *, port: int, timeout: float, framer: FramerType) -> None:
-        super().__init__(host, port=port, timeout=timeout, retries=0, framer=framer)
-        self.set_max_no_responses(_NEVER)
-        self.register(_FastHoldingResponse)
-        self.register(_FastInputResponse)
+    def encode(self) -> bytes:
+        return struct.pack(f">B{len(self.registers)}H", 2 * len(self.registers), *self.registers)
 
-    def connect(self) -> bool:
-        if self.socket is not None:
+    def decode(self, data: bytes) -> None:
+        byte_count = data[0]
+        if byte_count >= len(data) or byte_count % 2:
+            raise ValueError(f"byte count {byte_count} does not fit a {len(data) - 1}-byte register payload")
+        self.registers = list(struct.unpack_from(f">{byte_count // 2}H", data, 1))
+
+
+class _HoldingAnswer(_RegistersAnswer):
+    function_code = 3
+
+
+class _InputAnswer(_RegistersAnswer):
+    function_code = 4
+
+
+class _Link:
+    """A pymodbus sync client, and the socket (or serial port) the line opens for it.
+
+    pymodbus frames, sends and parses; the line opens the transport itself and hands it to the
+    client through its ``socket`` attribute (what the client's ``connected``, ``send``, ``recv``
+    and ``close`` go by). pymodbus's own ``connect`` only logs why it failed (and repeats of a
+    text not even that), where the line must say why, back off on a timeout and not on a
+    refusal, set ``TCP_NODELAY``, open a serial port exclusively and close it when a setting is
+    refused.
+
+    ``abort`` is the one method another thread may call: it shuts the transport down under a
+    read in progress, which then fails at once.
+    """
+
+    def __init__(self, line: ModbusLine, timeout_s: float) -> None:
+        self.line = line
+        self.connect_error: Exception | None = None
+        client: ModbusTcpClient | ModbusSerialClient
+        if line.kind == "serial":
+            client = ModbusSerialClient(
+                str(line.port),
+                framer=FramerType.RTU,
+                baudrate=line.baudrate or 19_200,
+                bytesize=line.bytesize,
+                parity=line.parity,
+                stopbits=line.stopbits,
+                timeout=timeout_s,
+                retries=0,
+            )
+        else:
+            framer = FramerType.RTU if line.kind == "rtu-tcp" else FramerType.SOCKET
+            client = ModbusTcpClient(
+                str(line.host), port=int(line.port), timeout=timeout_s, retries=0, framer=framer
+            )
+        # pymodbus's count of unanswered requests before it gives up on a connection: out of
+        # reach; the line decides when a connection is dead (_DEAD_AFTER_TIMEOUTS).
+        client.set_max_no_responses(_NEVER)
+        client.register(_HoldingAnswer)
+        client.register(_InputAnswer)
+        self.client = client
+        self._transport: Any = None
+        """The open socket or port, also held here: ``abort`` must reach it from another
+        thread even after the client dropped it."""
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    def set_timeout(self, timeout_s: float) -> None:
+        """The wait for each answer (a unit's own ``timeout_s``)."""
+        self.client.comm_params.timeout_connect = timeout_s
+
+    def connect(self, timeout_s: float) -> bool:
+        if self.client.connected:
             return True
-        params = self.comm_params
         try:
-            sock = socket.create_connection((params.host, int(params.port)), timeout=params.timeout_connect)
-        except OSError as exc:
+            client = self.client
+            if isinstance(client, ModbusSerialClient):
+                transport = _open_serial(self.line, timeout_s, client.inter_byte_timeout)
+            else:
+                transport = _dial(self.line, timeout_s)
+        except Exception as exc:  # sockets raise OSError; pyserial termios and OS errors as they come
             self.connect_error = exc
             return False
-        # Requests are small and answered one at a time; never let Nagle hold one back.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.socket = sock
         self.connect_error = None
+        self._transport = self.client.socket = transport
         return True
 
     def drain(self) -> None:
         """Drop bytes already received: a late answer must never pass for the next one's."""
-        sock = self.socket
-        if sock is None:
+        sock = self.client.socket
+        if sock is None or self.line.kind == "serial":
+            # pymodbus's serial send drops whatever waits in the input buffer before each request.
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             while select.select([sock], [], [], 0)[0]:
                 if not sock.recv(4096):
                     return
 
     def close(self) -> None:
-        # pymodbus's own close does the same but is unannotated; strict typing wants ours.
-        if self.socket is not None:
-            self.socket.close()
-        self.socket = None
+        self._transport = None
+        # pymodbus's close is unannotated; strict typing wants its type said.
+        close = cast("Callable[[], None]", self.client.close)
+        with contextlib.suppress(Exception):  # a port that vanished may fail to close
+            close()
 
+    def abort(self) -> None:
+        """From any thread: shut the transport down now, even under a read in progress.
 
-class _SerialClient(ModbusSerialClient):
-    """pymodbus's sync serial client with a quiet connect that keeps the reason it failed.
-
-    The port is opened exclusively (pyserial's ``flock``): a second program (or collector)
-    opening the same port fails with ``port busy`` instead of interleaving its frames.
-    """
-
-    connect_error: Exception | None = None
-
-    def __init__(self, line: ModbusLine, timeout: float) -> None:
-        super().__init__(
-            str(line.port),
-            framer=FramerType.RTU,
-            baudrate=line.baudrate or 19_200,
-            bytesize=line.bytesize,
-            parity=line.parity,
-            stopbits=line.stopbits,
-            timeout=timeout,
-            retries=0,
-        )
-        self.set_max_no_responses(_NEVER)
-        self.register(_FastHoldingResponse)
-        self.register(_FastInputResponse)
-
-    def connect(self) -> bool:
-        if self.socket is not None:
-            return True
-        import serial
-
-        params = self.comm_params
-        try:
-            port = serial.serial_for_url(
-                params.host,
-                timeout=params.timeout_connect,
-                write_timeout=params.timeout_connect,
-                bytesize=params.bytesize,
-                stopbits=params.stopbits,
-                baudrate=params.baudrate,
-                parity=params.parity,
-                exclusive=True,
-            )
-        except Exception as exc:  # pyserial raises termios and OS errors as they come
-            self.connect_error = exc
-            return False
-        try:
-            port.inter_byte_timeout = self.inter_byte_timeout
-        except Exception as exc:  # a port that refuses a setting: close it, or its lock stays
-            port.close()
-            self.connect_error = exc
-            return False
-        self.socket = port
-        self.connect_error = None
-        return True
-
-    def drain(self) -> None:
-        # pymodbus's serial send drops whatever waits in the input buffer before each request.
-        return
-
-    def close(self) -> None:
-        if self.socket is not None:
+        A socket shut down wakes a ``select`` waiting on it (its read sees the end at once) and
+        the device sees the connection closed; a serial port's read is cancelled.
+        """
+        transport = self._transport
+        if transport is None:
+            return
+        if isinstance(transport, socket.socket):
+            with contextlib.suppress(OSError):
+                transport.shutdown(socket.SHUT_RDWR)
+        else:
             with contextlib.suppress(Exception):
-                self.socket.close()
-        self.socket = None
+                transport.cancel_read()
+        with contextlib.suppress(Exception):
+            transport.close()
 
 
-_Client = _TcpClient | _SerialClient
+def _dial(line: ModbusLine, timeout_s: float) -> socket.socket:
+    sock = socket.create_connection((str(line.host), int(line.port)), timeout=timeout_s)
+    # Requests are small and answered one at a time; never let Nagle hold one back.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _open_serial(line: ModbusLine, timeout_s: float, inter_byte_timeout: float) -> Any:
+    import serial
+
+    # Opened exclusively (pyserial's flock): a second program (or collector) opening the same
+    # port fails with "port busy" instead of interleaving its frames.
+    port = serial.serial_for_url(
+        str(line.port),
+        timeout=timeout_s,
+        write_timeout=timeout_s,
+        bytesize=line.bytesize,
+        stopbits=line.stopbits,
+        baudrate=line.baudrate or 19_200,
+        parity=line.parity,
+        exclusive=True,
+    )
+    try:
+        port.inter_byte_timeout = inter_byte_timeout  # the client's, for the line's baud rate
+    except Exception:  # a port that refuses a setting: close it, or its lock stays
+        port.close()
+        raise
+    return port
+
 
 _READS: Final[dict[str, Callable[[Any, int, int, int], ModbusPDU]]] = {
     "coil": lambda c, start, count, unit: c.read_coils(start, count=count, device_id=unit),
@@ -328,7 +357,7 @@ class LineConnection:
         self._line_intervals: frozenset[int] = frozenset()
         self._probed_at: int | None = None
         self._clock = clock
-        self._client: _Client | None = None
+        self._link: _Link | None = None
         self._pacer = Pacer(line.gap_s)
         self._ever_connected = False
         self._retry_at = 0.0
@@ -345,8 +374,8 @@ class LineConnection:
 
     @property
     def connected(self) -> bool:
-        client = self._client
-        return client is not None and client.connected
+        link = self._link
+        return link is not None and link.connected
 
     def unit(self, unit: int) -> UnitState:
         state = self.units.get(unit)
@@ -380,19 +409,16 @@ class LineConnection:
 
     def ensure(self, timeout_s: float, name: str) -> bool:
         """Connect unless connected or backing off; at most one attempt per call."""
-        client = self._client
-        if client is not None and client.connected:
+        link = self._link
+        if link is not None and link.connected:
             return True
-        if client is None:
-            client = self._client = self._make_client(timeout_s)
+        if link is None:
+            link = self._link = _Link(self.line, timeout_s)
         now = self._clock()
         if now < self._retry_at:
             return False
         self.counters["connect_attempts"] += 1
-        client.comm_params.timeout_connect = timeout_s
-        with quiet_pymodbus():
-            ok = client.connect()
-        if ok:
+        if link.connect(timeout_s):
             if self._ever_connected:
                 self.counters["reconnects"] += 1
                 _log.info("modbus %s (reader %r): connected again", self.line.key, name)
@@ -403,7 +429,7 @@ class LineConnection:
             self._stale = False
             return True
         self.counters["connect_failures"] += 1
-        error = client.connect_error
+        error = link.connect_error
         # A refusal, or a port that is not there, comes back at once: retrying at the next tick
         # is free and brings values back within two ticks of the device's return. A failure
         # that cost a timeout (an unreachable gateway) backs off.
@@ -411,17 +437,10 @@ class LineConnection:
         self.went_down(f"not connected: {describe_error(error)}", slow=slow, name=name, timeout_s=timeout_s)
         return False
 
-    def _make_client(self, timeout_s: float) -> _Client:
-        line = self.line
-        if line.kind == "serial":
-            return _SerialClient(line, timeout_s)
-        framer = FramerType.RTU if line.kind == "rtu-tcp" else FramerType.SOCKET
-        return _TcpClient(str(line.host), port=int(line.port), timeout=timeout_s, framer=framer)
-
     def went_down(self, text: str, *, slow: bool, name: str, timeout_s: float) -> None:
         self.down_text = text
-        if self._client is not None:
-            self._client.close()
+        if self._link is not None:
+            self._link.close()
         if slow:
             self._slow_failures += 1
             self._retry_at = self._clock() + retry_delay(self._slow_failures, timeout_s)
@@ -432,10 +451,10 @@ class LineConnection:
         )
 
     def close(self) -> None:
-        client = self._client
-        self._client = None
-        if client is not None:
-            client.close()
+        link = self._link
+        self._link = None
+        if link is not None:
+            link.close()
 
     # -- one request
 
@@ -451,10 +470,10 @@ class LineConnection:
         name: str,
     ) -> ModbusPDU | Failure:
         """One read request to ``unit``; any trouble comes back as a ``Failure``, never raised."""
-        client = self._client
-        if client is None or not client.connected:
+        link = self._link
+        if link is None or not link.connected:
             return Failure(self.down_text, fatal=True)
-        client.comm_params.timeout_connect = timeout_s
+        link.set_timeout(timeout_s)
         # Retries are ours, not pymodbus's: a unit already failing gets one attempt per back-off
         # period, never its retries too, and every resend keeps the line's silent interval.
         attempts = 1 + (retries if unit.failures == 0 else 0)
@@ -466,12 +485,12 @@ class LineConnection:
                 # frames, or the next unit cannot tell where the last answer ended.
                 self._sleep(wait)
             if self._stale:
-                client.drain()
+                link.drain()
                 self._stale = False
             started = unit.tried_at = self._clock()
             try:
                 with quiet_pymodbus():
-                    response = _READS[table](client, start, count, unit.unit)
+                    response = _READS[table](link.client, start, count, unit.unit)
             except Exception as exc:  # pymodbus may raise anything on garbage bytes
                 if attempts > 0 and self._unanswered_in_time(exc, started, timeout_s):
                     self._stale = True  # an answer arriving late is dropped before the resend
