@@ -387,9 +387,10 @@ class DataCollector:
             lane.post(finish)
             finishing.append((lane, finished, scheduler))
         for lane, finished, scheduler in finishing:
-            # Past the deadline a lane still busy is abandoned: it reads nothing more.
+            # Past the deadline a lane still busy is abandoned: it reads nothing more, and its
+            # readers let go of their devices from here.
             if not finished.wait(max(0.0, readers_deadline - time.monotonic())):
-                lane.abandon()
+                lane.abandon(failed)
             scheduler.dispose()
         # One deadline for all of them: several stuck readers must not multiply the wait.
         for thread in list(self._threads):

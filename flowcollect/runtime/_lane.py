@@ -267,9 +267,18 @@ class Lane:
     def closing(self) -> bool:
         return self._closed
 
-    def abandon(self) -> None:
-        """The close deadline passed with this lane still busy: it reads nothing more."""
+    def abandon(self, log: Callable[[str, str, Exception], None]) -> None:
+        """The close deadline passed with this lane still busy: it reads nothing more, and every
+        reader it touched releases its device connection now (``DataReader.abort``, on the
+        caller's thread: the lane's is stuck in a read)."""
         self._closed = True
+        if not self.touched:
+            return
+        for rtype, reader in self.readers.items():
+            try:
+                reader.abort()
+            except Exception as exc:
+                log(rtype, "abort", exc)
 
     def close_readers(self, log: Callable[[str, str, Exception], None]) -> None:
         """Stop ticking and close every reader this lane touched (on the lane's thread when it

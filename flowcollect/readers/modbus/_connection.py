@@ -352,8 +352,11 @@ class LineConnection:
         self.lock = threading.RLock()
         self.users = 0
         self.units: dict[int, UnitState] = {}
+        self._intervals_lock = threading.Lock()
         self.intervals: dict[int, frozenset[int]] = {}
-        """Per reader (its id), the intervals it serves: when the line's next instant is due."""
+        """Per reader (its id), the intervals it serves: when the line's next instant is due.
+        Guarded by ``_intervals_lock`` (a reader's ``abort`` leaves from the closing thread);
+        ``_line_intervals`` is replaced whole under it, and read without it."""
         self._line_intervals: frozenset[int] = frozenset()
         self._probed_at: int | None = None
         self._clock = clock
@@ -385,14 +388,15 @@ class LineConnection:
 
     def set_intervals(self, reader: int, intervals: frozenset[int] | None) -> None:
         """What ``reader`` (its id) serves now; ``None``: it left the line."""
-        if intervals is None:
-            self.intervals.pop(reader, None)
-        else:
-            self.intervals[reader] = intervals
-        union: frozenset[int] = frozenset()
-        for each in list(self.intervals.values()):
-            union |= each
-        self._line_intervals = union
+        with self._intervals_lock:
+            if intervals is None:
+                self.intervals.pop(reader, None)
+            else:
+                self.intervals[reader] = intervals
+            union: frozenset[int] = frozenset()
+            for each in self.intervals.values():
+                union |= each
+            self._line_intervals = union
 
     def line_intervals(self) -> frozenset[int]:
         """The intervals every reader of the line serves: when the line's next instant is due."""
@@ -451,9 +455,12 @@ class LineConnection:
         )
 
     def close(self) -> None:
+        """Close the connection; from any thread, never waiting for a request in progress
+        (it takes no ``lock``): the transport is shut down under it, and it fails at once."""
         link = self._link
         self._link = None
         if link is not None:
+            link.abort()
             link.close()
 
     # -- one request

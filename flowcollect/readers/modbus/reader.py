@@ -166,6 +166,8 @@ class ModbusDataReader(DataReader):
         self._wall = clock
         """Epoch seconds, to compare with the engine's instants (tests inject their own)."""
 
+        self._aborted = False
+        """``abort`` was called (from the closing thread): no read may lease the line again."""
         self._connection: LineConnection | None = None
         self._last_connection: LineConnection | None = None
         self._columns_of: tuple[Sequence[VariableSpec], tuple[str, ...], list[str], frozenset[int]] | None = (
@@ -265,6 +267,7 @@ class ModbusDataReader(DataReader):
             )
 
     def open(self) -> None:
+        self._aborted = False
         connection = self._lease()
         with connection.lock:
             connection.ensure(self.timeout_s, self._type)
@@ -275,6 +278,16 @@ class ModbusDataReader(DataReader):
         if connection is not None:
             connection.set_intervals(id(self), None)
             lines.release(connection)
+
+    def abort(self) -> None:
+        """From the closing thread, under a read stuck on the lane's: let go of the line now.
+
+        The last reader of a line to let go closes its connection, shutting the socket down
+        under the read (which fails at once); the device sees it closed. Nothing is read or
+        reopened afterwards unless ``open`` is called again.
+        """
+        self._aborted = True
+        self.close()
 
     def stats(self) -> Mapping[str, float]:
         # DataCollector.stats() calls this from its caller's thread while the lane reads: only
@@ -382,6 +395,12 @@ class ModbusDataReader(DataReader):
         columns: _Columns,
     ) -> None:
         values, errors = columns
+        if self._aborted:
+            # The rest of a tick that outlived the close deadline: never reopen the device.
+            for index in range(len(key)):
+                values[index] = None
+                errors[index] = "closed"
+            return
         connection = self._lease()
         unit = connection.unit(self.unit)
         if unit.generation != self._plans_generation:
