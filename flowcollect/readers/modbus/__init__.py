@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flowcollect.readers.modbus.address import ModbusAddress, parse_address
-from flowcollect.readers.modbus.line import LineEstimate, ModbusLine, estimate_lane, line_estimates
+from flowcollect.readers.modbus.line import LineEstimate, ModbusLine, ModbusTls, estimate_lane, line_estimates
 from flowcollect.readers.modbus.packing import ModbusRequest
 from flowcollect.readers.modbus.reader import ModbusDataReader
 
@@ -11,6 +11,7 @@ __all__ = [
     # units and lines
     "ModbusDataReader",
     "ModbusLine",
+    "ModbusTls",
     # what a tick costs
     "LineEstimate",
     "ModbusRequest",

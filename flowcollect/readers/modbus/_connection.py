@@ -23,6 +23,7 @@ import logging
 import re
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -31,17 +32,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient, ModbusTlsClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError
-from flowcollect.readers.modbus.line import ModbusLine
+from flowcollect.readers.modbus.line import ModbusLine, ModbusTls
 from flowcollect.readers.modbus.timing import Pacer
 
 __all__ = [
+    "CLOSED",
     "MAX_RETRY_DELAY_S",
     "Failure",
     "LineConnection",
@@ -55,6 +57,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger("flowcollect.readers.modbus")
+
+CLOSED: Final = "closed"
+"""The error of values a closed (or aborted) reader did not read."""
 
 MAX_RETRY_DELAY_S: Final = 5.0
 """The longest wait between two attempts: to reopen a line, or to ask a unit that is silent."""
@@ -153,6 +158,16 @@ class _Link:
                 timeout=timeout_s,
                 retries=0,
             )
+        elif line.tls is not None:
+            # Modbus/TCP Security: MBAP frames over TLS, pymodbus's TLS client and framer.
+            client = ModbusTlsClient(
+                str(line.host),
+                sslctx=line.tls.context(),
+                port=int(line.port),
+                framer=FramerType.TLS,
+                timeout=timeout_s,
+                retries=0,
+            )
         else:
             framer = FramerType.RTU if line.kind == "rtu-tcp" else FramerType.SOCKET
             client = ModbusTcpClient(
@@ -183,6 +198,8 @@ class _Link:
             client = self.client
             if isinstance(client, ModbusSerialClient):
                 transport = _open_serial(self.line, timeout_s, client.inter_byte_timeout)
+            elif self.line.tls is not None:
+                transport = _dial_tls(self.line, self.line.tls, timeout_s)
             else:
                 transport = _dial(self.line, timeout_s)
         except Exception as exc:  # sockets raise OSError; pyserial termios and OS errors as they come
@@ -198,8 +215,9 @@ class _Link:
         if sock is None or self.line.kind == "serial":
             # pymodbus's serial send drops whatever waits in the input buffer before each request.
             return
+        pending = getattr(sock, "pending", lambda: 0)  # TLS: decrypted bytes select cannot see
         with contextlib.suppress(OSError, ValueError):
-            while select.select([sock], [], [], 0)[0]:
+            while pending() or select.select([sock], [], [], 0)[0]:
                 if not sock.recv(4096):
                     return
 
@@ -221,7 +239,9 @@ class _Link:
             return
         if isinstance(transport, socket.socket):
             with contextlib.suppress(OSError):
-                transport.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown, also under TLS: the TLS object stays as the read
+                # in progress knows it, and that read sees the end of the stream.
+                socket.socket.shutdown(transport, socket.SHUT_RDWR)
         else:
             with contextlib.suppress(Exception):
                 transport.cancel_read()
@@ -234,6 +254,35 @@ def _dial(line: ModbusLine, timeout_s: float) -> socket.socket:
     # Requests are small and answered one at a time; never let Nagle hold one back.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def _dial_tls(line: ModbusLine, tls: ModbusTls, timeout_s: float) -> ssl.SSLSocket:
+    deadline = time.monotonic() + timeout_s
+    sock: socket.socket = _dial(line, timeout_s)
+    try:
+        # From here the TLS socket owns the connection (the plain one is detached into it).
+        sock = wrapped = tls.context().wrap_socket(
+            sock, server_hostname=tls.server_name or line.host, do_handshake_on_connect=False
+        )
+        # One deadline for the whole handshake: a device dribbling it out cannot hold the line
+        # for a timeout per byte.
+        wrapped.setblocking(False)
+        while True:
+            try:
+                wrapped.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                readable, writable = [wrapped], []
+            except ssl.SSLWantWriteError:
+                readable, writable = [], [wrapped]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not any(select.select(readable, writable, [], remaining)[:2]):
+                raise TimeoutError("TLS handshake timed out")
+        wrapped.settimeout(timeout_s)
+    except BaseException:
+        sock.close()
+        raise
+    return wrapped
 
 
 def _open_serial(line: ModbusLine, timeout_s: float, inter_byte_timeout: float) -> Any:
@@ -366,6 +415,8 @@ class LineConnection:
         self._retry_at = 0.0
         self._slow_failures = 0
         self._unanswered = 0
+        self._answered = False
+        """An answer came on this connection (any answer: the device accepts us)."""
         self._stale = False
         self.down_text = "not connected"
         self._down_log = RateLimitedLog(_log, window_s=60.0)
@@ -428,7 +479,11 @@ class LineConnection:
                 _log.info("modbus %s (reader %r): connected again", self.line.key, name)
             self._ever_connected = True
             self._retry_at = 0.0
-            self._slow_failures = 0
+            if self.line.tls is None:
+                # (A TLS device may refuse this client only after the handshake: its back-off
+                # ends with the first answer instead.)
+                self._slow_failures = 0
+            self._answered = False
             self._unanswered = 0
             self._stale = False
             return True
@@ -437,7 +492,9 @@ class LineConnection:
         # A refusal, or a port that is not there, comes back at once: retrying at the next tick
         # is free and brings values back within two ticks of the device's return. A failure
         # that cost a timeout (an unreachable gateway) backs off.
-        slow = isinstance(error, TimeoutError | socket.timeout)
+        # So does a TLS handshake refused (a certificate not trusted): each try costs the
+        # device a handshake, and the answer will not change by the next tick.
+        slow = isinstance(error, TimeoutError | socket.timeout | ssl.SSLError)
         self.went_down(f"not connected: {describe_error(error)}", slow=slow, name=name, timeout_s=timeout_s)
         return False
 
@@ -499,6 +556,10 @@ class LineConnection:
                 with quiet_pymodbus():
                     response = _READS[table](link.client, start, count, unit.unit)
             except Exception as exc:  # pymodbus may raise anything on garbage bytes
+                if self._link is not link:
+                    # Closed under the request, from another thread (a reader's abort): ours,
+                    # not the device's doing; nothing to reopen or to warn about.
+                    return Failure(CLOSED, fatal=True)
                 if attempts > 0 and self._unanswered_in_time(exc, started, timeout_s):
                     self._stale = True  # an answer arriving late is dropped before the resend
                     continue
@@ -508,6 +569,9 @@ class LineConnection:
             break
         # Any answer, an exception answer too, shows the unit and the line are alive.
         self._unanswered = 0
+        if not self._answered:
+            self._answered = True
+            self._slow_failures = 0
         if unit.failures:
             _log.info("modbus %s unit %d (reader %r): answers again", self.line.key, unit.unit, name)
         if unit.failures and self.bus_silent():
@@ -523,10 +587,18 @@ class LineConnection:
         self, exc: Exception, unit: UnitState, started: float, timeout_s: float, name: str
     ) -> Failure:
         """What an exception out of pymodbus means for the line and the unit."""
-        if isinstance(exc, ConnectionException) or (self.line.kind == "serial" and _port_failed(exc)):
+        if (
+            isinstance(exc, ConnectionException)
+            or (self.line.kind == "serial" and _port_failed(exc))
+            or (self.line.tls is not None and isinstance(exc, OSError))
+        ):
             # pyserial's termios calls fail outside pymodbus's OSError net when a port vanishes
-            # (an adapter unplugged): that is the line gone too, not a bad answer.
-            self.went_down(_connection_lost(self.line, exc), slow=False, name=name, timeout_s=timeout_s)
+            # (an adapter unplugged): that is the line gone too, not a bad answer. A TLS device
+            # closing before its first answer is refusing this client (TLS 1.3 says so only
+            # after the handshake): backed off like a refused handshake, not retried each tick.
+            refused = self.line.tls is not None and not self._answered
+            text = _connection_lost(self.line, exc, refused=refused)
+            self.went_down(text, slow=refused, name=name, timeout_s=timeout_s)
             return Failure(self.down_text, fatal=True)
         self._stale = True
         if self._unanswered_in_time(exc, started, timeout_s):
@@ -671,8 +743,8 @@ def describe_error(error: BaseException | None) -> str:
         return "connection failed"
     if isinstance(error, TimeoutError | socket.timeout):
         return "connect timed out"
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve host ({error.strerror or error})"
+    if isinstance(error, ssl.SSLError | socket.gaierror):
+        return _tls_or_name_error(error)
     text = str(error)
     said = next((words for marker, words in _OPEN_ERRORS if marker in text), None)
     if said is not None:
@@ -680,6 +752,20 @@ def describe_error(error: BaseException | None) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return short_text(error)
+
+
+_REFUSED_CLIENT: Final = "does it accept this client's certificate?"
+"""What a TLS device that closes on us without a word most often means."""
+
+
+def _tls_or_name_error(error: ssl.SSLError | socket.gaierror) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve host ({error.strerror or error})"
+    if isinstance(error, ssl.SSLEOFError):
+        return f"TLS: closed by the device during the handshake ({_REFUSED_CLIENT})"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {error.verify_message or short_text(error)}"
+    return f"TLS: {(error.reason or short_text(error)).replace('_', ' ').lower()}"
 
 
 def _port_failed(exc: BaseException) -> bool:
@@ -692,9 +778,13 @@ def _port_failed(exc: BaseException) -> bool:
     return isinstance(exc, termios.error)
 
 
-def _connection_lost(line: ModbusLine, exc: Exception) -> str:
+def _connection_lost(line: ModbusLine, exc: Exception, *, refused: bool = False) -> str:
     if line.kind == "serial":
         return "connection lost: the port failed"
+    if isinstance(exc, ssl.SSLError):
+        return f"connection lost: {_tls_or_name_error(exc)}"
+    if refused:
+        return f"connection lost: closed by the device before any answer ({_REFUSED_CLIENT})"
     if "closed" in str(exc):
         return "connection lost: closed by the device"
     return "connection lost"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from flowcollect.errors import ConfigError
 from flowcollect.models import ValueType, Variable
 from flowcollect.readers.base import DataReader
 from flowcollect.readers.modbus._connection import (
+    CLOSED,
     MAX_RETRY_DELAY_S,
     Failure,
     LineConnection,
@@ -29,7 +31,7 @@ from flowcollect.readers.modbus.address import (
     parse_address,
 )
 from flowcollect.readers.modbus.decoding import Decoder, convert, decoder_for, plain_register
-from flowcollect.readers.modbus.line import ModbusLine
+from flowcollect.readers.modbus.line import ModbusLine, ModbusTls
 from flowcollect.readers.modbus.packing import ModbusRequest, Span, pack
 from flowcollect.readers.modbus.timing import answer_bytes, next_due_ms, request_bytes
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
@@ -99,6 +101,9 @@ class ModbusDataReader(DataReader):
     yields values with ``error`` set, never an exception; a silent unit is backed off on its
     own, a broken line is reopened by itself (see ``docs/modbus.md``, failure behaviour).
     ``timeout_s`` and ``retries`` (resends of an unanswered request) are this unit's own.
+    ``tls=True`` speaks Modbus/TCP Security (port 802 unless given) to a line of its own, with
+    ``ca_file``, ``cert_file``, ``key_file``, ``insecure`` and ``server_name`` as ``ModbusLine``
+    takes them: the device's certificate and name are verified unless ``insecure=True``.
     ``clock`` (epoch seconds) is what the reader compares the engine's instants with.
     """
 
@@ -117,26 +122,20 @@ class ModbusDataReader(DataReader):
         line: ModbusLine | None = None,
         retries: int = 0,
         clock: Callable[[], float] = time.time,
+        tls: bool = False,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        server_name: str | None = None,
     ) -> None:
-        problems: list[str] = []
-        resolved: ModbusLine | None = None
-        given: object = line  # callers without type checking pass anything
-        if given is not None:
-            if not isinstance(given, ModbusLine):
-                problems.append(f"ModbusDataReader line: must be a ModbusLine, got {given!r}")
-            elif host is not None or port is not None:
-                problems.append("ModbusDataReader host/port: give either line= or host= and port=, not both")
-            else:
-                resolved = given
-        elif host is None:
-            problems.append(
-                "ModbusDataReader host: must be a non-empty str, got None (or give line=, a ModbusLine)"
-            )
-        else:
-            try:
-                resolved = ModbusLine(host=host, port=502 if port is None else port)
-            except ConfigError as exc:
-                problems.extend(p.replace("ModbusLine", "ModbusDataReader") for p in exc.problems)
+        resolved, problems = _resolve_line(
+            line,
+            host,
+            port,
+            ModbusTls(_path(ca_file), _path(cert_file), _path(key_file), insecure, server_name),
+            tls,
+        )
         problems += _check_settings(
             type, unit, timeout_s, retries, max_gap, max_registers, max_bits, min_interval_ms
         )
@@ -222,7 +221,7 @@ class ModbusDataReader(DataReader):
             raise AttributeError(
                 f"reader {self._type!r} is on line {self._line.key}: change the line instead"
             )
-        self._line = ModbusLine(host=host, port=port)
+        self._line = _line_of(host, port, self._line.tls, self._line.tls is not None)
 
     @property
     def lane(self) -> str:
@@ -399,7 +398,7 @@ class ModbusDataReader(DataReader):
             # The rest of a tick that outlived the close deadline: never reopen the device.
             for index in range(len(key)):
                 values[index] = None
-                errors[index] = "closed"
+                errors[index] = CLOSED
             return
         connection = self._lease()
         unit = connection.unit(self.unit)
@@ -702,6 +701,49 @@ def _due_sets(variables: Sequence[VariableSpec]) -> list[list[VariableSpec]]:
         if due:
             patterns.add(due)
     return [[v for v in variables if v.interval_ms in due] for due in patterns]
+
+
+def _path(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else (os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+def _resolve_line(
+    line: ModbusLine | None, host: str | None, port: int | None, security: ModbusTls, tls: bool
+) -> tuple[ModbusLine | None, list[str]]:
+    """The reader's line: the one given, or a Modbus TCP (or TLS) line of its own."""
+    given: object = line  # callers without type checking pass anything
+    if given is not None:
+        problem = None
+        if not isinstance(given, ModbusLine):
+            problem = f"ModbusDataReader line: must be a ModbusLine, got {given!r}"
+        elif host is not None or port is not None:
+            problem = "ModbusDataReader host/port: give either line= or host= and port=, not both"
+        elif tls is not False or security != ModbusTls():
+            problem = "ModbusDataReader tls: give the TLS settings to the ModbusLine, not its readers"
+        return (given, []) if problem is None and isinstance(given, ModbusLine) else (None, [str(problem)])
+    if host is None:
+        return None, [
+            "ModbusDataReader host: must be a non-empty str, got None (or give line=, a ModbusLine)"
+        ]
+    try:
+        return _line_of(host, port, security, tls), []
+    except ConfigError as exc:
+        return None, [p.replace("ModbusLine", "ModbusDataReader") for p in exc.problems]
+
+
+def _line_of(host: str | None, port: str | int | None, security: ModbusTls | None, tls: bool) -> ModbusLine:
+    if security is None:
+        return ModbusLine(host=host, port=port)
+    return ModbusLine(
+        host=host,
+        port=port,
+        tls=tls,
+        ca_file=security.ca_file,
+        cert_file=security.cert_file,
+        key_file=security.key_file,
+        insecure=security.insecure,
+        server_name=security.server_name,
+    )
 
 
 def _flatten(groups: list[_Group], start: int) -> list[tuple[int, int, Decoder, str]]:
