@@ -181,7 +181,9 @@ class _Link:
         self.client = client
         self._transport: Any = None
         """The open socket or port, also held here: ``abort`` must reach it from another
-        thread even after the client dropped it."""
+        thread even after the client dropped it, and during a TLS handshake."""
+        self._aborted = False
+        """Set by ``abort`` (any thread); a connect in progress then hands nothing over."""
 
     @property
     def connected(self) -> bool:
@@ -199,15 +201,26 @@ class _Link:
             if isinstance(client, ModbusSerialClient):
                 transport = _open_serial(self.line, timeout_s, client.inter_byte_timeout)
             elif self.line.tls is not None:
-                transport = _dial_tls(self.line, self.line.tls, timeout_s)
+                transport = _dial_tls(self.line, self.line.tls, timeout_s, self._hold)
             else:
                 transport = _dial(self.line, timeout_s)
         except Exception as exc:  # sockets raise OSError; pyserial termios and OS errors as they come
+            self._transport = None
             self.connect_error = exc
             return False
+        self._hold(transport)
+        if self._aborted:
+            # Aborted while connecting: what was being opened is closed, not handed over.
+            self.abort()
+            self.connect_error = ConnectionAbortedError("closed while connecting")
+            return False
         self.connect_error = None
-        self._transport = self.client.socket = transport
+        self.client.socket = transport
         return True
+
+    def _hold(self, transport: Any) -> None:
+        """What ``abort`` must close, as soon as it exists (a TLS handshake may take long)."""
+        self._transport = transport
 
     def drain(self) -> None:
         """Drop bytes already received: a late answer must never pass for the next one's."""
@@ -234,6 +247,7 @@ class _Link:
         A socket shut down wakes a ``select`` waiting on it (its read sees the end at once) and
         the device sees the connection closed; a serial port's read is cancelled.
         """
+        self._aborted = True
         transport = self._transport
         if transport is None:
             return
@@ -256,7 +270,10 @@ def _dial(line: ModbusLine, timeout_s: float) -> socket.socket:
     return sock
 
 
-def _dial_tls(line: ModbusLine, tls: ModbusTls, timeout_s: float) -> ssl.SSLSocket:
+def _dial_tls(
+    line: ModbusLine, tls: ModbusTls, timeout_s: float, hold: Callable[[socket.socket], None]
+) -> ssl.SSLSocket:
+    """A TLS connection, handshake done; ``hold`` is given each socket as it exists."""
     deadline = time.monotonic() + timeout_s
     sock: socket.socket = _dial(line, timeout_s)
     try:
@@ -264,6 +281,7 @@ def _dial_tls(line: ModbusLine, tls: ModbusTls, timeout_s: float) -> ssl.SSLSock
         sock = wrapped = tls.context().wrap_socket(
             sock, server_hostname=tls.server_name or line.host, do_handshake_on_connect=False
         )
+        hold(wrapped)
         # One deadline for the whole handshake: a device dribbling it out cannot hold the line
         # for a timeout per byte.
         wrapped.setblocking(False)
@@ -487,6 +505,10 @@ class LineConnection:
             self._unanswered = 0
             self._stale = False
             return True
+        if self._link is not link:
+            # Closed while connecting, from another thread (a reader's abort): not a failure.
+            self.down_text = CLOSED
+            return False
         self.counters["connect_failures"] += 1
         error = link.connect_error
         # A refusal, or a port that is not there, comes back at once: retrying at the next tick

@@ -7,6 +7,7 @@ a PLC's port 802.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -230,3 +231,53 @@ def test_abort_ends_a_read_stuck_on_a_tls_device_at_once(
         assert values == [None, None]
         assert errors == ["closed", "closed"]  # the collector's doing: no "connection lost"
         assert reader.stats()["connected"] == 0
+
+
+class _MuteServer:
+    """Accepts one TCP connection, reads whatever comes (a TLS hello) and never answers."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.received = 0
+        self.hung_up = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.hung_up.set()
+                    return
+                self.received += len(data)
+
+
+def test_abort_ends_a_tls_handshake_the_device_never_finishes() -> None:
+    device = _MuteServer()
+    reader = ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, insecure=True, timeout_s=30.0)
+    outcome: list[tuple[list[str | None], float]] = []
+
+    def stuck() -> None:
+        started = time.monotonic()
+        errors = read(reader)[1]
+        outcome.append((errors, time.monotonic() - started))
+
+    thread = threading.Thread(target=stuck, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: device.received > 0, timeout_s=5.0)  # the hello arrived
+        reader.abort()
+        thread.join(2.0)
+        assert not thread.is_alive(), "the handshake outlived abort()"
+        errors, took = outcome[0]
+        assert took < 2.0
+        assert errors == ["closed", "closed"]
+        assert device.hung_up.wait(2.0), "the device's connection stayed open"
+    finally:
+        device.listener.close()
