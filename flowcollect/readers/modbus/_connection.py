@@ -2,8 +2,9 @@
 
 The registry (``lines``) owns a line's identity: it refuses one key with two settings and hands
 every reader of a line the same ``LineConnection``, opened once and closed when the last reader
-closes. pymodbus's sync clients do the
-framing; this module keeps what pymodbus would otherwise decide for the whole line:
+closes. pymodbus's sync clients (plain, TLS, serial) frame and parse, through their public API
+only; the line opens their socket or port itself (``_Link``) and keeps what pymodbus would
+otherwise decide for the whole line:
 
 - pymodbus gives up on a client after ``retries + 3`` requests in a row go unanswered, so one
   dead unit would bounce every unit on the line: its public ``set_max_no_responses`` moves
@@ -14,6 +15,8 @@ framing; this module keeps what pymodbus would otherwise decide for the whole li
 - pymodbus logs an ERROR line for every timeout, refused connect and stray frame. The reader
   reports those failures itself (as value errors and rate-limited log lines), so while a
   request of ours runs, pymodbus's WARNING and ERROR records are dropped (``_QuietFilter``).
+- ``close`` may come from another thread under a request (a reader's ``abort`` at the close
+  deadline): it shuts the transport down under that request instead of waiting for it.
 """
 
 from __future__ import annotations
