@@ -138,6 +138,10 @@ FRAGMENTS = {
     ("docs/modbus.md", "from flowcollect.simulator import Simulator"): (
         "`ModbusDataReader` is imported in the block above, and `...` stands for the reader's code"
     ),
+    ("docs/modbus.md", "plc = ModbusDataReader("): (
+        "the certificate files are the plant's own (a missing one is a ConfigError); "
+        "tests/readers/modbus/test_modbus_tls.py reads with these settings from a TLS simulator"
+    ),
     ("docs/scaling.md", "from flowcollect.group import GroupOptions, run_in_group"): (
         "`pipeline` is one loaded elsewhere, and it needs an etcd cluster at the address shown"
     ),
