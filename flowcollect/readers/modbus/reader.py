@@ -279,7 +279,7 @@ class ModbusDataReader(DataReader):
             lines.release(connection)
 
     def abort(self) -> None:
-        """From the closing thread, under a read stuck on the lane's: let go of the line now.
+        """From the closing thread, while the lane's may be stuck in a read: leave the line now.
 
         The last reader of a line to let go closes its connection, shutting the socket down
         under the read (which fails at once); the device sees it closed. Nothing is read or
