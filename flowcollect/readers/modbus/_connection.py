@@ -42,7 +42,7 @@ from pymodbus.pdu import ModbusPDU
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError
-from flowcollect.readers.modbus.line import ModbusLine, ModbusTls
+from flowcollect.readers.modbus.line import ModbusLine, ModbusTls, load_error
 from flowcollect.readers.modbus.timing import Pacer
 
 __all__ = [
@@ -140,7 +140,9 @@ class _Link:
     and ``close`` go by). pymodbus's own ``connect`` only logs why it failed (and repeats of a
     text not even that), where the line must say why, back off on a timeout and not on a
     refusal, set ``TCP_NODELAY``, open a serial port exclusively and close it when a setting is
-    refused.
+    refused, and check a TLS device's certificate against its name under one deadline
+    (pymodbus's TLS connect wraps the socket without a server name, so a context that checks
+    names cannot connect through it at all).
 
     ``abort`` is the one method another thread may call: it shuts the transport down under a
     read in progress, which then fails at once.
@@ -163,9 +165,10 @@ class _Link:
             )
         elif line.tls is not None:
             # Modbus/TCP Security: MBAP frames over TLS, pymodbus's TLS client and framer.
+            # (No sslctx: the client's own connect is never used, _dial_tls builds the context
+            # at each connect, where a file that no longer loads is a connect failure.)
             client = ModbusTlsClient(
                 str(line.host),
-                sslctx=line.tls.context(),
                 port=int(line.port),
                 framer=FramerType.TLS,
                 timeout=timeout_s,
@@ -278,10 +281,16 @@ def _dial_tls(
 ) -> ssl.SSLSocket:
     """A TLS connection, handshake done; ``hold`` is given each socket as it exists."""
     deadline = time.monotonic() + timeout_s
+    try:
+        # Loaded at each connect: a certificate renewed on disk is used from the next one.
+        context = tls.context()
+    except (OSError, ssl.SSLError) as exc:
+        reason = load_error(exc)
+        raise TlsFilesError(f"TLS files did not load ({reason}): {tls.files()}") from exc
     sock: socket.socket = _dial(line, timeout_s)
     try:
         # From here the TLS socket owns the connection (the plain one is detached into it).
-        sock = wrapped = tls.context().wrap_socket(
+        sock = wrapped = context.wrap_socket(
             sock, server_hostname=tls.server_name or line.host, do_handshake_on_connect=False
         )
         hold(wrapped)
@@ -766,10 +775,9 @@ def describe_error(error: BaseException | None) -> str:
     """Why a connect or open failed, in a few words."""
     if error is None:
         return "connection failed"
-    if isinstance(error, TimeoutError | socket.timeout):
-        return "connect timed out"
-    if isinstance(error, ssl.SSLError | socket.gaierror):
-        return _tls_or_name_error(error)
+    special = _special_error(error)
+    if special is not None:
+        return special
     text = str(error)
     said = next((words for marker, words in _OPEN_ERRORS if marker in text), None)
     if said is not None:
@@ -777,6 +785,20 @@ def describe_error(error: BaseException | None) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return short_text(error)
+
+
+class TlsFilesError(OSError):
+    """A TLS line's files (``ca_file``, ``cert_file``, ``key_file``) did not load at connect."""
+
+
+def _special_error(error: BaseException) -> str | None:
+    if isinstance(error, TimeoutError | socket.timeout):
+        return "connect timed out"
+    if isinstance(error, TlsFilesError):
+        return str(error)
+    if isinstance(error, ssl.SSLError | socket.gaierror):
+        return _tls_or_name_error(error)
+    return None
 
 
 _REFUSED_CLIENT: Final = "does it accept this client's certificate?"

@@ -338,16 +338,10 @@ class ModbusTls:
             ctx.load_cert_chain(self.cert_file, self.key_file)
         return ctx
 
-    def options(self) -> dict[str, object]:
-        """These settings as ``ModbusLine`` keyword arguments."""
-        return {
-            "tls": True,
-            "ca_file": self.ca_file,
-            "cert_file": self.cert_file,
-            "key_file": self.key_file,
-            "insecure": self.insecure,
-            "server_name": self.server_name,
-        }
+    def files(self) -> str:
+        """The files given, as ``ca_file '...', cert_file '...'``."""
+        given = (("ca_file", self.ca_file), ("cert_file", self.cert_file), ("key_file", self.key_file))
+        return ", ".join(f"{name} {path!r}" for name, path in given if path is not None) or "none"
 
 
 def _check_tls(
@@ -405,7 +399,7 @@ def _load_problems(settings: ModbusTls) -> list[str]:
     try:
         ssl.create_default_context(cafile=settings.ca_file)
     except (OSError, ssl.SSLError) as exc:
-        problems.append(f"{where} ca_file: cannot load {settings.ca_file!r}: {_load_error(exc)}")
+        problems.append(f"{where} ca_file: cannot load {settings.ca_file!r}: {load_error(exc)}")
     if settings.cert_file is not None:
         try:
             ssl.create_default_context().load_cert_chain(settings.cert_file, settings.key_file)
@@ -413,12 +407,13 @@ def _load_problems(settings: ModbusTls) -> list[str]:
             name = "cert_file" if settings.key_file is None else "cert_file/key_file"
             with_key = f" with {settings.key_file!r}" if settings.key_file else ""
             problems.append(
-                f"{where} {name}: cannot load {settings.cert_file!r}{with_key}: {_load_error(exc)}"
+                f"{where} {name}: cannot load {settings.cert_file!r}{with_key}: {load_error(exc)}"
             )
     return problems
 
 
-def _load_error(exc: BaseException) -> str:
+def load_error(exc: BaseException) -> str:
+    """Why a certificate or key file did not load, in a few words."""
     if isinstance(exc, ssl.SSLError):
         return (exc.reason or str(exc)).replace("_", " ").lower()
     if isinstance(exc, OSError) and exc.strerror:

@@ -281,3 +281,27 @@ def test_abort_ends_a_tls_handshake_the_device_never_finishes() -> None:
         assert device.hung_up.wait(2.0), "the device's connection stayed open"
     finally:
         device.listener.close()
+
+
+def test_the_files_are_loaded_again_at_each_connect(
+    device: Simulator, pki: tuple[Authority, Issued, Issued, Authority], tmp_path: Path
+) -> None:
+    # A CA file replaced on disk (a renewal) is what the next connect trusts; one gone is that
+    # connect's failure, said as such, not an exception out of read().
+    plant, _server, _client, stranger = pki
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(stranger.ca_file.read_bytes())
+    reader = ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, ca_file=ca_file)
+    try:
+        assert read(reader)[1][0] == (
+            "not connected: TLS: certificate verify failed: unable to get local issuer certificate"
+        )
+        ca_file.unlink()
+        reader.close()
+        gone = f"not connected: TLS files did not load (no such file or directory): ca_file {str(ca_file)!r}"
+        assert read(reader)[1] == [gone, gone]
+        ca_file.write_bytes(plant.ca_file.read_bytes())
+        reader.close()
+        assert read(reader) == (EXPECTED, [None, None])
+    finally:
+        reader.close()
