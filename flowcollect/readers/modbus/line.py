@@ -41,7 +41,7 @@ class ModbusLine:
     - Modbus/TCP Security (TLS): ``ModbusLine(host="plc.example", tls=True,
       ca_file="plant-ca.pem", cert_file="collector.pem", key_file="collector.key")`` (port 802
       unless given). The device's certificate and name are verified (``ca_file``: the CA that
-      signed it; without it, the system's CAs); ``insecure=True`` turns that off (a test
+      signed it; without it, the system's CAs); ``tls_verify=False`` turns that off (a test
       device only); ``server_name`` is the name its certificate carries when ``host`` is not it.
 
     Readers on one line share one engine lane (``key``): one thread, one connection, requests
@@ -81,13 +81,13 @@ class ModbusLine:
         ca_file: str | os.PathLike[str] | None = None,
         cert_file: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
-        insecure: bool = False,
+        tls_verify: bool = True,
         server_name: str | None = None,
     ) -> None:
         if tls is True and host is not None and port is None:
             port = _TLS_PORT
         kind, port, problems = _check_endpoint(port, host, framer)
-        security, tls_problems = _check_tls(kind, tls, ca_file, cert_file, key_file, insecure, server_name)
+        security, tls_problems = _check_tls(kind, tls, ca_file, cert_file, key_file, tls_verify, server_name)
         problems += tls_problems
         problems += _check_serial(kind, baudrate, parity, bytesize, stopbits)
         for name, value in (
@@ -208,8 +208,9 @@ class ModbusTls:
     authentication); its key in ``key_file``, or in this file when that is None."""
     key_file: str | None = None
     """The client certificate's private key (PEM, unencrypted)."""
-    insecure: bool = False
-    """Accept any certificate and name: a test device only, never the default."""
+    verify: bool = True
+    """Check the device's certificate and name (``tls_verify``); False accepts any: a test
+    device only, never the default."""
     server_name: str | None = None
     """The name the device's certificate must carry; None: the line's ``host``."""
 
@@ -218,7 +219,7 @@ class ModbusTls:
         ``OSError``/``ssl.SSLError`` when one does not load."""
         ctx = ssl.create_default_context(cafile=self.ca_file)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self.insecure:
+        if not self.verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         if self.cert_file is not None:
@@ -237,7 +238,7 @@ def _check_tls(
     ca_file: object,
     cert_file: object,
     key_file: object,
-    insecure: object,
+    verify: object,
     server_name: object,
 ) -> tuple[ModbusTls | None, list[str]]:
     where = "ModbusLine"
@@ -247,8 +248,8 @@ def _check_tls(
         return None, [f"{where} tls: must be True or False, got {tls!r}"]
     if not tls:
         given = [name for name, value in {**files, "server_name": server_name}.items() if value is not None]
-        if insecure is not False:
-            given.append("insecure")
+        if verify is not True:
+            given.append("tls_verify")
         return None, [f"{where} {name}: only with tls=True" for name in given]
     if kind != "tcp":
         return None, [f"{where} tls: Modbus/TCP Security is Modbus TCP only (host= and framer='tcp')"]
@@ -260,8 +261,8 @@ def _check_tls(
             paths[name] = str(os.fspath(value))
         else:
             problems.append(f"{where} {name}: must be a path (str or Path), got {value!r}")
-    if not isinstance(insecure, bool):
-        problems.append(f"{where} insecure: must be True or False, got {insecure!r}")
+    if not isinstance(verify, bool):
+        problems.append(f"{where} tls_verify: must be True or False, got {verify!r}")
     if server_name is not None and (not isinstance(server_name, str) or not server_name.strip()):
         problems.append(f"{where} server_name: must be a non-empty str, got {server_name!r}")
     if paths.get("key_file") is not None and paths.get("cert_file") is None:
@@ -272,7 +273,7 @@ def _check_tls(
         ca_file=paths["ca_file"],
         cert_file=paths["cert_file"],
         key_file=paths["key_file"],
-        insecure=bool(insecure),
+        verify=bool(verify),
         server_name=server_name if isinstance(server_name, str) else None,
     )
     problems = _load_problems(settings)

@@ -103,8 +103,8 @@ class ModbusDataReader(DataReader):
     own, a broken line is reopened by itself (see ``docs/modbus.md``, failure behaviour).
     ``timeout_s`` and ``retries`` (resends of an unanswered request) are this unit's own.
     ``tls=True`` speaks Modbus/TCP Security (port 802 unless given) to a line of its own, with
-    ``ca_file``, ``cert_file``, ``key_file``, ``insecure`` and ``server_name`` as ``ModbusLine``
-    takes them: the device's certificate and name are verified unless ``insecure=True``.
+    ``ca_file``, ``cert_file``, ``key_file``, ``tls_verify`` and ``server_name`` as ``ModbusLine``
+    takes them: the device's certificate and name are verified unless ``tls_verify=False``.
     ``clock`` (epoch seconds) is what the reader compares the engine's instants with.
     """
 
@@ -127,14 +127,14 @@ class ModbusDataReader(DataReader):
         ca_file: str | os.PathLike[str] | None = None,
         cert_file: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
-        insecure: bool = False,
+        tls_verify: bool = True,
         server_name: str | None = None,
     ) -> None:
         resolved, problems = _resolve_line(
             line,
             host,
             port,
-            ModbusTls(_path(ca_file), _path(cert_file), _path(key_file), insecure, server_name),
+            ModbusTls(_path(ca_file), _path(cert_file), _path(key_file), tls_verify, server_name),
             tls,
         )
         problems += _check_settings(
@@ -746,7 +746,7 @@ def _line_of(host: str | None, port: str | int | None, security: ModbusTls | Non
         ca_file=security.ca_file,
         cert_file=security.cert_file,
         key_file=security.key_file,
-        insecure=security.insecure,
+        tls_verify=security.verify,
         server_name=security.server_name,
     )
 

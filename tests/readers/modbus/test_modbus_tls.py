@@ -131,9 +131,9 @@ def test_a_certificate_from_another_ca_or_for_another_name_is_refused(
         wrong_name.close()
 
 
-def test_insecure_accepts_any_certificate_and_name(device: Simulator) -> None:
+def test_tls_verify_false_accepts_any_certificate_and_name(device: Simulator) -> None:
     reader = ModbusDataReader(
-        "plc", "127.0.0.1", port=device.port, tls=True, insecure=True, server_name="plc.example"
+        "plc", "127.0.0.1", port=device.port, tls=True, tls_verify=False, server_name="plc.example"
     )
     try:
         assert read(reader) == (EXPECTED, [None, None])
@@ -186,7 +186,7 @@ def test_tls_settings_are_checked_by_name_before_anything_opens(
         ({"ca_file": client.key_file}, "ModbusLine ca_file: cannot load"),
         ({"cert_file": client.cert_file, "key_file": tmp_path / "missing.key"}, "cert_file/key_file: cannot"),
         ({"key_file": client.key_file}, "ModbusLine key_file: given without cert_file"),
-        ({"insecure": "yes"}, "ModbusLine insecure: must be True or False"),
+        ({"tls_verify": "yes"}, "ModbusLine tls_verify: must be True or False"),
         ({"server_name": ""}, "ModbusLine server_name: must be a non-empty str"),
     ]
     for options, message in cases:
@@ -260,7 +260,9 @@ class _MuteServer:
 
 def test_abort_ends_a_tls_handshake_the_device_never_finishes() -> None:
     device = _MuteServer()
-    reader = ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, insecure=True, timeout_s=30.0)
+    reader = ModbusDataReader(
+        "plc", "127.0.0.1", port=device.port, tls=True, tls_verify=False, timeout_s=30.0
+    )
     outcome: list[tuple[list[str | None], float]] = []
 
     def stuck() -> None:
