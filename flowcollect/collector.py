@@ -39,6 +39,7 @@ from flowcollect.errors import (
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy
 from flowcollect.readers.base import DataReader
+from flowcollect.runtime import Window
 from flowcollect.runtime._clock import Clock, LaneScheduler
 from flowcollect.runtime._lane import STEP_MS, Lane
 from flowcollect.runtime._steps import ChangeState, for_context, gate, report_changes
@@ -72,18 +73,16 @@ class _Run:
         "delivered",
         "missed_instants",
         "missed_values",
-        "since_ms",
         "state",
         "subscriptions",
         "timer",
-        "until_ms",
+        "window",
     )
 
-    def __init__(self, compiled: CompiledContext, until_ms: int) -> None:
+    def __init__(self, compiled: CompiledContext) -> None:
         self.compiled = compiled
         self.context = compiled.context
-        self.until_ms = until_ms
-        self.since_ms = 0  # the instant of the start, then of the last resume: only later ones count
+        self.window = Window(0, 0)  # nothing until start sets it
         self.state: State = "running"
         self.delivered = 0
         self.missed_instants = 0
@@ -205,7 +204,10 @@ class DataCollector:
             for t in types:
                 self._lane_of[t] = key
         self._assigned: frozenset[str] | None = None
-        self._step_lock = threading.Lock()
+        # Guards every run's window (start, resume and stop replace it under _lock; a lane that
+        # saw the wall clock step shifts them from its own thread) and _wall_offset. Held only
+        # for those assignments, never while calling out; taken after _lock, never before it.
+        self._window_lock = threading.Lock()
         self._wall_offset = self._offset()
         self._sinks = [
             WriterSink(w, self._log, limit=queue_limit, threaded=scheduler is None) for w in writers
@@ -238,7 +240,7 @@ class DataCollector:
                 self._log.warning("%s", warning)
             for listener in self._listeners:
                 listener.before_start(self, context)
-            run = _Run(compiled, until_ms=0)
+            run = _Run(compiled)
             self._runs[context.id] = run
             try:
                 schedules = self._plan(compiled.specs)
@@ -252,25 +254,24 @@ class DataCollector:
             self._await_lanes(schedules)
             now = self._now_ms()
             duration = context.duration_s
-            run.until_ms = UNTIL_STOPPED if duration is None else math.ceil(now + duration * 1000)
-            run.since_ms = math.floor(now)
-            context.start_date = instant(run.since_ms)
+            until = UNTIL_STOPPED if duration is None else math.ceil(now + duration * 1000)
+            with self._window_lock:
+                run.window = window = Window(math.floor(now), until)
+            context.start_date = instant(window.since_ms)
             context.end_date = None
             self._ended.pop(context.id, None)
             for key in compiled.specs:
                 run.subscriptions.append(self._branch(run, self._lanes[key]))
-            self._apply(schedules, run.since_ms)
+            self._apply(schedules, window.since_ms)
             if duration is not None:
-                run.timer = self._timer.schedule_absolute(
-                    instant(run.until_ms), lambda _s, _t: self._expire(run)
-                )
+                run.timer = self._timer.schedule_absolute(instant(until), lambda _s, _t: self._expire(run))
             self._notify("after_start", context)
         return context
 
     def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
         cid = run.context.id
         return lane.subject.pipe(
-            for_context(cid, lambda: run.since_ms, lambda: run.until_ms),
+            for_context(cid, lambda: run.window),
             gate(lambda: run.state == "running"),
             report_changes(run.changes),
         ).subscribe(on_next=lambda batch: self._deliver(run, batch))
@@ -553,7 +554,10 @@ class DataCollector:
             for rp in phase.readers:
                 for d in rp.deliveries:
                     run = runs.get(d.context_id)
-                    if run is None or run.state != "running" or not run.since_ms < t < run.until_ms:
+                    if run is None or run.state != "running":
+                        continue
+                    window = run.window
+                    if not window.since_ms < t < window.until_ms:
                         continue
                     run.missed_values += len(d.variables)
                     if d.context_id not in counted:
@@ -567,16 +571,16 @@ class DataCollector:
     def _stepped(self) -> None:
         """A lane saw the wall clock step: move every run's bounds by the step, once (the first
         lane to notice), so contexts keep their values on the new timeline."""
-        with self._step_lock:
+        with self._window_lock:
             offset, before = self._offset(), self._wall_offset
             if offset is None or before is None or abs(offset - before) <= STEP_MS:
                 return
             self._wall_offset = offset
             delta = round(offset - before)
             for run in list(self._runs.values()):
-                run.since_ms += delta
-                if run.until_ms != UNTIL_STOPPED:
-                    run.until_ms += delta
+                w = run.window
+                until = w.until_ms if w.until_ms == UNTIL_STOPPED else w.until_ms + delta
+                run.window = Window(w.since_ms + delta, until)
 
     def _deliver(self, run: _Run, batch: ValueBatch) -> None:
         run.delivered += len(batch)
@@ -593,7 +597,9 @@ class DataCollector:
             if run.state != state:
                 if state == "running":
                     # A late tick of an instant at or before the resume is not the context's.
-                    run.since_ms = math.floor(self._now_ms())
+                    since = math.floor(self._now_ms())
+                    with self._window_lock:
+                        run.window = Window(since, run.window.until_ms)
                     run.changes = ChangeState()
                     self._resubscribe(run)
                 run.state = state
@@ -621,10 +627,12 @@ class DataCollector:
         # open for the read in flight.
         self._replan(run.compiled.specs)
         now = math.floor(self._now_ms())
-        context.end_date = instant(min(now, run.until_ms))
         # No instant after this one; a read in flight is of an instant inside the run, so its
         # values are still delivered, and the branch goes once each lane has finished it.
-        run.until_ms = min(run.until_ms, now + 1)
+        with self._window_lock:
+            w = run.window
+            run.window = Window(w.since_ms, min(w.until_ms, now + 1))
+        context.end_date = instant(min(now, w.until_ms))
         self._retire(run)
         self._notify("after_stop", context)
         return context

@@ -26,7 +26,7 @@ from reactivex import operators as ops
 from flowcollect.compile import Delivery
 from flowcollect.values import ValueBatch
 
-__all__ = ["ChangeState", "LaneRead", "for_context", "gate", "report_changes"]
+__all__ = ["ChangeState", "LaneRead", "Window", "for_context", "gate", "report_changes"]
 
 Operator = Callable[[Observable[Any]], Observable[Any]]
 Counted = tuple[ValueBatch, tuple[int, ...]]
@@ -34,6 +34,20 @@ Counted = tuple[ValueBatch, tuple[int, ...]]
 
 STEPS = ("ticks", "read_due", "for_context", "gate", "report_changes", "sink")
 """The steps of the running graph, in order (what ``flowcollect plan`` draws)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The instants a context takes: strictly after ``since_ms`` (its start, then its last resume)
+    and strictly before ``until_ms`` (its end; a stop brings it forward).
+
+    Immutable: the collector replaces a run's window in one assignment (under its window lock),
+    and a lane reads it in one, so a lane never sees the start of one change and the end of
+    another.
+    """
+
+    since_ms: int
+    until_ms: int
 
 
 @dataclass(slots=True)
@@ -96,11 +110,11 @@ def batch_for(read: LaneRead, d: Delivery, context_id: int) -> ValueBatch:
     )
 
 
-def for_context(context_id: int, since_ms: Callable[[], int], until_ms: Callable[[], int]) -> Operator:
-    """This context's values from each lane read that has some, strictly after ``since_ms()``
-    (its start, then its last resume) and before ``until_ms()`` (its end; a stop brings it
-    forward), as one ``ValueBatch`` per read, with the positions of its ``report="change"``
-    variables (computed once, at compile time).
+def for_context(context_id: int, window: Callable[[], Window]) -> Operator:
+    """This context's values from each lane read that has some, at instants inside its current
+    ``window()`` (strictly after its start or last resume, before its end), as one ``ValueBatch``
+    per read, with the positions of its ``report="change"`` variables (computed once, at compile
+    time).
 
     The bounds matter when a tick is late: a tick due at or before the start (or resume) that
     fires after the context's plan was applied would otherwise carry its variables; and a
@@ -111,8 +125,10 @@ def for_context(context_id: int, since_ms: Callable[[], int], until_ms: Callable
         def subscribe(observer: Any, scheduler: Any = None) -> Any:
             def on_next(read: LaneRead) -> None:
                 d = read.by_context.get(context_id)
-                if d is not None and since_ms() < read.t_ms < until_ms():
-                    observer.on_next((batch_for(read, d, context_id), d.changes))
+                if d is not None:
+                    w = window()  # one immutable value: both bounds of the same moment
+                    if w.since_ms < read.t_ms < w.until_ms:
+                        observer.on_next((batch_for(read, d, context_id), d.changes))
 
             return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
 
