@@ -6,6 +6,7 @@ shared resource, each with its own thread and clock).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -63,18 +64,36 @@ UNTIL_STOPPED = 2**62
 """The end instant of a context with ``duration_s=None``: later than any clock reaches."""
 
 
+class _Tally:
+    """One run's figures on one lane. Owned by that lane's thread, the only one that bumps them (a
+    counter many lanes bumped would lose increments); ``_Run.figures`` sums the lanes' tallies,
+    read racily as counters are."""
+
+    __slots__ = ("delivered", "missed_instants", "missed_values")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.missed_instants = 0
+        self.missed_values = 0
+
+
 class _Run:
-    """One started context: its compiled variables, its state and its branches on each lane."""
+    """One started context: its compiled variables, its state and its branches on each lane.
+
+    Who owns what: ``compiled``, ``context`` and ``tallies`` (the dict; each tally is its lane's)
+    are fixed at construction. ``state``, ``changes``, ``subscriptions`` and ``timer`` are written
+    only under the collector's ``_lock`` (lanes read ``state`` through the gate, one attribute
+    read). ``window`` is replaced whole under the collector's ``_window_lock``, read by lanes
+    without a lock.
+    """
 
     __slots__ = (
         "changes",
         "compiled",
         "context",
-        "delivered",
-        "missed_instants",
-        "missed_values",
         "state",
         "subscriptions",
+        "tallies",
         "timer",
         "window",
     )
@@ -84,16 +103,19 @@ class _Run:
         self.context = compiled.context
         self.window = Window(0, 0)  # nothing until start sets it
         self.state: State = "running"
-        self.delivered = 0
-        self.missed_instants = 0
-        self.missed_values = 0
+        self.tallies = {key: _Tally() for key in compiled.specs}
         self.changes = ChangeState()
         self.subscriptions: list[abc.DisposableBase] = []
         self.timer: abc.DisposableBase | None = None
 
     def figures(self, state: str | None = None) -> ContextStats:
+        tallies = list(self.tallies.values())
         return ContextStats(
-            self.context.id, state or self.state, self.delivered, self.missed_instants, self.missed_values
+            self.context.id,
+            state or self.state,
+            sum(t.delivered for t in tallies),
+            sum(t.missed_instants for t in tallies),
+            sum(t.missed_values for t in tallies),
         )
 
 
@@ -198,7 +220,7 @@ class DataCollector:
                 lane_scheduler,
                 self._counters,
                 self._errors,
-                self._missed,
+                functools.partial(self._missed, key),
                 self._stepped,
             )
             for t in types:
@@ -270,11 +292,12 @@ class DataCollector:
 
     def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
         cid = run.context.id
+        tally = run.tallies[lane.key]  # bumped only on this lane's thread
         return lane.subject.pipe(
             for_context(cid, lambda: run.window),
             gate(lambda: run.state == "running"),
             report_changes(run.changes),
-        ).subscribe(on_next=lambda batch: self._deliver(run, batch))
+        ).subscribe(on_next=lambda batch: self._deliver(tally, batch))
 
     def stop(self, context_id: int) -> DataCollectionContext:
         """Stop a running or paused context; return it with ``end_date`` set."""
@@ -543,8 +566,8 @@ class DataCollector:
     def _replan(self, touched: Iterable[str]) -> None:
         self._apply(self._plan(touched), math.floor(self._now_ms()))
 
-    def _missed(self, schedule: LaneSchedule, instants: list[int]) -> None:
-        """On a lane's thread: due instants it could not serve (still busy), per context."""
+    def _missed(self, key: str, schedule: LaneSchedule, instants: list[int]) -> None:
+        """On lane ``key``'s thread: due instants it could not serve (still busy), per context."""
         runs = self._runs
         for t in instants:
             phase = schedule.phase_at(t)
@@ -557,12 +580,13 @@ class DataCollector:
                     if run is None or run.state != "running":
                         continue
                     window = run.window
-                    if not window.since_ms < t < window.until_ms:
+                    tally = run.tallies.get(key)
+                    if tally is None or not window.since_ms < t < window.until_ms:
                         continue
-                    run.missed_values += len(d.variables)
+                    tally.missed_values += len(d.variables)
                     if d.context_id not in counted:
                         counted.add(d.context_id)
-                        run.missed_instants += 1
+                        tally.missed_instants += 1
 
     def _offset(self) -> float | None:
         monotonic: Callable[[], float] | None = getattr(self._timer, "monotonic_ms", None)
@@ -582,8 +606,8 @@ class DataCollector:
                 until = w.until_ms if w.until_ms == UNTIL_STOPPED else w.until_ms + delta
                 run.window = Window(w.since_ms + delta, until)
 
-    def _deliver(self, run: _Run, batch: ValueBatch) -> None:
-        run.delivered += len(batch)
+    def _deliver(self, tally: _Tally, batch: ValueBatch) -> None:
+        tally.delivered += len(batch)
         for sink in self._sinks:
             try:
                 sink.put(batch)
