@@ -81,18 +81,18 @@ class _Run:
     """One started context: its compiled variables, its state and its branches on each lane.
 
     Who owns what: ``compiled``, ``context`` and ``tallies`` (the dict; each tally is its lane's)
-    are fixed at construction. ``state``, ``changes``, ``subscriptions`` and ``timer`` are written
+    are fixed at construction. ``state``, ``changes``, ``branches`` and ``timer`` are written
     only under the collector's ``_lock`` (lanes read ``state`` through the gate, one attribute
     read). ``window`` is replaced whole under the collector's ``_window_lock``, read by lanes
     without a lock.
     """
 
     __slots__ = (
+        "branches",
         "changes",
         "compiled",
         "context",
         "state",
-        "subscriptions",
         "tallies",
         "timer",
         "window",
@@ -105,7 +105,7 @@ class _Run:
         self.state: State = "running"
         self.tallies = {key: _Tally() for key in compiled.specs}
         self.changes = ChangeState()
-        self.subscriptions: list[abc.DisposableBase] = []
+        self.branches: dict[str, abc.DisposableBase] = {}  # lane key -> this context's branch on it
         self.timer: abc.DisposableBase | None = None
 
     def figures(self, state: str | None = None) -> ContextStats:
@@ -117,6 +117,27 @@ class _Run:
             sum(t.missed_instants for t in tallies),
             sum(t.missed_values for t in tallies),
         )
+
+
+class _Countdown:
+    """Calls ``then`` once, on the thread that counts the last of ``n`` (at once when ``n`` is 0).
+    ``_left`` is guarded by ``_lock``; ``then`` runs outside it."""
+
+    __slots__ = ("_left", "_lock", "_then")
+
+    def __init__(self, n: int, then: Callable[[], None]) -> None:
+        self._left = n
+        self._lock = threading.Lock()
+        self._then = then
+        if n == 0:
+            then()
+
+    def done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._then()
 
 
 def _thread_factory(
@@ -200,8 +221,11 @@ class DataCollector:
         self._closed_event = threading.Event()
         self._runs: dict[int, _Run] = {}
         # Stopped contexts for stats(): the run itself while a read in flight may still deliver to
-        # it, then only its figures, so a stopped plan's memory is not kept.
+        # it, then only its figures, so a stopped plan's memory is not kept. Guarded by
+        # _ended_lock: a stop adds to it (under _lock), the last lane to retire a run swaps it
+        # for its figures (on that lane's thread). Held only for the dict's operations.
         self._ended: dict[int, _Run | ContextStats] = {}
+        self._ended_lock = threading.Lock()
         self._virtual = scheduler is not None
         self._timer: abc.SchedulerBase = scheduler or LaneScheduler(
             _thread_factory(f"{THREAD_PREFIX}timer", self._threads), clock
@@ -281,9 +305,9 @@ class DataCollector:
                 run.window = window = Window(math.floor(now), until)
             context.start_date = instant(window.since_ms)
             context.end_date = None
-            self._ended.pop(context.id, None)
-            for key in compiled.specs:
-                run.subscriptions.append(self._branch(run, self._lanes[key]))
+            with self._ended_lock:
+                self._ended.pop(context.id, None)
+            run.branches = {key: self._branch(run, self._lanes[key]) for key in compiled.specs}
             self._apply(schedules, window.since_ms)
             if duration is not None:
                 run.timer = self._timer.schedule_absolute(instant(until), lambda _s, _t: self._expire(run))
@@ -488,9 +512,11 @@ class DataCollector:
     def stats(self) -> CollectorStats:
         """A snapshot of every counter: per reader, per writer, per context."""
         with self._lock:
+            with self._ended_lock:
+                ended_runs = list(self._ended.items())
             contexts = {
                 cid: ended if isinstance(ended, ContextStats) else ended.figures("stopped")
-                for cid, ended in self._ended.items()
+                for cid, ended in ended_runs
             }
             for cid, run in self._runs.items():
                 contexts[cid] = run.figures()
@@ -632,10 +658,10 @@ class DataCollector:
 
     def _resubscribe(self, run: _Run) -> None:
         # A fresh change state means fresh branches: report_changes holds its state object.
-        old = run.subscriptions
-        run.subscriptions = [self._branch(run, self._lanes[key]) for key in run.compiled.specs]
-        for sub in old:
-            sub.dispose()
+        old = run.branches
+        run.branches = {key: self._branch(run, self._lanes[key]) for key in run.compiled.specs}
+        for branch in old.values():
+            branch.dispose()
 
     def _stop(self, run: _Run) -> DataCollectionContext:
         context = run.context
@@ -643,9 +669,10 @@ class DataCollector:
         if run.timer is not None:
             run.timer.dispose()
         del self._runs[context.id]
-        self._ended[context.id] = run
-        while len(self._ended) > MAX_ENDED:  # contexts with ever new ids must not grow memory
-            del self._ended[next(iter(self._ended))]
+        with self._ended_lock:
+            self._ended[context.id] = run
+            while len(self._ended) > MAX_ENDED:  # contexts with ever new ids must not grow memory
+                del self._ended[next(iter(self._ended))]
         # run.state stays as it was: the gate of a paused run stays closed after the stop (a
         # late tick under a new run of the same id must not reach it); a running one's stays
         # open for the read in flight.
@@ -662,29 +689,25 @@ class DataCollector:
         return context
 
     def _retire(self, run: _Run) -> None:
-        """Dispose a stopped run's branches on each of its lanes' threads, after the read in flight."""
-        lanes = [self._lanes[key] for key in run.compiled.specs]
-        left = [len(lanes)]
-        lock = threading.Lock()
+        """Each lane of a stopped run disposes its branch on its own thread, after the read in
+        flight; the last of them swaps the run in ``_ended`` for its figures (final by then)."""
+        cid = run.context.id
 
         def finish() -> None:
-            for sub in run.subscriptions:
-                sub.dispose()
-            cid = run.context.id
-            if self._ended.get(cid) is run:  # a plain swap of one key's value: no lock needed
-                self._ended[cid] = run.figures("stopped")
+            with self._ended_lock:
+                if self._ended.get(cid) is run:  # not evicted, nor replaced by a later run's
+                    self._ended[cid] = run.figures("stopped")
 
-        def done() -> None:
-            with lock:
-                left[0] -= 1
-                if left[0]:
-                    return
-            finish()
+        # Fixed since the stop: only a resume, of a run still started, replaces them.
+        branches = run.branches
+        retired = _Countdown(len(branches), finish)
+        for key, branch in branches.items():
 
-        if not lanes:
-            finish()
-        for lane in lanes:
-            lane.post(done)
+            def dispose(branch: abc.DisposableBase = branch) -> None:
+                branch.dispose()
+                retired.done()
+
+            self._lanes[key].post(dispose)
 
     def _expire(self, run: _Run) -> None:
         with self._lock:
