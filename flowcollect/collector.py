@@ -69,12 +69,14 @@ class _Tally:
     counter many lanes bumped would lose increments); ``_Run.figures`` sums the lanes' tallies,
     read racily as counters are."""
 
-    __slots__ = ("delivered", "missed_instants", "missed_values")
+    __slots__ = ("delivered", "missed_instants", "missed_values", "step_error_values", "step_errors")
 
     def __init__(self) -> None:
         self.delivered = 0
         self.missed_instants = 0
         self.missed_values = 0
+        self.step_errors = 0
+        self.step_error_values = 0
 
 
 class _Run:
@@ -116,6 +118,8 @@ class _Run:
             sum(t.delivered for t in tallies),
             sum(t.missed_instants for t in tallies),
             sum(t.missed_values for t in tallies),
+            sum(t.step_errors for t in tallies),
+            sum(t.step_error_values for t in tallies),
         )
 
 
@@ -315,13 +319,39 @@ class DataCollector:
         return context
 
     def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
-        cid = run.context.id
-        tally = run.tallies[lane.key]  # bumped only on this lane's thread
+        cid, key = run.context.id, lane.key
+        tally = run.tallies[key]  # bumped only on this lane's thread
+
+        def fault(step: str, values: int, exc: Exception) -> None:
+            # A step raised on one batch: that batch is lost, counted and logged; the branch
+            # (and so the context) goes on with the next one.
+            tally.step_errors += 1
+            tally.step_error_values += values
+            self._errors.error(
+                ("step", cid, step, type(exc)),
+                "context %s: %s failed on a batch of %d values from lane %s (lost; the context goes on): %r",
+                cid,
+                step,
+                values,
+                key,
+                exc,
+            )
+
+        def ended(exc: Exception) -> None:
+            # Never expected (every step contains its faults): say so rather than go quiet.
+            tally.step_errors += 1
+            self._log.error(
+                "context %s: its branch on lane %s ended: %r; it receives nothing more from it",
+                cid,
+                key,
+                exc,
+            )
+
         return lane.subject.pipe(
-            for_context(cid, lambda: run.window),
+            for_context(cid, lambda: run.window, fault),
             gate(lambda: run.state == "running"),
-            report_changes(run.changes),
-        ).subscribe(on_next=lambda batch: self._deliver(tally, batch))
+            report_changes(run.changes, fault),
+        ).subscribe(on_next=lambda batch: self._deliver(tally, batch), on_error=ended)
 
     def stop(self, context_id: int) -> DataCollectionContext:
         """Stop a running or paused context; return it with ``end_date`` set."""

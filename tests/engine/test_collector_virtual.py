@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 
 import pytest
 
@@ -474,3 +475,69 @@ def test_stats_keep_the_figures_of_the_newest_stopped_contexts(
     contexts = collector.stats().contexts
     assert sorted(contexts) == [3, 4]
     assert (contexts[3].state, contexts[3].delivered, contexts[4].delivered) == ("stopped", 3, 4)
+
+
+class Ambiguous:
+    """A value that refuses to be compared, as a numpy array does."""
+
+    def __ne__(self, other: object) -> bool:
+        raise ValueError("the truth value of an array with more than one element is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_a_step_that_raises_loses_one_batch_and_the_context_goes_on(
+    writer: MemoryDataWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # At 300 the device answers a list: scaling it (for_context, context 1) raises. Context 2
+    # reads the same address unscaled, its branch after context 1's on the same lane.
+    def value(_address: str, when: datetime) -> object:
+        return [1, 2] if round(when.timestamp() * 1000) - T0 == 300 else 1.0
+
+    collector, clock = virtual_collector([StaticDataReader(value)], [writer], start_ms=T0)
+    scaled = Variable(id=1, address="a", reader="static", scale=2.0)
+    collector.start(DataCollectionContext(id=1, interval_ms=100, variables=[scaled]))
+    collector.start(ctx(2, (5, "a", 100)))
+    with caplog.at_level(logging.ERROR, logger="flowcollect"):
+        clock.advance_ms(600)
+
+    got = by_time(writer.values)
+    assert sorted(t for t, vs in got.items() if (1, 1, "a") in vs) == [100, 200, 400, 500, 600]
+    assert sorted(t for t, vs in got.items() if (2, 5, "a") in vs) == [100, 200, 300, 400, 500, 600]
+    assert [v.value for v in writer.values if v.context_id == 1] == [2.0] * 5
+    one = collector.stats().contexts[1]
+    assert (one.state, one.delivered, one.step_errors, one.step_error_values) == ("running", 5, 1, 1)
+    assert collector.stats().contexts[2].step_errors == 0
+    assert collector.is_context_running(1)
+    assert "context 1" in caplog.text and "for_context" in caplog.text and "TypeError" in caplog.text
+    assert "tick" not in caplog.text  # contained in the branch: the lane's tick went through
+
+
+def test_report_changes_that_raises_loses_one_batch_and_the_context_goes_on(
+    writer: MemoryDataWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Comparing the value of 200 with the last delivered raises inside report_changes: in Rx
+    # that is an on_error, which would end the branch for good.
+    by_instant: dict[int, object] = {100: 1.0, 200: Ambiguous(), 300: 2.0, 400: 2.0, 500: 3.0}
+
+    def value(_address: str, when: datetime) -> object:
+        return by_instant.get(round(when.timestamp() * 1000) - T0, 3.0)
+
+    collector, clock = virtual_collector([StaticDataReader(value)], [writer], start_ms=T0)
+    changed = Variable(id=1, address="a", reader="static", report="change")
+    collector.start(DataCollectionContext(id=1, interval_ms=100, variables=[changed]))
+    with caplog.at_level(logging.ERROR, logger="flowcollect"):
+        clock.advance_ms(500)
+
+    assert [(round(v.time.timestamp() * 1000) - T0, v.value) for v in writer.values if v.time] == [
+        (100, 1.0),
+        (300, 2.0),
+        (500, 3.0),
+    ]
+    stats = collector.stats().contexts[1]
+    assert (stats.state, stats.delivered, stats.step_errors, stats.step_error_values) == ("running", 3, 1, 1)
+    assert "report_changes" in caplog.text and "ambiguous" in caplog.text
+    collector.pause(1)
+    collector.resume(1)
+    clock.advance_ms(100)
+    assert writer.values[-1].value == 3.0  # a resumed context hears the current value at once
