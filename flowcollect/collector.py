@@ -215,14 +215,27 @@ class DataCollector:
             problems.append(f"close_timeout_s must be a number of seconds >= 0, got {close_timeout_s}")
         if problems:
             raise ConfigError(problems)
+        # Who owns what. Fixed at construction (never rebound, their contents never change):
+        # policy, _log, _readers, _listeners, _close_timeout_s, _virtual, _timer, _counters (the
+        # dict; each ReaderCounters is its lane's), _lane_readers, _lanes, _lane_of, _sinks (each
+        # sink guards its own state). The rest says beside it.
         self.policy = IntervalLimitPolicy(interval_limit_policy)
         self._listeners = list(listeners)
         self._close_timeout_s = close_timeout_s
+        # Appended by a scheduler when it starts its thread (under that scheduler's lock, on
+        # whichever thread first schedules on it); close() iterates a copy. Append and copy are
+        # single C calls, so no lock of ours is needed.
         self._threads: list[threading.Thread] = []
+        # The lifecycle lock: start, stop, pause, resume, assign_lanes, the duration timer and
+        # close take it. It guards _closed, _closing, _runs, _assigned and every run's state,
+        # changes, branches and timer. Re-entrant: a listener may call back. The engine never
+        # takes it on a lane's thread (a lane must not wait for a start that waits for the lane).
         self._lock = threading.RLock()
-        self._closed = False
-        self._closing: threading.Thread | None = None
+        self._closed = False  # under _lock; read without it by `closed` (one attribute read)
+        self._closing: threading.Thread | None = None  # under _lock
         self._closed_event = threading.Event()
+        # Under _lock. Lanes read it without: _missed looks one id up, _stepped copies the values
+        # (each a single C call on a dict only ever changed under _lock).
         self._runs: dict[int, _Run] = {}
         # Stopped contexts for stats(): the run itself while a read in flight may still deliver to
         # it, then only its figures, so a stopped plan's memory is not kept. Guarded by
@@ -253,7 +266,7 @@ class DataCollector:
             )
             for t in types:
                 self._lane_of[t] = key
-        self._assigned: frozenset[str] | None = None
+        self._assigned: frozenset[str] | None = None  # under _lock
         # Guards every run's window (start, resume and stop replace it under _lock; a lane that
         # saw the wall clock step shifts them from its own thread) and _wall_offset. Held only
         # for those assignments, never while calling out; taken after _lock, never before it.

@@ -1,9 +1,10 @@
 """A lane: one thread and one clock serving the readers that share a resource.
 
 Everything a lane owns (its schedule, its tick, its readers' calls, the reuse of per-value
-objects) is touched only on its scheduler's thread; other threads hand it work with
-``scheduler.schedule``. What it reads goes out on its own ``Subject``: a slow or blocked lane
-takes no lock another lane needs.
+objects) is touched only on its scheduler's thread ("the lane's thread"; in virtual time, the
+thread that advances the clock); other threads hand it work with ``post``. What it reads goes out
+on its own ``Subject``: a slow or blocked lane takes no lock another lane needs. The few fields
+other threads write are named beside them in ``Lane.__init__``, with who writes them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class Lane:
         on_missed: Callable[[LaneSchedule, list[int]], None],
         on_step: Callable[[], None] = lambda: None,
     ) -> None:
+        # Fixed at construction: key, readers, order, scheduler, counters (each ReaderCounters
+        # is bumped only here), subject (on_next only on the lane's thread; the collector
+        # subscribes and disposes branches from others, under the Subject's own lock), _errors,
+        # _on_missed, _on_step, _monotonic_ms, _batchy, _stores (the dict; each PushStore has
+        # its own lock, for the pushing reader's threads).
         self.key = key
         self.readers = {r.type: r for r in readers}
         self.order = tuple(r.type for r in readers)
@@ -72,19 +78,25 @@ class Lane:
         self.counters = counters
         self.subject: Subject[LaneRead] = Subject()
         self.planned: LaneSchedule | None = None
-        """The schedule the collector wants (set under its lock; what ``schedules()`` shows)."""
+        """The schedule the collector wants: written under the collector's lock (``plan``), read
+        whole on the lane's thread and by ``schedules()``/``stats()``."""
         self.assigned = True
+        """Written under the collector's lock (``assign``), read on the lane's thread."""
         self.touched = False
-        """Some context ever wanted this lane: its readers are closed at close."""
+        """Some context ever wanted this lane: its readers are closed at close. Set under the
+        collector's lock (only ever to True)."""
         self.used = False
-        """Work was ever handed to the scheduler (its thread exists)."""
-        self.clock_steps = 0
+        """Work was ever handed to the scheduler (its thread exists). Set by ``post`` on any
+        thread, only ever to True."""
+        self.clock_steps = 0  # the lane's thread
         self._errors = errors
         self._on_missed = on_missed
         self._on_step = on_step
         # A scheduler that waits on the monotonic clock (LaneScheduler, VirtualScheduler) lets
         # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
         self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
+        # The lane's thread only, from here to _last_fired, except _routes: replaced whole there
+        # and read (one attribute read) by a pushing reader's emit on the reader's own threads.
         self._active: LaneSchedule | None = None
         self._ready: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
@@ -97,9 +109,12 @@ class Lane:
         self._pending_due: int | None = None
         self._anchor: float | None = None
         self._last_fired = -1
+        # Only ever set to True: by close_readers (on the lane's thread, or on close()'s when
+        # the lane never had one) or by abandon (close()'s thread, past its deadline, the lane
+        # stuck in a read); read on the lane's thread and by `stopped`.
         self._closed = False
-        self._assignments = 0  # assign() calls that changed the assignment
-        self._applied = 0  # the last of them the lane's thread has applied
+        self._assignments = 0  # assign() calls that changed the assignment: under the collector's lock
+        self._applied = 0  # the last of them the lane's thread has applied: the lane's thread
 
     # -- from other threads ------------------------------------------------------------------
 

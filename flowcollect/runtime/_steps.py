@@ -157,6 +157,8 @@ class ChangeState:
     """What was last delivered to one context, per variable with ``report="change"``.
 
     Owned by the context's run; a resumed context gets a new one, so it hears every value at once.
+    ``last`` is shared by the run's branches on all its lanes, but each key (reader, variable)
+    is read and written only by the branch of the lane its reader is on: one thread per key.
     """
 
     __slots__ = ("last",)
