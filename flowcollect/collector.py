@@ -6,6 +6,7 @@ shared resource, each with its own thread and clock).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from reactivex import abc
+from reactivex.internal.exceptions import DisposedException
 
 from flowcollect._clock import instant, now_ms
 from flowcollect._logs import RateLimitedLog
@@ -263,6 +265,7 @@ class DataCollector:
                 self._errors,
                 functools.partial(self._missed, key),
                 self._stepped,
+                self._device_changed if self._listeners else None,
             )
             for t in types:
                 self._lane_of[t] = key
@@ -688,6 +691,16 @@ class DataCollector:
             self._ensure_open()
             run = self._run(context_id)
             if run.state != state:
+                change = "resume" if state == "running" else "pause"
+
+                def pending() -> bool:
+                    # A listener may have stopped the context, closed the collector or made
+                    # the change itself: the others then hear no half of a pair.
+                    return not self._closed and self._runs.get(context_id) is run and run.state != state
+
+                self._notify(f"before_{change}", run.context, pending)
+                if not pending():
+                    return run.context
                 if state == "running":
                     # A late tick of an instant at or before the resume is not the context's.
                     since = math.floor(self._now_ms())
@@ -697,6 +710,7 @@ class DataCollector:
                     self._resubscribe(run)
                 run.state = state
                 self._replan(run.compiled.specs)
+                self._notify(f"after_{change}", run.context)
             return run.context
 
     def _resubscribe(self, run: _Run) -> None:
@@ -759,9 +773,34 @@ class DataCollector:
             self._log.info("context %s reached its duration of %s s", run.context.id, run.context.duration_s)
             self._stop(run)
 
-    def _notify(self, event: str, context: DataCollectionContext | None = None) -> None:
+    def _device_changed(self, reader: str, error: str | None) -> None:
+        """On a lane's thread: ``reader``'s reads went from some value to none (``error`` set) or
+        back. The listeners hear it on the timer thread: a listener never runs on a lane."""
+        event = "device_up" if error is None else "device_down"
+        args: tuple[Any, ...] = (self, reader) if error is None else (self, reader, error)
+
+        def tell(_scheduler: abc.SchedulerBase, _state: Any) -> None:
+            for listener in self._listeners:
+                try:
+                    getattr(listener, event)(*args)
+                except Exception:
+                    self._log.exception("listener %r failed in %s", listener, event)
+
+        with contextlib.suppress(DisposedException):  # closed: nobody to tell any more
+            self._timer.schedule(tell)
+
+    def _notify(
+        self,
+        event: str,
+        context: DataCollectionContext | None = None,
+        still: Callable[[], bool] | None = None,
+    ) -> None:
+        """Tell every listener, in order (each exception logged); with ``still``, only while it
+        holds."""
         args: tuple[Any, ...] = (self,) if context is None else (self, context)
         for listener in self._listeners:
+            if still is not None and not still():
+                return
             try:
                 getattr(listener, event)(*args)
             except Exception:

@@ -26,7 +26,7 @@ from flowcollect._clock import instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
-from flowcollect.runtime._push import PushStore
+from flowcollect.runtime._push import NO_VALUE_YET, PushStore
 from flowcollect.runtime._steps import LaneRead
 from flowcollect.stats import ReaderCounters
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
@@ -65,12 +65,13 @@ class Lane:
         errors: RateLimitedLog,
         on_missed: Callable[[LaneSchedule, list[int]], None],
         on_step: Callable[[], None] = lambda: None,
+        on_device: Callable[[str, str | None], None] | None = None,
     ) -> None:
         # Fixed at construction: key, readers, order, scheduler, counters (each ReaderCounters
         # is bumped only here), subject (on_next only on the lane's thread; the collector
         # subscribes and disposes branches from others, under the Subject's own lock), _errors,
-        # _on_missed, _on_step, _monotonic_ms, _batchy, _stores (the dict; each PushStore has
-        # its own lock, for the pushing reader's threads).
+        # _on_missed, _on_step, _on_device, _monotonic_ms, _batchy, _stores (the dict; each
+        # PushStore has its own lock, for the pushing reader's threads).
         self.key = key
         self.readers = {r.type: r for r in readers}
         self.order = tuple(r.type for r in readers)
@@ -92,6 +93,7 @@ class Lane:
         self._errors = errors
         self._on_missed = on_missed
         self._on_step = on_step
+        self._on_device = on_device
         # A scheduler that waits on the monotonic clock (LaneScheduler, VirtualScheduler) lets
         # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
         self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
@@ -109,6 +111,7 @@ class Lane:
         self._pending_due: int | None = None
         self._anchor: float | None = None
         self._last_fired = -1
+        self._down: dict[str, bool] = {}  # reader -> its last read gave no value: the lane's thread
         # Only ever set to True: by close_readers (on the lane's thread, or on close()'s when
         # the lane never had one) or by abandon (close()'s thread, past its deadline, the lane
         # stuck in a read); read on the lane's thread and by `stopped`.
@@ -412,8 +415,12 @@ class Lane:
             values, errors, source, quality = self._read(reader, rp, t_ms)
             counters.read_ms.append(now_ms(self.scheduler) - started)
             counters.ticks += 1
-            counters.values += len(values)
-            counters.errors += len(errors) - errors.count(None)
+            n = len(values)
+            failed = len(errors) - errors.count(None)
+            counters.values += n
+            counters.errors += failed
+            if self._on_device is not None and n and self._down.get(rp.reader) is not (failed == n):
+                self._device(rp.reader, failed == n, errors[0])
             reads.append((rp, values, errors, source, quality))
         if self._closed:
             # Abandoned at the close deadline while this read hung: the writers are closed
@@ -437,6 +444,14 @@ class Lane:
                 chain.from_iterable(r[4] if r[4] is not None else [None] * len(r[1]) for r in reads)
             )
         self.subject.on_next(LaneRead(t_ms, "", values, errors, source, quality, phase.by_context))
+
+    def _device(self, reader: str, down: bool, error: str | None) -> None:
+        """A reader's reads went from some value to none, or back (or this is its first read)."""
+        if down and error == NO_VALUE_YET:
+            return  # a pushing reader not heard from yet: nothing is known about its device
+        self._down[reader] = down
+        if self._on_device is not None:
+            self._on_device(reader, error if down else None)
 
     def _read(
         self, reader: DataReader, rp: ReaderPhase, t_ms: int
