@@ -742,3 +742,17 @@ def test_a_device_unreachable_from_the_start_is_heard_down_and_a_silent_source_i
         ("device_down", "pushing"),
         ("device_up", "pushing"),
     ]
+
+
+def test_a_branch_that_ends_anyway_says_so(
+    writer: MemoryDataWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No step passes an error on, so only the lane's own Subject could end a branch; were it to,
+    # the context must not go quiet while its state says running.
+    collector, _clock = virtual_collector([StaticDataReader({"a": 1.0})], [writer], start_ms=T0)
+    collector.start(ctx(1, (1, "a", 100)))
+    (lane,) = collector._lanes.values()  # the seam a test needs to break a lane
+    with caplog.at_level(logging.ERROR, logger="flowcollect"):
+        lane.subject.on_error(RuntimeError("lane broken"))
+    assert "context 1: its branch on lane reader:static ended" in caplog.text
+    assert collector.stats().contexts[1].step_errors == 1
