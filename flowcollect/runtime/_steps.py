@@ -57,7 +57,10 @@ class Window:
 
 @dataclass(slots=True)
 class LaneRead:
-    """One reader's values at one instant (or one push), with who receives which of them."""
+    """One reader's values at one instant (or one push), with who receives which of them.
+
+    Built on the lane's thread for each read and never changed after: the branches read it on
+    that thread, and a batch that shares its columns shares them read-only."""
 
     t_ms: int
     reader: str
