@@ -415,12 +415,10 @@ class Lane:
             values, errors, source, quality = self._read(reader, rp, t_ms)
             counters.read_ms.append(now_ms(self.scheduler) - started)
             counters.ticks += 1
-            n = len(values)
-            failed = len(errors) - errors.count(None)
-            counters.values += n
-            counters.errors += failed
-            if self._on_device is not None and n and self._down.get(rp.reader) is not (failed == n):
-                self._device(rp.reader, failed == n, errors[0])
+            if self._on_device is not None:
+                self._device(rp.reader, errors)
+            counters.values += len(values)
+            counters.errors += len(errors) - errors.count(None)
             reads.append((rp, values, errors, source, quality))
         if self._closed:
             # Abandoned at the close deadline while this read hung: the writers are closed
@@ -445,13 +443,18 @@ class Lane:
             )
         self.subject.on_next(LaneRead(t_ms, "", values, errors, source, quality, phase.by_context))
 
-    def _device(self, reader: str, down: bool, error: str | None) -> None:
-        """A reader's reads went from some value to none, or back (or this is its first read)."""
-        if down and error == NO_VALUE_YET:
+    def _device(self, reader: str, errors: list[str | None]) -> None:
+        """Tell ``on_device`` when a reader's reads went from some value to none, or back (or at
+        its first read): a device down is one whose every value of a read failed."""
+        if not errors or self._on_device is None:
+            return
+        down = errors.count(None) == 0
+        if self._down.get(reader) is down:
+            return
+        if down and errors[0] == NO_VALUE_YET:
             return  # a pushing reader not heard from yet: nothing is known about its device
         self._down[reader] = down
-        if self._on_device is not None:
-            self._on_device(reader, error if down else None)
+        self._on_device(reader, errors[0] if down else None)
 
     def _read(
         self, reader: DataReader, rp: ReaderPhase, t_ms: int
