@@ -99,6 +99,7 @@ class GroupMembership:
             on_control=on_control,
             lanes_stopped=collector.lanes_stopped,
             ttl_s=self.options.ttl_s,
+            etcd=self.options.etcd,
             logger=self._log,
         )
         with self._lock:

@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from flowcollect._logs import QUIET
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline._devices import start_devices, stop_devices
-from flowcollect.pipeline._model import QUIET
 from flowcollect.pipeline._summary import RunSummary, StopReason
 from flowcollect.stats import CollectorStats
 
