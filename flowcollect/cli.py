@@ -637,8 +637,12 @@ def plan(
     ),
     context: ContextOpt = None,
     log_level: LogLevelOpt = LogLevel.WARNING,
+    full: Annotated[
+        bool, typer.Option("--full", help="Every reader in full, also the devices of one profile.")
+    ] = False,
 ) -> None:
-    """Show the compiled plan: GCD ticks, reads per instant, requests, contexts, the graph."""
+    """Show the compiled plan: GCD ticks, reads per instant, requests, contexts, the graph.
+    Devices instantiated from one profile are summarised unless --full."""
     from flowcollect.plan import render_dot, render_mermaid, render_text
 
     _setup_logging(log_level)
@@ -648,12 +652,11 @@ def plan(
         compiled = pipeline.plan(context or None)
     except Exception as exc:
         _fail(exc, debug)
-    render = {
-        OutputFormat.TEXT: render_text,
-        OutputFormat.MERMAID: render_mermaid,
-        OutputFormat.DOT: render_dot,
-    }
-    typer.echo(render[output_format](compiled), nl=False)
+    if output_format is OutputFormat.TEXT:
+        text = render_text(compiled, full=full)
+    else:
+        text = (render_mermaid if output_format is OutputFormat.MERMAID else render_dot)(compiled)
+    typer.echo(text, nl=False)
 
 
 # -- simulate ------------------------------------------------------------------------------------

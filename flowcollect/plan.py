@@ -46,6 +46,7 @@ SHOW_OFFSETS = 8
 SHOW_READS = 12
 SHOW_REQUESTS = 8
 SHOW_PHASES = 16
+SHOW_DEVICES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,11 @@ class ReaderPlan:
     """Distinct (address, value type) pairs: what is actually read."""
     phases: tuple[PhasePlan, ...]
     contexts: tuple[int, ...]
+    profile: str | None = None
+    """The device profile every variable of this reader was instantiated from (its ``profile``
+    tag, see ``flowcollect.tags.DeviceProfile``), when they all share one."""
+    device: str | None = None
+    """Likewise the device (the ``device`` tag)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +274,18 @@ def _reader_plan(schedule: LaneSchedule, rtype: str, reader: DataReader) -> Read
         distinct=len(distinct_reads(specs)),
         phases=tuple(phases),
         contexts=tuple(dict.fromkeys(s.context_id for s in specs)),
+        profile=_shared_tag(specs, "profile"),
+        device=_shared_tag(specs, "device"),
     )
+
+
+def _shared_tag(specs: Sequence[VariableSpec], key: str) -> str | None:
+    """The value of tag ``key`` when every spec has the same one, else None."""
+    values = {dict(s.tags).get(key) for s in specs}
+    if len(values) != 1:
+        return None
+    [value] = values
+    return value
 
 
 def _context_plan(compiled: CompiledContext, plan: CompiledPlan) -> ContextPlan:
@@ -329,7 +346,9 @@ def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
-def render_text(plan: PipelinePlan) -> str:
+def render_text(plan: PipelinePlan, *, full: bool = False) -> str:
+    """The plan for a person. Readers instantiated from one device profile are summarised: the
+    first device's reader in full, the others named (``full``: every reader in full)."""
     out = [
         f"pipeline {plan.pipeline}: {_n(len(plan.contexts), 'context')}, "
         f"{_n(len(plan.readers), 'reader')} in use, {_n(len(plan.writers), 'writer')}; "
@@ -337,31 +356,19 @@ def render_text(plan: PipelinePlan) -> str:
     ]
     if plan.devices:
         out.append(f"devices started first: {', '.join(plan.devices)}")
+    alike = _alike(plan.readers) if not full else {}
     for r in plan.readers:
-        out.append("")
-        out.append(f"reader {r.reader} ({r.kind}) on lane {r.lane}")
-        ticks = _n(r.grid_ticks, "tick")
-        out.append(
-            f"  GCD tick {_ms(r.period_ms)}, hyperperiod {_ms(r.hyperperiod_ms)}: {ticks}, "
-            f"{r.due_instants:,}{'' if r.walked_all else '+'} of them with reads"
-        )
-        contexts = ", ".join(map(str, r.contexts))
-        intervals = ", ".join(_ms(i) for i in r.intervals)
-        out.append(
-            f"  {_n(r.distinct, 'distinct read')} for {_n(r.wanted, 'wanted variable')} "
-            f"(contexts {contexts}); intervals {intervals}"
-        )
-        if not r.walked_all:
-            out.append(f"  (the hyperperiod has more due instants than the {MAX_INSTANTS:,} listed below)")
-        for phase in r.phases[:SHOW_PHASES]:
-            out.extend(_phase_text(phase))
-        if len(r.phases) > SHOW_PHASES:
-            out.append(f"  ... {len(r.phases) - SHOW_PHASES} more due patterns")
+        if r.reader in alike and not alike[r.reader]:
+            continue  # summarised under its profile's first device
+        out.extend(_reader_text(r, alike.get(r.reader) or ()))
+    out.extend(_profiles_text(plan))
     out.extend(_lines_text(plan))
     out.append("")
     out.append("contexts")
     for c in plan.contexts:
-        readers = ", ".join(f"{n} from {rtype}" for rtype, n in c.collected.items()) or "nothing"
+        collected = list(c.collected.items())
+        readers = ", ".join(f"{n} from {rtype}" for rtype, n in collected[:SHOW_DEVICES]) or "nothing"
+        readers += _more(min(len(collected), SHOW_DEVICES), len(collected))
         line = (
             f"  context {c.id}: {_n(c.variables, 'variable')}, interval {_ms(c.interval_ms)}, "
             f"{_ends(c.duration_s)}; collects {readers}"
@@ -384,6 +391,71 @@ def render_text(plan: PipelinePlan) -> str:
     out.append("")
     out.append(f"writers (every context's values go to each): {', '.join(plan.writers)}")
     return "\n".join(out) + "\n"
+
+
+def _reader_text(r: ReaderPlan, others: Sequence[ReaderPlan]) -> list[str]:
+    """One reader's section; ``others``: the devices of its profile summarised under it."""
+    out = [""]
+    device = f", device {r.device} of profile {r.profile}" if r.profile and r.device else ""
+    out.append(f"reader {r.reader} ({r.kind}) on lane {r.lane}{device}")
+    ticks = _n(r.grid_ticks, "tick")
+    out.append(
+        f"  GCD tick {_ms(r.period_ms)}, hyperperiod {_ms(r.hyperperiod_ms)}: {ticks}, "
+        f"{r.due_instants:,}{'' if r.walked_all else '+'} of them with reads"
+    )
+    contexts = ", ".join(map(str, r.contexts))
+    intervals = ", ".join(_ms(i) for i in r.intervals)
+    out.append(
+        f"  {_n(r.distinct, 'distinct read')} for {_n(r.wanted, 'wanted variable')} "
+        f"(contexts {contexts}); intervals {intervals}"
+    )
+    if not r.walked_all:
+        out.append(f"  (the hyperperiod has more due instants than the {MAX_INSTANTS:,} listed below)")
+    for phase in r.phases[:SHOW_PHASES]:
+        out.extend(_phase_text(phase))
+    if len(r.phases) > SHOW_PHASES:
+        out.append(f"  ... {len(r.phases) - SHOW_PHASES} more due patterns")
+    if others:
+        named = ", ".join(f"{o.device} ({o.reader})" for o in others[:SHOW_DEVICES])
+        out.append(
+            f"  ... and {_n(len(others), 'more device')} of profile {r.profile}: {named}"
+            f"{_more(min(len(others), SHOW_DEVICES), len(others))} (plan --full shows each)"
+        )
+    return out
+
+
+def _alike(readers: Sequence[ReaderPlan]) -> dict[str, tuple[ReaderPlan, ...]]:
+    """Reader -> the later readers of its profile (first of a profile) or () (summarised)."""
+    by_profile: dict[str, list[ReaderPlan]] = {}
+    for r in readers:
+        if r.profile is not None and r.device is not None:
+            by_profile.setdefault(r.profile, []).append(r)
+    out: dict[str, tuple[ReaderPlan, ...]] = {}
+    for group in by_profile.values():
+        if len(group) > 1:
+            out[group[0].reader] = tuple(group[1:])
+            out.update((r.reader, ()) for r in group[1:])
+    return out
+
+
+def _profiles_text(plan: PipelinePlan) -> list[str]:
+    by_profile: dict[str, list[ReaderPlan]] = {}
+    for r in plan.readers:
+        if r.profile is not None and r.device is not None:
+            by_profile.setdefault(r.profile, []).append(r)
+    if not by_profile:
+        return []
+    out = ["", "device profiles"]
+    for profile, group in by_profile.items():
+        wanted = sum(r.wanted for r in group)
+        sizes = sorted({r.wanted for r in group})
+        each = (
+            f"{_n(sizes[0], 'variable')} each"
+            if len(sizes) == 1
+            else f"{sizes[0]:,} to {sizes[-1]:,} variables"
+        )
+        out.append(f"  profile {profile}: {_n(len(group), 'device')}, {each}, {wanted:,} wanted in all")
+    return out
 
 
 def _lines_text(plan: PipelinePlan) -> list[str]:
