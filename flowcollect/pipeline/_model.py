@@ -244,6 +244,7 @@ class Pipeline(BaseModel):
         status_every_s: float = 1.0,
         logger: logging.Logger | None = None,
         preflight: bool = True,
+        keep_running: bool = False,
     ) -> RunSummary:
         """Start the devices, then the contexts; collect until ``duration_s`` has passed, every
         context has ended, or ``stop`` is set (from a signal handler or another thread; the run
@@ -254,6 +255,8 @@ class Pipeline(BaseModel):
         is left to collect (``ConfigError``), and, with ``preflight``, every writer's destination
         can work (``PreflightError``). ``on_started(collector)`` runs once every context has
         started; ``on_status(stats)`` every ``status_every_s`` on the calling thread.
+        ``keep_running``: the run does not end when every context has ended (a service whose
+        contexts are started from outside, ``flowcollect run --http``).
         """
         from flowcollect.pipeline._run import run_pipeline
 
@@ -267,6 +270,7 @@ class Pipeline(BaseModel):
             status_every_s=status_every_s,
             logger=logger,
             preflight=preflight,
+            keep_running=keep_running,
         )
 
     def read_once(self, context_ids: Iterable[int] | None = None, *, timeout_s: float = 10.0) -> OnceResult:

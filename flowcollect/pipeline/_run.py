@@ -37,6 +37,7 @@ def run_pipeline(
     status_every_s: float = 1.0,
     logger: logging.Logger | None = None,
     preflight: bool = True,
+    keep_running: bool = False,
 ) -> RunSummary:
     """``Pipeline.run`` (see there)."""
     if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
@@ -58,7 +59,7 @@ def run_pipeline(
             raise PreflightError("; ".join(unusable))
     stop = stop if stop is not None else threading.Event()
     log = logger or _log
-    watcher = _EndWatcher(stop)
+    watcher = _EndWatcher(stop, keep_running)
     began = time.monotonic()
     devices = start_devices(pipeline.devices, log)
     try:
@@ -118,8 +119,9 @@ def _wait(
 class _EndWatcher(DataCollectionListener):
     """Wakes the run when the last context has stopped, noting why each one did."""
 
-    def __init__(self, wake: threading.Event) -> None:
+    def __init__(self, wake: threading.Event, keep_running: bool = False) -> None:
         self._wake = wake
+        self._keep_running = keep_running  # a service: contexts come and go, the run stays
         self._armed = False
         self.ended = False
         self._by_duration: list[int] = []
@@ -149,6 +151,8 @@ class _EndWatcher(DataCollectionListener):
         return "; ".join(parts)
 
     def _ended(self) -> None:
+        if self._keep_running:
+            return
         self.ended = True
         self._wake.set()
 
