@@ -198,6 +198,8 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
                         if figures is not None:
                             yield _sse(figures)
                     await asyncio.sleep(EVENTS_POLL_S)
+                for event in sub.drain():  # the last ones (the close) before the stream ends
+                    yield _sse(event)
             finally:
                 service.unsubscribe(sub)
 

@@ -3,7 +3,10 @@ simulator pipeline): every endpoint, the token rules, bad bodies."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import signal
+import urllib.parse
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +23,27 @@ NEW_CONTEXT = {
     "duration_s": 3600,
     "variables": [{"id": 1, "address": "holding:2:float32", "reader": "plc", "name": "temp_2"}],
 }
+
+
+def oversized(api: Api, *, declared: bool) -> tuple[int, str]:
+    """POST a body one byte over the cap; ``declared``: only the headers are sent, saying so."""
+    url = urllib.parse.urlsplit(api.url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        if declared:
+            connection.putrequest("POST", "/api/v1/contexts")
+            for key, value in headers.items():
+                connection.putheader(key, value)
+            connection.putheader("Content-Length", str((1 << 20) + 1))
+            connection.endheaders()
+        else:
+            body = iter([b"[" + b" " * (1 << 19), b" " * (1 << 19) + b"]"])
+            connection.request("POST", "/api/v1/contexts", body=body, headers=headers, encode_chunked=True)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())["detail"]
+    finally:
+        connection.close()
 
 
 def parse(date: str) -> datetime:
@@ -125,9 +149,9 @@ def test_bad_bodies_get_a_4xx_naming_the_problem_and_change_nothing(
     unknown = dict(NEW_CONTEXT, variables=[{"id": 1, "address": "x", "reader": "nope"}])
     status, body = api.post("/api/v1/contexts", unknown, token=TOKEN)
     assert status == 422 and any("nope" in p for p in body["problems"]), body
-    big = dict(NEW_CONTEXT, filler="x" * (1 << 20))
-    status, body = api.post("/api/v1/contexts", big, token=TOKEN)
-    assert status == 413 and "too large" in body["detail"]
+    # Too large: said by Content-Length (refused before the body is sent), or found reading it.
+    assert oversized(api, declared=True) == (413, f"body too large: {(1 << 20) + 1} bytes, at most {1 << 20}")
+    assert oversized(api, declared=False) == (413, f"body too large: more than {1 << 20} bytes")
     running = dict(NEW_CONTEXT, id=1)
     status, body = api.post("/api/v1/contexts", running, token=TOKEN)
     assert status == 409 and "1" in body["detail"]
@@ -154,18 +178,29 @@ def test_events_stream_lifecycle_and_figures(tmp_path: Path, apis: list[Api], to
         assert api.post("/api/v1/contexts/1/resume", token=TOKEN)[0] == 200
         assert api.post("/api/v1/contexts/2/stop", token=TOKEN)[0] == 200
         assert api.post("/api/v1/contexts/2/start", token=TOKEN)[0] == 200
+        broken = dict(
+            NEW_CONTEXT, id=20, variables=[{"id": 5, "address": "holding:60000:uint16", "reader": "plc"}]
+        )
+        assert api.post("/api/v1/contexts", broken, token=TOKEN)[0] == 201
         data: list[dict[str, object]] = []
-        while not {"pause", "resume", "stop", "start", "figures"} <= set(seen):
+        wanted = {"pause", "resume", "stop", "start", "figures", "error"}
+        while not wanted <= {str(d["event"]) for d in data}:
             line = stream.readline().decode()
             if line.startswith("event: "):
                 seen.append(line[7:].strip())
             elif line.startswith("data: "):
                 data.append(json.loads(line[6:]))
+        # The run ends: the stream says so, then ends.
+        api.proc.send_signal(signal.SIGTERM)
+        rest = stream.read().decode()
+    assert "event: close" in rest
+    assert api.proc.wait(15) == 0
     assert seen.index("pause") < seen.index("resume") < seen.index("stop") < seen.index("start")
     figures = next(d for d in data if d["event"] == "figures")
     assert set(figures) == {"event", "readers", "writers", "contexts"}
     assert {"event": "pause", "context": 1} in data
-    assert api.stop() == 0
+    error = next(d for d in data if d["event"] == "error")
+    assert (error["context"], error["variable"], error["reader"]) == (20, 5, "plc") and error["error"]
 
 
 def test_no_token_means_no_changes_and_no_public_bind(tmp_path: Path, apis: list[Api]) -> None:
