@@ -6,10 +6,11 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -207,13 +208,36 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
+    console = (resources.files("flowcollect.service") / "console.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        # The page holds no data (it asks the API, with the token where needed): open to all.
+        return HTMLResponse(
+            console,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'",
+                "Cache-Control": "no-cache",
+            },
+        )
+
     @app.get("/metrics", dependencies=read)
     async def metrics() -> Response:
         body: bytes = await run_in_threadpool(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # For mypy: the decorated functions are used through the app.
-    _: list[Callable[..., Awaitable[Any]]] = [status, contexts, context, create, values, events, metrics]
+    _: list[Callable[..., Awaitable[Any]]] = [
+        status,
+        contexts,
+        context,
+        create,
+        values,
+        events,
+        page,
+        metrics,
+    ]
     return app
 
 

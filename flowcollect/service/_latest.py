@@ -36,7 +36,7 @@ class LatestValue:
             "reader": s.reader,
             "address": s.address,
             "value": self.value,
-            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "time": self.time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "quality": self.quality,
             "error": self.error,
         }

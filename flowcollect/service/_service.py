@@ -41,7 +41,12 @@ class ContextConflictError(ConfigError):
 
 
 def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    # Milliseconds always (the engine's resolution), so every date has one width.
+    return (
+        None
+        if value is None
+        else value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def _plain(obj: Any) -> dict[str, Any]:
