@@ -393,6 +393,10 @@ def run(
         Path | None,
         typer.Option("--state-dir", help="Record API-started contexts here; they come back after a restart."),
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Reload the pipeline's contexts when the file changes (with --http)."),
+    ] = False,
 ) -> None:
     """Run a pipeline until --duration, until every context has ended, or until SIGINT/SIGTERM.
 
@@ -409,7 +413,9 @@ def run(
         )
         if options is not None and once:
             raise ConfigError("--once reads every variable once and writes nothing: it joins no --group")
-        service_options = _http_options(http, token_file, tls_cert, tls_key, state_dir, once, group)
+        service_options = _http_options(
+            http, (token_file, tls_cert, tls_key, state_dir), once, group, pipeline_file, watch
+        )
     except ConfigError as exc:
         _fail(exc, debug)
     pipeline = _load(pipeline_file, debug, enter=True)
@@ -450,24 +456,16 @@ def run(
 
 def _http_options(
     http: str | None,
-    token_file: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    state_dir: Path | None,
+    paths: tuple[Path | None, Path | None, Path | None, Path | None],
     once: bool,
     group: str | None,
+    pipeline_file: Path,
+    watch: bool,
 ) -> Any:
-    """The service's options, paths made absolute before ``run`` enters the pipeline's folder."""
-    given = [
-        n
-        for n, v in (
-            ("--token-file", token_file),
-            ("--tls-cert", tls_cert),
-            ("--tls-key", tls_key),
-            ("--state-dir", state_dir),
-        )
-        if v is not None
-    ]
+    """The service's options, paths made absolute before ``run`` enters the pipeline's folder.
+    ``paths``: the token file, TLS certificate and key, and the state folder."""
+    names = ("--token-file", "--tls-cert", "--tls-key", "--state-dir")
+    given = [n for n, v in zip(names, paths, strict=True) if v is not None] + (["--watch"] if watch else [])
     if http is None:
         if given:
             raise ConfigError(f"{', '.join(given)} only apply with --http HOST:PORT")
@@ -478,10 +476,8 @@ def _http_options(
         raise ConfigError("--http with --group is not supported yet: run the API on a single collector")
     from flowcollect.service._wiring import HttpOptions
 
-    def absolute(path: Path | None) -> Path | None:
-        return None if path is None else path.absolute()
-
-    return HttpOptions(http, absolute(token_file), absolute(tls_cert), absolute(tls_key), absolute(state_dir))
+    token_file, tls_cert, tls_key, state_dir = (None if p is None else p.absolute() for p in paths)
+    return HttpOptions(http, token_file, tls_cert, tls_key, state_dir, pipeline_file.absolute(), watch)
 
 
 def _shown(api: Any, stats: CollectorStats) -> CollectorStats:

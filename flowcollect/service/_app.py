@@ -172,6 +172,15 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
     operation("resume", service.resume)
     operation("stop", service.stop)
 
+    @app.post("/api/v1/reload", dependencies=change)
+    async def reload() -> Any:
+        try:
+            return await run_in_threadpool(service.reload)
+        except ContextConflictError as exc:
+            raise ApiError(409, str(exc)) from None
+        except ConfigError as exc:
+            raise ApiError(422, "reload refused, nothing changed", exc.problems) from None
+
     @app.get("/api/v1/values", dependencies=read)
     async def values(
         context: int | None = None,

@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, UnknownContextError
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext
-from flowcollect.pipeline import writer_figures
+from flowcollect.pipeline import Pipeline, writer_figures
 from flowcollect.service._latest import LatestValue, LatestValues
 from flowcollect.service._state import StateStore
 from flowcollect.stats import CollectorStats, ContextStats
@@ -118,6 +119,12 @@ class Service(DataCollectionListener):
         self._ended_down: set[int] = set()
         self._subscribers: list[Subscription] = []
         self._closing = False
+        self._definitions = [c.model_copy(deep=True) for c in pipeline_contexts]
+        """The pipeline's contexts as last loaded (for reload's difference)."""
+        self.pipeline: Pipeline | None = None
+        self.pipeline_path: Path | None = None
+        self._reload_lock = threading.Lock()
+        """One reload at a time (the API, SIGHUP and --watch may ask at once)."""
         latest.on_error = self._value_error
 
     # -- wiring ------------------------------------------------------------------------------
@@ -376,6 +383,38 @@ class Service(DataCollectionListener):
         self.store.put(
             context.id, {"context": body, "start_date": start, "duration_s": duration, "paused": paused}
         )
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """Load the pipeline file again and apply the difference of its contexts (``_reload``);
+        ``ConfigError`` listing every problem, with nothing changed, for a broken file."""
+        from flowcollect.service._reload import load_checked, plan_reload
+
+        if self.pipeline is None or self.pipeline_path is None:
+            raise ContextConflictError("reload needs the pipeline file (flowcollect run --http)")
+        with self._reload_lock:
+            collector = self.collector
+            new = load_checked(self.pipeline_path, collector, self.pipeline)
+            running = set(collector.contexts())
+            result = plan_reload(self._definitions, new.contexts, running)
+            for cid in result.removed + result.changed:
+                if cid in collector.contexts():
+                    collector.stop(cid)
+            fresh = {c.id: c for c in new.contexts}
+            with self._lock:
+                self._pipeline_ids = frozenset(fresh)
+                for cid in result.added + result.changed:
+                    self._known[cid] = fresh[cid].model_copy(deep=True)
+            for cid in result.added + result.changed:
+                collector.start(fresh[cid].model_copy(deep=True))
+            self._definitions = [c.model_copy(deep=True) for c in new.contexts]
+            result.notes.append(
+                "readers, writers and devices kept as they run (their options are not reloaded)"
+            )
+        _log.info("%s", result.line())
+        self.publish({"event": "reload"} | result.as_dict())
+        return result.as_dict()
 
     # -- restart -----------------------------------------------------------------------------
 

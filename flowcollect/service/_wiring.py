@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError
@@ -21,6 +24,9 @@ from flowcollect.stats import CollectorStats
 __all__ = ["HttpOptions", "ServiceRun", "parse_listen"]
 
 _log = logging.getLogger("flowcollect.service")
+
+WATCH_EVERY_S = 1.0
+"""How often ``--watch`` looks at the pipeline file's modification time and size."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -38,6 +44,9 @@ class HttpOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     state_dir: Path | None = None
+    pipeline_path: Path | None = None
+    """The pipeline file, absolute: reloaded on ``POST /api/v1/reload``, SIGHUP and ``watch``."""
+    watch: bool = False
 
 
 class ServiceRun:
@@ -57,6 +66,13 @@ class ServiceRun:
         store = None if options.state_dir is None else StateStore(options.state_dir)
         self.latest = LatestValues()
         self.service = Service(pipeline.name, pipeline.contexts, self.latest, store)
+        self.service.pipeline = pipeline
+        self.service.pipeline_path = options.pipeline_path
+        self._watch = options.watch and options.pipeline_path is not None
+        self._reload = threading.Event()
+        self._ending = threading.Event()
+        self._reloader: threading.Thread | None = None
+        self._previous_hup: Any = None
         self._server: ApiServer | None = None
         app = build_app(
             self.service,
@@ -84,9 +100,57 @@ class ServiceRun:
         self.service.restore()
         if self._server is not None:
             self._server.start()
+        if self.service.pipeline_path is not None:
+            self._start_reloader()
         added_ms = (self._setup_s + time.perf_counter() - began) * 1000
         _log.info("HTTP API at %s/api/v1/ (added %.0f ms to the start)", self.url, added_ms)
 
+    def _start_reloader(self) -> None:
+        # SIGHUP only sets an event (on the main thread, where run calls started()); the reload
+        # itself runs on this thread, never inside a signal handler.
+        if threading.current_thread() is threading.main_thread():
+            self._previous_hup = signal.signal(signal.SIGHUP, lambda _s, _f: self._reload.set())
+        self._reloader = threading.Thread(target=self._reloads, name="service-reload", daemon=True)
+        self._reloader.start()
+
+    def _reloads(self) -> None:
+        path = self.service.pipeline_path
+        if path is None:
+            return
+        seen = _stamp(path)
+        while not self._ending.is_set():
+            asked = self._reload.wait(WATCH_EVERY_S)
+            self._reload.clear()
+            if self._ending.is_set():
+                return
+            if self._watch and not asked:
+                now = _stamp(path)
+                if now == seen:
+                    continue
+                seen = now
+                _log.info("pipeline file %s changed: reloading", path)
+            try:
+                self.service.reload()
+            except ConfigError as exc:
+                _log.error("reload refused, nothing changed: %s", "; ".join(exc.problems))
+            except Exception:  # never silently: the thread goes on for the next change
+                _log.exception("reload failed")
+
     def close(self) -> None:
+        self._ending.set()
+        self._reload.set()
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        if self._reloader is not None:
+            self._reloader.join(5.0)
         if self._server is not None:
             self._server.close()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
