@@ -25,7 +25,7 @@ from flowcollect.errors import (
 from flowcollect.metrics import registry_for
 from flowcollect.models import DataCollectionContext
 from flowcollect.service._auth import token_matches
-from flowcollect.service._service import ContextConflictError, Service
+from flowcollect.service._service import ContextConflictError, NotReadyError, Service
 
 __all__ = ["MAX_BODY_BYTES", "build_app"]
 
@@ -130,6 +130,8 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
             raise ApiError(404, str(exc)) from None
         except ContextAlreadyRunningError as exc:
             raise ApiError(409, str(exc)) from None
+        except NotReadyError as exc:
+            raise ApiError(503, str(exc)) from None
         except ContextConflictError as exc:
             raise ApiError(409, str(exc), exc.problems) from None
         except CollectorClosedError as exc:
@@ -176,6 +178,8 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
     async def reload() -> Any:
         try:
             return await run_in_threadpool(service.reload)
+        except NotReadyError as exc:
+            raise ApiError(503, str(exc)) from None
         except ContextConflictError as exc:
             raise ApiError(409, str(exc)) from None
         except ConfigError as exc:

@@ -27,7 +27,7 @@ from flowcollect.service._latest import LatestValue, LatestValues
 from flowcollect.service._state import StateStore
 from flowcollect.stats import CollectorStats, ContextStats
 
-__all__ = ["ContextConflictError", "Service", "Subscription"]
+__all__ = ["ContextConflictError", "NotReadyError", "Service", "Subscription"]
 
 _log = logging.getLogger("flowcollect.service")
 
@@ -39,6 +39,10 @@ EVENT_QUEUE = 1_000
 
 class ContextConflictError(ConfigError):
     """The context is in a state that does not allow the operation (409)."""
+
+
+class NotReadyError(ContextConflictError):
+    """The collector has not started yet, or the run is ending (503)."""
 
 
 def iso(value: datetime | None) -> str | None:
@@ -136,7 +140,7 @@ class Service(DataCollectionListener):
     def collector(self) -> DataCollector:
         collector = self._collector
         if collector is None:
-            raise ContextConflictError("the collector is not running yet")
+            raise NotReadyError("the collector is not running yet")
         return collector
 
     # -- listener (called by the collector, under its lock: record and publish only) ---------

@@ -81,6 +81,9 @@ class ServiceRun:
             closing=lambda: self._server is None or self._server.closing.is_set(),
         )
         self._server = ApiServer(app, host, port, tls_cert=options.tls_cert, tls_key=options.tls_key)
+        # Served from now on (503 until the collector runs): the server's own start-up (its
+        # event loop, its imports) happens before the first tick, not while lanes tick.
+        self._server.start()
         # Attached to every collector the run builds: the latest values and the events.
         pipeline.writers = [*pipeline.writers, self.latest]
         pipeline.listeners = [*pipeline.listeners, self.service]
@@ -98,8 +101,6 @@ class ServiceRun:
         began = time.perf_counter()
         self.service.attach(collector)
         self.service.restore()
-        if self._server is not None:
-            self._server.start()
         if self.service.pipeline_path is not None:
             self._start_reloader()
         added_ms = (self._setup_s + time.perf_counter() - began) * 1000
