@@ -124,7 +124,9 @@ class ServiceRun:
             self._reload.clear()
             if self._ending.is_set():
                 return
-            if self._watch and not asked:
+            if not asked:
+                if not self._watch:
+                    continue
                 now = _stamp(path)
                 if now == seen:
                     continue

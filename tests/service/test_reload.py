@@ -52,7 +52,8 @@ def test_reload_applies_the_difference_and_unchanged_contexts_miss_nothing(
     pipe = tmp_path / "pipe.py"
     one = api.get("/api/v1/contexts/1")
     two = api.get("/api/v1/contexts/2")
-    time.sleep(0.5)
+    time.sleep(1.5)
+    assert "reload" not in api.log()  # without --watch, only when asked
 
     pipe.write_text(edited(slower=True, third=True))
     status, result = api.post("/api/v1/reload", token=TOKEN)
