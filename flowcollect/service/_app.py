@@ -122,10 +122,12 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
             body["problems"] = exc.problems
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
-    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+    async def call(fn: Callable[..., Any], *args: Any) -> JSONResponse:
         # The collector's calls block (a start waits for its lanes): off the event loop.
         try:
-            return await run_in_threadpool(fn, *args)
+            # Encoded by json.dumps at once: the data are plain already, and FastAPI's
+            # encoder walks every value in Python (a 10,000-value page held the GIL for long).
+            return JSONResponse(await run_in_threadpool(fn, *args))
         except UnknownContextError as exc:
             raise ApiError(404, str(exc)) from None
         except ContextAlreadyRunningError as exc:
@@ -160,7 +162,9 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
             model = DataCollectionContext.model_validate(body)
         except ValidationError as exc:
             raise ApiError(422, "invalid context", _problems(exc)) from None
-        return await call(service.create, model)
+        response = await call(service.create, model)
+        response.status_code = 201
+        return response
 
     def operation(name: str, fn: Callable[[int], Any]) -> None:
         async def handler(context_id: int) -> Any:
@@ -177,7 +181,7 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
     @app.post("/api/v1/reload", dependencies=change)
     async def reload() -> Any:
         try:
-            return await run_in_threadpool(service.reload)
+            return JSONResponse(await run_in_threadpool(service.reload))
         except NotReadyError as exc:
             raise ApiError(503, str(exc)) from None
         except ContextConflictError as exc:

@@ -75,6 +75,8 @@ class LatestValues(DataWriter):
         self._batches: OrderedDict[tuple[int | None, int], ValueBatch] = OrderedDict()
         self._loose: dict[tuple[int, int], tuple[int, LatestValue]] = {}
         self._not_kept = 0
+        self._last_errors: dict[str, LatestValue] = {}
+        """The newest error of each reader (its variables'), for the status."""
         self.on_error: Callable[[LatestValue], None] | None = None
         """Called on the writer's thread when a variable's error begins or changes."""
 
@@ -93,14 +95,32 @@ class LatestValues(DataWriter):
             while len(self._batches) > MAX_BATCHES:
                 _, old = self._batches.popitem(last=False)
                 self._loosen(old)
-        on_error = self.on_error
-        if on_error is None or errors.count(None) == len(errors):
+        if errors.count(None) == len(errors):
             return
-        # Only batches with errors are walked: a transition from the same shape's last batch.
+        # Only batches with errors are walked: the reader's newest error, and a transition from
+        # the same shape's last batch for the events.
+        on_error = self.on_error
         was = before.errors if before is not None else None
+        newest: dict[str, LatestValue] = {}
+        began: list[LatestValue] = []
         for i, error in enumerate(errors):
-            if error is not None and (was is None or was[i] != error):
-                on_error(_value(batch, i))
+            if error is None:
+                continue
+            value = _value(batch, i)
+            newest[value.spec.reader] = value
+            if was is None or was[i] != error:
+                began.append(value)
+        with self._lock:
+            self._last_errors.update(newest)
+        if on_error is not None:  # after the update: whoever hears the event finds it in status
+            for value in began:
+                on_error(value)
+
+    def last_errors(self) -> dict[str, LatestValue]:
+        """Each reader's newest error (of any of its variables, in any context), kept past its
+        recovery: when and what it was."""
+        with self._lock:
+            return dict(self._last_errors)
 
     def _loosen(self, batch: ValueBatch) -> None:
         loose = self._loose

@@ -231,18 +231,15 @@ class Service(DataCollectionListener):
         full = collector.stats()
         stats = self.visible(full)
         kept = full.writers.get(self.latest.name)
-        last_errors: dict[str, dict[str, Any]] = {}
-        for value in self.latest.select():
-            if value.error is not None:
-                best = last_errors.get(value.spec.reader)
-                when = iso(value.time)
-                if best is None or (when or "") >= best["time"]:
-                    last_errors[value.spec.reader] = {
-                        "error": value.error,
-                        "time": when,
-                        "variable": value.spec.id,
-                        "context": value.spec.context_id,
-                    }
+        last_errors = {
+            reader: {
+                "error": value.error,
+                "time": iso(value.time),
+                "variable": value.spec.id,
+                "context": value.spec.context_id,
+            }
+            for reader, value in self.latest.last_errors().items()
+        }
         lanes = collector.lanes()
         membership = self._membership() if self._membership is not None else None
         return {

@@ -190,6 +190,7 @@ def test_events_stream_lifecycle_and_figures(tmp_path: Path, apis: list[Api], to
                 seen.append(line[7:].strip())
             elif line.startswith("data: "):
                 data.append(json.loads(line[6:]))
+        stopped_status = api.get("/api/v1/status")  # the reader's newest error, kept
         # The run ends: the stream says so, then ends.
         api.proc.send_signal(signal.SIGTERM)
         rest = stream.read().decode()
@@ -201,6 +202,8 @@ def test_events_stream_lifecycle_and_figures(tmp_path: Path, apis: list[Api], to
     assert {"event": "pause", "context": 1} in data
     error = next(d for d in data if d["event"] == "error")
     assert (error["context"], error["variable"], error["reader"]) == (20, 5, "plc") and error["error"]
+    last = stopped_status["readers"]["plc"]["last_error"]
+    assert (last["context"], last["variable"], last["error"]) == (20, 5, error["error"])
 
 
 def test_no_token_means_no_changes_and_no_public_bind(tmp_path: Path, apis: list[Api]) -> None:
