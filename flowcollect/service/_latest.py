@@ -45,10 +45,14 @@ class LatestValue:
             "reader": s.reader,
             "address": s.address,
             "value": self.value,
-            "time": self.time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "time": _iso(self.time),
             "quality": self.quality,
             "error": self.error,
         }
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _value(batch: ValueBatch, i: int) -> LatestValue:
@@ -143,10 +147,11 @@ class LatestValues(DataWriter):
             for loose_key in [k for k in self._loose if k[0] == context_id]:
                 del self._loose[loose_key]
 
-    def select(
-        self, context: int | None = None, reader: str | None = None, name: str | None = None
-    ) -> list[LatestValue]:
-        """The latest values, by context then variable id; ``name`` is a glob (``temp*``)."""
+    def _refs(
+        self, context: int | None, reader: str | None, name: str | None
+    ) -> list[tuple[ValueBatch | LatestValue, int]]:
+        """Where each selected variable's latest value is (a batch and a position, or a value
+        kept on its own), by context then variable id: nothing is built per value here."""
         with self._lock:
             batches = sorted(self._batches.values(), key=lambda b: b.t_ms)
             loose = list(self._loose.items())
@@ -162,7 +167,7 @@ class LatestValues(DataWriter):
                 held = newest.get(key)
                 if held is None or held[0] <= t:
                     newest[key] = (t, batch, i)
-        out = []
+        out: list[tuple[ValueBatch | LatestValue, int]] = []
         for key in sorted(newest):
             _, source, i = newest[key]
             spec = source.spec if isinstance(source, LatestValue) else source.variables[i]
@@ -172,8 +177,56 @@ class LatestValues(DataWriter):
                 continue
             if name is not None and not fnmatch.fnmatchcase(spec.name or "", name):
                 continue
-            out.append(source if isinstance(source, LatestValue) else _value(source, i))
+            out.append((source, i))
         return out
+
+    def select(
+        self, context: int | None = None, reader: str | None = None, name: str | None = None
+    ) -> list[LatestValue]:
+        """The latest values, by context then variable id; ``name`` is a glob (``temp*``)."""
+        return [
+            s if isinstance(s, LatestValue) else _value(s, i) for s, i in self._refs(context, reader, name)
+        ]
+
+    def page(
+        self,
+        context: int | None = None,
+        reader: str | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int = 1000,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """How many match, and the rows ``offset`` to ``offset + limit`` as plain dicts (only
+        those are built; a batch's instant is formatted once for all its values)."""
+        refs = self._refs(context, reader, name)
+        times: dict[int, str] = {}
+        rows = []
+        for source, i in refs[offset : offset + limit]:
+            if isinstance(source, LatestValue):
+                rows.append(source.as_dict())
+                continue
+            s = source.variables[i]
+            ns = None if source.source_ns is None else source.source_ns[i]
+            if ns is None:
+                when = times.get(id(source))
+                if when is None:
+                    when = times[id(source)] = _iso(source.time)
+            else:
+                when = _iso(source.time_of(i))
+            rows.append(
+                {
+                    "context": s.context_id,
+                    "variable": s.id,
+                    "name": s.name,
+                    "reader": s.reader,
+                    "address": s.address,
+                    "value": source.values[i],
+                    "time": when,
+                    "quality": None if source.quality is None else source.quality[i],
+                    "error": source.errors[i],
+                }
+            )
+        return len(refs), rows
 
     def stats(self) -> dict[str, float]:
         with self._lock:  # cheap: every stats() snapshot asks

@@ -330,9 +330,8 @@ class Service(DataCollectionListener):
         offset: int = 0,
         limit: int = 1000,
     ) -> dict[str, Any]:
-        selected = self.latest.select(context, reader, name)
-        page = selected[offset : offset + limit]
-        return {"total": len(selected), "offset": offset, "values": [v.as_dict() for v in page]}
+        total, rows = self.latest.page(context, reader, name, offset, limit)
+        return {"total": total, "offset": offset, "values": rows}
 
     # -- changes -----------------------------------------------------------------------------
 
