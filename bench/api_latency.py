@@ -1,13 +1,14 @@
 """The HTTP API's latency and its cost to the lanes (issue 19), against real processes.
 
 ``flowcollect run`` of 10,000 random variables at 100 ms (one lane, a writer that discards)
-runs three times for ``--seconds`` (plus 2) each, its tick lateness p99 and overruns read from
+runs four times for ``--seconds`` (plus 2) each, its tick lateness p99 and overruns read from
 its ``--json`` summary:
 
 - without_http: the limit, the same collection without the API;
 - quiet: with ``--http``, nobody calling (what keeping the latest values costs);
-- polled: a client calls ``GET /api/v1/status`` ten times a second and a values page of
-  10,000 (``GET /api/v1/values?limit=10000``) once a second, timing each call.
+- polled: a client calls ``GET /api/v1/status`` ten times a second, timing each call;
+- values: a client asks for a page of all 10,000 values (``GET /api/v1/values?limit=10000``)
+  once a second, timing each call.
 
 Prints JSON. ``PYTHONPATH=. python bench/api_latency.py --seconds 20``
 """
@@ -79,7 +80,7 @@ def phase(folder: Path, seconds: float, mode: str) -> dict[str, object]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "flowcollect", *args], cwd=folder, stdout=subprocess.PIPE, stderr=err
         )
-        if mode == "polled":
+        if mode in ("polled", "values"):
             deadline = time.monotonic() + 30
             found = None
             while found is None and time.monotonic() < deadline and proc.poll() is None:
@@ -92,8 +93,9 @@ def phase(folder: Path, seconds: float, mode: str) -> dict[str, object]:
             end = time.monotonic() + seconds - 0.5
             next_values = time.monotonic()
             while time.monotonic() < end:
-                status_ms.append(get(base + "/api/v1/status")[0])
-                if time.monotonic() >= next_values:
+                if mode == "polled":
+                    status_ms.append(get(base + "/api/v1/status")[0])
+                elif time.monotonic() >= next_values:
                     next_values += 1.0
                     took, body = get(base + "/api/v1/values?limit=10000")
                     values_ms.append(took)
@@ -113,6 +115,9 @@ def phase(folder: Path, seconds: float, mode: str) -> dict[str, object]:
             "status_ms_p50": pct(status_ms, 0.5),
             "status_ms_p99": pct(status_ms, 0.99),
             "status_calls": len(status_ms),
+        }
+    if mode == "values":
+        out |= {
             "values_10000_ms_p50": pct(values_ms, 0.5),
             "values_10000_ms_p99": pct(values_ms, 0.99),
             "values_calls": len(values_ms),
@@ -131,6 +136,7 @@ def main() -> None:
         off = phase(folder, seconds, "off")
         quiet = phase(folder, seconds, "quiet")
         polled = phase(folder, seconds, "polled")
+        values = phase(folder, seconds, "values")
     print(
         json.dumps(
             {
@@ -142,6 +148,7 @@ def main() -> None:
                 "without_http": off,
                 "quiet": quiet,
                 "polled": polled,
+                "values": values,
             }
         )
     )
