@@ -50,6 +50,9 @@ TAG_KEYS = ("address", "context", "reader", "variable")
 # With schema="typed", the field key of each value type: one type per key, whatever is mixed.
 TYPED_FIELD_KEYS = {"float": "value", "int": "value_int", "bool": "value_bool", "str": "value_str"}
 QUALITY_FIELD = "quality"
+# The source's own time of a value, when its reader carries it beside the value (OPC UA's
+# default): an integer field of epoch nanoseconds, so a query can compare it with the point's time.
+SOURCE_TIME_FIELD = "source_time"
 # Tags the writer sets itself; a variable's own tag of one of these names is left out.
 RESERVED_TAGS = frozenset(("address", "context", "name", "reader", "variable"))
 # Batches of one context and phase share their variables list: a few thousand lists is a big
@@ -349,7 +352,8 @@ class LineSerializer:
 
         Straight from the columns: no per-value object. The timestamp is the grid instant in
         nanoseconds, or the value's source time when the batch has one for it; a value's
-        ``quality`` (when not None) goes in a ``quality`` string field beside the value.
+        ``quality`` (when not None) goes in a ``quality`` string field beside the value, and the
+        source time carried beside it (``source_time_ns``) in a ``source_time`` integer field.
         """
         prefixes, formats, all_float = self._layout(batch.variables)
         stamp = f" {batch.t_ms * 1_000_000}"
@@ -359,7 +363,12 @@ class LineSerializer:
         as_float = _as_float
         values = batch.values
         errors = batch.errors
-        simple = batch.source_ns is None and batch.quality is None and errors.count(None) == len(errors)
+        simple = (
+            batch.source_ns is None
+            and batch.quality is None
+            and batch.source_time_ns is None
+            and errors.count(None) == len(errors)
+        )
         if (
             simple
             and all_float
@@ -388,6 +397,7 @@ class LineSerializer:
             return lines, problems
         source = batch.source_ns
         quality = batch.quality
+        beside = batch.source_time_ns
         for i, (prefix, fmt, x, error) in enumerate(zip(prefixes, formats, values, errors, strict=True)):
             if error is not None:
                 problems.append((i, "error", error))
@@ -398,6 +408,9 @@ class LineSerializer:
                 word = quality[i] if quality is not None else None
                 if word is not None:
                     text += f",{QUALITY_FIELD}={_string_text(str(word))}"
+                at = beside[i] if beside is not None else None
+                if at is not None:
+                    text += f",{SOURCE_TIME_FIELD}={at}i"
             except Unwritable as exc:
                 problems.append((i, "unwritable", str(exc)))
                 continue
@@ -451,6 +464,8 @@ class LineSerializer:
                         text = text[:-2]
                 else:
                     text = field_text(x, v.value_type)
+                if v.source_time is not None:
+                    text += f",{SOURCE_TIME_FIELD}={timestamp_ns(v.source_time)}i"
             except Unwritable as exc:
                 unwritable.append((v, str(exc)))
                 continue
