@@ -190,7 +190,10 @@ def workspace(tmp_path: Path) -> Path:
 
 
 def check_readme(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
-    assert result.stdout == "result: OK, 10 values stored\n", result.stderr
+    # The verdict the page's comment promises, as printed.
+    promised = re.search(r"^print\(summary\.verdict\(\)\)  # (.+)$", code, flags=re.MULTILINE)
+    assert promised is not None, code
+    assert result.stdout == promised.group(1) + "\n", result.stderr
     rows = (cwd / "out" / "values.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 10  # the header, then every value stored
 
