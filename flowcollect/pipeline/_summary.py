@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flowcollect.stats import CollectorStats, WriterStats
@@ -84,6 +85,12 @@ class RunSummary:
     stats: CollectorStats
     why: str = ""
     """In words, what ended the run (``contexts 1, 2 reached their duration_s``)."""
+    files: Mapping[str, str] = field(default_factory=dict)
+    """Writer name -> the file it writes, as the user finds it from where the run was started
+    (``pipelines/out/demo.csv``, where the writer's own path is ``out/demo.csv``)."""
+
+    def _where(self, name: str) -> str:
+        return self.files.get(name, name)
 
     @property
     def values_read(self) -> int:
@@ -198,14 +205,14 @@ class RunSummary:
             return "result: OK, no writer"
         if len(writers) == 1:
             ((name, figures),) = writers.items()
-            return f"result: OK, {_values(figures.written)} stored in {name}"
+            return f"result: OK, {_values(figures.written)} stored in {self._where(name)}"
         stored = {f.written for f in writers.values()}
         if len(stored) == 1:
             return (
                 f"result: OK, {_values(stored.pop())} stored in each of {len(writers)} writers "
-                f"({', '.join(writers)})"
+                f"({', '.join(self._where(name) for name in writers)})"
             )
-        each = ", ".join(f"{_values(f.written)} in {name}" for name, f in writers.items())
+        each = ", ".join(f"{_values(f.written)} in {self._where(name)}" for name, f in writers.items())
         return f"result: OK, stored: {each}"
 
     def _writes(self) -> str:
@@ -254,6 +261,8 @@ class RunSummary:
                 line += f", {f.pending:,} not stored (left queued)"
             if f.replayed:
                 line += f"; {f.replayed:,} of an earlier run replayed from its spool"
+            if name in self.files:
+                line += f" (file {self.files[name]})"
             out.append(line)
         out.append(self.verdict())
         return out
@@ -304,5 +313,6 @@ class RunSummary:
                 str(cid): {"state": c.state, "delivered": c.delivered, "missed": c.missed_instants}
                 for cid, c in self.stats.contexts.items()
             },
+            "files": dict(self.files),
             "problems": [text for _, text in self.problems()],
         }

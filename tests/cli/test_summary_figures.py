@@ -45,11 +45,13 @@ def figure(text: str, label: str) -> str:
 
 
 def test_two_writers_say_values_and_writes_apart_and_reads_apart_from_deliveries(tmp_path: Path) -> None:
-    path = write_pipeline(tmp_path, TWO_WRITERS)
-    result = flowcollect("run", str(path), cwd=tmp_path)
+    (tmp_path / "pipes").mkdir()
+    write_pipeline(tmp_path / "pipes", TWO_WRITERS)
+    result = flowcollect("run", "pipes/pipe.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    rows = {name: len((tmp_path / name).read_text().splitlines()) - 1 for name in ("a.csv", "b.csv")}
+    files = {name: tmp_path / "pipes" / name for name in ("a.csv", "b.csv")}
+    rows = {name: len(path.read_text().splitlines()) - 1 for name, path in files.items()}
     delivered = int(figure(text, "delivered").split()[0].replace(",", ""))
     read = int(figure(text, "values read").split()[0].replace(",", ""))
     assert rows == {"a.csv": delivered, "b.csv": delivered}
@@ -60,8 +62,10 @@ def test_two_writers_say_values_and_writes_apart_and_reads_apart_from_deliveries
     # Writes, not values: 2 x delivered writes, and the verdict counts values.
     assert figure(text, "written") == f"{2 * delivered:,} (writes: 2 writers, {delivered:,} values each)"
     assert text.splitlines()[-1] == (
-        f"result: OK, {delivered:,} values stored in each of 2 writers (csv:a.csv, csv:b.csv)"
+        f"result: OK, {delivered:,} values stored in each of 2 writers (pipes/a.csv, pipes/b.csv)"
     )
+    # Each file named where the user finds it from where the run started (not beside the cwd).
+    assert re.search(r"^  writer csv:a\.csv: .* \(file pipes/a\.csv\)$", text, re.MULTILINE), text
 
 
 REPLAY = """\
