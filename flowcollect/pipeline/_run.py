@@ -16,6 +16,7 @@ from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline._devices import start_devices, stop_devices
+from flowcollect.pipeline._member import unresolved_member_paths
 from flowcollect.pipeline._model import QUIET
 from flowcollect.pipeline._summary import RunSummary, StopReason
 from flowcollect.stats import CollectorStats
@@ -50,7 +51,7 @@ def run_pipeline(
     contexts = pipeline.select(context_ids)
     ids = [c.id for c in contexts]
     # Quietly: start repeats the check and logs its warnings (variables left out) once.
-    problems = pipeline.check(ids, logger=QUIET)
+    problems = pipeline.check(ids, logger=QUIET) + unresolved_member_paths(pipeline.writers)
     if problems:
         raise ConfigError(problems)
     empty = pipeline.nothing_to_collect(ids)
