@@ -6,6 +6,7 @@ internals and may change without notice.
 
 from __future__ import annotations
 
+from flowcollect._secret import Secret, secret_from_env, secret_from_file
 from flowcollect.collector import DataCollector
 from flowcollect.errors import (
     CollectorClosedError,
@@ -48,6 +49,10 @@ __all__ = [
     "ContextStats",
     "ReaderStats",
     "WriterStats",
+    # Secrets in pipeline files
+    "Secret",
+    "secret_from_env",
+    "secret_from_file",
     # Errors
     "CollectorClosedError",
     "ConfigError",

@@ -7,6 +7,11 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+QUIET = logging.Logger("flowcollect.quiet", logging.CRITICAL + 1)
+"""A logger that says nothing (``Pipeline.check`` without a logger is as quiet already)."""
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
+
 
 class RateLimitedLog:
     """Logs a given (key) problem at most once per ``window_s``, counting what it held back.

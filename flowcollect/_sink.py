@@ -595,11 +595,28 @@ class WriterSink:
                 return False
             self._abandoned = True
             queued, in_flight, phase = self._queued, self._in_flight, self._phase
-            self._dropped_close += queued + in_flight
+            # A writer that keeps what it did not acknowledge (a spool: what it took is on its
+            # disk, for the next run) has not lost its values in flight, unless it is stuck
+            # taking a batch (then whether that one was kept is unknown).
+            kept = (
+                in_flight if getattr(self.writer, "keeps_unacknowledged", False) and phase != "write" else 0
+            )
+            self._dropped_close += queued + in_flight - kept
             self._queue.clear()
             self._pending.clear()
-            self._queued = self._in_flight = 0
+            self._queued = 0
+            self._in_flight = kept
             self._cond.notify_all()
+        if kept:
+            self._log.warning(
+                "writer %s is still in %s at the close deadline: its thread is left behind; %d values "
+                "it had taken stay with it for the next run, %d queued are counted dropped",
+                self.name,
+                phase,
+                kept,
+                queued,
+            )
+            return False
         self._log.warning(
             "writer %s is stuck in %s at the close deadline: its thread is left behind and "
             "%d values it had not stored (%d queued, %d in flight) are counted dropped",

@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -35,10 +36,18 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from flowcollect._browse_cli import browse_command
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
-from flowcollect.group import GroupMembership, GroupOptions, GroupStats, GroupStatsCollector, run_in_group
-from flowcollect.group._cli import group_app
+from flowcollect.group import (
+    GroupMembership,
+    GroupOptions,
+    GroupStats,
+    GroupStatsCollector,
+    group_app,
+    run_in_group,
+)
+from flowcollect.importers import import_app
 from flowcollect.pipeline import (
     EXIT_ALL_ERRORS,
     EXIT_ERROR,
@@ -46,9 +55,10 @@ from flowcollect.pipeline import (
     Pipeline,
     RunSummary,
     load_pipeline,
+    port_in_use,
     writer_figures,
 )
-from flowcollect.pipeline._devices import port_in_use
+from flowcollect.scan import scan_command
 from flowcollect.stats import CollectorStats
 
 __all__ = ["app", "main"]
@@ -63,6 +73,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(group_app, name="group")
+app.add_typer(import_app, name="import")
+app.command("scan")(scan_command)
+app.command("browse")(browse_command)
 
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 # (pymodbus's own ERROR lines for failures the Modbus reader reports are kept out by the reader,
@@ -383,28 +396,23 @@ def run(
     if once:
         _once(pipeline, context, json_summary, debug)
         return
-    received: list[str] = []
-    memberships: list[GroupMembership] = []
     try:
-        summary = _run(
+        result = _run(
             pipeline,
             duration,
             context,
-            metrics_port,
-            metrics_host,
-            status_every,
-            console,
-            live_status,
-            not no_preflight,
-            received,
-            options,
-            memberships,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            status_every=status_every,
+            console=console,
+            live_status=live_status,
+            preflight=not no_preflight,
+            group=options,
         )
     except Exception as exc:
         _fail(exc, debug)
-    signal_name = received[0] if received else None
+    summary, signal_name, final = result.summary, result.signal, result.group
     code = summary.exit_code(signal_name)
-    final = memberships[0].stats() if memberships else None
     if json_summary:
         group_figures = {} if final is None else {"group": final.as_dict()}
         typer.echo(json.dumps(summary.as_dict() | {"signal": signal_name, "exit_code": code} | group_figures))
@@ -419,21 +427,32 @@ def run(
     raise typer.Exit(code)
 
 
+@dataclass(frozen=True, slots=True)
+class _RunResult:
+    """What ``run`` reports after ``_run``: the summary, the signal that stopped the run (None:
+    it ended by itself) and, in a group, the membership's final figures."""
+
+    summary: RunSummary
+    signal: str | None
+    group: GroupStats | None
+
+
 def _run(
     pipeline: Pipeline,
     duration: float | None,
     context_ids: Sequence[int] | None,
+    *,
     metrics_port: int | None,
     metrics_host: str,
     status_every: float,
     console: Console,
     live_status: bool,
     preflight: bool,
-    received: list[str],
     group: GroupOptions | None = None,
-    memberships: list[GroupMembership] | None = None,
-) -> RunSummary:
+) -> _RunResult:
     ids = context_ids or None
+    received: list[str] = []  # filled by the signal handler
+    memberships: list[GroupMembership] = []  # filled by run_in_group once it has joined
     holder: list[DataCollector] = []
     metrics = None
     if metrics_port is not None:
@@ -449,7 +468,6 @@ def _run(
                     "(another flowcollect? pick another port, or 0 for any free one)"
                 ) from exc
             raise FlowcollectError(f"--metrics-port {metrics_port}: cannot listen: {exc}") from exc
-    memberships = memberships if memberships is not None else []
 
     def membership() -> GroupStats | None:
         return memberships[0].stats() if memberships else None
@@ -503,7 +521,7 @@ def _run(
             )
         if received:
             _log.info("stopped by %s", received[0])
-        return summary
+        return _RunResult(summary, received[0] if received else None, membership())
     finally:
         if live is not None:
             live.stop()
@@ -619,8 +637,12 @@ def plan(
     ),
     context: ContextOpt = None,
     log_level: LogLevelOpt = LogLevel.WARNING,
+    full: Annotated[
+        bool, typer.Option("--full", help="Every reader in full, also the devices of one profile.")
+    ] = False,
 ) -> None:
-    """Show the compiled plan: GCD ticks, reads per instant, requests, contexts, the graph."""
+    """Show the compiled plan: GCD ticks, reads per instant, requests, contexts, the graph.
+    Devices instantiated from one profile are summarised unless --full."""
     from flowcollect.plan import render_dot, render_mermaid, render_text
 
     _setup_logging(log_level)
@@ -630,12 +652,11 @@ def plan(
         compiled = pipeline.plan(context or None)
     except Exception as exc:
         _fail(exc, debug)
-    render = {
-        OutputFormat.TEXT: render_text,
-        OutputFormat.MERMAID: render_mermaid,
-        OutputFormat.DOT: render_dot,
-    }
-    typer.echo(render[output_format](compiled), nl=False)
+    if output_format is OutputFormat.TEXT:
+        text = render_text(compiled, full=full)
+    else:
+        text = (render_mermaid if output_format is OutputFormat.MERMAID else render_dot)(compiled)
+    typer.echo(text, nl=False)
 
 
 # -- simulate ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from reactivex import abc
 
-from flowcollect._clock import instant, now_ms
+from flowcollect._instants import instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect._sink import WriterSink
 from flowcollect.compile import (
@@ -39,9 +39,16 @@ from flowcollect.errors import (
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy
 from flowcollect.readers.base import DataReader
-from flowcollect.runtime._clock import Clock, LaneScheduler
-from flowcollect.runtime._lane import STEP_MS, Lane
-from flowcollect.runtime._steps import ChangeState, for_context, gate, report_changes
+from flowcollect.runtime import (
+    STEP_MS,
+    ChangeState,
+    Clock,
+    Lane,
+    LaneScheduler,
+    for_context,
+    gate,
+    report_changes,
+)
 from flowcollect.stats import CollectorStats, ContextStats, ReaderCounters
 from flowcollect.values import ValueBatch
 from flowcollect.writers.base import DataWriter
@@ -53,10 +60,11 @@ THREAD_PREFIX = "flowcollect-"
 MAX_ENDED = 10_000
 """Stopped contexts whose figures ``stats()`` keeps (the oldest go first)."""
 CLOSE_SLACK_S = 0.5
+"""How much longer than ``close_timeout_s`` a second ``close()`` (while another thread closes)
+waits for the first to end: the bookkeeping after the deadline."""
 LANE_READY_S = 1.0
-"""How long ``start`` waits at most for its lanes to take the new plan before taking its start
-instant (a lane busy in a read takes it after the read)."""
-"""What ``close()`` may take beyond ``close_timeout_s``: the bookkeeping after the deadline."""
+"""How long ``start`` waits at most for its lanes to get ready for their new schedules before
+taking its start instant (a lane busy in a read gets ready after the read)."""
 
 UNTIL_STOPPED = 2**62
 """The end instant of a context with ``duration_s=None``: later than any clock reaches."""

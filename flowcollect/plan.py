@@ -3,9 +3,13 @@
 The plan is the engine's own: ``flowcollect.compile.compile_plan`` (pure, the same step
 ``DataCollector.start`` runs) turns the contexts into lanes and schedules, and this module
 describes those objects. Each reader's ``describe_requests(variables)`` says what one tick costs
-at its source (Modbus requests, OPC UA calls). The graph drawn is the one that runs, with the
-runtime's own step names (``flowcollect.runtime._steps.STEPS``). Rendered as text, mermaid or
-graphviz dot.
+at its source (Modbus requests, OPC UA calls), and its ``estimate_tick`` how long a lane's tick
+takes there (a Modbus line from its baud rate). The graph drawn is the one that runs, with the
+runtime's own step names (``flowcollect.runtime.STEPS``). Rendered as text, mermaid or graphviz
+dot.
+
+Below the pipeline: ``Pipeline.plan()`` calls ``describe``; this module imports no pipeline code
+(only its type, for ``build_plan``'s signature).
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from flowcollect.compile import CompiledContext, CompiledPlan, LaneSchedule, compile_plan, distinct_reads
-from flowcollect.readers.base import DataReader
+from flowcollect.compile import CompiledContext, CompiledPlan, LaneSchedule, distinct_reads
+from flowcollect.readers.base import DataReader, TickEstimate
 from flowcollect.values import VariableSpec
 
 if TYPE_CHECKING:
@@ -28,19 +32,21 @@ __all__ = [
     "ReaderPlan",
     "build_plan",
     "describe",
+    "lane_estimates",
     "render_dot",
     "render_mermaid",
     "render_text",
 ]
 
-# Due instants walked per reader to group them by phase; co-prime intervals (999 and 1000 ms)
-# have a hyperperiod of ~1,000 s but only ~2,000 due instants, so this rarely binds.
+# Due instants walked per reader (or lane) to group them by due pattern; co-prime intervals (999
+# and 1000 ms) have a hyperperiod of ~1,000 s but only ~2,000 due instants, so this rarely binds.
 MAX_INSTANTS = 100_000
 # What a text listing shows before it says "and N more".
 SHOW_OFFSETS = 8
 SHOW_READS = 12
 SHOW_REQUESTS = 8
 SHOW_PHASES = 16
+SHOW_DEVICES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,11 @@ class ReaderPlan:
     """Distinct (address, value type) pairs: what is actually read."""
     phases: tuple[PhasePlan, ...]
     contexts: tuple[int, ...]
+    profile: str | None = None
+    """The device profile every variable of this reader was instantiated from (its ``profile``
+    tag, see ``flowcollect.tags.DeviceProfile``), when they all share one."""
+    device: str | None = None
+    """Likewise the device (the ``device`` tag)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +134,8 @@ class PipelinePlan:
     warnings: tuple[str, ...] = ()
     """Variables the interval-limit policy left out, once each (``check`` reports them)."""
     lines: tuple[str, ...] = ()
-    """Each Modbus line's busiest tick, estimated from its baud rate (``line_estimates``)."""
+    """Each lane's busiest tick where its readers can tell its time (``lane_estimates``): a
+    Modbus line's, from its baud rate."""
     line_warnings: tuple[str, ...] = ()
     """Lines that cannot serve their due requests within the tick (``check`` warns)."""
 
@@ -131,17 +143,10 @@ class PipelinePlan:
 def build_plan(pipeline: Pipeline, context_ids: Iterable[int] | None = None) -> PipelinePlan:
     """Compile the pipeline's contexts (all for None) and describe the result.
 
-    Raises ``ConfigError`` as ``start`` would (unknown context id, invalid variables).
+    Raises ``ConfigError`` as ``start`` would (unknown context id, invalid variables). The same
+    as ``pipeline.plan(context_ids)``, which builds it.
     """
-    contexts = pipeline.select(context_ids)
-    compiled = compile_plan(contexts, pipeline.readers, pipeline.interval_limit_policy)
-    return describe(
-        compiled,
-        pipeline.readers,
-        pipeline.name,
-        [w.name for w in pipeline.writers],
-        [_device_name(d) for d in pipeline.devices],
-    )
+    return pipeline.plan(context_ids)
 
 
 def describe(
@@ -175,61 +180,58 @@ def describe(
 
 
 def _lines(compiled: CompiledPlan, readers: list[DataReader]) -> dict[str, tuple[str, ...]]:
-    # Only Modbus lines have an estimate (from their baud rate); pymodbus is imported only by
-    # pipelines that read Modbus.
-    if not any(type(r).__module__.startswith("flowcollect.readers.modbus") for r in readers):
-        return {}
-    from flowcollect.readers.modbus import line_estimates
-
-    estimates = [e for e in line_estimates(compiled, readers) if e.time_ms is not None]
+    # Listed: the lanes whose time is known (a Modbus TCP line has an estimate, but no time).
+    estimates = [e for e in lane_estimates(compiled, readers) if e.load is not None]
     return {
         "lines": tuple(str(e) for e in estimates),
         "line_warnings": tuple(e.warning for e in estimates if e.warning),
     }
 
 
-def _device_name(device: object) -> str:
-    from flowcollect.pipeline import device_name
+def lane_estimates(compiled: CompiledPlan, readers: Iterable[DataReader]) -> list[TickEstimate]:
+    """The busiest tick of every lane of a compiled plan whose readers estimate their ticks
+    (``DataReader.estimate_tick``), by lane key.
 
-    return device_name(device)
+    Each due pattern of a lane's hyperperiod is estimated against the time until the lane's next
+    due instant after it; the one with the highest load is kept (the first, when no load is
+    known). No I/O.
+    """
+    by_type = {r.type: r for r in readers}
+    result: list[TickEstimate] = []
+    for key in sorted(compiled.lanes):
+        schedule = compiled.lanes[key].schedule
+        if schedule is None:
+            continue
+        worst: TickEstimate | None = None
+        for pattern in schedule.due_patterns(MAX_INSTANTS).patterns:
+            phase = schedule.phase_at(pattern.first_ms)
+            if phase is None:  # cannot happen for a due instant
+                continue
+            due = [(by_type[rp.reader], rp.reads) for rp in phase.readers]
+            estimate = due[0][0].estimate_tick(due, pattern.gap_ms)
+            if estimate is None:
+                if worst is None:
+                    break  # asked first with every reader of the lane (all are due at 0): none
+                continue
+            if worst is None or (estimate.load or 0.0) > (worst.load or 0.0):
+                worst = estimate
+        if worst is not None:
+            result.append(worst)
+    return result
 
 
 def _requests(reader: DataReader, reads: Sequence[VariableSpec]) -> tuple[str, ...] | None:
-    described = tuple(str(r) for r in reader.describe_requests(reads))
-    if described:
-        return described
-    plan_requests = getattr(reader, "plan_requests", None)  # the Modbus reader's own planner
-    if callable(plan_requests):
-        return tuple(str(r) for r in plan_requests([s.address for s in reads]))
-    return None
+    return tuple(str(r) for r in reader.describe_requests(reads)) or None
 
 
 def _reader_plan(schedule: LaneSchedule, rtype: str, reader: DataReader) -> ReaderPlan:
     hyper = schedule.hyperperiod_ms
     specs = [s for s in schedule.specs if s.reader == rtype]
     intervals = tuple(sorted({s.interval_ms for s in specs}))
-
-    def next_due(after: int) -> int:
-        return min((after // i + 1) * i for i in intervals)
-
-    # Walk only this reader's due instants, never the empty GCD ticks between them.
-    groups: dict[tuple[int, ...], list[int]] = {}
-    counts: dict[tuple[int, ...], int] = {}
-    first: dict[tuple[int, ...], int] = {}
-    walked = 0
-    t = next_due(-1)  # 0: the start of a hyperperiod, where every interval is due
-    while t < hyper and walked < MAX_INSTANTS:
-        due = tuple(i for i in intervals if t % i == 0)
-        counts[due] = counts.get(due, 0) + 1
-        offsets = groups.setdefault(due, [])
-        first.setdefault(due, t)
-        if len(offsets) < SHOW_OFFSETS:
-            offsets.append(t)
-        walked += 1
-        t = next_due(t)
+    walk = schedule.due_patterns(MAX_INSTANTS, rtype, offsets=SHOW_OFFSETS)
     phases = []
-    for due in sorted(groups, key=lambda m: first[m]):
-        phase = schedule.phase_at(first[due])
+    for pattern in walk.patterns:
+        phase = schedule.phase_at(pattern.first_ms)
         rp = next((p for p in phase.readers if p.reader == rtype), None) if phase else None
         if rp is None:  # cannot happen for a due instant; a plan never invents reads
             continue
@@ -249,9 +251,9 @@ def _reader_plan(schedule: LaneSchedule, rtype: str, reader: DataReader) -> Read
             deliveries.append((d.context_id, len(d.variables), shared))
         phases.append(
             PhasePlan(
-                intervals=due,
-                offsets_ms=tuple(groups[due]),
-                instants=counts[due],
+                intervals=pattern.intervals,
+                offsets_ms=pattern.offsets_ms,
+                instants=pattern.instants,
                 reads=tuple((s.id, s.context_id, s.address, s.value_type, s.interval_ms) for s in rp.reads),
                 deliveries=tuple(deliveries),
                 requests=requests,
@@ -266,13 +268,24 @@ def _reader_plan(schedule: LaneSchedule, rtype: str, reader: DataReader) -> Read
         hyperperiod_ms=hyper,
         intervals=intervals,
         grid_ticks=hyper // schedule.period_ms,
-        due_instants=walked,
-        walked_all=t >= hyper,
+        due_instants=walk.instants,
+        walked_all=walk.complete,
         wanted=len(specs),
         distinct=len(distinct_reads(specs)),
         phases=tuple(phases),
         contexts=tuple(dict.fromkeys(s.context_id for s in specs)),
+        profile=_shared_tag(specs, "profile"),
+        device=_shared_tag(specs, "device"),
     )
+
+
+def _shared_tag(specs: Sequence[VariableSpec], key: str) -> str | None:
+    """The value of tag ``key`` when every spec has the same one, else None."""
+    values = {dict(s.tags).get(key) for s in specs}
+    if len(values) != 1:
+        return None
+    [value] = values
+    return value
 
 
 def _context_plan(compiled: CompiledContext, plan: CompiledPlan) -> ContextPlan:
@@ -333,7 +346,9 @@ def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
-def render_text(plan: PipelinePlan) -> str:
+def render_text(plan: PipelinePlan, *, full: bool = False) -> str:
+    """The plan for a person. Readers instantiated from one device profile are summarised: the
+    first device's reader in full, the others named (``full``: every reader in full)."""
     out = [
         f"pipeline {plan.pipeline}: {_n(len(plan.contexts), 'context')}, "
         f"{_n(len(plan.readers), 'reader')} in use, {_n(len(plan.writers), 'writer')}; "
@@ -341,31 +356,19 @@ def render_text(plan: PipelinePlan) -> str:
     ]
     if plan.devices:
         out.append(f"devices started first: {', '.join(plan.devices)}")
+    alike = _alike(plan.readers) if not full else {}
     for r in plan.readers:
-        out.append("")
-        out.append(f"reader {r.reader} ({r.kind}) on lane {r.lane}")
-        ticks = _n(r.grid_ticks, "tick")
-        out.append(
-            f"  GCD tick {_ms(r.period_ms)}, hyperperiod {_ms(r.hyperperiod_ms)}: {ticks}, "
-            f"{r.due_instants:,}{'' if r.walked_all else '+'} of them with reads"
-        )
-        contexts = ", ".join(map(str, r.contexts))
-        intervals = ", ".join(_ms(i) for i in r.intervals)
-        out.append(
-            f"  {_n(r.distinct, 'distinct read')} for {_n(r.wanted, 'wanted variable')} "
-            f"(contexts {contexts}); intervals {intervals}"
-        )
-        if not r.walked_all:
-            out.append(f"  (the hyperperiod has more due instants than the {MAX_INSTANTS:,} listed below)")
-        for phase in r.phases[:SHOW_PHASES]:
-            out.extend(_phase_text(phase))
-        if len(r.phases) > SHOW_PHASES:
-            out.append(f"  ... {len(r.phases) - SHOW_PHASES} more due patterns")
+        if r.reader in alike and not alike[r.reader]:
+            continue  # summarised under its profile's first device
+        out.extend(_reader_text(r, alike.get(r.reader) or ()))
+    out.extend(_profiles_text(plan))
     out.extend(_lines_text(plan))
     out.append("")
     out.append("contexts")
     for c in plan.contexts:
-        readers = ", ".join(f"{n} from {rtype}" for rtype, n in c.collected.items()) or "nothing"
+        collected = list(c.collected.items())
+        readers = ", ".join(f"{n} from {rtype}" for rtype, n in collected[:SHOW_DEVICES]) or "nothing"
+        readers += _more(min(len(collected), SHOW_DEVICES), len(collected))
         line = (
             f"  context {c.id}: {_n(c.variables, 'variable')}, interval {_ms(c.interval_ms)}, "
             f"{_ends(c.duration_s)}; collects {readers}"
@@ -388,6 +391,71 @@ def render_text(plan: PipelinePlan) -> str:
     out.append("")
     out.append(f"writers (every context's values go to each): {', '.join(plan.writers)}")
     return "\n".join(out) + "\n"
+
+
+def _reader_text(r: ReaderPlan, others: Sequence[ReaderPlan]) -> list[str]:
+    """One reader's section; ``others``: the devices of its profile summarised under it."""
+    out = [""]
+    device = f", device {r.device} of profile {r.profile}" if r.profile and r.device else ""
+    out.append(f"reader {r.reader} ({r.kind}) on lane {r.lane}{device}")
+    ticks = _n(r.grid_ticks, "tick")
+    out.append(
+        f"  GCD tick {_ms(r.period_ms)}, hyperperiod {_ms(r.hyperperiod_ms)}: {ticks}, "
+        f"{r.due_instants:,}{'' if r.walked_all else '+'} of them with reads"
+    )
+    contexts = ", ".join(map(str, r.contexts))
+    intervals = ", ".join(_ms(i) for i in r.intervals)
+    out.append(
+        f"  {_n(r.distinct, 'distinct read')} for {_n(r.wanted, 'wanted variable')} "
+        f"(contexts {contexts}); intervals {intervals}"
+    )
+    if not r.walked_all:
+        out.append(f"  (the hyperperiod has more due instants than the {MAX_INSTANTS:,} listed below)")
+    for phase in r.phases[:SHOW_PHASES]:
+        out.extend(_phase_text(phase))
+    if len(r.phases) > SHOW_PHASES:
+        out.append(f"  ... {len(r.phases) - SHOW_PHASES} more due patterns")
+    if others:
+        named = ", ".join(f"{o.device} ({o.reader})" for o in others[:SHOW_DEVICES])
+        out.append(
+            f"  ... and {_n(len(others), 'more device')} of profile {r.profile}: {named}"
+            f"{_more(min(len(others), SHOW_DEVICES), len(others))} (plan --full shows each)"
+        )
+    return out
+
+
+def _alike(readers: Sequence[ReaderPlan]) -> dict[str, tuple[ReaderPlan, ...]]:
+    """Reader -> the later readers of its profile (first of a profile) or () (summarised)."""
+    by_profile: dict[str, list[ReaderPlan]] = {}
+    for r in readers:
+        if r.profile is not None and r.device is not None:
+            by_profile.setdefault(r.profile, []).append(r)
+    out: dict[str, tuple[ReaderPlan, ...]] = {}
+    for group in by_profile.values():
+        if len(group) > 1:
+            out[group[0].reader] = tuple(group[1:])
+            out.update((r.reader, ()) for r in group[1:])
+    return out
+
+
+def _profiles_text(plan: PipelinePlan) -> list[str]:
+    by_profile: dict[str, list[ReaderPlan]] = {}
+    for r in plan.readers:
+        if r.profile is not None and r.device is not None:
+            by_profile.setdefault(r.profile, []).append(r)
+    if not by_profile:
+        return []
+    out = ["", "device profiles"]
+    for profile, group in by_profile.items():
+        wanted = sum(r.wanted for r in group)
+        sizes = sorted({r.wanted for r in group})
+        each = (
+            f"{_n(sizes[0], 'variable')} each"
+            if len(sizes) == 1
+            else f"{sizes[0]:,} to {sizes[-1]:,} variables"
+        )
+        out.append(f"  profile {profile}: {_n(len(group), 'device')}, {each}, {wanted:,} wanted in all")
+    return out
 
 
 def _lines_text(plan: PipelinePlan) -> list[str]:

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from flowcollect._clock import EPOCH, instant
+from flowcollect._instants import EPOCH, instant
 from flowcollect.collector import DataCollector
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
 from flowcollect.readers.base import DataReader, Emit
-from flowcollect.runtime._clock import VirtualScheduler
+from flowcollect.runtime import VirtualScheduler
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 from flowcollect.writers.base import DataWriter
 from flowcollect.writers.memory import MemoryDataWriter

@@ -5,21 +5,29 @@
 The Modbus simulator (``flowcollect.simulator``) is started in-process on a free loopback port
 before collection, so no hardware is needed. Two contexts at different intervals share
 variables (read once at the instants both want them). Values go to ``out/demo.csv`` beside
-this file (replaced on each run) and also to InfluxDB when ``INFLUX_URL``, ``INFLUX_TOKEN``,
-``INFLUX_ORG`` and ``INFLUX_BUCKET`` are set. The run ends by itself after 20 s unless
-``--duration`` says sooner.
+this file (replaced on each run) and also to InfluxDB when ``INFLUX_URL`` is set:
+
+- InfluxDB 2.x (and 1.8+, 3.x through their v2 endpoint): ``INFLUX_ORG``, ``INFLUX_BUCKET``,
+  ``INFLUX_TOKEN``;
+- InfluxDB 1.x: ``INFLUX_API=v1`` and ``INFLUX_DATABASE`` (``INFLUX_USERNAME`` and
+  ``INFLUX_PASSWORD`` when auth is on);
+- InfluxDB 3.x: ``INFLUX_API=v3``, ``INFLUX_DATABASE``, ``INFLUX_TOKEN``.
+
+A setting missing for the chosen API is an error naming it. The run ends by itself after 20 s
+unless ``--duration`` says sooner.
 """
 
 from __future__ import annotations
 
 import os
 
-from flowcollect import DataCollectionContext, DataWriter, Pipeline, ValueType, Variable
+from flowcollect import ConfigError, DataCollectionContext, DataWriter, Pipeline, ValueType, Variable
 from flowcollect.pipeline import EmbeddedModbusSimulator
 from flowcollect.readers import ModbusDataReader
 from flowcollect.writers import CsvFileDataWriter, InfluxDBDataWriter
 
-INFLUX_ENV = ("INFLUX_URL", "INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET")
+# What each API needs besides INFLUX_URL (tokens and passwords the writer reads by itself).
+INFLUX_NEEDS = {"v2": ("INFLUX_ORG", "INFLUX_BUCKET"), "v1": ("INFLUX_DATABASE",), "v3": ("INFLUX_DATABASE",)}
 
 # The port is a placeholder: the simulator picks a free one when it starts and points the
 # reader at it, so the demo never collides with anything else listening.
@@ -41,18 +49,41 @@ PUMP_RUNNING = modbus(7, "coil:0", "bool")
 HEARTBEAT = modbus(8, "discrete:1", "bool")
 
 
+def influx() -> InfluxDBDataWriter | None:
+    """The InfluxDB writer the environment asks for, or None without ``INFLUX_URL``."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("INFLUX_") and v}
+    if "INFLUX_URL" not in env:
+        return None
+    api = env.get("INFLUX_API", "v2")
+    if api not in INFLUX_NEEDS:
+        raise ConfigError(f"demo INFLUX_API: must be v1, v2 or v3, got {api!r}")
+    missing = [name for name in INFLUX_NEEDS[api] if name not in env]
+    if missing:
+        raise ConfigError(
+            f"demo: INFLUX_URL is set but {' and '.join(missing)} not (api {api}); for InfluxDB 1.x "
+            "set INFLUX_API=v1 and INFLUX_DATABASE, for 2.x INFLUX_ORG and INFLUX_BUCKET"
+        )
+    url, measurement = env["INFLUX_URL"], "flowcollect_demo"
+    if api == "v1":
+        return InfluxDBDataWriter(
+            url,
+            api="v1",
+            database=env["INFLUX_DATABASE"],
+            username=env.get("INFLUX_USERNAME"),
+            measurement=measurement,
+        )
+    if api == "v3":
+        return InfluxDBDataWriter(url, api="v3", database=env["INFLUX_DATABASE"], measurement=measurement)
+    return InfluxDBDataWriter(
+        url, org=env["INFLUX_ORG"], bucket=env["INFLUX_BUCKET"], measurement=measurement
+    )
+
+
 def writers() -> list[DataWriter]:
     out: list[DataWriter] = [CsvFileDataWriter("out/demo.csv", append=False)]
-    if all(os.environ.get(name) for name in INFLUX_ENV):
-        out.append(
-            InfluxDBDataWriter(
-                url=os.environ["INFLUX_URL"],
-                token=os.environ["INFLUX_TOKEN"],
-                org=os.environ["INFLUX_ORG"],
-                bucket=os.environ["INFLUX_BUCKET"],
-                measurement="flowcollect_demo",
-            )
-        )
+    writer = influx()
+    if writer is not None:
+        out.append(writer)
     return out
 
 

@@ -19,7 +19,17 @@ from flowcollect.compile._compile import (
     lane_schedule,
     reader_schedules,
 )
-from flowcollect.compile._schedule import Delivery, LanePhase, LaneSchedule, ReaderPhase, distinct_reads
+from flowcollect.compile._schedule import (
+    Delivery,
+    DuePattern,
+    DueWalk,
+    LanePhase,
+    LaneSchedule,
+    ReaderPhase,
+    distinct_reads,
+    due_patterns,
+    next_due,
+)
 
 __all__ = [
     # Compiling
@@ -30,11 +40,16 @@ __all__ = [
     "lane_problems",
     "lane_schedule",
     "reader_schedules",
+    # The grid: when something is due
+    "due_patterns",
+    "next_due",
     # What it produces
     "CompiledContext",
     "CompiledLane",
     "CompiledPlan",
     "Delivery",
+    "DuePattern",
+    "DueWalk",
     "LanePhase",
     "LaneSchedule",
     "ReaderPhase",

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from flowcollect.values import VariableSpec
 
-__all__ = ["Delivery", "LanePhase", "LaneSchedule", "ReaderPhase", "distinct_reads"]
+__all__ = [
+    "Delivery",
+    "DuePattern",
+    "DueWalk",
+    "LanePhase",
+    "LaneSchedule",
+    "ReaderPhase",
+    "distinct_reads",
+    "due_patterns",
+    "next_due",
+]
 
 # Phases are built eagerly at plan time when one hyperperiod has at most this many GCD ticks;
 # beyond that (co-prime intervals such as 999 and 1000 ms) they are built on first use.
@@ -72,6 +82,87 @@ class LanePhase:
     @property
     def size(self) -> int:
         return sum(rp.size for rp in self.readers)
+
+
+@dataclass(frozen=True, slots=True)
+class DuePattern:
+    """The instants of a walk at which the same set of intervals is due."""
+
+    intervals: tuple[int, ...]
+    """The intervals due, ascending."""
+    first_ms: int
+    """The first such instant, in ms from the start of the walk (0: every interval is due)."""
+    gap_ms: int
+    """From ``first_ms`` to the next due instant of the walked intervals: that tick's time."""
+    instants: int
+    """How many of the walked instants have this pattern."""
+    offsets_ms: tuple[int, ...]
+    """The first few of them (as many as the walk was asked to keep), ascending."""
+
+
+@dataclass(frozen=True, slots=True)
+class DueWalk:
+    """The due patterns of a span, in the order of their first instant."""
+
+    patterns: tuple[DuePattern, ...]
+    instants: int
+    """Due instants walked."""
+    complete: bool
+    """False when the limit stopped the walk before the end of the span."""
+
+
+def next_due(after_ms: int | float, intervals: Collection[int]) -> int | None:
+    """The first instant strictly after ``after_ms`` at which one of ``intervals`` is due, on
+    the engine's grid (an interval I is due at every t with t % I == 0); None without intervals.
+    """
+    return _following(math.floor(after_ms), intervals) if intervals else None
+
+
+def _following(t_ms: int, intervals: Iterable[int]) -> int:
+    """The grid's one rule: the first instant after ``t_ms`` at which one of ``intervals`` (not
+    empty) is due. Every walk over due instants steps with it."""
+    return min((t_ms // i + 1) * i for i in intervals)
+
+
+def due_patterns(
+    intervals: Iterable[int], limit: int, span_ms: int | None = None, *, offsets: int = 1
+) -> DueWalk:
+    """Walk the due instants of ``intervals`` in ``[0, span_ms)`` (one hyperperiod, their LCM,
+    for None), at most ``limit`` of them, and group them by which intervals are due.
+
+    Only due instants are visited, never the empty GCD ticks between them: co-prime intervals
+    such as 999 and 1000 ms have a hyperperiod of ~1,000 s but ~2,000 due instants. Each pattern
+    keeps its first ``offsets`` instants.
+    """
+    ascending = tuple(sorted(set(intervals)))
+    if not ascending:
+        return DueWalk((), 0, True)
+    if ascending[0] <= 0:
+        raise ValueError(f"intervals must be positive, got {ascending[0]}")
+    end = math.lcm(*ascending) if span_ms is None else span_ms
+    # Dicts keep insertion order: patterns come out in the order of their first instant.
+    first: dict[tuple[int, ...], tuple[int, int]] = {}  # pattern -> (first instant, its gap)
+    counts: dict[tuple[int, ...], int] = {}
+    kept: dict[tuple[int, ...], list[int]] = {}
+    walked = 0
+    t = 0  # every interval is due at 0
+    while t < end and walked < limit:
+        following = _following(t, ascending)
+        due = tuple(i for i in ascending if t % i == 0)
+        if due in first:
+            counts[due] += 1
+            if len(kept[due]) < offsets:
+                kept[due].append(t)
+        else:
+            first[due] = (t, following - t)
+            counts[due] = 1
+            kept[due] = [t][:offsets]
+        walked += 1
+        t = following
+    patterns = tuple(
+        DuePattern(due, t0, gap, counts[due], tuple(kept[due])) for due, (t0, gap) in first.items()
+    )
+    return DueWalk(patterns, walked, t >= end)
 
 
 def distinct_reads(specs: Iterable[VariableSpec]) -> list[VariableSpec]:
@@ -183,20 +274,23 @@ class LaneSchedule:
 
     def next_due(self, after_ms: int | float) -> int:
         """The first instant strictly after ``after_ms`` at which something is due."""
-        base = math.floor(after_ms)
-        return min((base // i + 1) * i for i in self.intervals)
+        return _following(math.floor(after_ms), self.intervals)
+
+    def due_patterns(self, limit: int, reader: str | None = None, *, offsets: int = 1) -> DueWalk:
+        """The due patterns of one hyperperiod of the lane, at most ``limit`` due instants walked:
+        of every interval of the lane, or (``reader``) of that reader's own intervals only."""
+        intervals = (
+            self.intervals if reader is None else {s.interval_ms for s in self.specs if s.reader == reader}
+        )
+        return due_patterns(intervals, limit, self.hyperperiod_ms, offsets=offsets)
 
     def count_due(self, after_ms: int, until_ms: int | float) -> int:
         """How many due instants lie in ``(after_ms, until_ms]``."""
-        count = 0
-        t = after_ms
-        while count < MAX_COUNT_WALK:
-            t = self.next_due(t)
-            if t > until_ms:
-                return count
-            count += 1
+        due = self.due_between(after_ms, until_ms)
+        if len(due) < MAX_COUNT_WALK:
+            return len(due)
         # A lane stuck for a very long time: estimate on the grid rather than walk it.
-        return max(count, int((until_ms - after_ms) // self.period_ms))
+        return max(len(due), int((until_ms - after_ms) // self.period_ms))
 
     def due_between(self, after_ms: int, until_ms: int | float) -> list[int]:
         """The due instants in ``(after_ms, until_ms]``, at most ``MAX_COUNT_WALK`` of them."""

@@ -7,7 +7,9 @@ rendezvous hashing and held as an etcd key under the member's lease; see docs/sc
 
 from __future__ import annotations
 
+from flowcollect.group._access import EtcdAccess
 from flowcollect.group._address import GroupAddress, parse_address
+from flowcollect.group._cli import group_app
 from flowcollect.group._control import (
     GroupStatus,
     LaneStatus,
@@ -29,6 +31,7 @@ __all__ = [
     "GroupOptions",
     "run_in_group",
     # Joining a group
+    "EtcdAccess",
     "GroupAddress",
     "GroupMember",
     "GroupStats",
@@ -55,4 +58,6 @@ __all__ = [
     "weight",
     # Errors
     "EtcdUnavailable",
+    # The ``flowcollect group`` command (typer), mounted by flowcollect.cli
+    "group_app",
 ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowcollect.errors import ConfigError
+from flowcollect.group._access import EtcdAccess
 from flowcollect.group._address import GroupAddress, parse_address
 from flowcollect.group._core import rendezvous
 from flowcollect.group._etcd import EtcdUnavailable, Store
@@ -126,11 +127,15 @@ class GroupStatus:
 
 
 def group_status(
-    address: GroupAddress | str, pins: Iterable[Pin] = (), request_timeout_s: float = 5.0
+    address: GroupAddress | str,
+    pins: Iterable[Pin] = (),
+    request_timeout_s: float = 5.0,
+    etcd: EtcdAccess | None = None,
 ) -> GroupStatus:
-    """Read the group once: members and their lease ages, lanes and owners, context control."""
+    """Read the group once: members and their lease ages, lanes and owners, context control.
+    ``etcd``: TLS and credentials (default: from ``FLOWCOLLECT_ETCD_*``)."""
     addr = parse_address(address) if isinstance(address, str) else address
-    store = Store(addr.endpoints, request_timeout_s)
+    store = Store(addr.endpoints, request_timeout_s, EtcdAccess.from_env() if etcd is None else etcd)
     try:
         revision, kvs = _read_any(store, addr)
         view = parse_view(addr.prefix, revision, kvs)
@@ -176,7 +181,11 @@ def group_status(
 
 
 def set_context_state(
-    address: GroupAddress | str, context_id: int, state: str, request_timeout_s: float = 5.0
+    address: GroupAddress | str,
+    context_id: int,
+    state: str,
+    request_timeout_s: float = 5.0,
+    etcd: EtcdAccess | None = None,
 ) -> int:
     """Write the group's wish for ``context_id`` (``paused``, ``running`` or ``stopped``); its revision."""
     if state not in CONTROL_STATES:
@@ -184,7 +193,7 @@ def set_context_state(
     if context_id < 0:
         raise ConfigError(f"group control: context id {context_id} must not be negative")
     addr = parse_address(address) if isinstance(address, str) else address
-    store = Store(addr.endpoints, request_timeout_s)
+    store = Store(addr.endpoints, request_timeout_s, EtcdAccess.from_env() if etcd is None else etcd)
     try:
         for _ in addr.endpoints:
             try:

@@ -5,6 +5,11 @@ etcd3gw gives the HTTP plumbing (API path discovery: ``/v3/`` on etcd 3.4+, ``/v
 several endpoints tried in turn, a time budget on every call (so no call outlives the member's
 fencing deadline), the response header's revision, transactions comparing a key's create
 revision, and a watch stream that reports when it ends instead of dying silently in a pool.
+
+The budget is an overall deadline, not requests' per-read timeout: etcd3gw is handed a session
+whose adapter runs each request inside a ``flowcollect._deadline`` scope over sockets that keep
+it (a server dripping its answer is cut at the budget), and reads at most ``MAX_RESPONSE_BYTES``
+of an answer.
 """
 
 from __future__ import annotations
@@ -13,11 +18,16 @@ import base64
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from flowcollect._deadline import deadline, deadline_socket, expired, read_capped
+from flowcollect._text import peer_text
+from flowcollect.group._access import EtcdAccess
 
 if TYPE_CHECKING:
     # etcd3gw and requests come with the `group` extra: imported when a group is used, so
@@ -28,6 +38,13 @@ __all__ = ["MAX_TXN_OPS", "EtcdUnavailable", "Kv", "Store", "Watch"]
 
 MAX_TXN_OPS = 100
 """Keys per transaction: etcd refuses more than ``--max-txn-ops`` (128 by default)."""
+
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+"""The most read of one answer: a group's whole prefix (members, owners, controls) is a few
+hundred bytes a lane; etcd itself refuses requests over 1.5 MiB."""
+
+MAX_WATCH_LINE = 4 * 1024 * 1024
+"""The longest watch event line kept: longer, the watch ends (and is opened again)."""
 
 _log = logging.getLogger("flowcollect.group")
 
@@ -62,17 +79,39 @@ def prefix_end(prefix: str) -> str:
 
 
 class Store:
-    """etcd3gw clients, one per endpoint; a failed call moves on to the next endpoint."""
+    """etcd3gw clients, one per endpoint; a failed call moves on to the next endpoint.
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]], request_timeout_s: float = 2.0) -> None:
+    ``access`` (``EtcdAccess``): TLS through etcd3gw's https protocol and a session whose TLS
+    context keeps the call's deadline; with a username, a token from etcd's
+    ``auth/authenticate`` in every request's ``Authorization`` header, fetched again when etcd
+    says it expired (simple tokens live 5 minutes by default).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        request_timeout_s: float = 2.0,
+        access: EtcdAccess | None = None,
+    ) -> None:
         from etcd3gw.client import Etcd3Client
 
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.request_timeout_s = request_timeout_s
+        self.access = access or EtcdAccess()
+        self._tls = self.access.ssl_context()
+        protocol = "https" if self._tls is not None else "http"
         self._clients = [
-            Etcd3Client(host=host, port=port, timeout=request_timeout_s) for host, port in endpoints
+            Etcd3Client(
+                host=host,
+                port=port,
+                protocol=protocol,
+                timeout=request_timeout_s,
+                session=bounded_session(self._tls, self.access.tls_verify),
+            )
+            for host, port in endpoints
         ]
+        self._tokens: dict[int, str] = {}  # client index -> auth token; guarded by _lock
         self._current = 0
         self._lock = threading.Lock()
 
@@ -186,8 +225,15 @@ class Store:
                 try:
                     client.timeout = max(0.05, min(left, self.request_timeout_s))
                     url = client.get_url(path)
+                    self._authenticate_locked(client)
                     # etcd3gw's post() would send json=; the body goes as is, already encoded.
-                    result = client.post(url, data=json.dumps(body))
+                    try:
+                        result = client.post(url, data=json.dumps(body))
+                    except exceptions.Etcd3Exception as exc:
+                        if not self._token_expired_locked(client, exc):
+                            raise
+                        self._authenticate_locked(client)
+                        result = client.post(url, data=json.dumps(body))
                 except (exceptions.Etcd3Exception, requests.RequestException, ValueError, KeyError) as exc:
                     failures.append(f"{client.host}:{client.port}: {_describe(exc)}")
                     self._current = (self._current + 1) % len(self._clients)
@@ -199,15 +245,128 @@ class Store:
                 return result
         raise EtcdUnavailable(f"etcd {path}: " + "; ".join(failures))
 
+    def _authenticate_locked(self, client: Any) -> None:
+        """With a username: a token for ``client`` (etcd's ``auth/authenticate``), once."""
+        index = self._clients.index(client)
+        if self.access.username is None or index in self._tokens:
+            return
+        answer = client.post(
+            client.get_url("auth/authenticate"),
+            data=json.dumps({"name": self.access.username, "password": self.access.secret()}),
+        )
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ValueError("etcd auth/authenticate answered without a token")
+        self._tokens[index] = token
+        client.session.headers["Authorization"] = token
+
+    def _token_expired_locked(self, client: Any, exc: BaseException) -> bool:
+        """Whether etcd refused the call for its token (expired, or etcd restarted): forget it."""
+        index = self._clients.index(client)
+        said = f"{getattr(exc, 'detail_text', None) or ''} {exc}"
+        if index not in self._tokens or "invalid auth token" not in said:
+            return False
+        del self._tokens[index]
+        client.session.headers.pop("Authorization", None)
+        return True
+
     def watch(self, prefix: str, on_event: Callable[[], None]) -> Watch:
         client = self._clients[self._current]
-        return Watch(client.get_url("watch"), prefix, on_event, self.request_timeout_s)
+        session = bounded_session(self._tls, self.access.tls_verify)
+        token = client.session.headers.get("Authorization")
+        if token:
+            session.headers["Authorization"] = token
+        return Watch(client.get_url("watch"), prefix, on_event, self.request_timeout_s, session)
 
 
 def _describe(exc: BaseException) -> str:
+    """An exception's kind and words, which may quote etcd's answer: escaped and cut."""
     detail = getattr(exc, "detail_text", None)
     text = f"{type(exc).__name__}: {detail or exc}".strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return peer_text(text, 300) if text else type(exc).__name__
+
+
+def bounded_session(tls: ssl.SSLContext | None = None, verify: bool = True) -> requests.Session:
+    """A requests session for etcd3gw: one deadline per request (its ``timeout``, connect to
+    last byte), answers read to ``MAX_RESPONSE_BYTES``, TLS through ``tls`` (a ``tls_context``:
+    the deadline holds through the handshake); ``None`` for plain http."""
+    import requests
+
+    session = requests.Session()
+    session.verify = verify
+    adapter = _bounded_adapter_class()(tls)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+_ADAPTER: type | None = None
+
+
+def _bounded_adapter_class() -> type:
+    """The adapter class, made on first use (requests and urllib3 are the ``group`` extra's)."""
+    global _ADAPTER  # noqa: PLW0603 - a lazily built class, built once
+    if _ADAPTER is not None:
+        return _ADAPTER
+    import requests
+    import urllib3
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class _Connection(HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            self.sock = deadline_socket(self.sock)
+
+    class _TlsConnection(HTTPSConnection):
+        pass  # its TLS socket comes from the adapter's context (``DeadlineSSLSocket``)
+
+    class _Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = _Connection
+
+    class _TlsPool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = _TlsConnection
+
+    class BoundedAdapter(HTTPAdapter):
+        def __init__(self, tls: ssl.SSLContext | None) -> None:
+            # Only for https (loading the system's CAs takes a while; plain etcd needs none).
+            self._tls = tls
+            super().__init__()
+
+        def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kw: Any) -> None:
+            if self._tls is not None:
+                kw["ssl_context"] = self._tls
+            super().init_poolmanager(connections, maxsize, block, **kw)
+            self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TlsPool}
+
+        def send(  # type: ignore[override]
+            self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None, **kw: Any
+        ) -> requests.Response:
+            budget = timeout[0] if isinstance(timeout, tuple) else timeout
+            with deadline(float(budget) if budget is not None else 30.0):
+                try:
+                    response = super().send(request, stream=True, timeout=timeout, **kw)
+                    if stream:
+                        return response
+                    data, whole = read_capped(response.raw, MAX_RESPONSE_BYTES)
+                except (OSError, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                    if expired():
+                        raise requests.Timeout(f"no complete answer within {budget} s") from exc
+                    raise
+            if whole:
+                response.raw.release_conn()
+            else:
+                response.close()  # the rest is never read; the connection goes
+            # requests keeps a read body in _content: there is no public way to preload it,
+            # and a stream would let etcd3gw read without a bound.
+            response._content = data
+            response._content_consumed = True
+            # etcd speaks JSON (UTF-8); never let requests guess a charset from hostile bytes.
+            response.encoding = response.encoding or "utf-8"
+            return response
+
+    _ADAPTER = BoundedAdapter
+    return _ADAPTER
 
 
 def _kv(item: dict[str, Any]) -> Kv:
@@ -227,10 +386,19 @@ class Watch:
     that breaks loses nothing but promptness, and ``ended`` tells the member to open another.
     """
 
-    def __init__(self, url: str, prefix: str, on_event: Callable[[], None], connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        on_event: Callable[[], None],
+        connect_timeout_s: float,
+        session: requests.Session | None = None,
+    ) -> None:
         import requests
 
-        self._session = requests.Session()
+        # The store's kind of session (TLS, token, a deadline up to the answer's head); the
+        # stream itself has no deadline: an idle group sends nothing for hours.
+        self._session = session or requests.Session()
         self._cancelled = threading.Event()
         self.ended = threading.Event()
         self._response: requests.Response | None = None
@@ -283,6 +451,8 @@ def _lines(response: requests.Response) -> Iterator[bytes]:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         yield from (line for line in lines if line.strip())
+        if len(pending) > MAX_WATCH_LINE:
+            raise ValueError(f"a watch event longer than {MAX_WATCH_LINE} bytes")
     if pending.strip():
         yield pending
 

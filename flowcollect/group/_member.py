@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowcollect.errors import ConfigError
+from flowcollect.group._access import EtcdAccess
 from flowcollect.group._address import GroupAddress, parse_address
 from flowcollect.group._core import LeaseTimer, View, decide
 from flowcollect.group._etcd import MAX_TXN_OPS, EtcdUnavailable, Store, Watch
@@ -135,6 +136,7 @@ class GroupMember:
         keepalive_s: float | None = None,
         margin_s: float | None = None,
         request_timeout_s: float | None = None,
+        etcd: EtcdAccess | None = None,
         clock: Clock = time.monotonic,
         wait: Wait = _event_wait,
         logger: logging.Logger | None = None,
@@ -160,7 +162,8 @@ class GroupMember:
         self._clock = clock
         self._wait = wait
         self._log = logger or _log
-        self._store = Store(self.address.endpoints, timeout)
+        # TLS and credentials: as given, else from FLOWCOLLECT_ETCD_* (flowcollect.group._access).
+        self._store = Store(self.address.endpoints, timeout, EtcdAccess.from_env() if etcd is None else etcd)
         self._timer = LeaseTimer(keepalive, margin, retry_s=max(0.1, keepalive / 2))
         self._prefix = self.address.prefix
         self._wake = threading.Event()

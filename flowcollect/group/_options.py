@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flowcollect.errors import ConfigError
+from flowcollect.group._access import EtcdAccess
 from flowcollect.group._address import GroupAddress, parse_address
 from flowcollect.group._hrw import Pin
 
@@ -40,6 +41,7 @@ class GroupOptions:
     labels: tuple[str, ...] = ()
     pins: tuple[Pin, ...] = ()
     ttl_s: int = 10
+    etcd: EtcdAccess | None = None  # TLS and credentials; None: from FLOWCOLLECT_ETCD_* at join
 
     @classmethod
     def parse(
@@ -70,8 +72,13 @@ class GroupOptions:
             pin_list = parse_pins(pins)
         except ConfigError as exc:
             problems.extend(exc.problems)
+        etcd: EtcdAccess | None = None
+        try:
+            etcd = EtcdAccess.from_env()  # checked here, before anything starts
+        except ConfigError as exc:
+            problems.extend(f"FLOWCOLLECT_ETCD_*: {p}" for p in exc.problems)
         if ttl_s < 2:
             problems.append(f"--group-ttl: {ttl_s} s is below etcd's minimum lease TTL (2 s)")
         if problems or address is None:
             raise ConfigError(problems)
-        return cls(address, member_id, label_list, pin_list, ttl_s)
+        return cls(address, member_id, label_list, pin_list, ttl_s, etcd)

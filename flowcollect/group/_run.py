@@ -71,9 +71,10 @@ class GroupMembership:
     def attach(self, pipeline: Pipeline) -> Pipeline:
         """A copy of ``pipeline`` that reads nothing until this membership assigns lanes, its
         writers' ``{member}`` paths (CSV files, spool folders) naming this member."""
-        from flowcollect.pipeline._member import substitute_member
+        from flowcollect.pipeline._member import for_member
 
-        for template, path in substitute_member(pipeline.writers, self.member_id):
+        pipeline, changed = for_member(pipeline, self.member_id)
+        for template, path in changed:
             self._log.info(
                 "group %s: %s is %s for member %s", self.options.address, template, path, self.member_id
             )
@@ -108,6 +109,7 @@ class GroupMembership:
             on_control=on_control,
             lanes_stopped=collector.lanes_stopped,
             ttl_s=self.options.ttl_s,
+            etcd=self.options.etcd,
             logger=self._log,
         )
         with self._lock:

@@ -23,7 +23,7 @@ run loop and its summary (``RunSummary``), ``--once``, devices and the pause sch
 
 from __future__ import annotations
 
-from flowcollect.pipeline._devices import Device, EmbeddedModbusSimulator, device_name
+from flowcollect.pipeline._devices import Device, EmbeddedModbusSimulator, device_name, port_in_use
 from flowcollect.pipeline._loader import PipelineLoadError, load_pipeline, validation_problems
 from flowcollect.pipeline._model import Pipeline
 from flowcollect.pipeline._once import OnceResult, OnceRow
@@ -63,4 +63,5 @@ __all__ = [
     "EmbeddedModbusSimulator",
     "PauseSchedule",
     "device_name",
+    "port_in_use",
 ]

@@ -11,27 +11,22 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from flowcollect.collector import DataCollector
-from flowcollect.compile import CompiledContext, compile_context
+from flowcollect.compile import CompiledContext, compile_context, compile_plan
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
-from flowcollect.pipeline._devices import Device
+from flowcollect.pipeline._devices import Device, device_name
+from flowcollect.plan import PipelinePlan, describe
 from flowcollect.readers.base import DataReader
 from flowcollect.stats import CollectorStats
 from flowcollect.writers.base import DataWriter
-from flowcollect.writers.spool._options import SpoolOptions
+from flowcollect.writers.spool import SpoolOptions
 
 if TYPE_CHECKING:
     from flowcollect.pipeline._once import OnceResult
     from flowcollect.pipeline._summary import RunSummary
-    from flowcollect.plan import PipelinePlan
 
 __all__ = ["Pipeline"]
-
-QUIET = logging.Logger("flowcollect.quiet", logging.CRITICAL + 1)
-"""A logger that says nothing (``check`` without a logger is as quiet already)."""
-QUIET.addHandler(logging.NullHandler())
-QUIET.propagate = False
 
 
 class Pipeline(BaseModel):
@@ -230,10 +225,18 @@ class Pipeline(BaseModel):
         return problems
 
     def plan(self, context_ids: Iterable[int] | None = None) -> PipelinePlan:
-        """The compiled schedule of these contexts (see ``flowcollect.plan``); touches no device."""
-        from flowcollect.plan import build_plan
+        """The compiled schedule of these contexts (see ``flowcollect.plan``); touches no device.
 
-        return build_plan(self, context_ids)
+        Raises ``ConfigError`` as ``start`` would (unknown context id, invalid variables).
+        """
+        compiled = compile_plan(self.select(context_ids), self.readers, self.interval_limit_policy)
+        return describe(
+            compiled,
+            self.readers,
+            self.name,
+            [w.name for w in self.writers],
+            [device_name(d) for d in self.devices],
+        )
 
     # -- running -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flowcollect._logs import QUIET
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline._devices import start_devices, stop_devices
 from flowcollect.values import CollectedVariable
@@ -83,7 +84,6 @@ def read_once(
 ) -> OnceResult:
     """``Pipeline.read_once`` (see there)."""
     from flowcollect.errors import ConfigError
-    from flowcollect.pipeline._model import QUIET
 
     contexts = pipeline.select(context_ids)
     problems = pipeline.check([c.id for c in contexts], logger=QUIET)

@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flowcollect._logs import QUIET
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline._devices import start_devices, stop_devices
 from flowcollect.pipeline._member import unresolved_member_paths
-from flowcollect.pipeline._model import QUIET
 from flowcollect.pipeline._summary import RunSummary, StopReason
 from flowcollect.stats import CollectorStats
 from flowcollect.writers.base import DataWriter

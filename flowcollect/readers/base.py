@@ -5,15 +5,32 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from flowcollect.models import ValueType, Variable
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
-__all__ = ["DataReader", "Emit"]
+__all__ = ["DataReader", "Emit", "TickEstimate"]
 
 Emit = Callable[[ValueBatch], None]
 """What a pushing reader calls with the values its source pushed (from any thread)."""
+
+
+class TickEstimate(Protocol):
+    """What one tick of a lane costs at its source, as its readers estimate it (no I/O).
+
+    ``str(estimate)`` is the line ``flowcollect plan`` prints for the lane.
+    """
+
+    @property
+    def load(self) -> float | None:
+        """The estimated time over the tick (above 1.0 the source cannot keep up); None: unknown."""
+        ...
+
+    @property
+    def warning(self) -> str | None:
+        """One line for ``check`` when the source cannot serve the tick in time, else None."""
+        ...
 
 
 class DataReader(ABC):
@@ -120,6 +137,20 @@ class DataReader(ABC):
         worth saying beyond the variables themselves.
         """
         return ()
+
+    def estimate_tick(
+        self, due: Sequence[tuple[DataReader, Sequence[VariableSpec]]], tick_ms: float
+    ) -> TickEstimate | None:
+        """What one tick of this reader's lane costs, for ``flowcollect plan`` and ``check``.
+
+        Called on the lane's first reader with every reader of the lane that has variables due
+        at the instant, paired with them (readers on one lane share its source: a serial line's
+        cost is that of all its units), and ``tick_ms``, the time until the lane's next due
+        instant; once per due pattern, first at the hyperperiod's start, where every reader of
+        the lane is due. No I/O. None (the default) from that first call: no estimate for the
+        lane, which is not asked again.
+        """
+        return None
 
     def validate(self, variable: Variable) -> None:
         """Raise ``ValueError`` if this reader cannot read ``variable`` (bad address, type).

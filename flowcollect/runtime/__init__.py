@@ -1,10 +1,26 @@
 """The runtime: lanes (one thread and clock each), the named steps values pass through, and the
-latest-value store of pushing readers. The public parts are the clock a collector can be given
-(``DataCollector(clock=...)``) and the step names ``flowcollect plan`` draws."""
+latest-value store of pushing readers. For users: the clock a collector can be given
+(``DataCollector(clock=...)``) and the step names ``flowcollect plan`` draws; for the collector
+that builds the graph: the lane and the steps of a context's branch."""
 
 from __future__ import annotations
 
 from flowcollect.runtime._clock import Clock, LaneScheduler, SystemClock, VirtualScheduler
-from flowcollect.runtime._steps import STEPS
+from flowcollect.runtime._lane import STEP_MS, Lane
+from flowcollect.runtime._steps import STEPS, ChangeState, for_context, gate, report_changes
 
-__all__ = ["STEPS", "Clock", "LaneScheduler", "SystemClock", "VirtualScheduler"]
+__all__ = [
+    # Clocks (``DataCollector(clock=...)``, ``flowcollect.testing``)
+    "Clock",
+    "LaneScheduler",
+    "SystemClock",
+    "VirtualScheduler",
+    # The graph a collector builds: lanes, and the steps of a context's branch
+    "STEPS",
+    "STEP_MS",
+    "ChangeState",
+    "Lane",
+    "for_context",
+    "gate",
+    "report_changes",
+]

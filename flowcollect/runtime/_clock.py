@@ -25,7 +25,7 @@ from reactivex.disposable import Disposable
 from reactivex.internal.exceptions import DisposedException
 from reactivex.scheduler.periodicscheduler import PeriodicScheduler
 
-from flowcollect._clock import EPOCH
+from flowcollect._instants import EPOCH
 
 __all__ = ["Clock", "LaneScheduler", "SystemClock", "VirtualScheduler"]
 

@@ -21,7 +21,7 @@ from reactivex import abc
 from reactivex.internal.exceptions import DisposedException
 from reactivex.subject import Subject
 
-from flowcollect._clock import instant, now_ms
+from flowcollect._instants import instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
@@ -69,7 +69,7 @@ class Lane:
         counters: Mapping[str, ReaderCounters],
         errors: RateLimitedLog,
         on_missed: Callable[[LaneSchedule, list[int]], None],
-        on_step: Callable[[], None] = lambda: None,
+        on_clock_step: Callable[[], None] = lambda: None,
     ) -> None:
         self.key = key
         self.readers = {r.type: r for r in readers}
@@ -87,7 +87,7 @@ class Lane:
         self.clock_steps = 0
         self._errors = errors
         self._on_missed = on_missed
-        self._on_step = on_step
+        self._on_clock_step = on_clock_step
         # A scheduler that waits on the monotonic clock (LaneScheduler, VirtualScheduler) lets
         # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
         self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
@@ -328,7 +328,7 @@ class Lane:
         anchor, offset = self._anchor, self._offset()
         if anchor is not None and offset is not None and abs(offset - anchor) > STEP_MS:
             # The wall clock stepped while we waited: this instant belongs to the old timeline.
-            self._stepped(schedule, offset - anchor)
+            self._clock_stepped(schedule, offset - anchor)
             return
         self._last_fired = due
         began = now_ms(self.scheduler)
@@ -345,7 +345,7 @@ class Lane:
             return
         after = self._offset()
         if offset is not None and after is not None and abs(after - offset) > STEP_MS:
-            self._stepped(schedule, after - offset)  # it stepped while we read
+            self._clock_stepped(schedule, after - offset)  # it stepped while we read
             return
         following = schedule.next_due(due)
         if following <= now:
@@ -359,7 +359,7 @@ class Lane:
     def _tick_counters(self, schedule: LaneSchedule) -> list[ReaderCounters]:
         return [self.counters[r] for r in schedule.reader_order if r in self.counters]
 
-    def _stepped(self, schedule: LaneSchedule, delta_ms: float) -> None:
+    def _clock_stepped(self, schedule: LaneSchedule, delta_ms: float) -> None:
         """Re-anchor on the new wall time: the next grid instant after now, neither the old
         timeline's next instant (a stall as long as a backward step) nor every instant a forward
         step jumped over (a burst)."""
@@ -372,7 +372,7 @@ class Lane:
             self.key,
             delta_ms,
         )
-        self._on_step()
+        self._on_clock_step()
         self._last_fired = math.floor(now_ms(self.scheduler))
         self._arm(schedule.next_due(self._last_fired))
 
@@ -390,7 +390,7 @@ class Lane:
             pending.dispose()
             self._pending, self._pending_due = None, None
             if self._active is not None:
-                self._stepped(self._active, offset - anchor)
+                self._clock_stepped(self._active, offset - anchor)
             return
         if self._pending_due is not None and self._pending_due <= now_ms(self.scheduler):
             return  # that tick is due already and about to fire; it re-arms from the new schedule

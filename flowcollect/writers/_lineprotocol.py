@@ -11,7 +11,9 @@ anything else is refused with a reason, so one bad value never makes the server 
 The schema (see docs/influxdb.md): with ``schema="typed"`` (the default) the field key carries
 the value type (``value`` for float, ``value_int``, ``value_bool``, ``value_str``), so variables of
 different types never give one field two types and InfluxDB never refuses a point for it;
-``schema="single"`` writes every type to ``value`` (the first design's points). A point's
+``schema="single"`` writes every type to ``value`` (the first design's points);
+``schema="fields"`` writes the points a Telegraf input writes (one field per variable, named by
+it; the measurement and tags the variable's own), so dashboards built on them keep working. A point's
 identity (measurement, tags from the variable, the exact grid or source time) is deterministic,
 so a batch sent twice overwrites itself instead of adding points.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -61,7 +63,9 @@ RESERVED_TAGS = frozenset(("address", "context", "name", "reader", "variable"))
 _MAX_LAYOUT_VARIABLES = 2_000_000
 _MAX_SPECS = 1_000_000
 
-Schema = Literal["typed", "single"]
+Schema = Literal["typed", "single", "fields"]
+MEASUREMENT_TAG = "measurement"
+"""With ``schema="fields"``, the variable tag that names its point's measurement (not a tag)."""
 BatchProblem = tuple[int, str, str]
 """``(index in the batch, "error" or "unwritable", text)`` for a value that makes no point."""
 
@@ -270,6 +274,9 @@ class LineSerializer:
 
     def prefix(self, value: CollectedVariable) -> str:
         """``measurement,address=...,context=...,reader=...,variable=... value=``."""
+        if self.schema == "fields":
+            # A per-value caller's values carry no name or tags: the address names the field.
+            return self.fields_prefix(value.address, ())
         tags = []
         for key, tag in zip(TAG_KEYS, (value.address, value.context_id, value.reader, value.id), strict=True):
             if tag is None:
@@ -280,9 +287,35 @@ class LineSerializer:
         head = f"{self._measurement},{','.join(tags)}" if tags else self._measurement
         return f"{head} {self.field_key(value.value_type)}="
 
+    def fields_prefix(self, field: str, tags: Iterable[tuple[str, str]]) -> str:
+        """``schema="fields"``: ``measurement,tags field=`` where the field is the variable's
+        name (else address), the measurement its ``measurement`` tag (else the writer's), and the
+        tags its own only, sorted: the points a Telegraf input writes, one field per variable."""
+        own = dict(tags)
+        measurement = own.pop(MEASUREMENT_TAG, None)
+        head = escape_measurement(measurement) if measurement else self._measurement
+        for key in sorted(own):
+            escaped_key, escaped = escape_tag_value(key), escape_tag_value(own[key])
+            if escaped_key and escaped:
+                head += f",{escaped_key}={escaped}"
+        return f"{head} {escape_tag_value(field)}="
+
+    def quality_key(self, field: str) -> str:
+        """The quality field beside a value: one per point, else one per variable's field."""
+        # Escaped as the value's own field key is (a name with a space or comma must not end it).
+        return f"{escape_tag_value(field)}_{QUALITY_FIELD}" if self.schema == "fields" else QUALITY_FIELD
+
+    def source_time_key(self, field: str) -> str:
+        """The source time field beside a value: one per point, else one per variable's field."""
+        return (
+            f"{escape_tag_value(field)}_{SOURCE_TIME_FIELD}" if self.schema == "fields" else SOURCE_TIME_FIELD
+        )
+
     def spec_prefix(self, spec: VariableSpec) -> str:
         """A compiled variable's ``measurement,tags field=``: the built-in tags, ``name`` when
         set, then the variable's own tags (one of a built-in name is left out), sorted by key."""
+        if self.schema == "fields":
+            return self.fields_prefix(spec.name or spec.address, spec.tags)
         if not spec.name and not spec.tags and type(spec.context_id) is int and type(spec.id) is int:
             # The common variable (built-in tags only, whose keys need no escaping and are in
             # order already; an int's text needs none either): a fifth of the general path's
@@ -398,6 +431,7 @@ class LineSerializer:
         source = batch.source_ns
         quality = batch.quality
         beside = batch.source_time_ns
+        variables = batch.variables
         for i, (prefix, fmt, x, error) in enumerate(zip(prefixes, formats, values, errors, strict=True)):
             if error is not None:
                 problems.append((i, "error", error))
@@ -407,10 +441,12 @@ class LineSerializer:
                 ns = source[i] if source is not None else None
                 word = quality[i] if quality is not None else None
                 if word is not None:
-                    text += f",{QUALITY_FIELD}={_string_text(str(word))}"
+                    spec = variables[i]
+                    text += f",{self.quality_key(spec.name or spec.address)}={_string_text(str(word))}"
                 at = beside[i] if beside is not None else None
                 if at is not None:
-                    text += f",{SOURCE_TIME_FIELD}={at}i"
+                    spec = variables[i]
+                    text += f",{self.source_time_key(spec.name or spec.address)}={at}i"
             except Unwritable as exc:
                 problems.append((i, "unwritable", str(exc)))
                 continue
@@ -465,7 +501,7 @@ class LineSerializer:
                 else:
                     text = field_text(x, v.value_type)
                 if v.source_time is not None:
-                    text += f",{SOURCE_TIME_FIELD}={timestamp_ns(v.source_time)}i"
+                    text += f",{self.source_time_key(v.address)}={timestamp_ns(v.source_time)}i"
             except Unwritable as exc:
                 unwritable.append((v, str(exc)))
                 continue

@@ -126,6 +126,10 @@ class DataWriter:
     this much). None: only on ``DataCollector.flush`` and at close."""
     routing: Routing | None = None
     """What this writer receives (``receive``); None: every value of every context."""
+    kept_by: str | None = None
+    """Set by a ``SpooledWriter`` on the writer it wraps (to the spool's folder): what this
+    writer gives up when it closes is not lost, the spool keeps it for the next run. For the
+    wording of the writer's own logs; its counts stay what it did."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

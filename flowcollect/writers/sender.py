@@ -20,7 +20,9 @@ What each outcome makes the sender do:
 - ``HOLD`` (401, 403, 404: credentials or the database are wrong): as ``RETRY``, and logged as an
   error and counted in ``held_retries``: an operator's problem to fix, never a reason to discard.
 - ``TOO_LARGE`` (413): the request is split in two and both halves are sent at once; later
-  requests are cut to the size that worked.
+  requests are cut to the size that worked. Every ``regrow_after_s`` without another 413 the
+  limit doubles again (up to ``batch_size``), so a passing storm, a server whose limit was
+  raised or one oversized record does not leave the sender at one record a request for ever.
 
 Time comes from an injectable ``clock``; with ``threaded=False`` nothing runs by itself and
 ``pump()`` sends what is due now, so the backoff and batching logic is tested in virtual time.
@@ -224,6 +226,7 @@ class BufferedSender:
         rng: Callable[[], float] = random.random,
         threaded: bool = True,
         encode_on_submit: bool = True,
+        regrow_after_s: float = 60.0,
     ) -> None:
         self.transport = transport
         self.name = name
@@ -234,6 +237,7 @@ class BufferedSender:
         self.timeout_s = timeout_s
         self.backoff = backoff or Backoff()
         self.encode_on_submit = encode_on_submit
+        self.regrow_after_s = regrow_after_s
         self._on_settled = on_settled
         self._logger = logger or logging.getLogger("flowcollect.writers.sender")
         self._clock = clock
@@ -247,7 +251,10 @@ class BufferedSender:
         self._waiting = 0
         self._accepted = 0  # records ever queued: the next queue position
         self._flush_to = 0  # chunks starting before this position go without waiting to fill
-        self._max_records = batch_size  # lowered when the destination answers 413
+        # Lowered when the destination answers 413; doubled back (up to batch_size) once
+        # _regrow_at passed with requests succeeding. Both guarded by _cond.
+        self._max_records = batch_size
+        self._regrow_at = 0.0
         self._retry_at = 0.0
         self._failures = 0
         self._close_deadline: float | None = None
@@ -292,9 +299,10 @@ class BufferedSender:
         deadline = self._clock() + (self.timeout_s if timeout_s is None else timeout_s)
         return self._flush_until(deadline)
 
-    def close(self) -> int:
+    def close(self, kept_by: str | None = None) -> int:
         """Flush within ``timeout_s``, stop the threads, drop (and report) what is left; return
-        how many records were dropped so."""
+        how many records were dropped so. ``kept_by``: who keeps what is dropped so (a spool in
+        front of the writer), for the log: they are given back to it, not lost."""
         with self._cond:
             if self._closed:
                 return 0
@@ -322,7 +330,17 @@ class BufferedSender:
             self._waiting = 0
             self._stats.dropped += lost
         self._report(settled)
-        if lost:
+        if lost and kept_by is not None:
+            self._logger.info(
+                "%s: closed with %d records undelivered within timeout_s=%s (last error: %s); "
+                "the spool %s keeps them for the next run",
+                self.name,
+                lost,
+                self.timeout_s,
+                self._stats.last_error,
+                kept_by,
+            )
+        elif lost:
             self._logger.warning(
                 "%s: closed with %d records undelivered within timeout_s=%s (last error: %s); they are lost",
                 self.name,
@@ -543,6 +561,7 @@ class BufferedSender:
                 return settled
             self._sending.remove(chunk)
             stats = self._stats
+            grown = self._regrow_locked() if status in (Status.OK, Status.PARTIAL) else 0
             if status in (Status.OK, Status.PARTIAL):
                 recovered = self._failures
                 self._failures = 0
@@ -565,8 +584,7 @@ class BufferedSender:
                 stats.last_error = outcome.detail
                 settled.extend((r.token, 0, r.count, 0, outcome.detail) for r in chunk.owners)
             elif status is Status.TOO_LARGE:
-                half = (n + 1) // 2
-                self._max_records = min(self._max_records, half)
+                self._shrink_locked((n + 1) // 2)
                 stats.splits += 1
                 stats.last_error = outcome.detail
                 self._put_back_locked(chunk)
@@ -584,7 +602,28 @@ class BufferedSender:
             waiting = self._waiting
             self._cond.notify_all()
         self._log_outcome(outcome, n, waiting, recovered)
+        if grown:
+            self._logger.info(
+                "%s: no 413 for %s s: trying requests of up to %d records again",
+                self.name,
+                self.regrow_after_s,
+                grown,
+            )
         return settled
+
+    def _shrink_locked(self, limit: int) -> None:
+        self._max_records = min(self._max_records, limit)
+        self._regrow_at = self._clock() + self.regrow_after_s
+
+    def _regrow_locked(self) -> int:
+        """After a quiet ``regrow_after_s`` since the last 413, double the request limit (the
+        server's limit may have been raised, or the 413 came from one oversized record); a 413
+        at the new size halves it again. Returns the new limit, or 0 if unchanged."""
+        if self._max_records >= self.batch_size or self._clock() < self._regrow_at:
+            return 0
+        self._max_records = min(self.batch_size, self._max_records * 2)
+        self._regrow_at = self._clock() + self.regrow_after_s
+        return self._max_records
 
     def _put_back_locked(self, chunk: _Chunk) -> None:
         # Back in its place among the waiting chunks, so the oldest is retried first.

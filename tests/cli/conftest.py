@@ -16,7 +16,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = REPO / "pipelines"
-INFLUX_ENV = ("INFLUX_URL", "INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET")
+INFLUX_ENV = (
+    "INFLUX_URL",
+    "INFLUX_TOKEN",
+    "INFLUX_ORG",
+    "INFLUX_BUCKET",
+    "INFLUX_API",
+    "INFLUX_DATABASE",
+    "INFLUX_USERNAME",
+    "INFLUX_PASSWORD",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

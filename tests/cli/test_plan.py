@@ -118,3 +118,42 @@ def test_plan_of_one_context(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "GCD tick 1 s, hyperperiod 1 s" in result.stdout
     assert "context 1" not in result.stdout
+
+
+class _Estimate:
+    def __init__(self, load: float | None, text: str) -> None:
+        self.load = load
+        self.text = text
+
+    @property
+    def warning(self) -> str | None:
+        return f"{self.text}: too slow" if self.load is not None and self.load > 1.0 else None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class EstimatingReader(StaticDataReader):
+    """A reader with its own estimate hook: the plan asks every reader, not only Modbus ones."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.asked: list[tuple[tuple[str, ...], float]] = []
+
+    def estimate_tick(self, due, tick_ms):  # type: ignore[no-untyped-def]
+        addresses = tuple(s.address for _, reads in due for s in reads)
+        self.asked.append((addresses, tick_ms))
+        # 30 ms per read against the tick: 3 reads in a 100 ms tick is 90%, 4 is 120%.
+        return _Estimate(30 * len(addresses) / tick_ms, f"{len(addresses)} reads in {tick_ms:g} ms")
+
+
+def test_a_readers_estimate_hook_gives_the_lanes_busiest_tick_and_its_warning() -> None:
+    reader = EstimatingReader()
+    plan = pipeline(ctx(1, 100, "a", "b", "c"), ctx(2, 200, "d"), reader=reader).plan()
+    # One call per due pattern, at its first instant, with the time to the lane's next instant.
+    assert sorted(reader.asked) == [(("a", "b", "c"), 100), (("a", "b", "c", "d"), 100)]
+    assert plan.lines == ("4 reads in 100 ms",)
+    assert plan.line_warnings == ("4 reads in 100 ms: too slow",)
+    assert "4 reads in 100 ms" in render_text(plan)
+    # The default hook: no estimate, no lines.
+    assert pipeline(ctx(1, 100, "a")).plan().lines == ()

@@ -11,10 +11,11 @@ import pytest
 
 from flowcollect import Pipeline
 from flowcollect.pipeline import load_pipeline
-from tests.cli.conftest import PIPELINES, flowcollect
+from tests.cli.conftest import INFLUX_ENV, PIPELINES, flowcollect
+from tests.support.influxdb1 import InfluxFactory, influxdb1_factory
 from tests.support.victoria import VictoriaMetrics, sample_count, victoria
 
-__all__ = ["victoria"]  # the server fixture, shared by this module's tests
+__all__ = ["influxdb1_factory", "victoria"]  # the server fixtures, shared by this module's tests
 
 SHIPPED = sorted(p for p in PIPELINES.glob("*.py") if not p.name.startswith("_"))
 
@@ -27,7 +28,7 @@ def test_the_shipped_pipelines_are_there() -> None:
 def test_importing_a_pipeline_does_nothing(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("INFLUX_URL", "INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET"):
+    for name in INFLUX_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     threads = set(threading.enumerate())
@@ -95,6 +96,32 @@ def test_with_influx_settings_the_values_go_to_the_server_too(
     assert sample_count(series) == summary["delivered"]
     delivering = {cid for cid, c in summary["context_states"].items() if c["delivered"]}
     assert {s.labels["context"] for s in series} == delivering
+
+
+@pytest.mark.server
+def test_the_demo_against_influxdb_1x_says_what_is_wrong_and_runs_with_api_v1(
+    tmp_path: Path, influxdb1_factory: InfluxFactory
+) -> None:
+    server = influxdb1_factory()
+    server.query("CREATE DATABASE plant")
+    demo = str(PIPELINES / "demo.py")
+    # As a new user first tries it: the v2 settings against a 1.x server.
+    env = {"INFLUX_URL": server.url, "INFLUX_TOKEN": "t", "INFLUX_ORG": "o", "INFLUX_BUCKET": "plant"}
+    result = flowcollect("check", demo, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "no bucket" not in result.stderr and "has no v2 write endpoint" in result.stderr
+    assert 'use api="v1" with database=' in result.stderr
+    # What the message says to do, through the demo's environment.
+    env = {"INFLUX_URL": server.url, "INFLUX_API": "v1", "INFLUX_DATABASE": "plant"}
+    result = flowcollect("run", demo, "--duration", "1.5", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["writers"]["influxdb:plant"]["written"] == summary["delivered"] > 0
+    rows = server.select("SELECT * FROM flowcollect_demo", "plant")
+    assert len(rows) == summary["delivered"], "one point per value, each stored once"
+    # A setting missing for the chosen API is named.
+    result = flowcollect("check", demo, cwd=tmp_path, env={"INFLUX_URL": server.url, "INFLUX_API": "v1"})
+    assert result.returncode != 0 and "INFLUX_DATABASE" in result.stderr
 
 
 def test_the_plant_runs_until_stopped() -> None:

@@ -144,6 +144,12 @@ FRAGMENTS = {
     ("docs/influxdb.md", "from flowcollect.writers.sender import BufferedSender, Outcome, Status"): (
         "`...` stands for a transport's own code"
     ),
+    ("docs/influxdb.md", "from flowcollect import secret_from_env"): (
+        "needs certificate files at the paths shown (tests/writers/test_influx_tls.py does it)"
+    ),
+    ("docs/scaling.md", "from flowcollect import secret_from_env"): (
+        "`lanes` and `on_assignment` are the caller's, and it needs certificates and an etcd"
+    ),
     (
         "docs/plugins.md",
         '"""A reader of `name=value` lines from a text file another program keeps up to date."""',

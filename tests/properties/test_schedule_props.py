@@ -12,7 +12,7 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowcollect.compile import LaneSchedule
+from flowcollect.compile import LaneSchedule, due_patterns, next_due
 from flowcollect.compile._schedule import EAGER_PHASES, MAX_COUNT_WALK
 from flowcollect.runtime._steps import LaneRead, batch_for
 from flowcollect.values import CollectedVariable, VariableSpec
@@ -258,3 +258,97 @@ def test_a_shared_lane_reads_each_readers_due_set_once_in_reader_order(data: st.
         mine = {(s.address, s.value_type) for s in due if s.reader == rp.reader}
         assert sorted((s.address, s.value_type) for s in rp.reads) == sorted(mine)
         assert all(s.reader == rp.reader for s in rp.reads)
+
+
+def brute_patterns(intervals: set[int], span: int) -> dict[tuple[int, ...], list[int]]:
+    """Every due instant of ``[0, span)``, scanned millisecond by millisecond, by pattern."""
+    out: dict[tuple[int, ...], list[int]] = {}
+    for t in range(span):
+        due = tuple(sorted(i for i in intervals if t % i == 0))
+        if due:
+            out.setdefault(due, []).append(t)
+    return out
+
+
+# Intervals whose hyperperiod stays short enough to scan millisecond by millisecond.
+walk_intervals = st.sets(
+    st.sampled_from([1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 40, 50, 60, 100]), min_size=1
+)
+
+
+@PROPS
+@given(intervals=walk_intervals, offsets=st.integers(0, 5))
+def test_due_patterns_of_a_hyperperiod_match_the_definition(intervals: set[int], offsets: int) -> None:
+    span = math.lcm(*intervals)
+    walk = due_patterns(intervals, limit=10**6, offsets=offsets)
+    expected = brute_patterns(intervals, span)
+    assert walk.complete
+    assert walk.instants == sum(len(ts) for ts in expected.values())
+    # Each pattern once, in the order of its first instant, with its count and first offsets.
+    assert [p.intervals for p in walk.patterns] == sorted(expected, key=lambda due: expected[due][0])
+    assert walk.patterns[0].first_ms == 0 and walk.patterns[0].intervals == tuple(sorted(intervals))
+    for pattern in walk.patterns:
+        instants = expected[pattern.intervals]
+        assert pattern.first_ms == instants[0]
+        assert pattern.instants == len(instants)
+        assert pattern.offsets_ms == tuple(instants[:offsets])
+        # The tick of the first instant lasts until the next due instant of the walk's intervals.
+        assert (
+            pattern.gap_ms
+            == brute_next_due([spec(1, 1, "a", "int", i) for i in intervals], instants[0]) - instants[0]
+        )
+
+
+@PROPS
+@given(intervals=walk_intervals, limit=st.integers(1, 200), span=st.integers(1, 2000))
+def test_due_patterns_stop_at_the_limit_and_the_span(intervals: set[int], limit: int, span: int) -> None:
+    walk = due_patterns(intervals, limit, span)
+    walked = [t for ts in brute_patterns(intervals, span).values() for t in ts]
+    assert walk.instants == min(limit, len(walked))
+    assert walk.complete == (limit >= len(walked))
+    seen = sorted(walked)[:limit]
+    # What the walk saw is exactly the first ``limit`` due instants of the span.
+    assert sum(p.instants for p in walk.patterns) == len(seen)
+    assert {p.intervals for p in walk.patterns} == {
+        tuple(sorted(i for i in intervals if t % i == 0)) for t in seen
+    }
+
+
+@PROPS
+@given(intervals=walk_intervals, reader_intervals=walk_intervals)
+def test_a_lane_walks_one_readers_due_instants_over_the_lanes_hyperperiod(
+    intervals: set[int], reader_intervals: set[int]
+) -> None:
+    specs = [VariableSpec(n, 1, "a", "int", "other", i) for n, i in enumerate(sorted(intervals))]
+    specs += [VariableSpec(100 + n, 1, "a", "int", "mine", i) for n, i in enumerate(sorted(reader_intervals))]
+    schedule = LaneSchedule("lane", specs)
+    mine = schedule.due_patterns(10**6, "mine", offsets=1)
+    expected = brute_patterns(reader_intervals, schedule.hyperperiod_ms)
+    assert {p.intervals: p.instants for p in mine.patterns} == {d: len(ts) for d, ts in expected.items()}
+    whole = schedule.due_patterns(10**6)
+    assert {p.intervals for p in whole.patterns} == set(
+        brute_patterns(set(schedule.intervals), schedule.hyperperiod_ms)
+    )
+
+
+@PROPS
+@given(
+    intervals=st.sets(st.integers(1, 5000), max_size=5),
+    after=st.integers(EPOCH_2023, EPOCH_2023 + 10**9) | st.floats(EPOCH_2023, EPOCH_2023 + 10**9),
+)
+def test_next_due_of_any_intervals_is_the_lanes_next_due(intervals: set[int], after: float) -> None:
+    if not intervals:
+        assert next_due(after, intervals) is None
+        return
+    schedule = LaneSchedule("lane", [spec(1, n, "a", "int", i) for n, i in enumerate(intervals)])
+    assert next_due(after, intervals) == schedule.next_due(after)
+    assert next_due(after, intervals) == brute_next_due([spec(1, 1, "a", "int", i) for i in intervals], after)
+
+
+def test_count_due_estimates_on_the_grid_past_the_walk() -> None:
+    schedule = schedule_of("r", [spec(1, 1, "a", "int", 2)])
+    # Within the walk: exact (every even instant of (0, 2 * MAX_COUNT_WALK - 2]).
+    assert schedule.count_due(0, 2 * MAX_COUNT_WALK - 2) == MAX_COUNT_WALK - 1
+    # Past it: the span over the GCD tick, never less than what was walked.
+    assert schedule.count_due(0, 10 * MAX_COUNT_WALK) == 5 * MAX_COUNT_WALK
+    assert len(schedule.due_between(0, 10 * MAX_COUNT_WALK)) == MAX_COUNT_WALK

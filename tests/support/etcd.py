@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -80,7 +81,15 @@ class Etcd(ServerProcess):
         initial_cluster: str | None = None,
         start: bool = True,
         ready_timeout_s: float = 20.0,
+        tls: tuple[Path, Path, Path] | None = None,
+        client_cert: tuple[Path, Path] | None = None,
+        args: Sequence[str] = (),
     ) -> None:
+        # tls: (server certificate, its key, the CA) -> https on the client port; client_cert:
+        # (certificate, key) the helper presents, and etcd then demands one (--client-cert-auth).
+        self.tls = tls
+        self.client_cert = client_cert
+        self.args = list(args)
         self.binary = binary
         self.data = Path(data)
         self.name = name
@@ -100,7 +109,22 @@ class Etcd(ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
+    def _context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls[2]))
+        if self.client_cert is not None:
+            context.load_cert_chain(*self.client_cert)
+        return context
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        cert, key, ca = self.tls
+        out = [f"--cert-file={cert}", f"--key-file={key}", f"--trusted-ca-file={ca}"]
+        return out + (["--client-cert-auth"] if self.client_cert is not None else [])
 
     @property
     def running(self) -> bool:
@@ -125,6 +149,8 @@ class Etcd(ServerProcess):
             "--initial-cluster-token=flowcollect-test",
             "--logger=zap",
             "--log-outputs=stderr",
+            *self._tls_args(),
+            *self.args,
         ]
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
@@ -151,7 +177,8 @@ class Etcd(ServerProcess):
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1.0) as response:  # noqa: S310 - loopback
+            health = self.url + "/health"
+            with urllib.request.urlopen(health, timeout=1.0, context=self._context()) as response:  # noqa: S310
                 return bool(json.loads(response.read()).get("health") == "true")
         except (urllib.error.URLError, OSError, ValueError):
             return False
@@ -179,14 +206,15 @@ class Etcd(ServerProcess):
 
     # -- direct access, bypassing flowcollect (what the tests check against) -----------------------
 
-    def call(self, path: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
+    def call(
+        self, path: str, body: dict[str, Any], timeout_s: float = 5.0, token: str | None = None
+    ) -> dict[str, Any]:
         """POST ``body`` to the v3 JSON gateway (``/v3/<path>``) and return the answer."""
+        headers = {"Content-Type": "application/json"} | ({"Authorization": token} if token else {})
         request = urllib.request.Request(  # noqa: S310 - loopback
-            f"{self.url}/v3/{path}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            f"{self.url}/v3/{path}", data=json.dumps(body).encode(), headers=headers
         )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=timeout_s, context=self._context()) as response:  # noqa: S310
             answer: dict[str, Any] = json.loads(response.read())
             return answer
 

@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -115,6 +116,8 @@ class VictoriaMetrics(ServerProcess):
 
     ``args`` adds command-line flags (``-httpAuth.username=...``, ``-dedup.minScrapeInterval=1ms``).
     ``auth`` is the (user, password) the helper's own reads use when the server demands Basic auth.
+    ``tls_ca``: the server runs with ``-tls`` (its flags in ``args``); the URL is https and the
+    helper's own requests trust that CA.
     ``kill()`` loses what VictoriaMetrics held in memory, acknowledged or not.
     """
 
@@ -133,7 +136,9 @@ class VictoriaMetrics(ServerProcess):
         auth: tuple[str, str] | None = None,
         start: bool = True,
         ready_timeout_s: float = 15.0,
+        tls_ca: Path | None = None,
     ) -> None:
+        self.tls_ca = tls_ca
         self.binary = binary
         self.storage = Path(storage)
         self.port = port if port is not None else free_port()
@@ -148,7 +153,7 @@ class VictoriaMetrics(ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -261,7 +266,8 @@ class VictoriaMetrics(ServerProcess):
             pair = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
             request.add_header("Authorization", f"Basic {pair}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - as above
+            context = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
+            with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:  # noqa: S310
                 data: bytes = response.read()
                 return data
         except (urllib.error.URLError, OSError) as exc:

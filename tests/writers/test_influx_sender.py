@@ -229,6 +229,59 @@ def test_a_single_record_too_large_is_failed() -> None:
     assert settled.per_token() == {"a": (0, 2, 0)} and sender.stats().failed == 2
 
 
+@pytest.mark.parametrize(
+    ("server_limit_after", "sizes_after"),
+    [
+        # the storm passed: back to batch_size, doubling once per quiet minute
+        (10, [[3, 6, 1], [6, 4], [10]]),
+        # the limit stays at 4: one 413 a minute at most (the try at 6), no more
+        (4, [[3, 6, 3, 3, 1], [3, 6, 3, 3, 1]]),
+    ],
+)
+def test_after_a_413_storm_the_request_size_grows_back(
+    server_limit_after: int, sizes_after: list[list[int]]
+) -> None:
+    clock, settled = Clock(), Settled()
+    limit = [3]
+    too_large = Outcome(Status.TOO_LARGE, "HTTP 413")
+    transport = Scripted(lambda rs: too_large if len(rs) > limit[0] else OK)
+    sender = make(transport, clock, settled, batch_size=10, regrow_after_s=60.0)
+    sender.submit(records("a", 10), "a")
+    sender.flush()
+    limit[0] = server_limit_after
+    sizes = []
+    for minute in range(1, len(sizes_after) + 1):
+        clock.now = 60.0 * minute + 0.5
+        before = len(transport.requests)
+        sender.submit(records(f"m{minute}", 10), f"m{minute}")
+        sender.flush()
+        sizes.append([len(r) for r in transport.requests[before:]])
+    assert sizes == sizes_after
+    assert (
+        transport.stored
+        == records("a", 10) + [r for m in range(1, 5) for r in records(f"m{m}", 10)][: 10 * len(sizes_after)]
+    )
+    assert sender.stats().written == 10 + 10 * len(sizes_after) and sender.stats().failed == 0
+
+
+def test_one_oversized_record_does_not_leave_the_sender_at_one_record_a_request() -> None:
+    clock, settled = Clock(), Settled()
+    huge = "x" * 100
+    transport = Scripted(lambda rs: Outcome(Status.TOO_LARGE, "HTTP 413") if huge in rs else OK)
+    sender = make(transport, clock, settled, batch_size=8, regrow_after_s=60.0)
+    sender.submit([*records("a", 7), huge], "a")
+    sender.flush()
+    assert settled.per_token() == {"a": (7, 1, 0)}, "the oversized record alone is failed"
+    sizes = []
+    for minute in range(1, 5):
+        clock.now = 60.0 * minute + 0.5
+        before = len(transport.requests)
+        sender.submit(records(f"m{minute}", 8), f"m{minute}")
+        sender.flush()
+        sizes.append(max(len(r) for r in transport.requests[before:]))
+    assert sizes == [2, 4, 4, 8], "doubling (after the first request of each quiet minute) back to batch_size"
+
+
 # -- refusals and partial writes --------------------------------------------------------------------
 
 

@@ -166,6 +166,46 @@ def test_mixed_value_types_are_all_stored_and_read_back(influxdb1_factory: Influ
     }
 
 
+def test_schema_fields_writes_telegrafs_points_one_field_per_variable(
+    influxdb1_factory: InfluxFactory,
+) -> None:
+    """The shape Telegraf's Modbus input writes, so its dashboards keep working after an import:
+    measurement from the ``measurement`` tag, a field named by each variable, its own tags only."""
+    server = influxdb1_factory()
+    server.query(f"CREATE DATABASE {DB}")
+    device = (("measurement", "modbus"), ("name", "Device"), ("slave_id", "1"), ("type", "holding_register"))
+    variables = [
+        VariableSpec(1, 1, "holding:0", "float", "modbus", 1000, name="voltage", tags=device),
+        VariableSpec(2, 1, "holding:1", "int", "modbus", 1000, name="energy total", tags=device),
+        VariableSpec(3, 1, "coil:0", "bool", "modbus", 1000, name="start", tags=(("name", "Device"),)),
+    ]
+    t0 = grid_ms()
+    sent = [
+        ValueBatch(t0 + k * 1000, variables, [230.5 + k, 1000 + k, k % 2 == 0], context_id=1, reader="modbus")
+        for k in range(3)
+    ]
+    w = v1_writer(server, "fallback", schema="fields")
+    receipts = Receipts(w)
+    try:
+        for batch in sent:
+            w.write_batch(batch)
+        w.flush()
+    finally:
+        w.close()
+    assert receipts.totals() == (9, 0, 0)
+    rows = server.select('SELECT "voltage", "energy total" FROM "modbus" GROUP BY *', DB)
+    assert [(r["time"], r["voltage"], r["energy total"]) for r in rows] == [
+        ((t0 + k * 1000) * 1_000_000, 230.5 + k, 1000 + k) for k in range(3)
+    ]
+    assert all((r["name"], r["slave_id"], r["type"]) == ("Device", "1", "holding_register") for r in rows)
+    # The variable without a measurement tag goes to the writer's measurement.
+    bits = server.select('SELECT "start" FROM "fallback" GROUP BY *', DB)
+    assert [(r["start"], r["name"]) for r in bits] == [(True, "Device"), (False, "Device"), (True, "Device")]
+    # No built-in tags in this shape: the series are the device's own.
+    tag_keys = server.query('SHOW TAG KEYS FROM "modbus"', DB)[0]["series"][0]["values"]
+    assert sorted(k for [k] in tag_keys) == ["name", "slave_id", "type"]
+
+
 def test_a_replayed_batch_overwrites_instead_of_duplicating(influxdb1_factory: InfluxFactory) -> None:
     server = influxdb1_factory()
     server.query(f"CREATE DATABASE {DB}")
@@ -321,6 +361,33 @@ def test_preflight_names_each_problem(influxdb1_factory: InfluxFactory) -> None:
     assert "\n" not in wrong
     # Nothing was written by the checks.
     assert server.query("SHOW MEASUREMENTS", DB)[0].get("series") is None
+
+
+def test_a_preflight_404_tells_a_missing_database_from_a_missing_endpoint(
+    influxdb1_factory: InfluxFactory,
+) -> None:
+    """InfluxDB 1.6 has no v2 endpoint (that came in 1.8): the first thing a user of the demo
+    meets is a 404 for /api/v2/write, which must not read as a missing bucket."""
+    server = influxdb1_factory()
+    server.query(f"CREATE DATABASE {DB}")
+
+    def preflight(**settings: Any) -> str:
+        w = InfluxDBDataWriter(server.url, **settings)
+        try:
+            w.preflight()
+        except PreflightError as exc:
+            return str(exc)
+        finally:
+            w.close()
+        return "ok"
+
+    v2 = preflight(token="t", org="o", bucket="plant")
+    assert "no bucket" not in v2
+    assert "has no v2 write endpoint (/api/v2/write: HTTP 404 Not Found: 404 page not found)" in v2
+    assert 'use api="v1" with database=' in v2 and "it says it is InfluxDB 1." in v2
+    missing = preflight(api="v1", database="nope")
+    assert "has no database 'nope': HTTP 404 Not Found: database not found" in missing
+    assert preflight(api="v1", database=DB) == "ok"
 
 
 def test_a_url_that_does_not_parse_is_a_config_error() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flowcollect.readers.modbus.address import ModbusAddress, parse_address
-from flowcollect.readers.modbus.line import LineEstimate, ModbusLine, estimate_lane, line_estimates
+from flowcollect.readers.modbus.estimates import LineEstimate, estimate_lane, line_estimates
+from flowcollect.readers.modbus.line import ModbusLine
 from flowcollect.readers.modbus.packing import ModbusRequest
 from flowcollect.readers.modbus.reader import ModbusDataReader
 

@@ -34,6 +34,7 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from flowcollect._logs import RateLimitedLog
+from flowcollect._text import peer_text
 from flowcollect.errors import ConfigError
 from flowcollect.readers.modbus.line import ModbusLine
 from flowcollect.readers.modbus.timing import Pacer
@@ -575,7 +576,8 @@ def short_text(exc: BaseException, limit: int = 80) -> str:
     """A short, whole-word text for an exception: pymodbus's ``Modbus Error: [...]`` prefix
     dropped, the first line only, cut at a word boundary."""
     text = _PYMODBUS_PREFIX.sub("", str(exc)).strip().splitlines()
-    first = text[0].strip() if text else ""
+    # What a device or library said is escaped before it becomes an error (flowcollect._text).
+    first = peer_text(text[0].strip(), 4 * limit) if text else ""
     if not first:
         return type(exc).__name__
     if len(first) <= limit:
@@ -608,7 +610,7 @@ def describe_error(error: BaseException | None) -> str:
     if said is not None:
         return said
     if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
+        return peer_text(error.strerror.lower())
     return short_text(error)
 
 

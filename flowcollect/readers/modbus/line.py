@@ -1,28 +1,21 @@
 """A Modbus line: one connection (a serial port, an RTU-over-TCP gateway, a Modbus TCP socket)
 shared by every unit on it, and what a tick of requests costs on it.
 
-Pure: settings, the line's key and estimates. The connection itself is ``_connection.py``.
+Pure: settings, the line's key and the time requests take on it. The connection itself is
+``_connection.py``; a whole plan's estimates are ``estimates.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from collections.abc import Sequence
+from typing import Final, Literal
 
 from flowcollect.errors import ConfigError
+from flowcollect.readers.modbus.estimates import LineEstimate
 from flowcollect.readers.modbus.packing import ModbusRequest
 from flowcollect.readers.modbus.timing import silent_interval_s, wire_time_s
 
-if TYPE_CHECKING:
-    from flowcollect.compile import CompiledPlan
-    from flowcollect.readers.base import DataReader
-    from flowcollect.values import VariableSpec
-
-__all__ = ["LineEstimate", "LineKind", "ModbusLine", "estimate_lane", "line_estimates"]
-
-# Due instants walked per lane to find its due patterns (as flowcollect.plan walks them).
-_MAX_INSTANTS: Final = 100_000
+__all__ = ["LineKind", "ModbusLine"]
 
 LineKind = Literal["serial", "rtu-tcp", "tcp"]
 
@@ -171,114 +164,7 @@ class ModbusLine:
         return f"ModbusLine({self.key!r}{extra})"
 
 
-@dataclass(frozen=True, slots=True)
-class LineEstimate:
-    """One tick of a line: its requests, their estimated time and the load against the tick."""
-
-    line: str
-    requests: int
-    time_ms: float | None
-    """``None`` when the line's speed is unknown (Modbus TCP, a gateway without ``baudrate``)."""
-    tick_ms: float
-    baudrate: int | None = None
-
-    @property
-    def load(self) -> float | None:
-        """Estimated time over the tick: above 1.0 the line cannot serve its requests in time."""
-        if self.time_ms is None or self.tick_ms <= 0:
-            return None
-        return self.time_ms / self.tick_ms
-
-    @property
-    def warning(self) -> str | None:
-        """A one-line warning when the line cannot serve its due requests within the tick."""
-        load = self.load
-        if load is None or load <= 1.0:
-            return None
-        return (
-            f"line {self.line}: {self.requests} requests take ~{self.time_ms:.1f} ms "
-            f"at {self.baudrate} baud, "
-            f"more than the {self.tick_ms:g} ms tick ({load:.0%}); requests that would overrun are skipped"
-        )
-
-    def __str__(self) -> str:
-        plural = "" if self.requests == 1 else "s"
-        if self.time_ms is None or self.load is None:
-            return f"line {self.line}: {self.requests} request{plural} per tick"
-        return (
-            f"line {self.line}: {self.requests} request{plural}, ~{self.time_ms:.1f} ms per tick at "
-            f"{self.baudrate} baud, {self.load:.0%} of the {self.tick_ms:g} ms tick"
-        )
-
-
-def estimate_lane(
-    due: Iterable[tuple[DataReader, Sequence[VariableSpec]]], tick_ms: float
-) -> LineEstimate | None:
-    """The estimate for one lane's tick: ``due`` pairs each reader of the lane with the variables
-    due at that instant; ``tick_ms`` is the time until the lane's next due instant.
-
-    ``None`` unless the readers are Modbus readers on one line (other lanes have no estimate).
-    No I/O: for ``flowcollect plan`` and ``check`` (which warns with ``estimate.warning``).
-    """
-    from flowcollect.readers.modbus.reader import ModbusDataReader
-
-    line: ModbusLine | None = None
-    requests: list[ModbusRequest] = []
-    for reader, variables in due:
-        if not isinstance(reader, ModbusDataReader):
-            return None
-        if line is None:
-            line = reader.line
-        elif reader.line.key != line.key:
-            raise ValueError(f"readers of lines {line.key} and {reader.line.key} are not one lane")
-        requests.extend(reader.plan_requests([v.address for v in variables]))
-    if line is None:
-        return None
-    return line.estimate(requests, tick_ms)
-
-
 _SETTINGS: Final = tuple(name for name in ModbusLine.__slots__ if not name.startswith("__"))
-
-
-def line_estimates(compiled: CompiledPlan, readers: Iterable[DataReader]) -> list[LineEstimate]:
-    """The busiest tick of every Modbus line of a compiled plan (``flowcollect.compile``).
-
-    Per lane whose readers are Modbus readers on one line: each due pattern of its hyperperiod
-    is estimated against the time until the lane's next instant after it, and the one with the
-    highest load is kept (the first, on lines without a baud rate). No I/O: ``flowcollect
-    plan`` can print ``str(estimate)`` per line, and ``check`` warn with ``estimate.warning``.
-    """
-    from flowcollect.readers.modbus.reader import ModbusDataReader
-    from flowcollect.readers.modbus.timing import next_due_ms
-
-    by_type = {r.type: r for r in readers}
-    result: list[LineEstimate] = []
-    for key in sorted(compiled.lanes):
-        schedule = compiled.lanes[key].schedule
-        if schedule is None or not all(
-            isinstance(by_type.get(r), ModbusDataReader) for r in schedule.reader_order
-        ):
-            continue
-        intervals = frozenset(s.interval_ms for s in schedule.specs)
-        worst: LineEstimate | None = None
-        seen: set[frozenset[int]] = set()
-        t, walked = 0, 0
-        while t < schedule.hyperperiod_ms and walked < _MAX_INSTANTS:
-            walked += 1
-            following = next_due_ms(t, intervals) or t + schedule.period_ms
-            due = frozenset(i for i in intervals if t % i == 0)
-            phase = schedule.phase_at(t)
-            if due not in seen and phase is not None:
-                seen.add(due)
-                estimate = estimate_lane(
-                    [(by_type[rp.reader], rp.reads) for rp in phase.readers], following - t
-                )
-                if estimate is not None and (worst is None or (estimate.load or 0.0) > (worst.load or 0.0)):
-                    worst = estimate
-            t = following
-        if worst is not None:
-            result.append(worst)
-    return result
 
 
 def _check_endpoint(

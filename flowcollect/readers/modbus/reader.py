@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -11,6 +10,7 @@ from typing import Any, Final
 
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
+from flowcollect.compile import due_patterns, next_due
 from flowcollect.errors import ConfigError
 from flowcollect.models import ValueType, Variable
 from flowcollect.readers.base import DataReader
@@ -31,9 +31,10 @@ from flowcollect.readers.modbus.address import (
     parse_address,
 )
 from flowcollect.readers.modbus.decoding import Decoder, convert, decoder_for, plain_register
+from flowcollect.readers.modbus.estimates import LineEstimate
 from flowcollect.readers.modbus.line import ModbusLine
 from flowcollect.readers.modbus.packing import ModbusRequest, Span, pack
-from flowcollect.readers.modbus.timing import answer_bytes, next_due_ms, request_bytes
+from flowcollect.readers.modbus.timing import answer_bytes, request_bytes
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 __all__ = ["MAX_RETRY_DELAY_S", "ModbusDataReader", "retry_delay"]
@@ -54,9 +55,9 @@ _EXCEPTION_NAMES: Final[dict[int, str]] = {
 }
 _FUNCTION_CODES: Final[dict[str, int]] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 _MAX_PLANS: Final = 256
-# Pre-planning walks one hyperperiod of the reader's intervals; past this many ticks the rest is
-# planned on first use.
-_MAX_PREPLAN_TICKS: Final = 512
+# Pre-planning walks one hyperperiod of the reader's intervals; past this many due instants the
+# rest is planned on first use.
+_MAX_PREPLAN_INSTANTS: Final = 512
 SKIPPED: Final = "skipped: the line is busy until the next tick"
 
 # Lines by key, to refuse two different settings for one port before anything opens.
@@ -341,6 +342,20 @@ class ModbusDataReader(DataReader):
             lines.append(text)
         return lines
 
+    def estimate_tick(
+        self, due: Sequence[tuple[DataReader, Sequence[VariableSpec]]], tick_ms: float
+    ) -> LineEstimate | None:
+        """The line's time for one tick: the requests of every unit on it due at the instant
+        (``estimates.py``); None when a reader of the lane is not a Modbus reader."""
+        requests: list[ModbusRequest] = []
+        for reader, variables in due:
+            if not isinstance(reader, ModbusDataReader):
+                return None
+            if reader.line.key != self._line.key:
+                raise ValueError(f"readers of lines {self._line.key} and {reader.line.key} are not one lane")
+            requests.extend(reader.plan_requests([v.address for v in variables]))
+        return self._line.estimate(requests, tick_ms)
+
     def read(self, variables: Sequence[CollectedVariable]) -> None:
         if not variables:
             return
@@ -421,13 +436,13 @@ class ModbusDataReader(DataReader):
                 for step in plan.steps:
                     _fail_groups(columns, step.groups, unit.last_text)
                 return
-            next_due: int | None = None
+            next_instant: int | None = None
             if self._line.is_bus and t_ms is not None:
                 # The lane's next instant after now: a lane running late skips the instants
                 # already past, so the one a request must not run into is the next future one.
                 now_ms = max(t_ms, int(1000 * self._wall()))
-                next_due = next_due_ms(now_ms, intervals | connection.line_intervals())
-            self._read_steps(connection, unit, columns, types, plan.steps, next_due)
+                next_instant = next_due(now_ms, intervals | connection.line_intervals())
+            self._read_steps(connection, unit, columns, types, plan.steps, next_instant)
 
     def _read_steps(
         self,
@@ -677,20 +692,10 @@ class ModbusDataReader(DataReader):
 
 
 def _due_sets(variables: Sequence[VariableSpec]) -> list[list[VariableSpec]]:
-    """The distinct sets of ``variables`` due together over one hyperperiod, in their order."""
-    if not variables:
-        return []
-    intervals = sorted({v.interval_ms for v in variables})
-    tick = math.gcd(*intervals)
-    period = math.lcm(*intervals)
-    if period // tick > _MAX_PREPLAN_TICKS:
-        return [list(variables)]
-    patterns: set[frozenset[int]] = set()
-    for t in range(0, period, tick):
-        due = frozenset(i for i in intervals if t % i == 0)
-        if due:
-            patterns.add(due)
-    return [[v for v in variables if v.interval_ms in due] for due in patterns]
+    """The distinct sets of ``variables`` due together over one hyperperiod (its first
+    ``_MAX_PREPLAN_INSTANTS`` due instants), in their order."""
+    walk = due_patterns({v.interval_ms for v in variables}, _MAX_PREPLAN_INSTANTS)
+    return [[v for v in variables if v.interval_ms in pattern.intervals] for pattern in walk.patterns]
 
 
 def _flatten(groups: list[_Group], start: int) -> list[tuple[int, int, Decoder, str]]:

@@ -20,7 +20,6 @@ __all__ = [
     "FIXED_SILENCE_S",
     "Pacer",
     "answer_bytes",
-    "next_due_ms",
     "request_bytes",
     "silent_interval_s",
     "wire_time_s",
@@ -62,15 +61,6 @@ def wire_time_s(request: ModbusRequest, baudrate: int, *, turnaround_s: float, p
     """
     frames = (request_bytes(request) + answer_bytes(request)) * BITS_PER_CHARACTER / baudrate
     return frames + silent_interval_s(baudrate) + turnaround_s + pause_s
-
-
-def next_due_ms(t_ms: int, intervals: frozenset[int] | set[int]) -> int | None:
-    """The first instant after ``t_ms`` at which a variable with one of ``intervals`` is due
-    (the engine's grid: a variable with interval I is due at every t with t % I == 0).
-    """
-    if not intervals:
-        return None
-    return min((t_ms // interval + 1) * interval for interval in intervals)
 
 
 @dataclass(slots=True)

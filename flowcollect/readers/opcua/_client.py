@@ -36,6 +36,7 @@ from asyncua.ua import (
 from asyncua.ua.uaerrors import UaStatusCodeError
 
 from flowcollect._logs import RateLimitedLog
+from flowcollect._text import peer_text
 from flowcollect.readers.opcua._security import APPLICATION_URI, MODES, POLICIES, file_format
 from flowcollect.readers.opcua._values import Timestamps, decode, status_name
 from flowcollect.readers.opcua.address import OpcUaAddress, parse_address
@@ -385,57 +386,18 @@ class Link:
     # ------------------------------------------------------------------ connecting
 
     async def _connect(self) -> None:
-        s = self.settings
         self.counters["connect_attempts"] += 1
-        client = Client(s.endpoint, timeout=s.timeout_s, watchdog_intervall=max(1.0, s.timeout_s))
-        self._client = client
-        client.application_uri = APPLICATION_URI
-        client.name = client.description = f"flowcollect ({s.reader})"
-        # A session left behind by a crash of ours expires in a minute, not asyncua's hour.
-        client.session_timeout = 60_000
-        if s.security_policy is not None and s.security_policy != "None":
-            await self._secure(client)
-        if s.username is not None:
-            client.set_user(s.username)
-            client.set_password(s.password or "")
-        client.connection_lost_callback = self._lost_callback(client)
-        await asyncio.wait_for(client.connect(), s.timeout_s * 2)
+
+        def prepare(client: Client) -> None:
+            self._client = client
+            client.connection_lost_callback = self._lost_callback(client)
+
+        client = await open_client(self.settings, prepare)
         self._generation += 1
         self._plans.clear()
         self._nodes.clear()
         await self._read_limits(client)
         await self._resolve(client, list(self._addresses))
-
-    async def _secure(self, client: Client) -> None:
-        s = self.settings
-        policy = POLICIES[s.security_policy or ""]
-        mode = MODES[s.security_mode or "SignAndEncrypt"]
-        endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), s.timeout_s * 2)
-        match = [e for e in endpoints if e.SecurityPolicyUri == policy.URI and e.SecurityMode == mode]
-        if not match:
-            offered = sorted(
-                {f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints}
-            )
-            raise _RefusedError(
-                f"the server offers no endpoint with security_policy={s.security_policy} and "
-                f"security_mode={s.security_mode or 'SignAndEncrypt'} (it offers {', '.join(offered)})"
-            )
-        server_der: bytes = match[0].ServerCertificate or b""
-        if s.server_certificate is not None:
-            trusted = _load_der(s.server_certificate)
-            if not server_der.startswith(trusted):
-                raise _RefusedError(
-                    "the server's certificate is not the trusted one "
-                    f"(server_certificate={s.server_certificate})"
-                )
-        assert s.certificate is not None and s.private_key is not None  # noqa: S101 - checked by the reader
-        await client.set_security(
-            policy,
-            certificate=uacrypto.CertProperties(str(s.certificate), extension=file_format(s.certificate)),
-            private_key=uacrypto.CertProperties(str(s.private_key), extension=file_format(s.private_key)),
-            server_certificate=uacrypto.CertProperties(server_der, extension="der"),
-            mode=mode,
-        )
 
     async def _read_limits(self, client: Client) -> None:
         s = self.settings
@@ -897,6 +859,62 @@ class Link:
             transport.abort()
 
 
+async def open_client(settings: LinkSettings, prepare: Callable[[Client], None] | None = None) -> Client:
+    """A connected asyncua client for ``settings`` (security, user), within the timeout.
+
+    ``prepare`` sees the client before it connects (the reader's link keeps it and watches for
+    a lost connection); ``flowcollect browse`` connects through here too.
+    """
+    s = settings
+    client = Client(s.endpoint, timeout=s.timeout_s, watchdog_intervall=max(1.0, s.timeout_s))
+    client.application_uri = APPLICATION_URI
+    client.name = client.description = f"flowcollect ({s.reader})"
+    # A session left behind by a crash of ours expires in a minute, not asyncua's hour.
+    client.session_timeout = 60_000
+    if prepare is not None:
+        prepare(client)
+    if s.security_policy is not None and s.security_policy != "None":
+        await _secure(client, s)
+    if s.username is not None:
+        client.set_user(s.username)
+        client.set_password(s.password or "")
+    await asyncio.wait_for(client.connect(), s.timeout_s * 2)
+    return client
+
+
+async def _secure(client: Client, s: LinkSettings) -> None:
+    policy = POLICIES[s.security_policy or ""]
+    mode = MODES[s.security_mode or "SignAndEncrypt"]
+    endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), s.timeout_s * 2)
+    match = [e for e in endpoints if e.SecurityPolicyUri == policy.URI and e.SecurityMode == mode]
+    if not match:
+        offered = sorted(
+            {
+                peer_text(f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}", 80)
+                for e in endpoints
+            }
+        )
+        raise _RefusedError(
+            f"the server offers no endpoint with security_policy={s.security_policy} and "
+            f"security_mode={s.security_mode or 'SignAndEncrypt'} (it offers {', '.join(offered)})"
+        )
+    server_der: bytes = match[0].ServerCertificate or b""
+    if s.server_certificate is not None:
+        trusted = _load_der(s.server_certificate)
+        if not server_der.startswith(trusted):
+            raise _RefusedError(
+                f"the server's certificate is not the trusted one (server_certificate={s.server_certificate})"
+            )
+    assert s.certificate is not None and s.private_key is not None  # noqa: S101 - checked by the reader
+    await client.set_security(
+        policy,
+        certificate=uacrypto.CertProperties(str(s.certificate), extension=file_format(s.certificate)),
+        private_key=uacrypto.CertProperties(str(s.private_key), extension=file_format(s.private_key)),
+        server_certificate=uacrypto.CertProperties(server_der, extension="der"),
+        mode=mode,
+    )
+
+
 def _node_in(address: OpcUaAddress, namespaces: list[str]) -> NodeId | str:
     uri = address.namespace_uri or ""
     try:
@@ -1012,10 +1030,10 @@ def _describe_connect_error(exc: BaseException, settings: LinkSettings) -> tuple
     if isinstance(exc, FileNotFoundError | PermissionError):
         return _short(exc), False
     if isinstance(exc, OSError):
-        return (exc.strerror or str(exc) or type(exc).__name__).lower(), False
+        return peer_text((exc.strerror or str(exc) or type(exc).__name__).lower(), 160), False
     return _short(exc), False
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    # An exception's words may quote the server: escaped and cut (flowcollect._text).
+    return peer_text(str(exc) or type(exc).__name__, limit)

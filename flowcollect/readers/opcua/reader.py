@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from flowcollect._secret import SecretLike, reveal
 from flowcollect.errors import ConfigError
 from flowcollect.models import Variable
 from flowcollect.readers.base import DataReader, Emit
@@ -60,7 +61,7 @@ class OpcUaDataReader(DataReader):
         private_key: str | Path | None = None,
         server_certificate: str | Path | None = None,
         username: str | None = None,
-        password: str | None = None,
+        password: SecretLike | None = None,
         timeout_s: float = 2.0,
         min_interval_ms: int = 50,
         max_nodes_per_read: int = 1000,
@@ -68,6 +69,7 @@ class OpcUaDataReader(DataReader):
         queue_size: int = 10,
         publishing_interval_ms: int | None = None,
     ) -> None:
+        password = reveal(password)  # a Secret (secret_from_env/secret_from_file) or a str
         problems = _check_settings(
             type,
             endpoint,
@@ -218,10 +220,9 @@ class OpcUaDataReader(DataReader):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self) -> None:
-        if self._link is not None and self._thread.running:
-            return
-        quiet_asyncua()
+    def link_settings(self) -> LinkSettings:
+        """How to connect: what the reader's link uses, and ``flowcollect browse`` too. Makes the
+        client certificate pair first when security asks for one and none exists."""
         if self.security_policy is not None and self.certificate is not None and self.private_key is not None:
             # Generated here, once, before any connection: later starts load the same pair.
             try:
@@ -246,6 +247,13 @@ class OpcUaDataReader(DataReader):
             username=self.username,
             password=self.__password,
         )
+        return settings
+
+    def open(self) -> None:
+        if self._link is not None and self._thread.running:
+            return
+        quiet_asyncua()
+        settings = self.link_settings()
         link = Link(settings, self._counters)
         loop = self._thread.start()
         self._link = link
@@ -540,7 +548,7 @@ def _check_settings(  # noqa: PLR0912 - one branch per setting
         problems.append(f"{where} username: must be a non-empty str")
     if password is not None and not isinstance(password, str):
         # Never echo the value: it may be a secret of the wrong type.
-        problems.append(f"{where} password: must be a str")
+        problems.append(f"{where} password: must be a str or a Secret")
     if (password is None) != (username is None):
         problems.append(f"{where} username and password: give both or neither")
     if (

@@ -12,8 +12,14 @@ credentials and in how they report a write the server took only in part:
   (``accept_partial``, the server's default) is a 400 whose JSON ``data`` lists the rejected lines
   with their ``line_number``.
 
-Connections are plain ``http.client`` ones, one per sender thread, kept alive; each request
-carries its own timeout so ``close()`` can cut a request at its deadline.
+Connections are ``http.client`` ones, one per sender thread, kept alive. Each exchange
+(connect, TLS handshake, request, the whole answer, a retry on a fresh connection) runs under
+one deadline (``flowcollect._deadline``): a server that drips its answer a byte at a time is cut
+there, as ``close()`` and the preflight need. Of an answer at most ``max_response_bytes`` are
+read (InfluxDB answers in a few hundred bytes; v3's list of rejected lines is the one long
+answer); the rest is never read and the connection is dropped, so an endless body costs
+nothing. The server's words go into errors only through ``peer_text`` (control characters
+escaped, cut at a length).
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import http.client
 import json
 import math
 import re
+import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlencode, urlsplit
 
+from flowcollect._deadline import deadline, deadline_socket, expired, read_capped, tls_context
+from flowcollect._text import peer_text
 from flowcollect.writers.sender import Outcome, Status
 
 __all__ = ["Api", "Endpoint", "HttpTransport", "Probe"]
@@ -38,7 +47,9 @@ Api = Literal["v1", "v2", "v3"]
 # Level 1 compresses line protocol 6-11:1 (ISA-L ~0.11 us a point, zlib ~0.43 us); zlib's level
 # 9 gains a third more for ten times the CPU.
 GZIP_LEVEL = 1
-_MAX_MESSAGE = 500
+# InfluxDB answers in a few hundred bytes; v3's partial write lists every rejected line (its
+# number, error and the line itself), which for a 5,000-point request may reach a megabyte or two.
+MAX_RESPONSE_BYTES = {"v1": 64 * 1024, "v2": 64 * 1024, "v3": 4 * 1024 * 1024}
 _MIN_SCRUBBED = 4
 _DROPPED = re.compile(r"dropped=(\d+)")
 _CONFLICT = re.compile(r'input field "((?:[^"\\]|\\.)*)" on measurement "((?:[^"\\]|\\.)*)" is type (\w+)')
@@ -124,18 +135,23 @@ class Probe:
 
     status: int | None
     detail: str
+    server: str = ""  # the server's own version header (``X-Influxdb-Version``), when it sent one
 
 
 class HttpTransport:
     """Posts line protocol to one InfluxDB endpoint; classifies every answer as an ``Outcome``."""
 
-    def __init__(self, endpoint: Endpoint, *, gzip: bool = True) -> None:
+    def __init__(self, endpoint: Endpoint, *, gzip: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.endpoint = endpoint
         self.gzip = gzip
-        self._local = threading.local()
+        self.max_response_bytes = MAX_RESPONSE_BYTES[endpoint.api]
+        # https: the writer's context (its CA, client certificate, verification); else the
+        # system's CAs with verification on.
+        self._tls = (tls or tls_context()) if endpoint.https else None
+        self._local = threading.local()  # this thread's _Connection
         self._lock = threading.Lock()
-        self._connections: list[http.client.HTTPConnection] = []
-        self._closed = False
+        self._connections: list[_Connection] = []  # guarded by _lock: every open one, for close()
+        self._closed = False  # guarded by _lock
 
     def encode(self, records: Sequence[str]) -> bytes:
         text = "\n".join(records).encode("utf-8")
@@ -147,7 +163,7 @@ class HttpTransport:
         try:
             status, reason, headers, data = self._post(body, timeout_s, compressed=compressed)
         except (OSError, http.client.HTTPException) as exc:
-            return Outcome(Status.RETRY, self.endpoint.scrub(f"{type(exc).__name__}: {exc}"))
+            return Outcome(Status.RETRY, _failure(exc, self.endpoint.scrub))
         outcome = classify(self.endpoint.api, status, reason, headers, data, self.endpoint.scrub)
         if outcome.status is Status.PARTIAL and outcome.rejected_records is None:
             lines = _conflicting_lines(_message(headers, data), body, outcome.rejected)
@@ -161,8 +177,9 @@ class HttpTransport:
         try:
             status, reason, headers, data = self._post(b"", timeout_s, compressed=False)
         except (OSError, http.client.HTTPException) as exc:
-            return Probe(None, self.endpoint.scrub(f"{type(exc).__name__}: {exc}"))
-        return Probe(status, self.endpoint.scrub(_detail(status, reason, headers, data)))
+            return Probe(None, _failure(exc, self.endpoint.scrub))
+        version = peer_text(str(headers.get("X-Influxdb-Version") or ""), 40)
+        return Probe(status, _detail(status, reason, headers, data, self.endpoint.scrub), version)
 
     def close(self) -> None:
         with self._lock:
@@ -173,20 +190,18 @@ class HttpTransport:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
-        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+    def _connection(self, timeout_s: float) -> _Connection:
+        connection: _Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             e = self.endpoint
-            kind = http.client.HTTPSConnection if e.https else http.client.HTTPConnection
-            connection = kind(e.host, e.port, timeout=timeout_s)
+            port = e.port or (443 if e.https else 80)
+            connection = _Connection(e.host, port, timeout_s, self._tls)
             with self._lock:
                 if self._closed:
                     raise ConnectionError("the transport is closed")
                 self._connections.append(connection)
             self._local.connection = connection
-        connection.timeout = timeout_s
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout_s)
+        connection.timeout = timeout_s  # the connect; every later read and write keeps the deadline
         return connection
 
     def _drop_connection(self) -> None:
@@ -206,31 +221,63 @@ class HttpTransport:
             headers["Content-Encoding"] = "gzip"
         if self.endpoint.authorization is not None:
             headers["Authorization"] = self.endpoint.authorization
-        connection = self._connection(max(0.001, timeout_s))
-        reused = connection.sock is not None
-        try:
-            return self._exchange(connection, body, headers)
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-            if not reused:
+        timeout_s = max(0.001, timeout_s)
+        # One deadline for the whole exchange, the retry on a fresh connection included.
+        with deadline(timeout_s):
+            try:
+                connection = self._connection(timeout_s)
+                reused = connection.sock is not None
+                try:
+                    return self._exchange(connection, body, headers)
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    if not reused or expired():
+                        raise
+                # A kept-alive connection the server had closed while idle: once more on a fresh
+                # one (harmless even if the first reached the server: a point written twice is
+                # one point).
+                return self._exchange(self._connection(timeout_s), body, headers)
+            except (OSError, http.client.HTTPException) as exc:
+                if expired():
+                    raise TimeoutError(f"no complete answer within {timeout_s:g} s") from exc
                 raise
-        # A kept-alive connection the server had closed while idle: once more on a fresh one
-        # (harmless even if the first reached the server: a point written twice is one point).
-        return self._exchange(self._connection(max(0.001, timeout_s)), body, headers)
 
     def _exchange(
-        self, connection: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
+        self, connection: _Connection, body: bytes, headers: dict[str, str]
     ) -> tuple[int, str, http.client.HTTPMessage, bytes]:
         try:
             connection.request("POST", self.endpoint.path, body=body, headers=headers)
             response = connection.getresponse()
-            data = response.read()
+            data, whole = read_capped(response, self.max_response_bytes)
         except BaseException:
             # A connection in an unknown state (half a request sent) is never reused.
             self._drop_connection()
             raise
-        if response.will_close:
+        if response.will_close or not whole:
+            # The rest of an overlong answer is never read: the connection goes with it.
             self._drop_connection()
         return response.status, response.reason, response.headers, data
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTP(S) connection whose socket keeps the exchange's deadline (``_deadline``): the
+    TCP socket becomes a ``DeadlineSocket``, the TLS one (from a ``tls_context``) a
+    ``DeadlineSSLSocket`` from the first byte of the handshake on."""
+
+    def __init__(self, host: str, port: int, timeout: float, tls: ssl.SSLContext | None) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.tls = tls
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = deadline_socket(self.sock)
+        if self.tls is not None:
+            self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
+
+
+def _failure(exc: BaseException, scrub: object) -> str:
+    """A failed exchange's text: the exception's kind and words (which may quote the server)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return peer_text(scrub(text) if callable(scrub) else text)
 
 
 def classify(  # noqa: PLR0911 - one return per kind of answer reads best
@@ -242,9 +289,7 @@ def classify(  # noqa: PLR0911 - one return per kind of answer reads best
     scrub: object = None,
 ) -> Outcome:
     """What an answer to a write means for the sender (pure: the tests feed it real answers)."""
-    detail = _detail(status, reason, headers, data)
-    if callable(scrub):
-        detail = scrub(detail)
+    detail = _detail(status, reason, headers, data, scrub)
     if 200 <= status < 300:
         return Outcome.ok()
     if status == 413:
@@ -340,13 +385,19 @@ def _message(headers: http.client.HTTPMessage | Mapping[str, str], data: bytes) 
 
 
 def _detail(
-    status: int, reason: str, headers: http.client.HTTPMessage | Mapping[str, str], data: bytes
+    status: int,
+    reason: str,
+    headers: http.client.HTTPMessage | Mapping[str, str],
+    data: bytes,
+    scrub: object = None,
 ) -> str:
+    """``HTTP 404 Not Found: database not found: "x"``: secrets masked first (on the whole text,
+    so a cut cannot leave half a secret), then the server's words made safe to log."""
     message = _message(headers, data)
-    if len(message) > _MAX_MESSAGE:
-        message = message[: _MAX_MESSAGE - 3] + "..."
-    head = f"HTTP {status} {reason or ''}".rstrip()
-    return f"{head}: {message}" if message and message != reason else head
+    if callable(scrub):
+        message, reason = scrub(message), scrub(reason or "")
+    head = f"HTTP {status} {peer_text(reason or '', 100)}".rstrip()
+    return f"{head}: {peer_text(message)}" if message and message != reason else head
 
 
 def _seconds(value: object) -> float | None:

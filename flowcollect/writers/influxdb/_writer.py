@@ -13,13 +13,16 @@ import logging
 import math
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, get_args
 from urllib.parse import urlsplit, urlunsplit
 
+from flowcollect._deadline import tls_context
 from flowcollect._logs import RateLimitedLog
+from flowcollect._secret import Secret, SecretLike, secret_from_file
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.values import CollectedVariable, ValueBatch
 from flowcollect.writers._lineprotocol import LineSerializer, Schema
@@ -36,6 +39,12 @@ PASSWORD_ENV = "INFLUX_PASSWORD"  # noqa: S105 - the name of the variable, not a
 _APIS = ("v1", "v2", "v3")
 _EMPTY_REFUSED = re.compile(r"requires points|no points|empty|no data|no lines", re.IGNORECASE)
 _SCHEMAS = get_args(Schema)
+# A 404 naming what is missing: 1.x `database not found: "x"`, 2.x `bucket "x" not found`,
+# 3.x `database not found`/`db does not exist`. Anything else is the endpoint that is missing.
+_TARGET_MISSING = re.compile(
+    r"database not found|bucket .*not found|organization .*not found|org .*not found|does not exist",
+    re.IGNORECASE,
+)
 
 
 class InfluxDBDataWriter(DataWriter):
@@ -50,8 +59,10 @@ class InfluxDBDataWriter(DataWriter):
     A point per value without ``error``: measurement ``measurement``; tags ``address``,
     ``context``, ``reader``, ``variable``, ``name`` (when the variable has one) and the variable's
     own ``tags``; the field ``value`` (float), ``value_int``, ``value_bool`` or ``value_str``
-    (``schema="typed"``, the default; ``"single"`` puts every type in ``value``); the grid instant
-    (or the source's time) in nanoseconds. See docs/influxdb.md.
+    (``schema="typed"``, the default; ``"single"`` puts every type in ``value``; ``"fields"``
+    writes Telegraf's shape instead: a field named by the variable, the measurement from its
+    ``measurement`` tag, its own tags only); the grid instant (or the source's time) in
+    nanoseconds. See docs/influxdb.md.
 
     ``write_batch()`` serializes from the columns and queues; the sender posts. Every value of
     a batch is acknowledged once it is stored, refused for good or given up: values with an error
@@ -67,7 +78,7 @@ class InfluxDBDataWriter(DataWriter):
     def __init__(
         self,
         url: str,
-        token: str | None = None,
+        token: SecretLike | None = None,
         org: str | None = None,
         bucket: str | None = None,
         measurement: str = "flowcollect",
@@ -80,14 +91,23 @@ class InfluxDBDataWriter(DataWriter):
         database: str | None = None,
         retention_policy: str | None = None,
         username: str | None = None,
-        password: str | None = None,
+        password: SecretLike | None = None,
         schema: Schema = "typed",
+        token_file: str | os.PathLike[str] | None = None,
+        password_file: str | os.PathLike[str] | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        tls_verify: bool = True,
     ) -> None:
+        problems: list[str] = []
+        token, password = _secrets(token, token_file, password, password_file, problems)
         if token is None and api in ("v2", "v3"):
             token = os.environ.get(TOKEN_ENV) or None
         if password is None and username is not None:
             password = os.environ.get(PASSWORD_ENV) or None
-        problems = _check_config(
+        tls = _tls(url, ca_file, cert_file, key_file, tls_verify, problems)
+        problems += _check_config(
             url=url,
             api=api,
             token=token,
@@ -106,6 +126,9 @@ class InfluxDBDataWriter(DataWriter):
         )
         if problems:
             raise ConfigError(problems)
+        self.ca_file = None if ca_file is None else os.fspath(ca_file)
+        self.cert_file = None if cert_file is None else os.fspath(cert_file)
+        self.tls_verify = tls_verify
         self.url = url
         self.api: Api = api
         self.org = org
@@ -134,7 +157,7 @@ class InfluxDBDataWriter(DataWriter):
         else:
             params = {"db": database, "precision": "nanosecond"}
         self._endpoint = Endpoint.build(url, api, params, token=token, username=username, password=password)
-        self._transport = HttpTransport(self._endpoint, gzip=True)
+        self._transport = HttpTransport(self._endpoint, gzip=True, tls=tls)
         self.sender = BufferedSender(
             self._transport,
             name=self.name,
@@ -234,7 +257,7 @@ class InfluxDBDataWriter(DataWriter):
 
         Points still queued at the deadline are counted as dropped (and acknowledged so).
         """
-        self.sender.close()
+        self.sender.close(kept_by=self.kept_by)
 
     def preflight(self) -> None:
         """The server answers, accepts the credentials, and the database or bucket exists: an
@@ -261,8 +284,27 @@ class InfluxDBDataWriter(DataWriter):
                 f"InfluxDB at {e.origin} does not let these credentials write to {target}: {probe.detail}"
             )
         if probe.status == 404:
-            raise PreflightError(f"InfluxDB at {e.origin} has no {target}: {probe.detail}")
+            raise PreflightError(self._not_found(probe.detail, probe.server, target))
         raise PreflightError(f"InfluxDB at {e.origin} refused a write to {target}: {probe.detail}")
+
+    def _not_found(self, detail: str, server: str, target: str) -> str:
+        """A 404 names the database or bucket when it is missing; any other 404 (Go's ``404
+        page not found``) is the write endpoint itself missing: the wrong ``api`` for this
+        server (InfluxDB 1.x before 1.8 has no v2 endpoint), or a URL with a wrong base path."""
+        e = self._endpoint
+        if _TARGET_MISSING.search(detail):
+            return f"InfluxDB at {e.origin} has no {target}: {detail}"
+        path = e.path.split("?", 1)[0]
+        said = f" (it says it is InfluxDB {server})" if server else ""
+        hint = {
+            "v2": 'InfluxDB 1.x before 1.8 has no v2 API: use api="v1" with database=...',
+            "v1": 'InfluxDB 3.x answers v1 writes only with its compatibility on: try api="v3"',
+            "v3": 'only InfluxDB 3.x has it: use api="v2" for 2.x, api="v1" for 1.x',
+        }[self.api]
+        return (
+            f"InfluxDB at {e.origin}{said} has no {self.api} write endpoint ({path}: {detail}); "
+            f"{hint}, or check the URL's base path"
+        )
 
     def stats(self) -> Mapping[str, float]:
         """The sender's counters (``SenderStats``: ``written``, ``failed``, ``dropped``,
@@ -336,6 +378,83 @@ class InfluxDBDataWriter(DataWriter):
         )
 
 
+def _secrets(
+    token: object, token_file: object, password: object, password_file: object, problems: list[str]
+) -> tuple[str | None, str | None]:
+    """The token and password as text (from a ``Secret``, a file, or as given); the problems
+    name the option, never the value."""
+    return (
+        _secret("token", token, token_file, problems),
+        _secret("password", password, password_file, problems),
+    )
+
+
+def _secret(field: str, given: object, path: object, problems: list[str]) -> str | None:
+    where = "InfluxDBDataWriter"
+    value = given
+    if path is not None:
+        if given is not None:
+            problems.append(f"{where} {field}_file: give {field} or {field}_file, not both")
+        if not isinstance(path, str | os.PathLike):
+            problems.append(f"{where} {field}_file: must be a path, got {type(path).__name__}")
+            return None
+        try:
+            value = secret_from_file(path)
+        except ConfigError as exc:
+            problems.extend(f"{where} {field}_file: {p}" for p in exc.problems)
+            return None
+    if isinstance(value, Secret):
+        return value.reveal()
+    if value is not None and not isinstance(value, str):
+        problems.append(f"{where} {field}: must be a str or a Secret, got {type(value).__name__}")
+        return None
+    return value
+
+
+def _path(value: object) -> str | None:
+    return os.fspath(value) if isinstance(value, str | os.PathLike) else None
+
+
+def _tls(
+    url: object, ca_file: object, cert_file: object, key_file: object, verify: object, problems: list[str]
+) -> ssl.SSLContext | None:
+    """The TLS context of an https URL (None for http); unreadable files are problems."""
+    where = "InfluxDBDataWriter"
+    files = (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file))
+    given = [name for name, value in files if value is not None]
+    bad = [
+        f"{where} {name}: must be a path, got {type(value).__name__}"
+        for name, value in files
+        if value is not None and _path(value) is None
+    ]
+    if not isinstance(verify, bool):
+        bad.append(f"{where} tls_verify: must be True or False, got {verify!r}")
+    if key_file is not None and cert_file is None:
+        bad.append(f"{where} key_file: given without cert_file")
+    if bad:
+        problems.extend(bad)
+        return None
+    verify = bool(verify)
+    if not (isinstance(url, str) and url.startswith("https://")):
+        if given or not verify:
+            names = ", ".join(given + ([] if verify else ["tls_verify"]))
+            problems.append(f"{where} {names}: TLS settings need an https:// url")
+        return None
+    try:
+        context = tls_context(_path(ca_file), verify=verify)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        problems.append(f"{where} ca_file: cannot load: {type(exc).__name__}: {exc}")
+        return None
+    if cert_file is not None:
+        try:
+            context.load_cert_chain(_path(cert_file) or "", _path(key_file))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            field = "cert_file, key_file" if key_file is not None else "cert_file"
+            problems.append(f"{where} {field}: cannot load: {type(exc).__name__}: {exc}")
+            return None
+    return context
+
+
 def _check_config(
     *,
     url: object,
@@ -377,7 +496,7 @@ def _check_config(
     elif measurement.startswith("#"):
         problems.append(f"{where} measurement: must not start with '#' (a line protocol comment)")
     if schema not in _SCHEMAS:
-        problems.append(f"{where} schema: must be 'typed' or 'single', got {schema!r}")
+        problems.append(f"{where} schema: must be 'typed', 'single' or 'fields', got {schema!r}")
     for field, value in (
         ("batch_size", batch_size),
         ("flush_interval_ms", flush_interval_ms),

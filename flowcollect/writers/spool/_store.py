@@ -1,8 +1,11 @@
 """The spool's folder: segment files, their recovery at open, the send position, the disk limit.
 
-Not thread-safe by itself: ``SpooledWriter`` calls it under its lock, except ``SegmentReader``,
-which reads on the sender's thread from its own file descriptors (a segment unlinked meanwhile
-stays readable through them, so a drop never pulls a file from under a read).
+Not thread-safe by itself: the spool's ``Backlog`` calls it under the spool's lock, except
+``SegmentReader``, which reads on the forwarder's thread from its own file descriptors (a segment
+unlinked meanwhile stays readable through them, so a drop never pulls a file from under a read),
+and a segment's ``tables`` (with ``load_tables``), which the forwarder's thread fills as it reads
+another run's segment: appends write only their own segments' tables, under the lock, and the
+forwarder only adds missing ids (``setdefault``), so neither overwrites the other's.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +71,8 @@ class OpenReport:
     torn_bytes: int = 0
     corrupt: int = 0
     corrupt_bytes: int = 0
+    corrupt_values: int = 0
+    """Values in records after the send position that damage made unreadable."""
     replay_values: int = 0
     replay_records: int = 0
     position_reset: str | None = None
@@ -89,45 +95,111 @@ def write_atomically(path: Path, data: bytes) -> None:
     temp = path.with_name(path.name + ".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        # A full disk (or any failure) leaves no half-written temporary file behind.
+        temp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
 @dataclass
 class _Scan:
-    size: int  # end of the last good record
-    problem: str | None = None  # None, "torn" or "corrupt"
+    size: int  # end of the last good record: where the good data ends
+    problem: str | None = None  # None, "torn" (only a tail cut short) or "corrupt" (damage inside)
     detail: str = ""
     file_size: int = 0
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    """Damaged spans ``[start, end)`` with readable records after each."""
+
+
+def _resync(data: bytes, start: int) -> int | None:
+    """The offset of the first whole, valid record at or after ``start``, or None.
+
+    A damaged header (a length field overwritten, say) hides where the next record begins, so
+    every offset is a candidate; ``bytes.find`` jumps to the next byte that could be a record's
+    kind (a zero-filled tail costs next to nothing), and the length is checked before the
+    checksum, so few candidates cost more than a comparison.
+    """
+    view = memoryview(data)
+    end = len(data)
+    kind_at = 8  # the kind byte follows the length and the checksum
+    offset = start
+    while offset <= end - rec.HEADER_SIZE:
+        hits = [i for i in (data.find(bytes([k]), offset + kind_at) for k in _KINDS) if i >= 0]
+        if not hits:
+            return None
+        offset = min(hits) - kind_at
+        if offset > end - rec.HEADER_SIZE:
+            return None
+        length = int.from_bytes(view[offset : offset + 4], "little")
+        if offset + rec.HEADER_SIZE + length <= end:
+            try:
+                rec.parse(view, offset)
+            except rec.RecordError:
+                pass
+            else:
+                return offset
+        offset += 1
+    return None
+
+
+_KINDS = (rec.KIND_SPECS, rec.KIND_BATCH)
 
 
 def _scan(data: bytes) -> _Scan:
-    """Walk a segment's records; stop at the first bad one and say whether it is a torn tail."""
+    """Walk a segment's records. A bad record with a readable record somewhere after it is
+    damage (a gap, and the walk goes on after it); one with nothing readable after it is a tail
+    that a crash cut short (torn: short, or zero-filled after a power cut)."""
     if data[: len(rec.MAGIC)] != rec.MAGIC:
         if len(data) < len(rec.MAGIC) and rec.MAGIC.startswith(data):
             return _Scan(0, "torn", "incomplete file header", len(data))
         return _Scan(0, "corrupt", "not a spool segment (bad magic)", len(data))
     offset = len(rec.MAGIC)
     view = memoryview(data)
+    gaps: list[tuple[int, int]] = []
+    detail = ""
     while offset < len(data):
         try:
             record = rec.parse(view, offset)
-        except rec.TornRecordError as exc:
-            return _Scan(offset, "torn", str(exc), len(data))
         except rec.RecordError as exc:
-            # A write cut short by a crash leaves the tail short or zero-filled (delayed
-            # allocation after a power cut); damage with readable data after it is corruption.
-            length = rec.HEADER.unpack_from(view, offset)[0]
-            cut = offset + rec.HEADER_SIZE + length >= len(data) or not any(view[offset:])
-            return _Scan(offset, "torn" if cut else "corrupt", str(exc), len(data))
+            resume = _resync(data, offset + 1)
+            if resume is None:
+                if gaps:  # damage earlier, and a torn tail too
+                    return _Scan(offset, "corrupt", detail, len(data), gaps)
+                return _Scan(offset, "torn", str(exc), len(data))
+            detail = detail or f"{exc} at byte {offset}"
+            gaps.append((offset, resume))
+            offset = resume
+            continue
         offset = record.end
-    return _Scan(offset, None, "", len(data))
+    return _Scan(offset, "corrupt" if gaps else None, detail, len(data), gaps)
+
+
+def _lost_in(view: memoryview, gap: tuple[int, int]) -> int:
+    """Values of the batch record a gap begins with, from its header if that still reads as
+    one (a damaged length or payload leaves it whole); 0 when it does not."""
+    start = gap[0]
+    if start + rec.HEADER_SIZE > len(view):
+        return 0
+    _length, _crc, kind, values, _t_ms = rec.HEADER.unpack_from(view, start)
+    return values if kind == rec.KIND_BATCH and 0 < values <= 1 << 24 else 0
+
+
+def _table_of(record: rec.Record) -> int | None:
+    """The variable table a batch record refers to (its payload's first field)."""
+    try:
+        row = rec.loads(record.payload)
+        return int(row[0])
+    except (rec.RecordError, TypeError, ValueError, IndexError):
+        return None
 
 
 def iter_records(data: bytes | memoryview, start: int, end: int) -> Iterator[rec.Record]:
@@ -159,24 +231,38 @@ class Store:
 
     def open(self) -> OpenReport:
         """Take the folder, check and repair every segment, and count the backlog from the saved
-        send position on: one read of each segment."""
+        send position on: one read of each segment. An open that fails releases the folder."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        try:
+            return self._open()
+        except BaseException:
+            self.segments = []
+            self.close()
+            raise
+
+    def _open(self) -> OpenReport:
         report = OpenReport()
-        found = sorted(
-            (int(p.name[: -len(SEGMENT_SUFFIX)]), p)
-            for p in self.path.iterdir()
-            if p.name.endswith(SEGMENT_SUFFIX) and p.name[: -len(SEGMENT_SUFFIX)].isdigit()
-        )
+        found = self._segment_files()
         for p in self.path.glob(f"*{SEGMENT_SUFFIX}.tmp"):
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                p.unlink()
         seq, offset = self._read_position(report)
-        kept = []
-        for s, p in found:
-            if s < seq:
-                p.unlink()  # wholly acknowledged; its deletion was cut short by a crash
-            else:
-                kept.append((s, p))
+        if found and found[0][0] < seq:
+            # Segments below the position should have been deleted when it was saved. Either a
+            # crash came in between, or the position file is damaged: it is not trusted with
+            # the backlog, nothing is deleted for it, and everything is sent again (replays of
+            # what was acknowledged are harmless: the destination overwrites a point).
+            older = sum(1 for s, _ in found if s < seq)
+            held = (
+                "which the folder holds" if seq in {s for s, _ in found} else "which the folder does not hold"
+            )
+            report.position_reset = (
+                f"the position file names segment {seq} ({held}) but {older} older segments are "
+                f"still there; keeping them all and sending from {segment_name(found[0][0])} on"
+            )
+            seq, offset = found[0][0], len(rec.MAGIC)
+        kept = found
         if kept and kept[0][0] != seq:
             seq, offset = kept[0][0], len(rec.MAGIC)  # the saved segment is gone: from the next one
         for s, p in kept:
@@ -190,6 +276,25 @@ class Store:
         if self.segments and self.segments[0].seq == seq:
             self.position = (seq, self.segments[0].start)
         return report
+
+    def _segment_files(self) -> list[tuple[int, Path]]:
+        """The segment files, by number; entries that are not regular files are left alone."""
+        found = []
+        for p in self.path.iterdir():
+            if not (p.name.endswith(SEGMENT_SUFFIX) and p.name[: -len(SEGMENT_SUFFIX)].isdigit()):
+                continue
+            try:
+                regular = stat.S_ISREG(p.stat().st_mode)
+            except OSError:
+                regular = False  # a dangling link
+            if not regular:
+                # A folder, a FIFO, a socket: not the spool's; reading it would fail or block.
+                logger.warning(
+                    "spool %s: %s is not a regular file; left alone and not sent", self.path, p.name
+                )
+                continue
+            found.append((int(p.name[: -len(SEGMENT_SUFFIX)]), p))
+        return sorted(found)
 
     def _take_lock(self) -> None:
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -214,8 +319,9 @@ class Store:
         return (seq, offset)
 
     def _recover(self, seq: int, p: Path, start: int, report: OpenReport) -> Segment | None:
-        """Check a segment, cut a torn tail, move a corrupt one aside (keeping its good records),
-        and count its batches from ``start`` (the send position, in its segment) on."""
+        """Check a segment, cut a torn tail, repair a damaged one (a copy as found is moved aside
+        as ``.corrupt``; every readable record, before the damage and after it, is kept), and
+        count its batches from ``start`` (the send position, in its segment) on."""
         data = p.read_bytes()
         scan = _scan(data)
         if scan.problem == "torn":
@@ -233,45 +339,115 @@ class Store:
                 p.unlink()
                 return None
             os.truncate(p, scan.size)
+            data = data[: scan.size]
         elif scan.problem == "corrupt":
-            report.corrupt += 1
-            report.corrupt_bytes += scan.file_size - scan.size
-            aside = p.with_name(p.name + CORRUPT_SUFFIX)
-            os.replace(p, aside)
-            logger.error(
-                "spool %s: segment %s is corrupt at byte %d (%s): moved aside to %s; "
-                "its %d bytes from there on cannot be read, the records before are kept",
-                self.path,
-                p.name,
-                scan.size,
-                scan.detail,
-                aside.name,
-                scan.file_size - scan.size,
-            )
-            if scan.size <= len(rec.MAGIC):
+            repaired = self._repair(p, data, scan, start, report)
+            if repaired is None:
                 return None
-            write_atomically(p, data[: scan.size])
-        segment = Segment(seq, p, scan.size, own=False)
-        # Past the good records: everything left was acknowledged before the damage.
-        start = min(start, scan.size)
+            data, start = repaired
+        if start > len(data):
+            report.position_reset = (
+                f"position {start} is past the end of segment {p.name} ({len(data)} bytes); "
+                "replaying that segment from its start"
+            )
+            start = len(rec.MAGIC)
+        segment = Segment(seq, p, len(data), own=False)
         offsets = set()
-        for record in iter_records(data, len(rec.MAGIC), scan.size):
+        for record in iter_records(data, len(rec.MAGIC), len(data)):
             offsets.add(record.offset)
             if record.offset >= start and record.kind == rec.KIND_BATCH:
                 segment.records += 1
                 segment.values += record.values
-        if start != scan.size and start not in offsets:
+        if start != len(data) and start not in offsets:
             report.position_reset = (
                 f"position {start} of segment {p.name} is not a record; replaying that segment from its start"
             )
             start = len(rec.MAGIC)
             segment.records = segment.values = 0
-            for record in iter_records(data, len(rec.MAGIC), scan.size):
+            for record in iter_records(data, len(rec.MAGIC), len(data)):
                 if record.kind == rec.KIND_BATCH:
                     segment.records += 1
                     segment.values += record.values
         segment.start = start
         return segment
+
+    def _repair(
+        self, p: Path, data: bytes, scan: _Scan, start: int, report: OpenReport
+    ) -> tuple[bytes, int] | None:
+        """A damaged segment: its readable records in a new file (the original moved aside as
+        ``.corrupt``), the values lost from ``start`` on counted; (new data, ``start`` in it)."""
+        report.corrupt += 1
+        view = memoryview(data)
+        aside = p.with_name(p.name + CORRUPT_SUFFIX)
+        # The spans between the gaps hold whole records.
+        spans = []
+        at = len(rec.MAGIC)
+        for gap in scan.gaps:
+            spans.append((at, gap[0]))
+            at = gap[1]
+        if scan.size >= len(rec.MAGIC):
+            spans.append((at, scan.size))
+        lost = sum(_lost_in(view, gap) for gap in scan.gaps if gap[0] >= start)
+        kept = [rec.MAGIC]
+        size = len(rec.MAGIC)
+        new_start: int | None = None
+        tables: set[int] = set()
+        for lo, hi in spans:
+            for record in iter_records(view, lo, hi):
+                if new_start is None and record.offset >= start:
+                    new_start = size
+                if record.kind == rec.KIND_SPECS:
+                    tables.add(rec.decode_specs(record.payload)[0])
+                elif _table_of(record) not in tables:
+                    # Its variable table was in the damaged part: it cannot be decoded.
+                    lost += record.values if record.offset >= start else 0
+                    continue
+                kept.append(bytes(view[record.offset : record.end]))
+                size += record.end - record.offset
+        if new_start is None:
+            new_start = size
+        report.corrupt_bytes += scan.file_size - size
+        os.replace(p, aside)
+        repaired = b"".join(kept)
+        try:
+            if size > len(rec.MAGIC):
+                write_atomically(p, repaired)
+        except OSError as exc:
+            # No room for the repaired copy (a full disk): the original goes back under its
+            # name, read up to the damage only; what follows the damage is lost, and counted.
+            os.replace(aside, p)
+            first = scan.gaps[0][0] if scan.gaps else scan.size
+            lost = sum(_lost_in(view, gap) for gap in scan.gaps if gap[0] >= start) + sum(
+                r.values
+                for lo, hi in spans
+                for r in iter_records(view, lo, hi)
+                if r.kind == rec.KIND_BATCH and r.offset >= max(first, start)
+            )
+            report.corrupt_values += lost
+            logger.error(
+                "spool %s: segment %s is damaged (%s) and there is no room to repair it (%s): it is "
+                "read up to byte %d; %d values not yet sent are lost",
+                self.path,
+                p.name,
+                scan.detail,
+                exc.strerror or exc,
+                first,
+                lost,
+            )
+            return data[:first], min(start, first)
+        report.corrupt_values += lost
+        logger.error(
+            "spool %s: segment %s is damaged (%s): moved aside to %s; the readable records before "
+            "and after the damage are kept, %d values not yet sent are lost",
+            self.path,
+            p.name,
+            scan.detail,
+            aside.name,
+            lost,
+        )
+        if size <= len(rec.MAGIC):
+            return None
+        return repaired, new_start
 
     # -- appending -------------------------------------------------------------------------------
 
@@ -438,7 +614,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class SegmentReader:
-    """Reads records in order for the sender, from its own descriptors and a read-ahead buffer."""
+    """Reads records in order for the forwarder (its thread only), from its own descriptors and a
+    read-ahead buffer."""
 
     def __init__(self) -> None:
         self._seq: int | None = None

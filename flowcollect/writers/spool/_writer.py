@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
 import threading
 import time
-from collections import deque
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,16 +17,9 @@ from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 from flowcollect.writers.base import DataWriter, OnReceipt
-from flowcollect.writers.spool import _records as rec
-from flowcollect.writers.spool._store import (
-    DiskFullError,
-    OpenReport,
-    Segment,
-    SegmentReader,
-    SpoolInUseError,
-    Store,
-    iter_records,
-)
+from flowcollect.writers.spool._backlog import Backlog, dup_fd
+from flowcollect.writers.spool._forward import Forwarder
+from flowcollect.writers.spool._store import DISK_FULL
 
 if TYPE_CHECKING:
     from flowcollect.writers.spool._options import SpoolOptions
@@ -40,73 +32,12 @@ Sync = Literal["always", "batch", "never"]
 _SYNCS = ("always", "batch", "never")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_SEGMENT = 4096
-_MEMORY_VALUES = 200_000
-"""Recent batches kept in memory as well, so a sender that keeps up never reads the disk.
-Beyond this the backlog lives on disk only: memory stays flat however long the outage."""
-_RETRY_INITIAL_S = 0.5
-_RETRY_MAX_S = 30.0
-_EPISODE_END = 0.5
-# A drop episode ends when the spool is back under this share of max_bytes: dropping one
-# segment (at most a quarter) during a long outage does not end it, draining the backlog does.
-
-
-class _Pending:
-    """An append not yet handed out: where its record is, and the engine's batch.
-
-    ``held``: the batch still has its columns, so it is handed from memory; otherwise they were
-    released (beyond ``_MEMORY_VALUES``) and the batch object is kept only for its receipt,
-    while the values are read back from the record on disk.
-    """
-
-    __slots__ = ("batch", "end", "held", "seq", "start")
-
-    def __init__(self, seq: int, start: int, end: int, batch: ValueBatch, held: bool = True) -> None:
-        self.seq = seq
-        self.start = start
-        self.end = end
-        self.batch = batch
-        self.held = held
-
-
-class _Sent:
-    """A record handed to the inner writer and not yet (wholly) acknowledged."""
-
-    __slots__ = (
-        "end",
-        "failed",
-        "handed",
-        "held",
-        "keep",
-        "n",
-        "origin",
-        "seq",
-        "settled",
-        "start",
-        "t_ms",
-        "written",
-    )
-
-    def __init__(
-        self, seq: int, start: int, end: int, handed: ValueBatch, origin: ValueBatch | None, held: bool
-    ) -> None:
-        self.seq = seq
-        self.start = start
-        self.end = end
-        self.handed = handed
-        self.origin = origin  # the batch the engine gave (or its copy from disk); None: a replay
-        self.held = held  # the origin still has its columns (it was handed from memory)
-        self.n = len(handed)
-        self.t_ms = handed.t_ms
-        self.written = 0
-        self.failed = 0
-        self.settled = 0
-        self.keep = False  # given up by the inner writer while closing: stays spooled
 
 
 class SpooledWriter(DataWriter):
     """Puts a write-ahead spool on disk in front of ``writer``.
 
-    ``write_batch`` appends the batch to a segment file in ``path`` and returns; a sender thread
+    ``write_batch`` appends the batch to a segment file in ``path`` and returns; a forwarder thread
     hands the spooled batches to ``writer`` in order and deletes them once ``writer`` has
     acknowledged them (``writer.acknowledges``: its receipts; otherwise its ``write`` returning).
     The spool acknowledges to the engine what ``writer`` acknowledged, so a value counts as
@@ -127,7 +58,7 @@ class SpooledWriter(DataWriter):
       64 KiB and 64 MiB). Segments are the unit deleted once acknowledged, or dropped.
     - ``max_in_flight_values``: values handed to ``writer`` and not yet acknowledged, at most.
       The rest waits on disk, so ``writer``'s own buffer never overflows during an outage.
-    - ``close_timeout_s``: how long ``close()`` lets the sender drain the backlog before it
+    - ``close_timeout_s``: how long ``close()`` lets the forwarder drain the backlog before it
       stops; what is left stays in the spool for the next run.
     - ``destination_preflight``: ``"warn"`` (default) runs ``writer.preflight()`` and only logs
       its failure, since the spool holds the values until the destination works; ``"fail"``
@@ -181,68 +112,48 @@ class SpooledWriter(DataWriter):
         self._monotonic = monotonic
         self._errors = RateLimitedLog(logger, clock=monotonic)
 
+        # Thread ownership. The spool's one lock, ``_cond``, guards every mutable field of the
+        # backlog (the store side), of the forwarder, and the two below marked so; the engine's
+        # writer thread (appends), the forwarder's thread, the maintenance thread, receipts (any
+        # thread) and ``stats()`` all take it. ``_specs`` is the thread calling ``write()``'s;
+        # ``_threads`` is written once, under the lock, when the folder is opened.
         self._cond = threading.Condition()
-        self._store: Store | None = None
-        self._segments: dict[int, Segment] = {}
-        self._cursor: tuple[int, int] = (0, 0)
-        self._memory: deque[_Pending] = deque()
-        self._memory_values = 0
-        # With someone attached for receipts (the engine): this run's batches not yet handed out,
-        # by record. A receipt must carry the very batch the engine gave (it matches them by
-        # identity), so each is kept until handed out. The engine gives an acknowledging writer
-        # its own batch object, so beyond _MEMORY_VALUES (``_held``) the spool releases its
-        # columns once appended: the object stays for the receipt, the values are read back
-        # from disk, and memory stays flat however long the outage.
-        self._origins: dict[tuple[int, int], _Pending] = {}
-        self._held = 0  # values of _origins still holding their columns
-        self._receipts_wanted = False
-        self._sent: deque[_Sent] = deque()
-        self._by_batch: dict[int, _Sent] = {}
-        self._in_flight = 0
-        # Values (and batch records) appended or left by an earlier run and not yet settled by
-        # the writer, dropped by the policy or lost to corruption: in flight ones included.
-        self._backlog = 0
-        self._backlog_records = 0
-        self._retry_at = 0.0
-        self._failures = 0
-        self._closed = False
-        self._closing = False
-        self._stop = False
-        self._stopped = threading.Event()
+        self._closed = False  # guarded by _cond
+        self._maintenance_errors = 0  # guarded by _cond: rounds of the maintenance loop that raised
+        self._stopped = threading.Event()  # set once by close(): the maintenance thread ends
         self._threads: list[threading.Thread] = []
-        self._reader = SegmentReader()
-        self._episode_dropped: int | None = None  # values dropped in the current drop episode
-        self._episode_limit = max_bytes
-        # Appends not yet known to be on disk (fsync): what a power cut could take now.
-        self._unsynced_since: float | None = None
-        self._unsynced_values = 0
         self._specs: dict[tuple[Any, ...], VariableSpec] = {}
-        self._counters: dict[str, int] = dict.fromkeys(
-            (
-                "appended_values",
-                "appended_records",
-                "written",
-                "failed",
-                "dropped_by_writer",
-                "dropped_by_policy",
-                "dropped_segments",
-                "replayed_values",
-                "torn",
-                "corrupt",
-                "write_errors",
-                "disk_full",
-                "not_spooled",
-            ),
-            0,
+        # The store side: segments, this run's appends not yet handed out, counts, drop policy.
+        self._backlog = Backlog(
+            self.path,
+            max_bytes=max_bytes,
+            segment_bytes=self.segment_bytes,
+            sync=sync,
+            cond=self._cond,
+            acknowledge=self.acknowledge,
+            monotonic=monotonic,
         )
+        # The forwarder: cursor, in-flight window, retry pause (its state is under _cond too).
+        self._fw = Forwarder(
+            self.name,
+            writer,
+            self._backlog,
+            self._cond,
+            max_in_flight_values=max_in_flight_values,
+            idle_s=self.sync_interval_s,
+            monotonic=monotonic,
+        )
+        self._backlog.fw = self._fw
         if writer.acknowledges:
-            writer.attach(self._on_inner_receipt)
+            writer.attach(self._fw.on_receipt)
+        writer.kept_by = str(self.path)  # what it gives up at close stays here: not "lost"
 
     # -- the DataWriter contract ---------------------------------------------------------------
 
     def attach(self, on_receipt: OnReceipt) -> None:
         super().attach(on_receipt)
-        self._receipts_wanted = True
+        with self._cond:
+            self._backlog.receipts_wanted = True
 
     # The engine's queue and routing sit before the spool, so they are the inner writer's: a
     # writer told to receive some contexts only, or to keep a queue of its own size, keeps that
@@ -294,25 +205,44 @@ class SpooledWriter(DataWriter):
     def preflight(self) -> None:
         """The folder can be created and written and no other process holds it; then the
         destination's own preflight (its failure only logged, unless ``destination_preflight="fail"``)."""
+        probe = self.path / f".preflight-{os.getpid()}"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".preflight-{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as exc:
-            raise PreflightError(
-                f"spool folder {self.path} cannot be written: {exc.strerror or exc}"
-            ) from exc
-        if self._store is None:
-            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise PreflightError(
-                    f"spool folder {self.path} is in use by another writer or process"
-                ) from None
+                probe.write_bytes(b"ok")
             finally:
-                os.close(fd)
+                probe.unlink(missing_ok=True)  # never left behind, even when the write failed
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise PreflightError(
+                    f"spool folder {self.path} cannot be written: {exc.strerror or exc}"
+                ) from exc
+            # A full disk is a state to collect through, not a reason not to start: appends drop
+            # the oldest segments (or, with nothing to drop, the new batch), counted and logged.
+            logger.warning(
+                "spool %s: the disk is full (%s); collecting anyway: the oldest spooled values are "
+                "dropped to make room, counted as dropped",
+                self.path,
+                exc.strerror or exc,
+            )
+        if self._backlog.store is None and self.path.is_dir():
+            try:
+                fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise PreflightError(
+                        f"spool folder {self.path} cannot be written: {exc.strerror or exc}"
+                    ) from exc
+                fd = None  # no room even for the lock file: appends will say so, counted
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise PreflightError(
+                        f"spool folder {self.path} is in use by another writer or process"
+                    ) from None
+                finally:
+                    os.close(fd)
         try:
             self.writer.preflight()
         except PreflightError as exc:
@@ -338,20 +268,32 @@ class SpooledWriter(DataWriter):
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"spooled writer {self.name} is closed; it takes no more values")
-            store = self._open_locked()
-            self._append_locked(store, batch, receipts)
-            self._cond.notify_all()
-        self._send_receipts(receipts)
+            backlog = self._backlog
+            try:
+                if backlog.open_locked():
+                    self._start_threads()
+            except PreflightError:
+                raise
+            except OSError as exc:
+                # The folder cannot be opened now (a full disk, an I/O error): this batch cannot
+                # be kept, counted as such; the next batch tries again. Collection goes on.
+                backlog.counters["write_errors"] += 1
+                self._errors.error(("open", exc.errno), "spool %s: cannot open: %s", self.path, exc)
+                backlog.drop_batch_locked(batch, f"spool folder cannot be opened: {exc}", receipts)
+            else:
+                backlog.append_locked(batch, receipts)
+                self._fw.wake_locked()
+        backlog.send_receipts(receipts)
 
     def flush(self) -> None:
         """Make every appended batch durable in the spool (fsync); delivery goes on in the background."""
         with self._cond:
-            store = self._store
+            store = self._backlog.store
             if store is None:
                 return
-            fd = _dup(store)
+            fd = dup_fd(store)
             store.dirty = False
-            self._unsynced_since, self._unsynced_values = None, 0
+            self._backlog.unsynced_since, self._backlog.unsynced_values = None, 0
         if fd is not None:
             try:
                 os.fdatasync(fd)
@@ -359,21 +301,21 @@ class SpooledWriter(DataWriter):
                 os.close(fd)
 
     def close(self) -> None:
-        """Let the sender drain the backlog for up to ``close_timeout_s``, stop it, close the inner
+        """Let the forwarder drain the backlog for up to ``close_timeout_s``, stop it, close the inner
         writer, and keep on disk whatever it did not acknowledge, for the next run."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             deadline = self._monotonic() + self.close_timeout_s
-            if self._store is not None:
-                self._retry_at = 0.0
-                self._cond.notify_all()
-                while self._backlog_locked() and (left := deadline - self._monotonic()) > 0:
+            if self._backlog.store is not None:
+                self._fw.retry_at = 0.0
+                self._fw.wake_locked()
+                while self._backlog.values and (left := deadline - self._monotonic()) > 0:
                     self._cond.wait(min(left, 0.1))
-            self._closing = True
-            self._cond.notify_all()
-        # The sender stops handing batches before the writer closes (it may be in a write now).
+            self._fw.closing = True
+            self._fw.wake_locked()
+        # The forwarder stops handing batches before the writer closes (it may be in a write now).
         for thread in self._threads[:1]:
             thread.join(max(0.0, deadline - self._monotonic()) + 1.0)
         try:
@@ -381,24 +323,37 @@ class SpooledWriter(DataWriter):
         except Exception as exc:
             logger.error("%s: closing the writer behind the spool failed: %s", self.name, exc)
         with self._cond:
-            self._stop = True
+            self._fw.stopping = True
             self._stopped.set()
-            self._cond.notify_all()
+            self._fw.wake_locked()
         for thread in self._threads:
             thread.join(max(0.0, deadline - self._monotonic()) + 1.0)
             if thread.is_alive():
                 logger.error("%s: spool thread %s did not stop after close()", self.name, thread.name)
         with self._cond:
-            store = self._store
+            backlog = self._backlog
+            store = backlog.store
             if store is None:
                 return
-            left = self._backlog_locked()
-            position = self._position_locked()
-        self._save_position(store, position)
+            # Batches whose segment was dropped while the writer had them, and that the writer
+            # did not settle: no copy is left for the next run, so they are lost, and counted.
+            lost = self._fw.drop_orphans_locked("its segment was dropped, and the writer closed without it")
+            orphans_lost = backlog.orphans_lost
+            left = backlog.values
+            position = backlog.position_locked()
+        backlog.send_receipts(lost)
+        if orphans_lost:
+            logger.warning(
+                "%s: %d values whose segment the disk limit dropped while the writer had them were "
+                "not stored by it; counted dropped",
+                self.name,
+                orphans_lost,
+            )
+        backlog.save_position(store, position)
         with self._cond:
-            self._delete_acknowledged_locked(store)
+            backlog.delete_acknowledged_locked(store)
             store.close()
-            self._reader.close()
+            backlog.close_reader()
         if left:
             logger.warning(
                 "%s: closed with %d values not yet delivered; they stay in the spool %s for the next run",
@@ -428,18 +383,21 @@ class SpooledWriter(DataWriter):
         except Exception:
             out = {}
         with self._cond:
-            for key, value in self._counters.items():
+            backlog = self._backlog
+            for key, value in backlog.counters.items():
                 out[f"spool_{key}"] = value
-            store = self._store
+            out["spool_write_errors"] += self._fw.write_errors
+            out["spool_thread_errors"] = self._fw.loop_errors + self._maintenance_errors
+            store = backlog.store
             out["spool_bytes"] = store.bytes if store is not None else 0
             out["spool_segments"] = len(store.segments) if store is not None else 0
-            out["spool_records"] = self._backlog_records
-            out["spool_values"] = self._backlog_locked()
-            out["spool_in_flight"] = self._in_flight
-            out["spool_unsynced_values"] = self._unsynced_values
-            since = self._unsynced_since
+            out["spool_records"] = backlog.records
+            out["spool_values"] = backlog.values
+            out["spool_in_flight"] = self._fw.in_flight
+            out["spool_unsynced_values"] = backlog.unsynced_values
+            since = backlog.unsynced_since
             out["spool_unsynced_age_s"] = self._monotonic() - since if since is not None else 0.0
-            oldest = self._oldest_t_ms_locked()
+            oldest = backlog.oldest_t_ms_locked()
         age = max(0.0, self._clock() - oldest / 1000.0) if oldest is not None else 0.0
         out["spool_oldest_age_s"] = age
         for key in ("buffered", "dropped", "oldest_buffered_age_s"):
@@ -447,8 +405,10 @@ class SpooledWriter(DataWriter):
                 out[f"inner_{key}"] = out[key]
         out["buffered"] = out["spool_values"]
         out["oldest_buffered_age_s"] = age
+        # What the writer gave up as it said in its receipts (not what it gave up at close,
+        # which the spool keeps), plus what the spool itself dropped: what receipts reported.
         out["dropped"] = (
-            out.get("inner_dropped", 0) + out["spool_dropped_by_policy"] + out["spool_not_spooled"]
+            out["spool_dropped_by_writer"] + out["spool_dropped_by_policy"] + out["spool_not_spooled"]
         )
         return out
 
@@ -460,521 +420,42 @@ class SpooledWriter(DataWriter):
 
     # -- appending -------------------------------------------------------------------------------
 
-    def _open_locked(self) -> Store:
-        store = self._store
-        if store is not None:
-            return store
-        store = Store(self.path, self.segment_bytes, self.sync)
-        try:
-            report = store.open()
-        except SpoolInUseError as exc:
-            raise PreflightError(str(exc.strerror)) from exc
-        self._store = store
-        self._segments = {s.seq: s for s in store.segments}
-        self._cursor = store.position
-        self._backlog = report.replay_values
-        self._backlog_records = report.replay_records
-        self._report_open(report)
-        for target, name in ((self._run_sender, "sender"), (self._run_maintenance, "sync")):
-            thread = threading.Thread(
-                target=target, name=f"flowcollect-spool-{name}-{self.name}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
-        return store
-
-    def _report_open(self, report: OpenReport) -> None:
-        self._counters["torn"] += report.torn
-        self._counters["corrupt"] += report.corrupt
-        if report.position_reset:
-            logger.warning("spool %s: %s", self.path, report.position_reset)
-        if report.replay_values:
-            logger.info(
-                "spool %s: %d values in %d batches left by an earlier run are sent first",
-                self.path,
-                report.replay_values,
-                report.replay_records,
-            )
-
-    def _append_locked(self, store: Store, batch: ValueBatch, receipts: list[Receipt]) -> None:
-        n = len(batch)
-        for _ in range(len(store.segments) + 3):
-            try:
-                segment, start, end = store.append(batch)
-                break
-            except DiskFullError as exc:
-                self._counters["disk_full"] += 1
-                # The disk's room is the limit of this episode, not max_bytes.
-                self._episode_limit = min(self._episode_limit, store.bytes)
-                if not self._drop_oldest_locked(store, f"disk full ({exc.strerror})", receipts):
-                    self._drop_batch_locked(
-                        batch, f"disk full ({exc.strerror}) and nothing left to drop", receipts
-                    )
-                    return
-            except OSError as exc:
-                # Any other I/O error: the batch cannot be kept; collection goes on.
-                self._counters["write_errors"] += 1
-                self._errors.error(("append", exc.errno), "spool %s: cannot append: %s", self.path, exc)
-                self._drop_batch_locked(batch, f"spool append failed: {exc}", receipts)
-                return
-        else:
-            self._drop_batch_locked(batch, "disk full: no room after dropping every segment", receipts)
-            return
-        self._segments[segment.seq] = segment
-        self._counters["appended_values"] += n
-        self._counters["appended_records"] += 1
-        self._backlog += n
-        self._backlog_records += 1
-        if self.sync != "always":
-            if self._unsynced_since is None:
-                self._unsynced_since = self._monotonic()
-            self._unsynced_values += n
-        self._keep_locked(segment, start, end, batch)
-        while store.bytes > self.max_bytes and len(store.segments) > 1:
-            if not self._drop_oldest_locked(store, f"max_bytes={self.max_bytes} reached", receipts):
-                break
-        if self._episode_dropped is not None and store.bytes < self._episode_limit * _EPISODE_END:
-            logger.warning(
-                "spool %s: back under its limit; %d values were dropped in that episode (%d in all)",
-                self.path,
-                self._episode_dropped,
-                self._counters["dropped_by_policy"],
-            )
-            self._episode_dropped = None
-            self._episode_limit = self.max_bytes
-
-    def _keep_locked(self, segment: Segment, start: int, end: int, batch: ValueBatch) -> None:
-        """Keep an appended batch in memory: for its receipt, and its values while within
-        ``_MEMORY_VALUES``, so a sender that keeps up never reads the disk."""
-        n = len(batch)
-        if self._receipts_wanted:
-            held = self._held + n <= _MEMORY_VALUES
-            if held:
-                self._held += n
-            else:
-                batch.release()  # on disk now; the object (ours: see DataWriter) stays for its receipt
-            self._origins[(segment.seq, start)] = _Pending(segment.seq, start, end, batch, held)
-        elif self._memory_values + n <= _MEMORY_VALUES:
-            self._memory.append(_Pending(segment.seq, start, end, batch))
-            self._memory_values += n
-
-    def _drop_batch_locked(self, batch: ValueBatch, reason: str, receipts: list[Receipt]) -> None:
-        """A batch that could not be appended at all: dropped before it was ever spooled."""
-        self._counters["not_spooled"] += len(batch)
-        self._count_drop(len(batch), reason, counter=None)
-        receipts.append(Receipt(batch, 0, 0, len(batch), reason))
-
-    def _count_drop(self, n: int, reason: str, counter: str | None = "dropped_by_policy") -> None:
-        if counter is not None:
-            self._counters[counter] += n
-        if self._episode_dropped is None:
-            self._episode_dropped = 0
-            logger.warning(
-                "spool %s: %s: dropping the oldest values to go on collecting "
-                "(logged once until it is back under its limit)",
-                self.path,
-                reason,
-            )
-        self._episode_dropped += n
-
-    def _drop_oldest_locked(self, store: Store, reason: str, receipts: list[Receipt]) -> bool:
-        """Drop the oldest segment (values not yet handed to the writer are lost); False if none."""
-        if not store.segments:
-            return False
-        segment = store.segments[0]
-        if segment is store.active and segment.records == 0 and len(store.segments) == 1:
-            return False
-        seq, offset = self._cursor
-        dropped = records = 0
-        if seq <= segment.seq:
-            start = offset if seq == segment.seq else len(rec.MAGIC)
-            try:
-                for record_start, n in store.batch_headers(segment, start):
-                    dropped += n
-                    records += 1
-                    # Receipts only matter to whoever is attached, and then the batch is kept.
-                    kept = self._pop_origin((segment.seq, record_start))
-                    if kept is not None:
-                        receipts.append(Receipt(kept.batch, 0, 0, n, f"spool: {reason}"))
-            except (OSError, rec.RecordError) as exc:
-                logger.error("spool %s: dropping %s: %s", self.path, segment.path.name, exc)
-                dropped, records = self._unsent_in_locked(segment)
-            later = [s.seq for s in store.segments if s.seq > segment.seq]
-            self._cursor = (later[0], len(rec.MAGIC)) if later else (segment.seq + 1, len(rec.MAGIC))
-        while self._memory and self._memory[0].seq <= segment.seq:
-            self._memory_values -= len(self._memory.popleft().batch)
-        store.delete(segment)
-        self._segments.pop(segment.seq, None)
-        self._counters["dropped_segments"] += 1
-        self._backlog -= dropped
-        self._backlog_records -= records
-        self._count_drop(dropped, reason)
-        self._cond.notify_all()
-        return True
-
-    # -- sending ---------------------------------------------------------------------------------
-
-    def _next_locked(self, store: Store) -> tuple[Segment, int, _Pending | None] | None:
-        """The next record to hand out: (segment, offset, the in-memory batch if any), or None."""
-        while True:
-            seq, offset = self._cursor
-            segment = self._segments.get(seq)
-            if segment is None:
-                later = [s for s in store.segments if s.seq > seq]
-                if not later:
-                    return None
-                self._cursor = (later[0].seq, len(rec.MAGIC))
-                continue
-            if offset >= segment.size:
-                if segment is store.active or segment is store.segments[-1]:
-                    return None
-                later = [s for s in store.segments if s.seq > seq]
-                self._cursor = (later[0].seq, len(rec.MAGIC))
-                continue
-            # Left in place: _hand takes it under the lock, so a drop in between still finds it.
-            kept = self._origins.get((seq, offset))
-            if kept is not None:
-                return segment, offset, kept
-            memory = self._memory
-            while memory and (memory[0].seq, memory[0].start) < self._cursor:
-                self._memory_values -= len(memory.popleft().batch)
-            if memory and memory[0].seq == seq and memory[0].start == offset:
-                pending = memory.popleft()
-                self._memory_values -= len(pending.batch)
-                return segment, offset, pending
-            return segment, offset, None
-
-    def _run_sender(self) -> None:
-        store = self._store
-        if store is None:
-            return
-        while True:
-            item = self._wait_next(store)
-            if item is None:
-                return
-            segment, offset, pending = item
-            if pending is not None and pending.held:
-                # Its own object for the writer behind: it may release it (see DataWriter).
-                self._hand(segment, pending.start, pending.end, pending.batch.handle(), pending)
-                continue
-            read = self._read_from_disk(store, segment, offset, pending)
-            if read is not None:
-                end, batch = read
-                if pending is not None:  # released: the values from disk, the receipt to its batch
-                    self._hand(segment, offset, end, batch, pending)
-                else:
-                    self._hand(segment, offset, end, batch, batch if segment.own else None)
-
-    def _wait_next(self, store: Store) -> tuple[Segment, int, _Pending | None] | None:
-        """Wait until a record may be handed out (window, retry pause); None when stopping."""
-        with self._cond:
-            while True:
-                if self._stop or self._closing:
-                    return None
-                now = self._monotonic()
-                if now < self._retry_at:
-                    self._cond.wait(self._retry_at - now)
-                    continue
-                busy = self._in_flight >= self.max_in_flight_values or (
-                    self._in_flight and not self.writer.acknowledges
-                )
-                item = None if busy else self._next_locked(store)
-                if item is not None:
-                    return item
-                self._cond.wait(self.sync_interval_s)
-
-    def _read_from_disk(
-        self, store: Store, segment: Segment, offset: int, pending: _Pending | None = None
-    ) -> tuple[int, ValueBatch] | None:
-        """The batch at the cursor, read from its segment (variable tables are taken in passing).
-
-        With ``pending`` (an append whose columns were released), its whole append: the batch
-        record, after the variable table the append may have written before it."""
-        with self._cond:
-            end = segment.size
-        try:
-            if not segment.tables_complete and offset > len(rec.MAGIC):
-                store.load_tables(segment)
-            at = offset
-            while True:
-                record = self._reader.read(segment, at, end)
-                batch = None
-                if record.kind == rec.KIND_SPECS:
-                    list_id, specs = rec.decode_specs(record.payload)
-                    segment.tables.setdefault(list_id, specs)
-                else:
-                    batch = rec.decode_batch(record.payload, record.t_ms, segment.tables)
-                if batch is not None or pending is None or record.end >= pending.end:
-                    break
-                at = record.end
-        except (OSError, rec.RecordError) as exc:
-            self._corrupt_at_read(store, segment, offset, exc)
-            return None
-        with self._cond:
-            if self._cursor != (segment.seq, offset) or segment.seq not in self._segments:
-                return None  # dropped meanwhile
-            if batch is None:
-                self._cursor = (segment.seq, record.end)
-                return None
-        return record.end, batch
-
-    def _hand(
-        self,
-        segment: Segment,
-        start: int,
-        end: int,
-        batch: ValueBatch,
-        origin: ValueBatch | _Pending | None,
-    ) -> None:
-        """Hand ``batch`` (the record at ``start``) to the writer; ``origin``: the batch its
-        receipts go to, or the pending append that holds it."""
-        with self._cond:
-            if self._cursor != (segment.seq, start):
-                return  # dropped meanwhile (its receipt went with the drop)
-            self._pop_origin((segment.seq, start))
-            receipts_to: ValueBatch | None = origin.batch if isinstance(origin, _Pending) else origin
-            held = isinstance(origin, _Pending) and origin.held
-            if id(batch) in self._by_batch:
-                batch = batch.handle()  # the same object twice in flight: receipts must tell them apart
-            entry = _Sent(segment.seq, start, end, batch, receipts_to, held)
-            self._sent.append(entry)
-            self._by_batch[id(batch)] = entry
-            self._in_flight += entry.n
-            self._cursor = (segment.seq, end)
-        try:
-            self.writer.write_batch(batch)
-        except Exception as exc:
-            self._write_failed(entry, exc)
-            return
-        if not self.writer.acknowledges:
-            self._settle(entry, entry.n, 0, 0, None)
-        elif self._failures:
-            with self._cond:
-                self._failures = 0
-
-    def _write_failed(self, entry: _Sent, exc: Exception) -> None:
-        # The writer did not take the batch: it stays spooled and is handed again after a pause.
-        text = f"{type(exc).__name__}: {exc}"
-        with self._cond:
-            self._counters["write_errors"] += 1
-            self._by_batch.pop(id(entry.handed), None)
-            with contextlib.suppress(ValueError):
-                self._sent.remove(entry)
-            self._in_flight -= entry.n
-            if entry.seq in self._segments and (entry.seq, entry.start) < self._cursor:
-                self._cursor = (entry.seq, entry.start)
-                if entry.origin is not None and self._receipts_wanted:
-                    # Handed again from memory if it still has its columns (within the in-flight
-                    # window, so not counted against _MEMORY_VALUES), else from disk.
-                    self._origins[(entry.seq, entry.start)] = _Pending(
-                        entry.seq, entry.start, entry.end, entry.origin, held=entry.held
-                    )
-                    if entry.held:
-                        self._held += entry.n
-            self._failures += 1
-            delay = min(_RETRY_MAX_S, _RETRY_INITIAL_S * 2 ** (self._failures - 1))
-            self._retry_at = self._monotonic() + delay
-        self._errors.error(
-            ("write", text),
-            "%s: the writer behind the spool failed (%s); retrying in %.1f s, the values stay spooled",
-            self.name,
-            text,
-            delay,
+    def _start_threads(self) -> None:
+        """Under the lock, once the folder is open: the forwarder's thread and maintenance's."""
+        self._threads.append(self._fw.start(f"flowcollect-spool-sender-{self.name}"))
+        thread = threading.Thread(
+            target=self._run_maintenance, name=f"flowcollect-spool-sync-{self.name}", daemon=True
         )
+        self._threads.append(thread)
+        thread.start()
 
-    def _on_inner_receipt(self, receipt: Receipt) -> None:
-        with self._cond:
-            entry = self._by_batch.get(id(receipt.batch))
-            if entry is None or entry.handed is not receipt.batch:
-                self._errors.warning(
-                    ("receipt",), "%s: a receipt for a batch the spool did not hand out; ignored", self.name
-                )
-                return
-        self._settle(entry, receipt.written, receipt.failed, receipt.dropped, receipt.error)
-
-    def _settle(self, entry: _Sent, written: int, failed: int, dropped: int, error: str | None) -> None:
-        forward: Receipt | None = None
-        with self._cond:
-            if self._closing and dropped:
-                # Given up because the writer is closing: not lost, the spool sends it next run.
-                entry.keep = True
-                dropped = 0
-            entry.written += written
-            entry.failed += failed
-            entry.settled += written + failed + dropped + (entry.n if entry.keep else 0)
-            self._counters["written"] += written
-            self._counters["failed"] += failed
-            self._counters["dropped_by_writer"] += dropped
-            if entry.origin is None:
-                self._counters["replayed_values"] += written + failed + dropped
-            elif written or failed or dropped:
-                forward = Receipt(entry.origin, written, failed, dropped, error)
-            if entry.settled >= entry.n:
-                self._by_batch.pop(id(entry.handed), None)
-                self._in_flight -= entry.n
-                segment = self._segments.get(entry.seq)
-                if not entry.keep:
-                    self._backlog -= entry.n
-                    self._backlog_records -= 1
-                    if segment is not None:
-                        segment.records -= 1
-                        segment.values -= entry.n
-                self._advance_locked()
-            self._cond.notify_all()
-        if forward is not None:
-            self._send_receipts([forward])
-
-    def _pop_origin(self, key: tuple[int, int]) -> _Pending | None:
-        """Under the lock: the pending append of this run at ``key``, taken out of ``_origins``."""
-        pending = self._origins.pop(key, None)
-        if pending is not None and pending.held:
-            self._held -= len(pending.batch)
-        return pending
-
-    def _advance_locked(self) -> None:
-        sent = self._sent
-        while sent and sent[0].settled >= sent[0].n and not sent[0].keep:
-            sent.popleft()
-
-    def _position_locked(self) -> tuple[int, int]:
-        """The first record not acknowledged: where a restart resumes sending."""
-        if self._sent:
-            return (self._sent[0].seq, self._sent[0].start)
-        return self._cursor
-
-    def _backlog_locked(self) -> int:
-        return self._backlog
-
-    def _unsent_in_locked(self, segment: Segment) -> tuple[int, int]:
-        """Values and records of a segment not yet handed to the writer (by its counts)."""
-        sent = [e for e in self._sent if e.seq == segment.seq and e.settled < e.n]
-        return segment.values - sum(e.n for e in sent), segment.records - len(sent)
-
-    def _oldest_t_ms_locked(self) -> int | None:
-        if self._sent:
-            return self._sent[0].t_ms
-        if not self._backlog_locked():
-            return None
-        in_memory = self._origins.get(self._cursor)
-        if (
-            in_memory is None
-            and self._memory
-            and (self._memory[0].seq, self._memory[0].start) == self._cursor
-        ):
-            in_memory = self._memory[0]
-        if in_memory is not None:
-            return in_memory.batch.t_ms
-        return self._oldest_on_disk_locked()
-
-    def _oldest_on_disk_locked(self) -> int | None:
-        """The instant of the first batch record at or after the cursor, from its header."""
-        store = self._store
-        for segment in store.segments if store is not None else ():
-            if segment.seq < self._cursor[0]:
-                continue
-            start = self._cursor[1] if segment.seq == self._cursor[0] else len(rec.MAGIC)
-            try:
-                with open(segment.path, "rb") as f:
-                    f.seek(start)
-                    data = f.read(min(segment.size - start, 1 << 20))
-                for record in iter_records(data, 0, len(data)):
-                    if record.kind == rec.KIND_BATCH:
-                        return record.t_ms
-            except (OSError, rec.RecordError):
-                break
-        return None
-
-    def _corrupt_at_read(self, store: Store, segment: Segment, offset: int, exc: Exception) -> None:
-        receipts: list[Receipt] = []
-        with self._cond:
-            if segment.seq not in self._segments:
-                return
-            for key in [k for k in self._origins if k[0] == segment.seq]:
-                batch = self._origins[key].batch
-                self._pop_origin(key)
-                receipts.append(Receipt(batch, 0, 0, len(batch), "spool: segment unreadable"))
-            self._counters["corrupt"] += 1
-            lost, records = self._unsent_in_locked(segment)
-            aside = segment.path.with_name(segment.path.name + ".corrupt")
-            logger.error(
-                "spool %s: segment %s cannot be read at byte %d (%s): moved aside to %s, "
-                "%d values in it not yet sent are lost",
-                self.path,
-                segment.path.name,
-                offset,
-                exc,
-                aside.name,
-                lost,
-            )
-            with contextlib.suppress(OSError):
-                os.replace(segment.path, aside)
-            self._counters["dropped_by_policy"] += lost
-            self._backlog -= lost
-            self._backlog_records -= records
-            if segment is store.active:
-                store.seal()
-            store.segments.remove(segment)
-            store.bytes -= segment.size
-            del self._segments[segment.seq]
-            later = [s.seq for s in store.segments if s.seq > segment.seq]
-            self._cursor = (later[0], len(rec.MAGIC)) if later else (segment.seq + 1, len(rec.MAGIC))
-            self._reader.close()
-        self._send_receipts(receipts)
-
-    # -- durability and cleanup -------------------------------------------------------------------
+    # -- the maintenance thread ------------------------------------------------------------------
 
     def _run_maintenance(self) -> None:
-        store = self._store
+        """The maintenance thread: group commit (``sync="batch"``), the send position, deleting
+        what was acknowledged. A round that raises is logged and counted; the next one comes."""
+        store = self._backlog.store
         if store is None:
             return
-        saved: tuple[int, int] | None = None
-        while True:
-            # Its own event, not the condition every append notifies: it wakes once an interval.
-            if self._stopped.wait(self.sync_interval_s):
-                return
-            with self._cond:
-                fd = _dup(store) if self.sync == "batch" and store.dirty else None
-                if fd is not None:
-                    store.dirty = False
-                    self._unsynced_since, self._unsynced_values = None, 0
-                position = self._position_locked()
+        saved: list[tuple[int, int] | None] = [None]
+        # Its own event, not the condition every append notifies: it wakes once an interval.
+        while not self._stopped.wait(self.sync_interval_s):
             try:
-                if fd is not None:
-                    os.fdatasync(fd)
-                if position != saved and self._save_position(store, position):
-                    saved = position
-            except OSError as exc:
-                self._errors.error(("sync", exc.errno), "spool %s: cannot sync: %s", self.path, exc)
-            finally:
-                if fd is not None:
-                    os.close(fd)
-            with self._cond:
-                self._delete_acknowledged_locked(store)
-
-    def _save_position(self, store: Store, position: tuple[int, int]) -> bool:
-        try:
-            store.save_position(position)
-        except OSError as exc:
-            # The old position stays: a restart replays a little more, which overwrites.
-            self._errors.error(
-                ("position", exc.errno), "spool %s: cannot save the send position: %s", self.path, exc
-            )
-            return False
-        return True
-
-    def _delete_acknowledged_locked(self, store: Store) -> None:
-        """Delete the segments wholly before the saved send position."""
-        saved = store.position[0]
-        for segment in list(store.segments):
-            if segment.seq < saved and segment is not store.active:
-                store.delete(segment)
-                self._segments.pop(segment.seq, None)
+                self._backlog.maintain(store, saved)
+            except Exception as exc:
+                with self._cond:
+                    self._maintenance_errors += 1
+                text = f"{type(exc).__name__}: {exc}"
+                self._errors.error(
+                    ("maintenance", text),
+                    "spool %s: a maintenance round failed (%s); the next one comes in %.1f s\n%s",
+                    self.path,
+                    text,
+                    self.sync_interval_s,
+                    "".join(traceback.format_exception(exc)).rstrip(),
+                )
 
     # -- receipts and helpers --------------------------------------------------------------------
-
-    def _send_receipts(self, receipts: list[Receipt]) -> None:
-        for receipt in receipts:
-            self.acknowledge(receipt.batch, receipt.written, receipt.failed, receipt.dropped, receipt.error)
 
     def _batches_of(self, values: Sequence[CollectedVariable]) -> list[ValueBatch]:
         """Per-value objects as columnar batches: one per run of equal (context, reader, time)."""
@@ -1012,11 +493,6 @@ def _batch_at(
     t_ms, rest = divmod(us, 1000)
     source_ns = [us * 1000] * len(values) if rest else None
     return ValueBatch(t_ms, specs, values, errors, source_ns=source_ns, context_id=context_id, reader=reader)
-
-
-def _dup(store: Store) -> int | None:
-    fd = store._fd
-    return os.dup(fd) if fd is not None else None
 
 
 def _check(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flowcollect.compile import next_due
 from flowcollect.errors import ConfigError
 from flowcollect.readers import RandomDataReader
 from flowcollect.readers.modbus import ModbusDataReader, ModbusLine, estimate_lane
@@ -20,7 +21,7 @@ from flowcollect.readers.modbus._connection import (
     short_text,
 )
 from flowcollect.readers.modbus.packing import ModbusRequest
-from flowcollect.readers.modbus.timing import Pacer, answer_bytes, next_due_ms, silent_interval_s, wire_time_s
+from flowcollect.readers.modbus.timing import Pacer, answer_bytes, silent_interval_s, wire_time_s
 from flowcollect.values import VariableSpec
 
 
@@ -114,10 +115,10 @@ def test_wire_time_counts_both_frames_the_gap_and_the_turnaround() -> None:
 
 
 def test_next_due_instant_on_the_engine_grid() -> None:
-    assert next_due_ms(1000, {100}) == 1100
-    assert next_due_ms(1000, {150, 100}) == 1050
-    assert next_due_ms(1049, frozenset({150, 100})) == 1050
-    assert next_due_ms(1000, set()) is None
+    assert next_due(1000, {100}) == 1100
+    assert next_due(1000, {150, 100}) == 1050
+    assert next_due(1049, frozenset({150, 100})) == 1050
+    assert next_due(1000, set()) is None
 
 
 def test_pacer_keeps_frames_apart_in_virtual_time() -> None:
@@ -259,6 +260,16 @@ def test_plan_changed_plans_each_due_set_before_the_first_tick() -> None:
     reader.plan_changed(variables)
     # Due every 100 ms: holding:0 and coil:4; every 1000 ms all three.
     assert reader.stats()["plans"] == 2
+
+
+def test_pre_planning_walks_a_bounded_number_of_due_instants() -> None:
+    # 999 and 1000 ms: a hyperperiod of 999 s with ~2,000 due instants. The first 512 of them
+    # (compile.due_patterns) already hold all three patterns: both, 999 alone, 1000 alone.
+    reader = ModbusDataReader("m", host="127.0.0.1", port=502)
+    reader.plan_changed(
+        [VariableSpec(1, 1, "holding:0", "int", "m", 999), VariableSpec(2, 1, "holding:1", "int", "m", 1000)]
+    )
+    assert reader.stats()["plans"] == 3
 
 
 def test_line_estimates_of_a_compiled_plan_find_each_lines_busiest_tick() -> None:

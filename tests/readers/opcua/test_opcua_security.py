@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from opcua_helpers import read, specs, wait_for
 
+from flowcollect import secret_from_env
 from flowcollect.errors import ConfigError
 from flowcollect.readers import OpcUaDataReader
 from flowcollect.readers.opcua._security import ensure_client_certificate
@@ -69,6 +70,21 @@ def test_each_policy_and_mode_reads(
     secured: OpcUaSimulator, client_files: tuple[Path, Path], policy: str, mode: str
 ) -> None:
     reader = make(secured, *client_files, security_policy=policy, security_mode=mode)
+    reader.open()
+    try:
+        assert reader.wait_connected(20), reader.connection_error
+        batch = read(reader, specs([secured.node_id("Types/Double")]))
+        assert (batch.values, batch.errors) == ([2.25], [None])
+    finally:
+        reader.close()
+
+
+def test_the_password_may_be_a_secret_from_the_environment(
+    secured: OpcUaSimulator, client_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPCUA_TEST_PASSWORD", PASSWORD)
+    reader = make(secured, *client_files, password=secret_from_env("OPCUA_TEST_PASSWORD"))
+    assert PASSWORD not in repr(reader)
     reader.open()
     try:
         assert reader.wait_connected(20), reader.connection_error

@@ -1,7 +1,9 @@
-"""Time on the collector's clock: epoch milliseconds <-> aware UTC datetimes.
+"""Instants on the collector's clock: epoch milliseconds <-> aware UTC datetimes.
 
-Every time-based piece takes its Rx scheduler from the caller: an ``EventLoopScheduler`` (one
-thread per lane) in production, a virtual scheduler in tests.
+Every time-based piece takes its Rx scheduler from the caller: a ``LaneScheduler`` (one thread
+per lane, waiting on the monotonic clock for wall-clock instants) in production, a
+``VirtualScheduler`` in tests (both ``flowcollect.runtime``; the clock itself is
+``flowcollect.runtime.Clock``).
 """
 
 from __future__ import annotations
