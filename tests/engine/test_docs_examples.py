@@ -131,6 +131,15 @@ def key(where: str, code: str) -> tuple[str, str]:
 # an example file shown verbatim and run by its own test above. Keyed by page and first line,
 # so a new block on any page is run unless it is added here with its reason.
 FRAGMENTS = {
+    ("docs/opcua.md", "from flowcollect.readers.opcua import discover"): (
+        "needs an OPC UA server at the address shown (tests/readers/opcua/test_browse.py runs discover)"
+    ),
+    ("docs/tags.md", "from flowcollect.tags import DeviceProfile, read_csv"): (
+        "reads the tag lists the page describes (tests/tags/ reads such files)"
+    ),
+    ("docs/tags.md", "from flowcollect import DataCollectionContext, Pipeline"): (
+        "reads pump.csv and needs the eight pumps at the addresses shown (tests/tags/test_profiles.py)"
+    ),
     ("docs/metrics.md", "stats = collector.stats()"): "uses a collector built elsewhere",
     ("docs/metrics.md", "from flowcollect.metrics import serve_metrics, registry_for"): (
         "`readers`, `writers` and `...` stand for the reader's own"
