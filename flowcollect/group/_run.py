@@ -71,7 +71,7 @@ class GroupMembership:
     def attach(self, pipeline: Pipeline) -> Pipeline:
         """A copy of ``pipeline`` that reads nothing until this membership assigns lanes, its
         writers' ``{member}`` paths (CSV files, spool folders) naming this member."""
-        from flowcollect.pipeline._member import for_member
+        from flowcollect.pipeline import for_member
 
         pipeline, changed = for_member(pipeline, self.member_id)
         for template, path in changed:

@@ -1,9 +1,10 @@
 """A lane: one thread and one clock serving the readers that share a resource.
 
 Everything a lane owns (its schedule, its tick, its readers' calls, the reuse of per-value
-objects) is touched only on its scheduler's thread; other threads hand it work with
-``scheduler.schedule``. What it reads goes out on its own ``Subject``: a slow or blocked lane
-takes no lock another lane needs.
+objects) is touched only on its scheduler's thread ("the lane's thread"; in virtual time, the
+thread that advances the clock); other threads hand it work with ``post``. What it reads goes out
+on its own ``Subject``: a slow or blocked lane takes no lock another lane needs. The few fields
+other threads write are named beside them in ``Lane.__init__``, with who writes them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from flowcollect._instants import instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
-from flowcollect.runtime._push import PushStore
+from flowcollect.runtime._push import NO_VALUE_YET, PushStore
 from flowcollect.runtime._steps import LaneRead
 from flowcollect.stats import ReaderCounters
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
@@ -70,7 +71,13 @@ class Lane:
         errors: RateLimitedLog,
         on_missed: Callable[[LaneSchedule, list[int]], None],
         on_clock_step: Callable[[], None] = lambda: None,
+        on_device: Callable[[str, str | None], None] | None = None,
     ) -> None:
+        # Fixed at construction: key, readers, order, scheduler, counters (each ReaderCounters
+        # is bumped only here), subject (on_next only on the lane's thread; the collector
+        # subscribes and disposes branches from others, under the Subject's own lock), _errors,
+        # _on_missed, _on_clock_step, _on_device, _monotonic_ms, _batchy, _stores (the dict; each
+        # PushStore has its own lock, for the pushing reader's threads).
         self.key = key
         self.readers = {r.type: r for r in readers}
         self.order = tuple(r.type for r in readers)
@@ -78,19 +85,26 @@ class Lane:
         self.counters = counters
         self.subject: Subject[LaneRead] = Subject()
         self.planned: LaneSchedule | None = None
-        """The schedule the collector wants (set under its lock; what ``schedules()`` shows)."""
+        """The schedule the collector wants: written under the collector's lock (``plan``), read
+        whole on the lane's thread and by ``schedules()``/``stats()``."""
         self.assigned = True
+        """Written under the collector's lock (``assign``), read on the lane's thread."""
         self.touched = False
-        """Some context ever wanted this lane: its readers are closed at close."""
+        """Some context ever wanted this lane: its readers are closed at close. Set under the
+        collector's lock (only ever to True)."""
         self.used = False
-        """Work was ever handed to the scheduler (its thread exists)."""
-        self.clock_steps = 0
+        """Work was ever handed to the scheduler (its thread exists). Set by ``post`` on any
+        thread, only ever to True."""
+        self.clock_steps = 0  # the lane's thread
         self._errors = errors
         self._on_missed = on_missed
         self._on_clock_step = on_clock_step
+        self._on_device = on_device
         # A scheduler that waits on the monotonic clock (LaneScheduler, VirtualScheduler) lets
         # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
         self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
+        # The lane's thread only, from here to _last_fired, except _routes: replaced whole there
+        # and read (one attribute read) by a pushing reader's emit on the reader's own threads.
         self._active: LaneSchedule | None = None
         self._ready: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
@@ -103,9 +117,13 @@ class Lane:
         self._pending_due: int | None = None
         self._anchor: float | None = None
         self._last_fired = -1
+        self._down: dict[str, bool] = {}  # reader -> its last read gave no value: the lane's thread
+        # Only ever set to True: by close_readers (on the lane's thread, or on close()'s when
+        # the lane never had one) or by abandon (close()'s thread, past its deadline, the lane
+        # stuck in a read); read on the lane's thread and by `stopped`.
         self._closed = False
-        self._assignments = 0  # assign() calls that changed the assignment
-        self._applied = 0  # the last of them the lane's thread has applied
+        self._assignments = 0  # assign() calls that changed the assignment: under the collector's lock
+        self._applied = 0  # the last of them the lane's thread has applied: the lane's thread
 
     # -- from other threads ------------------------------------------------------------------
 
@@ -283,9 +301,18 @@ class Lane:
     def closing(self) -> bool:
         return self._closed
 
-    def abandon(self) -> None:
-        """The close deadline passed with this lane still busy: it reads nothing more."""
+    def abandon(self, log: Callable[[str, str, Exception], None]) -> None:
+        """The close deadline passed with this lane still busy: it reads nothing more, and every
+        reader it touched releases its device connection now (``DataReader.abort``, on the
+        caller's thread: the lane's is stuck in a read)."""
         self._closed = True
+        if not self.touched:
+            return
+        for rtype, reader in self.readers.items():
+            try:
+                reader.abort()
+            except Exception as exc:
+                log(rtype, "abort", exc)
 
     def close_readers(self, log: Callable[[str, str, Exception], None]) -> None:
         """Stop ticking and close every reader this lane touched (on the lane's thread when it
@@ -413,6 +440,8 @@ class Lane:
             values, errors, source, quality, beside = self._read(reader, rp, t_ms)
             counters.read_ms.append(now_ms(self.scheduler) - started)
             counters.ticks += 1
+            if self._on_device is not None:
+                self._device(rp.reader, errors)
             counters.values += len(values)
             counters.errors += len(errors) - errors.count(None)
             reads.append((rp, values, errors, source, quality, beside))
@@ -447,6 +476,19 @@ class Lane:
         self.subject.on_next(
             LaneRead(t_ms, "", values, errors, source, quality, phase.by_context, False, beside)
         )
+
+    def _device(self, reader: str, errors: list[str | None]) -> None:
+        """Tell ``on_device`` when a reader's reads went from some value to none, or back (or at
+        its first read): a device down is one whose every value of a read failed."""
+        if not errors or self._on_device is None:
+            return
+        down = errors.count(None) == 0
+        if self._down.get(reader) is down:
+            return
+        if down and errors[0] == NO_VALUE_YET:
+            return  # a pushing reader not heard from yet: nothing is known about its device
+        self._down[reader] = down
+        self._on_device(reader, errors[0] if down else None)
 
     def _read(self, reader: DataReader, rp: ReaderPhase, t_ms: int) -> _Columns:
         rtype = rp.reader

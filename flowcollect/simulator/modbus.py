@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -49,7 +50,7 @@ from typing import Any, Final
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
+from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer, ModbusTlsServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from flowcollect.simulator._loop import run_bounded
@@ -334,13 +335,22 @@ class Simulator:
     real PLC's scan does (loopback answers in a fraction of a millisecond).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, response_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        response_delay_s: float = 0.0,
+        *,
+        sslctx: ssl.SSLContext | None = None,
+    ) -> None:
         if not 0 <= response_delay_s <= 10:
             raise ValueError(f"Simulator response_delay_s: must be 0..10 seconds, got {response_delay_s!r}")
         self.host = host
         self.port = port
         self.response_delay_s = response_delay_s
         """How long each answered read waits before its answer, like a real device's scan."""
+        self.sslctx = sslctx
+        """A server context: the device speaks Modbus/TCP Security (TLS) with it."""
         self._started_at = time.monotonic()
         self._lock = threading.Lock()
         self._requests = 0
@@ -481,6 +491,14 @@ class Simulator:
         return f"{self.host}:{self.port}"
 
     def _make_server(self) -> ModbusBaseServer:
+        if self.sslctx is not None:
+            return ModbusTlsServer(
+                self._device(0),
+                address=(self.host, self.port),
+                sslctx=self.sslctx,
+                trace_pdu=self._trace_pdu,
+                trace_connect=self._trace_connect,
+            )
         return ModbusTcpServer(
             self._device(0),
             address=(self.host, self.port),

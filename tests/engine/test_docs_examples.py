@@ -147,6 +147,10 @@ FRAGMENTS = {
     ("docs/modbus.md", "from flowcollect.simulator import Simulator"): (
         "`ModbusDataReader` is imported in the block above, and `...` stands for the reader's code"
     ),
+    ("docs/modbus.md", "plc = ModbusDataReader("): (
+        "the certificate files are the plant's own (a missing one is a ConfigError); "
+        "tests/readers/modbus/test_modbus_tls.py reads with these settings from a TLS simulator"
+    ),
     ("docs/scaling.md", "from flowcollect.group import GroupOptions, run_in_group"): (
         "`pipeline` is one loaded elsewhere, and it needs an etcd cluster at the address shown"
     ),
@@ -275,6 +279,14 @@ def check_runs(where: str, code: str, cwd: Path, result: subprocess.CompletedPro
     assert result.stdout == ""
 
 
+def check_listeners(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
+    """Prints what the page says it prints (the ```text block after it)."""
+    page = (DOCS / "listeners.md").read_text(encoding="utf-8")
+    printed = re.search(r"It prints.*?\n```text\n(.*?)```", page, flags=re.DOTALL)
+    assert printed is not None
+    assert result.stdout == printed.group(1), result.stdout
+
+
 CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProcess[str]], None]] = {
     ("README.md", "from flowcollect import DataCollectionContext, Pipeline, Variable"): check_readme,
     ("docs/getting-started.md", "# pipelines/boiler.py"): check_first_pipeline,
@@ -291,6 +303,7 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
     ("docs/spool.md", "from flowcollect.writers import InfluxDBDataWriter, SpooledWriter"): check_runs,
     ("docs/opcua.md", "from flowcollect.readers import OpcUaDataReader"): check_runs,
     ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
+    ("docs/listeners.md", "from collections.abc import Sequence"): check_listeners,
     (
         "docs/spool.md",
         "from flowcollect.writers import CsvFileDataWriter, InfluxDBDataWriter, SpooledWriter, SpoolOptions",
