@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flowcollect._exit import exit_with
 from flowcollect.errors import ConfigError
 
 __all__ = ["browse_command"]
@@ -77,8 +78,7 @@ def browse_command(
     try:
         from flowcollect.readers.opcua import browse, browse_csv, browse_python, browse_tree
     except ImportError as exc:
-        sys.stderr.write(f"error: OPC UA is not available (pip install flowcollect[opcua]): {exc}\n")
-        raise typer.Exit(1) from None
+        exit_with(f"OPC UA is not available (pip install flowcollect[opcua]): {exc}")
     options: dict[str, Any] = {"timeout_s": timeout}
     for key, value in (
         ("security_policy", security_policy),
@@ -106,13 +106,9 @@ def browse_command(
             include_server=include_server, progress=progress, values=output is BrowseFormat.tree, **options,
         )  # fmt: skip
     except (ConfigError, ValueError) as exc:
-        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
-        for problem in problems:
-            sys.stderr.write(f"error: {problem}\n")
-        raise typer.Exit(1) from None
-    except Exception as exc:
-        sys.stderr.write(f"\nerror: browsing {url} failed: {type(exc).__name__}: {exc}\n")
-        raise typer.Exit(1) from None
+        exit_with(exc)
+    except Exception as exc:  # a network or server failure, said in one line
+        exit_with(f"browsing {url} failed: {type(exc).__name__}: {exc}")
     if output is BrowseFormat.csv:
         sys.stdout.write(browse_csv(nodes))
     elif output is BrowseFormat.python:

@@ -24,10 +24,12 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 __all__ = [
+    "DeadlineExpiredError",
     "DeadlineSSLSocket",
     "DeadlineSocket",
     "deadline",
     "deadline_socket",
+    "expired",
     "read_capped",
     "tls_context",
 ]

@@ -58,6 +58,12 @@ class Secret:
     def __reduce__(self) -> NoReturn:
         raise TypeError("a Secret is not pickled (it would be written out in clear)")
 
+    def __copy__(self) -> Secret:
+        return self  # immutable: copies (and deep copies of what holds one) share it
+
+    def __deepcopy__(self, memo: object) -> Secret:
+        return self
+
     def __bool__(self) -> bool:
         return bool(self.__value)
 

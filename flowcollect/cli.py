@@ -767,11 +767,35 @@ def simulate(
     rtu: Annotated[
         bool, typer.Option("--rtu", help="Units 1, 2, 3 speaking RTU over TCP (a gateway).")
     ] = False,
+    silent: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--silent",
+            metavar="UNIT",
+            help="With --serial/--rtu: this unit (1, 2 or 3) receives requests and never answers, "
+            "as a unit that is off (repeat for several). Units other than 1, 2, 3 never answer.",
+        ),
+    ] = None,
+    link: Annotated[
+        Path | None,
+        typer.Option(
+            "--link",
+            metavar="PATH",
+            help="With --serial: the pty also at PATH (a symbolic link, the same on every start).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the simulated Modbus TCP plant (a line of units with --serial or --rtu, the OPC UA
     plant with --opcua) until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
+    silent = silent or []
+    if silent and not (serial or rtu):
+        _fail(ConfigError("--silent: only a line of units (--serial or --rtu) has units to silence"), debug)
+    if any(unit not in (1, 2, 3) for unit in silent):
+        _fail(ConfigError(f"--silent: the line serves units 1, 2, 3, got {sorted(set(silent))}"), debug)
+    if link is not None and not serial:
+        _fail(ConfigError("--link PATH: only a serial line (--serial) has a pty to link"), debug)
     if opcua:
         _simulate_opcua(host, 4840 if port is None else port, debug)
         return
@@ -792,7 +816,9 @@ def simulate(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if serial or rtu:
-            simulator.serve_line(serial=serial, host=host, port=port)
+            simulator.serve_line(
+                serial=serial, host=host, port=port, silent=silent, link=None if link is None else str(link)
+            )
         else:
             simulator.serve(host=host, port=port)
     except KeyboardInterrupt:

@@ -6,6 +6,8 @@ shared resource, each with its own thread and clock).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import threading
@@ -16,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from reactivex import abc
+from reactivex.internal.exceptions import DisposedException
 
 from flowcollect._instants import instant, now_ms
 from flowcollect._logs import RateLimitedLog
@@ -45,6 +48,7 @@ from flowcollect.runtime import (
     Clock,
     Lane,
     LaneScheduler,
+    Window,
     for_context,
     gate,
     report_changes,
@@ -70,40 +74,84 @@ UNTIL_STOPPED = 2**62
 """The end instant of a context with ``duration_s=None``: later than any clock reaches."""
 
 
-class _Run:
-    """One started context: its compiled variables, its state and its branches on each lane."""
+class _Tally:
+    """One run's figures on one lane. Owned by that lane's thread, the only one that bumps them (a
+    counter many lanes bumped would lose increments); ``_Run.figures`` sums the lanes' tallies,
+    read racily as counters are."""
 
-    __slots__ = (
-        "changes",
-        "compiled",
-        "context",
-        "delivered",
-        "missed_instants",
-        "missed_values",
-        "since_ms",
-        "state",
-        "subscriptions",
-        "timer",
-        "until_ms",
-    )
+    __slots__ = ("delivered", "missed_instants", "missed_values", "step_error_values", "step_errors")
 
-    def __init__(self, compiled: CompiledContext, until_ms: int) -> None:
-        self.compiled = compiled
-        self.context = compiled.context
-        self.until_ms = until_ms
-        self.since_ms = 0  # the instant of the start, then of the last resume: only later ones count
-        self.state: State = "running"
+    def __init__(self) -> None:
         self.delivered = 0
         self.missed_instants = 0
         self.missed_values = 0
+        self.step_errors = 0
+        self.step_error_values = 0
+
+
+class _Run:
+    """One started context: its compiled variables, its state and its branches on each lane.
+
+    Who owns what: ``compiled``, ``context`` and ``tallies`` (the dict; each tally is its lane's)
+    are fixed at construction. ``state``, ``changes``, ``branches`` and ``timer`` are written
+    only under the collector's ``_lock`` (lanes read ``state`` through the gate, one attribute
+    read). ``window`` is replaced whole under the collector's ``_window_lock``, read by lanes
+    without a lock.
+    """
+
+    __slots__ = (
+        "branches",
+        "changes",
+        "compiled",
+        "context",
+        "state",
+        "tallies",
+        "timer",
+        "window",
+    )
+
+    def __init__(self, compiled: CompiledContext) -> None:
+        self.compiled = compiled
+        self.context = compiled.context
+        self.window = Window(0, 0)  # nothing until start sets it
+        self.state: State = "running"
+        self.tallies = {key: _Tally() for key in compiled.specs}
         self.changes = ChangeState()
-        self.subscriptions: list[abc.DisposableBase] = []
+        self.branches: dict[str, abc.DisposableBase] = {}  # lane key -> this context's branch on it
         self.timer: abc.DisposableBase | None = None
 
     def figures(self, state: str | None = None) -> ContextStats:
+        tallies = list(self.tallies.values())
         return ContextStats(
-            self.context.id, state or self.state, self.delivered, self.missed_instants, self.missed_values
+            self.context.id,
+            state or self.state,
+            sum(t.delivered for t in tallies),
+            sum(t.missed_instants for t in tallies),
+            sum(t.missed_values for t in tallies),
+            sum(t.step_errors for t in tallies),
+            sum(t.step_error_values for t in tallies),
         )
+
+
+class _Countdown:
+    """Calls ``then`` once, on the thread that counts the last of ``n`` (at once when ``n`` is 0).
+    ``_left`` is guarded by ``_lock``; ``then`` runs outside it."""
+
+    __slots__ = ("_left", "_lock", "_then")
+
+    def __init__(self, n: int, then: Callable[[], None]) -> None:
+        self._left = n
+        self._lock = threading.Lock()
+        self._then = then
+        if n == 0:
+            then()
+
+    def done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._then()
 
 
 def _thread_factory(
@@ -177,18 +225,34 @@ class DataCollector:
             problems.append(f"close_timeout_s must be a number of seconds >= 0, got {close_timeout_s}")
         if problems:
             raise ConfigError(problems)
+        # Who owns what. Fixed at construction (never rebound, their contents never change):
+        # policy, _log, _readers, _listeners, _close_timeout_s, _virtual, _timer, _counters (the
+        # dict; each ReaderCounters is its lane's), _lane_readers, _lanes, _lane_of, _sinks (each
+        # sink guards its own state). The rest says beside it.
         self.policy = IntervalLimitPolicy(interval_limit_policy)
         self._listeners = list(listeners)
         self._close_timeout_s = close_timeout_s
+        # Appended by a scheduler when it starts its thread (under that scheduler's lock, on
+        # whichever thread first schedules on it); close() iterates a copy. Append and copy are
+        # single C calls, so no lock of ours is needed.
         self._threads: list[threading.Thread] = []
+        # The lifecycle lock: start, stop, pause, resume, assign_lanes, the duration timer and
+        # close take it. It guards _closed, _closing, _runs, _assigned and every run's state,
+        # changes, branches and timer. Re-entrant: a listener may call back. The engine never
+        # takes it on a lane's thread (a lane must not wait for a start that waits for the lane).
         self._lock = threading.RLock()
-        self._closed = False
-        self._closing: threading.Thread | None = None
+        self._closed = False  # under _lock; read without it by `closed` (one attribute read)
+        self._closing: threading.Thread | None = None  # under _lock
         self._closed_event = threading.Event()
+        # Under _lock. Lanes read it without: _missed looks one id up, _stepped copies the values
+        # (each a single C call on a dict only ever changed under _lock).
         self._runs: dict[int, _Run] = {}
         # Stopped contexts for stats(): the run itself while a read in flight may still deliver to
-        # it, then only its figures, so a stopped plan's memory is not kept.
+        # it, then only its figures, so a stopped plan's memory is not kept. Guarded by
+        # _ended_lock: a stop adds to it (under _lock), the last lane to retire a run swaps it
+        # for its figures (on that lane's thread). Held only for the dict's operations.
         self._ended: dict[int, _Run | ContextStats] = {}
+        self._ended_lock = threading.Lock()
         self._virtual = scheduler is not None
         self._timer: abc.SchedulerBase = scheduler or LaneScheduler(
             _thread_factory(f"{THREAD_PREFIX}timer", self._threads), clock
@@ -207,13 +271,17 @@ class DataCollector:
                 lane_scheduler,
                 self._counters,
                 self._errors,
-                self._missed,
+                functools.partial(self._missed, key),
                 self._stepped,
+                self._device_changed if self._listeners else None,
             )
             for t in types:
                 self._lane_of[t] = key
-        self._assigned: frozenset[str] | None = None
-        self._step_lock = threading.Lock()
+        self._assigned: frozenset[str] | None = None  # under _lock
+        # Guards every run's window (start, resume and stop replace it under _lock; a lane that
+        # saw the wall clock step shifts them from its own thread) and _wall_offset. Held only
+        # for those assignments, never while calling out; taken after _lock, never before it.
+        self._window_lock = threading.Lock()
         self._wall_offset = self._offset()
         self._sinks = [
             WriterSink(w, self._log, limit=queue_limit, threaded=scheduler is None) for w in writers
@@ -246,7 +314,7 @@ class DataCollector:
                 self._log.warning("%s", warning)
             for listener in self._listeners:
                 listener.before_start(self, context)
-            run = _Run(compiled, until_ms=0)
+            run = _Run(compiled)
             self._runs[context.id] = run
             try:
                 schedules = self._plan(compiled.specs)
@@ -260,28 +328,54 @@ class DataCollector:
             self._await_lanes(schedules)
             now = self._now_ms()
             duration = context.duration_s
-            run.until_ms = UNTIL_STOPPED if duration is None else math.ceil(now + duration * 1000)
-            run.since_ms = math.floor(now)
-            context.start_date = instant(run.since_ms)
+            until = UNTIL_STOPPED if duration is None else math.ceil(now + duration * 1000)
+            with self._window_lock:
+                run.window = window = Window(math.floor(now), until)
+            context.start_date = instant(window.since_ms)
             context.end_date = None
-            self._ended.pop(context.id, None)
-            for key in compiled.specs:
-                run.subscriptions.append(self._branch(run, self._lanes[key]))
-            self._apply(schedules, run.since_ms)
+            with self._ended_lock:
+                self._ended.pop(context.id, None)
+            run.branches = {key: self._branch(run, self._lanes[key]) for key in compiled.specs}
+            self._apply(schedules, window.since_ms)
             if duration is not None:
-                run.timer = self._timer.schedule_absolute(
-                    instant(run.until_ms), lambda _s, _t: self._expire(run)
-                )
+                run.timer = self._timer.schedule_absolute(instant(until), lambda _s, _t: self._expire(run))
             self._notify("after_start", context)
         return context
 
     def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
-        cid = run.context.id
+        cid, key = run.context.id, lane.key
+        tally = run.tallies[key]  # bumped only on this lane's thread
+
+        def fault(step: str, values: int, exc: Exception) -> None:
+            # A step raised on one batch: that batch is lost, counted and logged; the branch
+            # (and so the context) goes on with the next one.
+            tally.step_errors += 1
+            tally.step_error_values += values
+            self._errors.error(
+                ("step", cid, step, type(exc)),
+                "context %s: %s failed on a batch of %d values from lane %s (lost; the context goes on): %r",
+                cid,
+                step,
+                values,
+                key,
+                exc,
+            )
+
+        def ended(exc: Exception) -> None:
+            # Never expected (every step contains its faults): say so rather than go quiet.
+            tally.step_errors += 1
+            self._log.error(
+                "context %s: its branch on lane %s ended: %r; it receives nothing more from it",
+                cid,
+                key,
+                exc,
+            )
+
         return lane.subject.pipe(
-            for_context(cid, lambda: run.since_ms, lambda: run.until_ms),
+            for_context(cid, lambda: run.window, fault),
             gate(lambda: run.state == "running"),
-            report_changes(run.changes),
-        ).subscribe(on_next=lambda batch: self._deliver(run, batch))
+            report_changes(run.changes, fault),
+        ).subscribe(on_next=lambda batch: self._deliver(tally, batch), on_error=ended)
 
     def stop(self, context_id: int) -> DataCollectionContext:
         """Stop a running or paused context; return it with ``end_date`` set."""
@@ -395,9 +489,10 @@ class DataCollector:
             lane.post(finish)
             finishing.append((lane, finished, scheduler))
         for lane, finished, scheduler in finishing:
-            # Past the deadline a lane still busy is abandoned: it reads nothing more.
+            # Past the deadline a lane still busy is abandoned: it reads nothing more, and its
+            # readers let go of their devices from here.
             if not finished.wait(max(0.0, readers_deadline - time.monotonic())):
-                lane.abandon()
+                lane.abandon(failed)
             scheduler.dispose()
         # One deadline for all of them: several stuck readers must not multiply the wait.
         for thread in list(self._threads):
@@ -472,9 +567,11 @@ class DataCollector:
     def stats(self) -> CollectorStats:
         """A snapshot of every counter: per reader, per writer, per context."""
         with self._lock:
+            with self._ended_lock:
+                ended_runs = list(self._ended.items())
             contexts = {
                 cid: ended if isinstance(ended, ContextStats) else ended.figures("stopped")
-                for cid, ended in self._ended.items()
+                for cid, ended in ended_runs
             }
             for cid, run in self._runs.items():
                 contexts[cid] = run.figures()
@@ -550,8 +647,8 @@ class DataCollector:
     def _replan(self, touched: Iterable[str]) -> None:
         self._apply(self._plan(touched), math.floor(self._now_ms()))
 
-    def _missed(self, schedule: LaneSchedule, instants: list[int]) -> None:
-        """On a lane's thread: due instants it could not serve (still busy), per context."""
+    def _missed(self, key: str, schedule: LaneSchedule, instants: list[int]) -> None:
+        """On lane ``key``'s thread: due instants it could not serve (still busy), per context."""
         runs = self._runs
         for t in instants:
             phase = schedule.phase_at(t)
@@ -561,12 +658,16 @@ class DataCollector:
             for rp in phase.readers:
                 for d in rp.deliveries:
                     run = runs.get(d.context_id)
-                    if run is None or run.state != "running" or not run.since_ms < t < run.until_ms:
+                    if run is None or run.state != "running":
                         continue
-                    run.missed_values += len(d.variables)
+                    window = run.window
+                    tally = run.tallies.get(key)
+                    if tally is None or not window.since_ms < t < window.until_ms:
+                        continue
+                    tally.missed_values += len(d.variables)
                     if d.context_id not in counted:
                         counted.add(d.context_id)
-                        run.missed_instants += 1
+                        tally.missed_instants += 1
 
     def _offset(self) -> float | None:
         monotonic: Callable[[], float] | None = getattr(self._timer, "monotonic_ms", None)
@@ -575,19 +676,19 @@ class DataCollector:
     def _stepped(self) -> None:
         """A lane saw the wall clock step: move every run's bounds by the step, once (the first
         lane to notice), so contexts keep their values on the new timeline."""
-        with self._step_lock:
+        with self._window_lock:
             offset, before = self._offset(), self._wall_offset
             if offset is None or before is None or abs(offset - before) <= STEP_MS:
                 return
             self._wall_offset = offset
             delta = round(offset - before)
             for run in list(self._runs.values()):
-                run.since_ms += delta
-                if run.until_ms != UNTIL_STOPPED:
-                    run.until_ms += delta
+                w = run.window
+                until = w.until_ms if w.until_ms == UNTIL_STOPPED else w.until_ms + delta
+                run.window = Window(w.since_ms + delta, until)
 
-    def _deliver(self, run: _Run, batch: ValueBatch) -> None:
-        run.delivered += len(batch)
+    def _deliver(self, tally: _Tally, batch: ValueBatch) -> None:
+        tally.delivered += len(batch)
         for sink in self._sinks:
             try:
                 sink.put(batch)
@@ -599,21 +700,34 @@ class DataCollector:
             self._ensure_open()
             run = self._run(context_id)
             if run.state != state:
+                change = "resume" if state == "running" else "pause"
+
+                def pending() -> bool:
+                    # A listener may have stopped the context, closed the collector or made
+                    # the change itself: the others then hear no half of a pair.
+                    return not self._closed and self._runs.get(context_id) is run and run.state != state
+
+                self._notify(f"before_{change}", run.context, pending)
+                if not pending():
+                    return run.context
                 if state == "running":
                     # A late tick of an instant at or before the resume is not the context's.
-                    run.since_ms = math.floor(self._now_ms())
+                    since = math.floor(self._now_ms())
+                    with self._window_lock:
+                        run.window = Window(since, run.window.until_ms)
                     run.changes = ChangeState()
                     self._resubscribe(run)
                 run.state = state
                 self._replan(run.compiled.specs)
+                self._notify(f"after_{change}", run.context)
             return run.context
 
     def _resubscribe(self, run: _Run) -> None:
         # A fresh change state means fresh branches: report_changes holds its state object.
-        old = run.subscriptions
-        run.subscriptions = [self._branch(run, self._lanes[key]) for key in run.compiled.specs]
-        for sub in old:
-            sub.dispose()
+        old = run.branches
+        run.branches = {key: self._branch(run, self._lanes[key]) for key in run.compiled.specs}
+        for branch in old.values():
+            branch.dispose()
 
     def _stop(self, run: _Run) -> DataCollectionContext:
         context = run.context
@@ -621,46 +735,45 @@ class DataCollector:
         if run.timer is not None:
             run.timer.dispose()
         del self._runs[context.id]
-        self._ended[context.id] = run
-        while len(self._ended) > MAX_ENDED:  # contexts with ever new ids must not grow memory
-            del self._ended[next(iter(self._ended))]
+        with self._ended_lock:
+            self._ended[context.id] = run
+            while len(self._ended) > MAX_ENDED:  # contexts with ever new ids must not grow memory
+                del self._ended[next(iter(self._ended))]
         # run.state stays as it was: the gate of a paused run stays closed after the stop (a
         # late tick under a new run of the same id must not reach it); a running one's stays
         # open for the read in flight.
         self._replan(run.compiled.specs)
         now = math.floor(self._now_ms())
-        context.end_date = instant(min(now, run.until_ms))
         # No instant after this one; a read in flight is of an instant inside the run, so its
         # values are still delivered, and the branch goes once each lane has finished it.
-        run.until_ms = min(run.until_ms, now + 1)
+        with self._window_lock:
+            w = run.window
+            run.window = Window(w.since_ms, min(w.until_ms, now + 1))
+        context.end_date = instant(min(now, w.until_ms))
         self._retire(run)
         self._notify("after_stop", context)
         return context
 
     def _retire(self, run: _Run) -> None:
-        """Dispose a stopped run's branches on each of its lanes' threads, after the read in flight."""
-        lanes = [self._lanes[key] for key in run.compiled.specs]
-        left = [len(lanes)]
-        lock = threading.Lock()
+        """Each lane of a stopped run disposes its branch on its own thread, after the read in
+        flight; the last of them swaps the run in ``_ended`` for its figures (final by then)."""
+        cid = run.context.id
 
         def finish() -> None:
-            for sub in run.subscriptions:
-                sub.dispose()
-            cid = run.context.id
-            if self._ended.get(cid) is run:  # a plain swap of one key's value: no lock needed
-                self._ended[cid] = run.figures("stopped")
+            with self._ended_lock:
+                if self._ended.get(cid) is run:  # not evicted, nor replaced by a later run's
+                    self._ended[cid] = run.figures("stopped")
 
-        def done() -> None:
-            with lock:
-                left[0] -= 1
-                if left[0]:
-                    return
-            finish()
+        # Fixed since the stop: only a resume, of a run still started, replaces them.
+        branches = run.branches
+        retired = _Countdown(len(branches), finish)
+        for key, branch in branches.items():
 
-        if not lanes:
-            finish()
-        for lane in lanes:
-            lane.post(done)
+            def dispose(branch: abc.DisposableBase = branch) -> None:
+                branch.dispose()
+                retired.done()
+
+            self._lanes[key].post(dispose)
 
     def _expire(self, run: _Run) -> None:
         with self._lock:
@@ -669,9 +782,34 @@ class DataCollector:
             self._log.info("context %s reached its duration of %s s", run.context.id, run.context.duration_s)
             self._stop(run)
 
-    def _notify(self, event: str, context: DataCollectionContext | None = None) -> None:
+    def _device_changed(self, reader: str, error: str | None) -> None:
+        """On a lane's thread: ``reader``'s reads went from some value to none (``error`` set) or
+        back. The listeners hear it on the timer thread: a listener never runs on a lane."""
+        event = "device_up" if error is None else "device_down"
+        args: tuple[Any, ...] = (self, reader) if error is None else (self, reader, error)
+
+        def tell(_scheduler: abc.SchedulerBase, _state: Any) -> None:
+            for listener in self._listeners:
+                try:
+                    getattr(listener, event)(*args)
+                except Exception:
+                    self._log.exception("listener %r failed in %s", listener, event)
+
+        with contextlib.suppress(DisposedException):  # closed: nobody to tell any more
+            self._timer.schedule(tell)
+
+    def _notify(
+        self,
+        event: str,
+        context: DataCollectionContext | None = None,
+        still: Callable[[], bool] | None = None,
+    ) -> None:
+        """Tell every listener, in order (each exception logged); with ``still``, only while it
+        holds."""
         args: tuple[Any, ...] = (self,) if context is None else (self, context)
         for listener in self._listeners:
+            if still is not None and not still():
+                return
             try:
                 getattr(listener, event)(*args)
             except Exception:

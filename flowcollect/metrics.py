@@ -205,12 +205,18 @@ def _context_metrics(stats: CollectorStats) -> Iterator[Metric]:
         "Due instants of the context its readers could not serve (a read still running)",
         labels=["context"],
     )
+    step_errors = CounterMetricFamily(
+        "flowcollect_context_step_errors",
+        "Batches of the context lost to an exception inside a step of its branch (logged)",
+        labels=["context"],
+    )
     for cid, c in stats.contexts.items():
         delivered.add_metric([str(cid)], c.delivered)
         missed.add_metric([str(cid)], c.missed_instants)
+        step_errors.add_metric([str(cid)], c.step_errors)
         for name in STATES:
             state.add_metric([str(cid), name], 1.0 if c.state == name else 0.0)
-    yield from (delivered, state, missed)
+    yield from (delivered, state, missed, step_errors)
 
 
 def registry_for(source: StatsSource, process: bool = True) -> CollectorRegistry:

@@ -96,8 +96,14 @@ class ContextStats:
     """Due instants of this context its lanes could not serve (a read still running when they
     came): skipped and counted, never piled up."""
     missed_values: int = 0
-    """The values those instants would have carried: values expected = delivered + missed (for
-    ``report="every"`` variables of assigned lanes)."""
+    """The values those instants would have carried: values expected = delivered + missed +
+    step_error_values (for ``report="every"`` variables of assigned lanes)."""
+    step_errors: int = 0
+    """Batches of this context lost to an exception inside a step of its branch (``for_context``
+    scaling a value that is no number, ``report_changes`` comparing one that refuses to be
+    compared): each is logged, and the context goes on with the next batch."""
+    step_error_values: int = 0
+    """The values those batches held."""
 
 
 @dataclass(frozen=True, slots=True)

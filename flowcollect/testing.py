@@ -228,10 +228,12 @@ class StuckDataWriter(DataWriter):
 
 
 class RecordingListener(DataCollectionListener):
-    """Records every lifecycle event as ``(event, context id or None)``."""
+    """Records every lifecycle event as ``(event, context id or None)`` in ``events``, and every
+    device event as ``(event, reader type)`` in ``devices``."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, int | None]] = []
+        self.devices: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     def _record(self, event: str, context: DataCollectionContext | None = None) -> None:
@@ -244,6 +246,18 @@ class RecordingListener(DataCollectionListener):
     def after_start(self, collector: DataCollector, context: DataCollectionContext) -> None:
         self._record("after_start", context)
 
+    def before_pause(self, collector: DataCollector, context: DataCollectionContext) -> None:
+        self._record("before_pause", context)
+
+    def after_pause(self, collector: DataCollector, context: DataCollectionContext) -> None:
+        self._record("after_pause", context)
+
+    def before_resume(self, collector: DataCollector, context: DataCollectionContext) -> None:
+        self._record("before_resume", context)
+
+    def after_resume(self, collector: DataCollector, context: DataCollectionContext) -> None:
+        self._record("after_resume", context)
+
     def before_stop(self, collector: DataCollector, context: DataCollectionContext) -> None:
         self._record("before_stop", context)
 
@@ -255,6 +269,14 @@ class RecordingListener(DataCollectionListener):
 
     def after_close(self, collector: DataCollector) -> None:
         self._record("after_close")
+
+    def device_down(self, collector: DataCollector, reader: str, error: str) -> None:
+        with self._lock:
+            self.devices.append(("device_down", reader))
+
+    def device_up(self, collector: DataCollector, reader: str) -> None:
+        with self._lock:
+            self.devices.append(("device_up", reader))
 
 
 class VirtualClock:

@@ -243,7 +243,7 @@ class Store:
                         f"etcd {client.host}:{client.port} {path}: unexpected answer {result!r}"
                     )
                 return result
-        raise EtcdUnavailable(f"etcd {path}: " + "; ".join(failures))
+        raise EtcdUnavailable(f"etcd {path}: " + "; ".join(failures) + _hint(failures, self.access))
 
     def _authenticate_locked(self, client: Any) -> None:
         """With a username: a token for ``client`` (etcd's ``auth/authenticate``), once."""
@@ -277,6 +277,20 @@ class Store:
         if token:
             session.headers["Authorization"] = token
         return Watch(client.get_url("watch"), prefix, on_event, self.request_timeout_s, session)
+
+
+def _hint(failures: Sequence[str], access: EtcdAccess) -> str:
+    """What to set when etcd refused the credentials or the TLS settings (else nothing)."""
+    text = " ".join(failures)
+    if "user name is empty" in text:
+        return " (etcd's auth is on: set FLOWCOLLECT_ETCD_USER and FLOWCOLLECT_ETCD_PASSWORD, or EtcdAccess)"
+    if "authentication failed" in text:
+        return f" (etcd refused the password of user {access.username!r})"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return " (etcd's certificate: set FLOWCOLLECT_ETCD_CA to the CA that signed it)"
+    if "certificate required" in text.lower() or "bad certificate" in text.lower():
+        return " (etcd wants a client certificate: FLOWCOLLECT_ETCD_CERT and FLOWCOLLECT_ETCD_KEY)"
+    return ""
 
 
 def _describe(exc: BaseException) -> str:

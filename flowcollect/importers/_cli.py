@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from flowcollect._exit import exit_with
 from flowcollect.errors import ConfigError
 from flowcollect.importers._telegraf import import_telegraf
 
@@ -34,9 +35,7 @@ def telegraf(
     try:
         result = import_telegraf(config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"error: {problem}\n")
-        raise typer.Exit(1) from None
+        exit_with(exc)
     if output is None:
         sys.stdout.write(result.source)
     else:

@@ -136,13 +136,12 @@ def translate_modbus(
             own["type"] = kind
         return {**base_tags, **own, **extra, **plugin_tags}
 
+    scope = _Scope(interval_ms, reader_for, tags_for, measurement_of, note)
     variables: list[ImportedVariable] = []
     if style == "register":
         unit = int(options.take("slave_id", 0))
         entries = {key: options.take(key) or [] for key in _REGISTER_STYLE}
-        variables += _register_style(
-            where, entries, unit, interval_ms, reader_for, tags_for, measurement_of, note
-        )
+        variables += _register_style(where, entries, unit, scope)
         for key in ("request", "metric"):
             if options.has(key):
                 options.take(key)
@@ -150,9 +149,7 @@ def translate_modbus(
     elif style == "request":
         options.take("slave_id")
         for r, request in enumerate(options.take("request") or []):
-            variables += _request(
-                f"{where} request[{r}]", request, interval_ms, reader_for, tags_for, measurement_of, note
-            )
+            variables += _request(f"{where} request[{r}]", request, scope)
     else:
         note(f"{where} configuration_type", f"{style!r} is not carried over (only 'register' and 'request')")
         for key in options.left():
@@ -178,27 +175,31 @@ _REGISTER_STYLE: Final = {
 }
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """What every field of one input shares: its interval, its readers, tags and measurement."""
+
+    interval_ms: int
+    reader_for: Callable[[int], str]
+    tags_for: Callable[[str, int, Mapping[str, object]], dict[str, object]]
+    measurement_of: Callable[[str], str]
+    note: Callable[[str, str], None]
+
+
 def _register_style(
-    where: str,
-    entries: Mapping[str, list[Mapping[str, Any]]],
-    unit: int,
-    interval_ms: int,
-    reader_for: Callable[[int], str],
-    tags_for: Callable[[str, int, Mapping[str, object]], dict[str, object]],
-    measurement_of: Callable[[str], str],
-    note: Callable[[str, str], None],
+    where: str, entries: Mapping[str, list[Mapping[str, Any]]], unit: int, scope: _Scope
 ) -> list[ImportedVariable]:
     out = []
     for key, table in _REGISTER_STYLE.items():
         for i, entry in enumerate(entries[key]):
-            variable = _register_field(f"{where} {key}[{i}]", table, entry, note)
+            variable = _register_field(f"{where} {key}[{i}]", table, entry, scope.note)
             if variable is None:
                 continue
             kind = _BITS.get(table) or _REGISTERS[table]
-            variable.reader = reader_for(unit)
-            variable.interval_ms = interval_ms
-            measurement = measurement_of(str(entry.get("measurement") or "modbus"))
-            variable.tags = {**tags_for(kind, unit, {}), "measurement": measurement}
+            variable.reader = scope.reader_for(unit)
+            variable.interval_ms = scope.interval_ms
+            measurement = scope.measurement_of(str(entry.get("measurement") or "modbus"))
+            variable.tags = {**scope.tags_for(kind, unit, {}), "measurement": measurement}
             out.append(variable)
     return out
 
@@ -314,15 +315,8 @@ def _register_type(data_type: str, words: int) -> tuple[str | None, str]:
     raise _LeftOutError(f"data_type {data_type!r} is not carried over")
 
 
-def _request(
-    where: str,
-    request: Mapping[str, Any],
-    interval_ms: int,
-    reader_for: Callable[[int], str],
-    tags_for: Callable[[str, int, Mapping[str, object]], dict[str, object]],
-    measurement_of: Callable[[str], str],
-    note: Callable[[str, str], None],
-) -> list[ImportedVariable]:
+def _request(where: str, request: Mapping[str, Any], scope: _Scope) -> list[ImportedVariable]:
+    note = scope.note
     options = Options(where, request)
     unit = int(options.take("slave_id", 0))
     order = _ORDERS.get(str(options.take("byte_order", "ABCD")).upper())
@@ -369,11 +363,10 @@ def _request(
             except _LeftOutError as exc:
                 note(spot, f"{exc}; left out")
                 continue
-        tags = {
-            **tags_for(kind, unit, extra),
-            "measurement": measurement_of(str(entry.get("measurement") or measurement)),
-        }
-        out.append(ImportedVariable(reader_for(unit), text, str(name), value_type, tags, interval_ms, factor))
+        own_measurement = scope.measurement_of(str(entry.get("measurement") or measurement))
+        tags = {**scope.tags_for(kind, unit, extra), "measurement": own_measurement}
+        reader = scope.reader_for(unit)
+        out.append(ImportedVariable(reader, text, str(name), value_type, tags, scope.interval_ms, factor))
     return out
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from flowcollect.collector import DataCollector
 from flowcollect.compile import CompiledContext, compile_context, compile_plan
@@ -41,6 +42,12 @@ class Pipeline(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+
+    # Where load_pipeline found the file: its folder as the caller named it, and resolved. A run
+    # summary names a file writer's file as the user finds it from where they started (the CLI
+    # works in the file's folder): ``pipelines/out/demo.csv``, not ``out/demo.csv``.
+    _folder_given: Path | None = PrivateAttr(default=None)
+    _folder_resolved: Path | None = PrivateAttr(default=None)
 
     name: str = Field(min_length=1)
     description: str = ""

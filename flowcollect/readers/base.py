@@ -164,6 +164,16 @@ class DataReader(ABC):
     def close(self) -> None:
         """Release resources; called once when the collector closes."""
 
+    def abort(self) -> None:
+        """Release the device connection now, from another thread, under a read still running.
+
+        Called when the collector's close deadline passed with this reader's lane still inside a
+        read (the lane is abandoned and ``close`` will not be called): a device that counts its
+        connections (a PLC with a few slots) must see this one closed. Must return promptly and
+        never wait for the read, which may then fail; nothing is read afterwards. Default:
+        nothing (the connection stays until the read returns or the process ends).
+        """
+
     def stats(self) -> Mapping[str, float]:
         """Counters of the reader's own (requests, reconnects...) for ``DataCollector.stats()``."""
         return {}

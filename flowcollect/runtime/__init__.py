@@ -1,13 +1,13 @@
 """The runtime: lanes (one thread and clock each), the named steps values pass through, and the
 latest-value store of pushing readers. For users: the clock a collector can be given
 (``DataCollector(clock=...)``) and the step names ``flowcollect plan`` draws; for the collector
-that builds the graph: the lane and the steps of a context's branch."""
+that builds the graph: the lane, the steps of a context's branch and its time ``Window``."""
 
 from __future__ import annotations
 
 from flowcollect.runtime._clock import Clock, LaneScheduler, SystemClock, VirtualScheduler
 from flowcollect.runtime._lane import STEP_MS, Lane
-from flowcollect.runtime._steps import STEPS, ChangeState, for_context, gate, report_changes
+from flowcollect.runtime._steps import STEPS, ChangeState, Window, for_context, gate, report_changes
 
 __all__ = [
     # Clocks (``DataCollector(clock=...)``, ``flowcollect.testing``)
@@ -15,11 +15,12 @@ __all__ = [
     "LaneScheduler",
     "SystemClock",
     "VirtualScheduler",
-    # The graph a collector builds: lanes, and the steps of a context's branch
+    # The graph a collector builds: lanes, the steps of a context's branch, its time window
     "STEPS",
     "STEP_MS",
     "ChangeState",
     "Lane",
+    "Window",
     "for_context",
     "gate",
     "report_changes",

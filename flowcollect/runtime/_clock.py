@@ -49,6 +49,9 @@ class SystemClock:
 
 
 class _Item:
+    """A scheduled action. ``cancelled`` is set by its disposable on any thread (only ever to
+    True) and read by the scheduler's thread before it runs the action."""
+
     __slots__ = ("action", "cancelled", "due", "state")
 
     def __init__(self, due: float, action: typing.ScheduledAction[Any], state: Any) -> None:
@@ -66,6 +69,7 @@ class _MonotonicQueue(PeriodicScheduler):
 
     def __init__(self) -> None:
         super().__init__()
+        # LaneScheduler: under its _cond; VirtualScheduler: the one thread that drives it.
         self._heap: list[tuple[float, int, _Item]] = []
         self._seq = itertools.count()
 
@@ -102,6 +106,7 @@ class LaneScheduler(_MonotonicQueue, abc.DisposableBase):
         super().__init__()
         self._clock = clock or SystemClock()
         self._factory = thread_factory
+        # _cond guards _heap, _thread and _disposed; the scheduler's thread waits on it.
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition(threading.Lock())
         self._disposed = False
@@ -173,6 +178,7 @@ class VirtualScheduler(_MonotonicQueue):
 
     def __init__(self, start: datetime = EPOCH) -> None:
         super().__init__()
+        # One thread drives virtual time (the test's): every field is that thread's.
         self._mono = 0.0
         self._offset = (start - EPOCH) / timedelta(milliseconds=1)
         self._running = False

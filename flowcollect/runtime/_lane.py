@@ -1,9 +1,10 @@
 """A lane: one thread and one clock serving the readers that share a resource.
 
 Everything a lane owns (its schedule, its tick, its readers' calls, the reuse of per-value
-objects) is touched only on its scheduler's thread; other threads hand it work with
-``scheduler.schedule``. What it reads goes out on its own ``Subject``: a slow or blocked lane
-takes no lock another lane needs.
+objects) is touched only on its scheduler's thread ("the lane's thread"; in virtual time, the
+thread that advances the clock); other threads hand it work with ``post``. What it reads goes out
+on its own ``Subject``: a slow or blocked lane takes no lock another lane needs. The few fields
+other threads write are named beside them in ``Lane.__init__``, with who writes them.
 """
 
 from __future__ import annotations
@@ -25,12 +26,18 @@ from flowcollect._instants import instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
-from flowcollect.runtime._push import PushStore
+from flowcollect.runtime._push import NO_VALUE_YET, PushStore
 from flowcollect.runtime._steps import LaneRead
 from flowcollect.stats import ReaderCounters
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 __all__ = ["STEP_MS", "Lane"]
+
+_Columns = tuple[
+    list[Any], list[str | None], list[int | None] | None, list[str | None] | None, list[int | None] | None
+]
+"""A reader's values at an instant: values, errors, source times (stamping), quality, and
+source times carried beside the values."""
 
 STEP_MS = 1000
 """A wall-clock jump larger than this between two ticks (beyond what the monotonic clock saw) is a
@@ -64,7 +71,13 @@ class Lane:
         errors: RateLimitedLog,
         on_missed: Callable[[LaneSchedule, list[int]], None],
         on_clock_step: Callable[[], None] = lambda: None,
+        on_device: Callable[[str, str | None], None] | None = None,
     ) -> None:
+        # Fixed at construction: key, readers, order, scheduler, counters (each ReaderCounters
+        # is bumped only here), subject (on_next only on the lane's thread; the collector
+        # subscribes and disposes branches from others, under the Subject's own lock), _errors,
+        # _on_missed, _on_clock_step, _on_device, _monotonic_ms, _batchy, _stores (the dict; each
+        # PushStore has its own lock, for the pushing reader's threads).
         self.key = key
         self.readers = {r.type: r for r in readers}
         self.order = tuple(r.type for r in readers)
@@ -72,19 +85,26 @@ class Lane:
         self.counters = counters
         self.subject: Subject[LaneRead] = Subject()
         self.planned: LaneSchedule | None = None
-        """The schedule the collector wants (set under its lock; what ``schedules()`` shows)."""
+        """The schedule the collector wants: written under the collector's lock (``plan``), read
+        whole on the lane's thread and by ``schedules()``/``stats()``."""
         self.assigned = True
+        """Written under the collector's lock (``assign``), read on the lane's thread."""
         self.touched = False
-        """Some context ever wanted this lane: its readers are closed at close."""
+        """Some context ever wanted this lane: its readers are closed at close. Set under the
+        collector's lock (only ever to True)."""
         self.used = False
-        """Work was ever handed to the scheduler (its thread exists)."""
-        self.clock_steps = 0
+        """Work was ever handed to the scheduler (its thread exists). Set by ``post`` on any
+        thread, only ever to True."""
+        self.clock_steps = 0  # the lane's thread
         self._errors = errors
         self._on_missed = on_missed
         self._on_clock_step = on_clock_step
+        self._on_device = on_device
         # A scheduler that waits on the monotonic clock (LaneScheduler, VirtualScheduler) lets
         # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
         self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
+        # The lane's thread only, from here to _last_fired, except _routes: replaced whole there
+        # and read (one attribute read) by a pushing reader's emit on the reader's own threads.
         self._active: LaneSchedule | None = None
         self._ready: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
@@ -97,9 +117,13 @@ class Lane:
         self._pending_due: int | None = None
         self._anchor: float | None = None
         self._last_fired = -1
+        self._down: dict[str, bool] = {}  # reader -> its last read gave no value: the lane's thread
+        # Only ever set to True: by close_readers (on the lane's thread, or on close()'s when
+        # the lane never had one) or by abandon (close()'s thread, past its deadline, the lane
+        # stuck in a read); read on the lane's thread and by `stopped`.
         self._closed = False
-        self._assignments = 0  # assign() calls that changed the assignment
-        self._applied = 0  # the last of them the lane's thread has applied
+        self._assignments = 0  # assign() calls that changed the assignment: under the collector's lock
+        self._applied = 0  # the last of them the lane's thread has applied: the lane's thread
 
     # -- from other threads ------------------------------------------------------------------
 
@@ -261,15 +285,34 @@ class Lane:
             by_context[cid] = Delivery(cid, variables, tuple(index), scaled, tuple(range(len(variables))))
         t = math.floor(now_ms(self.scheduler))
         self.subject.on_next(
-            LaneRead(t, rtype, batch.values, batch.errors, batch.source_ns, batch.quality, by_context, True)
+            LaneRead(
+                t,
+                rtype,
+                batch.values,
+                batch.errors,
+                batch.source_ns,
+                batch.quality,
+                by_context,
+                True,
+                batch.source_time_ns,
+            )
         )
 
     def closing(self) -> bool:
         return self._closed
 
-    def abandon(self) -> None:
-        """The close deadline passed with this lane still busy: it reads nothing more."""
+    def abandon(self, log: Callable[[str, str, Exception], None]) -> None:
+        """The close deadline passed with this lane still busy: it reads nothing more, and every
+        reader it touched releases its device connection now (``DataReader.abort``, on the
+        caller's thread: the lane's is stuck in a read)."""
         self._closed = True
+        if not self.touched:
+            return
+        for rtype, reader in self.readers.items():
+            try:
+                reader.abort()
+            except Exception as exc:
+                log(rtype, "abort", exc)
 
     def close_readers(self, log: Callable[[str, str, Exception], None]) -> None:
         """Stop ticking and close every reader this lane touched (on the lane's thread when it
@@ -394,19 +437,23 @@ class Lane:
             counters = self.counters[rp.reader]
             started = now_ms(self.scheduler)
             counters.lateness.append(started - t_ms)
-            values, errors, source, quality = self._read(reader, rp, t_ms)
+            values, errors, source, quality, beside = self._read(reader, rp, t_ms)
             counters.read_ms.append(now_ms(self.scheduler) - started)
             counters.ticks += 1
+            if self._on_device is not None:
+                self._device(rp.reader, errors)
             counters.values += len(values)
             counters.errors += len(errors) - errors.count(None)
-            reads.append((rp, values, errors, source, quality))
+            reads.append((rp, values, errors, source, quality, beside))
         if self._closed:
             # Abandoned at the close deadline while this read hung: the writers are closed
             # and the collector has returned, so its values reach no context.
             return
         if len(reads) == 1:
-            rp, values, errors, source, quality = reads[0]
-            self.subject.on_next(LaneRead(t_ms, rp.reader, values, errors, source, quality, rp.by_context))
+            rp, values, errors, source, quality, beside = reads[0]
+            self.subject.on_next(
+                LaneRead(t_ms, rp.reader, values, errors, source, quality, rp.by_context, False, beside)
+            )
             return
         # One batch per lane, instant and context: the readers' columns laid end to end.
         values = list(chain.from_iterable(r[1] for r in reads))
@@ -421,11 +468,29 @@ class Lane:
             quality = list(
                 chain.from_iterable(r[4] if r[4] is not None else [None] * len(r[1]) for r in reads)
             )
-        self.subject.on_next(LaneRead(t_ms, "", values, errors, source, quality, phase.by_context))
+        beside = None
+        if any(r[5] is not None for r in reads):
+            beside = list(
+                chain.from_iterable(r[5] if r[5] is not None else [None] * len(r[1]) for r in reads)
+            )
+        self.subject.on_next(
+            LaneRead(t_ms, "", values, errors, source, quality, phase.by_context, False, beside)
+        )
 
-    def _read(
-        self, reader: DataReader, rp: ReaderPhase, t_ms: int
-    ) -> tuple[list[Any], list[str | None], list[int | None] | None, list[str | None] | None]:
+    def _device(self, reader: str, errors: list[str | None]) -> None:
+        """Tell ``on_device`` when a reader's reads went from some value to none, or back (or at
+        its first read): a device down is one whose every value of a read failed."""
+        if not errors or self._on_device is None:
+            return
+        down = errors.count(None) == 0
+        if self._down.get(reader) is down:
+            return
+        if down and errors[0] == NO_VALUE_YET:
+            return  # a pushing reader not heard from yet: nothing is known about its device
+        self._down[reader] = down
+        self._on_device(reader, errors[0] if down else None)
+
+    def _read(self, reader: DataReader, rp: ReaderPhase, t_ms: int) -> _Columns:
         rtype = rp.reader
         store = self._stores.get(rtype)
         if store is not None:
@@ -434,7 +499,7 @@ class Lane:
             if self._batchy[rtype]:
                 batch = ValueBatch(t_ms, rp.reads, reader=rtype)
                 reader.read_batch(batch)
-                return batch.values, batch.errors, batch.source_ns, batch.quality
+                return batch.values, batch.errors, batch.source_ns, batch.quality, batch.source_time_ns
             return self._read_each(reader, rp, t_ms)
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
@@ -442,7 +507,7 @@ class Lane:
                 (rtype, text), "reader %r failed at %s: %s", rtype, instant(t_ms).isoformat(), text
             )
             n = rp.size
-            return [None] * n, [text] * n, None, None
+            return [None] * n, [text] * n, None, None, None
 
     @staticmethod
     def _objects(rp: ReaderPhase, when: datetime) -> list[CollectedVariable]:
@@ -452,9 +517,7 @@ class Lane:
             for s in rp.reads
         ]
 
-    def _read_each(
-        self, reader: DataReader, rp: ReaderPhase, t_ms: int
-    ) -> tuple[list[Any], list[str | None], list[int | None] | None, list[str | None] | None]:
+    def _read_each(self, reader: DataReader, rp: ReaderPhase, t_ms: int) -> _Columns:
         # The phase's objects are kept and reset from tick to tick: a per-value reader costs no
         # allocation per value (the garbage collector's walk over them was most of the p99).
         kept = self._reuse.get(id(rp))
@@ -473,6 +536,7 @@ class Lane:
                 v.error = None
                 v.time = when
                 v.quality = None
+                v.source_time = None
         reader.read(cvs)
         n = len(cvs)
         values = [v.value for v in cvs]
@@ -485,7 +549,10 @@ class Lane:
         quality: list[str | None] | None = [v.quality for v in cvs]
         if quality is not None and quality.count(None) == n:
             quality = None
-        return values, errors, source, quality
+        beside: list[int | None] | None = None
+        if any(v.source_time is not None for v in cvs):
+            beside = [None if v.source_time is None else _ns(v.source_time) for v in cvs]
+        return values, errors, source, quality, beside
 
 
 def _ns(when: datetime) -> int:

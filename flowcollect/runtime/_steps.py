@@ -26,19 +26,41 @@ from reactivex import operators as ops
 from flowcollect.compile import Delivery
 from flowcollect.values import ValueBatch
 
-__all__ = ["ChangeState", "LaneRead", "for_context", "gate", "report_changes"]
+__all__ = ["ChangeState", "Fault", "LaneRead", "Window", "for_context", "gate", "report_changes"]
 
 Operator = Callable[[Observable[Any]], Observable[Any]]
 Counted = tuple[ValueBatch, tuple[int, ...]]
 """A context's batch and the positions of its ``report="change"`` values."""
 
+Fault = Callable[[str, int, Exception], None]
+"""Told when a step raised on one batch: the step's name, how many values the batch held, the
+exception. The batch is lost; the branch goes on. A step never passes such an exception on as
+``on_error``: in Rx that ends the branch, and the context would silently receive nothing more."""
+
 STEPS = ("ticks", "read_due", "for_context", "gate", "report_changes", "sink")
 """The steps of the running graph, in order (what ``flowcollect plan`` draws)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The instants a context takes: strictly after ``since_ms`` (its start, then its last resume)
+    and strictly before ``until_ms`` (its end; a stop brings it forward).
+
+    Immutable: the collector replaces a run's window in one assignment (under its window lock),
+    and a lane reads it in one, so a lane never sees the start of one change and the end of
+    another.
+    """
+
+    since_ms: int
+    until_ms: int
+
+
 @dataclass(slots=True)
 class LaneRead:
-    """One reader's values at one instant (or one push), with who receives which of them."""
+    """One reader's values at one instant (or one push), with who receives which of them.
+
+    Built on the lane's thread for each read and never changed after: the branches read it on
+    that thread, and a batch that shares its columns shares them read-only."""
 
     t_ms: int
     reader: str
@@ -49,6 +71,8 @@ class LaneRead:
     by_context: Mapping[int, Delivery]
     pushed: bool = False
     """A push delivered as it came (only to ``report="change"`` variables), not a due instant."""
+    source_time_ns: list[int | None] | None = None
+    """The source's own times, carried beside the values (``ValueBatch.source_time_ns``)."""
 
 
 def _pick(column: list[Any] | None, index: tuple[int, ...] | None) -> list[Any] | None:
@@ -93,26 +117,35 @@ def batch_for(read: LaneRead, d: Delivery, context_id: int) -> ValueBatch:
         quality=_pick(read.quality, index),
         context_id=context_id,
         reader=d.reader or read.reader,
+        source_time_ns=_pick(read.source_time_ns, index),
     )
 
 
-def for_context(context_id: int, since_ms: Callable[[], int], until_ms: Callable[[], int]) -> Operator:
-    """This context's values from each lane read that has some, strictly after ``since_ms()``
-    (its start, then its last resume) and before ``until_ms()`` (its end; a stop brings it
-    forward), as one ``ValueBatch`` per read, with the positions of its ``report="change"``
-    variables (computed once, at compile time).
+def for_context(context_id: int, window: Callable[[], Window], on_fault: Fault) -> Operator:
+    """This context's values from each lane read that has some, at instants inside its current
+    ``window()`` (strictly after its start or last resume, before its end), as one ``ValueBatch``
+    per read, with the positions of its ``report="change"`` variables (computed once, at compile
+    time).
 
     The bounds matter when a tick is late: a tick due at or before the start (or resume) that
     fires after the context's plan was applied would otherwise carry its variables; and a
     stopped run's branch, kept for its reads in flight, must not take a new run's instants.
+    A read it cannot make a batch of (scaling a value that is no number) goes to ``on_fault``.
     """
 
     def batches(source: Observable[LaneRead]) -> Observable[Counted]:
         def subscribe(observer: Any, scheduler: Any = None) -> Any:
             def on_next(read: LaneRead) -> None:
                 d = read.by_context.get(context_id)
-                if d is not None and since_ms() < read.t_ms < until_ms():
-                    observer.on_next((batch_for(read, d, context_id), d.changes))
+                if d is not None:
+                    w = window()  # one immutable value: both bounds of the same moment
+                    if w.since_ms < read.t_ms < w.until_ms:
+                        try:
+                            batch = batch_for(read, d, context_id)
+                        except Exception as exc:
+                            on_fault("for_context", len(d.variables), exc)
+                            return
+                        observer.on_next((batch, d.changes))
 
             return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
 
@@ -130,6 +163,8 @@ class ChangeState:
     """What was last delivered to one context, per variable with ``report="change"``.
 
     Owned by the context's run; a resumed context gets a new one, so it hears every value at once.
+    ``last`` is shared by the run's branches on all its lanes, but each key (reader, variable)
+    is read and written only by the branch of the lane its reader is on: one thread per key.
     """
 
     __slots__ = ("last",)
@@ -149,11 +184,12 @@ def _moved(spec: Any, value: Any, last: Any) -> bool:
         return bool(value != last)
 
 
-def report_changes(state: ChangeState) -> Operator:
+def report_changes(state: ChangeState, on_fault: Fault) -> Operator:
     """Pass ``report="every"`` values as they are; of the ``report="change"`` ones only those that
     moved by more than their ``deadband`` since the last delivered to this context (any change for
     bool and str, and any change of error), or whose ``heartbeat_ms`` has passed since then.
-    A batch left empty is not delivered."""
+    A batch left empty is not delivered. A batch whose values cannot be compared (a value that
+    refuses ``!=``) goes to ``on_fault``; what it had compared so far stays remembered."""
 
     def keep(counted: Counted) -> ValueBatch | None:
         batch, positions = counted
@@ -188,10 +224,22 @@ def report_changes(state: ChangeState) -> Operator:
             quality=None if batch.quality is None else [batch.quality[i] for i in index],
             context_id=batch.context_id,
             reader=batch.reader,
+            source_time_ns=None if batch.source_time_ns is None else [batch.source_time_ns[i] for i in index],
         )
 
     def _report_changes(source: Observable[Counted]) -> Observable[ValueBatch]:
-        kept: Observable[ValueBatch | None] = source.pipe(ops.map(keep))
-        return kept.pipe(ops.filter(lambda b: b is not None))  # type: ignore[arg-type]
+        def subscribe(observer: Any, scheduler: Any = None) -> Any:
+            def on_next(counted: Counted) -> None:
+                try:
+                    batch = keep(counted)
+                except Exception as exc:
+                    on_fault("report_changes", len(counted[0]), exc)
+                    return
+                if batch is not None:
+                    observer.on_next(batch)
+
+            return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
+
+        return Observable(subscribe)
 
     return _report_changes

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from flowcollect._exit import exit_with
 from flowcollect.errors import ConfigError
 from flowcollect.scan._client import parse_target, pymodbus_probe
 from flowcollect.scan._modbus import Table, scan_units
@@ -107,13 +108,8 @@ def scan_command(
                 max_time_s=max_time,
                 resolution=resolution,
             )
-    except ConfigError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"error: {problem}\n")
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise typer.Exit(1) from None
+    except (ConfigError, OSError) as exc:
+        exit_with(exc)
     if output is Format.csv:
         sys.stdout.write(report_csv(report))
         sys.stderr.write(report_text(str(target), report).splitlines()[-1] + "\n")

@@ -56,6 +56,7 @@ def test_the_snapshot_is_exposed_with_labels_and_seconds() -> None:
     assert got[("flowcollect_writer_stat", (("stat", "stored"), ("writer", "MemoryDataWriter")))] == 25
     assert got[("flowcollect_context_delivered_total", (("context", "1"),))] == 20
     assert got[("flowcollect_context_delivered_total", (("context", "2"),))] == 5
+    assert got[("flowcollect_context_step_errors_total", (("context", "2"),))] == 0
     assert got[("flowcollect_context_state", (("context", "2"), ("state", "paused")))] == 1
     assert got[("flowcollect_context_state", (("context", "2"), ("state", "running")))] == 0
 

@@ -10,7 +10,14 @@ from itertools import pairwise
 
 import pytest
 
-from flowcollect import CollectedVariable, DataCollectionContext, DataCollector, DataWriter, Variable
+from flowcollect import (
+    CollectedVariable,
+    DataCollectionContext,
+    DataCollectionListener,
+    DataCollector,
+    DataWriter,
+    Variable,
+)
 from flowcollect.readers import RandomDataReader
 from flowcollect.testing import MemoryDataWriter, StaticDataReader
 from tests.conftest import collector_threads
@@ -210,3 +217,38 @@ def test_close_waits_for_stuck_readers_once_not_once_each(caplog: pytest.LogCapt
     assert took < 1.4, took
     assert caplog.text.count("did not end within") == 3
     assert wait_until(lambda: not collector_threads())
+
+
+def test_device_events_come_on_the_timer_thread_never_a_lane(no_leftover_threads: None) -> None:
+    class Unplugged(StaticDataReader):
+        """Unreachable until ``plugged`` is set."""
+
+        def __init__(self) -> None:
+            super().__init__({"a": 1.0}, type="unplugged")
+            self.plugged = threading.Event()
+
+        def read(self, variables: Sequence[CollectedVariable]) -> None:
+            if not self.plugged.is_set():
+                raise ConnectionError("no route to host")
+            super().read(variables)
+
+    class Heard(DataCollectionListener):
+        def __init__(self) -> None:
+            self.heard: list[tuple[str, str, str]] = []
+
+        def device_down(self, collector: DataCollector, reader: str, error: str) -> None:
+            self.heard.append(("down", reader, threading.current_thread().name))
+
+        def device_up(self, collector: DataCollector, reader: str) -> None:
+            self.heard.append(("up", reader, threading.current_thread().name))
+
+    reader, heard = Unplugged(), Heard()
+    with DataCollector([reader], [MemoryDataWriter()], [heard]) as collector:
+        collector.start(context(1, ["a"], 50, reader="unplugged"))
+        assert wait_until(lambda: len(heard.heard) == 1)
+        reader.plugged.set()
+        assert wait_until(lambda: len(heard.heard) == 2)
+    assert heard.heard == [
+        ("down", "unplugged", "flowcollect-timer"),
+        ("up", "unplugged", "flowcollect-timer"),
+    ]

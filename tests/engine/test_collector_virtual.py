@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 
 import pytest
 
@@ -21,7 +22,13 @@ from flowcollect import (
     UnknownContextError,
     Variable,
 )
-from flowcollect.testing import MemoryDataWriter, RecordingListener, StaticDataReader, virtual_collector
+from flowcollect.testing import (
+    MemoryDataWriter,
+    PushingDataReader,
+    RecordingListener,
+    StaticDataReader,
+    virtual_collector,
+)
 
 T0 = 1_699_999_200_000  # a round hour: every interval below divides it
 
@@ -340,6 +347,19 @@ def test_interval_limit_policy_ignore_warns_and_skips(
     assert {v.address for v in writer.values} == {"b"}
 
 
+def test_a_context_with_every_variable_below_its_limit_does_not_start(
+    reader: StaticDataReader, writer: MemoryDataWriter
+) -> None:
+    collector, clock = virtual_collector([reader], [writer], start_ms=T0)
+    collector.start(ctx(1, (1, "a", 100)))
+    with pytest.raises(ConfigError, match=r"context 2 would collect nothing: .*interval_ms 50 < 100 ms"):
+        collector.start(ctx(2, (1, "a", 50), (2, "b", 20)))
+    # The running context is untouched, and context 2 is not running.
+    assert list(collector.contexts()) == [1]
+    clock.advance_ms(200)
+    assert {v.context_id for v in writer.values} == {1}
+
+
 def test_interval_limit_policy_use_limit_collects_at_the_limit(writer: MemoryDataWriter) -> None:
     slow = StaticDataReader({"a": 1}, min_interval_ms=250)
     collector, clock = virtual_collector(
@@ -474,3 +494,278 @@ def test_stats_keep_the_figures_of_the_newest_stopped_contexts(
     contexts = collector.stats().contexts
     assert sorted(contexts) == [3, 4]
     assert (contexts[3].state, contexts[3].delivered, contexts[4].delivered) == ("stopped", 3, 4)
+
+
+class Ambiguous:
+    """A value that refuses to be compared, as a numpy array does."""
+
+    def __ne__(self, other: object) -> bool:
+        raise ValueError("the truth value of an array with more than one element is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_a_step_that_raises_loses_one_batch_and_the_context_goes_on(
+    writer: MemoryDataWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # At 300 the device answers a list: scaling it (for_context, context 1) raises. Context 2
+    # reads the same address unscaled, its branch after context 1's on the same lane.
+    def value(_address: str, when: datetime) -> object:
+        return [1, 2] if round(when.timestamp() * 1000) - T0 == 300 else 1.0
+
+    collector, clock = virtual_collector([StaticDataReader(value)], [writer], start_ms=T0)
+    scaled = Variable(id=1, address="a", reader="static", scale=2.0)
+    collector.start(DataCollectionContext(id=1, interval_ms=100, variables=[scaled]))
+    collector.start(ctx(2, (5, "a", 100)))
+    with caplog.at_level(logging.ERROR, logger="flowcollect"):
+        clock.advance_ms(600)
+
+    got = by_time(writer.values)
+    assert sorted(t for t, vs in got.items() if (1, 1, "a") in vs) == [100, 200, 400, 500, 600]
+    assert sorted(t for t, vs in got.items() if (2, 5, "a") in vs) == [100, 200, 300, 400, 500, 600]
+    assert [v.value for v in writer.values if v.context_id == 1] == [2.0] * 5
+    one = collector.stats().contexts[1]
+    assert (one.state, one.delivered, one.step_errors, one.step_error_values) == ("running", 5, 1, 1)
+    assert collector.stats().contexts[2].step_errors == 0
+    assert collector.is_context_running(1)
+    assert "context 1" in caplog.text and "for_context" in caplog.text and "TypeError" in caplog.text
+    assert "tick" not in caplog.text  # contained in the branch: the lane's tick went through
+
+
+def test_report_changes_that_raises_loses_one_batch_and_the_context_goes_on(
+    writer: MemoryDataWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Comparing the value of 200 with the last delivered raises inside report_changes: in Rx
+    # that is an on_error, which would end the branch for good.
+    by_instant: dict[int, object] = {100: 1.0, 200: Ambiguous(), 300: 2.0, 400: 2.0, 500: 3.0}
+
+    def value(_address: str, when: datetime) -> object:
+        return by_instant.get(round(when.timestamp() * 1000) - T0, 3.0)
+
+    collector, clock = virtual_collector([StaticDataReader(value)], [writer], start_ms=T0)
+    changed = Variable(id=1, address="a", reader="static", report="change")
+    collector.start(DataCollectionContext(id=1, interval_ms=100, variables=[changed]))
+    with caplog.at_level(logging.ERROR, logger="flowcollect"):
+        clock.advance_ms(500)
+
+    assert [(round(v.time.timestamp() * 1000) - T0, v.value) for v in writer.values if v.time] == [
+        (100, 1.0),
+        (300, 2.0),
+        (500, 3.0),
+    ]
+    stats = collector.stats().contexts[1]
+    assert (stats.state, stats.delivered, stats.step_errors, stats.step_error_values) == ("running", 3, 1, 1)
+    assert "report_changes" in caplog.text and "ambiguous" in caplog.text
+    collector.pause(1)
+    collector.resume(1)
+    clock.advance_ms(100)
+    assert writer.values[-1].value == 3.0  # a resumed context hears the current value at once
+
+
+def test_pause_and_resume_are_heard_in_pairs_only_when_the_state_changes(
+    reader: StaticDataReader, writer: MemoryDataWriter
+) -> None:
+    class Seeing(DataCollectionListener):
+        """What the collector says while each event is heard."""
+
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, bool]] = []
+
+        def before_pause(self, collector: DataCollector, context: DataCollectionContext) -> None:
+            self.seen.append(("before_pause", collector.is_context_running(context.id)))
+
+        def after_pause(self, collector: DataCollector, context: DataCollectionContext) -> None:
+            self.seen.append(("after_pause", collector.is_context_running(context.id)))
+
+        def before_resume(self, collector: DataCollector, context: DataCollectionContext) -> None:
+            self.seen.append(("before_resume", collector.is_context_running(context.id)))
+
+        def after_resume(self, collector: DataCollector, context: DataCollectionContext) -> None:
+            self.seen.append(("after_resume", collector.is_context_running(context.id)))
+
+    listener, seeing = RecordingListener(), Seeing()
+    collector, clock = virtual_collector([reader], [writer], [listener, seeing], start_ms=T0)
+    collector.start(ctx(1, (1, "a", 100)))
+    clock.advance_ms(100)
+    collector.pause(1)
+    collector.pause(1)  # already paused: nothing to hear
+    clock.advance_ms(100)
+    collector.resume(1)
+    collector.resume(1)
+    clock.advance_ms(100)
+    collector.pause(1)
+    collector.stop(1)  # a paused context stops with the stop pair only
+    assert listener.events == [
+        ("before_start", 1),
+        ("after_start", 1),
+        ("before_pause", 1),
+        ("after_pause", 1),
+        ("before_resume", 1),
+        ("after_resume", 1),
+        ("before_pause", 1),
+        ("after_pause", 1),
+        ("before_stop", 1),
+        ("after_stop", 1),
+    ]
+    # before_* hears the old state, after_* the new one.
+    assert seeing.seen == [
+        ("before_pause", True),
+        ("after_pause", False),
+        ("before_resume", False),
+        ("after_resume", True),
+        ("before_pause", True),
+        ("after_pause", False),
+    ]
+    assert sorted(by_time(writer.values)) == [100, 300]
+
+
+def test_a_listener_that_stops_the_context_before_its_pause_wins(
+    reader: StaticDataReader, writer: MemoryDataWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Stopper(DataCollectionListener):
+        def before_pause(self, collector: DataCollector, context: DataCollectionContext) -> None:
+            if context.id == 1:
+                collector.stop(context.id)
+
+        def before_resume(self, collector: DataCollector, context: DataCollectionContext) -> None:
+            raise RuntimeError("listener bug")
+
+    listener = RecordingListener()
+    collector, clock = virtual_collector([reader], [writer], [Stopper(), listener], start_ms=T0)
+    collector.start(ctx(1, (1, "a", 100)))
+    collector.pause(1)
+    # The listeners after the Stopper hear no half pause: the context is gone.
+    assert listener.events[-2:] == [("before_stop", 1), ("after_stop", 1)]
+    assert not collector.is_running()
+    clock.advance_ms(300)
+    assert writer.values == []
+    # An exception in before_resume is logged; the resume goes on.
+    collector.start(ctx(2, (1, "a", 100)))
+    collector.pause(2)
+    with caplog.at_level(logging.ERROR, logger="flowcollect"):
+        collector.resume(2)
+    assert "listener bug" in caplog.text
+    assert collector.is_context_running(2)
+    assert listener.events[-2:] == [("before_resume", 2), ("after_resume", 2)]
+
+
+class FlakyReader(DataReader):
+    """Unreachable at the instants in ``down_at`` (ms after T0); at others ``b`` is always an
+    error of its own while ``a`` reads (one good value is enough for the device to be up)."""
+
+    def __init__(self, down_at: set[int]) -> None:
+        self.down_at = down_at
+
+    @property
+    def type(self) -> str:
+        return "flaky"
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        t = round(variables[0].time.timestamp() * 1000) - T0 if variables[0].time else 0
+        if t in self.down_at:
+            raise ConnectionError("connection refused")
+        for v in variables:
+            if v.address == "a":
+                v.value = 1.0
+            else:
+                v.error = "illegal data address"
+
+
+def test_devices_going_down_and_coming_back_are_heard_once_each(
+    writer: MemoryDataWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Devices(DataCollectionListener):
+        def __init__(self) -> None:
+            self.heard: list[tuple[str, str, str | None, int]] = []
+
+        def device_down(self, collector: DataCollector, reader: str, error: str) -> None:
+            self.heard.append(("down", reader, error, round(collector.scheduler.now.timestamp() * 1000) - T0))
+
+        def device_up(self, collector: DataCollector, reader: str) -> None:
+            self.heard.append(("up", reader, None, round(collector.scheduler.now.timestamp() * 1000) - T0))
+
+    class Broken(DataCollectionListener):
+        def device_down(self, collector: DataCollector, reader: str, error: str) -> None:
+            raise RuntimeError("listener bug")
+
+    devices, recording = Devices(), RecordingListener()
+    collector, clock = virtual_collector(
+        [FlakyReader({200, 300, 500}), StaticDataReader({"a": 1.0}, type="static")],
+        [writer],
+        [Broken(), devices, recording],
+        start_ms=T0,
+    )
+    collector.start(
+        DataCollectionContext(
+            id=1,
+            interval_ms=100,
+            variables=[
+                Variable(id=1, address="a", reader="flaky"),
+                Variable(id=2, address="b", reader="flaky"),
+                Variable(id=3, address="a", reader="static"),
+            ],
+        )
+    )
+    with caplog.at_level(logging.ERROR, logger="flowcollect"):
+        clock.advance_ms(700)
+    flaky = [h for h in devices.heard if h[1] == "flaky"]
+    assert flaky == [
+        ("up", "flaky", None, 100),
+        ("down", "flaky", "ConnectionError: connection refused", 200),
+        ("up", "flaky", None, 400),
+        ("down", "flaky", "ConnectionError: connection refused", 500),
+        ("up", "flaky", None, 600),
+    ]
+    assert [h for h in devices.heard if h[1] == "static"] == [("up", "static", None, 100)]
+    assert recording.devices == [(f"device_{event}", reader) for event, reader, _, _ in devices.heard]
+    assert caplog.text.count("failed in device_down") == 2  # logged; the others still heard it
+    assert len(writer.values) == 7 * 3  # nothing of the collection changed
+
+
+def test_a_device_unreachable_from_the_start_is_heard_down_and_a_silent_source_is_not(
+    writer: MemoryDataWriter,
+) -> None:
+    listener = RecordingListener()
+    pushing = PushingDataReader(stale_after_ms=250)
+    collector, clock = virtual_collector(
+        [FlakyReader(set(range(0, 1000, 100))), pushing], [writer], [listener], start_ms=T0
+    )
+    collector.start(
+        DataCollectionContext(
+            id=1,
+            interval_ms=100,
+            variables=[
+                Variable(id=1, address="a", reader="flaky"),
+                Variable(id=2, address="x", reader="pushing"),
+            ],
+        )
+    )
+    clock.advance_ms(200)  # "no value pushed yet" says nothing about the pushing reader's device
+    assert listener.devices == [("device_down", "flaky")]
+    pushing.push({"x": 1.0})
+    clock.advance_ms(100)
+    assert listener.devices[-1] == ("device_up", "pushing")
+    clock.advance_ms(300)  # no word for longer than stale_after_ms: its values go stale
+    assert listener.devices[-1] == ("device_down", "pushing")
+    pushing.keep_alive()
+    clock.advance_ms(100)
+    assert listener.devices == [
+        ("device_down", "flaky"),
+        ("device_up", "pushing"),
+        ("device_down", "pushing"),
+        ("device_up", "pushing"),
+    ]
+
+
+def test_a_branch_that_ends_anyway_says_so(
+    writer: MemoryDataWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No step passes an error on, so only the lane's own Subject could end a branch; were it to,
+    # the context must not go quiet while its state says running.
+    collector, _clock = virtual_collector([StaticDataReader({"a": 1.0})], [writer], start_ms=T0)
+    collector.start(ctx(1, (1, "a", 100)))
+    (lane,) = collector._lanes.values()  # the seam a test needs to break a lane
+    with caplog.at_level(logging.ERROR, logger="flowcollect"):
+        lane.subject.on_error(RuntimeError("lane broken"))
+    assert "context 1: its branch on lane reader:static ended" in caplog.text
+    assert collector.stats().contexts[1].step_errors == 1

@@ -62,8 +62,11 @@ def test_with_auth_on_a_member_with_the_password_joins_and_others_are_refused(
     finally:
         member.stop()
     for access, words in (
-        (EtcdAccess(), "user name is empty"),
-        (EtcdAccess(username="root", password=Secret("wrong-" + PASSWORD)), "authentication failed"),
+        (EtcdAccess(), "user name is empty.*set FLOWCOLLECT_ETCD_USER and FLOWCOLLECT_ETCD_PASSWORD"),
+        (
+            EtcdAccess(username="root", password=Secret("wrong-" + PASSWORD)),
+            "authentication failed.*refused the password of user 'root'",
+        ),
     ):
         store = Store(endpoint(etcd), 2.0, access)
         try:
@@ -114,10 +117,16 @@ def test_a_member_reaches_etcd_over_tls_with_a_client_certificate(etcd_factory: 
         ),
         "plain http": EtcdAccess(),
     }
+    hints: dict[str, str | None] = {
+        "no client certificate": "FLOWCOLLECT_ETCD_CERT",
+        "an untrusted server": "FLOWCOLLECT_ETCD_CA",
+        "a client certificate etcd does not trust": None,
+        "plain http": None,
+    }
     for why, access in refused.items():
         store = Store(endpoint(etcd), 2.0, access)
         try:
-            with pytest.raises(EtcdUnavailable):
+            with pytest.raises(EtcdUnavailable, match=hints[why]):
                 store.read_prefix("/flowcollect/tls/")
         except BaseException as exc:
             raise AssertionError(why) from exc

@@ -193,7 +193,7 @@ REQUEST_STYLE = """
 [[inputs.modbus]]
   name = "Panel"
   slave_id = 7
-  controller = "file:///dev/ttyUSB0"
+  controller = "file:///dev/ttyIMPORTED0"
   baud_rate = 9600
   data_bits = 8
   parity = "E"
@@ -221,8 +221,8 @@ def test_request_style_gateways_serial_lines_and_v2_outputs(tmp_path: Path) -> N
     assert sorted(readers) == ["gateway", "gateway-2", "panel"]
     # Two units of one RTU-over-TCP gateway share its line; the serial panel has its own.
     assert readers["gateway"].lane == readers["gateway-2"].lane == "modbus+rtu-tcp://10.0.0.5:502"
-    assert readers["panel"].lane == "modbus+rtu:///dev/ttyUSB0"
-    assert "ModbusLine(\"/dev/ttyUSB0\", baudrate=9600, bytesize=8, parity=\"E\", stopbits=1, " \
+    assert readers["panel"].lane == "modbus+rtu:///dev/ttyIMPORTED0"
+    assert "ModbusLine(\"/dev/ttyIMPORTED0\", baudrate=9600, bytesize=8, parity=\"E\", stopbits=1, " \
         "pause_between_requests_ms=20.0)" in source  # fmt: skip
     assert [c.interval_ms for c in pipeline.contexts] == [1000, 10000]
     got = {

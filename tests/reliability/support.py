@@ -22,6 +22,8 @@ DOCUMENTED_ERRORS: tuple[type[Exception], ...] = (
 
 # One context's listener events cycle through these, in this order, from the first start.
 CYCLE = ("before_start", "after_start", "before_stop", "after_stop")
+# Between its after_start and before_stop, a run's pause and resume events cycle through these.
+PAUSES = ("before_pause", "after_pause", "before_resume", "after_resume")
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0, poll_s: float = 0.01) -> bool:
@@ -41,12 +43,16 @@ def ms(v: CollectedVariable) -> int:
 
 
 def check_listener_events(
-    events: Sequence[tuple[str, int | None]], active: Iterable[int], closed: bool
+    events: Sequence[tuple[str, int | None]],
+    active: Iterable[int],
+    closed: bool,
+    paused: Iterable[int] | None = None,
 ) -> dict[int, list[str]]:
     """Assert the events are balanced: per context, starts and stops alternate and each before_*
-    is followed by its after_*; the contexts in ``active`` end started, all others stopped; the
-    close pair appears once, only when ``closed``, and brackets every stop after it. Returns the
-    events per context."""
+    is followed by its after_*; within a run (after_start to before_stop) pauses and resumes
+    alternate, from a pause, in pairs; the contexts in ``active`` end started, all others
+    stopped; with ``paused`` given, exactly those of ``active`` end paused. The close pair appears
+    once, only when ``closed``, and brackets every stop after it. Returns the events per context."""
     active = set(active)
     per_context: dict[int, list[str]] = {}
     close_events = []
@@ -56,12 +62,31 @@ def check_listener_events(
         else:
             per_context.setdefault(cid, []).append(event)
     for cid, seq in per_context.items():
-        for k, event in enumerate(seq):
+        lifecycle = [e for e in seq if e in CYCLE]
+        for k, event in enumerate(lifecycle):
             assert event == CYCLE[k % 4], (
                 f"context {cid}: event {k} is {event}, expected {CYCLE[k % 4]}: {seq}"
             )
         ends = "after_start" if cid in active else "after_stop"
-        assert seq[-1] == ends, f"context {cid} ends with {seq[-1]}, expected {ends}: {seq}"
+        assert lifecycle[-1] == ends, f"context {cid} ends with {lifecycle[-1]}, expected {ends}: {seq}"
+        switches: list[str] | None = None  # the current run's pause/resume events; None: not started
+        for event in seq:
+            if event == "after_start":
+                switches = []
+            elif event == "before_stop":
+                assert switches is not None and len(switches) % 2 == 0, (cid, seq)
+                switches = None
+            elif event in PAUSES:
+                assert switches is not None, f"context {cid}: {event} outside a run: {seq}"
+                expected = PAUSES[len(switches) % 4]
+                assert event == expected, f"context {cid}: {event}, expected {expected}: {seq}"
+                switches.append(event)
+            else:
+                assert event in CYCLE, f"context {cid}: unknown event {event}"
+        if paused is not None and cid in active:
+            assert switches is not None
+            is_paused = bool(switches) and switches[-1] == "after_pause"
+            assert is_paused == (cid in set(paused)), f"context {cid}: paused is {is_paused}: {seq}"
     assert active <= set(per_context), (active, per_context)
     if closed:
         assert [e for _, e in close_events] == ["before_close", "after_close"], close_events

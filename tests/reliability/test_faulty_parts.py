@@ -310,11 +310,17 @@ class HungReader(StaticDataReader):
         super().__init__({"h": 1.0}, type="hung")
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.aborted = threading.Event()
+        self.abort_thread: threading.Thread | None = None
 
     def read(self, variables: Sequence[CollectedVariable]) -> None:
         self.entered.set()
         self.release.wait()
         super().read(variables)
+
+    def abort(self) -> None:
+        self.abort_thread = threading.current_thread()
+        self.aborted.set()
 
 
 def steady_context(cid: int, reader: str, address: str) -> DataCollectionContext:
@@ -412,6 +418,10 @@ def test_a_hung_reader_and_three_stuck_writers_share_one_close_deadline(
     finally:
         release_and_wait(collector, hung, *stuck)
     assert took < CLOSE_TIMEOUT_S + CLOSE_SLACK_S, took
+    # The reader its lane was abandoned in was told to let go of its device, from close()'s
+    # thread (its own is stuck in the read), before close() returned.
+    assert hung.aborted.is_set()
+    assert hung.abort_thread is threading.current_thread()
     delivered = stats.contexts[1].delivered
     assert stats.contexts[2].delivered == 0
     assert len(csv_keys(csv_writer.path)) == delivered == stats.writers[csv_writer.name].written

@@ -213,7 +213,8 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def listener_events_are_balanced(self) -> None:
-        check_listener_events(self.listener.events, self.states, self.closed)
+        paused = [cid for cid, state in self.states.items() if state == "paused"]
+        check_listener_events(self.listener.events, self.states, self.closed, paused)
 
     def teardown(self) -> None:
         self.collector.close()

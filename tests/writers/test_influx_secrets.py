@@ -5,6 +5,7 @@ else: a server echoing every header back in its error text, ``repr()``, logs, ``
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 import pickle
 import re
@@ -33,6 +34,7 @@ def test_a_secret_shows_as_set_everywhere_but_reveal() -> None:
         hash(secret)
     with pytest.raises(TypeError, match="not pickled"):
         pickle.dumps(secret)
+    assert copy.deepcopy({"token": secret})["token"] is secret, "copies share it (it is immutable)"
 
 
 def test_secret_from_env_and_from_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

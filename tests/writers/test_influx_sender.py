@@ -423,6 +423,21 @@ def test_statuses(status: int, headers: dict[str, str], expected: Status) -> Non
         assert outcome.retry_after_s == 7.0
 
 
+def test_a_404_says_whether_the_database_or_the_endpoint_is_missing() -> None:
+    endpoint = classify("v2", 404, "Not Found", {}, b"404 page not found\n")
+    assert endpoint.status is Status.HOLD
+    assert endpoint.detail == (
+        "HTTP 404 Not Found: 404 page not found (no v2 write endpoint here: the wrong api for this server?)"
+    )
+    database = classify("v1", 404, "Not Found", {}, b'{"error":"database not found: \\"nope\\""}')
+    assert database.status is Status.HOLD
+    assert database.detail == 'HTTP 404 Not Found: database not found: "nope"'
+    bucket = classify(
+        "v2", 404, "Not Found", {}, b'{"code":"not found","message":"bucket \\"b\\" not found"}'
+    )
+    assert bucket.detail == 'HTTP 404 Not Found: bucket "b" not found'
+
+
 def test_a_named_type_conflict_pins_down_its_lines_and_a_mismatch_falls_back_to_the_count() -> None:
     lines = [
         r"my\ m,address=a\ b value=1.5 1",

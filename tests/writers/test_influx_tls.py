@@ -58,9 +58,13 @@ def test_values_reach_victoriametrics_over_tls_verified_against_the_ca_file(
 
     # Verification is on by default: without the CA (the system's CAs do not know it), with a
     # CA that did not sign the server's certificate, the server is refused; nothing is lost.
-    for ca in (None, pki.other_ca):
+    for ca, hint in (
+        (None, "give the CA that signed the server's certificate as ca_file"),
+        (pki.other_ca, "did not sign the server's certificate"),
+    ):
         writer = InfluxDBDataWriter(server.url, token="t", org="o", bucket="b", ca_file=ca, timeout_s=2)
-        assert "cannot reach" in (text := preflight(writer)) and "CERTIFICATE_VERIFY_FAILED" in text
+        text = preflight(writer)
+        assert "cannot reach" in text and "CERTIFICATE_VERIFY_FAILED" in text and hint in text
     writer = InfluxDBDataWriter(server.url, token="t", org="o", bucket="b", timeout_s=2)
     try:
         writer.sender.submit(["tls2 value=1 1700000000000000000"])
@@ -106,3 +110,14 @@ def test_tls_settings_are_checked_before_anything_starts(pki: Pki, tmp_path: Pat
         )
     with pytest.raises(ConfigError, match="key_file: given without cert_file"):
         InfluxDBDataWriter("https://h:1", token="t", org="o", bucket="b", key_file=pki.client_key)
+
+
+def test_a_certificate_for_another_host_is_refused_and_said_so(tmp_path: Path) -> None:
+    pki = Pki(tmp_path, hosts=("influx.example",))
+    with HostileServer(tls=pki.server_context()) as server:
+        server.answer = respond(204)
+        text = preflight(
+            InfluxDBDataWriter(server.url, api="v1", database="plant", ca_file=pki.ca, timeout_s=3)
+        )
+    assert "CERTIFICATE_VERIFY_FAILED" in text
+    assert "the server's certificate is not for '127.0.0.1'" in text

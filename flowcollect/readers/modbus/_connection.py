@@ -1,16 +1,22 @@
 """The connection of a Modbus line, shared by its units: one client, one request at a time.
 
-A registry keyed by the line's key hands every reader of a line the same ``LineConnection``;
-it is opened once and closed when the last reader closes. pymodbus's sync clients do the
-framing; this module keeps what pymodbus would otherwise decide for the whole line:
+The registry (``lines``) owns a line's identity: it refuses one key with two settings and hands
+every reader of a line the same ``LineConnection``, opened once and closed when the last reader
+closes. pymodbus's sync clients (plain, TLS, serial) frame and parse, through their public API
+only; the line opens their socket or port itself (``_Link``) and keeps what pymodbus would
+otherwise decide for the whole line:
 
-- pymodbus closes a client after ``retries + 3`` requests in a row go unanswered, so one dead
-  unit would bounce every unit on the line. The counter is reset before each request.
-- Timeouts and retries are per unit: set on the client for each request.
+- pymodbus gives up on a client after ``retries + 3`` requests in a row go unanswered, so one
+  dead unit would bounce every unit on the line: its public ``set_max_no_responses`` moves
+  that out of reach, and the line decides when a connection is dead.
+- Timeouts and retries are per unit: the client is made with ``retries=0`` and the line
+  resends an unanswered request itself (``request``), pacing and draining like any other.
 - A unit that does not answer is backed off on its own (``UnitState``).
 - pymodbus logs an ERROR line for every timeout, refused connect and stray frame. The reader
   reports those failures itself (as value errors and rate-limited log lines), so while a
   request of ours runs, pymodbus's WARNING and ERROR records are dropped (``_QuietFilter``).
+- ``close`` may come from another thread under a request (a reader's ``abort`` at the close
+  deadline): it shuts the transport down under that request instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -20,39 +26,44 @@ import logging
 import re
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+from pymodbus.client import ModbusSerialClient, ModbusTcpClient, ModbusTlsClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from flowcollect._logs import RateLimitedLog
 from flowcollect._text import peer_text
 from flowcollect.errors import ConfigError
-from flowcollect.readers.modbus.line import ModbusLine
+from flowcollect.readers.modbus.line import ModbusLine, ModbusTls, load_error
 from flowcollect.readers.modbus.timing import Pacer
 
 __all__ = [
+    "CLOSED",
     "MAX_RETRY_DELAY_S",
     "Failure",
     "LineConnection",
     "UnitState",
-    "acquire",
+    "LineRegistry",
     "describe_error",
+    "lines",
     "quiet_pymodbus",
-    "release",
     "retry_delay",
     "short_text",
 ]
 
 _log = logging.getLogger("flowcollect.readers.modbus")
+
+CLOSED: Final = "closed"
+"""The error of values a closed (or aborted) reader did not read."""
 
 MAX_RETRY_DELAY_S: Final = 5.0
 """The longest wait between two attempts: to reopen a line, or to ask a unit that is silent."""
@@ -60,7 +71,8 @@ MAX_RETRY_DELAY_S: Final = 5.0
 # After this many unanswered requests in a row, with no unit of the line answering, a TCP
 # connection is taken for dead (a device rebooted without a reset reaches nobody) and reopened.
 _DEAD_AFTER_TIMEOUTS: Final = 3
-# pymodbus's counter of unanswered requests before it closes the line: never reached.
+# pymodbus's count of unanswered requests before it gives up on a connection: never reached
+# (the line decides when a connection is dead, see _DEAD_AFTER_TIMEOUTS).
 _NEVER: Final = 1 << 30
 
 # ---------------------------------------------------------------------------- pymodbus's logs
@@ -93,136 +105,239 @@ def quiet_pymodbus() -> Iterator[None]:
 # ---------------------------------------------------------------------------- clients
 
 
-def _decode_registers(pdu: ModbusPDU, data: bytes) -> None:
-    # pymodbus unpacks a response one register at a time; for 125 registers that is most of
-    # the client's CPU per request. One unpack of the whole payload, with the same checks.
-    byte_count = data[0]
-    if byte_count >= len(data) or byte_count % 2:
-        raise ValueError(f"byte count {byte_count} does not fit a {len(data) - 1}-byte register payload")
-    pdu.registers = list(struct.unpack_from(f">{byte_count // 2}H", data, 1))
+class _RegistersAnswer(ModbusPDU):
+    """A read-registers answer decoded in one unpack.
 
-
-class _FastHoldingResponse(ReadHoldingRegistersResponse):
-    def decode(self, data: bytes) -> None:
-        _decode_registers(self, data)
-
-
-class _FastInputResponse(ReadInputRegistersResponse):
-    def decode(self, data: bytes) -> None:
-        _decode_registers(self, data)
-
-
-class _TcpClient(ModbusTcpClient):
-    """pymodbus's sync TCP client (Modbus TCP or RTU framing), with a quiet connect.
-
-    pymodbus logs an ERROR line for every failed connect; a device down for an hour would log
-    one per tick. The response classes are registered on this client's own decoder only.
+    pymodbus unpacks an answer one register at a time; for 125 registers that is most of the
+    client's CPU per request. A ``ModbusPDU`` subclass given to ``client.register`` is
+    pymodbus's public way to decode a function code one's own way; the checks are the same.
     """
 
-    connect_error: Exception | None = None
+    rtu_byte_count_pos = 2
 
-    def __init__(self, host: str, *, port: int, timeout: float, framer: FramerType) -> None:
-        super().__init__(host, port=port, timeout=timeout, retries=0, framer=framer)
-        self.register(_FastHoldingResponse)
-        self.register(_FastInputResponse)
+    def encode(self) -> bytes:
+        return struct.pack(f">B{len(self.registers)}H", 2 * len(self.registers), *self.registers)
 
-    def connect(self) -> bool:
-        if self.socket is not None:
+    def decode(self, data: bytes) -> None:
+        byte_count = data[0]
+        if byte_count >= len(data) or byte_count % 2:
+            raise ValueError(f"byte count {byte_count} does not fit a {len(data) - 1}-byte register payload")
+        self.registers = list(struct.unpack_from(f">{byte_count // 2}H", data, 1))
+
+
+class _HoldingAnswer(_RegistersAnswer):
+    function_code = 3
+
+
+class _InputAnswer(_RegistersAnswer):
+    function_code = 4
+
+
+class _Link:
+    """A pymodbus sync client, and the socket (or serial port) the line opens for it.
+
+    pymodbus frames, sends and parses; the line opens the transport itself and hands it to the
+    client through its ``socket`` attribute (what the client's ``connected``, ``send``, ``recv``
+    and ``close`` go by). pymodbus's own ``connect`` only logs why it failed (and repeats of a
+    text not even that), where the line must say why, back off on a timeout and not on a
+    refusal, set ``TCP_NODELAY``, open a serial port exclusively and close it when a setting is
+    refused, and check a TLS device's certificate against its name under one deadline
+    (pymodbus's TLS connect wraps the socket without a server name, so a context that checks
+    names cannot connect through it at all).
+
+    ``abort`` is the one method another thread may call: it shuts the transport down under a
+    read in progress, which then fails at once.
+    """
+
+    def __init__(self, line: ModbusLine, timeout_s: float) -> None:
+        self.line = line
+        self.connect_error: Exception | None = None
+        client: ModbusTcpClient | ModbusSerialClient
+        if line.kind == "serial":
+            client = ModbusSerialClient(
+                str(line.port),
+                framer=FramerType.RTU,
+                baudrate=line.baudrate or 19_200,
+                bytesize=line.bytesize,
+                parity=line.parity,
+                stopbits=line.stopbits,
+                timeout=timeout_s,
+                retries=0,
+            )
+        elif line.tls is not None:
+            # Modbus/TCP Security: MBAP frames over TLS, pymodbus's TLS client and framer.
+            # (No sslctx: the client's own connect is never used, _dial_tls builds the context
+            # at each connect, where a file that no longer loads is a connect failure.)
+            client = ModbusTlsClient(
+                str(line.host),
+                port=int(line.port),
+                framer=FramerType.TLS,
+                timeout=timeout_s,
+                retries=0,
+            )
+        else:
+            framer = FramerType.RTU if line.kind == "rtu-tcp" else FramerType.SOCKET
+            client = ModbusTcpClient(
+                str(line.host), port=int(line.port), timeout=timeout_s, retries=0, framer=framer
+            )
+        # pymodbus's count of unanswered requests before it gives up on a connection: out of
+        # reach; the line decides when a connection is dead (_DEAD_AFTER_TIMEOUTS).
+        client.set_max_no_responses(_NEVER)
+        client.register(_HoldingAnswer)
+        client.register(_InputAnswer)
+        self.client = client
+        self._transport: Any = None
+        """The open socket or port, also held here: ``abort`` must reach it from another
+        thread even after the client dropped it, and during a TLS handshake."""
+        self._aborted = False
+        """Set by ``abort`` (any thread); a connect in progress then hands nothing over."""
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    def set_timeout(self, timeout_s: float) -> None:
+        """The wait for each answer (a unit's own ``timeout_s``)."""
+        self.client.comm_params.timeout_connect = timeout_s
+
+    def connect(self, timeout_s: float) -> bool:
+        if self.client.connected:
             return True
-        params = self.comm_params
         try:
-            sock = socket.create_connection((params.host, int(params.port)), timeout=params.timeout_connect)
-        except OSError as exc:
+            client = self.client
+            if isinstance(client, ModbusSerialClient):
+                transport = _open_serial(self.line, timeout_s, client.inter_byte_timeout)
+            elif self.line.tls is not None:
+                transport = _dial_tls(self.line, self.line.tls, timeout_s, self._hold)
+            else:
+                transport = _dial(self.line, timeout_s)
+        except Exception as exc:  # sockets raise OSError; pyserial termios and OS errors as they come
+            self._transport = None
             self.connect_error = exc
             return False
-        # Requests are small and answered one at a time; never let Nagle hold one back.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.socket = sock
+        self._hold(transport)
+        if self._aborted:
+            # Aborted while connecting: what was being opened is closed, not handed over.
+            self.abort()
+            self.connect_error = ConnectionAbortedError("closed while connecting")
+            return False
         self.connect_error = None
+        self.client.socket = transport
         return True
+
+    def _hold(self, transport: Any) -> None:
+        """What ``abort`` must close, as soon as it exists (a TLS handshake may take long)."""
+        self._transport = transport
 
     def drain(self) -> None:
         """Drop bytes already received: a late answer must never pass for the next one's."""
-        sock = self.socket
-        if sock is None:
+        sock = self.client.socket
+        if sock is None or self.line.kind == "serial":
+            # pymodbus's serial send drops whatever waits in the input buffer before each request.
             return
-        with contextlib.suppress(OSError):
-            while select.select([sock], [], [], 0)[0]:
+        pending = getattr(sock, "pending", lambda: 0)  # TLS: decrypted bytes select cannot see
+        with contextlib.suppress(OSError, ValueError):
+            while pending() or select.select([sock], [], [], 0)[0]:
                 if not sock.recv(4096):
                     return
 
     def close(self) -> None:
-        # pymodbus's own close does the same but is unannotated; strict typing wants ours.
-        if self.socket is not None:
-            self.socket.close()
-        self.socket = None
+        self._transport = None
+        # pymodbus's close is unannotated; strict typing wants its type said.
+        close = cast("Callable[[], None]", self.client.close)
+        with contextlib.suppress(Exception):  # a port that vanished may fail to close
+            close()
 
+    def abort(self) -> None:
+        """From any thread: shut the transport down now, even under a read in progress.
 
-class _SerialClient(ModbusSerialClient):
-    """pymodbus's sync serial client with a quiet connect that keeps the reason it failed.
-
-    The port is opened exclusively (pyserial's ``flock``): a second program (or collector)
-    opening the same port fails with ``port busy`` instead of interleaving its frames.
-    """
-
-    connect_error: Exception | None = None
-
-    def __init__(self, line: ModbusLine, timeout: float) -> None:
-        super().__init__(
-            str(line.port),
-            framer=FramerType.RTU,
-            baudrate=line.baudrate or 19_200,
-            bytesize=line.bytesize,
-            parity=line.parity,
-            stopbits=line.stopbits,
-            timeout=timeout,
-            retries=0,
-        )
-        self.register(_FastHoldingResponse)
-        self.register(_FastInputResponse)
-
-    def connect(self) -> bool:
-        if self.socket is not None:
-            return True
-        import serial
-
-        params = self.comm_params
-        try:
-            port = serial.serial_for_url(
-                params.host,
-                timeout=params.timeout_connect,
-                write_timeout=params.timeout_connect,
-                bytesize=params.bytesize,
-                stopbits=params.stopbits,
-                baudrate=params.baudrate,
-                parity=params.parity,
-                exclusive=True,
-            )
-        except Exception as exc:  # pyserial raises termios and OS errors as they come
-            self.connect_error = exc
-            return False
-        try:
-            port.inter_byte_timeout = self.inter_byte_timeout
-        except Exception as exc:  # a port that refuses a setting: close it, or its lock stays
-            port.close()
-            self.connect_error = exc
-            return False
-        self.socket = port
-        self.connect_error = None
-        return True
-
-    def drain(self) -> None:
-        # pymodbus's serial send drops whatever waits in the input buffer before each request.
-        return
-
-    def close(self) -> None:
-        if self.socket is not None:
+        A socket shut down wakes a ``select`` waiting on it (its read sees the end at once) and
+        the device sees the connection closed; a serial port's read is cancelled.
+        """
+        self._aborted = True
+        transport = self._transport
+        if transport is None:
+            return
+        if isinstance(transport, socket.socket):
+            with contextlib.suppress(OSError):
+                # The plain socket's shutdown, also under TLS: the TLS object stays as the read
+                # in progress knows it, and that read sees the end of the stream.
+                socket.socket.shutdown(transport, socket.SHUT_RDWR)
+        else:
             with contextlib.suppress(Exception):
-                self.socket.close()
-        self.socket = None
+                transport.cancel_read()
+        with contextlib.suppress(Exception):
+            transport.close()
 
 
-_Client = _TcpClient | _SerialClient
+def _dial(line: ModbusLine, timeout_s: float) -> socket.socket:
+    sock = socket.create_connection((str(line.host), int(line.port)), timeout=timeout_s)
+    # Requests are small and answered one at a time; never let Nagle hold one back.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _dial_tls(
+    line: ModbusLine, tls: ModbusTls, timeout_s: float, hold: Callable[[socket.socket], None]
+) -> ssl.SSLSocket:
+    """A TLS connection, handshake done; ``hold`` is given each socket as it exists."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        # Loaded at each connect: a certificate renewed on disk is used from the next one.
+        context = tls.context()
+    except (OSError, ssl.SSLError) as exc:
+        reason = load_error(exc)
+        raise TlsFilesError(f"TLS files did not load ({reason}): {tls.files()}") from exc
+    sock: socket.socket = _dial(line, timeout_s)
+    try:
+        # From here the TLS socket owns the connection (the plain one is detached into it).
+        sock = wrapped = context.wrap_socket(
+            sock, server_hostname=tls.server_name or line.host, do_handshake_on_connect=False
+        )
+        hold(wrapped)
+        # One deadline for the whole handshake: a device dribbling it out cannot hold the line
+        # for a timeout per byte.
+        wrapped.setblocking(False)
+        while True:
+            try:
+                wrapped.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                readable, writable = [wrapped], []
+            except ssl.SSLWantWriteError:
+                readable, writable = [], [wrapped]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not any(select.select(readable, writable, [], remaining)[:2]):
+                raise TimeoutError("TLS handshake timed out")
+        wrapped.settimeout(timeout_s)
+    except BaseException:
+        sock.close()
+        raise
+    return wrapped
+
+
+def _open_serial(line: ModbusLine, timeout_s: float, inter_byte_timeout: float) -> Any:
+    import serial
+
+    # Opened exclusively (pyserial's flock): a second program (or collector) opening the same
+    # port fails with "port busy" instead of interleaving its frames.
+    port = serial.serial_for_url(
+        str(line.port),
+        timeout=timeout_s,
+        write_timeout=timeout_s,
+        bytesize=line.bytesize,
+        stopbits=line.stopbits,
+        baudrate=line.baudrate or 19_200,
+        parity=line.parity,
+        exclusive=True,
+    )
+    try:
+        port.inter_byte_timeout = inter_byte_timeout  # the client's, for the line's baud rate
+    except Exception:  # a port that refuses a setting: close it, or its lock stays
+        port.close()
+        raise
+    return port
+
 
 _READS: Final[dict[str, Callable[[Any, int, int, int], ModbusPDU]]] = {
     "coil": lambda c, start, count, unit: c.read_coils(start, count=count, device_id=unit),
@@ -317,17 +432,22 @@ class LineConnection:
         self.lock = threading.RLock()
         self.users = 0
         self.units: dict[int, UnitState] = {}
+        self._intervals_lock = threading.Lock()
         self.intervals: dict[int, frozenset[int]] = {}
-        """Per reader (its id), the intervals it serves: when the line's next instant is due."""
+        """Per reader (its id), the intervals it serves: when the line's next instant is due.
+        Guarded by ``_intervals_lock`` (a reader's ``abort`` leaves from the closing thread);
+        ``_line_intervals`` is replaced whole under it, and read without it."""
         self._line_intervals: frozenset[int] = frozenset()
         self._probed_at: int | None = None
         self._clock = clock
-        self._client: _Client | None = None
+        self._link: _Link | None = None
         self._pacer = Pacer(line.gap_s)
         self._ever_connected = False
         self._retry_at = 0.0
         self._slow_failures = 0
         self._unanswered = 0
+        self._answered = False
+        """An answer came on this connection (any answer: the device accepts us)."""
         self._stale = False
         self.down_text = "not connected"
         self._down_log = RateLimitedLog(_log, window_s=60.0)
@@ -339,8 +459,8 @@ class LineConnection:
 
     @property
     def connected(self) -> bool:
-        client = self._client
-        return client is not None and client.connected
+        link = self._link
+        return link is not None and link.connected
 
     def unit(self, unit: int) -> UnitState:
         state = self.units.get(unit)
@@ -350,14 +470,15 @@ class LineConnection:
 
     def set_intervals(self, reader: int, intervals: frozenset[int] | None) -> None:
         """What ``reader`` (its id) serves now; ``None``: it left the line."""
-        if intervals is None:
-            self.intervals.pop(reader, None)
-        else:
-            self.intervals[reader] = intervals
-        union: frozenset[int] = frozenset()
-        for each in list(self.intervals.values()):
-            union |= each
-        self._line_intervals = union
+        with self._intervals_lock:
+            if intervals is None:
+                self.intervals.pop(reader, None)
+            else:
+                self.intervals[reader] = intervals
+            union: frozenset[int] = frozenset()
+            for each in self.intervals.values():
+                union |= each
+            self._line_intervals = union
 
     def line_intervals(self) -> frozenset[int]:
         """The intervals every reader of the line serves: when the line's next instant is due."""
@@ -374,48 +495,48 @@ class LineConnection:
 
     def ensure(self, timeout_s: float, name: str) -> bool:
         """Connect unless connected or backing off; at most one attempt per call."""
-        client = self._client
-        if client is not None and client.connected:
+        link = self._link
+        if link is not None and link.connected:
             return True
-        if client is None:
-            client = self._client = self._make_client(timeout_s)
+        if link is None:
+            link = self._link = _Link(self.line, timeout_s)
         now = self._clock()
         if now < self._retry_at:
             return False
         self.counters["connect_attempts"] += 1
-        client.comm_params.timeout_connect = timeout_s
-        with quiet_pymodbus():
-            ok = client.connect()
-        if ok:
+        if link.connect(timeout_s):
             if self._ever_connected:
                 self.counters["reconnects"] += 1
                 _log.info("modbus %s (reader %r): connected again", self.line.key, name)
             self._ever_connected = True
             self._retry_at = 0.0
-            self._slow_failures = 0
+            if self.line.tls is None:
+                # (A TLS device may refuse this client only after the handshake: its back-off
+                # ends with the first answer instead.)
+                self._slow_failures = 0
+            self._answered = False
             self._unanswered = 0
             self._stale = False
             return True
+        if self._link is not link:
+            # Closed while connecting, from another thread (a reader's abort): not a failure.
+            self.down_text = CLOSED
+            return False
         self.counters["connect_failures"] += 1
-        error = client.connect_error
+        error = link.connect_error
         # A refusal, or a port that is not there, comes back at once: retrying at the next tick
         # is free and brings values back within two ticks of the device's return. A failure
         # that cost a timeout (an unreachable gateway) backs off.
-        slow = isinstance(error, TimeoutError | socket.timeout)
+        # So does a TLS handshake refused (a certificate not trusted): each try costs the
+        # device a handshake, and the answer will not change by the next tick.
+        slow = isinstance(error, TimeoutError | socket.timeout | ssl.SSLError)
         self.went_down(f"not connected: {describe_error(error)}", slow=slow, name=name, timeout_s=timeout_s)
         return False
 
-    def _make_client(self, timeout_s: float) -> _Client:
-        line = self.line
-        if line.kind == "serial":
-            return _SerialClient(line, timeout_s)
-        framer = FramerType.RTU if line.kind == "rtu-tcp" else FramerType.SOCKET
-        return _TcpClient(str(line.host), port=int(line.port), timeout=timeout_s, framer=framer)
-
     def went_down(self, text: str, *, slow: bool, name: str, timeout_s: float) -> None:
         self.down_text = text
-        if self._client is not None:
-            self._client.close()
+        if self._link is not None:
+            self._link.close()
         if slow:
             self._slow_failures += 1
             self._retry_at = self._clock() + retry_delay(self._slow_failures, timeout_s)
@@ -426,10 +547,13 @@ class LineConnection:
         )
 
     def close(self) -> None:
-        client = self._client
-        self._client = None
-        if client is not None:
-            client.close()
+        """Close the connection; from any thread, never waiting for a request in progress
+        (it takes no ``lock``): the transport is shut down under it, and it fails at once."""
+        link = self._link
+        self._link = None
+        if link is not None:
+            link.abort()
+            link.close()
 
     # -- one request
 
@@ -445,32 +569,44 @@ class LineConnection:
         name: str,
     ) -> ModbusPDU | Failure:
         """One read request to ``unit``; any trouble comes back as a ``Failure``, never raised."""
-        client = self._client
-        if client is None or not client.connected:
+        link = self._link
+        if link is None or not link.connected:
             return Failure(self.down_text, fatal=True)
-        wait = self._pacer.wait_s(self._clock())
-        if wait > 0:
-            # The line's silent interval (and configured pause): a bus must be quiet between
-            # frames, or the next unit cannot tell where the last answer ended.
-            self._sleep(wait)
-        client.comm_params.timeout_connect = timeout_s
-        manager = client.transaction
-        # A unit already failing gets one attempt per back-off period, never its retries too.
-        manager.retries = retries if unit.failures == 0 else 0
-        manager.max_until_disconnect = manager.count_until_disconnect = _NEVER
-        if self._stale:
-            client.drain()
-            self._stale = False
-        started = unit.tried_at = self._clock()
-        try:
-            with quiet_pymodbus():
-                response = _READS[table](client, start, count, unit.unit)
-        except Exception as exc:  # pymodbus may raise anything on garbage bytes
-            return self._failed(exc, unit, started, timeout_s, name)
-        finally:
-            self._pacer.done(self._clock())
+        link.set_timeout(timeout_s)
+        # Retries are ours, not pymodbus's: a unit already failing gets one attempt per back-off
+        # period, never its retries too, and every resend keeps the line's silent interval.
+        attempts = 1 + (retries if unit.failures == 0 else 0)
+        while True:
+            attempts -= 1
+            wait = self._pacer.wait_s(self._clock())
+            if wait > 0:
+                # The line's silent interval (and configured pause): a bus must be quiet between
+                # frames, or the next unit cannot tell where the last answer ended.
+                self._sleep(wait)
+            if self._stale:
+                link.drain()
+                self._stale = False
+            started = unit.tried_at = self._clock()
+            try:
+                with quiet_pymodbus():
+                    response = _READS[table](link.client, start, count, unit.unit)
+            except Exception as exc:  # pymodbus may raise anything on garbage bytes
+                if self._link is not link:
+                    # Closed under the request, from another thread (a reader's abort): ours,
+                    # not the device's doing; nothing to reopen or to warn about.
+                    return Failure(CLOSED, fatal=True)
+                if attempts > 0 and self._unanswered_in_time(exc, started, timeout_s):
+                    self._stale = True  # an answer arriving late is dropped before the resend
+                    continue
+                return self._failed(exc, unit, started, timeout_s, name)
+            finally:
+                self._pacer.done(self._clock())
+            break
         # Any answer, an exception answer too, shows the unit and the line are alive.
         self._unanswered = 0
+        if not self._answered:
+            self._answered = True
+            self._slow_failures = 0
         if unit.failures:
             _log.info("modbus %s unit %d (reader %r): answers again", self.line.key, unit.unit, name)
         if unit.failures and self.bus_silent():
@@ -486,15 +622,27 @@ class LineConnection:
         self, exc: Exception, unit: UnitState, started: float, timeout_s: float, name: str
     ) -> Failure:
         """What an exception out of pymodbus means for the line and the unit."""
-        if isinstance(exc, ConnectionException) or (self.line.kind == "serial" and _port_failed(exc)):
+        if (
+            isinstance(exc, ConnectionException)
+            or (self.line.kind == "serial" and _port_failed(exc))
+            or (self.line.tls is not None and isinstance(exc, OSError))
+        ):
             # pyserial's termios calls fail outside pymodbus's OSError net when a port vanishes
-            # (an adapter unplugged): that is the line gone too, not a bad answer.
-            self.went_down(_connection_lost(self.line, exc), slow=False, name=name, timeout_s=timeout_s)
+            # (an adapter unplugged): that is the line gone too, not a bad answer. A TLS device
+            # closing before its first answer is refusing this client (TLS 1.3 says so only
+            # after the handshake): backed off like a refused handshake, not retried each tick.
+            refused = self.line.tls is not None and not self._answered
+            text = _connection_lost(self.line, exc, refused=refused)
+            self.went_down(text, slow=refused, name=name, timeout_s=timeout_s)
             return Failure(self.down_text, fatal=True)
         self._stale = True
-        if isinstance(exc, ModbusIOException) and self._clock() - started >= timeout_s / 2:
+        if self._unanswered_in_time(exc, started, timeout_s):
             return self._timed_out(unit, timeout_s, name)
         return Failure(f"bad response: {short_text(exc)}")
+
+    def _unanswered_in_time(self, exc: Exception, started: float, timeout_s: float) -> bool:
+        """Did the request go unanswered for its timeout? (A bad frame fails sooner.)"""
+        return isinstance(exc, ModbusIOException) and self._clock() - started >= timeout_s / 2
 
     def bus_silent(self) -> bool:
         """True when the line has several units and none of them answers."""
@@ -539,32 +687,60 @@ class LineConnection:
 
 # ---------------------------------------------------------------------------- the registry
 
-_registry: dict[str, LineConnection] = {}
-_registry_lock = threading.Lock()
+
+class LineRegistry:
+    """The one owner of a line's identity: its settings, and its shared connection.
+
+    A line's settings are known while any ``ModbusLine`` of that key lives (a reader holds its
+    line), so a second reader naming the same port with other settings is refused when it is
+    made, before anything opens. The connection exists while some reader has it open: the
+    first ``acquire`` makes it, the last ``release`` closes it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Guarded by _lock, both.
+        self._lines: weakref.WeakValueDictionary[str, ModbusLine] = weakref.WeakValueDictionary()
+        self._connections: dict[str, LineConnection] = {}
+
+    def claim(self, line: ModbusLine) -> str | None:
+        """Remember ``line``'s settings under its key; the problem if the key has others."""
+        with self._lock:
+            return self._claim_locked(line)
+
+    def _claim_locked(self, line: ModbusLine) -> str | None:
+        connection = self._connections.get(line.key)
+        known = self._lines.get(line.key) or (connection.line if connection is not None else None)
+        if known is not None and known != line:
+            return f"modbus line {line.key} is configured twice: {', '.join(known.differences(line))}"
+        self._lines.setdefault(line.key, line)
+        return None
+
+    def acquire(self, line: ModbusLine) -> LineConnection:
+        """The line's shared connection (made on first use); ``release`` it when done."""
+        with self._lock:
+            problem = self._claim_locked(line)
+            if problem is not None:
+                raise ConfigError(problem)
+            connection = self._connections.get(line.key)
+            if connection is None:
+                connection = self._connections[line.key] = LineConnection(line)
+            connection.users += 1
+            return connection
+
+    def release(self, connection: LineConnection) -> None:
+        """One reader less; the last one closes the connection."""
+        with self._lock:
+            connection.users -= 1
+            if connection.users > 0:
+                return
+            if self._connections.get(connection.line.key) is connection:
+                del self._connections[connection.line.key]
+        connection.close()
 
 
-def acquire(line: ModbusLine) -> LineConnection:
-    """The line's shared connection (made on first use); ``release`` it when done."""
-    with _registry_lock:
-        connection = _registry.get(line.key)
-        if connection is None:
-            connection = _registry[line.key] = LineConnection(line)
-        elif connection.line != line:
-            differences = ", ".join(connection.line.differences(line))
-            raise ConfigError(f"modbus line {line.key} is configured twice: {differences}")
-        connection.users += 1
-        return connection
-
-
-def release(connection: LineConnection) -> None:
-    """One reader less; the last one closes the connection."""
-    with _registry_lock:
-        connection.users -= 1
-        if connection.users > 0:
-            return
-        if _registry.get(connection.line.key) is connection:
-            del _registry[connection.line.key]
-    connection.close()
+lines: Final = LineRegistry()
+"""Every Modbus line of the process."""
 
 
 # ---------------------------------------------------------------------------- texts
@@ -601,10 +777,9 @@ def describe_error(error: BaseException | None) -> str:
     """Why a connect or open failed, in a few words."""
     if error is None:
         return "connection failed"
-    if isinstance(error, TimeoutError | socket.timeout):
-        return "connect timed out"
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve host ({error.strerror or error})"
+    special = _special_error(error)
+    if special is not None:
+        return special
     text = str(error)
     said = next((words for marker, words in _OPEN_ERRORS if marker in text), None)
     if said is not None:
@@ -612,6 +787,34 @@ def describe_error(error: BaseException | None) -> str:
     if isinstance(error, OSError) and error.strerror:
         return peer_text(error.strerror.lower())
     return short_text(error)
+
+
+class TlsFilesError(OSError):
+    """A TLS line's files (``ca_file``, ``cert_file``, ``key_file``) did not load at connect."""
+
+
+def _special_error(error: BaseException) -> str | None:
+    if isinstance(error, TimeoutError | socket.timeout):
+        return "connect timed out"
+    if isinstance(error, TlsFilesError):
+        return str(error)
+    if isinstance(error, ssl.SSLError | socket.gaierror):
+        return _tls_or_name_error(error)
+    return None
+
+
+_REFUSED_CLIENT: Final = "does it accept this client's certificate?"
+"""What a TLS device that closes on us without a word most often means."""
+
+
+def _tls_or_name_error(error: ssl.SSLError | socket.gaierror) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve host ({error.strerror or error})"
+    if isinstance(error, ssl.SSLEOFError):
+        return f"TLS: closed by the device during the handshake ({_REFUSED_CLIENT})"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {error.verify_message or short_text(error)}"
+    return f"TLS: {(error.reason or short_text(error)).replace('_', ' ').lower()}"
 
 
 def _port_failed(exc: BaseException) -> bool:
@@ -624,9 +827,13 @@ def _port_failed(exc: BaseException) -> bool:
     return isinstance(exc, termios.error)
 
 
-def _connection_lost(line: ModbusLine, exc: Exception) -> str:
+def _connection_lost(line: ModbusLine, exc: Exception, *, refused: bool = False) -> str:
     if line.kind == "serial":
         return "connection lost: the port failed"
+    if isinstance(exc, ssl.SSLError):
+        return f"connection lost: {_tls_or_name_error(exc)}"
+    if refused:
+        return f"connection lost: closed by the device before any answer ({_REFUSED_CLIENT})"
     if "closed" in str(exc):
         return "connection lost: closed by the device"
     return "connection lost"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -15,12 +15,12 @@ from flowcollect.errors import ConfigError
 from flowcollect.models import ValueType, Variable
 from flowcollect.readers.base import DataReader
 from flowcollect.readers.modbus._connection import (
+    CLOSED,
     MAX_RETRY_DELAY_S,
     Failure,
     LineConnection,
     UnitState,
-    acquire,
-    release,
+    lines,
     retry_delay,
     short_text,
 )
@@ -32,7 +32,7 @@ from flowcollect.readers.modbus.address import (
 )
 from flowcollect.readers.modbus.decoding import Decoder, convert, decoder_for, plain_register
 from flowcollect.readers.modbus.estimates import LineEstimate
-from flowcollect.readers.modbus.line import ModbusLine
+from flowcollect.readers.modbus.line import ModbusLine, ModbusTls
 from flowcollect.readers.modbus.packing import ModbusRequest, Span, pack
 from flowcollect.readers.modbus.timing import answer_bytes, request_bytes
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
@@ -59,9 +59,6 @@ _MAX_PLANS: Final = 256
 # rest is planned on first use.
 _MAX_PREPLAN_INSTANTS: Final = 512
 SKIPPED: Final = "skipped: the line is busy until the next tick"
-
-# Lines by key, to refuse two different settings for one port before anything opens.
-_lines: weakref.WeakValueDictionary[str, ModbusLine] = weakref.WeakValueDictionary()
 
 # Values and errors in columns: what read_batch fills in place, and read copies back.
 _Columns = tuple[list[Any], list[str | None]]
@@ -105,6 +102,9 @@ class ModbusDataReader(DataReader):
     yields values with ``error`` set, never an exception; a silent unit is backed off on its
     own, a broken line is reopened by itself (see ``docs/modbus.md``, failure behaviour).
     ``timeout_s`` and ``retries`` (resends of an unanswered request) are this unit's own.
+    ``tls=True`` speaks Modbus/TCP Security (port 802 unless given) to a line of its own, with
+    ``ca_file``, ``cert_file``, ``key_file``, ``tls_verify`` and ``server_name`` as ``ModbusLine``
+    takes them: the device's certificate and name are verified unless ``tls_verify=False``.
     ``clock`` (epoch seconds) is what the reader compares the engine's instants with.
     """
 
@@ -123,26 +123,20 @@ class ModbusDataReader(DataReader):
         line: ModbusLine | None = None,
         retries: int = 0,
         clock: Callable[[], float] = time.time,
+        tls: bool = False,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        tls_verify: bool = True,
+        server_name: str | None = None,
     ) -> None:
-        problems: list[str] = []
-        resolved: ModbusLine | None = None
-        given: object = line  # callers without type checking pass anything
-        if given is not None:
-            if not isinstance(given, ModbusLine):
-                problems.append(f"ModbusDataReader line: must be a ModbusLine, got {given!r}")
-            elif host is not None or port is not None:
-                problems.append("ModbusDataReader host/port: give either line= or host= and port=, not both")
-            else:
-                resolved = given
-        elif host is None:
-            problems.append(
-                "ModbusDataReader host: must be a non-empty str, got None (or give line=, a ModbusLine)"
-            )
-        else:
-            try:
-                resolved = ModbusLine(host=host, port=502 if port is None else port)
-            except ConfigError as exc:
-                problems.extend(p.replace("ModbusLine", "ModbusDataReader") for p in exc.problems)
+        resolved, problems = _resolve_line(
+            line,
+            host,
+            port,
+            ModbusTls(_path(ca_file), _path(cert_file), _path(key_file), tls_verify, server_name),
+            tls,
+        )
         problems += _check_settings(
             type, unit, timeout_s, retries, max_gap, max_registers, max_bits, min_interval_ms
         )
@@ -152,16 +146,13 @@ class ModbusDataReader(DataReader):
                     f"ModbusDataReader unit: must be an int 0..{resolved.max_unit} on line {resolved.key}, "
                     f"got {unit!r}"
                 )
-            known = _lines.get(resolved.key)
-            if known is not None and known != resolved:
-                problems.append(
-                    f"ModbusDataReader line: {resolved.key} is configured twice: "
-                    f"{', '.join(known.differences(resolved))}"
-                )
+            # Two settings for one port are refused before anything opens.
+            conflict = lines.claim(resolved)
+            if conflict is not None:
+                problems.append(f"ModbusDataReader line: {conflict}")
         if problems or resolved is None:
             raise ConfigError(problems)
         line = resolved
-        _lines.setdefault(line.key, line)
         self._type = type
         self._line = line
         self._own_line = host is not None
@@ -175,6 +166,8 @@ class ModbusDataReader(DataReader):
         self._wall = clock
         """Epoch seconds, to compare with the engine's instants (tests inject their own)."""
 
+        self._aborted = False
+        """``abort`` was called (from the closing thread): no read may lease the line again."""
         self._connection: LineConnection | None = None
         self._last_connection: LineConnection | None = None
         self._columns_of: tuple[Sequence[VariableSpec], tuple[str, ...], list[str], frozenset[int]] | None = (
@@ -229,7 +222,7 @@ class ModbusDataReader(DataReader):
             raise AttributeError(
                 f"reader {self._type!r} is on line {self._line.key}: change the line instead"
             )
-        self._line = ModbusLine(host=host, port=port)
+        self._line = _line_of(host, port, self._line.tls, self._line.tls is not None)
 
     @property
     def lane(self) -> str:
@@ -274,6 +267,7 @@ class ModbusDataReader(DataReader):
             )
 
     def open(self) -> None:
+        self._aborted = False
         connection = self._lease()
         with connection.lock:
             connection.ensure(self.timeout_s, self._type)
@@ -283,7 +277,17 @@ class ModbusDataReader(DataReader):
         self._connection = None
         if connection is not None:
             connection.set_intervals(id(self), None)
-            release(connection)
+            lines.release(connection)
+
+    def abort(self) -> None:
+        """From the closing thread, while the lane's may be stuck in a read: leave the line now.
+
+        The last reader of a line to let go closes its connection, shutting the socket down
+        under the read (which fails at once); the device sees it closed. Nothing is read or
+        reopened afterwards unless ``open`` is called again.
+        """
+        self._aborted = True
+        self.close()
 
     def stats(self) -> Mapping[str, float]:
         # DataCollector.stats() calls this from its caller's thread while the lane reads: only
@@ -405,6 +409,12 @@ class ModbusDataReader(DataReader):
         columns: _Columns,
     ) -> None:
         values, errors = columns
+        if self._aborted:
+            # The rest of a tick that outlived the close deadline: never reopen the device.
+            for index in range(len(key)):
+                values[index] = None
+                errors[index] = CLOSED
+            return
         connection = self._lease()
         unit = connection.unit(self.unit)
         if unit.generation != self._plans_generation:
@@ -533,7 +543,7 @@ class ModbusDataReader(DataReader):
             if connection.line.key == self._line.key:
                 return connection
             self.close()
-        connection = acquire(self._line)
+        connection = lines.acquire(self._line)
         connection.set_intervals(id(self), self._intervals)
         self._connection = self._last_connection = connection
         return connection
@@ -696,6 +706,49 @@ def _due_sets(variables: Sequence[VariableSpec]) -> list[list[VariableSpec]]:
     ``_MAX_PREPLAN_INSTANTS`` due instants), in their order."""
     walk = due_patterns({v.interval_ms for v in variables}, _MAX_PREPLAN_INSTANTS)
     return [[v for v in variables if v.interval_ms in pattern.intervals] for pattern in walk.patterns]
+
+
+def _path(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else (os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+def _resolve_line(
+    line: ModbusLine | None, host: str | None, port: int | None, security: ModbusTls, tls: bool
+) -> tuple[ModbusLine | None, list[str]]:
+    """The reader's line: the one given, or a Modbus TCP (or TLS) line of its own."""
+    given: object = line  # callers without type checking pass anything
+    if given is not None:
+        problem = None
+        if not isinstance(given, ModbusLine):
+            problem = f"ModbusDataReader line: must be a ModbusLine, got {given!r}"
+        elif host is not None or port is not None:
+            problem = "ModbusDataReader host/port: give either line= or host= and port=, not both"
+        elif tls is not False or security != ModbusTls():
+            problem = "ModbusDataReader tls: give the TLS settings to the ModbusLine, not its readers"
+        return (given, []) if problem is None and isinstance(given, ModbusLine) else (None, [str(problem)])
+    if host is None:
+        return None, [
+            "ModbusDataReader host: must be a non-empty str, got None (or give line=, a ModbusLine)"
+        ]
+    try:
+        return _line_of(host, port, security, tls), []
+    except ConfigError as exc:
+        return None, [p.replace("ModbusLine", "ModbusDataReader") for p in exc.problems]
+
+
+def _line_of(host: str | None, port: str | int | None, security: ModbusTls | None, tls: bool) -> ModbusLine:
+    if security is None:
+        return ModbusLine(host=host, port=port)
+    return ModbusLine(
+        host=host,
+        port=port,
+        tls=tls,
+        ca_file=security.ca_file,
+        cert_file=security.cert_file,
+        key_file=security.key_file,
+        tls_verify=security.verify,
+        server_name=security.server_name,
+    )
 
 
 def _flatten(groups: list[_Group], start: int) -> list[tuple[int, int, Decoder, str]]:

@@ -54,6 +54,12 @@ _MIN_SCRUBBED = 4
 _DROPPED = re.compile(r"dropped=(\d+)")
 _CONFLICT = re.compile(r'input field "((?:[^"\\]|\\.)*)" on measurement "((?:[^"\\]|\\.)*)" is type (\w+)')
 _GZIP_MAGIC = b"\x1f\x8b"
+# A 404 naming what is missing: 1.x `database not found: "x"`, 2.x `bucket "x" not found`,
+# 3.x `database not found`/`db does not exist`. Any other 404 is the endpoint that is missing.
+TARGET_MISSING = re.compile(
+    r"database not found|bucket .*not found|organization .*not found|org .*not found|does not exist",
+    re.IGNORECASE,
+)
 
 try:
     # ISA-L's gzip: the same format as zlib's, ~4x less CPU at level 1 and a little smaller.
@@ -294,6 +300,12 @@ def classify(  # noqa: PLR0911 - one return per kind of answer reads best
         return Outcome.ok()
     if status == 413:
         return Outcome(Status.TOO_LARGE, detail)
+    if status == 404 and not TARGET_MISSING.search(detail):
+        # Go's "404 page not found": this server has no such write endpoint (InfluxDB 1.x before
+        # 1.8 has no v2 API), which waits for an operator like a missing database.
+        return Outcome(
+            Status.HOLD, f"{detail} (no {api} write endpoint here: the wrong api for this server?)"
+        )
     if status in (401, 403, 404):
         return Outcome(Status.HOLD, detail)
     if status == 429 or status >= 500:

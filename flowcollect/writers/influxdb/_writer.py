@@ -27,7 +27,7 @@ from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.values import CollectedVariable, ValueBatch
 from flowcollect.writers._lineprotocol import LineSerializer, Schema
 from flowcollect.writers.base import DataWriter
-from flowcollect.writers.influxdb._http import Api, Endpoint, HttpTransport
+from flowcollect.writers.influxdb._http import TARGET_MISSING, Api, Endpoint, HttpTransport
 from flowcollect.writers.sender import Backoff, BufferedSender, SenderStats
 
 __all__ = ["InfluxDBDataWriter"]
@@ -39,12 +39,6 @@ PASSWORD_ENV = "INFLUX_PASSWORD"  # noqa: S105 - the name of the variable, not a
 _APIS = ("v1", "v2", "v3")
 _EMPTY_REFUSED = re.compile(r"requires points|no points|empty|no data|no lines", re.IGNORECASE)
 _SCHEMAS = get_args(Schema)
-# A 404 naming what is missing: 1.x `database not found: "x"`, 2.x `bucket "x" not found`,
-# 3.x `database not found`/`db does not exist`. Anything else is the endpoint that is missing.
-_TARGET_MISSING = re.compile(
-    r"database not found|bucket .*not found|organization .*not found|org .*not found|does not exist",
-    re.IGNORECASE,
-)
 
 
 class InfluxDBDataWriter(DataWriter):
@@ -270,7 +264,8 @@ class InfluxDBDataWriter(DataWriter):
             else f"database {self.database!r}"
         )
         if probe.status is None:
-            raise PreflightError(f"cannot reach InfluxDB at {e.origin}: {probe.detail}")
+            hint = _tls_hint(probe.detail, self.ca_file, e.host)
+            raise PreflightError(f"cannot reach InfluxDB at {e.origin}: {probe.detail}{hint}")
         if 200 <= probe.status < 300 or (probe.status == 400 and _EMPTY_REFUSED.search(probe.detail)):
             # InfluxDB 2.0 (before 2.1) refuses an empty write with 400 "writing requires points",
             # after checking the token and the bucket: as good as a 204 here.
@@ -292,7 +287,7 @@ class InfluxDBDataWriter(DataWriter):
         page not found``) is the write endpoint itself missing: the wrong ``api`` for this
         server (InfluxDB 1.x before 1.8 has no v2 endpoint), or a URL with a wrong base path."""
         e = self._endpoint
-        if _TARGET_MISSING.search(detail):
+        if TARGET_MISSING.search(detail):
             return f"InfluxDB at {e.origin} has no {target}: {detail}"
         path = e.path.split("?", 1)[0]
         said = f" (it says it is InfluxDB {server})" if server else ""
@@ -376,6 +371,17 @@ class InfluxDBDataWriter(DataWriter):
             value_type,
             reason,
         )
+
+
+def _tls_hint(detail: str, ca_file: str | None, host: str) -> str:
+    """What to do about a certificate the writer refused (empty for other failures)."""
+    if "CERTIFICATE_VERIFY_FAILED" not in detail:
+        return ""
+    if "Hostname mismatch" in detail or "IP address mismatch" in detail:
+        return f"; the server's certificate is not for {host!r} (connect by a name it lists)"
+    if ca_file is None:
+        return "; give the CA that signed the server's certificate as ca_file"
+    return f"; ca_file={ca_file} did not sign the server's certificate"
 
 
 def _secrets(

@@ -161,6 +161,8 @@ class RawDevice:
         self.respond = respond
         self.requests: list[tuple[int, int, int]] = []
         self.connections = 0
+        self.hung_up = 0
+        """Connections the client closed (the device read their end)."""
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
         self.port = int(self._listener.getsockname()[1])
@@ -195,8 +197,10 @@ class RawDevice:
             except TimeoutError:
                 continue
             except OSError:
+                self._hung_up()
                 return
             if not data:
+                self._hung_up()
                 return
             buffer += data
             while len(buffer) >= 7:
@@ -214,6 +218,10 @@ class RawDevice:
                 if isinstance(answer, bytes):
                     with contextlib.suppress(OSError):
                         conn.sendall(answer)
+
+    def _hung_up(self) -> None:
+        with self._lock:
+            self.hung_up += 1
 
     def stop(self) -> None:
         self._stopping.set()

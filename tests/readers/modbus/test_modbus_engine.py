@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from modbus_helpers import ServerProcess, free_port, wait_until
+from modbus_helpers import RawDevice, Respond, ServerProcess, free_port, wait_until
 
 from flowcollect import DataCollectionContext, DataCollector, Variable
 from flowcollect.readers import ModbusDataReader, RandomDataReader
@@ -80,3 +82,33 @@ def test_a_device_down_then_up_then_dead_never_stops_or_delays_collection(
     assert late < TICK_MS
     assert stats.readers["plc"].lane != stats.readers["random"].lane
     assert modbus.stats()["reconnects"] == 0  # connected once, after being down from the start
+
+
+def _hang(transaction: int, unit: int, pdu: bytes) -> None:
+    return None  # reads the request, never answers: the reader's read waits out its timeout
+
+
+def test_close_giving_up_on_a_stuck_read_still_closes_the_device_connection(
+    raw_device: Callable[[Respond], RawDevice],
+) -> None:
+    # A PLC with a few connection slots: a lane abandoned by close() (its read stuck for the
+    # reader's 30 s timeout) must not keep one of them. The device sees its connection closed
+    # within close()'s bound, not when the read would have timed out.
+    device = raw_device(_hang)
+    modbus = ModbusDataReader("plc", "127.0.0.1", port=device.port, timeout_s=30.0)
+    context = DataCollectionContext(
+        id=1,
+        interval_ms=TICK_MS,
+        variables=[Variable(id=1, reader="plc", address="holding:4", value_type="int")],
+    )
+    collector = DataCollector(readers=[modbus], writers=[MemoryDataWriter()], close_timeout_s=1.0)
+    collector.start(context)
+    assert wait_until(lambda: len(device.requests) >= 1, timeout_s=5.0)
+    assert device.connections == 1
+    started = time.monotonic()
+    collector.close()
+    closed_in = time.monotonic() - started
+    assert closed_in < 1.0 + 1.0  # the close bound (and its slack), never the read's 30 s
+    assert wait_until(lambda: device.hung_up == 1, timeout_s=2.0), "the connection stayed open"
+    assert device.connections == 1  # and nothing reopened it
+    assert modbus.stats()["connected"] == 0

@@ -129,6 +129,29 @@ def test_a_hung_device_costs_one_timeout_then_backs_off(
     assert wait_until(lambda: tick(reader)[1] == [None, None, None], timeout_s=3.0)
 
 
+def test_an_unanswered_request_is_resent_by_the_line_within_the_tick(
+    raw_device: MakeDevice, make_reader: MakeReader
+) -> None:
+    # Retries are the line's: the first request goes unanswered, the resend is answered, and
+    # the tick has its values (what pymodbus's own retries did before, on the same connection).
+    asked: list[int] = []
+
+    def second_time(transaction: int, unit: int, pdu: bytes) -> bytes | None:
+        asked.append(transaction)
+        return echo_registers(transaction, unit, pdu) if len(asked) > 1 else None
+
+    device = raw_device(second_time)
+    reader = make_reader(port=device.port, timeout_s=0.2, retries=2)
+    values, errors, elapsed = tick(reader)
+    assert errors == [None, None, None]
+    assert values[0] is not None
+    assert device.requests[0] == device.requests[1]  # the tick's first request, sent twice
+    assert len(device.requests) == 4  # then the tick's two others
+    assert 0.18 <= elapsed < 0.2 + 0.25
+    assert reader.stats()["timeouts"] == 0
+    assert device.connections == 1
+
+
 def test_a_tcp_connection_nobody_answers_on_is_reopened(
     raw_device: MakeDevice, make_reader: MakeReader
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from flowcollect.readers.modbus import ModbusDataReader, ModbusLine, estimate_la
 from flowcollect.readers.modbus._connection import (
     LineConnection,
     UnitState,
+    lines,
     quiet_pymodbus,
     retry_delay,
     short_text,
@@ -94,6 +96,19 @@ def test_one_port_with_two_settings_is_refused_before_anything_opens() -> None:
         ModbusDataReader("b", line=ModbusLine("/dev/ttyUSB7", baudrate=19200), unit=2)
     with pytest.raises(ConfigError, match="give either line= or host= and port=, not both"):
         ModbusDataReader("c", host="127.0.0.1", line=first)
+
+
+def test_one_registry_owns_a_lines_identity_while_any_reader_names_it() -> None:
+    # The same refusal whether a reader is made or a connection is leased, and only while a
+    # reader still names the line: once the last one is gone, the port may be configured anew.
+    reader = ModbusDataReader("a", line=ModbusLine("/dev/ttyUSB8", baudrate=9600), unit=1)
+    conflict = lines.claim(ModbusLine("/dev/ttyUSB8", baudrate=19200))
+    assert conflict == "modbus line modbus+rtu:///dev/ttyUSB8 is configured twice: baudrate 9600 != 19200"
+    with pytest.raises(ConfigError, match="configured twice: baudrate 9600 != 19200"):
+        lines.acquire(ModbusLine("/dev/ttyUSB8", baudrate=19200))
+    del reader
+    gc.collect()
+    assert lines.claim(ModbusLine("/dev/ttyUSB8", baudrate=19200)) is None
 
 
 # ----------------------------------------------------------------------------- timing
