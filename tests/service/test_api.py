@@ -62,7 +62,7 @@ def test_reads_status_contexts_values_and_metrics(tmp_path: Path, apis: list[Api
     assert list(status["lanes"].values()) == [{"readers": ["plc"]}]
     # The API's own store of latest values is not a writer people see: no doubled totals.
     assert list(status["writers"]) == ["csv:out/api.csv"]
-    assert set(status["writers"]["csv:out/api.csv"]["figures"]) == {"written", "failed", "dropped", "pending"}
+    assert {"written", "failed", "dropped", "pending"} <= set(status["writers"]["csv:out/api.csv"]["figures"])
     assert status["contexts"]["1"]["state"] == "running"
 
     contexts = api.get("/api/v1/contexts")
