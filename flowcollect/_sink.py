@@ -79,6 +79,9 @@ def as_batch(values: Sequence[CollectedVariable]) -> ValueBatch:
     if any(v.time != first for v in values):
         source_ns = [None if v.time is None else _epoch_us(v.time, _EPOCH) * 1000 for v in values]
     quality = [v.quality for v in values]
+    beside: list[int | None] | None = None
+    if any(v.source_time is not None for v in values):
+        beside = [None if v.source_time is None else _epoch_us(v.source_time, _EPOCH) * 1000 for v in values]
     contexts = {v.context_id for v in values}
     return ValueBatch(
         t_us // 1000,
@@ -89,11 +92,13 @@ def as_batch(values: Sequence[CollectedVariable]) -> ValueBatch:
         quality=quality if any(q is not None for q in quality) else None,
         context_id=contexts.pop() if len(contexts) == 1 else None,
         reader=values[0].reader if values else "",
+        source_time_ns=beside,
     )
 
 
 def _subset(batch: ValueBatch, keep: Sequence[int], specs: Sequence[VariableSpec]) -> ValueBatch:
     values, errors, source, quality = batch.values, batch.errors, batch.source_ns, batch.quality
+    beside = batch.source_time_ns
     return ValueBatch(
         batch.t_ms,
         specs,
@@ -103,6 +108,7 @@ def _subset(batch: ValueBatch, keep: Sequence[int], specs: Sequence[VariableSpec
         quality=None if quality is None else [quality[i] for i in keep],
         context_id=batch.context_id,
         reader=batch.reader,
+        source_time_ns=None if beside is None else [beside[i] for i in keep],
     )
 
 

@@ -11,6 +11,7 @@ Commands that run a pipeline work in the pipeline file's folder, so relative pat
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import json
@@ -80,7 +81,7 @@ app.command("browse")(browse_command)
 # Libraries whose INFO lines are noise for an operator (connection chatter); debug shows them.
 # (pymodbus's own ERROR lines for failures the Modbus reader reports are kept out by the reader,
 # around its calls; pymodbus's other warnings, a server's say, still show.)
-_CHATTY = ("pymodbus", "urllib3", "influxdb_client", "asyncio")
+_CHATTY = ("pymodbus", "urllib3", "influxdb_client", "asyncio", "uvicorn")
 
 
 class LogLevel(StrEnum):
@@ -374,6 +375,28 @@ def run(
     group_ttl: Annotated[
         int, typer.Option("--group-ttl", help="Seconds a dead member's lanes wait for takeover (lease TTL).")
     ] = 10,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="Serve the HTTP API (docs/service.md) here; the run then lasts until stopped or --duration.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="The API token (else $FLOWCOLLECT_API_TOKEN); changes need it."),
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Serve the API over TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The key of --tls-cert.")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option("--state-dir", help="Record API-started contexts here; they come back after a restart."),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Reload the pipeline's contexts when the file changes (with --http)."),
+    ] = False,
 ) -> None:
     """Run a pipeline until --duration, until every context has ended, or until SIGINT/SIGTERM.
 
@@ -390,6 +413,9 @@ def run(
         )
         if options is not None and once:
             raise ConfigError("--once reads every variable once and writes nothing: it joins no --group")
+        service_options = _http_options(
+            http, (token_file, tls_cert, tls_key, state_dir), once, group, pipeline_file, watch
+        )
     except ConfigError as exc:
         _fail(exc, debug)
     pipeline = _load(pipeline_file, debug, enter=True)
@@ -408,6 +434,7 @@ def run(
             live_status=live_status,
             preflight=not no_preflight,
             group=options,
+            http=service_options,
         )
     except Exception as exc:
         _fail(exc, debug)
@@ -427,6 +454,46 @@ def run(
     raise typer.Exit(code)
 
 
+def _http_options(
+    http: str | None,
+    paths: tuple[Path | None, Path | None, Path | None, Path | None],
+    once: bool,
+    group: str | None,
+    pipeline_file: Path,
+    watch: bool,
+) -> Any:
+    """The service's options, paths made absolute before ``run`` enters the pipeline's folder.
+    ``paths``: the token file, TLS certificate and key, and the state folder."""
+    names = ("--token-file", "--tls-cert", "--tls-key", "--state-dir")
+    given = [n for n, v in zip(names, paths, strict=True) if v is not None] + (["--watch"] if watch else [])
+    if http is None:
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --http HOST:PORT")
+        return None
+    if once:
+        raise ConfigError("--once reads every variable once and exits: it serves no --http")
+    if group is not None:
+        raise ConfigError("--http with --group is not supported yet: run the API on a single collector")
+    from flowcollect.service._wiring import HttpOptions
+
+    token_file, tls_cert, tls_key, state_dir = (None if p is None else p.absolute() for p in paths)
+    return HttpOptions(http, token_file, tls_cert, tls_key, state_dir, pipeline_file.absolute(), watch)
+
+
+def _shown(api: Any, stats: CollectorStats) -> CollectorStats:
+    """The figures people see: without the API's own latest-values writer (an internal store,
+    not a destination: it would double every total)."""
+    return stats if api is None else api.visible(stats)
+
+
+def _service(pipeline: Pipeline, http: Any) -> Any:
+    began = time.perf_counter()
+    from flowcollect.service._wiring import ServiceRun
+
+    _log.debug("the HTTP API's modules loaded in %.0f ms", (time.perf_counter() - began) * 1000)
+    return ServiceRun(pipeline, http)
+
+
 @dataclass(frozen=True, slots=True)
 class _RunResult:
     """What ``run`` reports after ``_run``: the summary, the signal that stopped the run (None:
@@ -437,7 +504,7 @@ class _RunResult:
     group: GroupStats | None
 
 
-def _run(
+def _run(  # noqa: PLR0912, PLR0915 -- one place wires metrics, group, API and status
     pipeline: Pipeline,
     duration: float | None,
     context_ids: Sequence[int] | None,
@@ -449,6 +516,7 @@ def _run(
     live_status: bool,
     preflight: bool,
     group: GroupOptions | None = None,
+    http: Any = None,
 ) -> _RunResult:
     ids = context_ids or None
     received: list[str] = []  # filled by the signal handler
@@ -460,7 +528,9 @@ def _run(
 
         # Bound before anything starts: a port in use fails the run with nothing started.
         try:
-            metrics = serve_metrics(lambda: holder[0].stats() if holder else None, metrics_port, metrics_host)
+            metrics = serve_metrics(
+                lambda: _shown(api, holder[0].stats()) if holder else None, metrics_port, metrics_host
+            )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise FlowcollectError(
@@ -472,6 +542,14 @@ def _run(
     def membership() -> GroupStats | None:
         return memberships[0].stats() if memberships else None
 
+    try:
+        # Bound before anything starts, like the metrics: a bad option fails with nothing started.
+        api = None if http is None else _service(pipeline, http)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
+
     if metrics is not None and group is not None:
         metrics.registry.register(GroupStatsCollector(membership))
     status = _Status(pipeline.name)
@@ -479,6 +557,8 @@ def _run(
 
     def started(collector: DataCollector) -> None:
         holder.append(collector)
+        if api is not None:
+            api.started(collector)
         status.reset()
         if live is not None:
             live.start()
@@ -500,13 +580,19 @@ def _run(
             if group_stats is not None:
                 _log.info("group %s: %s", group_stats.group, group_stats.line())
 
+    if api is not None and on_status is not None:
+        shown = on_status
+
+        def on_status(stats: CollectorStats) -> None:
+            shown(_shown(api, stats))
+
     stop = threading.Event()
     # The interpreter's defaults stay as they are (no gc.freeze(), no shorter switch interval):
     # the engine is meant to be fast without tuning; docs/performance.md has the figures.
     try:
         with _stop_on_signals(stop, received):
             run = (
-                pipeline.run
+                functools.partial(pipeline.run, keep_running=api is not None)
                 if group is None
                 else functools.partial(run_in_group, pipeline, group, on_membership=memberships.append)
             )
@@ -521,12 +607,16 @@ def _run(
             )
         if received:
             _log.info("stopped by %s", received[0])
+        if api is not None:
+            summary = dataclasses.replace(summary, stats=_shown(api, summary.stats))
         return _RunResult(summary, received[0] if received else None, membership())
     finally:
         if live is not None:
             live.stop()
         if metrics is not None:
             metrics.close()
+        if api is not None:
+            api.close()
 
 
 def _once(pipeline: Pipeline, context_ids: Sequence[int] | None, as_json: bool, debug: bool) -> None:
@@ -677,11 +767,35 @@ def simulate(
     rtu: Annotated[
         bool, typer.Option("--rtu", help="Units 1, 2, 3 speaking RTU over TCP (a gateway).")
     ] = False,
+    silent: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--silent",
+            metavar="UNIT",
+            help="With --serial/--rtu: this unit (1, 2 or 3) receives requests and never answers, "
+            "as a unit that is off (repeat for several). Units other than 1, 2, 3 never answer.",
+        ),
+    ] = None,
+    link: Annotated[
+        Path | None,
+        typer.Option(
+            "--link",
+            metavar="PATH",
+            help="With --serial: the pty also at PATH (a symbolic link, the same on every start).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the simulated Modbus TCP plant (a line of units with --serial or --rtu, the OPC UA
     plant with --opcua) until SIGINT/SIGTERM."""
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
+    silent = silent or []
+    if silent and not (serial or rtu):
+        _fail(ConfigError("--silent: only a line of units (--serial or --rtu) has units to silence"), debug)
+    if any(unit not in (1, 2, 3) for unit in silent):
+        _fail(ConfigError(f"--silent: the line serves units 1, 2, 3, got {sorted(set(silent))}"), debug)
+    if link is not None and not serial:
+        _fail(ConfigError("--link PATH: only a serial line (--serial) has a pty to link"), debug)
     if opcua:
         _simulate_opcua(host, 4840 if port is None else port, debug)
         return
@@ -702,7 +816,9 @@ def simulate(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if serial or rtu:
-            simulator.serve_line(serial=serial, host=host, port=port)
+            simulator.serve_line(
+                serial=serial, host=host, port=port, silent=silent, link=None if link is None else str(link)
+            )
         else:
             simulator.serve(host=host, port=port)
     except KeyboardInterrupt:

@@ -29,7 +29,9 @@ class CollectedVariable:
     ``time`` is the scheduled tick (timezone-aware UTC, exactly on the wall-clock grid) unless the
     reader's source supplied its own timestamp. ``error`` is ``None`` or a short text saying why the
     read failed, in which case ``value`` is ``None``. ``quality`` is ``None`` for a good value, or
-    the source's word for a doubtful one (an OPC UA ``Uncertain...`` status).
+    the source's word for a doubtful one (an OPC UA ``Uncertain...`` status). ``source_time`` is
+    the source's own timestamp of the value when the reader reports it beside the value (an OPC
+    UA reader's default): ``time`` stays the instant, so values stay on the grid.
     """
 
     id: int
@@ -42,6 +44,7 @@ class CollectedVariable:
     time: datetime | None = None
     error: str | None = None
     quality: str | None = None
+    source_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,9 @@ class ValueBatch(Sequence[CollectedVariable]):
     - ``source_ns``: ``None``, or per value the source's own timestamp in epoch nanoseconds
       (``None`` where it gave none: the instant counts).
     - ``quality``: ``None``, or per value ``None`` (good) or the source's word for a doubtful value.
+    - ``source_time_ns``: ``None``, or per value the source's own timestamp (epoch nanoseconds)
+      carried *beside* the value: it does not stamp it (``source_ns`` does), writers store it in a
+      field or column of its own (``source_time``).
     - ``context_id``: the receiving context (``None`` in a reader's batch: the distinct reads due).
     - ``reader``: the reader type the values come from (``""`` when from several readers of one
       lane: each value's ``VariableSpec.reader`` says).
@@ -90,7 +96,17 @@ class ValueBatch(Sequence[CollectedVariable]):
     stored them elsewhere, and keep the small object to acknowledge it.
     """
 
-    __slots__ = ("context_id", "errors", "quality", "reader", "source_ns", "t_ms", "values", "variables")
+    __slots__ = (
+        "context_id",
+        "errors",
+        "quality",
+        "reader",
+        "source_ns",
+        "source_time_ns",
+        "t_ms",
+        "values",
+        "variables",
+    )
 
     def __init__(
         self,
@@ -103,6 +119,7 @@ class ValueBatch(Sequence[CollectedVariable]):
         quality: list[str | None] | None = None,
         context_id: int | None = None,
         reader: str = "",
+        source_time_ns: list[int | None] | None = None,
     ) -> None:
         n = len(variables)
         self.t_ms = t_ms
@@ -113,6 +130,7 @@ class ValueBatch(Sequence[CollectedVariable]):
         self.quality = quality
         self.context_id = context_id
         self.reader = reader
+        self.source_time_ns = source_time_ns
 
     @property
     def time(self) -> datetime:
@@ -130,13 +148,21 @@ class ValueBatch(Sequence[CollectedVariable]):
                 return _EPOCH + timedelta(microseconds=ns // 1000)
         return self.time
 
+    def source_time_of(self, i: int) -> datetime | None:
+        """The source's own time of value ``i`` carried beside it (``source_time_ns``), or None."""
+        column = self.source_time_ns
+        if column is None:
+            return None
+        ns = column[i]
+        return None if ns is None else _EPOCH + timedelta(microseconds=ns // 1000)
+
     def __iter__(self) -> Iterator[CollectedVariable]:
         # Lazily: a writer that looks at each value and lets it go keeps the garbage collector's
         # young generation small (a whole list of them, alive at once, is promoted and walked
         # again by full collections: measured six times slower on a realistic heap).
         cv = CollectedVariable
         when = self.time
-        if self.source_ns is None and self.quality is None:
+        if self.source_ns is None and self.quality is None and self.source_time_ns is None:
             for s, value, error in zip(self.variables, self.values, self.errors, strict=True):
                 yield cv(
                     s.id, s.context_id, s.address, s.value_type, s.reader, s.interval_ms, value, when, error
@@ -173,6 +199,7 @@ class ValueBatch(Sequence[CollectedVariable]):
             self.time_of(i),
             self.errors[i],
             None if quality is None else quality[i],
+            self.source_time_of(i),
         )
 
     def collected(self) -> list[CollectedVariable]:
@@ -180,7 +207,7 @@ class ValueBatch(Sequence[CollectedVariable]):
         cv = CollectedVariable
         when = self.time
         source, quality = self.source_ns, self.quality
-        if source is None and quality is None:  # the common case: one comprehension, no index
+        if source is None and quality is None and self.source_time_ns is None:  # the common case
             return [
                 cv(s.id, s.context_id, s.address, s.value_type, s.reader, s.interval_ms, value, when, error)
                 for s, value, error in zip(self.variables, self.values, self.errors, strict=True)
@@ -197,6 +224,7 @@ class ValueBatch(Sequence[CollectedVariable]):
                 self.time_of(i) if source is not None else when,
                 self.errors[i],
                 None if quality is None else quality[i],
+                self.source_time_of(i),
             )
             for i, spec in enumerate(self.variables)
         ]
@@ -214,10 +242,12 @@ class ValueBatch(Sequence[CollectedVariable]):
             quality=self.quality,
             context_id=self.context_id,
             reader=self.reader,
+            source_time_ns=self.source_time_ns,
         )
 
     def release(self) -> None:
-        """Let go of this object's columns (``values``, ``errors``, ``source_ns``, ``quality``),
+        """Let go of this object's columns (``values``, ``errors``, ``source_ns``, ``quality``,
+        ``source_time_ns``),
         for the owner of a ``handle()`` that keeps them elsewhere (on disk) and holds the object
         only to acknowledge it. ``len()``, ``t_ms``, ``variables``, ``context_id`` and ``reader``
         stay; the lists themselves are not touched (other writers may share them)."""
@@ -225,6 +255,7 @@ class ValueBatch(Sequence[CollectedVariable]):
         self.errors = []
         self.source_ns = None
         self.quality = None
+        self.source_time_ns = None
 
     @property
     def released(self) -> bool:

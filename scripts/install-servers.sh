@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite talks to, when missing and when we may (root/sudo):
 # VictoriaMetrics (the InfluxDB v2 write API; no InfluxDB 2/3 server is packaged here),
-# InfluxDB 1.x, etcd, socat (serial pty pairs) and Mosquitto (MQTT), all from Debian's packages.
+# InfluxDB 1.x, etcd, socat (serial pty pairs), Mosquitto (MQTT), and chromium with its driver
+# (the console's browser test), all from Debian's packages.
 set -u
 # command -> Debian package
 declare -A PACKAGES=(
@@ -13,6 +14,8 @@ declare -A PACKAGES=(
   [mosquitto]=mosquitto
   [mosquitto_passwd]=mosquitto
   [mosquitto_pub]=mosquitto-clients
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!PACKAGES[@]}"; do

@@ -149,6 +149,15 @@ def _where(context: DataCollectionContext, variable: Variable) -> str:
     return f"context {context.id}, variable {variable.id} (address {variable.address!r})"
 
 
+def _limit_origin(context: DataCollectionContext, reader: DataReader) -> str:
+    """Where a variable's interval limit comes from, in words a user can act on."""
+    if reader.min_interval_ms > context.min_interval_ms:
+        return f"the min_interval_ms of reader {reader.type!r}"
+    if "min_interval_ms" in context.model_fields_set:
+        return f"context {context.id}'s min_interval_ms"
+    return f"context {context.id}'s min_interval_ms (not set: the default)"
+
+
 def _validated_type(variable: Variable, reader: DataReader) -> str:
     """The variable's value type (its own, else the reader's natural type for the address, else
     float), once the reader's ``validate`` accepted the variable with it; ``ValueError`` if not."""
@@ -175,6 +184,8 @@ def compile_context(
     problems: list[str] = []
     warnings: list[str] = []
     dropped: list[int] = []
+    # Why each left-out variable was left out: interval, limit, where the limit comes from.
+    below: list[str] = []
     specs: dict[str, list[VariableSpec]] = {}
     for variable in context.variables:
         where = _where(context, variable)
@@ -206,6 +217,10 @@ def compile_context(
             if policy is IntervalLimitPolicy.IGNORE:
                 warnings.append(f"{why}; not collected (interval_limit_policy=ignore)")
                 dropped.append(variable.id)
+                below.append(
+                    f"variable {variable.id}: interval_ms {interval} < {limit} ms "
+                    f"({_limit_origin(context, reader)})"
+                )
                 continue
             interval = limit
         spec = VariableSpec(
@@ -224,6 +239,14 @@ def compile_context(
             heartbeat_ms=variable.heartbeat_ms,
         )
         specs.setdefault(lane_key(reader), []).append(spec)
+    if not specs and below and not problems:
+        # Every variable left out: the context would run and collect nothing while its start,
+        # `check` and the run's verdict said OK. That is a mistake in the pipeline, not a state.
+        problems.append(
+            f"context {context.id} would collect nothing: every variable is below its interval limit "
+            f"({'; '.join(below)}); raise interval_ms, lower min_interval_ms, or use "
+            "interval_limit_policy=use_limit"
+        )
     if problems:
         raise ConfigError(problems)
     if not specs:

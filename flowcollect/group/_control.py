@@ -33,6 +33,16 @@ class MemberStatus:
     lease_left_s: float | None
     lanes: tuple[str, ...]
     """Lanes it holds now."""
+    ttl_s: float | None = None
+    """The lease's granted TTL (None when etcd did not say)."""
+
+    @property
+    def suspect(self) -> bool:
+        """True when the member has missed its renewals: a live member renews its lease every
+        quarter TTL, so a lease not renewed for half its TTL belongs to a member that is gone
+        or cut off (killed, frozen, partitioned). Its lease, and its lanes, go when the TTL runs
+        out; until then only this flag tells it from a healthy member."""
+        return self.lease_age_s is not None and self.ttl_s is not None and self.lease_age_s >= self.ttl_s / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,8 @@ class GroupStatus:
                     "lease": m.lease,
                     "lease_age_s": m.lease_age_s,
                     "lease_left_s": m.lease_left_s,
+                    "lease_ttl_s": m.ttl_s,
+                    "suspect": m.suspect,
                     "lanes": list(m.lanes),
                 }
                 for m in self.members
@@ -82,18 +94,25 @@ class GroupStatus:
         for m in self.members:
             age = "?" if m.lease_age_s is None else f"{m.lease_age_s:.0f} s"
             labels = f" labels={','.join(m.labels)}" if m.labels else ""
-            out.append(
+            line = (
                 f"  member {m.id} on {m.host} pid {m.pid}: {len(m.lanes)} lane(s), lease {m.lease:x} "
                 f"renewed {age} ago{labels}"
             )
+            if m.suspect and m.lease_left_s is not None:
+                line += (
+                    f" -- SUSPECT: not renewed for half its TTL ({m.ttl_s:.0f} s), gone or cut off? "
+                    f"its lease and lanes go in {m.lease_left_s:.0f} s"
+                )
+            out.append(line)
         out.append(f"{len(self.lanes)} lane(s):")
         for lane in self.lanes:
             if lane.owner is None:
-                why = (
-                    "waiting for " + lane.rendezvous_owner
-                    if lane.rendezvous_owner
-                    else "no member may own it"
-                )
+                if lane.rendezvous_owner:
+                    why = "waiting for " + lane.rendezvous_owner
+                elif not self.members:
+                    why = "no member in the group"
+                else:
+                    why = "no member may own it: none has the label its pin asks for"
                 out.append(f"  {lane.lane}: unowned ({why})")
             else:
                 moving = (
@@ -129,8 +148,9 @@ def group_status(
                 left, granted = store.time_to_live(info.lease)
                 age: float | None = float(granted - left) if left >= 0 else None
                 left_s: float | None = float(left) if left >= 0 else None
+                ttl: float | None = float(granted) if granted > 0 else None
             except EtcdUnavailable:
-                age = left_s = None
+                age = left_s = ttl = None
             members.append(
                 MemberStatus(
                     info.id,
@@ -141,6 +161,7 @@ def group_status(
                     age,
                     left_s,
                     tuple(sorted(held.get(info.id, []))),
+                    ttl,
                 )
             )
         lanes = sorted(set(view.plan) | set(view.owners))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowcollect.errors import CollectorClosedError
-from flowcollect.group._member import GroupMember, GroupStats
+from flowcollect.group._member import GroupMember, GroupStats, default_member_id
 from flowcollect.group._options import GroupOptions
 from flowcollect.listeners import DataCollectionListener
 
@@ -61,13 +61,23 @@ class GroupMembership:
 
     def __init__(self, options: GroupOptions, logger: logging.Logger | None = None) -> None:
         self.options = options
+        self.member_id = options.member_id or default_member_id()
+        """This member's id: ``options.member_id``, else ``<host name>-<process id>``."""
         self._log = logger or _log
         self._member: GroupMember | None = None
         self._lock = threading.Lock()
         self._left = False
 
     def attach(self, pipeline: Pipeline) -> Pipeline:
-        """A copy of ``pipeline`` that reads nothing until this membership assigns lanes."""
+        """A copy of ``pipeline`` that reads nothing until this membership assigns lanes, its
+        writers' ``{member}`` paths (CSV files, spool folders) naming this member."""
+        from flowcollect.pipeline import for_member
+
+        pipeline, changed = for_member(pipeline, self.member_id)
+        for template, path in changed:
+            self._log.info(
+                "group %s: %s is %s for member %s", self.options.address, template, path, self.member_id
+            )
         return pipeline.model_copy(update={"listeners": [*pipeline.listeners, _HoldLanes()]})
 
     def start(self, collector: LaneCollector) -> GroupMember:
@@ -93,7 +103,7 @@ class GroupMembership:
             self.options.address,
             lanes,
             on_assignment,
-            member_id=self.options.member_id,
+            member_id=self.member_id,
             labels=self.options.labels,
             pins=self.options.pins,
             on_control=on_control,

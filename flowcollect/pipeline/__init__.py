@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from flowcollect.pipeline._devices import Device, EmbeddedModbusSimulator, device_name, port_in_use
 from flowcollect.pipeline._loader import PipelineLoadError, load_pipeline, validation_problems
+from flowcollect.pipeline._member import MEMBER, for_member
 from flowcollect.pipeline._model import Pipeline
 from flowcollect.pipeline._once import OnceResult, OnceRow
 from flowcollect.pipeline._pause import PauseSchedule
@@ -46,6 +47,9 @@ __all__ = [
     "PipelineLoadError",
     "load_pipeline",
     "validation_problems",
+    # One file for every member of a group: `{member}` in file paths
+    "MEMBER",
+    "for_member",
     # Running
     "OnceResult",
     "OnceRow",

@@ -71,6 +71,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
         raise PipelineLoadError(
             f"`pipeline` in {file} is a {type(pipeline).__name__}, not a flowcollect.Pipeline"
         )
+    pipeline._folder_given = file.parent
+    pipeline._folder_resolved = file.resolve().parent
     return pipeline
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from flowcollect.collector import DataCollector
 from flowcollect.compile import CompiledContext, compile_context, compile_plan
@@ -41,6 +42,12 @@ class Pipeline(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+
+    # Where load_pipeline found the file: its folder as the caller named it, and resolved. A run
+    # summary names a file writer's file as the user finds it from where they started (the CLI
+    # works in the file's folder): ``pipelines/out/demo.csv``, not ``out/demo.csv``.
+    _folder_given: Path | None = PrivateAttr(default=None)
+    _folder_resolved: Path | None = PrivateAttr(default=None)
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -248,6 +255,7 @@ class Pipeline(BaseModel):
         status_every_s: float = 1.0,
         logger: logging.Logger | None = None,
         preflight: bool = True,
+        keep_running: bool = False,
     ) -> RunSummary:
         """Start the devices, then the contexts; collect until ``duration_s`` has passed, every
         context has ended, or ``stop`` is set (from a signal handler or another thread; the run
@@ -258,6 +266,8 @@ class Pipeline(BaseModel):
         is left to collect (``ConfigError``), and, with ``preflight``, every writer's destination
         can work (``PreflightError``). ``on_started(collector)`` runs once every context has
         started; ``on_status(stats)`` every ``status_every_s`` on the calling thread.
+        ``keep_running``: the run does not end when every context has ended (a service whose
+        contexts are started from outside, ``flowcollect run --http``).
         """
         from flowcollect.pipeline._run import run_pipeline
 
@@ -271,6 +281,7 @@ class Pipeline(BaseModel):
             status_every_s=status_every_s,
             logger=logger,
             preflight=preflight,
+            keep_running=keep_running,
         )
 
     def read_once(self, context_ids: Iterable[int] | None = None, *, timeout_s: float = 10.0) -> OnceResult:

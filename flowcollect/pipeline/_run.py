@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flowcollect._logs import QUIET
@@ -15,8 +17,11 @@ from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline._devices import start_devices, stop_devices
+from flowcollect.pipeline._member import unresolved_member_paths
 from flowcollect.pipeline._summary import RunSummary, StopReason
 from flowcollect.stats import CollectorStats
+from flowcollect.writers.base import DataWriter
+from flowcollect.writers.csvfile import CsvFileDataWriter
 
 if TYPE_CHECKING:
     from flowcollect.pipeline._model import Pipeline
@@ -37,6 +42,7 @@ def run_pipeline(
     status_every_s: float = 1.0,
     logger: logging.Logger | None = None,
     preflight: bool = True,
+    keep_running: bool = False,
 ) -> RunSummary:
     """``Pipeline.run`` (see there)."""
     if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
@@ -46,7 +52,7 @@ def run_pipeline(
     contexts = pipeline.select(context_ids)
     ids = [c.id for c in contexts]
     # Quietly: start repeats the check and logs its warnings (variables left out) once.
-    problems = pipeline.check(ids, logger=QUIET)
+    problems = pipeline.check(ids, logger=QUIET) + unresolved_member_paths(pipeline.writers)
     if problems:
         raise ConfigError(problems)
     empty = pipeline.nothing_to_collect(ids)
@@ -58,7 +64,7 @@ def run_pipeline(
             raise PreflightError("; ".join(unusable))
     stop = stop if stop is not None else threading.Event()
     log = logger or _log
-    watcher = _EndWatcher(stop)
+    watcher = _EndWatcher(stop, keep_running)
     began = time.monotonic()
     devices = start_devices(pipeline.devices, log)
     try:
@@ -85,9 +91,29 @@ def run_pipeline(
             stop_devices(devices, log)
     elapsed = time.monotonic() - began
     why = watcher.why() if reason == "ended" else ""
-    summary = RunSummary(pipeline.name, reason, elapsed, tuple(ids), collector.stats(), why)
+    summary = RunSummary(
+        pipeline.name, reason, elapsed, tuple(ids), collector.stats(), why, files=files_of(pipeline)
+    )
     log.info("pipeline %s: %s", pipeline.name, summary.headline())
     return summary
+
+
+def files_of(pipeline: Pipeline) -> dict[str, str]:
+    """Writer name -> the file it writes, as the user finds it from where they started: a
+    relative path in a file the CLI runs is beside that file (the CLI works in its folder)."""
+    out: dict[str, str] = {}
+    given, resolved = pipeline._folder_given, pipeline._folder_resolved
+    for writer in pipeline.writers:
+        inner: object = writer
+        while isinstance(getattr(inner, "writer", None), DataWriter):  # a spool in front
+            inner = getattr(inner, "writer")  # noqa: B009 - typed as object above
+        if not isinstance(inner, CsvFileDataWriter):
+            continue
+        path = inner.path
+        if not path.is_absolute() and given is not None and Path.cwd() == resolved:
+            path = Path(os.path.normpath(given / path))
+        out[writer.name] = str(path)
+    return out
 
 
 def _wait(
@@ -118,8 +144,9 @@ def _wait(
 class _EndWatcher(DataCollectionListener):
     """Wakes the run when the last context has stopped, noting why each one did."""
 
-    def __init__(self, wake: threading.Event) -> None:
+    def __init__(self, wake: threading.Event, keep_running: bool = False) -> None:
         self._wake = wake
+        self._keep_running = keep_running  # a service: contexts come and go, the run stays
         self._armed = False
         self.ended = False
         self._by_duration: list[int] = []
@@ -149,6 +176,8 @@ class _EndWatcher(DataCollectionListener):
         return "; ".join(parts)
 
     def _ended(self) -> None:
+        if self._keep_running:
+            return
         self.ended = True
         self._wake.set()
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flowcollect.stats import CollectorStats, WriterStats
@@ -35,6 +36,10 @@ EXIT_INTERRUPTED = 130
 """Stopped cleanly by SIGINT (Ctrl-C), as shells expect: 128 + 2."""
 
 
+def _values(count: int) -> str:
+    return f"{count:,} value" + ("" if count == 1 else "s")
+
+
 @dataclass(frozen=True, slots=True)
 class WriterFigures:
     """One writer's values by fate: each value it was given is in exactly one of these."""
@@ -47,6 +52,9 @@ class WriterFigures:
     """Given up: the engine's full queue, or the writer's own buffer limit or close."""
     pending: int
     """Still queued in the engine or buffered in the writer (at the end of a run: not stored)."""
+    replayed: int = 0
+    """Values of an earlier run its spool sent again in this one (stored, failed or dropped by
+    the writer): not among the values it was given, so in none of the four figures above."""
 
     @property
     def given(self) -> int:
@@ -60,6 +68,7 @@ def writer_figures(stats: WriterStats) -> WriterFigures:
         failed=stats.failed,
         dropped=stats.dropped,
         pending=stats.queued + stats.in_flight,
+        replayed=int(stats.extra.get("spool_replayed_values", 0)),
     )
 
 
@@ -76,6 +85,12 @@ class RunSummary:
     stats: CollectorStats
     why: str = ""
     """In words, what ended the run (``contexts 1, 2 reached their duration_s``)."""
+    files: Mapping[str, str] = field(default_factory=dict)
+    """Writer name -> the file it writes, as the user finds it from where the run was started
+    (``pipelines/out/demo.csv``, where the writer's own path is ``out/demo.csv``)."""
+
+    def _where(self, name: str) -> str:
+        return self.files.get(name, name)
 
     @property
     def values_read(self) -> int:
@@ -116,6 +131,11 @@ class RunSummary:
     def pending(self) -> int:
         """Values still queued or buffered when the run ended: not stored."""
         return self._sum("pending")
+
+    @property
+    def replayed(self) -> int:
+        """Values of earlier runs the writers' spools sent again in this one."""
+        return self._sum("replayed")
 
     @property
     def missed(self) -> int:
@@ -173,26 +193,58 @@ class RunSummary:
         return f"{why} after {self.elapsed_s:.1f} s"
 
     def verdict(self) -> str:
-        """The last line: OK, or what went wrong."""
+        """The last line: OK and where the values are, or what went wrong.
+
+        Values, not writes: with two writers each storing 406 values, ``406 values stored in
+        each of 2 writers``, never ``812 values stored``."""
         problems = self.problems()
-        if not problems:
-            return f"result: OK, {self.written:,} values stored"
-        return "result: FAILED: " + "; ".join(text for _, text in problems)
+        if problems:
+            return "result: FAILED: " + "; ".join(text for _, text in problems)
+        writers = self.writers
+        if not writers:
+            return "result: OK, no writer"
+        if len(writers) == 1:
+            ((name, figures),) = writers.items()
+            return f"result: OK, {_values(figures.written)} stored in {self._where(name)}"
+        stored = {f.written for f in writers.values()}
+        if len(stored) == 1:
+            return (
+                f"result: OK, {_values(stored.pop())} stored in each of {len(writers)} writers "
+                f"({', '.join(self._where(name) for name in writers)})"
+            )
+        each = ", ".join(f"{_values(f.written)} in {self._where(name)}" for name, f in writers.items())
+        return f"result: OK, stored: {each}"
+
+    def _writes(self) -> str:
+        """How the top-level figures add up when there are several writers: writes, not values."""
+        writers = self.writers
+        if len(writers) < 2:
+            return ""
+        stored = {f.written for f in writers.values()}
+        if len(stored) == 1:
+            return f" (writes: {len(writers)} writers, {_values(stored.pop())} each)"
+        return f" (writes, summed over {len(writers)} writers)"
 
     def lines(self) -> list[str]:
         """The summary as text, one fact per line; the last one is the verdict."""
         p99 = self.lateness_ms_p99
         ids = ", ".join(str(c) for c in self.contexts)
+        several = len(self.writers) > 1
         out = [
             f"pipeline {self.pipeline}: {self.headline()} (contexts {ids})",
-            f"  values read:   {self.values_read:,} ({self.errors:,} with errors)",
-            f"  delivered:     {self.delivered:,} (to each writer)",
-            f"  written:       {self.written:,}",
-            f"  failed:        {self.failed:,}",
-            f"  dropped:       {self.dropped:,}",
+            f"  values read:   {self.values_read:,} ({self.errors:,} with errors; a variable that "
+            "several contexts share is read once)",
+            f"  delivered:     {self.delivered:,} (to the contexts: a shared variable counts in each)",
+            f"  written:       {self.written:,}{self._writes()}",
+            f"  failed:        {self.failed:,}{' (writes)' if several else ''}",
+            f"  dropped:       {self.dropped:,}{' (writes)' if several else ''}",
         ]
         if self.pending:
             out.append(f"  not stored:    {self.pending:,} (still queued or buffered at the end)")
+        if self.replayed:
+            out.append(
+                f"  replayed:      {self.replayed:,} (values of an earlier run, sent again from a spool)"
+            )
         out.append(f"  lateness p99:  {'-' if p99 is None else f'{p99:.1f} ms'}")
         for name, r in self.stats.readers.items():
             late = "-" if r.lateness_ms_p99 is None else f"{r.lateness_ms_p99:.1f} ms"
@@ -207,6 +259,10 @@ class RunSummary:
             line = f"  writer {name}: {f.written:,} written, {f.failed:,} failed, {f.dropped:,} dropped"
             if f.pending:
                 line += f", {f.pending:,} not stored (left queued)"
+            if f.replayed:
+                line += f"; {f.replayed:,} of an earlier run replayed from its spool"
+            if name in self.files:
+                line += f" (file {self.files[name]})"
             out.append(line)
         out.append(self.verdict())
         return out
@@ -227,6 +283,7 @@ class RunSummary:
             "failed": self.failed,
             "dropped": self.dropped,
             "pending": self.pending,
+            "replayed": self.replayed,
             "missed": self.missed,
             "lateness_ms_p99": self.lateness_ms_p99,
             "readers": {
@@ -246,6 +303,7 @@ class RunSummary:
                     "failed": writers[name].failed,
                     "dropped": writers[name].dropped,
                     "pending": writers[name].pending,
+                    "replayed": writers[name].replayed,
                     "queued": w.queued,
                     "extra": dict(w.extra),
                 }
@@ -255,5 +313,6 @@ class RunSummary:
                 str(cid): {"state": c.state, "delivered": c.delivered, "missed": c.missed_instants}
                 for cid, c in self.stats.contexts.items()
             },
+            "files": dict(self.files),
             "problems": [text for _, text in self.problems()],
         }

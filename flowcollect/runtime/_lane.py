@@ -33,6 +33,12 @@ from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 __all__ = ["STEP_MS", "Lane"]
 
+_Columns = tuple[
+    list[Any], list[str | None], list[int | None] | None, list[str | None] | None, list[int | None] | None
+]
+"""A reader's values at an instant: values, errors, source times (stamping), quality, and
+source times carried beside the values."""
+
 STEP_MS = 1000
 """A wall-clock jump larger than this between two ticks (beyond what the monotonic clock saw) is a
 step (NTP, an operator): the lane re-anchors its grid on the new time instead of sleeping through
@@ -279,7 +285,17 @@ class Lane:
             by_context[cid] = Delivery(cid, variables, tuple(index), scaled, tuple(range(len(variables))))
         t = math.floor(now_ms(self.scheduler))
         self.subject.on_next(
-            LaneRead(t, rtype, batch.values, batch.errors, batch.source_ns, batch.quality, by_context, True)
+            LaneRead(
+                t,
+                rtype,
+                batch.values,
+                batch.errors,
+                batch.source_ns,
+                batch.quality,
+                by_context,
+                True,
+                batch.source_time_ns,
+            )
         )
 
     def closing(self) -> bool:
@@ -421,21 +437,23 @@ class Lane:
             counters = self.counters[rp.reader]
             started = now_ms(self.scheduler)
             counters.lateness.append(started - t_ms)
-            values, errors, source, quality = self._read(reader, rp, t_ms)
+            values, errors, source, quality, beside = self._read(reader, rp, t_ms)
             counters.read_ms.append(now_ms(self.scheduler) - started)
             counters.ticks += 1
             if self._on_device is not None:
                 self._device(rp.reader, errors)
             counters.values += len(values)
             counters.errors += len(errors) - errors.count(None)
-            reads.append((rp, values, errors, source, quality))
+            reads.append((rp, values, errors, source, quality, beside))
         if self._closed:
             # Abandoned at the close deadline while this read hung: the writers are closed
             # and the collector has returned, so its values reach no context.
             return
         if len(reads) == 1:
-            rp, values, errors, source, quality = reads[0]
-            self.subject.on_next(LaneRead(t_ms, rp.reader, values, errors, source, quality, rp.by_context))
+            rp, values, errors, source, quality, beside = reads[0]
+            self.subject.on_next(
+                LaneRead(t_ms, rp.reader, values, errors, source, quality, rp.by_context, False, beside)
+            )
             return
         # One batch per lane, instant and context: the readers' columns laid end to end.
         values = list(chain.from_iterable(r[1] for r in reads))
@@ -450,7 +468,14 @@ class Lane:
             quality = list(
                 chain.from_iterable(r[4] if r[4] is not None else [None] * len(r[1]) for r in reads)
             )
-        self.subject.on_next(LaneRead(t_ms, "", values, errors, source, quality, phase.by_context))
+        beside = None
+        if any(r[5] is not None for r in reads):
+            beside = list(
+                chain.from_iterable(r[5] if r[5] is not None else [None] * len(r[1]) for r in reads)
+            )
+        self.subject.on_next(
+            LaneRead(t_ms, "", values, errors, source, quality, phase.by_context, False, beside)
+        )
 
     def _device(self, reader: str, errors: list[str | None]) -> None:
         """Tell ``on_device`` when a reader's reads went from some value to none, or back (or at
@@ -465,9 +490,7 @@ class Lane:
         self._down[reader] = down
         self._on_device(reader, errors[0] if down else None)
 
-    def _read(
-        self, reader: DataReader, rp: ReaderPhase, t_ms: int
-    ) -> tuple[list[Any], list[str | None], list[int | None] | None, list[str | None] | None]:
+    def _read(self, reader: DataReader, rp: ReaderPhase, t_ms: int) -> _Columns:
         rtype = rp.reader
         store = self._stores.get(rtype)
         if store is not None:
@@ -476,7 +499,7 @@ class Lane:
             if self._batchy[rtype]:
                 batch = ValueBatch(t_ms, rp.reads, reader=rtype)
                 reader.read_batch(batch)
-                return batch.values, batch.errors, batch.source_ns, batch.quality
+                return batch.values, batch.errors, batch.source_ns, batch.quality, batch.source_time_ns
             return self._read_each(reader, rp, t_ms)
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
@@ -484,7 +507,7 @@ class Lane:
                 (rtype, text), "reader %r failed at %s: %s", rtype, instant(t_ms).isoformat(), text
             )
             n = rp.size
-            return [None] * n, [text] * n, None, None
+            return [None] * n, [text] * n, None, None, None
 
     @staticmethod
     def _objects(rp: ReaderPhase, when: datetime) -> list[CollectedVariable]:
@@ -494,9 +517,7 @@ class Lane:
             for s in rp.reads
         ]
 
-    def _read_each(
-        self, reader: DataReader, rp: ReaderPhase, t_ms: int
-    ) -> tuple[list[Any], list[str | None], list[int | None] | None, list[str | None] | None]:
+    def _read_each(self, reader: DataReader, rp: ReaderPhase, t_ms: int) -> _Columns:
         # The phase's objects are kept and reset from tick to tick: a per-value reader costs no
         # allocation per value (the garbage collector's walk over them was most of the p99).
         kept = self._reuse.get(id(rp))
@@ -515,6 +536,7 @@ class Lane:
                 v.error = None
                 v.time = when
                 v.quality = None
+                v.source_time = None
         reader.read(cvs)
         n = len(cvs)
         values = [v.value for v in cvs]
@@ -527,7 +549,10 @@ class Lane:
         quality: list[str | None] | None = [v.quality for v in cvs]
         if quality is not None and quality.count(None) == n:
             quality = None
-        return values, errors, source, quality
+        beside: list[int | None] | None = None
+        if any(v.source_time is not None for v in cvs):
+            beside = [None if v.source_time is None else _ns(v.source_time) for v in cvs]
+        return values, errors, source, quality, beside
 
 
 def _ns(when: datetime) -> int:

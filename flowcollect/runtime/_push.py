@@ -29,12 +29,13 @@ class PushStore:
     def __init__(self) -> None:
         # Guards latest, heard_ms and pushes: the reader's threads write, the lane's thread samples.
         self._lock = threading.Lock()
-        self.latest: dict[tuple[str, str], tuple[Any, str | None, int | None, str | None]] = {}
+        # (value, error, source time stamping it, quality, source time carried beside it)
+        self.latest: dict[tuple[str, str], tuple[Any, str | None, int | None, str | None, int | None]] = {}
         self.heard_ms: float | None = None
         self.pushes = 0
 
     def update(self, batch: ValueBatch, now_ms: float) -> None:
-        source, quality = batch.source_ns, batch.quality
+        source, quality, beside = batch.source_ns, batch.quality, batch.source_time_ns
         with self._lock:
             latest = self.latest
             for i, spec in enumerate(batch.variables):
@@ -43,38 +44,51 @@ class PushStore:
                     batch.errors[i],
                     None if source is None else source[i],
                     None if quality is None else quality[i],
+                    None if beside is None else beside[i],
                 )
             self.heard_ms = now_ms
             self.pushes += 1
 
     def sample(
         self, reads: Sequence[VariableSpec], t_ms: int, stale_after_ms: int | None
-    ) -> tuple[list[Any], list[str | None], list[int | None], list[str | None] | None]:
-        """The held value of each read at ``t_ms``: values, errors, source times, quality."""
+    ) -> tuple[
+        list[Any], list[str | None], list[int | None], list[str | None] | None, list[int | None] | None
+    ]:
+        """The held value of each read at ``t_ms``: values, errors, source times, quality, and the
+        source times carried beside the values."""
         n = len(reads)
         with self._lock:
             heard = self.heard_ms
             held = [self.latest.get((s.address, s.value_type)) for s in reads]
         if heard is None:
-            return [None] * n, [NO_VALUE_YET] * n, [None] * n, None
+            return [None] * n, [NO_VALUE_YET] * n, [None] * n, None, None
         if stale_after_ms is not None and t_ms - heard > stale_after_ms:
             text = (
                 f"stale: no word from the source for {t_ms - heard:.0f} ms (stale_after_ms={stale_after_ms})"
             )
-            return [None] * n, [text] * n, [None] * n, None
+            return [None] * n, [text] * n, [None] * n, None, None
         values: list[Any] = []
         errors: list[str | None] = []
         source: list[int | None] = []
         quality: list[str | None] = []
+        beside: list[int | None] = []
         for h in held:
             if h is None:
                 values.append(None)
                 errors.append(NO_VALUE_YET)
                 source.append(None)
                 quality.append(None)
+                beside.append(None)
             else:
                 values.append(h[0])
                 errors.append(h[1])
                 source.append(h[2])
                 quality.append(h[3])
-        return values, errors, source, (quality if any(q is not None for q in quality) else None)
+                beside.append(h[4])
+        return (
+            values,
+            errors,
+            source,
+            quality if any(q is not None for q in quality) else None,
+            beside if any(b is not None for b in beside) else None,
+        )

@@ -71,6 +71,8 @@ class LaneRead:
     by_context: Mapping[int, Delivery]
     pushed: bool = False
     """A push delivered as it came (only to ``report="change"`` variables), not a due instant."""
+    source_time_ns: list[int | None] | None = None
+    """The source's own times, carried beside the values (``ValueBatch.source_time_ns``)."""
 
 
 def _pick(column: list[Any] | None, index: tuple[int, ...] | None) -> list[Any] | None:
@@ -115,6 +117,7 @@ def batch_for(read: LaneRead, d: Delivery, context_id: int) -> ValueBatch:
         quality=_pick(read.quality, index),
         context_id=context_id,
         reader=d.reader or read.reader,
+        source_time_ns=_pick(read.source_time_ns, index),
     )
 
 
@@ -221,6 +224,7 @@ def report_changes(state: ChangeState, on_fault: Fault) -> Operator:
             quality=None if batch.quality is None else [batch.quality[i] for i in index],
             context_id=batch.context_id,
             reader=batch.reader,
+            source_time_ns=None if batch.source_time_ns is None else [batch.source_time_ns[i] for i in index],
         )
 
     def _report_changes(source: Observable[Counted]) -> Observable[ValueBatch]:

@@ -594,8 +594,13 @@ class LineSimulator(Simulator):
     Otherwise RTU framing over TCP on ``host``:``port``, as a serial-to-Ethernet gateway
     speaks it.
 
-    ``silence(unit)`` makes a unit stop answering (its requests are received and counted, the
-    answer is never sent), ``slow(unit, seconds)`` delays its answers. ``requests_by_unit`` and
+    ``link``: a path of your choosing for the pty (a symbolic link socat makes and removes), the
+    same on every start, for a pipeline file or a service unit to name.
+
+    A unit the line does not serve never answers, as on a real bus (its requests are received,
+    counted and logged as ``("silent", unit)``): no exception response, no log line.
+    ``silence(unit)`` makes a served unit stop answering the same way, ``slow(unit, seconds)``
+    delays its answers. ``requests_by_unit`` and
     ``exchanges`` (the order of requests and answers the line carried) are what tests check.
     """
 
@@ -609,10 +614,16 @@ class LineSimulator(Simulator):
         baudrate: int = 19_200,
         parity: str = "N",
         directory: str | None = None,
+        link: str | None = None,
     ) -> None:
         super().__init__(host, port)
         if not units or any(not 1 <= u <= 247 for u in units):
             raise ValueError(f"LineSimulator units: must be 1..247, got {list(units)!r}")
+        if link is not None and not serial:
+            raise ValueError("LineSimulator link: only a serial line (serial=True) has a pty to link")
+        if link is not None and os.path.lexists(link) and not os.path.islink(link):
+            raise ValueError(f"LineSimulator link: {link} exists and is not a symbolic link; pick another")
+        self.link = os.path.abspath(link) if link is not None else None
         self.units = tuple(units)
         self.serial = serial
         self.baudrate = baudrate
@@ -631,7 +642,7 @@ class LineSimulator(Simulator):
         """The serial port a reader opens (``serial=True`` only)."""
         if not self.serial:
             raise RuntimeError("an RTU-over-TCP simulator has no pty: use host and port")
-        return os.path.join(self._dir(), "client")
+        return self.link if self.link is not None else os.path.join(self._dir(), "client")
 
     @property
     def requests_by_unit(self) -> dict[int, int]:
@@ -712,10 +723,11 @@ class LineSimulator(Simulator):
         socat = shutil.which("socat")
         if socat is None:
             raise RuntimeError("a serial line simulator needs socat (apt-get install socat)")
-        folder = self._dir()
-        ends = [os.path.join(folder, name) for name in ("server", "client")]
+        ends = [os.path.join(self._dir(), "server"), self.pty]
         for end in ends:
-            with contextlib.suppress(FileNotFoundError):
+            # Only a link (ours, left by a simulator that was killed): the constructor refused
+            # a path that is anything else.
+            if os.path.islink(end):
                 os.unlink(end)
         self._socat = subprocess.Popen(  # noqa: S603 - a fixed program, our own paths
             [socat, *(f"pty,raw,echo=0,link={end}" for end in ends)],
@@ -744,7 +756,11 @@ class LineSimulator(Simulator):
     # -- serving
 
     def _make_server(self) -> ModbusBaseServer:
-        devices = [self._device(unit) for unit in self.units]
+        # Device 0 is pymodbus's catch-all for ids without a device of their own: without it, a
+        # request to another unit fails inside pymodbus's datastore (a traceback logged per
+        # request, and exception 4 sent back). With it, that request is served and its answer
+        # withheld in _trace_packet: the unit stays silent, as an absent unit on a bus does.
+        devices = [self._device(unit) for unit in self.units] + [self._absent()]
         if self.serial:
             return ModbusSerialServer(
                 devices,
@@ -767,6 +783,10 @@ class LineSimulator(Simulator):
             trace_connect=self._trace_connect,
         )
 
+    def _absent(self) -> SimDevice:
+        bits, registers = [_bits(0, [False])], [_registers(0, [0])]
+        return SimDevice(0, simdata=(bits, bits, registers, registers))
+
     def _where(self) -> str:
         return self.pty if self.serial else f"{self.host}:{self.port} (RTU over TCP)"
 
@@ -786,7 +806,7 @@ class LineSimulator(Simulator):
             return packet
         unit = packet[0]  # an RTU frame starts with the unit id
         with self._lock:
-            if unit in self._silent:
+            if unit in self._silent or unit not in self.units:
                 self._exchanges.append(("silent", unit))
                 return b""
             self._exchanges.append(("answer", unit))
@@ -829,11 +849,12 @@ def serve_line(
     port: int = 5020,
     baudrate: int = 19_200,
     silent: Sequence[int] = (),
+    link: str | None = None,
 ) -> None:
     """Serve several units on one line in the foreground until Ctrl-C: a serial line (a pty
-    pair; prints the pty to open) or RTU over TCP (prints where it listens). ``silent`` units
-    receive requests but never answer."""
-    simulator = LineSimulator(units, serial=serial, host=host, port=port, baudrate=baudrate)
+    pair; prints the pty to open, ``link`` when given) or RTU over TCP (prints where it
+    listens). ``silent`` units receive requests but never answer (nor do units not served)."""
+    simulator = LineSimulator(units, serial=serial, host=host, port=port, baudrate=baudrate, link=link)
     for unit in silent:
         simulator.silence(unit)
     if serial:
@@ -855,6 +876,10 @@ def _announce_line(simulator: Simulator) -> None:
     if not isinstance(simulator, LineSimulator):
         return
     units = ", ".join(str(u) for u in simulator.units)
+    with simulator._lock:
+        silent = sorted(simulator._silent)
+    if silent:
+        units += f" ({', '.join(str(u) for u in silent)} silent)"
     if simulator.serial:
         where = f"Modbus RTU on serial port {simulator.pty} ({simulator.baudrate} baud, 8N1)"
     else:
@@ -885,10 +910,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--silent", type=int, action="append", default=[], help="a unit that never answers (repeatable)"
     )
+    parser.add_argument("--link", help="with --serial: a stable path for the pty (a symbolic link)")
     args = parser.parse_args(argv)
     if args.serial or args.rtu:
         serve_line(
-            serial=args.serial, host=args.host, port=args.port, baudrate=args.baudrate, silent=args.silent
+            serial=args.serial,
+            host=args.host,
+            port=args.port,
+            baudrate=args.baudrate,
+            silent=args.silent,
+            link=args.link,
         )
         return
     serve(args.host, args.port, args.delay_ms / 1000)

@@ -52,6 +52,9 @@ TAG_KEYS = ("address", "context", "reader", "variable")
 # With schema="typed", the field key of each value type: one type per key, whatever is mixed.
 TYPED_FIELD_KEYS = {"float": "value", "int": "value_int", "bool": "value_bool", "str": "value_str"}
 QUALITY_FIELD = "quality"
+# The source's own time of a value, when its reader carries it beside the value (OPC UA's
+# default): an integer field of epoch nanoseconds, so a query can compare it with the point's time.
+SOURCE_TIME_FIELD = "source_time"
 # Tags the writer sets itself; a variable's own tag of one of these names is left out.
 RESERVED_TAGS = frozenset(("address", "context", "name", "reader", "variable"))
 # Batches of one context and phase share their variables list: a few thousand lists is a big
@@ -299,7 +302,14 @@ class LineSerializer:
 
     def quality_key(self, field: str) -> str:
         """The quality field beside a value: one per point, else one per variable's field."""
-        return f"{field}_{QUALITY_FIELD}" if self.schema == "fields" else QUALITY_FIELD
+        # Escaped as the value's own field key is (a name with a space or comma must not end it).
+        return f"{escape_tag_value(field)}_{QUALITY_FIELD}" if self.schema == "fields" else QUALITY_FIELD
+
+    def source_time_key(self, field: str) -> str:
+        """The source time field beside a value: one per point, else one per variable's field."""
+        return (
+            f"{escape_tag_value(field)}_{SOURCE_TIME_FIELD}" if self.schema == "fields" else SOURCE_TIME_FIELD
+        )
 
     def spec_prefix(self, spec: VariableSpec) -> str:
         """A compiled variable's ``measurement,tags field=``: the built-in tags, ``name`` when
@@ -375,7 +385,8 @@ class LineSerializer:
 
         Straight from the columns: no per-value object. The timestamp is the grid instant in
         nanoseconds, or the value's source time when the batch has one for it; a value's
-        ``quality`` (when not None) goes in a ``quality`` string field beside the value.
+        ``quality`` (when not None) goes in a ``quality`` string field beside the value, and the
+        source time carried beside it (``source_time_ns``) in a ``source_time`` integer field.
         """
         prefixes, formats, all_float = self._layout(batch.variables)
         stamp = f" {batch.t_ms * 1_000_000}"
@@ -385,7 +396,12 @@ class LineSerializer:
         as_float = _as_float
         values = batch.values
         errors = batch.errors
-        simple = batch.source_ns is None and batch.quality is None and errors.count(None) == len(errors)
+        simple = (
+            batch.source_ns is None
+            and batch.quality is None
+            and batch.source_time_ns is None
+            and errors.count(None) == len(errors)
+        )
         if (
             simple
             and all_float
@@ -414,6 +430,7 @@ class LineSerializer:
             return lines, problems
         source = batch.source_ns
         quality = batch.quality
+        beside = batch.source_time_ns
         variables = batch.variables
         for i, (prefix, fmt, x, error) in enumerate(zip(prefixes, formats, values, errors, strict=True)):
             if error is not None:
@@ -426,6 +443,10 @@ class LineSerializer:
                 if word is not None:
                     spec = variables[i]
                     text += f",{self.quality_key(spec.name or spec.address)}={_string_text(str(word))}"
+                at = beside[i] if beside is not None else None
+                if at is not None:
+                    spec = variables[i]
+                    text += f",{self.source_time_key(spec.name or spec.address)}={at}i"
             except Unwritable as exc:
                 problems.append((i, "unwritable", str(exc)))
                 continue
@@ -479,6 +500,8 @@ class LineSerializer:
                         text = text[:-2]
                 else:
                     text = field_text(x, v.value_type)
+                if v.source_time is not None:
+                    text += f",{self.source_time_key(v.address)}={timestamp_ns(v.source_time)}i"
             except Unwritable as exc:
                 unwritable.append((v, str(exc)))
                 continue

@@ -22,9 +22,10 @@ __all__ = ["CsvFileDataWriter"]
 
 logger = logging.getLogger("flowcollect.writers.csv")
 
-COLUMNS = ("id", "context_id", "address", "value", "time", "error", "name", "quality", "tags")
+COLUMNS = ("id", "context_id", "address", "value", "time", "error", "name", "quality", "tags", "source_time")
 """The columns of a new file. An existing file keeps its own header's columns (the six first
-ones, before ``name``, ``quality`` and ``tags`` were added) so appending never shifts them."""
+ones, before ``name``, ``quality``, ``tags`` and ``source_time`` were added) so appending never
+shifts them."""
 
 HEADER = COLUMNS  # the name older code imports
 
@@ -41,6 +42,15 @@ def time_text(when: datetime | None) -> str:
     return when.isoformat(timespec="milliseconds")
 
 
+def _source_time_text(when: datetime) -> str:
+    # A source's clock is finer than the grid's: microseconds, where OPC UA's clocks have them.
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _source_text(ns: int | None) -> str:
+    return "" if ns is None else _source_time_text(_EPOCH + timedelta(microseconds=ns // 1000))
+
+
 def _write_all(fd: int, data: bytes) -> int:
     """Write all of ``data``; on an error, raise it with ``written`` set to what went out."""
     view = memoryview(data)
@@ -55,11 +65,13 @@ def _write_all(fd: int, data: bytes) -> int:
 
 
 class CsvFileDataWriter(DataWriter):
-    """Writes ``id, context_id, address, value, time, error, name, quality, tags`` rows.
+    """Writes ``id, context_id, address, value, time, error, name, quality, tags, source_time`` rows.
 
     ``time`` is ISO 8601 in UTC with milliseconds (``2026-11-25T12:00:00.100+00:00``): the
-    instant, or the source's own time where it gave one. ``name`` and ``tags`` (a JSON object)
-    are the variable's, ``quality`` is empty for a good value. The header is written once, when
+    instant, or the source's own time where the reader stamps values with it. ``name`` and
+    ``tags`` (a JSON object) are the variable's, ``quality`` is empty for a good value,
+    ``source_time`` is the source's own time carried beside the value (an OPC UA reader's
+    default; same format, microseconds), empty when the reader gives none. The header is written once, when
     the file is new or empty; with ``append=False`` an existing file is replaced when the writer
     first writes.
 
@@ -216,9 +228,9 @@ class CsvFileDataWriter(DataWriter):
 
     def _batch_rows(self, batch: ValueBatch) -> list[tuple[object, ...]]:
         when = time_text(batch.time)
-        source, quality = batch.source_ns, batch.quality
+        source, quality, beside = batch.source_ns, batch.quality, batch.source_time_ns
         tags = self._tags_text
-        if source is None and quality is None:  # the common case, without a call per value
+        if source is None and quality is None and beside is None:  # the common case
             return [
                 (
                     spec.id,
@@ -230,6 +242,7 @@ class CsvFileDataWriter(DataWriter):
                     spec.name or "",
                     "",
                     tags(spec.tags) if spec.tags else "",
+                    "",
                 )
                 for spec, value, error in zip(batch.variables, batch.values, batch.errors, strict=True)
             ]
@@ -248,6 +261,7 @@ class CsvFileDataWriter(DataWriter):
                     spec.name or "",
                     "" if quality is None else quality[i] or "",
                     tags(spec.tags) if spec.tags else "",
+                    _source_text(None if beside is None else beside[i]),
                 )
             )
         return rows
@@ -282,6 +296,7 @@ class CsvFileDataWriter(DataWriter):
                     "",
                     v.quality or "",
                     "",
+                    "" if v.source_time is None else _source_time_text(v.source_time),
                 )
             )
         with self._lock:

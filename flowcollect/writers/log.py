@@ -31,6 +31,9 @@ class LogDataWriter(DataWriter):
                 if batch.source_ns is None or batch.source_ns[i] is None
                 else time_text(batch.time_of(i))
             )
+            at = batch.source_time_of(i)
+            if at is not None:
+                when += f" (source time {time_text(at)})"
             self._line(spec.context_id, spec.id, spec.address, values[i], when, errors[i])
 
     def write(self, values: Sequence[CollectedVariable]) -> None:

@@ -59,7 +59,7 @@ def check_figures(summary: dict[str, Any], text: str) -> None:
         re.findall(r"^  writer (\S+): ([\d,]+) written, [\d,]+ failed, [\d,]+ dropped", text, re.MULTILINE)
     )
     assert set(lines) == set(writers)
-    total = re.search(r"^  written: +([\d,]+)$", text, re.MULTILINE)
+    total = re.search(r"^  written: +([\d,]+)(?: \(writes[^)]*\))?$", text, re.MULTILINE)
     assert total is not None
     assert int(total.group(1).replace(",", "")) == sum(int(n.replace(",", "")) for n in lines.values())
 
@@ -270,9 +270,37 @@ def test_a_run_that_would_collect_nothing_because_of_the_limit_does_not_start(tm
     for command in ("check", "run"):
         result = flowcollect(command, str(path), cwd=tmp_path)
         assert result.returncode == 1, result.stderr
-        assert "error: nothing to collect: every variable of contexts 1, 2 is below its interval limit" in (
-            result.stderr
-        )
+        for context in (1, 2):
+            line = f"error: context {context} would collect nothing: every variable is below its"
+            assert line in result.stderr
+        assert not (tmp_path / "out.csv").exists()
+
+
+def test_one_context_below_its_limit_is_an_error_naming_it_the_interval_and_the_limit(tmp_path: Path) -> None:
+    # Context 2 collects; context 1 would collect nothing at all: that used to be a warning, and
+    # `run` ended "result: OK" while context 1 stored nothing.
+    path = write_pipeline(tmp_path, LEFT_OUT.format(first="[FAST]", second="[OK]"))
+    expected = (
+        "error: context 1 would collect nothing: every variable is below its interval limit "
+        "(variable 1: interval_ms 50 < 100 ms (context 1's min_interval_ms (not set: the default))); "
+        "raise interval_ms, lower min_interval_ms, or use interval_limit_policy=use_limit"
+    )
+    for command in ("check", "run"):
+        result = flowcollect(command, str(path), cwd=tmp_path)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert expected in result.stderr.splitlines(), result.stderr
+        assert "OK" not in result.stdout
+    assert not (tmp_path / "out.csv").exists()
+    # The reader's own limit is named when it is the larger one.
+    slow = (
+        LEFT_OUT.format(first="[FAST]", second="[OK]")
+        .replace("RandomDataReader()", "RandomDataReader(min_interval_ms=200)")
+        .replace("interval_ms=100, duration_s", "interval_ms=300, min_interval_ms=10, duration_s")
+    )
+    path = write_pipeline(tmp_path, slow)
+    result = flowcollect("check", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "(variable 1: interval_ms 50 < 200 ms (the min_interval_ms of reader 'random'))" in result.stderr
     assert not (tmp_path / "out.csv").exists()
 
 

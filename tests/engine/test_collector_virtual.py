@@ -347,6 +347,19 @@ def test_interval_limit_policy_ignore_warns_and_skips(
     assert {v.address for v in writer.values} == {"b"}
 
 
+def test_a_context_with_every_variable_below_its_limit_does_not_start(
+    reader: StaticDataReader, writer: MemoryDataWriter
+) -> None:
+    collector, clock = virtual_collector([reader], [writer], start_ms=T0)
+    collector.start(ctx(1, (1, "a", 100)))
+    with pytest.raises(ConfigError, match=r"context 2 would collect nothing: .*interval_ms 50 < 100 ms"):
+        collector.start(ctx(2, (1, "a", 50), (2, "b", 20)))
+    # The running context is untouched, and context 2 is not running.
+    assert list(collector.contexts()) == [1]
+    clock.advance_ms(200)
+    assert {v.context_id for v in writer.values} == {1}
+
+
 def test_interval_limit_policy_use_limit_collects_at_the_limit(writer: MemoryDataWriter) -> None:
     slow = StaticDataReader({"a": 1}, min_interval_ms=250)
     collector, clock = virtual_collector(

@@ -209,7 +209,10 @@ def workspace(tmp_path: Path) -> Path:
 
 
 def check_readme(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
-    assert result.stdout == "result: OK, 10 values stored\n", result.stderr
+    # The verdict the page's comment promises, as printed.
+    promised = re.search(r"^print\(summary\.verdict\(\)\)  # (.+)$", code, flags=re.MULTILINE)
+    assert promised is not None, code
+    assert result.stdout == promised.group(1) + "\n", result.stderr
     rows = (cwd / "out" / "values.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 10  # the header, then every value stored
 
@@ -246,6 +249,31 @@ def check_pipeline_file(where: str, code: str, cwd: Path, result: subprocess.Com
     assert re.fullmatch(r"pipeline \w+: OK \(.*\)\n", checked.stdout), checked.stdout
 
 
+def check_first_pipeline(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
+    """The guide's first pipeline: saved where it says, every command of the block after it runs
+    as printed, against the simulator the file starts (it once pointed at 192.0.2.10)."""
+    check_pipeline_file(where, code, cwd, result)
+    page = (REPO / where.rsplit(":", 1)[0]).read_text(encoding="utf-8")
+    after = page[page.index(code) + len(code) :].split("```\n", 1)[1]  # past the block's fence
+    shell = next(body for lang, body in FENCE.findall(after) if lang == "sh")
+    outputs = []
+    for line in shell.splitlines():
+        command = line.split("#", 1)[0].split()
+        assert command[0] == ".venv/bin/flowcollect", line
+        argv = [str(cwd / command[0]), *command[1:]]
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=90, check=False)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    once, run = outputs[-2], outputs[-1]
+    assert once.splitlines()[-1] == "pipeline boiler: read once: 2 values, 0 errors; nothing written", once
+    rows = (cwd / "pipelines" / "out" / "boiler.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) > 1 + 5  # the header, then a few seconds of values
+    assert all(row.split(",")[5] == "" for row in rows[1:]), rows  # no value is an error
+    # The page says where the file is, and so does the summary.
+    assert "`pipelines/out/boiler.csv`" in page
+    assert run.splitlines()[-1] == f"result: OK, {len(rows) - 1} values stored in pipelines/out/boiler.csv"
+
+
 def check_runs(where: str, code: str, cwd: Path, result: subprocess.CompletedProcess[str]) -> None:
     """Builds what it shows (a reader, a writer) with nothing to print."""
     assert result.stdout == ""
@@ -261,7 +289,8 @@ def check_listeners(where: str, code: str, cwd: Path, result: subprocess.Complet
 
 CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProcess[str]], None]] = {
     ("README.md", "from flowcollect import DataCollectionContext, Pipeline, Variable"): check_readme,
-    ("docs/getting-started.md", "# pipelines/boiler.py"): check_pipeline_file,
+    ("docs/getting-started.md", "# pipelines/boiler.py"): check_first_pipeline,
+    ("docs/getting-started.md", "# pipelines/boiler.py, for the real PLC"): check_pipeline_file,
     ("docs/getting-started.md", "import time"): check_library,
     (
         "docs/cli.md",
@@ -320,6 +349,29 @@ def test_fragments_and_checks_name_blocks_that_exist() -> None:
     assert set(FRAGMENTS) <= present, set(FRAGMENTS) - present
     assert set(CHECKS) <= present, set(CHECKS) - present
     assert set(ENVIRONMENTS) <= set(CHECKS)
+
+
+def test_make_run_names_the_file_where_it_is(tmp_path: Path) -> None:
+    # The Makefile's own command, from a fresh clone's folder: the summary once said out/demo.csv
+    # while the file was pipelines/out/demo.csv.
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    recipe = re.search(r"^run: .*\n\t\$\(BIN\)/(flowcollect .*)$", makefile, flags=re.MULTILINE)
+    assert recipe is not None
+    cwd = workspace(tmp_path)
+    command = recipe.group(1).split()
+    done = subprocess.run(
+        [str(cwd / ".venv" / "bin" / command[0]), *command[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = len((cwd / "pipelines" / "out" / "demo.csv").read_text(encoding="utf-8").splitlines()) - 1
+    lines = done.stdout.splitlines()
+    assert lines[-1] == f"result: OK, {rows:,} values stored in pipelines/out/demo.csv", done.stdout
+    assert "  writer csv:out/demo.csv: " in done.stdout and "(file pipelines/out/demo.csv)" in done.stdout
 
 
 def test_the_check_transcript_in_the_cli_page_is_what_check_prints(tmp_path: Path) -> None:

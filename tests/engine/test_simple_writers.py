@@ -35,10 +35,10 @@ def test_csv_rows_and_header_once_across_writers(tmp_path: Path) -> None:
     again.close()
     rows = read_rows(path)
     assert rows == [
-        ["id", "context_id", "address", "value", "time", "error", "name", "quality", "tags"],
-        ["1", "1", "holding:1", "1.5", "2026-11-25T12:00:00.100+00:00", "", "", "", ""],
-        ["2", "1", "holding:2", "", "2026-11-25T12:00:00.100+00:00", "timeout", "", "", ""],
-        ["3", "1", "holding:3", 'say "hi", ok', "2026-11-25T12:00:00.100+00:00", "", "", "", ""],
+        ["id", "context_id", "address", "value", "time", "error", "name", "quality", "tags", "source_time"],
+        ["1", "1", "holding:1", "1.5", "2026-11-25T12:00:00.100+00:00", "", "", "", "", ""],
+        ["2", "1", "holding:2", "", "2026-11-25T12:00:00.100+00:00", "timeout", "", "", "", ""],
+        ["3", "1", "holding:3", 'say "hi", ok', "2026-11-25T12:00:00.100+00:00", "", "", "", "", ""],
     ]
 
 
@@ -69,7 +69,7 @@ def test_csv_is_safe_under_concurrent_writes(tmp_path: Path) -> None:
     rows = read_rows(path)
     assert rows[0][0] == "id"
     assert len(rows) == 1 + 4 * 200 * 5
-    assert all(len(r) == 9 for r in rows)
+    assert all(len(r) == 10 for r in rows)
 
 
 def test_csv_flush_makes_rows_visible(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ def test_rows_have_one_time_format_and_the_variables_name_tags_and_quality(tmp_p
         "name": "temp",
         "quality": "",
         "tags": '{"line":"A","unit":"°C"}',
+        "source_time": "",
     }
     assert got[1] == {
         "id": "2",
@@ -83,6 +84,7 @@ def test_rows_have_one_time_format_and_the_variables_name_tags_and_quality(tmp_p
         "name": "",
         "quality": "Uncertain",
         "tags": "",
+        "source_time": "",
     }
     assert [r["time"] for r in got[2:]] == ["2025-11-26T12:00:00.042+00:00", "2025-11-26T12:00:00.100+00:00"]
     for r in got:  # one format: parses, always three fraction digits, UTC
@@ -90,6 +92,32 @@ def test_rows_have_one_time_format_and_the_variables_name_tags_and_quality(tmp_p
         assert len(r["time"]) == len("2025-11-26T12:00:00.000+00:00")
     s = sink.snapshot()
     assert (s.received, s.written, s.failed, s.in_flight) == (4, 4, 0, 0)
+
+
+def test_a_source_time_carried_beside_the_value_has_a_column_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "beside.csv"
+    sink = WriterSink(CsvFileDataWriter(path), LOG)
+    beside = batch(0)
+    beside.source_time_ns = [(T0 - 86_400_000) * 1_000_000 + 123_456_789, None]
+    sink.put(beside)
+    assert sink.close(time.monotonic() + 5)
+    got = rows(path)
+    # The row's time stays the instant; the source's own time (to the microsecond) is beside it.
+    assert [(r["time"], r["source_time"]) for r in got] == [
+        ("2025-11-26T12:00:00.000+00:00", "2025-11-25T12:00:00.123456+00:00"),
+        ("2025-11-26T12:00:00.000+00:00", ""),
+    ]
+
+
+def test_appending_to_a_file_with_the_nine_columns_before_source_time_keeps_them(tmp_path: Path) -> None:
+    path = tmp_path / "nine.csv"
+    path.write_text("id,context_id,address,value,time,error,name,quality,tags\r\n")
+    sink = WriterSink(CsvFileDataWriter(path), LOG)
+    sink.put(batch(0))
+    assert sink.close(time.monotonic() + 5)
+    with path.open(newline="", encoding="utf-8") as file:
+        lines = list(csv.reader(file))
+    assert [len(line) for line in lines] == [9, 9, 9]
 
 
 def test_appending_to_a_file_with_the_older_six_columns_keeps_them(tmp_path: Path) -> None:
@@ -233,7 +261,7 @@ def test_a_full_filesystem_counts_rows_failed_keeps_whole_rows_and_recovers(tmp_
     assert 0 < written < 4000 and written + failed == 4000
     # Every row in the file is whole (a half-written batch was cut away) and each one counted
     # as written is there; after space came back, the last five batches were written.
-    assert result["widths"] == [9]
+    assert result["widths"] == [10]
     assert result["end"] == [4100, written + 100, failed, 0, 0]
     ks = result["ks"]
     assert len(ks) == written + 100

@@ -516,8 +516,9 @@ class Link:
                 unresolved[i] = node
             else:
                 nodes.append((i, node))
-        which = {"source": ua.TimestampsToReturn.Source, "server": ua.TimestampsToReturn.Server}
-        returned = which.get(self.settings.timestamps, ua.TimestampsToReturn.Neither)
+        # "instant" too asks for the source's time: it travels beside the value (source_time).
+        which = {"server": ua.TimestampsToReturn.Server}
+        returned = which.get(self.settings.timestamps, ua.TimestampsToReturn.Source)
         chunks: list[_Chunk] = []
         for start in range(0, len(nodes), self.max_read):
             part = nodes[start : start + self.max_read]
@@ -702,7 +703,7 @@ class Link:
         returned = {
             "source": ua.TimestampsToReturn.Both,
             "server": ua.TimestampsToReturn.Both,
-            "instant": ua.TimestampsToReturn.Neither,
+            "instant": ua.TimestampsToReturn.Source,
         }[self.settings.timestamps]
         for start in range(0, len(requests), self.max_items):
             part = requests[start : start + self.max_items]
@@ -794,6 +795,7 @@ class Link:
                 source_ns=source if timestamps != "instant" else None,
                 quality=quality,
                 reader=self.settings.reader,
+                source_time_ns=source if timestamps == "instant" else None,
             )
             self._emit(batch)
 

@@ -155,16 +155,16 @@ def convert_value(variant: Variant | None, value_type: str) -> tuple[Any, str | 
 def decode(
     data: DataValue | None, value_type: str, timestamps: Timestamps
 ) -> tuple[Any, str | None, str | None, int | None]:
-    """``(value, error, quality, source_ns)`` of one DataValue for a variable of ``value_type``."""
+    """``(value, error, quality, time_ns)`` of one DataValue for a variable of ``value_type``.
+
+    ``time_ns`` is the ``ServerTimestamp`` with ``timestamps="server"``, else the
+    ``SourceTimestamp`` (which, with ``"instant"``, travels beside the value: the caller puts it
+    in ``source_time_ns``, not in ``source_ns``)."""
     if data is None:
         return None, "the server sent no data value", None, None
     status = data.StatusCode
     code = status.value if status is not None else 0
-    when: int | None = None
-    if timestamps == "source":
-        when = to_epoch_ns(data.SourceTimestamp)
-    elif timestamps == "server":
-        when = to_epoch_ns(data.ServerTimestamp)
+    when = to_epoch_ns(data.ServerTimestamp if timestamps == "server" else data.SourceTimestamp)
     severity = code & 0xC0000000
     if severity:
         if severity != 0x40000000:

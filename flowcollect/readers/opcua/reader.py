@@ -37,6 +37,12 @@ class OpcUaDataReader(DataReader):
       interval = the variable's interval, ``deadband`` as an absolute data-change filter),
       created in calls of at most the server's MaxMonitoredItemsPerCall; values are pushed.
 
+    ``timestamps``: what a value's time is. ``"instant"`` (the default): the grid instant it was
+    due at, with the node's ``SourceTimestamp`` beside it (``source_time``: a CSV column, an
+    InfluxDB field), so a value polled twice between two changes of the source is two points,
+    never one. ``"source"`` or ``"server"``: the node's ``SourceTimestamp`` or
+    ``ServerTimestamp`` is the value's time.
+
     A server that is down, restarted or cut off gives errors, never an exception; the reader
     reconnects by itself with backoff, resolves browse paths and ``nsu=`` ids again and re-creates
     its monitored items. See ``docs/opcua.md``.
@@ -48,7 +54,7 @@ class OpcUaDataReader(DataReader):
         endpoint: str,
         *,
         mode: Mode = "poll",
-        timestamps: Literal["source", "server", "instant"] = "source",
+        timestamps: Literal["source", "server", "instant"] = "instant",
         security_policy: str | None = None,
         security_mode: str | None = None,
         certificate: str | Path | None = None,
@@ -290,6 +296,7 @@ class OpcUaDataReader(DataReader):
             variable.quality = batch.quality[i] if batch.quality is not None else None
             if batch.source_ns is not None and batch.source_ns[i] is not None:
                 variable.time = batch.time_of(i)
+            variable.source_time = batch.source_time_of(i)
 
     def read_batch(self, batch: ValueBatch) -> None:
         variables = batch.variables
@@ -327,7 +334,7 @@ class OpcUaDataReader(DataReader):
         n = len(variables)
         counters = self._counters
         timestamps = self.timestamps
-        source: list[int | None] | None = [None] * n if timestamps != "instant" else None
+        source: list[int | None] = [None] * n
         quality: list[str | None] | None = None
         bad = 0
         for i, data in enumerate(outcome):
@@ -349,9 +356,11 @@ class OpcUaDataReader(DataReader):
                     quality = [None] * n
                 quality[i] = doubt
                 counters["uncertain"] += 1
-            if source is not None:
-                source[i] = when
-        batch.source_ns = source
+            source[i] = when
+        if timestamps == "instant":
+            batch.source_time_ns = source
+        else:
+            batch.source_ns = source
         batch.quality = quality
         counters["values_read"] += n - bad
         counters["value_errors"] += bad

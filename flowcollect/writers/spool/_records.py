@@ -14,7 +14,8 @@ Two kinds of record:
   per segment for each distinct ``variables`` sequence the batches use, before the first batch
   that refers to it. A batch names its table by id, so no spec is written per value.
 - ``KIND_BATCH``: one ``ValueBatch``: its table id, context, reader, and the columns
-  (values, errors, source times, quality) as they are.
+  (values, errors, source times, quality, and the source times carried beside the values: an
+  eighth element a record of an older spool does not have) as they are.
 
 Payloads are pickles of plain tuples, lists, numbers, strings and None (protocol 5: C-speed, and
 exact for floats, ints of any size, bools and strings), plus the ``datetime`` types a source may
@@ -183,6 +184,7 @@ def batch_record(list_id: int, batch: ValueBatch, encoder: Encoder) -> tuple[byt
             None if errors.count(None) == n else errors,
             batch.source_ns,
             None if quality is None or quality.count(None) == n else quality,
+            batch.source_time_ns,
         )
         try:
             payload = encoder.dumps(row)
@@ -205,7 +207,8 @@ def decode_batch(
 ) -> ValueBatch:
     row = loads(payload)
     try:
-        list_id, context_id, reader, values, errors, source_ns, quality = row
+        list_id, context_id, reader, values, errors, source_ns, quality, *rest = row
+        beside = rest[0] if rest else None
         variables = tables[list_id]
     except KeyError as exc:
         raise RecordError(f"batch refers to variable table {exc} that the segment does not hold") from exc
@@ -223,6 +226,7 @@ def decode_batch(
         quality=quality,
         context_id=context_id,
         reader=reader,
+        source_time_ns=beside,
     )
 
 

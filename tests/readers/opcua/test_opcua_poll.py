@@ -168,8 +168,10 @@ def test_timestamps_source_server_and_instant(sim: OpcUaSimulator, make_reader: 
     assert server.source_ns is not None and server.source_ns[0] is not None
     assert abs(server.source_ns[0] / 1e9 - time.time()) < 60
     instant = read(make_reader(timestamps="instant"), specs(address))
-    assert instant.source_ns is None
+    assert instant.source_ns is None  # the value's time is the instant...
+    assert instant.source_time_ns == source.source_ns  # ...and the source's travels beside it
     assert instant.values == [42.0]
+    assert read(make_reader(), specs(address)).source_time_ns == source.source_ns  # the default
 
 
 def test_a_node_removed_mid_run_becomes_an_error_and_the_others_flow(

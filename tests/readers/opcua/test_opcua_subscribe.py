@@ -23,7 +23,7 @@ def spec(
 def test_changes_arrive_with_the_source_times_they_were_written_at(
     sim: OpcUaSimulator, make_reader: MakeReader
 ) -> None:
-    reader = make_reader(mode="subscribe")
+    reader = make_reader(mode="subscribe", timestamps="source")
     pushed = Pushed()
     reader.plan_changed([spec(1, sim.node_id("Line1/Setpoint"))])
     reader.start_pushing(pushed)

@@ -34,9 +34,15 @@ def test_good_uncertain_and_bad() -> None:
     )
     # A Bad DataValue that still carries a value: the value is never delivered.
     bad = data(2.5, ua.VariantType.Double, ua.StatusCodes.BadSensorFailure)
-    assert decode(bad, "float", "instant") == (None, "BadSensorFailure", None, None)
+    # With "instant", the source's time is still decoded: it travels beside the value.
+    assert decode(bad, "float", "instant") == (None, "BadSensorFailure", None, to_epoch_ns(WHEN))
     # Uncertain and not deliverable as the type: the conversion error wins, no quality.
-    assert decode(uncertain, "int", "instant") == (None, "cannot deliver Double 2.5 as int", None, None)
+    assert decode(uncertain, "int", "instant") == (
+        None,
+        "cannot deliver Double 2.5 as int",
+        None,
+        to_epoch_ns(WHEN),
+    )
     assert decode(None, "float", "source") == (None, "the server sent no data value", None, None)
     empty = ua.DataValue(ua.Variant(None), StatusCode=ua.StatusCode(0))
     assert decode(empty, "float", "source")[1] == "the server sent no value (Null)"
