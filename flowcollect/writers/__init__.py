@@ -13,6 +13,7 @@ from flowcollect.writers.spool import SpooledWriter, SpoolOptions
 if TYPE_CHECKING:
     from flowcollect.writers.influxdb import InfluxDBDataWriter
     from flowcollect.writers.mqtt import MqttDataWriter
+    from flowcollect.writers.sparkplug import SparkplugDataWriter
 
 __all__ = [
     "CsvFileDataWriter",
@@ -21,6 +22,7 @@ __all__ = [
     "LogDataWriter",
     "MemoryDataWriter",
     "MqttDataWriter",
+    "SparkplugDataWriter",
     # store and forward
     "SpoolOptions",
     "SpooledWriter",
@@ -38,4 +40,8 @@ def __getattr__(name: str) -> Any:
         from flowcollect.writers.mqtt import MqttDataWriter
 
         return MqttDataWriter
+    if name == "SparkplugDataWriter":
+        from flowcollect.writers.sparkplug import SparkplugDataWriter
+
+        return SparkplugDataWriter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,7 @@ from flowcollect.mqtt import MqttReceiver, Protocol, TlsOptions, options_problem
 from flowcollect.readers.base import DataReader, Emit
 from flowcollect.readers.mqtt._kinds import AddressKind, Delivery, Source, Watched
 from flowcollect.readers.mqtt._plain import PlainKind
+from flowcollect.readers.mqtt._sparkplug import SparkplugKind
 from flowcollect.values import ValueBatch, VariableSpec
 
 __all__ = ["KINDS", "MqttDataReader"]
@@ -22,7 +23,7 @@ __all__ = ["KINDS", "MqttDataReader"]
 logger = logging.getLogger("flowcollect.readers.mqtt")
 _VALUE_TYPES = ("float", "int", "bool", "str")
 
-KINDS: list[AddressKind] = [PlainKind()]
+KINDS: list[AddressKind] = [SparkplugKind(), PlainKind()]
 """The address kinds, tried in order; the plain topic (last) takes whatever no other claims.
 A kind with its own prefix (Sparkplug B: ``spBv1.0/``) is inserted before it."""
 
@@ -179,6 +180,11 @@ class MqttDataReader(DataReader):
         for name, items in by_kind.items():
             if name not in self._sources:
                 self._sources[name] = kinds[name].source(self.qos)
+                conn = self._conn
+                if conn is not None and conn.connected:
+                    # A source made after the connection came up hears of it too (Sparkplug
+                    # asks the nodes it now watches for their births).
+                    self._sources[name].connected(conn.publish_qos0)
             source = self._sources[name]
             for topic, qos in source.watch(items).items():
                 filters[topic] = max(qos, filters.get(topic, 0))
@@ -279,7 +285,6 @@ class MqttDataReader(DataReader):
         conn = self._conn
         if conn is None:
             return
-
         for source in list(self._sources.values()):
             source.connected(conn.publish_qos0)
 
