@@ -474,7 +474,7 @@ def _http_options(
         raise ConfigError("--once reads every variable once and exits: it serves no --http")
     if group is not None:
         raise ConfigError("--http with --group is not supported yet: run the API on a single collector")
-    from flowcollect.service._wiring import HttpOptions
+    from flowcollect.service import HttpOptions
 
     token_file, tls_cert, tls_key, state_dir = (None if p is None else p.absolute() for p in paths)
     return HttpOptions(http, token_file, tls_cert, tls_key, state_dir, pipeline_file.absolute(), watch)
@@ -488,7 +488,7 @@ def _shown(api: Any, stats: CollectorStats) -> CollectorStats:
 
 def _service(pipeline: Pipeline, http: Any) -> Any:
     began = time.perf_counter()
-    from flowcollect.service._wiring import ServiceRun
+    from flowcollect.service import ServiceRun
 
     _log.debug("the HTTP API's modules loaded in %.0f ms", (time.perf_counter() - began) * 1000)
     return ServiceRun(pipeline, http)

@@ -14,6 +14,7 @@ from flowcollect.service._latest import LatestValue, LatestValues
 from flowcollect.service._server import ApiServer
 from flowcollect.service._service import ContextConflictError, Service, Subscription
 from flowcollect.service._state import StateStore
+from flowcollect.service._wiring import HttpOptions, ServiceRun
 
 __all__ = [
     # The operations and their state
@@ -27,6 +28,9 @@ __all__ = [
     "ApiServer",
     "MAX_BODY_BYTES",
     "build_app",
+    # ``flowcollect run --http``: the service around a pipeline's run
+    "HttpOptions",
+    "ServiceRun",
     # Tokens
     "TOKEN_ENV",
     "is_loopback",
