@@ -55,7 +55,7 @@ from flowcollect.runtime import (
 )
 from flowcollect.stats import CollectorStats, ContextStats, ReaderCounters
 from flowcollect.values import ValueBatch
-from flowcollect.writers.base import DataWriter
+from flowcollect.writers.base import DataWriter, writer_problems
 
 __all__ = ["DataCollector"]
 
@@ -620,7 +620,15 @@ class DataCollector:
             ) from None
 
     def _compile(self, context: DataCollectionContext) -> CompiledContext:
-        return compile_context(context, self._readers, self.policy)
+        compiled = compile_context(context, self._readers, self.policy)
+        # The writers see the compiled variables too (a topic template a variable cannot fill):
+        # refused here, before anything starts.
+        problems = writer_problems(
+            [sink.writer for sink in self._sinks], [s for specs in compiled.specs.values() for s in specs]
+        )
+        if problems:
+            raise ConfigError(problems)
+        return compiled
 
     def _plan(self, touched: Iterable[str]) -> dict[str, LaneSchedule | None]:
         """The schedule of each touched lane over the running contexts (None: nothing to read)."""

@@ -13,6 +13,7 @@ declare -A PACKAGES=(
   [socat]=socat
   [mosquitto]=mosquitto
   [mosquitto_passwd]=mosquitto
+  [mosquitto_pub]=mosquitto-clients
   [chromium]=chromium
   [chromedriver]=chromium-driver
 )

@@ -19,7 +19,7 @@ from flowcollect.pipeline._devices import Device, device_name
 from flowcollect.plan import PipelinePlan, describe
 from flowcollect.readers.base import DataReader
 from flowcollect.stats import CollectorStats
-from flowcollect.writers.base import DataWriter
+from flowcollect.writers.base import DataWriter, writer_problems
 from flowcollect.writers.spool import SpoolOptions
 
 if TYPE_CHECKING:
@@ -174,7 +174,11 @@ class Pipeline(BaseModel):
         problems: list[str] = []
         for context in self.select(context_ids):
             try:
-                compiled.append(compile_context(context, readers, self.interval_limit_policy))
+                one = compile_context(context, readers, self.interval_limit_policy)
+                compiled.append(one)
+                problems.extend(
+                    writer_problems(self.writers, [s for specs in one.specs.values() for s in specs])
+                )
             except ConfigError as exc:
                 problems.extend(exc.problems)
             except Exception as exc:  # a reader's validate() with a bug: still one clear line

@@ -9,9 +9,17 @@ from flowcollect.readers.randomgen import RandomDataReader
 
 if TYPE_CHECKING:
     from flowcollect.readers.modbus import ModbusDataReader, ModbusLine
+    from flowcollect.readers.mqtt import MqttDataReader
     from flowcollect.readers.opcua import OpcUaDataReader
 
-__all__ = ["DataReader", "ModbusDataReader", "ModbusLine", "OpcUaDataReader", "RandomDataReader"]
+__all__ = [
+    "DataReader",
+    "ModbusDataReader",
+    "ModbusLine",
+    "MqttDataReader",
+    "OpcUaDataReader",
+    "RandomDataReader",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +33,9 @@ def __getattr__(name: str) -> Any:
         from flowcollect.readers.opcua import OpcUaDataReader
 
         return OpcUaDataReader
+    # paho-mqtt is imported only by those who read MQTT.
+    if name == "MqttDataReader":
+        from flowcollect.readers.mqtt import MqttDataReader
+
+        return MqttDataReader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ __all__ = [
     "ApiServer",
     "MAX_BODY_BYTES",
     "build_app",
-    # ``flowcollect run --http``: the service around a pipeline's run
+    # `flowcollect run --http`
     "HttpOptions",
     "ServiceRun",
     # Tokens

@@ -12,6 +12,8 @@ from flowcollect.writers.spool import SpooledWriter, SpoolOptions
 
 if TYPE_CHECKING:
     from flowcollect.writers.influxdb import InfluxDBDataWriter
+    from flowcollect.writers.mqtt import MqttDataWriter
+    from flowcollect.writers.sparkplug import SparkplugDataWriter
 
 __all__ = [
     "CsvFileDataWriter",
@@ -19,6 +21,8 @@ __all__ = [
     "InfluxDBDataWriter",
     "LogDataWriter",
     "MemoryDataWriter",
+    "MqttDataWriter",
+    "SparkplugDataWriter",
     # store and forward
     "SpoolOptions",
     "SpooledWriter",
@@ -31,4 +35,13 @@ def __getattr__(name: str) -> Any:
         from flowcollect.writers.influxdb import InfluxDBDataWriter
 
         return InfluxDBDataWriter
+    # paho-mqtt is imported only by those who publish to MQTT.
+    if name == "MqttDataWriter":
+        from flowcollect.writers.mqtt import MqttDataWriter
+
+        return MqttDataWriter
+    if name == "SparkplugDataWriter":
+        from flowcollect.writers.sparkplug import SparkplugDataWriter
+
+        return SparkplugDataWriter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

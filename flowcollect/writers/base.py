@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal, Self
 from flowcollect.errors import ConfigError
 from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 
-__all__ = ["DataWriter", "OnReceipt", "QueuePolicy", "Routing"]
+__all__ = ["DataWriter", "OnReceipt", "QueuePolicy", "Routing", "writer_problems"]
 
 OnReceipt = Callable[[Receipt], None]
 """Where a writer's receipts go (set by the engine, or by a spool in front of the writer)."""
@@ -224,6 +224,13 @@ class DataWriter:
         if on_receipt is not None:
             on_receipt(Receipt(batch, written, failed, dropped, error))
 
+    def check_variables(self, variables: Sequence[VariableSpec]) -> list[str]:
+        """The problems this writer would have with these variables (a context's, compiled), one
+        line each naming the writer and the variable; empty when it can take them all. Called by
+        ``check`` and ``start`` before anything starts (a topic template that a variable cannot
+        fill, say); pure, no I/O. The default finds none."""
+        return []
+
     def preflight(self) -> None:
         """Check, before collection starts, that the destination can work (a path that can be
         created and written, a server that answers and accepts the credentials). Raise
@@ -240,3 +247,17 @@ class DataWriter:
     def stats(self) -> Mapping[str, float]:
         """The writer's own counters (buffered, retries...) for ``DataCollector.stats()``."""
         return {}
+
+
+def writer_problems(writers: Iterable[DataWriter], variables: Sequence[VariableSpec]) -> list[str]:
+    """Every writer's ``check_variables`` for one context's variables; a writer whose check
+    raises still gives one clear line naming it."""
+    problems: list[str] = []
+    for writer in writers:
+        try:
+            problems.extend(writer.check_variables(variables))
+        except Exception as exc:  # a plugin's bug: still one line, naming the writer
+            problems.append(
+                f"writer {writer.name}: checking the variables failed: {type(exc).__name__}: {exc}"
+            )
+    return problems

@@ -303,6 +303,10 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
     ("docs/spool.md", "from flowcollect.writers import InfluxDBDataWriter, SpooledWriter"): check_runs,
     ("docs/opcua.md", "from flowcollect.readers import OpcUaDataReader"): check_runs,
     ("docs/csv.md", "from flowcollect.writers import CsvFileDataWriter"): check_runs,
+    ("docs/mqtt.md", "from flowcollect.writers import MqttDataWriter"): check_runs,
+    ("docs/mqtt.md", "from flowcollect import DataCollectionContext, Variable"): check_runs,
+    ("docs/sparkplug.md", "from flowcollect import secret_from_env"): check_runs,
+    ("docs/sparkplug.md", "from flowcollect import DataCollectionContext, Variable"): check_runs,
     ("docs/listeners.md", "from collections.abc import Sequence"): check_listeners,
     (
         "docs/spool.md",
@@ -313,6 +317,7 @@ CHECKS: dict[tuple[str, str], Callable[[str, str, Path, subprocess.CompletedProc
 
 # What an example says it reads from the environment (``token=None  # None: read $INFLUX_TOKEN``).
 ENVIRONMENTS = {
+    ("docs/sparkplug.md", "from flowcollect import secret_from_env"): {"MQTT_PASSWORD": "a-password"},
     ("docs/influxdb.md", "from flowcollect.writers import InfluxDBDataWriter"): {
         "INFLUX_TOKEN": "a-token",
         "INFLUX_PASSWORD": "a-password",

@@ -34,7 +34,7 @@ import pytest
 from tests.support.process import ServerProcess
 from tests.support.victoria import REQUIRE_SERVERS_ENV, free_port
 
-__all__ = ["Mosquitto", "MosquittoError", "TlsFiles", "mosquitto_binary", "mosquitto_factory"]
+__all__ = ["Mosquitto", "MosquittoError", "TlsFiles", "broker_tls", "mosquitto_binary", "mosquitto_factory"]
 
 _POLL_S = 0.05
 _CANDIDATES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
@@ -55,6 +55,11 @@ class TlsFiles:
     cert: Path
     key: Path
     require_client_cert: bool = False
+
+
+def broker_tls(pki: Any, *, require_client_cert: bool = False) -> TlsFiles:
+    """A broker's TLS files from the tests' certificates (``tests.support.certs.Pki``)."""
+    return TlsFiles(pki.ca, pki.server_cert, pki.server_key, require_client_cert)
 
 
 def find_binary() -> str | None:

@@ -202,6 +202,10 @@ class SpooledWriter(DataWriter):
             destination_preflight=options.destination_preflight,
         )
 
+    def check_variables(self, variables: Sequence[VariableSpec]) -> list[str]:
+        """The destination's own check: the spool takes whatever it takes."""
+        return self.writer.check_variables(variables)
+
     def preflight(self) -> None:
         """The folder can be created and written and no other process holds it; then the
         destination's own preflight (its failure only logged, unless ``destination_preflight="fail"``)."""

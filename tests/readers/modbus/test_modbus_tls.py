@@ -20,37 +20,22 @@ from modbus_helpers import collected, wait_until
 from flowcollect.errors import ConfigError
 from flowcollect.readers.modbus import ModbusDataReader, ModbusLine
 from flowcollect.simulator import Simulator
-from tests.support.certificates import Authority, Issued, make_authority
+from tests.support.certs import Pki
 
 ADDRESSES = ["holding:1005", "holding:148:uint32"]
 EXPECTED = [5, 3_456_789_012]  # the simulator's fixed registers (see docs/modbus.md)
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Authority, Issued, Issued, Authority]:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A plant CA, the device's certificate (127.0.0.1 and localhost), a collector's client
     certificate, and a second CA that signed nothing of this device."""
-    folder = tmp_path_factory.mktemp("pki")
-    plant = make_authority(folder, "plant-ca")
-    server = plant.issue("plc", hosts=("127.0.0.1", "localhost"))
-    client = plant.issue("collector", client=True)
-    stranger = make_authority(folder / "other", "other-ca")
-    return plant, server, client, stranger
-
-
-def _server_context(server: Issued, client_ca: Path | None = None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(server.cert_file, server.key_file)
-    if client_ca is not None:  # the standard's mutual authentication: a client must show one
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cafile=client_ca)
-    return ctx
+    return Pki(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
-def device(pki: tuple[Authority, Issued, Issued, Authority]) -> Iterator[Simulator]:
-    _plant, server, _client, _stranger = pki
-    with Simulator(sslctx=_server_context(server)) as simulator:
+def device(pki: Pki) -> Iterator[Simulator]:
+    with Simulator(sslctx=pki.server_context()) as simulator:
         yield simulator
 
 
@@ -65,12 +50,9 @@ REFUSED = {
 
 
 @pytest.fixture(params=sorted(REFUSED), ids=lambda v: v.name)
-def strict_device(
-    request: pytest.FixtureRequest, pki: tuple[Authority, Issued, Issued, Authority]
-) -> Iterator[tuple[Simulator, str]]:
+def strict_device(request: pytest.FixtureRequest, pki: Pki) -> Iterator[tuple[Simulator, str]]:
     """A device that asks for a client certificate, and what a client without one is told."""
-    plant, server, _client, _stranger = pki
-    ctx = _server_context(server, client_ca=plant.ca_file)
+    ctx = pki.server_context(require_client=True)
     ctx.maximum_version = request.param
     with Simulator(sslctx=ctx) as simulator:
         yield simulator, REFUSED[request.param]
@@ -82,11 +64,8 @@ def read(reader: ModbusDataReader) -> tuple[list[object], list[str | None]]:
     return [v.value for v in variables], [v.error for v in variables]
 
 
-def test_a_device_whose_certificate_the_ca_signed_is_read_over_tls(
-    device: Simulator, pki: tuple[Authority, Issued, Issued, Authority]
-) -> None:
-    plant = pki[0]
-    reader = ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, ca_file=plant.ca_file)
+def test_a_device_whose_certificate_the_ca_signed_is_read_over_tls(device: Simulator, pki: Pki) -> None:
+    reader = ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, ca_file=pki.ca)
     try:
         assert reader.lane == f"modbus+tls://127.0.0.1:{device.port}"
         assert read(reader) == (EXPECTED, [None, None])
@@ -110,13 +89,10 @@ def test_verification_is_on_by_default(device: Simulator) -> None:
         reader.close()
 
 
-def test_a_certificate_from_another_ca_or_for_another_name_is_refused(
-    device: Simulator, pki: tuple[Authority, Issued, Issued, Authority]
-) -> None:
-    plant, _server, _client, stranger = pki
-    untrusting = ModbusDataReader("a", "127.0.0.1", port=device.port, tls=True, ca_file=stranger.ca_file)
+def test_a_certificate_from_another_ca_or_for_another_name_is_refused(device: Simulator, pki: Pki) -> None:
+    untrusting = ModbusDataReader("a", "127.0.0.1", port=device.port, tls=True, ca_file=pki.other_ca)
     wrong_name = ModbusDataReader(
-        "b", "localhost", port=device.port, tls=True, ca_file=plant.ca_file, server_name="plc.example"
+        "b", "localhost", port=device.port, tls=True, ca_file=pki.ca, server_name="plc.example"
     )
     try:
         assert read(untrusting)[1][0] == (
@@ -142,20 +118,19 @@ def test_tls_verify_false_accepts_any_certificate_and_name(device: Simulator) ->
 
 
 def test_a_device_asking_for_a_client_certificate_gets_the_collectors(
-    strict_device: tuple[Simulator, str], pki: tuple[Authority, Issued, Issued, Authority]
+    strict_device: tuple[Simulator, str], pki: Pki
 ) -> None:
-    plant, _server, client, _stranger = pki
     device, refused = strict_device
-    anonymous = ModbusDataReader("a", "127.0.0.1", port=device.port, tls=True, ca_file=plant.ca_file)
+    anonymous = ModbusDataReader("a", "127.0.0.1", port=device.port, tls=True, ca_file=pki.ca)
     known = ModbusDataReader(
         "b",
         line=ModbusLine(
             host="localhost",
             port=device.port,
             tls=True,
-            ca_file=plant.ca_file,
-            cert_file=client.cert_file,
-            key_file=client.key_file,
+            ca_file=pki.ca,
+            cert_file=pki.client_cert,
+            key_file=pki.client_key,
         ),
     )
     try:
@@ -172,20 +147,17 @@ def test_a_device_asking_for_a_client_certificate_gets_the_collectors(
         known.close()
 
 
-def test_tls_settings_are_checked_by_name_before_anything_opens(
-    tmp_path: Path, pki: tuple[Authority, Issued, Issued, Authority]
-) -> None:
-    plant, _server, client, _stranger = pki
-    line = ModbusLine(host="plc.example", tls=True, ca_file=plant.ca_file)
+def test_tls_settings_are_checked_by_name_before_anything_opens(tmp_path: Path, pki: Pki) -> None:
+    line = ModbusLine(host="plc.example", tls=True, ca_file=pki.ca)
     assert (line.port, line.key) == (802, "modbus+tls://plc.example:802")
-    assert line.tls is not None and line.tls.ca_file == str(plant.ca_file)
+    assert line.tls is not None and line.tls.ca_file == str(pki.ca)
     assert ModbusDataReader("plc", "plc2.example", tls=True).port == 802
     assert ModbusDataReader("plc", "plc3.example").lane == "modbus+tcp://plc3.example:502"
     cases: list[tuple[dict[str, object], str]] = [
         ({"ca_file": tmp_path / "missing.pem"}, "ModbusLine ca_file: cannot load"),
-        ({"ca_file": client.key_file}, "ModbusLine ca_file: cannot load"),
-        ({"cert_file": client.cert_file, "key_file": tmp_path / "missing.key"}, "cert_file/key_file: cannot"),
-        ({"key_file": client.key_file}, "ModbusLine key_file: given without cert_file"),
+        ({"ca_file": pki.client_key}, "ModbusLine ca_file: cannot load"),
+        ({"cert_file": pki.client_cert, "key_file": tmp_path / "missing.key"}, "cert_file/key_file: cannot"),
+        ({"key_file": pki.client_key}, "ModbusLine key_file: given without cert_file"),
         ({"tls_verify": "yes"}, "ModbusLine tls_verify: must be True or False"),
         ({"server_name": ""}, "ModbusLine server_name: must be a non-empty str"),
     ]
@@ -193,24 +165,23 @@ def test_tls_settings_are_checked_by_name_before_anything_opens(
         with pytest.raises(ConfigError, match=message):
             ModbusLine(host="plc.example", tls=True, **options)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="ModbusLine ca_file: only with tls=True"):
-        ModbusLine(host="plc.example", ca_file=plant.ca_file)
+        ModbusLine(host="plc.example", ca_file=pki.ca)
     with pytest.raises(ConfigError, match="Modbus/TCP Security is Modbus TCP only"):
         ModbusLine(host="gw.example", port=4001, framer="rtu", tls=True)
     with pytest.raises(ConfigError, match="ModbusDataReader ca_file: cannot load"):
         ModbusDataReader("plc", "plc4.example", tls=True, ca_file=tmp_path / "missing.pem")
     with pytest.raises(ConfigError, match="give the TLS settings to the ModbusLine, not its readers"):
-        ModbusDataReader("plc", line=line, ca_file=plant.ca_file)
+        ModbusDataReader("plc", line=line, ca_file=pki.ca)
 
 
 def test_abort_ends_a_read_stuck_on_a_tls_device_at_once(
-    pki: tuple[Authority, Issued, Issued, Authority],
+    pki: Pki,
 ) -> None:
     # The collector's close deadline gave up on this read (a device taking 5 s, a timeout of
     # 30 s): abort from another thread shuts the TLS connection down under it.
-    plant, server, _client, _stranger = pki
-    with Simulator(sslctx=_server_context(server), response_delay_s=5.0) as slow:
+    with Simulator(sslctx=pki.server_context(), response_delay_s=5.0) as slow:
         reader = ModbusDataReader(
-            "plc", "127.0.0.1", port=slow.port, tls=True, ca_file=plant.ca_file, timeout_s=30.0
+            "plc", "127.0.0.1", port=slow.port, tls=True, ca_file=pki.ca, timeout_s=30.0
         )
         reader.open()
         outcome: list[tuple[tuple[list[object], list[str | None]], float]] = []
@@ -285,14 +256,11 @@ def test_abort_ends_a_tls_handshake_the_device_never_finishes() -> None:
         device.listener.close()
 
 
-def test_the_files_are_loaded_again_at_each_connect(
-    device: Simulator, pki: tuple[Authority, Issued, Issued, Authority], tmp_path: Path
-) -> None:
+def test_the_files_are_loaded_again_at_each_connect(device: Simulator, pki: Pki, tmp_path: Path) -> None:
     # A CA file replaced on disk (a renewal) is what the next connect trusts; one gone is that
     # connect's failure, said as such, not an exception out of read().
-    plant, _server, _client, stranger = pki
     ca_file = tmp_path / "ca.pem"
-    ca_file.write_bytes(stranger.ca_file.read_bytes())
+    ca_file.write_bytes(pki.other_ca.read_bytes())
     reader = ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, ca_file=ca_file)
     try:
         assert read(reader)[1][0] == (
@@ -302,7 +270,7 @@ def test_the_files_are_loaded_again_at_each_connect(
         reader.close()
         gone = f"not connected: TLS files did not load (no such file or directory): ca_file {str(ca_file)!r}"
         assert read(reader)[1] == [gone, gone]
-        ca_file.write_bytes(plant.ca_file.read_bytes())
+        ca_file.write_bytes(pki.ca.read_bytes())
         reader.close()
         assert read(reader) == (EXPECTED, [None, None])
     finally:

@@ -1,0 +1,16 @@
+"""MQTT tests run against real Mosquitto brokers the tests start (tests/support/mosquitto.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.mosquitto import mosquitto_factory
+
+__all__ = ["mosquitto_factory"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test that starts a broker carries the `server` marker (`-m "not server"` leaves them out).
+    for item in items:
+        if "mosquitto_factory" in getattr(item, "fixturenames", ()) and "tests/mqtt" in str(item.path):
+            item.add_marker(pytest.mark.server)
