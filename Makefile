@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint servers bench clean
+.PHONY: run test test-slow lint servers bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/flowcollect run pipelines/demo.py --duration 10
 
-## Install the servers the tests use, then run the whole suite.
+## Install the servers the tests use, then run the suite but its slow tests (about 10 minutes).
 test: $(STAMP) servers
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+## The slow tests alone (soak, takeovers, kill -9 runs, a 20,000-node server): CI runs them too.
+test-slow: $(STAMP) servers
+	$(BIN)/python -m pytest -m slow
 
 servers:
 	@bash scripts/install-servers.sh

@@ -85,6 +85,7 @@ def run_twice(path: Path, cwd: Path) -> tuple[dict[str, Any], str, int]:
     return summary, as_text.stdout, as_text.returncode
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_a_server_refusing_every_request_is_not_called_written(
     tmp_path: Path, victoria_factory: Factory
@@ -106,6 +107,7 @@ def test_a_server_refusing_every_request_is_not_called_written(
     assert last.startswith("result: FAILED: writer influxdb:b stored none of the"), last
 
 
+@pytest.mark.slow
 def test_a_refused_port_is_not_written_and_dropped_at_once(tmp_path: Path) -> None:
     path = write_pipeline(tmp_path, INFLUX.format(url=f"http://127.0.0.1:{free_port()}"))
     summary, text, code = run_twice(path, tmp_path)

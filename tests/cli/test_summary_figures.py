@@ -89,6 +89,7 @@ pipeline = Pipeline(
 """
 
 
+@pytest.mark.slow
 def test_values_replayed_from_a_spool_are_in_the_summary(tmp_path: Path, victoria_factory: Factory) -> None:
     server = victoria_factory(start=False)
     path = write_pipeline(tmp_path, REPLAY.format(url=server.url))

@@ -351,6 +351,7 @@ def test_fragments_and_checks_name_blocks_that_exist() -> None:
     assert set(ENVIRONMENTS) <= set(CHECKS)
 
 
+@pytest.mark.slow
 def test_make_run_names_the_file_where_it_is(tmp_path: Path) -> None:
     # The Makefile's own command, from a fresh clone's folder: the summary once said out/demo.csv
     # while the file was pipelines/out/demo.csv.

@@ -204,6 +204,7 @@ pipeline = Pipeline(
 """
 
 
+@pytest.mark.slow
 def test_members_sharing_one_pipeline_file_get_their_own_csv_and_spool(etcd: Etcd, tmp_path: Path) -> None:
     # Two members of one group, one pipeline file, one folder: "{member}" in the CSV path and the
     # spool folder gives each its own (one spool folder would refuse the second member).

@@ -262,6 +262,7 @@ def longest_gap(instants: list[int], after_ms: float, before_ms: float) -> int:
     return max((b - a for a, b in itertools.pairwise(inside)), default=0)
 
 
+@pytest.mark.slow
 def test_members_share_lanes_join_take_over_and_hand_over(members: Members) -> None:
     for member_id in ("m1", "m2", "m3"):
         members.start(member_id)

@@ -300,6 +300,7 @@ def test_every_message_once_at_each_qos_and_protocol(mosquitto_factory: Any, pro
     assert got <= set(range(200)) and 199 in got
 
 
+@pytest.mark.slow
 @pytest.mark.realtime
 def test_keepalive_pings_hold_a_quiet_connection(mosquitto_factory: Any) -> None:
     """Nothing published for longer than the keep-alive: the reader pings, the broker keeps it."""
@@ -320,6 +321,7 @@ def test_keepalive_pings_hold_a_quiet_connection(mosquitto_factory: Any) -> None
             )
 
 
+@pytest.mark.slow
 @pytest.mark.realtime
 def test_a_frozen_broker_is_noticed_and_close_stays_bounded(mosquitto_factory: Any) -> None:
     """A broker that keeps the connection open and answers nothing (SIGSTOP): after one and a

@@ -24,6 +24,7 @@ SECONDS = 30
 WARMUP_S = 5
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_soak_30_seconds_into_csv_and_victoriametrics(tmp_path: Path) -> None:
     victoria_binary()  # skips (or fails under FLOWCOLLECT_REQUIRE_SERVERS=1) without one

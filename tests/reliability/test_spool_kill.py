@@ -152,6 +152,7 @@ def rng() -> Iterator[random.Random]:
     yield random.Random(seed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync", ["always", "batch", "never"])
 def test_kill_9_while_the_server_is_down_loses_nothing_the_spool_accepted(
     sync: str, tmp_path: Path, victoria_factory: Factory, rng: random.Random

@@ -110,6 +110,7 @@ def test_readers_called_from_several_threads_still_never_overlap(
     assert alternates(sim.exchanges)
 
 
+@pytest.mark.slow
 def test_a_silent_unit_costs_one_timeout_per_back_off_and_the_others_keep_their_ticks(
     sim: LineSimulator, readers: list[ModbusDataReader], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -169,6 +169,7 @@ def test_the_command_prints_a_tree_a_tag_list_and_a_pipeline_that_runs(
     assert bad.returncode == 1 and "must be a browse path" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_server_process_of_20000_nodes_is_browsed_whole_in_pages(tmp_path: Path) -> None:
     """The simulator in a process of its own, 20,000 Bulk variables in 80 folders of 250: every
     node found once, the folders in pages of 100 references (continuation points), and a pattern
