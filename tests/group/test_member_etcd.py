@@ -140,7 +140,14 @@ def test_a_joining_member_moves_only_lanes_whose_owner_changed(
 ) -> None:
     joined = [group(m) for m in ("a", "b", "c")]
     recorders = [r for _, r in joined]
-    wait_until(lambda: all_owned_once(recorders), 5, "lanes shared by three")
+    # Every lane owned once is not enough: two members may own them all before the third is seen.
+    three = {m: frozenset[str]() for m in "abc"}
+    shares = {m: {lane for lane in LANES if owner(lane, three) == m} for m in "abc"}
+    wait_until(
+        lambda: all(r.lanes == shares[m] for m, r in zip("abc", recorders, strict=True)),
+        5,
+        "lanes shared by three",
+    )
     before = {m: r.lanes for m, r in zip("abc", recorders, strict=True)}
     _, rd = group("d")
     four = {m: frozenset[str]() for m in "abcd"}

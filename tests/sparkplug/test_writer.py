@@ -218,6 +218,9 @@ def test_primary_host_offline_holds_then_historical_in_order(mosquitto_factory: 
             wait_until(lambda: receipts.totals() == (21, 0, 0), what="held again, then written")
         finally:
             writer.close()
+        # At QoS 0 written means handed to the socket: the last DDATA may still be on its way to
+        # the watcher. Wait for the clean stop's NDEATH, published after everything else.
+        wait_until(lambda: kinds(peer).count("NDEATH") == 2, what="the watcher to see the clean stop")
     seen = kinds(peer)
     assert seen[:5] == ["NBIRTH", "DBIRTH", "DBIRTH", "DDATA", "DDATA"]
     ddata = messages(peer, "DDATA")
