@@ -55,9 +55,12 @@ class DataReader(ABC):
         if (
             cls.read is DataReader.read
             and cls.read_batch is DataReader.read_batch
+            and cls.read_batch_async is DataReader.read_batch_async
             and cls.start_pushing is DataReader.start_pushing
         ):
-            raise TypeError(f"{cls.__name__} must implement read(), read_batch() or start_pushing()")
+            raise TypeError(
+                f"{cls.__name__} must implement read(), read_batch(), read_batch_async() or start_pushing()"
+            )
 
     @property
     @abstractmethod
@@ -115,6 +118,17 @@ class DataReader(ABC):
         of ``batch.variables`` (and ``source_ns``/``quality`` when the source gives them).
 
         When a reader defines it, the engine calls it instead of ``read``.
+        """
+        raise NotImplementedError
+
+    async def read_batch_async(self, batch: ValueBatch) -> None:
+        """``read_batch`` for a source spoken to with asyncio: awaited on the engine's event loop.
+
+        When a reader's class defines it, the engine awaits it instead of calling ``read`` or
+        ``read_batch``, and such a reader is *asynchronous*: its ``open``, ``plan_changed`` and
+        ``close`` are called on the engine's loop thread too, so they must not block (connect
+        lazily, from here). Reads of one lane still never overlap. ``abort`` may come from any
+        thread. Every wait inside must have a deadline: a read that never returns holds its lane.
         """
         raise NotImplementedError
 
