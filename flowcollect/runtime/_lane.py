@@ -476,12 +476,14 @@ class Lane:
     def _offset(self) -> float | None:
         return clock_offset(self.scheduler)
 
-    def _stepped_by(self, base: float | None) -> float | None:
+    def _stepped_by(self, base: float | None, first: float | None = None) -> float | None:
         """The wall clock's new offset when it stepped (by more than ``STEP_MS``) since ``base``:
-        two bracketed readings, one after the other, must both say so and agree; else None."""
+        two bracketed readings (``first``, when taken already, and one more), one after the
+        other, must both say so and agree; else None."""
         if base is None:
             return None
-        first = self._offset()
+        if first is None:
+            first = self._offset()
         if first is None or abs(first - base) <= STEP_MS:
             return None
         second = self._offset()
@@ -489,9 +491,10 @@ class Lane:
             return None
         return second
 
-    def _arm(self, due: int) -> None:
+    def _arm(self, due: int, offset: float | None = None) -> None:
         self._pending_due = due
-        offset = self._offset()
+        if offset is None:
+            offset = self._offset()
         if offset is not None:  # a reading held up is discarded: the last good anchor stays
             self._anchor = offset
         try:
@@ -518,12 +521,12 @@ class Lane:
         schedule = self._active
         if schedule is None or self._pending is not None or self._pending_due is not None:
             return  # retimed meanwhile: the tick armed since is the one that counts
-        stepped = self._stepped_by(self._anchor)
+        offset = self._offset()
+        stepped = self._stepped_by(self._anchor, offset)
         if stepped is not None:
             # The wall clock stepped while we waited: this instant belongs to the old timeline.
             self._clock_stepped(schedule, stepped)
             return
-        offset = self._offset()
         self._last_fired = due
         began = self._now()
         phase = schedule.phase_at(due)
@@ -567,7 +570,8 @@ class Lane:
                 self.counters[read[0].reader].delivery_ms.append(now - due)
         if self._closed:
             return
-        stepped = self._stepped_by(offset)
+        after = self._offset()
+        stepped = self._stepped_by(offset, after)
         if stepped is not None:
             self._clock_stepped(schedule, stepped)  # it stepped while we read
             return
@@ -578,7 +582,7 @@ class Lane:
                 counters.overruns += len(skipped)
             self._on_missed(schedule, skipped)
             following = schedule.next_due(now)
-        self._arm(following)
+        self._arm(following, after)
 
     def _tick_counters(self, schedule: LaneSchedule) -> list[ReaderCounters]:
         return [self.counters[r] for r in schedule.reader_order if r in self.counters]
