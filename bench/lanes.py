@@ -75,7 +75,7 @@ def spread(samples: list[float]) -> dict[str, float | None]:
     }
 
 
-def run(kind: str, lanes: int, interval_ms: int, seconds: float) -> dict[str, object]:
+def run(kind: str, lanes: int, interval_ms: int, seconds: float, workers: int | None) -> dict[str, object]:
     values = {f"a{i}": float(i) for i in range(VARIABLES)}
     readers: list[AsyncDataReader | StaticDataReader] = [
         AsyncDataReader(values, type=f"d{n}") if kind == "async" else StaticDataReader(values, type=f"d{n}")
@@ -93,7 +93,7 @@ def run(kind: str, lanes: int, interval_ms: int, seconds: float) -> dict[str, ob
     )
     writer = CountingWriter()
     rss0 = rss_mb()
-    collector = DataCollector(readers, [writer])
+    collector = DataCollector(readers, [writer], **({} if workers is None else {"reader_workers": workers}))
     began = time.perf_counter()
     collector.check(context)
     compile_s = time.perf_counter() - began
@@ -125,6 +125,7 @@ def run(kind: str, lanes: int, interval_ms: int, seconds: float) -> dict[str, ob
     per_reader = list(stats.readers.values())
     return {
         "kind": kind,
+        "reader_workers": workers,
         "lanes": lanes,
         "interval_ms": interval_ms,
         "instants": len(instants),
@@ -190,6 +191,7 @@ def main() -> None:
     )
     parser.add_argument("--lanes", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--workers", type=int, help="DataCollector(reader_workers=...); default: its own")
     parser.add_argument("--quick", action="store_true", help="4 s per run")
     parser.add_argument("--only", choices=["async", "sync", "bare"], action="append")
     args = parser.parse_args()
@@ -201,7 +203,7 @@ def main() -> None:
             if kind == "bare":
                 results.append(bare(args.lanes, interval_ms, seconds))
             else:
-                results.append(run(kind, args.lanes, interval_ms, seconds))
+                results.append(run(kind, args.lanes, interval_ms, seconds, args.workers))
     with open("/proc/loadavg") as load:
         loadavg = load.read().split()[:3]
     print(json.dumps({"bench": "lanes", "loadavg": loadavg, "results": results}, indent=2))

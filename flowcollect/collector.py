@@ -283,8 +283,6 @@ class DataCollector:
         self._lane_readers = lane_keys(self._readers.values())
         self._lanes: dict[str, Lane] = {}
         self._lane_of: dict[str, str] = {}
-        self._loop: LoopScheduler | None = None
-        self._pool: WorkerPool | None = None
         self._work = self._build_lanes(scheduler, clock, reader_workers)
         self._assigned: frozenset[str] | None = None  # under _lock
         # Guards every run's window (start, resume and stop replace it under _lock; a lane that
@@ -304,6 +302,9 @@ class DataCollector:
     def _build_lanes(
         self, scheduler: abc.SchedulerBase | None, clock: Clock | None, reader_workers: int
     ) -> LoopWork | InlineWork:
+        self._loop: LoopScheduler | None = None
+        self._pool: WorkerPool | None = None
+        self._pool_watch: abc.DisposableBase | None = None  # under _lock
         # One loop thread for every lane's timers, ticks and hand-over, and one bounded pool for
         # the synchronous readers' calls; both start their threads when first given work.
         work: LoopWork | InlineWork
@@ -355,6 +356,7 @@ class DataCollector:
             compiled = self._compile(context)
             for warning in compiled.warnings:
                 self._log.warning("%s", warning)
+            self._watch_pool()
             for listener in self._listeners:
                 listener.before_start(self, context)
             run = _Run(compiled)
@@ -384,6 +386,22 @@ class DataCollector:
                 run.timer = self._timer.schedule_absolute(instant(until), lambda _s, _t: self._expire(run))
             self._notify("after_start", context)
         return context
+
+    def _watch_pool(self) -> None:
+        """Under _lock, from the first start on: every half second the pool starts a worker in
+        place of each stuck in a hung read, on the timer thread (the loop must never wait)."""
+        pool = self._pool
+        if pool is None or self._pool_watch is not None or not isinstance(self._timer, LaneScheduler):
+            return
+        timer = self._timer
+
+        def watch(_scheduler: Any = None, _state: Any = None) -> None:
+            pool.check()
+            with contextlib.suppress(DisposedException):  # closed: the watch ends with the timer
+                timer.schedule_relative(0.5, watch)
+
+        with contextlib.suppress(DisposedException):
+            self._pool_watch = timer.schedule_relative(0.5, watch)
 
     def _branches(self, run: _Run) -> dict[str, abc.DisposableBase]:
         """The run's branch on each of its lanes. Subscribed inside one trampoline run: Rx
