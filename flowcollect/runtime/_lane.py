@@ -30,7 +30,7 @@ from flowcollect._instants import instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
-from flowcollect.runtime._clock import clock_offset
+from flowcollect.runtime._clock import BRACKET_MS, clock_offset
 from flowcollect.runtime._loop import InlineWork, Work
 from flowcollect.runtime._push import NO_VALUE_YET, PushStore
 from flowcollect.runtime._steps import LaneRead
@@ -110,6 +110,7 @@ class Lane:
             scheduler, "schedule_wall_ms", None
         )
         self._wall_ms: Callable[[], float] | None = getattr(scheduler, "wall_ms", None)
+        self._mono_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
         self.planned: LaneSchedule | None = None
         """The schedule the collector wants: written under the collector's lock (``plan``), read
         whole on the loop thread and by ``schedules()``/``stats()``."""
@@ -137,6 +138,7 @@ class Lane:
         self._pending_due: int | None = None
         self._anchor: float | None = None
         self._last_fired = -1
+        self._counters_of: tuple[LaneSchedule, list[ReaderCounters]] | None = None
         # The lane's reader calls' state: touched only by the lane's current job (on a worker
         # or the loop; jobs never overlap, and each hand-over between threads goes through the
         # pool's queue or the loop's, which order it), except _routes: replaced whole there and
@@ -474,7 +476,15 @@ class Lane:
     # -- ticks (the loop thread) ---------------------------------------------------------------
 
     def _offset(self) -> float | None:
-        return clock_offset(self.scheduler)
+        mono, wall = self._mono_ms, self._wall_ms
+        if mono is None or wall is None:
+            return clock_offset(self.scheduler)
+        before = mono()  # clock_offset's reading, inline: it is taken twice per tick
+        w = wall()
+        after = mono()
+        if after - before <= BRACKET_MS:
+            return w - (before + after) / 2
+        return clock_offset(self.scheduler)  # held up: up to three more tries
 
     def _stepped_by(self, base: float | None, first: float | None = None) -> float | None:
         """The wall clock's new offset when it stepped (by more than ``STEP_MS``) since ``base``:
@@ -521,26 +531,48 @@ class Lane:
         schedule = self._active
         if schedule is None or self._pending is not None or self._pending_due is not None:
             return  # retimed meanwhile: the tick armed since is the one that counts
+        if self.asynchronous:
+            # The rest of the tick is the task's: the timer's pass of the loop only starts one
+            # task per due lane, so every lane's request goes out in the next pass, before any
+            # answer is handled.
+            self._await(lambda: self._tick_async(schedule, due), self._tick_failed)
+            return
+        began = self._begin(schedule, due)
+        if began is None:
+            return
+        offset, phase = began[1], began[2]
+
+        def then(reads: Any, exc: BaseException | None) -> None:
+            self._ticked(schedule, due, began[0], offset, phase, reads, exc)
+
+        if phase is None:
+            then(None, None)
+        else:
+            self._call(lambda: self._read_phase(phase, due), then)
+
+    def _begin(self, schedule: LaneSchedule, due: int) -> tuple[float, float | None, Any] | None:
+        """The tick starts (the loop thread): None when the wall clock stepped while the lane
+        waited (this instant belongs to the old timeline), else when it began, the clock offset
+        read then and the phase due."""
         offset = self._offset()
         stepped = self._stepped_by(self._anchor, offset)
         if stepped is not None:
-            # The wall clock stepped while we waited: this instant belongs to the old timeline.
             self._clock_stepped(schedule, stepped)
-            return
+            return None
         self._last_fired = due
-        began = self._now()
-        phase = schedule.phase_at(due)
-        if phase is None:
-            self._ticked(schedule, due, began, offset, None, None, None)
+        return self._now(), offset, schedule.phase_at(due)
+
+    async def _tick_async(self, schedule: LaneSchedule, due: int) -> None:
+        began = self._begin(schedule, due)
+        if began is None:
             return
+        phase = began[2]
+        reads = None if phase is None else await self._read_async(phase, due)
+        self._ticked(schedule, due, began[0], began[1], phase, reads, None)
 
-        def then(reads: Any, exc: BaseException | None) -> None:
-            self._ticked(schedule, due, began, offset, phase, reads, exc)
-
-        if self.asynchronous:
-            self._await(lambda: self._read_async(phase, due), then)
-        else:
-            self._call(lambda: self._read_phase(phase, due), then)
+    def _tick_failed(self, _result: Any, exc: BaseException | None) -> None:
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            self._internal("tick", exc)
 
     def _ticked(
         self,
@@ -585,7 +617,12 @@ class Lane:
         self._arm(following, after)
 
     def _tick_counters(self, schedule: LaneSchedule) -> list[ReaderCounters]:
-        return [self.counters[r] for r in schedule.reader_order if r in self.counters]
+        cached = self._counters_of
+        if cached is not None and cached[0] is schedule:
+            return cached[1]
+        counters = [self.counters[r] for r in schedule.reader_order if r in self.counters]
+        self._counters_of = (schedule, counters)
+        return counters
 
     def _clock_stepped(self, schedule: LaneSchedule, offset: float) -> None:
         """Re-anchor on the new wall time: the next grid instant after now, neither the old
