@@ -111,6 +111,7 @@ class Lane:
         )
         self._wall_ms: Callable[[], float] | None = getattr(scheduler, "wall_ms", None)
         self._mono_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
+        self._timer_at: Callable[..., asyncio.TimerHandle] | None = getattr(scheduler, "timer_wall_ms", None)
         self.planned: LaneSchedule | None = None
         """The schedule the collector wants: written under the collector's lock (``plan``), read
         whole on the loop thread and by ``schedules()``/``stats()``."""
@@ -134,7 +135,7 @@ class Lane:
         self._task: asyncio.Future[Any] | None = None  # the asynchronous read in flight
         # The loop thread only (ticks), from here to _last_fired.
         self._active: LaneSchedule | None = None
-        self._pending: abc.DisposableBase | None = None
+        self._pending: abc.DisposableBase | asyncio.TimerHandle | None = None
         self._pending_due: int | None = None
         self._anchor: float | None = None
         self._last_fired = -1
@@ -450,9 +451,7 @@ class Lane:
         """Stop ticking and close every reader this lane touched. Within a job (after the read in
         flight), or on the caller's thread for a lane that never had one; ``done()`` once over."""
         self._closed = True
-        if self._pending is not None:
-            self._pending.dispose()
-            self._pending = None
+        self._drop_pending()
         if not self.touched or self._abandoned:  # abandoned: abort was its readers' last call
             if done is not None:
                 done()
@@ -508,12 +507,26 @@ class Lane:
         if offset is not None:  # a reading held up is discarded: the last good anchor stays
             self._anchor = offset
         try:
-            if self._at_wall_ms is not None:
+            if self._timer_at is not None:
+                self._pending = self._timer_at(due, self._fire_at, due)
+            elif self._at_wall_ms is not None:
                 self._pending = self._at_wall_ms(due, self._fire, due)
             else:
                 self._pending = self.scheduler.schedule_absolute(instant(due), self._fire, due)
         except DisposedException:  # a read that outlived the close deadline came back
             self._closed = True
+
+    def _drop_pending(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            if isinstance(pending, asyncio.TimerHandle):
+                pending.cancel()
+            else:
+                pending.dispose()
+            self._pending = None
+
+    def _fire_at(self, due: int) -> None:
+        self._fire(self.scheduler, due)
 
     def _fire(self, _scheduler: abc.SchedulerBase, due: Any) -> None:
         # The timer: the tick is the lane's next job (after a plan change being prepared, if
@@ -650,16 +663,16 @@ class Lane:
             if stepped is not None:
                 # The wall clock stepped since the pending tick was armed: that tick and the
                 # last fired instant belong to the old timeline.
-                pending.dispose()
-                self._pending, self._pending_due = None, None
+                self._drop_pending()
+                self._pending_due = None
                 if self._active is not None:
                     self._clock_stepped(self._active, stepped)
                 return
         if self._pending_due is not None and self._pending_due <= self._now():
             return  # that tick is due already and about to fire; it re-arms from the new schedule
         if self._pending is not None:
-            self._pending.dispose()
-            self._pending, self._pending_due = None, None
+            self._drop_pending()
+            self._pending_due = None
         if self._active is not None:
             self._arm(self._active.next_due(max(since_ms, self._last_fired)))
 

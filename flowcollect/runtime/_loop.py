@@ -258,6 +258,14 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         """``schedule_absolute`` for an epoch-ms instant, without datetimes (a lane's tick)."""
         return self._at(self.monotonic_ms() + (due_ms - self.wall_ms()), action, state)
 
+    def timer_wall_ms(self, due_ms: float, fn: Callable[[Any], None], arg: Any) -> asyncio.TimerHandle:
+        """On the loop thread only: ``fn(arg)`` at the epoch-ms instant; ``cancel()`` the handle
+        (on the loop thread) to drop it. A lane's tick: one object per armed tick, where an Rx
+        disposable costs six, all of which live until the tick (up to an interval) and so reach
+        the collector's oldest generation, whose full collections then come every few seconds."""
+        delay_s = (due_ms - self.wall_ms()) / 1000
+        return self.loop.call_at(self.loop.time() + max(0.0, delay_s), fn, arg)
+
     def _at(self, due_mono: float, action: typing.ScheduledAction[Any], state: Any) -> abc.DisposableBase:
         self._ensure()
         cancelled = [False]  # set by the disposable on any thread, read on the loop thread
