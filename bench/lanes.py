@@ -3,6 +3,7 @@
     .venv/bin/python bench/lanes.py                # 2,000 lanes, 8 s per run: about 1.5 minutes
     .venv/bin/python bench/lanes.py --quick        # 4 s per run
     .venv/bin/python bench/lanes.py --lanes 500
+    PYTHONPATH=<a checkout before issue 23> .venv/bin/python bench/lanes.py --only sync   # before
 
 Every run uses the interpreter's defaults: no ``gc.freeze()``, the default switch interval.
 
@@ -36,10 +37,11 @@ import statistics
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from flowcollect import DataCollectionContext, DataCollector, DataWriter, Variable
 from flowcollect.stats import percentile
-from flowcollect.testing import AsyncDataReader, StaticDataReader
+from flowcollect.testing import StaticDataReader
 from flowcollect.values import ValueBatch
 
 VARIABLES = 20
@@ -77,10 +79,12 @@ def spread(samples: list[float]) -> dict[str, float | None]:
 
 def run(kind: str, lanes: int, interval_ms: int, seconds: float, workers: int | None) -> dict[str, object]:
     values = {f"a{i}": float(i) for i in range(VARIABLES)}
-    readers: list[AsyncDataReader | StaticDataReader] = [
-        AsyncDataReader(values, type=f"d{n}") if kind == "async" else StaticDataReader(values, type=f"d{n}")
-        for n in range(lanes)
-    ]
+    if kind == "async":
+        from flowcollect.testing import AsyncDataReader  # not in the engine before issue 23
+
+        readers: list[Any] = [AsyncDataReader(values, type=f"d{n}") for n in range(lanes)]
+    else:
+        readers = [StaticDataReader(values, type=f"d{n}") for n in range(lanes)]
     context = DataCollectionContext(
         id=1,
         interval_ms=interval_ms,
@@ -132,8 +136,13 @@ def run(kind: str, lanes: int, interval_ms: int, seconds: float, workers: int | 
         "delivered_pct": round(100 * delivered / expected, 2) if expected else None,
         "lateness_ms_p50": spread([r.lateness_ms_p50 for r in per_reader if r.lateness_ms_p50 is not None]),
         "lateness_ms_p99": spread([r.lateness_ms_p99 for r in per_reader if r.lateness_ms_p99 is not None]),
-        "delivery_ms_p50": spread([r.delivery_ms_p50 for r in per_reader if r.delivery_ms_p50 is not None]),
-        "delivery_ms_p99": spread([r.delivery_ms_p99 for r in per_reader if r.delivery_ms_p99 is not None]),
+        # (getattr: the engine before issue 23, run with --only sync for a before/after, has none)
+        "delivery_ms_p50": spread(
+            [x for r in per_reader if (x := getattr(r, "delivery_ms_p50", None)) is not None]
+        ),
+        "delivery_ms_p99": spread(
+            [x for r in per_reader if (x := getattr(r, "delivery_ms_p99", None)) is not None]
+        ),
         "overruns": sum(r.overruns for r in per_reader),
         "cpu_s_per_million_values": round(cpu / max(1, delivered) * 1e6, 2),
         "cpu_cores": round(cpu / seconds, 3),

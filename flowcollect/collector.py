@@ -85,7 +85,7 @@ UNTIL_STOPPED = 2**62
 
 
 class _Tally:
-    """One run's figures on one lane. Owned by that lane's thread, the only one that bumps them (a
+    """One run's figures on one lane. Bumped only on the loop thread (in virtual time, the test's) (a
     counter many lanes bumped would lose increments); ``_Run.figures`` sums the lanes' tallies,
     read racily as counters are."""
 
@@ -261,7 +261,7 @@ class DataCollector:
         # The lifecycle lock: start, stop, pause, resume, assign_lanes, the duration timer and
         # close take it. It guards _closed, _closing, _runs, _assigned and every run's state,
         # changes, branches and timer. Re-entrant: a listener may call back. The engine never
-        # takes it on a lane's thread (a lane must not wait for a start that waits for the lane).
+        # takes it on the loop or a worker (a lane must not wait for a start that waits for the lane).
         self._lock = threading.RLock()
         self._closed = False  # under _lock; read without it by `closed` (one attribute read)
         self._closing: threading.Thread | None = None  # under _lock
@@ -272,7 +272,7 @@ class DataCollector:
         # Stopped contexts for stats(): the run itself while a read in flight may still deliver to
         # it, then only its figures, so a stopped plan's memory is not kept. Guarded by
         # _ended_lock: a stop adds to it (under _lock), the last lane to retire a run swaps it
-        # for its figures (on that lane's thread). Held only for the dict's operations.
+        # for its figures (on the loop thread). Held only for the dict's operations.
         self._ended: dict[int, _Run | ContextStats] = {}
         self._ended_lock = threading.Lock()
         self._virtual = scheduler is not None
@@ -422,7 +422,7 @@ class DataCollector:
 
     def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
         cid, key = run.context.id, lane.key
-        tally = run.tallies[key]  # bumped only on this lane's thread
+        tally = run.tallies[key]  # bumped only on the loop thread
 
         def fault(step: str, values: int, exc: Exception) -> None:
             # A step raised on one batch: that batch is lost, counted and logged; the branch
@@ -910,8 +910,9 @@ class DataCollector:
             self._stop(run)
 
     def _device_changed(self, reader: str, error: str | None) -> None:
-        """On a lane's thread: ``reader``'s reads went from some value to none (``error`` set) or
-        back. The listeners hear it on the timer thread: a listener never runs on a lane."""
+        """On the lane's job (a worker, or the loop): ``reader``'s reads went from some value to
+        none (``error`` set) or back. The listeners hear it on the timer thread: a listener never
+        runs on the loop or a worker."""
         event = "device_up" if error is None else "device_down"
         args: tuple[Any, ...] = (self, reader) if error is None else (self, reader, error)
 

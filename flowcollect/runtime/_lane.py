@@ -383,7 +383,7 @@ class Lane:
 
         def emit(batch: ValueBatch) -> None:
             # Any thread: the store takes the values at once (the next due instant samples them);
-            # changes go to their contexts on the lane's thread, which owns the delivery state.
+            # changes go to their contexts on the loop thread, which owns the delivery state.
             store.update(batch, self._now())
             if len(batch) and self._routes.get(rtype):
                 self.post(lambda: self._pushed(rtype, batch))
