@@ -504,7 +504,10 @@ class Lane:
         self._pending_due = due
         if offset is None:
             offset = self._offset()
-        if offset is not None:  # a reading held up is discarded: the last good anchor stays
+        # A reading held up is discarded, and one that disagrees with the anchor by a step is
+        # not taken either: the anchor moves by a step only through _clock_stepped, after two
+        # sightings (one odd reading must not become the base that makes the next look odd).
+        if offset is not None and (self._anchor is None or abs(offset - self._anchor) <= STEP_MS):
             self._anchor = offset
         try:
             if self._timer_at is not None:
@@ -616,7 +619,7 @@ class Lane:
         if self._closed:
             return
         after = self._offset()
-        stepped = self._stepped_by(offset, after)
+        stepped = self._stepped_by(self._anchor, after)
         if stepped is not None:
             self._clock_stepped(schedule, stepped)  # it stepped while we read
             return

@@ -146,6 +146,40 @@ def test_a_thread_held_up_between_its_clock_reads_is_no_clock_step() -> None:
         assert collector.stats().readers["static"].clock_steps == 1
 
 
+class GlitchyScheduler(VirtualScheduler):
+    """A wall clock whose next ``glitches`` readings come back 5 s ahead, the clock itself not
+    stepping (a reading gone wrong): one such reading must not re-anchor a lane."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.glitches = 0
+
+    def wall_ms(self) -> float:
+        if self.glitches:
+            self.glitches -= 1
+            return super().wall_ms() + 5000
+        return super().wall_ms()
+
+
+def test_one_odd_clock_reading_is_no_step_it_takes_two_sightings() -> None:
+    scheduler = GlitchyScheduler()
+    writer = MemoryDataWriter()
+    with DataCollector([StaticDataReader({"x": 1.0})], [writer], scheduler=scheduler) as collector:
+        collector.start(context(1, "static"))
+        scheduler.advance_by(1.0)
+        for _ in range(5):  # five single odd readings, at different moments of a tick
+            scheduler.advance_by(0.13)
+            scheduler.glitches = 1
+        scheduler.advance_by(1.0)
+        assert scheduler.glitches == 0
+        assert collector.stats().readers["static"].clock_steps == 0
+        scheduler.step_wall_ms(60_000)  # a real step: every reading from now on sees it
+        scheduler.advance_by(0.5)
+        assert collector.stats().readers["static"].clock_steps == 1
+        t = [round(v.time.timestamp() * 1000) for v in writer.values if v.time is not None]
+        assert all(x % 100 == 0 for x in t) and t == sorted(set(t))
+
+
 # -- the real clock: which thread runs what -------------------------------------------------
 
 
