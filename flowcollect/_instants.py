@@ -1,9 +1,9 @@
 """Instants on the collector's clock: epoch milliseconds <-> aware UTC datetimes.
 
-Every time-based piece takes its Rx scheduler from the caller: a ``LaneScheduler`` (one thread
-per lane, waiting on the monotonic clock for wall-clock instants) in production, a
-``VirtualScheduler`` in tests (both ``flowcollect.runtime``; the clock itself is
-``flowcollect.runtime.Clock``).
+Every time-based piece takes its Rx scheduler from the caller: the ``LoopScheduler`` (one event
+loop thread for every lane) and a ``LaneScheduler`` (the timer's thread), both waiting on the
+monotonic clock for wall-clock instants, in production; a ``VirtualScheduler`` in tests (all in
+``flowcollect.runtime``; the clock itself is ``flowcollect.runtime.Clock``).
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ scheduled. So a step of the wall clock (NTP, an operator) never makes a lane sle
 step's length (backwards) nor wake for a burst of instants (forwards); the lane notices the
 step (wall minus monotonic moved) and re-anchors its grid on the new time.
 
-``LaneScheduler`` is the production scheduler (one thread); ``VirtualScheduler`` is the same in
-virtual time, for tests, with ``step_wall_ms`` to make the wall clock jump.
+``LaneScheduler`` is a scheduler on one thread of its own (the collector's timer: durations,
+listeners' events); every lane ticks on ``LoopScheduler`` (``flowcollect.runtime._loop``: one
+asyncio loop for all lanes). ``VirtualScheduler`` is the same in virtual time, for tests, with
+``step_wall_ms`` to make the wall clock jump.
 """
 
 from __future__ import annotations
