@@ -6,6 +6,7 @@ the way a device would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import selectors
@@ -15,11 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from flowcollect.readers.modbus import ModbusDataReader
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
+
+T = TypeVar("T")
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -232,3 +236,62 @@ class RawDevice:
             thread.join(5)
         for sock in sockets:
             sock.close()
+
+
+# ----------------------------------------------------------------------------- the event loop path
+
+
+class LoopThread:
+    """An asyncio event loop on a thread of its own: where the engine's loop runtime awaits
+    ``read_batch_async`` and calls an asynchronous reader's ``open`` and ``close``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, awaitable: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(awaitable, self.loop).result(timeout_s)
+
+    def call(self, function: Callable[[], T]) -> T:
+        async def on_loop() -> T:
+            return function()
+
+        return self.run(on_loop())
+
+    def stop(self) -> None:
+        async def drain() -> None:
+            await asyncio.sleep(0.05)  # let closing transports say goodbye
+
+        self.run(drain())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def batch_of(variables: Sequence[CollectedVariable]) -> ValueBatch:
+    """The engine's batch for ``variables`` (their instant, or now)."""
+    when = variables[0].time if variables else None
+    t_ms = round(when.timestamp() * 1000) if when is not None else round(time.time() * 1000)
+    specs = [VariableSpec(v.id, v.context_id, v.address, v.value_type, v.reader, v.interval_ms) for v in variables]
+    return ValueBatch(t_ms, specs)
+
+
+async def read_async(reader: ModbusDataReader, variables: Sequence[CollectedVariable]) -> None:
+    """``reader.read(variables)`` the way the loop runtime reads: a batch, awaited."""
+    batch = batch_of(variables)
+    await reader.read_batch_async(batch)
+    for variable, value, error in zip(variables, batch.values, batch.errors, strict=True):
+        variable.value = value
+        variable.error = error
+
+
+def on_loop(reader: ModbusDataReader, loop: LoopThread) -> ModbusDataReader:
+    """Route the reader's ``read``, ``open`` and ``close`` through ``loop`` as the loop runtime
+    calls them (``abort`` stays on the caller's thread, as it comes from the closing one), so a
+    test written against ``read`` runs the event-loop path."""
+    sync_open, sync_close = reader.open, reader.close
+    reader.read = lambda variables: loop.run(read_async(reader, variables))  # type: ignore[method-assign]
+    reader.open = lambda: loop.call(sync_open)  # type: ignore[method-assign]
+    reader.close = lambda: loop.call(sync_close)  # type: ignore[method-assign]
+    return reader
