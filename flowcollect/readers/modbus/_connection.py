@@ -496,7 +496,8 @@ class _AsyncLink:
         self._handed = False
         """The socket belongs to the transport (which closes it)."""
         self._waiter: asyncio.Task[Any] | None = None
-        """The task inside a request, cancelled when the connection drops under it."""
+        """The task inside a connect or a request, cancelled when the connection drops (or is
+        closed) under it."""
         self._lost = False
         self._closing = False
         self._aborted = False
@@ -508,8 +509,8 @@ class _AsyncLink:
         return self.client.connected and not self._lost
 
     def _traced(self, connected: bool) -> None:
-        if connected:
-            return
+        if connected or self._lost:
+            return  # (the waiter is cancelled once: its cancellation is then known to be ours)
         self._lost = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -518,14 +519,24 @@ class _AsyncLink:
             self.dropped = True
 
     async def connect(self, timeout_s: float) -> bool:
+        task = self._waiter = asyncio.current_task()
         try:
             with quiet_pymodbus():  # the transport's callbacks run in (a copy of) this context
                 async with asyncio.timeout(timeout_s):
                     await self._open()
+        except asyncio.CancelledError:
+            if not self._lost or task is None or task.uncancel() > 0:
+                raise  # the caller's cancellation
+            # Closed while connecting (a reader's abort): what was being opened is closed.
+            self.connect_error = ConnectionAbortedError("closed while connecting")
+            return False
         except Exception as exc:  # OSError, TimeoutError, ssl.SSLError, TlsFilesError
+            self._waiter = None  # (or close would cancel this very task)
             self.close()
             self.connect_error = exc
             return False
+        finally:
+            self._waiter = None
         if self._aborted:
             self.close()
             self.connect_error = ConnectionAbortedError("closed while connecting")
@@ -556,13 +567,24 @@ class _AsyncLink:
             raise error
         if self._aborted:
             raise ConnectionAbortedError("closed while connecting")
+        try:
+            await loop.create_connection(
+                lambda: self.client.ctx,
+                sock=sock,
+                ssl=context,
+                server_hostname=(line.tls.server_name or line.host) if line.tls is not None else None,
+            )
+        except ConnectionError as exc:
+            sock.close()
+            if context is None:
+                raise
+            # asyncio says "connection reset" where the sync handshake sees an EOF: the device
+            # closed during the handshake, said (and backed off) alike.
+            raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol") from exc
+        except BaseException:
+            sock.close()
+            raise
         self._handed = True
-        await loop.create_connection(
-            lambda: self.client.ctx,
-            sock=sock,
-            ssl=context,
-            server_hostname=(line.tls.server_name or line.host) if line.tls is not None else None,
-        )
 
     async def request(self, table: str, start: int, count: int, unit: int, timeout_s: float) -> ModbusPDU:
         """One request and its answer within ``timeout_s``; raises as the sync client would: a
@@ -591,13 +613,10 @@ class _AsyncLink:
                 self.loop.call_soon_threadsafe(self.close)
             return
         self._closing = True
-        self._traced(False)
+        self._traced(False)  # a connect or request in progress is cancelled, and closes its socket
         if self._handed:
             with contextlib.suppress(Exception):
                 self.client.close()
-        sock = self._sock
-        if sock is not None and not self._handed:
-            sock.close()
 
     def abort(self) -> None:
         """From any thread: shut the socket down now (the device sees it closed at once, the

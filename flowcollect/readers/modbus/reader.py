@@ -393,6 +393,9 @@ class ModbusDataReader(DataReader):
             variable.error = error
 
     def read_batch(self, batch: ValueBatch) -> None:
+        self._read_batch(batch)
+
+    def _read_batch(self, batch: ValueBatch) -> None:
         specs = batch.variables
         if not specs:
             return
@@ -410,7 +413,7 @@ class ModbusDataReader(DataReader):
             return
         if self._line.kind == "serial":
             worker = self._lease().worker()
-            await asyncio.wrap_future(worker.submit(self.read_batch, batch))
+            await asyncio.wrap_future(worker.submit(self._read_batch, batch))
             return
         key, types, intervals = self._columns(specs)
         await self._read_columns_async(key, specs, types, intervals, batch.t_ms, (batch.values, batch.errors))

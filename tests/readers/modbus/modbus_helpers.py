@@ -273,25 +273,40 @@ def batch_of(variables: Sequence[CollectedVariable]) -> ValueBatch:
     """The engine's batch for ``variables`` (their instant, or now)."""
     when = variables[0].time if variables else None
     t_ms = round(when.timestamp() * 1000) if when is not None else round(time.time() * 1000)
-    specs = [VariableSpec(v.id, v.context_id, v.address, v.value_type, v.reader, v.interval_ms) for v in variables]
+    specs = [
+        VariableSpec(v.id, v.context_id, v.address, v.value_type, v.reader, v.interval_ms) for v in variables
+    ]
     return ValueBatch(t_ms, specs)
 
 
 async def read_async(reader: ModbusDataReader, variables: Sequence[CollectedVariable]) -> None:
-    """``reader.read(variables)`` the way the loop runtime reads: a batch, awaited."""
+    """``reader.read(variables)`` the way the loop runtime reads: a batch, awaited. Variables
+    without an instant are read off the grid, as ``read`` reads them (never skipped)."""
     batch = batch_of(variables)
-    await reader.read_batch_async(batch)
+    if variables and variables[0].time is None and reader.line.kind == "serial":
+        worker = reader._lease().worker()  # the serial line's own thread, as read_batch_async uses
+        await asyncio.wrap_future(worker.submit(ModbusDataReader.read, reader, variables))
+        return
+    if variables and variables[0].time is None:
+        columns = (batch.values, batch.errors)
+        key = tuple(v.address for v in variables)
+        types = [v.value_type for v in variables]
+        intervals = frozenset(v.interval_ms for v in variables)
+        await reader._read_columns_async(key, batch.variables, types, intervals, None, columns)
+    else:
+        await reader.read_batch_async(batch)
     for variable, value, error in zip(variables, batch.values, batch.errors, strict=True):
         variable.value = value
         variable.error = error
 
 
 def on_loop(reader: ModbusDataReader, loop: LoopThread) -> ModbusDataReader:
-    """Route the reader's ``read``, ``open`` and ``close`` through ``loop`` as the loop runtime
-    calls them (``abort`` stays on the caller's thread, as it comes from the closing one), so a
+    """Route the reader's ``read``, ``read_batch``, ``open`` and ``close`` through ``loop`` as the
+    loop runtime calls them (``abort`` stays on the caller's thread, as it comes from the closing one), so a
     test written against ``read`` runs the event-loop path."""
     sync_open, sync_close = reader.open, reader.close
     reader.read = lambda variables: loop.run(read_async(reader, variables))  # type: ignore[method-assign]
+    reader.read_batch = lambda batch: loop.run(reader.read_batch_async(batch))  # type: ignore[method-assign]
     reader.open = lambda: loop.call(sync_open)  # type: ignore[method-assign]
     reader.close = lambda: loop.call(sync_close)  # type: ignore[method-assign]
     return reader
