@@ -44,7 +44,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -934,29 +934,26 @@ class LineConnection:
         if not isinstance(link, _Link) or not link.connected:
             return Failure(self.down_text, fatal=True)
         link.set_timeout(timeout_s)
-        attempts = self._attempts(unit, retries)
+        exchange = self._exchange(link, unit, timeout_s, retries, name)
+        wait = next(exchange)
         while True:
-            attempts -= 1
-            wait = self._pacer.wait_s(self._clock())
             if wait > 0:
-                # The line's silent interval (and configured pause): a bus must be quiet between
-                # frames, or the next unit cannot tell where the last answer ended.
                 self._sleep(wait)
+                wait = exchange.send(None)
+                continue
             if self._stale:
                 link.drain()
                 self._stale = False
-            started = unit.tried_at = self._clock()
             try:
                 with quiet_pymodbus():
-                    response: ModbusPDU = _READS[table](link.client, start, count, unit.unit)
+                    answer: ModbusPDU | Exception = _READS[table](link.client, start, count, unit.unit)
             except Exception as exc:  # pymodbus may raise anything on garbage bytes
-                failure = self._after_error(link, exc, attempts, unit, started, timeout_s, name)
-                if failure is None:
-                    continue
-                return failure
-            finally:
-                self._pacer.done(self._clock())
-            return self._after_answer(unit, started, name, response)
+                answer = exc
+            try:
+                wait = exchange.send(answer)
+            except StopIteration as done:
+                outcome: ModbusPDU | Failure = done.value
+                return outcome
 
     async def request_async(
         self,
@@ -969,34 +966,56 @@ class LineConnection:
         retries: int,
         name: str,
     ) -> ModbusPDU | Failure:
-        """``request`` on the running event loop; the same decisions, only the waits differ."""
+        """``request`` on the running event loop: the same exchange, awaited. (No drain: an
+        answer that comes late finds no request waiting, and pymodbus drops it.)"""
         link = self._link
         if not isinstance(link, _AsyncLink) or not link.connected:
             return Failure(self.down_text, fatal=True)
-        attempts = self._attempts(unit, retries)
+        exchange = self._exchange(link, unit, timeout_s, retries, name)
+        wait = next(exchange)
+        while True:
+            if wait > 0:
+                await asyncio.sleep(wait)
+                wait = exchange.send(None)
+                continue
+            self._stale = False
+            try:
+                answer: ModbusPDU | Exception = await link.request(table, start, count, unit.unit, timeout_s)
+            except Exception as exc:  # pymodbus may raise anything on garbage bytes
+                answer = exc
+            try:
+                wait = exchange.send(answer)
+            except StopIteration as done:
+                outcome: ModbusPDU | Failure = done.value
+                return outcome
+
+    def _exchange(
+        self, link: _Link | _AsyncLink, unit: UnitState, timeout_s: float, retries: int, name: str
+    ) -> Generator[float, ModbusPDU | Exception | None, ModbusPDU | Failure]:
+        """The line's rules for one request, without I/O: yields how long to wait first (the
+        line's silent interval and pause: a bus must be quiet between frames, or the next unit
+        cannot tell where the last answer ended; sent None once waited), then 0.0 to send, and
+        is sent the answer or what the client raised. Returns the answer or a ``Failure``.
+
+        Retries are ours, not pymodbus's: a unit already failing gets one attempt per back-off
+        period, never its retries too, and every resend keeps the line's silent interval.
+        """
+        attempts = 1 + (retries if unit.failures == 0 else 0)
         while True:
             attempts -= 1
             wait = self._pacer.wait_s(self._clock())
             if wait > 0:
-                await asyncio.sleep(wait)
-            self._stale = False  # a late answer finds no request waiting: pymodbus drops it
+                yield wait
             started = unit.tried_at = self._clock()
-            try:
-                response = await link.request(table, start, count, unit.unit, timeout_s)
-            except Exception as exc:  # pymodbus may raise anything on garbage bytes
-                failure = self._after_error(link, exc, attempts, unit, started, timeout_s, name)
+            answer = yield 0.0
+            self._pacer.done(self._clock())
+            if isinstance(answer, Exception):
+                failure = self._after_error(link, answer, attempts, unit, started, timeout_s, name)
                 if failure is None:
                     continue
                 return failure
-            finally:
-                self._pacer.done(self._clock())
-            return self._after_answer(unit, started, name, response)
-
-    @staticmethod
-    def _attempts(unit: UnitState, retries: int) -> int:
-        # Retries are ours, not pymodbus's: a unit already failing gets one attempt per back-off
-        # period, never its retries too, and every resend keeps the line's silent interval.
-        return 1 + (retries if unit.failures == 0 else 0)
+            # (None is sent only after a wait, never after a send.)
+            return self._after_answer(unit, started, name, cast("ModbusPDU", answer))
 
     def _after_error(
         self,

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
@@ -71,6 +71,20 @@ _Slot = tuple[int, Decoder, str]
 _Asked = tuple[str, int, int]
 _Answer = ModbusPDU | Failure
 _Requests = Generator[_Asked, _Answer, None]
+
+
+class _RequestSettings(TypedDict):
+    timeout_s: float
+    retries: int
+    name: str
+
+
+def _answer(tick: _Requests, answer: _Answer) -> _Asked | None:
+    """Send the line's answer into a tick; its next request, or None when it is done."""
+    try:
+        return tick.send(answer)
+    except StopIteration:
+        return None
 
 
 @dataclass(slots=True)
@@ -446,21 +460,11 @@ class ModbusDataReader(DataReader):
             return
         connection, unit, plan = begun
         with connection.lock:
-            if not connection.ensure(self.timeout_s, self._type):
-                for step in plan.steps:
-                    _fail_groups(columns, step.groups, connection.down_text)
-                return
-            tick = self._tick(connection, unit, plan, columns, types, intervals, t_ms)
-            try:
-                asked = next(tick)
-                while True:
-                    asked = tick.send(
-                        connection.request(
-                            unit, *asked, timeout_s=self.timeout_s, retries=self.retries, name=self._type
-                        )
-                    )
-            except StopIteration:
-                return
+            connected = connection.ensure(self.timeout_s, self._type)
+            tick = self._tick(connection, unit, plan, columns, types, intervals, t_ms, connected)
+            asked = next(tick, None)
+            while asked is not None:
+                asked = _answer(tick, connection.request(unit, *asked, **self._settings))
 
     async def _read_columns_async(
         self,
@@ -477,21 +481,15 @@ class ModbusDataReader(DataReader):
             return
         connection, unit, plan = begun
         async with connection.async_lock():
-            if not await connection.ensure_async(self.timeout_s, self._type):
-                for step in plan.steps:
-                    _fail_groups(columns, step.groups, connection.down_text)
-                return
-            tick = self._tick(connection, unit, plan, columns, types, intervals, t_ms)
-            try:
-                asked = next(tick)
-                while True:
-                    asked = tick.send(
-                        await connection.request_async(
-                            unit, *asked, timeout_s=self.timeout_s, retries=self.retries, name=self._type
-                        )
-                    )
-            except StopIteration:
-                return
+            connected = await connection.ensure_async(self.timeout_s, self._type)
+            tick = self._tick(connection, unit, plan, columns, types, intervals, t_ms, connected)
+            asked = next(tick, None)
+            while asked is not None:
+                asked = _answer(tick, await connection.request_async(unit, *asked, **self._settings))
+
+    @property
+    def _settings(self) -> _RequestSettings:
+        return {"timeout_s": self.timeout_s, "retries": self.retries, "name": self._type}
 
     def _begin(
         self, key: tuple[str, ...], variables: Sequence[VariableSpec | CollectedVariable], columns: _Columns
@@ -529,10 +527,15 @@ class ModbusDataReader(DataReader):
         types: list[str],
         intervals: frozenset[int],
         t_ms: int | None,
+        connected: bool,
     ) -> _Requests:
-        """One connected tick's decisions, without I/O: yields each request as ``(table, start,
-        count)`` and is sent the line's answer (a ``ModbusPDU`` or a ``Failure``). A thread
+        """One tick's decisions, without I/O: yields each request as ``(table, start, count)``
+        and is sent the line's answer (a ``ModbusPDU`` or a ``Failure``). A thread
         (``_read_columns``) and the event loop (``_read_columns_async``) drive it alike."""
+        if not connected:
+            for step in plan.steps:
+                _fail_groups(columns, step.groups, connection.down_text)
+            return
         now = connection.now()
         instant = t_ms if t_ms is not None else int(1000 * now)
         # Nobody on the line answering, one request per instant (to each unit in turn) finds
