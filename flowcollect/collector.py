@@ -1,7 +1,8 @@
 """The collector: contexts' lifecycle, listeners and the lock.
 
 Compiling is ``flowcollect.compile`` (pure); running is ``flowcollect.runtime`` (one lane per
-shared resource, each with its own thread and clock).
+shared resource, all of them on one event loop thread; synchronous reader calls on a bounded
+worker pool).
 """
 
 from __future__ import annotations
@@ -43,12 +44,19 @@ from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy
 from flowcollect.readers.base import DataReader
 from flowcollect.runtime import (
+    DEFAULT_WORKERS,
     STEP_MS,
     ChangeState,
     Clock,
+    InlineWork,
     Lane,
     LaneScheduler,
+    LoopScheduler,
+    LoopWork,
     Window,
+    WorkerPool,
+    asynchronous_reader,
+    clock_offset,
     for_context,
     gate,
     report_changes,
@@ -166,22 +174,32 @@ def _thread_factory(
     return factory
 
 
-def _lane_thread_name(key: str, types: Sequence[str]) -> str:
-    if key == f"reader:{types[0]}" and len(types) == 1:
-        return f"{THREAD_PREFIX}reader-{types[0]}"
-    return f"{THREAD_PREFIX}lane-{key}"
+def _runtime_problems(readers: Mapping[str, DataReader], reader_workers: Any) -> list[str]:
+    problems = []
+    for key, types in lane_keys(readers.values()).items():
+        kinds = {asynchronous_reader(readers[t]) for t in types}
+        if len(kinds) > 1:
+            problems.append(
+                f"lane {key!r} mixes asynchronous readers (read_batch_async) with synchronous or "
+                f"pushing ones ({', '.join(types)}): give them lanes of their own"
+            )
+    if isinstance(reader_workers, bool) or not isinstance(reader_workers, int) or reader_workers <= 0:
+        problems.append(f"reader_workers must be a positive number of threads, got {reader_workers!r}")
+    return problems
 
 
 class DataCollector:
     """Runs data collection contexts: each variable is read once per due instant by its reader and
     delivered to every writer, for every context that wants it.
 
-    Readers with the same ``lane`` share one lane: one thread and clock, reads in deadline order.
-    ``scheduler`` (keyword only) replaces the real clock and threads, for tests in virtual time:
-    every lane ticks on it and writers are called inline. ``clock`` replaces the wall and
-    monotonic clocks of the collector's own threads (``flowcollect.runtime.Clock``).
-    ``close_timeout_s`` bounds ``close()`` as a whole (one deadline for every lane, reader and
-    writer).
+    Readers with the same ``lane`` share one lane: reads never overlap and run in deadline
+    order. Every lane ticks on one event loop thread; a synchronous reader's calls run on a
+    bounded pool of ``reader_workers`` threads (one call at a time per lane), an asynchronous
+    reader's (``read_batch_async``) are awaited on the loop. ``scheduler`` (keyword only)
+    replaces the real clock and threads, for tests in virtual time: every lane ticks on it and
+    readers and writers are called inline. ``clock`` replaces the wall and monotonic clocks of
+    the collector's own threads (``flowcollect.runtime.Clock``). ``close_timeout_s`` bounds
+    ``close()`` as a whole (one deadline for every lane, reader and writer).
     """
 
     def __init__(
@@ -196,6 +214,7 @@ class DataCollector:
         queue_limit: int = 1_000_000,
         close_timeout_s: float = 30.0,
         clock: Clock | None = None,
+        reader_workers: int = DEFAULT_WORKERS,
     ) -> None:
         self._log = logger or logging.getLogger("flowcollect")
         self._errors = RateLimitedLog(self._log)
@@ -208,6 +227,7 @@ class DataCollector:
                     problems.append(f"two readers have the type {reader.type!r}; each needs its own")
                 self._readers[reader.type] = reader
         problems += lane_problems(self._readers.values())
+        problems += _runtime_problems(self._readers, reader_workers)
         writers = list(writers)
         problems += [f"writer {w!r} is not a DataWriter" for w in writers if not isinstance(w, DataWriter)]
         names: set[str] = set()
@@ -261,22 +281,9 @@ class DataCollector:
         self._lane_readers = lane_keys(self._readers.values())
         self._lanes: dict[str, Lane] = {}
         self._lane_of: dict[str, str] = {}
-        for key, types in self._lane_readers.items():
-            lane_scheduler = scheduler or LaneScheduler(
-                _thread_factory(_lane_thread_name(key, types), self._threads), clock
-            )
-            self._lanes[key] = Lane(
-                key,
-                [self._readers[t] for t in types],
-                lane_scheduler,
-                self._counters,
-                self._errors,
-                functools.partial(self._missed, key),
-                self._stepped,
-                self._device_changed if self._listeners else None,
-            )
-            for t in types:
-                self._lane_of[t] = key
+        self._loop: LoopScheduler | None = None
+        self._pool: WorkerPool | None = None
+        self._work = self._build_lanes(scheduler, clock, reader_workers)
         self._assigned: frozenset[str] | None = None  # under _lock
         # Guards every run's window (start, resume and stop replace it under _lock; a lane that
         # saw the wall clock step shifts them from its own thread) and _wall_offset. Held only
@@ -286,6 +293,35 @@ class DataCollector:
         self._sinks = [
             WriterSink(w, self._log, limit=queue_limit, threaded=scheduler is None) for w in writers
         ]
+
+    def _build_lanes(
+        self, scheduler: abc.SchedulerBase | None, clock: Clock | None, reader_workers: int
+    ) -> LoopWork | InlineWork:
+        # One loop thread for every lane's timers, ticks and hand-over, and one bounded pool for
+        # the synchronous readers' calls; both start their threads when first given work.
+        work: LoopWork | InlineWork
+        if scheduler is None:
+            self._loop = LoopScheduler(self._threads, clock)
+            self._pool = WorkerPool(reader_workers, self._threads)
+            work = LoopWork(self._loop, self._pool)
+        else:
+            work = InlineWork()
+        lane_scheduler: abc.SchedulerBase = scheduler or self._loop  # type: ignore[assignment]
+        for key, types in self._lane_readers.items():
+            self._lanes[key] = Lane(
+                key,
+                [self._readers[t] for t in types],
+                lane_scheduler,
+                self._counters,
+                self._errors,
+                functools.partial(self._missed, key),
+                self._stepped,
+                self._device_changed if self._listeners else None,
+                work,
+            )
+            for t in types:
+                self._lane_of[t] = key
+        return work
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -469,31 +505,16 @@ class DataCollector:
         me = threading.current_thread()
         if isinstance(self._timer, LaneScheduler):
             self._timer.dispose()
-        finishing: list[tuple[Lane, threading.Event, LaneScheduler]] = []
-        for lane in self._lanes.values():
-            scheduler = lane.scheduler
-            if self._virtual or not lane.used or not isinstance(scheduler, LaneScheduler):
-                lane.close_readers(failed)
-                if isinstance(scheduler, LaneScheduler):
-                    scheduler.dispose()
-                continue
-            finished = threading.Event()
-
-            def finish(lane: Lane = lane, finished: threading.Event = finished) -> None:
-                # On the lane's thread, after the read in flight: its values pass through first.
-                try:
-                    lane.close_readers(failed)
-                finally:
-                    finished.set()
-
-            lane.post(finish)
-            finishing.append((lane, finished, scheduler))
-        for lane, finished, scheduler in finishing:
-            # Past the deadline a lane still busy is abandoned: it reads nothing more, and its
-            # readers let go of their devices from here.
-            if not finished.wait(max(0.0, readers_deadline - time.monotonic())):
-                lane.abandon(failed)
-            scheduler.dispose()
+        self._close_lanes(readers_deadline, failed)
+        if self._pool is not None:
+            self._pool.shutdown()
+        # The loop itself ends at once (nothing on it blocks); the whole deadline is its bound.
+        if self._loop is not None and not self._loop.stop(max(0.0, deadline - time.monotonic())):
+            self._log.warning(
+                "the flowcollect loop did not end within %s s (a callback blocking it?)", timeout / 2
+            )
+        if isinstance(self._work, InlineWork):
+            self._work.close()
         # One deadline for all of them: several stuck readers must not multiply the wait.
         for thread in list(self._threads):
             if thread is not me and thread.ident is not None:
@@ -508,6 +529,30 @@ class DataCollector:
         for sink in self._sinks:
             sink.close(deadline)
         self._notify("after_close")
+
+    def _close_lanes(self, deadline: float, failed: Callable[[str, str, Exception], None]) -> None:
+        # Each lane closes its readers as its last job, after the read in flight (its values
+        # pass through first); one event for all of them, set by the last.
+        finishing = [lane for lane in self._lanes.values() if not self._virtual and lane.used]
+        for lane in self._lanes.values():
+            if self._virtual or not lane.used:
+                lane.close_readers(failed)
+        done: set[str] = set()  # keys of the lanes closed: added on the loop thread
+        all_done = threading.Event()
+        countdown = _Countdown(len(finishing), all_done.set)
+        for lane in finishing:
+
+            def finished(lane: Lane = lane) -> None:
+                done.add(lane.key)
+                countdown.done()
+
+            lane.post(lambda lane=lane, finished=finished: lane.close_readers(failed, finished))  # type: ignore[misc]
+        all_done.wait(max(0.0, deadline - time.monotonic()))
+        for lane in finishing:
+            # Past the deadline a lane still busy is abandoned: it reads nothing more, and its
+            # readers let go of their devices from here.
+            if lane.key not in done:
+                lane.abandon(failed)
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Hand everything queued to the writers, flush them and wait until they acknowledged it;
@@ -645,12 +690,18 @@ class DataCollector:
         # Bounded: a lane busy in a long read (or a reader slow to prepare) delays a start by
         # at most LANE_READY_S. Never on the collector's own threads (a lane cannot wait for
         # itself), nor in virtual time (nothing runs until the clock is advanced).
+        # One event for all of them (the last lane ready sets it): a start of many lanes waits
+        # once, not once per lane.
         if self._virtual or threading.current_thread().name.startswith(THREAD_PREFIX):
             return
-        ready = [self._lanes[key].prepare(s) for key, s in schedules.items() if s is not None]
-        deadline = time.monotonic() + LANE_READY_S
-        for event in ready:
-            event.wait(max(0.0, deadline - time.monotonic()))
+        wanted = [(self._lanes[key], s) for key, s in schedules.items() if s is not None]
+        if not wanted:
+            return
+        event = threading.Event()
+        countdown = _Countdown(len(wanted), event.set)
+        for lane, schedule in wanted:
+            lane.prepare(schedule, countdown.done)
+        event.wait(LANE_READY_S)
 
     def _replan(self, touched: Iterable[str]) -> None:
         self._apply(self._plan(touched), math.floor(self._now_ms()))
@@ -678,15 +729,15 @@ class DataCollector:
                         tally.missed_instants += 1
 
     def _offset(self) -> float | None:
-        monotonic: Callable[[], float] | None = getattr(self._timer, "monotonic_ms", None)
-        return None if monotonic is None else self._now_ms() - monotonic()
+        return clock_offset(self._timer)
 
-    def _stepped(self) -> None:
-        """A lane saw the wall clock step: move every run's bounds by the step, once (the first
-        lane to notice), so contexts keep their values on the new timeline."""
+    def _stepped(self, offset: float) -> None:
+        """A lane saw the wall clock step to ``offset`` (wall minus monotonic ms, seen twice):
+        move every run's bounds by the step, once (the first lane to notice), so contexts keep
+        their values on the new timeline."""
         with self._window_lock:
-            offset, before = self._offset(), self._wall_offset
-            if offset is None or before is None or abs(offset - before) <= STEP_MS:
+            before = self._wall_offset
+            if before is None or abs(offset - before) <= STEP_MS:
                 return
             self._wall_offset = offset
             delta = round(offset - before)

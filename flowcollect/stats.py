@@ -34,6 +34,8 @@ class ReaderStats:
     overruns: int
     """Due ticks skipped because the previous read was still running."""
     lateness_ms_p50: float | None
+    """Request lateness: from the grid instant to the read starting (the request going out, for
+    a device that samples when it arrives): what matters for a value's accuracy."""
     lateness_ms_p99: float | None
     lateness_ms_max: float | None
     read_ms_p50: float | None
@@ -51,6 +53,10 @@ class ReaderStats:
     """The lane the reader runs on (readers of one lane share its thread, tick and overruns)."""
     clock_steps: int = 0
     """Wall-clock steps (NTP) the lane re-anchored its grid on."""
+    delivery_ms_p50: float | None = None
+    """Delivery time: from the grid instant to the instant's values handed to the writers'
+    queues (request lateness + the read + the hand-over, on the engine's loop)."""
+    delivery_ms_p99: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +120,20 @@ class CollectorStats:
 
 
 class ReaderCounters:
-    """Mutated only by the reader's own thread; read (racily, as counters are) by ``stats()``."""
+    """Mutated only by the reader's lane (its jobs, one at a time); read (racily, as counters
+    are) by ``stats()``."""
 
-    __slots__ = ("clock_steps", "errors", "lateness", "overruns", "read_ms", "tick_ms", "ticks", "values")
+    __slots__ = (
+        "clock_steps",
+        "delivery_ms",
+        "errors",
+        "lateness",
+        "overruns",
+        "read_ms",
+        "tick_ms",
+        "ticks",
+        "values",
+    )
 
     def __init__(self) -> None:
         self.clock_steps = 0
@@ -127,6 +144,7 @@ class ReaderCounters:
         self.lateness: deque[float] = deque(maxlen=SAMPLES)
         self.read_ms: deque[float] = deque(maxlen=SAMPLES)
         self.tick_ms: deque[float] = deque(maxlen=SAMPLES)
+        self.delivery_ms: deque[float] = deque(maxlen=SAMPLES)
 
     def skipped(self, n: int) -> None:
         self.overruns += n
@@ -137,6 +155,7 @@ class ReaderCounters:
         lateness = list(self.lateness)
         read_ms = list(self.read_ms)
         tick_ms = list(self.tick_ms)
+        delivery = list(self.delivery_ms)
         return ReaderStats(
             reader=reader,
             ticks=self.ticks,
@@ -154,4 +173,6 @@ class ReaderCounters:
             extra=dict(extra),
             lane=lane,
             clock_steps=self.clock_steps,
+            delivery_ms_p50=percentile(delivery, 50),
+            delivery_ms_p99=percentile(delivery, 99),
         )

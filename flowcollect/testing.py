@@ -10,6 +10,7 @@ or drive one yourself with ``virtual_collector`` and ``VirtualClock.advance_ms``
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -26,6 +27,7 @@ from flowcollect.writers.base import DataWriter
 from flowcollect.writers.memory import MemoryDataWriter
 
 __all__ = [
+    "AsyncDataReader",
     "MemoryDataWriter",
     "PushingDataReader",
     "RecordingListener",
@@ -86,6 +88,64 @@ class StaticDataReader(DataReader):
                 v.value = source[v.address]
             else:
                 v.error = f"no value for address {v.address!r}"
+
+
+class AsyncDataReader(DataReader):
+    """An asynchronous reader (``read_batch_async``, awaited on the engine's loop) of fixed
+    values, for tests and benchmarks: each read waits ``delay_s`` on the loop (``asyncio.sleep``;
+    0 yields once, as a request's round trip would), then fills the batch. An address missing
+    from the mapping reads as an error. ``threads`` records the thread of every call the engine
+    makes (``open``, ``plan_changed``, ``read``, ``close``), ``reads`` the instants read."""
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        type: str = "async",  # noqa: A002 - the contract's name for a reader's type
+        lane: str | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        self._values = values
+        self._type = type
+        self._lane = lane
+        self.delay_s = delay_s
+        self.reads: list[int] = []  # appended on the loop thread only
+        self.threads: set[str] = set()
+        self.opened = 0
+        self.closed = 0
+        self.aborted = 0
+
+    @property
+    def type(self) -> str:
+        return self._type
+
+    @property
+    def lane(self) -> str | None:
+        return self._lane
+
+    def open(self) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.opened += 1
+
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+        self.threads.add(threading.current_thread().name)
+
+    def close(self) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.closed += 1
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+    async def read_batch_async(self, batch: ValueBatch) -> None:
+        self.threads.add(threading.current_thread().name)
+        await asyncio.sleep(self.delay_s)
+        self.reads.append(batch.t_ms)
+        source = self._values
+        for i, spec in enumerate(batch.variables):
+            if spec.address in source:
+                batch.values[i] = source[spec.address]
+            else:
+                batch.errors[i] = f"no value for address {spec.address!r}"
 
 
 class PushingDataReader(DataReader):

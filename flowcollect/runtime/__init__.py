@@ -1,12 +1,14 @@
-"""The runtime: lanes (one thread and clock each), the named steps values pass through, and the
-latest-value store of pushing readers. For users: the clock a collector can be given
+"""The runtime: lanes (all on one event loop thread, their synchronous reader calls on a bounded
+worker pool), the named steps values pass through, and the latest-value store of pushing readers.
+For users: the clock a collector can be given
 (``DataCollector(clock=...)``) and the step names ``flowcollect plan`` draws; for the collector
 that builds the graph: the lane, the steps of a context's branch and its time ``Window``."""
 
 from __future__ import annotations
 
-from flowcollect.runtime._clock import Clock, LaneScheduler, SystemClock, VirtualScheduler
-from flowcollect.runtime._lane import STEP_MS, Lane
+from flowcollect.runtime._clock import Clock, LaneScheduler, SystemClock, VirtualScheduler, clock_offset
+from flowcollect.runtime._lane import STEP_MS, Lane, asynchronous_reader
+from flowcollect.runtime._loop import DEFAULT_WORKERS, InlineWork, LoopScheduler, LoopWork, Work, WorkerPool
 from flowcollect.runtime._steps import STEPS, ChangeState, Window, for_context, gate, report_changes
 
 __all__ = [
@@ -15,6 +17,15 @@ __all__ = [
     "LaneScheduler",
     "SystemClock",
     "VirtualScheduler",
+    "clock_offset",
+    # The event loop and the worker pool (``DataCollector(reader_workers=...)``)
+    "DEFAULT_WORKERS",
+    "InlineWork",
+    "LoopScheduler",
+    "LoopWork",
+    "Work",
+    "WorkerPool",
+    "asynchronous_reader",
     # The graph a collector builds: lanes, the steps of a context's branch, its time window
     "STEPS",
     "STEP_MS",

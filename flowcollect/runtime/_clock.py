@@ -27,7 +27,12 @@ from reactivex.scheduler.periodicscheduler import PeriodicScheduler
 
 from flowcollect._instants import EPOCH
 
-__all__ = ["Clock", "LaneScheduler", "SystemClock", "VirtualScheduler"]
+__all__ = ["BRACKET_MS", "Clock", "LaneScheduler", "SystemClock", "VirtualScheduler", "clock_offset"]
+
+BRACKET_MS = 5.0
+"""A wall-clock reading whose two monotonic brackets are further apart than this is discarded:
+the thread was held up (the GIL, the OS scheduler) somewhere inside the reading, so wall minus
+monotonic from it could be off by the hold-up, which a busy process makes longer than a step."""
 
 
 class Clock(Protocol):
@@ -46,6 +51,24 @@ class SystemClock:
 
     def monotonic_ns(self) -> int:
         return time.monotonic_ns()
+
+
+def clock_offset(scheduler: abc.SchedulerBase) -> float | None:
+    """Wall minus monotonic time (ms) on ``scheduler``: constant while the wall clock only runs,
+    a jump is a step. The wall clock is read between two monotonic reads and the reading kept
+    only when they are at most ``BRACKET_MS`` apart (three tries); None when no reading was
+    narrow enough, or the scheduler has no monotonic clock (a plain Rx scheduler)."""
+    monotonic: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
+    wall: Callable[[], float] | None = getattr(scheduler, "wall_ms", None)
+    if monotonic is None or wall is None:
+        return None
+    for _ in range(3):
+        before = monotonic()
+        w = wall()
+        after = monotonic()
+        if after - before <= BRACKET_MS:
+            return w - (before + after) / 2
+    return None
 
 
 class _Item:

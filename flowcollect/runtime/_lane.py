@@ -1,18 +1,22 @@
-"""A lane: one thread and one clock serving the readers that share a resource.
+"""A lane: the readers that share a resource, ticking on the engine's event loop.
 
-Everything a lane owns (its schedule, its tick, its readers' calls, the reuse of per-value
-objects) is touched only on its scheduler's thread ("the lane's thread"; in virtual time, the
-thread that advances the clock); other threads hand it work with ``post``. What it reads goes out
-on its own ``Subject``: a slow or blocked lane takes no lock another lane needs. The few fields
-other threads write are named beside them in ``Lane.__init__``, with who writes them.
+A lane's schedule, ticks and hand-over run on the loop thread (``LoopScheduler``; in virtual
+time, the thread that advances the clock), with every other lane's. Its readers' calls are made
+one at a time, in order, through the lane's job queue: a synchronous reader's (``read``,
+``read_batch``, ``open``, ``plan_changed``, ``close``) on a worker of the bounded pool, an
+asynchronous reader's (``read_batch_async``) awaited on the loop, and each call's outcome is
+taken back on the loop thread. So a slow or blocking reader holds its own lane and one worker,
+never the loop or another lane. What a lane reads goes out on its own ``Subject``, on the loop
+thread. The few fields other threads write are named beside them in ``Lane.__init__``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import operator
-import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
@@ -26,12 +30,14 @@ from flowcollect._instants import instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
+from flowcollect.runtime._clock import clock_offset
+from flowcollect.runtime._loop import InlineWork, Work
 from flowcollect.runtime._push import NO_VALUE_YET, PushStore
 from flowcollect.runtime._steps import LaneRead
 from flowcollect.stats import ReaderCounters
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
-__all__ = ["STEP_MS", "Lane"]
+__all__ = ["STEP_MS", "Lane", "asynchronous_reader"]
 
 _Columns = tuple[
     list[Any], list[str | None], list[int | None] | None, list[str | None] | None, list[int | None] | None
@@ -39,10 +45,13 @@ _Columns = tuple[
 """A reader's values at an instant: values, errors, source times (stamping), quality, and
 source times carried beside the values."""
 
+_Read = tuple[ReaderPhase, list[Any], list[str | None], Any, Any, Any]
+
 STEP_MS = 1000
 """A wall-clock jump larger than this between two ticks (beyond what the monotonic clock saw) is a
 step (NTP, an operator): the lane re-anchors its grid on the new time instead of sleeping through
-it (backwards) or firing the instants it jumped over (forwards)."""
+it (backwards) or firing the instants it jumped over (forwards). It takes two sightings, each a
+bracketed reading (``clock_offset``), so a thread held up between its clock reads is no step."""
 
 
 def _batch_reader(reader: DataReader) -> bool:
@@ -59,6 +68,11 @@ def _batch_reader(reader: DataReader) -> bool:
     return False
 
 
+def asynchronous_reader(reader: DataReader) -> bool:
+    """A reader whose class defines ``read_batch_async`` (and pushes nothing): awaited on the loop."""
+    return type(reader).read_batch_async is not DataReader.read_batch_async and not reader.pushes
+
+
 class Lane:
     """The tick source, reads and hand-over of one lane."""
 
@@ -70,42 +84,56 @@ class Lane:
         counters: Mapping[str, ReaderCounters],
         errors: RateLimitedLog,
         on_missed: Callable[[LaneSchedule, list[int]], None],
-        on_clock_step: Callable[[], None] = lambda: None,
+        on_clock_step: Callable[[float], None] = lambda _offset: None,
         on_device: Callable[[str, str | None], None] | None = None,
+        work: Work | None = None,
     ) -> None:
         # Fixed at construction: key, readers, order, scheduler, counters (each ReaderCounters
-        # is bumped only here), subject (on_next only on the lane's thread; the collector
-        # subscribes and disposes branches from others, under the Subject's own lock), _errors,
-        # _on_missed, _on_clock_step, _on_device, _monotonic_ms, _batchy, _stores (the dict; each
-        # PushStore has its own lock, for the pushing reader's threads).
+        # is bumped only by the lane's jobs, one at a time), subject (on_next only on the loop
+        # thread; the collector subscribes and disposes branches from others, under the
+        # Subject's own lock), asynchronous, _work, _errors, _on_missed, _on_clock_step,
+        # _on_device, _batchy, _stores (the dict; each PushStore has its own lock, for the
+        # pushing reader's threads).
         self.key = key
         self.readers = {r.type: r for r in readers}
         self.order = tuple(r.type for r in readers)
         self.scheduler = scheduler
         self.counters = counters
         self.subject: Subject[LaneRead] = Subject()
+        self.asynchronous = bool(readers) and all(asynchronous_reader(r) for r in readers)
+        """Every reader of the lane is asynchronous: its calls are made on the loop thread."""
+        self._work: Work = work or InlineWork()
         self.planned: LaneSchedule | None = None
         """The schedule the collector wants: written under the collector's lock (``plan``), read
-        whole on the lane's thread and by ``schedules()``/``stats()``."""
+        whole on the loop thread and by ``schedules()``/``stats()``."""
         self.assigned = True
-        """Written under the collector's lock (``assign``), read on the lane's thread."""
+        """Written under the collector's lock (``assign``), read on the loop thread."""
         self.touched = False
         """Some context ever wanted this lane: its readers are closed at close. Set under the
         collector's lock (only ever to True)."""
         self.used = False
-        """Work was ever handed to the scheduler (its thread exists). Set by ``post`` on any
-        thread, only ever to True."""
-        self.clock_steps = 0  # the lane's thread
+        """Work was ever handed to the lane. Set by ``post`` on any thread, only ever to True."""
+        self.clock_steps = 0  # the loop thread
         self._errors = errors
         self._on_missed = on_missed
         self._on_clock_step = on_clock_step
         self._on_device = on_device
-        # A scheduler that waits on the monotonic clock (LaneScheduler, VirtualScheduler) lets
-        # the lane see wall-clock steps; another (a plain Rx scheduler) does not.
-        self._monotonic_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
-        # The lane's thread only, from here to _last_fired, except _routes: replaced whole there
-        # and read (one attribute read) by a pushing reader's emit on the reader's own threads.
+        # The lane's jobs, one at a time in order, on the loop thread (a job's reader calls may
+        # run on a worker meanwhile: _busy until its outcome is back on the loop).
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._busy = False
+        self._draining = False
+        self._task: asyncio.Future[Any] | None = None  # the asynchronous read in flight
+        # The loop thread only (ticks), from here to _last_fired.
         self._active: LaneSchedule | None = None
+        self._pending: abc.DisposableBase | None = None
+        self._pending_due: int | None = None
+        self._anchor: float | None = None
+        self._last_fired = -1
+        # The lane's reader calls' state: touched only by the lane's current job (on a worker
+        # or the loop; jobs never overlap, and each hand-over between threads goes through the
+        # pool's queue or the loop's, which order it), except _routes: replaced whole there and
+        # read (one attribute read) by a pushing reader's emit on the reader's own threads.
         self._ready: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
         self._opened: set[str] = set()
@@ -113,24 +141,21 @@ class Lane:
         self._stores: dict[str, PushStore] = {r.type: PushStore() for r in readers if r.pushes}
         self._routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
         self._reuse: dict[int, tuple[ReaderPhase, list[CollectedVariable]]] = {}
-        self._pending: abc.DisposableBase | None = None
-        self._pending_due: int | None = None
-        self._anchor: float | None = None
-        self._last_fired = -1
-        self._down: dict[str, bool] = {}  # reader -> its last read gave no value: the lane's thread
-        # Only ever set to True: by close_readers (on the lane's thread, or on close()'s when
-        # the lane never had one) or by abandon (close()'s thread, past its deadline, the lane
-        # stuck in a read); read on the lane's thread and by `stopped`.
+        self._down: dict[str, bool] = {}  # reader -> its last read gave no value
+        # Only ever set to True: by close_readers (a job), or by abandon (close()'s thread, past
+        # its deadline, the lane stuck in a read); read by the lane's jobs and by `stopped`.
         self._closed = False
+        self._abandoned = False  # set by abandon only (close()'s thread), only ever to True
         self._assignments = 0  # assign() calls that changed the assignment: under the collector's lock
-        self._applied = 0  # the last of them the lane's thread has applied: the lane's thread
+        self._applied = 0  # the last of them the lane has applied: the loop thread
 
     # -- from other threads ------------------------------------------------------------------
 
     def post(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the loop thread as the lane's next job (after any read in flight)."""
         self.used = True
         with contextlib.suppress(DisposedException):  # closed: nothing is done here any more
-            self.scheduler.schedule(lambda _s, _t: action())
+            self.scheduler.schedule(lambda _s, _t: self._enqueue(action))
 
     def plan(self, schedule: LaneSchedule | None, since_ms: int) -> None:
         """Set the wanted schedule; the lane takes it on its thread, telling its readers first.
@@ -141,21 +166,25 @@ class Lane:
         if schedule is not None or self._active is not None or self.used:
             self.post(lambda: self._apply(since_ms))
 
-    def prepare(self, schedule: LaneSchedule) -> threading.Event:
+    def prepare(self, schedule: LaneSchedule, ready: Callable[[], None]) -> None:
         """Get ready for ``schedule`` before it is applied (readers told, per-value objects
-        built) while the current one keeps ticking; the event is set once done."""
+        built) while the current one keeps ticking; ``ready()`` is called once done (on the
+        thread that did it)."""
         self.touched = True
-        ready = threading.Event()
 
         def run() -> None:
-            try:
-                if not self._closed and self.assigned:
-                    self._get_ready(schedule)
-            finally:
-                ready.set()
+            if self._closed or not self.assigned:
+                ready()
+                return
+
+            def then(_result: Any, exc: BaseException | None) -> None:
+                ready()
+                if exc is not None:
+                    self._internal("prepare", exc)
+
+            self._call(lambda: self._get_ready(schedule), then)
 
         self.post(run)
-        return ready
 
     def assign(self, assigned: bool, since_ms: int) -> None:
         if assigned != self.assigned:
@@ -164,16 +193,15 @@ class Lane:
             assignment = self._assignments
 
             def apply() -> None:
-                self._apply(since_ms)
-                # On the lane's thread: whatever read was in flight when this was posted is over.
-                self._applied = assignment
+                # Once applied (a job, after whatever read was in flight when this was posted).
+                self._apply(since_ms, lambda: setattr(self, "_applied", assignment))
 
             self.post(apply)
 
     @property
     def stopped(self) -> bool:
         """No read runs and none will: the lane is closed (after its last read) or abandoned, or
-        it is not assigned and its thread has taken that in."""
+        it is not assigned and it has taken that in."""
         if self._closed:
             return True
         return not self.assigned and self._applied == self._assignments
@@ -181,17 +209,90 @@ class Lane:
     def store(self, reader: str) -> PushStore | None:
         return self._stores.get(reader)
 
-    # -- on the lane's thread ----------------------------------------------------------------
+    # -- the job queue (loop thread) -----------------------------------------------------------
 
-    def _apply(self, since_ms: int) -> None:
+    def _enqueue(self, job: Callable[[], None]) -> None:
+        self._jobs.append(job)
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._draining:
+            return  # a job's outcome came back inline (virtual time): the outer drain goes on
+        self._draining = True
+        try:
+            while self._jobs and not self._busy:
+                job = self._jobs.popleft()
+                try:
+                    job()
+                except Exception as exc:  # never let one job end the lane
+                    self._internal("job", exc)
+        finally:
+            self._draining = False
+
+    def _call(self, fn: Callable[[], Any], then: Callable[[Any, BaseException | None], None]) -> None:
+        """Within a job: make the lane's reader calls ``fn`` (a worker; the loop for an
+        asynchronous lane, whose calls must not block) and continue with ``then`` on the loop
+        thread; the lane's next job waits for it."""
+        if self.asynchronous:
+            try:
+                result = fn()
+            except Exception as exc:
+                then(None, exc)
+            else:
+                then(result, None)
+            return
+        self._busy = True
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            self._busy = False
+            try:
+                then(result, exc)
+            finally:
+                self._drain()
+
+        try:
+            self._work.run_sync(fn, done)
+        except DisposedException:  # the pool is shut (closing): nothing runs any more
+            self._busy = False
+
+    def _await(self, factory: Callable[[], Any], then: Callable[[Any, BaseException | None], None]) -> None:
+        """Within a job: await the coroutine ``factory()`` on the loop, then ``then``."""
+        self._busy = True
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            self._busy = False
+            self._task = None
+            try:
+                then(result, exc)
+            finally:
+                self._drain()
+
+        self._task = self._work.run_async(factory, done)
+
+    def _internal(self, what: str, exc: BaseException) -> None:
+        self._errors.error(
+            (self.key, "internal", what, str(exc)), "lane %s: %s failed: %r", self.key, what, exc
+        )
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def _apply(self, since_ms: int, applied: Callable[[], None] | None = None) -> None:
         if self._closed:
             return
         wanted = self.planned if self.assigned else None
-        if wanted is not self._active:
+
+        def activate(_result: Any = None, exc: BaseException | None = None) -> None:
+            if exc is not None:
+                self._internal("plan", exc)
             self._active = wanted
-            if wanted is not self._ready or wanted is None:
-                self._get_ready(wanted)
-        self._retime(since_ms)
+            self._retime(since_ms)
+            if applied is not None:
+                applied()
+
+        if wanted is not self._active and (wanted is not self._ready or wanted is None):
+            self._call(lambda: self._get_ready(wanted), activate)
+        else:
+            activate()
 
     def _get_ready(self, schedule: LaneSchedule | None) -> None:
         self._ready = schedule
@@ -207,7 +308,12 @@ class Lane:
         for phase in schedule.built_phases():
             for rp in phase.readers:
                 reader = self.readers[rp.reader]
-                if not self._batchy[rp.reader] and not reader.pushes and id(rp) not in self._reuse:
+                if (
+                    not self._batchy[rp.reader]
+                    and not reader.pushes
+                    and not asynchronous_reader(reader)
+                    and id(rp) not in self._reuse
+                ):
                     self._reuse[id(rp)] = (rp, self._objects(rp, instant(0)))
 
     def _tell_readers(self, schedule: LaneSchedule | None) -> None:
@@ -304,7 +410,9 @@ class Lane:
     def abandon(self, log: Callable[[str, str, Exception], None]) -> None:
         """The close deadline passed with this lane still busy: it reads nothing more, and every
         reader it touched releases its device connection now (``DataReader.abort``, on the
-        caller's thread: the lane's is stuck in a read)."""
+        caller's thread: the lane's call is stuck in a read); an asynchronous read in flight is
+        cancelled on the loop."""
+        self._abandoned = True
         self._closed = True
         if not self.touched:
             return
@@ -313,66 +421,137 @@ class Lane:
                 reader.abort()
             except Exception as exc:
                 log(rtype, "abort", exc)
+        task = self._task
+        if task is not None:
+            post = getattr(self.scheduler, "post", None)
+            if post is not None:
+                post(task.cancel)
 
-    def close_readers(self, log: Callable[[str, str, Exception], None]) -> None:
-        """Stop ticking and close every reader this lane touched (on the lane's thread when it
-        has one, else the caller's)."""
+    def close_readers(
+        self, log: Callable[[str, str, Exception], None], done: Callable[[], None] | None = None
+    ) -> None:
+        """Stop ticking and close every reader this lane touched. Within a job (after the read in
+        flight), or on the caller's thread for a lane that never had one; ``done()`` once over."""
         self._closed = True
         if self._pending is not None:
             self._pending.dispose()
             self._pending = None
-        if not self.touched:
+        if not self.touched or self._abandoned:  # abandoned: abort was its readers' last call
+            if done is not None:
+                done()
             return
-        for rtype, reader in self.readers.items():
-            try:
-                reader.close()
-            except Exception as exc:
-                log(rtype, "close", exc)
 
-    # -- ticks -------------------------------------------------------------------------------
+        def close_all() -> None:
+            for rtype, reader in self.readers.items():
+                try:
+                    reader.close()
+                except Exception as exc:
+                    log(rtype, "close", exc)
+
+        def then(_result: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                self._internal("close", exc)
+            if done is not None:
+                done()
+
+        self._call(close_all, then)
+
+    # -- ticks (the loop thread) ---------------------------------------------------------------
 
     def _offset(self) -> float | None:
-        # Wall minus monotonic: constant while the wall clock only runs; a jump is a step.
-        if self._monotonic_ms is None:
+        return clock_offset(self.scheduler)
+
+    def _stepped_by(self, base: float | None) -> float | None:
+        """The wall clock's new offset when it stepped (by more than ``STEP_MS``) since ``base``:
+        two bracketed readings, one after the other, must both say so and agree; else None."""
+        if base is None:
             return None
-        return now_ms(self.scheduler) - self._monotonic_ms()
+        first = self._offset()
+        if first is None or abs(first - base) <= STEP_MS:
+            return None
+        second = self._offset()
+        if second is None or abs(second - base) <= STEP_MS or abs(second - first) > STEP_MS:
+            return None
+        return second
 
     def _arm(self, due: int) -> None:
         self._pending_due = due
-        self._anchor = self._offset()
+        offset = self._offset()
+        if offset is not None:  # a reading held up is discarded: the last good anchor stays
+            self._anchor = offset
         try:
             self._pending = self.scheduler.schedule_absolute(instant(due), self._fire, due)
         except DisposedException:  # a read that outlived the close deadline came back
             self._closed = True
 
     def _fire(self, _scheduler: abc.SchedulerBase, due: Any) -> None:
+        # The timer: the tick is the lane's next job (after a plan change being prepared, if
+        # one is). _pending_due stays until it runs, so a retime meanwhile knows it is due.
         if self._closed:
             return
-        self._pending, self._pending_due = None, None
+        self._pending = None
+        self._enqueue(lambda: self._tick(due))
+
+    def _tick(self, due: int) -> None:
+        if self._closed:
+            return
+        if self._pending_due == due:
+            self._pending_due = None
         schedule = self._active
-        if schedule is None:
-            return
-        anchor, offset = self._anchor, self._offset()
-        if anchor is not None and offset is not None and abs(offset - anchor) > STEP_MS:
+        if schedule is None or self._pending is not None or self._pending_due is not None:
+            return  # retimed meanwhile: the tick armed since is the one that counts
+        stepped = self._stepped_by(self._anchor)
+        if stepped is not None:
             # The wall clock stepped while we waited: this instant belongs to the old timeline.
-            self._clock_stepped(schedule, offset - anchor)
+            self._clock_stepped(schedule, stepped)
             return
+        offset = self._offset()
         self._last_fired = due
         began = now_ms(self.scheduler)
-        try:
-            self._tick(schedule, due, began)
-        except Exception as exc:  # never let one tick end the lane
-            self._errors.error(
-                (self.key, "internal", str(exc)), "lane %s: tick %s failed: %r", self.key, due, exc
-            )
+        phase = schedule.phase_at(due)
+        if phase is None:
+            self._ticked(schedule, due, began, offset, None, None, None)
+            return
+
+        def then(reads: Any, exc: BaseException | None) -> None:
+            self._ticked(schedule, due, began, offset, phase, reads, exc)
+
+        if self.asynchronous:
+            self._await(lambda: self._read_async(phase, due), then)
+        else:
+            self._call(lambda: self._read_phase(phase, due), then)
+
+    def _ticked(
+        self,
+        schedule: LaneSchedule,
+        due: int,
+        began: float,
+        offset: float | None,
+        phase: Any,
+        reads: list[_Read] | None,
+        exc: BaseException | None,
+    ) -> None:
+        """The tick's reads are back, on the loop thread: hand them over, count, arm the next."""
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            self._internal(f"tick {due}", exc)
+        if reads and not self._closed:
+            # Not when abandoned at the close deadline while this read hung: the writers are
+            # closed and the collector has returned, so its values reach no context.
+            try:
+                self._emit(phase, due, reads)
+            except Exception as err:  # never let one tick end the lane
+                self._internal(f"tick {due}", err)
         now = now_ms(self.scheduler)
         for counters in self._tick_counters(schedule):
             counters.tick_ms.append(now - began)
-        if self.closing():
+        if reads:
+            for read in reads:
+                self.counters[read[0].reader].delivery_ms.append(now - due)
+        if self._closed:
             return
-        after = self._offset()
-        if offset is not None and after is not None and abs(after - offset) > STEP_MS:
-            self._clock_stepped(schedule, after - offset)  # it stepped while we read
+        stepped = self._stepped_by(offset)
+        if stepped is not None:
+            self._clock_stepped(schedule, stepped)  # it stepped while we read
             return
         following = schedule.next_due(due)
         if following <= now:
@@ -386,10 +565,11 @@ class Lane:
     def _tick_counters(self, schedule: LaneSchedule) -> list[ReaderCounters]:
         return [self.counters[r] for r in schedule.reader_order if r in self.counters]
 
-    def _clock_stepped(self, schedule: LaneSchedule, delta_ms: float) -> None:
+    def _clock_stepped(self, schedule: LaneSchedule, offset: float) -> None:
         """Re-anchor on the new wall time: the next grid instant after now, neither the old
         timeline's next instant (a stall as long as a backward step) nor every instant a forward
         step jumped over (a burst)."""
+        delta_ms = offset - self._anchor if self._anchor is not None else 0.0
         self.clock_steps += 1
         for counters in self._tick_counters(schedule):
             counters.clock_steps += 1
@@ -399,26 +579,23 @@ class Lane:
             self.key,
             delta_ms,
         )
-        self._on_clock_step()
+        self._on_clock_step(offset)
         self._last_fired = math.floor(now_ms(self.scheduler))
         self._arm(schedule.next_due(self._last_fired))
+        self._anchor = offset
 
     def _retime(self, since_ms: int) -> None:
-        anchor, offset = self._anchor, self._offset()
         pending = self._pending
-        if (
-            pending is not None
-            and anchor is not None
-            and offset is not None
-            and abs(offset - anchor) > STEP_MS
-        ):
-            # The wall clock stepped since the pending tick was armed: that tick and the last
-            # fired instant belong to the old timeline.
-            pending.dispose()
-            self._pending, self._pending_due = None, None
-            if self._active is not None:
-                self._clock_stepped(self._active, offset - anchor)
-            return
+        if pending is not None:
+            stepped = self._stepped_by(self._anchor)
+            if stepped is not None:
+                # The wall clock stepped since the pending tick was armed: that tick and the
+                # last fired instant belong to the old timeline.
+                pending.dispose()
+                self._pending, self._pending_due = None, None
+                if self._active is not None:
+                    self._clock_stepped(self._active, stepped)
+                return
         if self._pending_due is not None and self._pending_due <= now_ms(self.scheduler):
             return  # that tick is due already and about to fire; it re-arms from the new schedule
         if self._pending is not None:
@@ -427,11 +604,10 @@ class Lane:
         if self._active is not None:
             self._arm(self._active.next_due(max(since_ms, self._last_fired)))
 
-    def _tick(self, schedule: LaneSchedule, t_ms: int, began: float) -> None:
-        phase = schedule.phase_at(t_ms)
-        if phase is None:
-            return
-        reads = []
+    # -- reads (a worker, or the loop for an asynchronous lane) ---------------------------------
+
+    def _read_phase(self, phase: Any, t_ms: int) -> list[_Read]:
+        reads: list[_Read] = []
         for rp in phase.readers:
             reader = self.readers[rp.reader]
             counters = self.counters[rp.reader]
@@ -439,16 +615,45 @@ class Lane:
             counters.lateness.append(started - t_ms)
             values, errors, source, quality, beside = self._read(reader, rp, t_ms)
             counters.read_ms.append(now_ms(self.scheduler) - started)
-            counters.ticks += 1
-            if self._on_device is not None:
-                self._device(rp.reader, errors)
-            counters.values += len(values)
-            counters.errors += len(errors) - errors.count(None)
+            self._count(rp.reader, counters, values, errors)
             reads.append((rp, values, errors, source, quality, beside))
-        if self._closed:
-            # Abandoned at the close deadline while this read hung: the writers are closed
-            # and the collector has returned, so its values reach no context.
-            return
+        return reads
+
+    async def _read_async(self, phase: Any, t_ms: int) -> list[_Read]:
+        reads: list[_Read] = []
+        for rp in phase.readers:
+            rtype = rp.reader
+            reader = self.readers[rtype]
+            counters = self.counters[rtype]
+            started = now_ms(self.scheduler)
+            counters.lateness.append(started - t_ms)
+            batch = ValueBatch(t_ms, rp.reads, reader=rtype)
+            try:
+                await reader.read_batch_async(batch)
+                cols: _Columns = (
+                    batch.values,
+                    batch.errors,
+                    batch.source_ns,
+                    batch.quality,
+                    batch.source_time_ns,
+                )
+            except Exception as exc:
+                cols = self._failed(rtype, rp, t_ms, exc)
+            counters.read_ms.append(now_ms(self.scheduler) - started)
+            self._count(rtype, counters, cols[0], cols[1])
+            reads.append((rp, *cols))
+        return reads
+
+    def _count(
+        self, rtype: str, counters: ReaderCounters, values: list[Any], errors: list[str | None]
+    ) -> None:
+        counters.ticks += 1
+        if self._on_device is not None:
+            self._device(rtype, errors)
+        counters.values += len(values)
+        counters.errors += len(errors) - errors.count(None)
+
+    def _emit(self, phase: Any, t_ms: int, reads: list[_Read]) -> None:
         if len(reads) == 1:
             rp, values, errors, source, quality, beside = reads[0]
             self.subject.on_next(
@@ -502,12 +707,15 @@ class Lane:
                 return batch.values, batch.errors, batch.source_ns, batch.quality, batch.source_time_ns
             return self._read_each(reader, rp, t_ms)
         except Exception as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            self._errors.error(
-                (rtype, text), "reader %r failed at %s: %s", rtype, instant(t_ms).isoformat(), text
-            )
-            n = rp.size
-            return [None] * n, [text] * n, None, None, None
+            return self._failed(rtype, rp, t_ms, exc)
+
+    def _failed(self, rtype: str, rp: ReaderPhase, t_ms: int, exc: Exception) -> _Columns:
+        text = f"{type(exc).__name__}: {exc}"
+        self._errors.error(
+            (rtype, text), "reader %r failed at %s: %s", rtype, instant(t_ms).isoformat(), text
+        )
+        n = rp.size
+        return [None] * n, [text] * n, None, None, None
 
     @staticmethod
     def _objects(rp: ReaderPhase, when: datetime) -> list[CollectedVariable]:

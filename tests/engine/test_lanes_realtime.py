@@ -136,19 +136,27 @@ def test_close_from_a_listener_callback_leaves_no_collector_thread(no_leftover_t
 
 
 class ThreadRecordingReader(StaticDataReader):
-    """Notes the thread of every call the engine makes."""
+    """Notes the thread of every call the engine makes, and any two calls of its lane that
+    overlapped (``inside``: the calls of its lane under way, shared by the lane's readers)."""
 
-    def __init__(self, type: str, lane: str) -> None:  # noqa: A002
+    def __init__(self, type: str, lane: str, inside: list[int]) -> None:  # noqa: A002
         super().__init__({"x": 1.0}, type=type)
         self._lane = lane
         self.calls: list[tuple[str, str]] = []
+        self.inside = inside
+        self.overlaps = 0
 
     @property
     def lane(self) -> str | None:
         return self._lane
 
     def _note(self, call: str) -> None:
+        self.inside[0] += 1
+        if self.inside[0] != 1:
+            self.overlaps += 1
+        time.sleep(0.001)  # a call that takes a while, so an overlap would be seen
         self.calls.append((call, threading.current_thread().name))
+        self.inside[0] -= 1
 
     def open(self) -> None:
         self._note("open")
@@ -164,10 +172,13 @@ class ThreadRecordingReader(StaticDataReader):
         self._note("close")
 
 
-def test_readers_of_one_lane_are_called_on_that_lanes_thread_only(no_leftover_threads: None) -> None:
+def test_readers_of_one_lane_are_called_one_at_a_time_on_the_worker_pool(no_leftover_threads: None) -> None:
+    # Issue 23: a lane no longer has a thread of its own; its synchronous readers' calls run on
+    # the collector's worker pool (never the loop), one call at a time for the whole lane.
+    inside = [0]
     unit1, unit2 = (
-        ThreadRecordingReader("unit1", "line:/dev/ttyX"),
-        ThreadRecordingReader("unit2", "line:/dev/ttyX"),
+        ThreadRecordingReader("unit1", "line:/dev/ttyX", inside),
+        ThreadRecordingReader("unit2", "line:/dev/ttyX", inside),
     )
     writer = MemoryDataWriter()
     with DataCollector([unit1, unit2], [writer]) as collector:
@@ -179,7 +190,8 @@ def test_readers_of_one_lane_are_called_on_that_lanes_thread_only(no_leftover_th
         collector.resume(2)
         assert wait_until(lambda: [c for c, _ in unit2.calls].count("plan_changed") >= 3)
     threads = {name for reader in (unit1, unit2) for _, name in reader.calls}
-    assert threads == {"flowcollect-lane-line:/dev/ttyX"}
+    assert threads and all(name.startswith("flowcollect-worker-") for name in threads), threads
+    assert unit1.overlaps == unit2.overlaps == 0
     for reader in (unit1, unit2):
         calls = [c for c, _ in reader.calls]
         assert calls[:2] == ["open", "plan_changed"] and calls[-1] == "close" and "read" in calls

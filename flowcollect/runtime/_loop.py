@@ -1,0 +1,303 @@
+"""The engine's event loop (one thread, one timer heap, every lane) and the bounded pool of worker
+threads that synchronous plugins run in.
+
+``LoopScheduler`` is an Rx scheduler on one asyncio loop: every lane's deadline waits are timers
+on that loop, so the number of threads does not grow with the number of lanes, and the lanes due
+at one instant are served in one pass of the loop (each one's request goes out before any answer
+is handled). Like ``LaneScheduler`` it waits on the monotonic clock for wall-clock instants.
+
+``Work`` is how a lane gets its readers' calls made: ``LoopWork`` runs a synchronous call on a
+``WorkerPool`` thread and an asynchronous one as a task on the loop, each continuation back on
+the loop thread; ``InlineWork`` (virtual time) runs both at once on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from reactivex import abc, typing
+from reactivex.disposable import Disposable
+from reactivex.internal.exceptions import DisposedException
+
+from flowcollect.runtime._clock import Clock, SystemClock, _MonotonicQueue
+
+__all__ = ["DEFAULT_WORKERS", "InlineWork", "LoopScheduler", "LoopWork", "Work", "WorkerPool"]
+
+DEFAULT_WORKERS = 64
+"""The worker pool's default size (``DataCollector(reader_workers=...)``): how many synchronous
+plugin calls (``read``, ``read_batch``, ``open``, ``plan_changed``, ``close``) run at once. A
+lane has at most one call in flight, so this also bounds how many sync lanes can be blocked in a
+device at once before the others wait for a worker."""
+
+_log = logging.getLogger("flowcollect")
+
+Then = Callable[[Any, BaseException | None], None]
+"""A continuation: the call's result (None when it raised) and what it raised."""
+
+
+class WorkerPool:
+    """At most ``size`` daemon threads (``flowcollect-worker-N``), started only when every one
+    already started is busy. A thread runs one call at a time; jobs wait in one FIFO."""
+
+    def __init__(self, size: int, threads: list[threading.Thread]) -> None:
+        self.size = size
+        self._threads = threads  # the collector's list of its threads (close joins them)
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        # Guards _started, _idle and _closed (workers and submitters are different threads).
+        self._lock = threading.Lock()
+        self._started = 0
+        self._idle = 0
+        self._closed = False
+        self._names = itertools.count(1)
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._closed:
+                raise DisposedException()
+            start = False
+            if self._idle:
+                self._idle -= 1  # that worker takes this job (the queue is FIFO)
+            elif self._started < self.size:
+                self._started += 1
+                start = True
+            # else: every worker is busy; the job waits for the first that is done
+        self._jobs.put(job)
+        if start:
+            thread = threading.Thread(
+                target=self._work, name=f"flowcollect-worker-{next(self._names)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException:  # a job catches its own; this is a bug of ours: say it
+                _log.exception("worker job failed")
+            with self._lock:
+                self._idle += 1
+
+    @property
+    def threads(self) -> int:
+        return self._started
+
+    def shutdown(self) -> None:
+        """Idle threads end now, busy ones after their call; nothing more is accepted."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            started = self._started
+        for _ in range(started):
+            self._jobs.put(None)
+
+
+class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
+    """Runs actions at wall-clock instants on one asyncio loop thread (``flowcollect-loop``),
+    waiting on the monotonic clock. Thread-safe: any thread may schedule; the actions run on the
+    loop thread, in due order (ties in scheduling order)."""
+
+    def __init__(self, threads: list[threading.Thread], clock: Clock | None = None) -> None:
+        super().__init__()
+        self._clock = clock or SystemClock()
+        self.loop = asyncio.new_event_loop()
+        self._threads = threads
+        # _lock guards _thread and _disposed.
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._disposed = False
+        self._ident: int | None = None  # the loop thread's, set once it runs
+
+    def wall_ms(self) -> float:
+        return self._clock.time_ns() / 1e6
+
+    def monotonic_ms(self) -> float:
+        return self._clock.monotonic_ns() / 1e6
+
+    def on_loop(self) -> bool:
+        return threading.get_ident() == self._ident
+
+    def _ensure(self) -> None:
+        with self._lock:
+            if self._disposed:
+                raise DisposedException()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="flowcollect-loop", daemon=True)
+                self._threads.append(self._thread)
+                self._thread.start()
+
+    def _run(self) -> None:
+        self._ident = threading.get_ident()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                for task in asyncio.all_tasks(self.loop):
+                    task.cancel()
+                self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread soon (from any thread); dropped once disposed."""
+        if self._ident is not None and threading.get_ident() == self._ident:
+            self.loop.call_soon(self._call, fn)
+            return
+        # Disposed, or the loop closed meanwhile: nothing runs on it any more (a read that
+        # outlived the close deadline comes back to nobody).
+        with contextlib.suppress(DisposedException, RuntimeError):
+            self._ensure()
+            self.loop.call_soon_threadsafe(self._call, fn)
+
+    @staticmethod
+    def _call(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:  # never let one callback's bug end the loop
+            _log.exception("flowcollect loop: a callback failed")
+
+    def schedule(self, action: typing.ScheduledAction[Any], state: Any = None) -> abc.DisposableBase:
+        return self._at(self.monotonic_ms(), action, state)
+
+    def schedule_relative(
+        self, duetime: typing.RelativeTime, action: typing.ScheduledAction[Any], state: Any = None
+    ) -> abc.DisposableBase:
+        return self._at(self.monotonic_ms() + max(0.0, self.to_seconds(duetime) * 1000), action, state)
+
+    def schedule_absolute(
+        self, duetime: typing.AbsoluteTime, action: typing.ScheduledAction[Any], state: Any = None
+    ) -> abc.DisposableBase:
+        return self._at(self._due_mono(duetime), action, state)
+
+    def _at(self, due_mono: float, action: typing.ScheduledAction[Any], state: Any) -> abc.DisposableBase:
+        self._ensure()
+        cancelled = [False]  # set by the disposable on any thread, read on the loop thread
+
+        def run() -> None:
+            if not cancelled[0]:
+                action(self, state)
+
+        # The loop's own timer heap waits on time.monotonic(); an injected clock's monotonic
+        # time is turned into a delay from now, which both clocks agree on.
+        delay_s = max(0.0, (due_mono - self.monotonic_ms()) / 1000)
+        when = self.loop.time() + delay_s
+        if self.on_loop():
+            self.loop.call_at(when, self._call, run)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self.loop.call_at, when, self._call, run)
+            except RuntimeError:  # closed
+                raise DisposedException() from None
+        return Disposable(lambda: cancelled.__setitem__(0, True))
+
+    def dispose(self) -> None:
+        self.stop(0.0)
+
+    def stop(self, timeout_s: float) -> bool:
+        """Stop the loop (tasks still running are cancelled) and wait up to ``timeout_s`` for its
+        thread to end; False if it did not (a callback blocking the loop)."""
+        with self._lock:
+            self._disposed = True
+            thread = self._thread
+        if thread is None:
+            self.loop.close()
+            return True
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if thread is threading.current_thread():
+            return True
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+
+class Work(Protocol):
+    """How a lane's reader calls are made; every continuation runs on the loop thread (in
+    virtual time: the caller's, at once)."""
+
+    def run_sync(self, fn: Callable[[], Any], then: Then) -> None: ...
+
+    def run_async(self, factory: Callable[[], Awaitable[Any]], then: Then) -> asyncio.Future[Any] | None: ...
+
+
+def _outcome(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(), None
+    except BaseException as exc:  # handed to the continuation, which decides
+        return None, exc
+
+
+class LoopWork:
+    """Synchronous calls on the worker pool, asynchronous ones as tasks on the loop."""
+
+    def __init__(self, scheduler: LoopScheduler, pool: WorkerPool) -> None:
+        self._scheduler = scheduler
+        self._pool = pool
+
+    def run_sync(self, fn: Callable[[], Any], then: Then) -> None:
+        post = self._scheduler.post
+
+        def job() -> None:
+            result, exc = _outcome(fn)
+            post(lambda: then(result, exc))
+
+        self._pool.submit(job)
+
+    def run_async(self, factory: Callable[[], Awaitable[Any]], then: Then) -> asyncio.Future[Any] | None:
+        # On the loop thread: the coroutine starts in this pass of the loop, after every timer
+        # due now has fired (so every due lane's request goes out before any answer is handled).
+        task = asyncio.ensure_future(factory(), loop=self._scheduler.loop)
+
+        def done(task: asyncio.Future[Any]) -> None:
+            if task.cancelled():
+                then(None, asyncio.CancelledError())
+            else:
+                exc = task.exception()
+                then(None if exc is not None else task.result(), exc)
+
+        task.add_done_callback(done)
+        return task
+
+
+class InlineWork:
+    """Virtual time: every call runs at once on the caller's thread; a coroutine runs to its end
+    on a private loop (an asynchronous reader's read is, in virtual time, as instant as a
+    synchronous one's unless it passes virtual time itself)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run_sync(self, fn: Callable[[], Any], then: Then) -> None:
+        result, exc = _outcome(fn)
+        then(result, exc)
+
+    def run_async(self, factory: Callable[[], Awaitable[Any]], then: Then) -> asyncio.Future[Any] | None:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        loop = self._loop
+
+        async def whole() -> Any:
+            return await factory()
+
+        result, exc = _outcome(lambda: loop.run_until_complete(whole()))
+        then(result, exc)
+        return None
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None

@@ -1,0 +1,248 @@
+"""The event-loop runtime (issue 23): every lane on one loop thread, asynchronous readers awaited
+on it, synchronous ones on a bounded worker pool, clock-step detection a held-up thread cannot
+fool. Virtual time where the logic is; the real clock only for which thread runs what."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from flowcollect import (
+    CollectedVariable,
+    ConfigError,
+    DataCollectionContext,
+    DataCollector,
+    Variable,
+)
+from flowcollect.testing import (
+    AsyncDataReader,
+    MemoryDataWriter,
+    StaticDataReader,
+    VirtualScheduler,
+    virtual_collector,
+)
+from flowcollect.values import ValueBatch
+from tests.conftest import collector_threads
+from tests.reliability.support import wait_until
+
+T0 = 1_699_999_200_000
+
+
+def context(cid: int, reader: str, interval_ms: int = 100, address: str = "x") -> DataCollectionContext:
+    return DataCollectionContext(
+        id=cid,
+        interval_ms=interval_ms,
+        min_interval_ms=10,
+        variables=[Variable(id=1, address=address, reader=reader)],
+    )
+
+
+def times(writer: MemoryDataWriter, cid: int | None = None) -> list[int]:
+    return [
+        round(v.time.timestamp() * 1000) - T0
+        for v in writer.snapshot()
+        if v.time is not None and (cid is None or v.context_id == cid)
+    ]
+
+
+# -- virtual time ----------------------------------------------------------------------------
+
+
+def test_an_asynchronous_reader_is_read_at_every_instant_in_virtual_time() -> None:
+    writer = MemoryDataWriter()
+    reader = AsyncDataReader({"x": 7.0})
+    collector, clock = virtual_collector([reader], [writer], start_ms=T0)
+    with collector:
+        collector.start(context(1, "async"))
+        clock.advance_ms(1000)
+        stats = collector.stats().readers["async"]
+    assert times(writer) == list(range(100, 1001, 100))
+    assert {v.value for v in writer.values} == {7.0}
+    assert stats.ticks == 10 and stats.values == 10 and stats.errors == 0
+    # Both figures: the request's lateness and the time to the value's delivery.
+    assert stats.lateness_ms_p99 == 0 and stats.delivery_ms_p99 == 0
+    assert reader.opened == 1 and reader.closed == 1
+
+
+def test_a_failing_asynchronous_read_marks_its_values_and_the_lane_goes_on() -> None:
+    class Flaky(AsyncDataReader):
+        async def read_batch_async(self, batch: ValueBatch) -> None:
+            if len(self.reads) == 2:
+                self.reads.append(batch.t_ms)
+                raise ConnectionError("device gone")
+            await super().read_batch_async(batch)
+
+    writer = MemoryDataWriter()
+    collector, clock = virtual_collector([Flaky({"x": 1.0})], [writer], start_ms=T0)
+    with collector:
+        collector.start(context(1, "async"))
+        clock.advance_ms(500)
+    errors = [v.error for v in writer.values]
+    assert len(errors) == 5
+    assert errors[2] is not None and "device gone" in errors[2]
+    assert [e for i, e in enumerate(errors) if i != 2] == [None] * 4
+
+
+def test_delivery_time_counts_the_read_and_lateness_only_its_start() -> None:
+    scheduler = VirtualScheduler()
+
+    class Slow(StaticDataReader):
+        def read(self, variables: Sequence[CollectedVariable]) -> None:
+            scheduler.sleep(0.03)  # a read of 30 ms
+            super().read(variables)
+
+    writer = MemoryDataWriter()
+    with DataCollector([Slow({"x": 1.0})], [writer], scheduler=scheduler) as collector:
+        collector.start(context(1, "static"))
+        scheduler.advance_by(1.0)
+        stats = collector.stats().readers["static"]
+    assert stats.lateness_ms_p99 == 0
+    assert stats.delivery_ms_p50 == pytest.approx(30) and stats.delivery_ms_p99 == pytest.approx(30)
+
+
+class HeldUpScheduler(VirtualScheduler):
+    """A busy process in virtual time: while ``holding``, a thread that reads the monotonic
+    clock is held up ``hold_ms`` (the GIL, the OS) before its next wall-clock read. Time passes
+    meanwhile; the wall clock does not step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = 0  # held-up readings left
+        self.hold_ms = 2500.0
+        self._after_monotonic = False
+
+    def monotonic_ms(self) -> float:
+        self._after_monotonic = True
+        return super().monotonic_ms()
+
+    def wall_ms(self) -> float:
+        if self.holding and self._after_monotonic:
+            self.holding -= 1
+            self.sleep(self.hold_ms / 1000)
+        self._after_monotonic = False
+        return super().wall_ms()
+
+
+def test_a_thread_held_up_between_its_clock_reads_is_no_clock_step() -> None:
+    scheduler = HeldUpScheduler()
+    writer = MemoryDataWriter()
+    with DataCollector([StaticDataReader({"x": 1.0})], [writer], scheduler=scheduler) as collector:
+        collector.start(context(1, "static"))
+        scheduler.advance_by(1.0)
+        scheduler.holding = 6  # a few readings, each held up longer than a step
+        scheduler.advance_by(10.0)
+        stats = collector.stats().readers["static"]
+        # The grid never moved: every value on the 100 ms grid, none twice, in order.
+        t = [round(v.time.timestamp() * 1000) for v in writer.values if v.time is not None]
+        assert stats.clock_steps == 0
+        assert scheduler.holding == 0  # the hold-ups happened
+        assert all(x % 100 == 0 for x in t) and t == sorted(set(t))
+        # And a real step is still seen and re-anchored on, once.
+        scheduler.step_wall_ms(60_000)
+        scheduler.advance_by(1.0)
+        assert collector.stats().readers["static"].clock_steps == 1
+
+
+# -- the real clock: which thread runs what -------------------------------------------------
+
+
+@pytest.mark.realtime
+def test_asynchronous_readers_run_on_the_loop_and_synchronous_ones_on_workers(
+    no_leftover_threads: None,
+) -> None:
+    reader = AsyncDataReader({"x": 1.0})
+    calls: list[str] = []
+
+    class Sync(StaticDataReader):
+        def read(self, variables: Sequence[CollectedVariable]) -> None:
+            calls.append(threading.current_thread().name)
+            super().read(variables)
+
+    writer = MemoryDataWriter()
+    with DataCollector([reader, Sync({"x": 2.0})], [writer]) as collector:
+        collector.start(context(1, "async", 20))
+        collector.start(context(2, "static", 20))
+        assert wait_until(lambda: len(reader.reads) >= 5 and len(calls) >= 5)
+        stats = collector.stats().readers
+    assert reader.threads == {"flowcollect-loop"}
+    assert {name.rsplit("-", 1)[0] for name in calls} == {"flowcollect-worker"}
+    assert stats["async"].delivery_ms_p50 is not None and stats["static"].delivery_ms_p50 is not None
+    assert reader.opened == 1 and reader.closed == 1
+
+
+@pytest.mark.realtime
+def test_threads_do_not_grow_with_lanes_and_a_blocking_reader_stalls_no_other(
+    no_leftover_threads: None,
+) -> None:
+    release = threading.Event()
+
+    class Blocking(StaticDataReader):
+        def read(self, variables: Sequence[CollectedVariable]) -> None:
+            release.wait(10)
+            super().read(variables)
+
+    readers: list[StaticDataReader | AsyncDataReader] = [Blocking({"x": 0.0}, type="blocking")]
+    readers += [StaticDataReader({"x": 1.0}, type=f"sync{n}") for n in range(60)]
+    readers += [AsyncDataReader({"x": 2.0}, type=f"async{n}") for n in range(60)]
+    writer = MemoryDataWriter()
+    collector = DataCollector(readers, [writer], reader_workers=4)
+    try:
+        for n, r in enumerate(readers, 1):
+            collector.start(context(n, r.type, 50))
+        # Every lane but the blocked one is read, again and again, with 4 workers for 61
+        # synchronous lanes and one of them held by the blocked read.
+        assert wait_until(lambda: len({v.context_id for v in writer.snapshot()}) == len(readers) - 1, 10)
+        seen = len(writer.snapshot())
+        assert wait_until(lambda: len(writer.snapshot()) >= seen + 4 * (len(readers) - 1), 10)
+        names = {t.name for t in collector_threads()}
+        workers = {n for n in names if n.startswith("flowcollect-worker-")}
+        assert len(workers) <= 4
+        assert names - workers <= {
+            "flowcollect-loop",
+            "flowcollect-timer",
+            "flowcollect-writer-MemoryDataWriter",
+        }
+    finally:
+        release.set()
+        collector.close()
+
+
+@pytest.mark.realtime
+def test_close_abandons_a_hung_asynchronous_read_within_its_bound(no_leftover_threads: None) -> None:
+    class Hung(AsyncDataReader):
+        async def read_batch_async(self, batch: ValueBatch) -> None:
+            self.reads.append(batch.t_ms)
+            await __import__("asyncio").sleep(60)
+
+    hung = Hung({"x": 1.0}, type="hung")
+    fine = AsyncDataReader({"x": 1.0}, type="fine")
+    writer = MemoryDataWriter()
+    collector = DataCollector([hung, fine], [writer], close_timeout_s=0.5)
+    collector.start(context(1, "hung", 50))
+    collector.start(context(2, "fine", 50))
+    assert wait_until(lambda: hung.reads and len(fine.reads) >= 3)
+    began = time.monotonic()
+    collector.close()
+    assert time.monotonic() - began < 1.0
+    assert hung.aborted == 1 and hung.closed == 0  # abandoned: its connection let go by abort
+    assert fine.closed == 1 and fine.aborted == 0
+
+
+def test_a_lane_cannot_mix_asynchronous_and_synchronous_readers() -> None:
+    class OnLine(AsyncDataReader):
+        @property
+        def lane(self) -> str | None:
+            return "line:x"
+
+    class SyncOnLine(StaticDataReader):
+        @property
+        def lane(self) -> str | None:
+            return "line:x"
+
+    with pytest.raises(ConfigError, match="lane 'line:x' mixes asynchronous readers"):
+        DataCollector([OnLine({"x": 1.0}), SyncOnLine({"x": 1.0})], [])
+    with pytest.raises(ConfigError, match="reader_workers must be a positive number"):
+        DataCollector([StaticDataReader({"x": 1.0})], [], reader_workers=0)
