@@ -44,7 +44,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -113,14 +113,19 @@ if not any(isinstance(f, _QuietFilter) for f in _PYMODBUS_LOGGER.filters):
     _PYMODBUS_LOGGER.addFilter(_QuietFilter())
 
 
-@contextlib.contextmanager
-def quiet_pymodbus() -> Iterator[None]:
-    """Within: pymodbus's own warnings and errors in this thread (or task) are not logged."""
-    token = _quiet.set(_quiet.get() + 1)
-    try:
-        yield
-    finally:
-        _quiet.reset(token)
+class quiet_pymodbus:  # noqa: N801 - used as the function-style context manager it was
+    """Within: pymodbus's own warnings and errors in this thread (or task) are not logged.
+
+    A class, not a ``contextlib.contextmanager``: it wraps every request, and a generator-based
+    manager costs several times as much."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _quiet.set(_quiet.get() + 1)
+
+    def __exit__(self, *_exc: object) -> None:
+        _quiet.reset(self._token)
 
 
 # ---------------------------------------------------------------------------- clients
@@ -547,7 +552,11 @@ class _AsyncLink:
         loop = self.loop
         line = self.line
         context = _tls_context(line.tls) if line.tls is not None else None
-        infos = await loop.getaddrinfo(str(line.host), int(line.port), type=socket.SOCK_STREAM)
+        infos = _numeric_address(str(line.host), int(line.port))
+        if infos is None:
+            # A name: resolved on the loop's executor. (An address is not: a thousand lines
+            # connecting at one instant would queue behind a few resolver threads.)
+            infos = await loop.getaddrinfo(str(line.host), int(line.port), type=socket.SOCK_STREAM)
         error: OSError = OSError("no address")
         for family, kind, proto, _name, address in infos:
             sock = self._sock = socket.socket(family, kind, proto)
@@ -635,6 +644,18 @@ class _AsyncLink:
             return asyncio.get_running_loop() is self.loop
         except RuntimeError:
             return False
+
+
+def _numeric_address(host: str, port: int) -> list[tuple[Any, Any, int, str, Any]] | None:
+    """``getaddrinfo``'s answer for an IP address, without asking it; None for a name."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        address = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
+    return None
 
 
 # The requests, on a sync client (a ModbusPDU back) or an asyncio one (an awaitable of it).
@@ -742,6 +763,10 @@ class LineConnection:
         self._link: _Link | _AsyncLink | None = None
         """The connection: a thread's (``_Link``) or an event loop's (``_AsyncLink``), one at a time."""
         self._async_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._connecting: asyncio.Task[bool] | None = None
+        """The event loop's connect in progress (or done), awaited by reads that need it."""
+        self._closed = False
+        """Closed (the last reader let go, or aborted): a connect still waiting opens nothing."""
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         """A serial line's own thread when read from the event loop (guarded by _intervals_lock)."""
         self._pacer = Pacer(line.gap_s)
@@ -810,28 +835,62 @@ class LineConnection:
         return self._connected(link, link.connect(timeout_s), name, timeout_s)
 
     async def ensure_async(self, timeout_s: float, name: str) -> bool:
-        """``ensure`` on the running event loop (pymodbus's asyncio client); never blocks it."""
+        """``ensure`` on the running event loop (pymodbus's asyncio client); never blocks it.
+
+        The connect runs as a task of its own (``connect_soon`` may have started it already),
+        awaited here: a read cancelled while it waits leaves the connect to finish or fail by
+        its own deadline.
+        """
         link = self._link
         loop = asyncio.get_running_loop()
-        if isinstance(link, _AsyncLink) and link.loop is loop:
-            if link.connected:
-                return True
-            if link.dropped:
-                # Dropped by the device between two requests (asyncio saw the end of the
-                # stream): said like a drop under a request, and reopened now.
-                self.went_down(
-                    _connection_lost(self.line, ConnectionError("closed")),
-                    slow=False,
-                    name=name,
-                    timeout_s=timeout_s,
-                )
-        elif link is not None:
-            link.abort()  # read by a thread (or on another loop) until now: one connection per line
-        if not self._may_connect():
-            return False
-        # A client serves one connection (pymodbus keeps a closed client's state): a new one.
-        link = self._link = _AsyncLink(self.line, loop)
-        return self._connected(link, await link.connect(timeout_s), name, timeout_s)
+        if isinstance(link, _AsyncLink) and link.loop is loop and link.connected:
+            return True
+        return await asyncio.shield(self._connect_task(loop, timeout_s, name))
+
+    def connect_soon(self, timeout_s: float, name: str) -> None:
+        """Start connecting on the running loop now (a reader's ``open`` there), so the line is
+        up by its first instant; nothing waits for it here."""
+        link = self._link
+        loop = asyncio.get_running_loop()
+        if not (isinstance(link, _AsyncLink) and link.loop is loop and link.connected):
+            self._connect_task(loop, timeout_s, name)
+
+    def _connect_task(
+        self, loop: asyncio.AbstractEventLoop, timeout_s: float, name: str
+    ) -> asyncio.Task[bool]:
+        task = self._connecting
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self._connecting = loop.create_task(self._connect_async(loop, timeout_s, name))
+        return task
+
+    async def _connect_async(self, loop: asyncio.AbstractEventLoop, timeout_s: float, name: str) -> bool:
+        # A few connects at a time per loop: a thousand lines opening at one instant would
+        # otherwise hold the loop long enough for their own deadlines to pass, each connect
+        # waiting behind the others' set-up (and taken for a device that does not answer).
+        async with _connect_slots(loop):
+            if self._closed:
+                self.down_text = CLOSED
+                return False
+            link = self._link
+            if isinstance(link, _AsyncLink) and link.loop is loop:
+                if link.connected:
+                    return True
+                if link.dropped:
+                    # Dropped by the device between two requests (asyncio saw the end of the
+                    # stream): said like a drop under a request, and reopened now.
+                    self.went_down(
+                        _connection_lost(self.line, ConnectionError("closed")),
+                        slow=False,
+                        name=name,
+                        timeout_s=timeout_s,
+                    )
+            elif link is not None:
+                link.abort()  # read by a thread (or on another loop) until now: one connection per line
+            if not self._may_connect():
+                return False
+            # A client serves one connection (pymodbus keeps a closed client's state): a new one.
+            link = self._link = _AsyncLink(self.line, loop)
+            return self._connected(link, await link.connect(timeout_s), name, timeout_s)
 
     def _may_connect(self) -> bool:
         if self._clock() < self._retry_at:
@@ -886,6 +945,7 @@ class LineConnection:
     def close(self) -> None:
         """Close the connection; from any thread, never waiting for a request in progress
         (it takes no ``lock``): the transport is shut down under it, and it fails at once."""
+        self._closed = True
         link = self._link
         self._link = None
         if link is not None:
@@ -1119,6 +1179,21 @@ class LineConnection:
             self.counters["dead_connections"] += 1
             self.went_down(f"{text} from any unit", slow=False, name=name, timeout_s=timeout_s)
         return Failure(text, timeout=True)
+
+
+_CONNECTS_AT_ONCE: Final = 32
+"""Connects in progress at once on one event loop (the others wait their turn, untimed)."""
+_slots_lock = threading.Lock()
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+"""Per loop, its connect slots (guarded by ``_slots_lock``: loops may run on several threads)."""
+
+
+def _connect_slots(loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+    with _slots_lock:
+        slots = _slots.get(loop)
+        if slots is None:
+            slots = _slots[loop] = asyncio.Semaphore(_CONNECTS_AT_ONCE)
+        return slots
 
 
 # ---------------------------------------------------------------------------- the registry

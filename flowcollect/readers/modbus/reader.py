@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,8 +106,33 @@ class _Step:
 
 @dataclass(slots=True)
 class _Plan:
+    """A tick's requests; never changed once compiled (readers of alike units share one)."""
+
     steps: list[_Step]
     invalid: list[tuple[int, str]]
+
+
+class _SharedPlans:
+    """Plans of units that taught nothing yet, by due addresses, intervals and request limits:
+    the same for every such unit. Bounded; guarded by ``_lock`` (readers plan on any thread)."""
+
+    def __init__(self, limit: int) -> None:
+        self._lock = threading.Lock()
+        self._plans: dict[tuple[object, ...], _Plan] = {}
+        self._limit = limit
+
+    def get(self, key: tuple[object, ...]) -> _Plan | None:
+        with self._lock:
+            return self._plans.get(key)
+
+    def put(self, key: tuple[object, ...], plan: _Plan) -> None:
+        with self._lock:
+            if len(self._plans) >= self._limit:
+                self._plans.clear()
+            self._plans[key] = plan
+
+
+_shared_plans: Final = _SharedPlans(4 * _MAX_PLANS)
 
 
 class ModbusDataReader(DataReader):
@@ -287,13 +313,13 @@ class ModbusDataReader(DataReader):
             )
 
     def open(self) -> None:
-        """Lease the line; called from a thread, connect now too (the first tick then finds the
-        connection up). On an event loop (the engine awaits ``read_batch_async`` there) nothing
-        may block: the first read connects."""
+        """Lease the line and connect, so the first tick finds the connection up. On an event
+        loop (the engine awaits ``read_batch_async`` there) nothing may block: ``plan_changed``
+        starts a connect in a task of its own there, which the first read awaits."""
         self._aborted = False
         connection = self._lease()
         if _on_event_loop():
-            return
+            return  # plan_changed starts connecting, once there is something to read
         with connection.lock:
             connection.ensure(self.timeout_s, self._type)
 
@@ -348,6 +374,10 @@ class ModbusDataReader(DataReader):
         connection = self._connection
         if connection is not None:
             connection.set_intervals(id(self), self._intervals)
+        if not self._aborted and self._line.kind != "serial" and _on_event_loop():
+            # Called on the engine's loop: connect now, in a task of its own, so the line is up
+            # by its first instant (nothing here may wait for it).
+            self._lease().connect_soon(self.timeout_s, self._type)
         for due in _due_sets(variables):
             key = tuple(v.address for v in due)
             if key and key not in self._plans:
@@ -682,6 +712,33 @@ class ModbusDataReader(DataReader):
         )
 
     def _compile(self, key: tuple[str, ...], variables: Sequence[VariableSpec | CollectedVariable]) -> _Plan:
+        unit = self._unit_state()
+        shared: tuple[object, ...] | None = None
+        if unit is None or not (unit.bad or unit.alone or unit.limits):
+            # A unit that taught nothing yet: its plan is any such unit's with these settings.
+            # A plant of identical devices (and the engine's loop, which plans every reader of
+            # a start on its one thread) compiles it once.
+            intervals = tuple(v.interval_ms for v in variables)
+            shared = (key, intervals, self.max_gap, self.max_registers, self.max_bits)
+            plan = _shared_plans.get(shared)
+            if plan is not None:
+                return self._keep(key, plan)
+        plan = self._compile_now(key, variables)
+        if shared is not None:
+            _shared_plans.put(shared, plan)
+        return self._keep(key, plan)
+
+    def _keep(self, key: tuple[str, ...], plan: _Plan) -> _Plan:
+        if len(self._plans) >= _MAX_PLANS:
+            # Due sets repeat tick after tick; this many distinct ones means they do not, and
+            # a cache that only grows would be a leak.
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _compile_now(
+        self, key: tuple[str, ...], variables: Sequence[VariableSpec | CollectedVariable]
+    ) -> _Plan:
         invalid: list[tuple[int, str]] = []
         slots_by_span: dict[tuple[str, int, int], list[_Slot]] = {}
         soonest: dict[tuple[str, int, int], int] = {}
@@ -706,13 +763,7 @@ class ModbusDataReader(DataReader):
         # Deadline order: the values due again soonest are read first, so a tick cut short by
         # the line's time loses the slower ones.
         steps.sort(key=lambda s: min(soonest[(s.request.table, *span)] for span in s.request.spans))
-        if len(self._plans) >= _MAX_PLANS:
-            # Due sets repeat tick after tick; this many distinct ones means they do not, and
-            # a cache that only grows would be a leak.
-            self._plans.clear()
-        plan = _Plan(steps, invalid)
-        self._plans[key] = plan
-        return plan
+        return _Plan(steps, invalid)
 
     # ------------------------------------------------------------------ exception splitting
 
