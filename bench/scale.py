@@ -189,6 +189,8 @@ class Farm:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 # ----------------------------------------------------------------------------- the collectors

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import selectors
 import socket
@@ -310,3 +311,43 @@ def on_loop(reader: ModbusDataReader, loop: LoopThread) -> ModbusDataReader:
     reader.open = lambda: loop.call(sync_open)  # type: ignore[method-assign]
     reader.close = lambda: loop.call(sync_close)  # type: ignore[method-assign]
     return reader
+
+
+# ----------------------------------------------------------------------------- many devices
+
+
+class DeviceFarm:
+    """Many Modbus TCP devices on loopback ports, served by one asyncio loop in a process of its
+    own (``device_farm.py``; in this process it would share the interpreter lock with the
+    collector under test, which no real device does).
+
+    ``answering`` devices hold 20 holding registers (register ``r`` of device ``d`` holds
+    ``d + r``); ``hung`` ones accept and never answer; ``garbage`` ones answer every request with
+    bytes that are no Modbus frame. ``refusing`` gives ports nothing listens on (the OS refuses).
+    """
+
+    def __init__(self, answering: int, hung: int = 0, garbage: int = 0, refusing: int = 0) -> None:
+        script = Path(__file__).with_name("device_farm.py")
+        self._process = subprocess.Popen(
+            [sys.executable, str(script), str(answering), str(hung), str(garbage)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = _read_line(self._process, 60.0)
+        ports = json.loads(line)
+        self.answering: list[int] = ports["answer"]
+        self.hung: list[int] = ports["hang"]
+        self.garbage: list[int] = ports["garbage"]
+        self.refusing = [free_port() for _ in range(refusing)]
+
+    def stop(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()  # the farm ends when its input does
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
