@@ -228,44 +228,38 @@ class WriterSink:
             )
             self._thread.start()
 
-    # -- the hand-over (lane threads) ----------------------------------------------------------
+    # -- the hand-over (the engine's loop thread) ------------------------------------------------
 
     def put(self, batch: Item) -> None:
         """Queue a batch (a ``ValueBatch``, or a sequence of ``CollectedVariable``) for the
         writer; never blocks beyond a short lock."""
-        item = self._routed(batch)
-        if item is None:
-            return
-        n = len(item)
-        if not n:
+        self.put_many((batch,))
+
+    def put_many(self, batches: Sequence[Item]) -> None:
+        """Queue several batches under one taking of the lock and one wake-up of the writer's
+        thread: the engine's loop hands over everything its lanes read in one pass at once, so
+        a lane's hand-over shares no lock with another's and the writer is woken once per pass,
+        not once per lane."""
+        items = []
+        for batch in batches:
+            item = self._routed(batch)
+            if item is not None and len(item):
+                items.append(item)
+        if not items:
             return
         if self._thread is None:
-            self._put_inline(item)
+            for item in items:
+                self._put_inline(item)
             return
         dropped = 0
         with self._cond:
-            self._received += n
-            if self._finished or self._abandoned:
-                self._dropped_close += n  # the writer is closed: nothing more can be stored
-                return
-            if self._drop_newest:
-                if self._queued + n > self._limit:
-                    dropped, n = n, 0
-            else:
-                while self._queue and self._queued + n > self._limit:
-                    old, _, _ = self._queue.popleft()
-                    self._queued -= len(old)
-                    dropped += len(old)
-                if n > self._limit:  # larger than the whole queue: keep its last part
-                    dropped += n - self._limit
-                    item = _slice(item, n - self._limit, n)
-                    n = self._limit
-            if n:
-                self._seq += 1
-                self._queue.append((item, self._seq, self._clock()))
-                self._queued += n
+            queued = False
+            for item in items:
+                more, added = self._enqueue(item)
+                dropped += more
+                queued = queued or added
+            if queued:
                 self._cond.notify_all()
-            self._dropped_queue += dropped
         if dropped:
             self._errors.warning(
                 "queue-full",
@@ -275,6 +269,34 @@ class WriterSink:
                 "newest" if self._drop_newest else "oldest",
                 self._limit,
             )
+
+    def _enqueue(self, item: Item) -> tuple[int, bool]:
+        """Under the lock: one routed item into the queue, by the queue policy. Returns the
+        values the policy dropped and whether anything was queued."""
+        n = len(item)
+        self._received += n
+        if self._finished or self._abandoned:
+            self._dropped_close += n  # the writer is closed: nothing more can be stored
+            return 0, False
+        dropped = 0
+        if self._drop_newest:
+            if self._queued + n > self._limit:
+                dropped, n = n, 0
+        else:
+            while self._queue and self._queued + n > self._limit:
+                old, _, _ = self._queue.popleft()
+                self._queued -= len(old)
+                dropped += len(old)
+            if n > self._limit:  # larger than the whole queue: keep its last part
+                dropped += n - self._limit
+                item = _slice(item, n - self._limit, n)
+                n = self._limit
+        if n:
+            self._seq += 1
+            self._queue.append((item, self._seq, self._clock()))
+            self._queued += n
+        self._dropped_queue += dropped
+        return dropped, n > 0
 
     def _routed(self, batch: Item) -> Item | None:
         """What the writer gets of ``batch`` (None: nothing). An acknowledging writer gets a

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["CollectorStats", "ContextStats", "ReaderStats", "WriterStats", "percentile"]
+__all__ = ["CollectorStats", "ContextStats", "ReaderStats", "ReaderStatsView", "WriterStats", "percentile"]
 
 # Enough recent samples for a stable p99 at 10 ticks/s over minutes, small enough to sort often.
 SAMPLES = 4096
@@ -20,6 +20,13 @@ def percentile(samples: Iterable[float], q: float) -> float | None:
         return None
     rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
     return ordered[rank]
+
+
+def _rank(ordered: list[float], q: float) -> float | None:
+    """``percentile`` of samples sorted already."""
+    if not ordered:
+        return None
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +119,34 @@ class ContextStats:
     """The values those batches held."""
 
 
+class ReaderStatsView(Mapping[str, ReaderStats]):
+    """The readers of a ``stats()`` snapshot, each reader's figures computed when first looked
+    at (then kept): the snapshot itself costs one entry per reader, not a sort of every
+    reader's samples, so ``stats()`` stays cheap with thousands of lanes. A reader's figures
+    are of the moment they are first looked at (counters are read racily anyway)."""
+
+    __slots__ = ("_made", "_thunks")
+
+    def __init__(self, thunks: Mapping[str, Callable[[], ReaderStats]]) -> None:
+        self._thunks = thunks
+        self._made: dict[str, ReaderStats] = {}  # any thread may fill it: a race computes twice
+
+    def __getitem__(self, key: str) -> ReaderStats:
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._thunks[key]()
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._thunks)
+
+    def __len__(self) -> int:
+        return len(self._thunks)
+
+    def __repr__(self) -> str:
+        return f"ReaderStatsView({dict(self.items())!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class CollectorStats:
     readers: Mapping[str, ReaderStats]
@@ -152,27 +187,27 @@ class ReaderCounters:
     def snapshot(
         self, reader: str, period_ms: int | None, extra: Mapping[str, float], lane: str = ""
     ) -> ReaderStats:
-        lateness = list(self.lateness)
-        read_ms = list(self.read_ms)
-        tick_ms = list(self.tick_ms)
-        delivery = list(self.delivery_ms)
+        lateness = sorted(self.lateness)
+        read_ms = sorted(self.read_ms)
+        tick_ms = sorted(self.tick_ms)
+        delivery = sorted(self.delivery_ms)
         return ReaderStats(
             reader=reader,
             ticks=self.ticks,
             values=self.values,
             errors=self.errors,
             overruns=self.overruns,
-            lateness_ms_p50=percentile(lateness, 50),
-            lateness_ms_p99=percentile(lateness, 99),
-            lateness_ms_max=max(lateness, default=None),
-            read_ms_p50=percentile(read_ms, 50),
-            read_ms_p99=percentile(read_ms, 99),
-            tick_ms_p50=percentile(tick_ms, 50),
-            tick_ms_p99=percentile(tick_ms, 99),
+            lateness_ms_p50=_rank(lateness, 50),
+            lateness_ms_p99=_rank(lateness, 99),
+            lateness_ms_max=lateness[-1] if lateness else None,
+            read_ms_p50=_rank(read_ms, 50),
+            read_ms_p99=_rank(read_ms, 99),
+            tick_ms_p50=_rank(tick_ms, 50),
+            tick_ms_p99=_rank(tick_ms, 99),
             period_ms=period_ms,
             extra=dict(extra),
             lane=lane,
             clock_steps=self.clock_steps,
-            delivery_ms_p50=percentile(delivery, 50),
-            delivery_ms_p99=percentile(delivery, 99),
+            delivery_ms_p50=_rank(delivery, 50),
+            delivery_ms_p99=_rank(delivery, 99),
         )

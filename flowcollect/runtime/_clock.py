@@ -225,6 +225,13 @@ class VirtualScheduler(_MonotonicQueue):
     ) -> abc.DisposableBase:
         return self._push(max(self._mono, self._due_mono(duetime)), action, state)
 
+    def schedule_wall_ms(
+        self, due_ms: float, action: typing.ScheduledAction[Any], state: Any = None
+    ) -> abc.DisposableBase:
+        """``schedule_absolute`` for an epoch-ms instant, without datetimes (a lane's tick)."""
+        mono = self._mono
+        return self._push(max(mono, mono + (due_ms - self.wall_ms())), action, state)
+
     def advance_to(self, duetime: typing.AbsoluteTime) -> None:
         """Run everything due up to the wall instant ``duetime`` (in due order), then stand there."""
         self._advance_mono(self._due_mono(duetime))

@@ -103,6 +103,13 @@ class Lane:
         self.asynchronous = bool(readers) and all(asynchronous_reader(r) for r in readers)
         """Every reader of the lane is asynchronous: its calls are made on the loop thread."""
         self._work: Work = work or InlineWork()
+        # The loop's cheap paths when the scheduler has them (LoopScheduler; VirtualScheduler
+        # for the last two): a plain post, epoch-ms timers and wall-clock reads without datetimes.
+        self._post: Callable[[Callable[[], None]], None] | None = getattr(scheduler, "post", None)
+        self._at_wall_ms: Callable[..., abc.DisposableBase] | None = getattr(
+            scheduler, "schedule_wall_ms", None
+        )
+        self._wall_ms: Callable[[], float] | None = getattr(scheduler, "wall_ms", None)
         self.planned: LaneSchedule | None = None
         """The schedule the collector wants: written under the collector's lock (``plan``), read
         whole on the loop thread and by ``schedules()``/``stats()``."""
@@ -149,11 +156,19 @@ class Lane:
         self._assignments = 0  # assign() calls that changed the assignment: under the collector's lock
         self._applied = 0  # the last of them the lane has applied: the loop thread
 
+    def _now(self) -> float:
+        """The scheduler's wall clock in epoch ms."""
+        wall = self._wall_ms
+        return wall() if wall is not None else now_ms(self.scheduler)
+
     # -- from other threads ------------------------------------------------------------------
 
     def post(self, action: Callable[[], None]) -> None:
         """Run ``action`` on the loop thread as the lane's next job (after any read in flight)."""
         self.used = True
+        if self._post is not None:
+            self._post(lambda: self._enqueue(action))
+            return
         with contextlib.suppress(DisposedException):  # closed: nothing is done here any more
             self.scheduler.schedule(lambda _s, _t: self._enqueue(action))
 
@@ -366,7 +381,7 @@ class Lane:
         def emit(batch: ValueBatch) -> None:
             # Any thread: the store takes the values at once (the next due instant samples them);
             # changes go to their contexts on the lane's thread, which owns the delivery state.
-            store.update(batch, now_ms(self.scheduler))
+            store.update(batch, self._now())
             if len(batch) and self._routes.get(rtype):
                 self.post(lambda: self._pushed(rtype, batch))
 
@@ -389,7 +404,7 @@ class Lane:
             variables = tuple(specs)
             scaled = tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None)
             by_context[cid] = Delivery(cid, variables, tuple(index), scaled, tuple(range(len(variables))))
-        t = math.floor(now_ms(self.scheduler))
+        t = math.floor(self._now())
         self.subject.on_next(
             LaneRead(
                 t,
@@ -461,12 +476,14 @@ class Lane:
     def _offset(self) -> float | None:
         return clock_offset(self.scheduler)
 
-    def _stepped_by(self, base: float | None) -> float | None:
+    def _stepped_by(self, base: float | None, first: float | None = None) -> float | None:
         """The wall clock's new offset when it stepped (by more than ``STEP_MS``) since ``base``:
-        two bracketed readings, one after the other, must both say so and agree; else None."""
+        two bracketed readings (``first``, when taken already, and one more), one after the
+        other, must both say so and agree; else None."""
         if base is None:
             return None
-        first = self._offset()
+        if first is None:
+            first = self._offset()
         if first is None or abs(first - base) <= STEP_MS:
             return None
         second = self._offset()
@@ -474,13 +491,17 @@ class Lane:
             return None
         return second
 
-    def _arm(self, due: int) -> None:
+    def _arm(self, due: int, offset: float | None = None) -> None:
         self._pending_due = due
-        offset = self._offset()
+        if offset is None:
+            offset = self._offset()
         if offset is not None:  # a reading held up is discarded: the last good anchor stays
             self._anchor = offset
         try:
-            self._pending = self.scheduler.schedule_absolute(instant(due), self._fire, due)
+            if self._at_wall_ms is not None:
+                self._pending = self._at_wall_ms(due, self._fire, due)
+            else:
+                self._pending = self.scheduler.schedule_absolute(instant(due), self._fire, due)
         except DisposedException:  # a read that outlived the close deadline came back
             self._closed = True
 
@@ -500,14 +521,14 @@ class Lane:
         schedule = self._active
         if schedule is None or self._pending is not None or self._pending_due is not None:
             return  # retimed meanwhile: the tick armed since is the one that counts
-        stepped = self._stepped_by(self._anchor)
+        offset = self._offset()
+        stepped = self._stepped_by(self._anchor, offset)
         if stepped is not None:
             # The wall clock stepped while we waited: this instant belongs to the old timeline.
             self._clock_stepped(schedule, stepped)
             return
-        offset = self._offset()
         self._last_fired = due
-        began = now_ms(self.scheduler)
+        began = self._now()
         phase = schedule.phase_at(due)
         if phase is None:
             self._ticked(schedule, due, began, offset, None, None, None)
@@ -541,7 +562,7 @@ class Lane:
                 self._emit(phase, due, reads)
             except Exception as err:  # never let one tick end the lane
                 self._internal(f"tick {due}", err)
-        now = now_ms(self.scheduler)
+        now = self._now()
         for counters in self._tick_counters(schedule):
             counters.tick_ms.append(now - began)
         if reads:
@@ -549,7 +570,8 @@ class Lane:
                 self.counters[read[0].reader].delivery_ms.append(now - due)
         if self._closed:
             return
-        stepped = self._stepped_by(offset)
+        after = self._offset()
+        stepped = self._stepped_by(offset, after)
         if stepped is not None:
             self._clock_stepped(schedule, stepped)  # it stepped while we read
             return
@@ -560,7 +582,7 @@ class Lane:
                 counters.overruns += len(skipped)
             self._on_missed(schedule, skipped)
             following = schedule.next_due(now)
-        self._arm(following)
+        self._arm(following, after)
 
     def _tick_counters(self, schedule: LaneSchedule) -> list[ReaderCounters]:
         return [self.counters[r] for r in schedule.reader_order if r in self.counters]
@@ -580,7 +602,7 @@ class Lane:
             delta_ms,
         )
         self._on_clock_step(offset)
-        self._last_fired = math.floor(now_ms(self.scheduler))
+        self._last_fired = math.floor(self._now())
         self._arm(schedule.next_due(self._last_fired))
         self._anchor = offset
 
@@ -596,7 +618,7 @@ class Lane:
                 if self._active is not None:
                     self._clock_stepped(self._active, stepped)
                 return
-        if self._pending_due is not None and self._pending_due <= now_ms(self.scheduler):
+        if self._pending_due is not None and self._pending_due <= self._now():
             return  # that tick is due already and about to fire; it re-arms from the new schedule
         if self._pending is not None:
             self._pending.dispose()
@@ -611,10 +633,10 @@ class Lane:
         for rp in phase.readers:
             reader = self.readers[rp.reader]
             counters = self.counters[rp.reader]
-            started = now_ms(self.scheduler)
+            started = self._now()
             counters.lateness.append(started - t_ms)
             values, errors, source, quality, beside = self._read(reader, rp, t_ms)
-            counters.read_ms.append(now_ms(self.scheduler) - started)
+            counters.read_ms.append(self._now() - started)
             self._count(rp.reader, counters, values, errors)
             reads.append((rp, values, errors, source, quality, beside))
         return reads
@@ -625,7 +647,7 @@ class Lane:
             rtype = rp.reader
             reader = self.readers[rtype]
             counters = self.counters[rtype]
-            started = now_ms(self.scheduler)
+            started = self._now()
             counters.lateness.append(started - t_ms)
             batch = ValueBatch(t_ms, rp.reads, reader=rtype)
             try:
@@ -639,7 +661,7 @@ class Lane:
                 )
             except Exception as exc:
                 cols = self._failed(rtype, rp, t_ms, exc)
-            counters.read_ms.append(now_ms(self.scheduler) - started)
+            counters.read_ms.append(self._now() - started)
             self._count(rtype, counters, cols[0], cols[1])
             reads.append((rp, *cols))
         return reads

@@ -170,6 +170,10 @@ FRAGMENTS = {
     ("docs/plugins.md", '"""A writer of JSON lines: one object per value, one file per day."""'): (
         "docs/examples/jsonl_writer.py, run by test_jsonl_writer"
     ),
+    (
+        "docs/plugins.md",
+        '"""An asynchronous reader of a (hypothetical) line protocol over TCP: ``GET <address>``."""',
+    ): ("run against a TCP server by tests/engine/test_event_loop.py::test_the_async_reader_example_reads"),
     ("docs/plugins.md", "from flowcollect import DataCollectionContext, DataCollector, Variable"): (
         "uses the two example classes defined in the blocks above"
     ),

@@ -246,3 +246,47 @@ def test_a_lane_cannot_mix_asynchronous_and_synchronous_readers() -> None:
         DataCollector([OnLine({"x": 1.0}), SyncOnLine({"x": 1.0})], [])
     with pytest.raises(ConfigError, match="reader_workers must be a positive number"):
         DataCollector([StaticDataReader({"x": 1.0})], [], reader_workers=0)
+
+
+@pytest.mark.realtime
+def test_the_async_reader_example_reads(no_leftover_threads: None) -> None:
+    """The asynchronous reader of docs/plugins.md, as printed, against a line server."""
+    import re
+    import socketserver
+    from pathlib import Path
+
+    page = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    block = next(
+        b for b in re.findall(r"```python\n(.*?)```", page, re.S) if b.startswith('"""An asynchronous reader')
+    )
+    namespace: dict[str, object] = {}
+    exec(compile(block, "plugins.md", "exec"), namespace)  # noqa: S102 - the page's own example
+
+    class Lines(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                address = line.decode().split()[1]
+                self.wfile.write(b"42.5\n" if address == "temp" else b"oops\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Lines) as server:
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        reader = namespace["LineProtocolReader"]("127.0.0.1", server.server_address[1])  # type: ignore[operator]
+        writer = MemoryDataWriter()
+        with DataCollector([reader], [writer]) as collector:
+            collector.start(
+                DataCollectionContext(
+                    id=1,
+                    interval_ms=50,
+                    min_interval_ms=10,
+                    variables=[
+                        Variable(id=1, address="temp", reader="line"),
+                        Variable(id=2, address="bad", reader="line"),
+                    ],
+                )
+            )
+            assert wait_until(lambda: len(writer.snapshot()) >= 6)
+        server.shutdown()
+    values = writer.snapshot()
+    assert {v.value for v in values if v.id == 1} == {42.5}
+    assert all(v.value is None and v.error == "not a number: b'oops\\n'" for v in values if v.id == 2)
