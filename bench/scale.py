@@ -26,8 +26,12 @@ Per collector and case:
 - flowcollect only: ``start_s``, ``stats_s`` (p50 and max of ``stats()`` calls once a second),
   ``close_s``, and the engine's own ``lateness_ms_p99`` (worst reader) and delivery p99.
 
+- ``reader`` (with ``--sides``): the bare loop again, each device read through a
+  ``ModbusDataReader.read_batch_async`` instead of the pymodbus call: the reader's own cost,
+  without the engine.
+
 Cases (``--cases``, ``DEVICESxINTERVAL_MS``): 10x100, 500x100, 2000x1000; ``--seconds`` per run
-(default 10). ``--only bare`` or ``--only flowcollect`` runs one side.
+(default 10); ``--sides`` (default ``bare,flowcollect``).
 """
 
 from __future__ import annotations
@@ -46,11 +50,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 REGISTERS = 20
 CASES = ("10x100", "500x100", "2000x1000")
+SIDES = ("bare", "reader", "flowcollect")
 WARMUP_INSTANTS = 2
 
 
@@ -215,29 +220,82 @@ def _next_instant(interval_ms: int, ahead: int = 1) -> int:
     return (int(time.time() * 1000) // interval_ms + ahead) * interval_ms
 
 
-async def _bare(ports: Sequence[int], interval_ms: int, seconds: float) -> dict[str, Any]:
+Read = Callable[[int], Awaitable[int]]
+"""One device's read at an instant: the values it got."""
+
+
+async def _pymodbus_devices(ports: Sequence[int], interval_ms: int) -> tuple[list[Read], Callable[[], None]]:
     from pymodbus.client import AsyncModbusTcpClient
 
-    timeout_s = interval_ms / 1000
     clients = [
-        AsyncModbusTcpClient("127.0.0.1", port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+        AsyncModbusTcpClient("127.0.0.1", port=port, timeout=interval_ms / 1000, retries=0, reconnect_delay=0)
         for port in ports
     ]
     await asyncio.gather(*(client.connect() for client in clients))
+
+    def reader(client: AsyncModbusTcpClient) -> Read:
+        async def read(_t_ms: int) -> int:
+            try:
+                answer = await client.read_holding_registers(0, count=REGISTERS, device_id=1)
+            except Exception:  # a timeout: the values are not delivered
+                return 0
+            return 0 if answer.isError() else len(answer.registers)
+
+        return read
+
+    def close() -> None:
+        for client in clients:
+            client.close()
+
+    return [reader(client) for client in clients], close
+
+
+async def _flowcollect_readers(
+    ports: Sequence[int], interval_ms: int
+) -> tuple[list[Read], Callable[[], None]]:
+    from flowcollect.readers import ModbusDataReader
+    from flowcollect.values import ValueBatch, VariableSpec
+
+    readers = [
+        ModbusDataReader(f"d{i}", host="127.0.0.1", port=port, timeout_s=min(1.0, interval_ms / 1000))
+        for i, port in enumerate(ports)
+    ]
+    specs = [VariableSpec(r + 1, 1, f"holding:{r}", "int", "d", interval_ms) for r in range(REGISTERS)]
+    for each in readers:
+        each.open()
+        each.plan_changed(specs)
+
+    def reader(each: ModbusDataReader) -> Read:
+        async def read(t_ms: int) -> int:
+            batch = ValueBatch(t_ms, specs)
+            await each.read_batch_async(batch)
+            return sum(1 for error in batch.errors if error is None)
+
+        return read
+
+    def close() -> None:
+        for each in readers:
+            each.close()
+
+    return [reader(each) for each in readers], close
+
+
+async def _loop(side: str, ports: Sequence[int], interval_ms: int, seconds: float) -> dict[str, Any]:
+    """The bare asyncio loop: one task per device, sleeping to each grid instant, then reading
+    it through pymodbus (``bare``) or a ``ModbusDataReader`` (``reader``: the reader's own cost,
+    without the engine)."""
+    make = _pymodbus_devices if side == "bare" else _flowcollect_readers
+    reads, close = await make(ports, interval_ms)
     per_instant: Counter[int] = Counter()
     first = _next_instant(interval_ms, 2)
     end = first + round(seconds * 1000)
 
-    async def device(client: AsyncModbusTcpClient) -> None:
+    async def device(read: Read) -> None:
         t = first
         while t < end:
             await asyncio.sleep(max(0.0, t / 1000 - time.time()))
-            try:
-                answer = await client.read_holding_registers(0, count=REGISTERS, device_id=1)
-            except Exception:  # a timeout: the value is not delivered
-                answer = None
-            if answer is not None and not answer.isError():
-                per_instant[t] += len(answer.registers)
+            got = await read(t)  # (not "+= await": other tasks add to the count meanwhile)
+            per_instant[t] += got
             t += interval_ms
             while t < time.time() * 1000 - interval_ms:
                 t += interval_ms  # an instant already past: skipped, as a lane skips it
@@ -245,16 +303,15 @@ async def _bare(ports: Sequence[int], interval_ms: int, seconds: float) -> dict[
     await asyncio.sleep(max(0.0, first / 1000 - time.time() - 0.05))
     threads = threading.active_count()
     cpu0 = cpu_s()
-    await asyncio.gather(*(device(client) for client in clients))
+    await asyncio.gather(*(device(read) for read in reads))
     cpu = cpu_s() - cpu0
-    for client in clients:
-        client.close()
+    close()
     return {"per_instant": per_instant, "first": first, "end": end, "cpu_s": cpu, "threads": threads}
 
 
-def run_bare(ports: Sequence[int], interval_ms: int, seconds: float) -> dict[str, Any]:
+def run_loop(side: str, ports: Sequence[int], interval_ms: int, seconds: float) -> dict[str, Any]:
     rss0 = rss_mb()
-    result = asyncio.run(_bare(ports, interval_ms, seconds))
+    result = asyncio.run(_loop(side, ports, interval_ms, seconds))
     rss = rss_mb() - rss0
     return _summary(result, interval_ms, len(ports), rss)
 
@@ -395,10 +452,12 @@ def run_case(case: str, seconds: float, sides: Sequence[str]) -> dict[str, Any]:
             out[side] = result
     finally:
         farm.close()
-    bare, ours = out.get("bare"), out.get("flowcollect")
-    if isinstance(bare, dict) and isinstance(ours, dict) and bare.get("cpu_s_per_million_values"):
-        ratio = (ours.get("cpu_s_per_million_values") or 0) / bare["cpu_s_per_million_values"]
-        out["cpu_vs_bare"] = round(ratio, 2)
+    bare = out.get("bare")
+    for side in ("reader", "flowcollect"):
+        ours = out.get(side)
+        if isinstance(bare, dict) and isinstance(ours, dict) and bare.get("cpu_s_per_million_values"):
+            ratio = (ours.get("cpu_s_per_million_values") or 0) / bare["cpu_s_per_million_values"]
+            out[f"{side}_cpu_vs_bare"] = round(ratio, 2)
     return out
 
 
@@ -406,9 +465,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help="DEVICESxINTERVAL_MS, comma separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
-    parser.add_argument("--only", choices=("bare", "flowcollect"), help="run one side only")
+    parser.add_argument(
+        "--sides",
+        default="bare,flowcollect",
+        help="which of bare, reader, flowcollect to run (comma separated)",
+    )
     parser.add_argument("--farm", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--run", choices=("bare", "flowcollect"), help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--interval-ms", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     raise_file_limit(16_384)
@@ -417,10 +480,13 @@ def main() -> None:
         return
     if args.run:
         ports = json.loads(sys.stdin.read())
-        run = run_bare if args.run == "bare" else run_flowcollect
-        print(json.dumps(run(ports, args.interval_ms, args.seconds)))
+        if args.run == "flowcollect":
+            result = run_flowcollect(ports, args.interval_ms, args.seconds)
+        else:
+            result = run_loop(args.run, ports, args.interval_ms, args.seconds)
+        print(json.dumps(result))
         return
-    sides = [args.only] if args.only else ["bare", "flowcollect"]
+    sides = [side for side in args.sides.split(",") if side in SIDES]
     with open("/proc/loadavg") as loadavg:
         load_before = loadavg.read().split()[:3]
     results = [run_case(case, args.seconds, sides) for case in args.cases.split(",")]
