@@ -231,7 +231,15 @@ async def _pymodbus_devices(ports: Sequence[int], interval_ms: int) -> tuple[lis
         AsyncModbusTcpClient("127.0.0.1", port=port, timeout=interval_ms / 1000, retries=0, reconnect_delay=0)
         for port in ports
     ]
-    await asyncio.gather(*(client.connect() for client in clients))
+
+    async def connect(client: AsyncModbusTcpClient) -> None:
+        # pymodbus's connect has the request's timeout (one interval): hundreds at once on a
+        # busy machine miss it, so try again (set-up, not measured).
+        for _ in range(100):
+            if await client.connect():
+                return
+
+    await asyncio.gather(*(connect(client) for client in clients))
 
     def reader(client: AsyncModbusTcpClient) -> Read:
         async def read(_t_ms: int) -> int:
