@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import math
 import os
 import resource
 import struct
@@ -53,17 +52,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from flowcollect.stats import percentile
+
 REGISTERS = 20
 CASES = ("10x100", "500x100", "2000x1000")
 SIDES = ("bare", "reader", "flowcollect")
 WARMUP_INSTANTS = 2
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def cpu_s() -> float:

@@ -150,6 +150,17 @@ def registers_answer(function_code: int, values: Sequence[int]) -> bytes:
     return struct.pack(f">BB{len(values)}H", function_code, 2 * len(values), *values)
 
 
+def second_time_only() -> Respond:
+    """A device that leaves the first request unanswered and answers every later one."""
+    asked: list[int] = []
+
+    def respond(transaction: int, unit: int, pdu: bytes) -> bytes | None:
+        asked.append(transaction)
+        return echo_registers(transaction, unit, pdu) if len(asked) > 1 else None
+
+    return respond
+
+
 def echo_registers(transaction: int, unit: int, pdu: bytes) -> bytes:
     """A well-behaved device whose register ``n`` holds ``n``."""
     function_code, address, count = parse_read(pdu)

@@ -9,7 +9,7 @@ import resource
 from collections.abc import Callable, Iterator
 
 import pytest
-from modbus_helpers import RawDevice, Respond, collected, echo_registers
+from modbus_helpers import RawDevice, Respond, collected, second_time_only
 
 from flowcollect.readers.modbus import ModbusDataReader
 from flowcollect.simulator import BULK_START
@@ -68,13 +68,7 @@ def test_an_unanswered_request_resent_above_1024(
     low_descriptors_taken: None, raw_device: Callable[[Respond], RawDevice], make_reader: MakeReader
 ) -> None:
     # The resend drains what came late on the connection first: that wait too must cope.
-    asked: list[int] = []
-
-    def second_time(transaction: int, unit: int, pdu: bytes) -> bytes | None:
-        asked.append(transaction)
-        return echo_registers(transaction, unit, pdu) if len(asked) > 1 else None
-
-    device = raw_device(second_time)
+    device = raw_device(second_time_only())
     reader = make_reader(port=device.port, timeout_s=0.2, retries=1)
     variables = collected(["holding:7"])
     reader.read(variables)

@@ -18,6 +18,7 @@ from modbus_helpers import (
     echo_registers,
     free_port,
     parse_read,
+    second_time_only,
     timed_read,
     wait_until,
 )
@@ -135,13 +136,7 @@ def test_an_unanswered_request_is_resent_by_the_line_within_the_tick(
 ) -> None:
     # Retries are the line's: the first request goes unanswered, the resend is answered, and
     # the tick has its values (what pymodbus's own retries did before, on the same connection).
-    asked: list[int] = []
-
-    def second_time(transaction: int, unit: int, pdu: bytes) -> bytes | None:
-        asked.append(transaction)
-        return echo_registers(transaction, unit, pdu) if len(asked) > 1 else None
-
-    device = raw_device(second_time)
+    device = raw_device(second_time_only())
     reader = make_reader(port=device.port, timeout_s=0.2, retries=2)
     values, errors, elapsed = tick(reader)
     assert errors == [None, None, None]
