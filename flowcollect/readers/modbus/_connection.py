@@ -1208,7 +1208,7 @@ class LineConnection:
         return Failure(text, timeout=True)
 
 
-_CONNECTS_AT_ONCE: Final = 32
+_CONNECTS_AT_ONCE: Final = 64
 """Connects in progress at once on one event loop (the others wait their turn, untimed)."""
 _slots_lock = threading.Lock()
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()

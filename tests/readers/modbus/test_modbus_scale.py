@@ -17,7 +17,9 @@ from flowcollect.values import ValueBatch
 
 pytestmark = [pytest.mark.server, pytest.mark.realtime]
 
-INTERVAL_MS = 1000
+INTERVAL_MS = 2000
+"""Every 2 s: at 1 s a thousand lanes need most of the loop's time on this shared 2-core test
+machine (bench/scale.py measures 2,000 devices at 1 s; this test is about faults, not speed)."""
 REGISTERS = 5
 CLOSE_TIMEOUT_S = 5.0
 TIMEOUT_S = 1.0
@@ -74,11 +76,12 @@ def test_a_thousand_lanes_where_a_hundred_hang_a_hundred_refuse_and_a_hundred_ta
     writer = CountingWriter()
     collector = DataCollector(readers, [writer], close_timeout_s=CLOSE_TIMEOUT_S)
     try:
-        # Starting two seconds ahead, as a plant's collection is usually set up: the thousand
-        # lines connect before the first instant (in the background: start() does not wait).
-        begin = datetime.now(UTC) + timedelta(seconds=2)
+        # Starting a few seconds ahead, as a plant's collection is usually set up: the thousand
+        # lines connect before the first instant (in the background: start() does not wait;
+        # on the shared test machine that takes up to 2.5 s).
+        begin = datetime.now(UTC) + timedelta(seconds=3)
         ctx = collector.start(
-            DataCollectionContext(id=1, variables=variables, start_date=begin, duration_s=4.5)
+            DataCollectionContext(id=1, variables=variables, start_date=begin, duration_s=9.0)
         )
         deadline = time.monotonic() + 30
         while collector.is_running() and time.monotonic() < deadline:
