@@ -279,7 +279,10 @@ async def _flowcollect_readers(
         for each in readers:
             each.close()
 
-    return [reader(each) for each in readers], close
+    reads = [reader(each) for each in readers]
+    # One read each first: the lines connect (set-up, as the bare loop's connects are).
+    await asyncio.gather(*(read(_next_instant(interval_ms, 0)) for read in reads))
+    return reads, close
 
 
 async def _loop(side: str, ports: Sequence[int], interval_ms: int, seconds: float) -> dict[str, Any]:

@@ -444,11 +444,6 @@ def _open_serial(line: ModbusLine, timeout_s: float, inter_byte_timeout: float) 
     return port
 
 
-_NO_TIMEOUT: Final = 86_400.0
-"""pymodbus's own wait for an answer on the event loop: never reached, the unit's deadline is
-the line's (``_AsyncLink.request``)."""
-
-
 class _AsyncLink:
     """A pymodbus asyncio client on the loop that made it, over a socket the line dialled.
 
@@ -457,8 +452,9 @@ class _AsyncLink:
     hold the socket that ``abort`` shuts down from another thread. The connected socket goes to
     the client's protocol (``client.ctx``) through asyncio's ``create_connection(sock=...)``;
     from there pymodbus frames, sends and matches answers to requests. Its reconnect
-    (``reconnect_delay=0``), retries (0), timeout (out of reach) and give-up count (out of reach)
-    are off: the line decides all four. An answer that comes after its request gave up finds no
+    (``reconnect_delay=0``), retries (0) and give-up count (out of reach) are off, and its
+    timeout is the opening unit's (other units' requests are timed by the line): the line
+    decides. An answer that comes after its request gave up finds no
     request waiting and pymodbus drops it, so nothing needs draining here.
 
     pymodbus leaves a request whose connection dropped waiting for its timeout: the
@@ -467,9 +463,12 @@ class _AsyncLink:
     Loop thread only, but for ``abort`` (any thread) and ``connected`` (a read).
     """
 
-    def __init__(self, line: ModbusLine, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, line: ModbusLine, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self.line = line
         self.loop = loop
+        self.timeout_s = timeout_s
+        """pymodbus's own wait for an answer: the timeout of the unit that opened the line.
+        A request with this timeout is timed by pymodbus alone; another unit's, by the line."""
         self.connect_error: Exception | None = None
         client: AsyncModbusTcpClient
         if line.tls is not None:
@@ -477,7 +476,7 @@ class _AsyncLink:
                 str(line.host),
                 port=int(line.port),
                 framer=FramerType.TLS,
-                timeout=_NO_TIMEOUT,
+                timeout=timeout_s,
                 retries=0,
                 reconnect_delay=0,
                 trace_connect=self._traced,
@@ -487,7 +486,7 @@ class _AsyncLink:
                 str(line.host),
                 port=int(line.port),
                 framer=FramerType.RTU if line.kind == "rtu-tcp" else FramerType.SOCKET,
-                timeout=_NO_TIMEOUT,
+                timeout=timeout_s,
                 retries=0,
                 reconnect_delay=0,
                 trace_connect=self._traced,
@@ -618,8 +617,13 @@ class _AsyncLink:
         self._waiter = task
         try:
             with quiet_pymodbus():
-                async with asyncio.timeout(timeout_s):
+                if timeout_s == self.timeout_s:
+                    # pymodbus's own timer (it makes one per request anyway): a thousand lines'
+                    # requests keep one timer each, not two.
                     answer: ModbusPDU = await _READS[table](self.client, start, count, unit)
+                    return answer
+                async with asyncio.timeout(timeout_s):
+                    answer = await _READS[table](self.client, start, count, unit)
                     return answer
         except TimeoutError:
             raise ModbusIOException(f"no response within {timeout_s:g} s") from None
@@ -916,7 +920,7 @@ class LineConnection:
             if not self._may_connect():
                 return False
             # A client serves one connection (pymodbus keeps a closed client's state): a new one.
-            link = self._link = _AsyncLink(self.line, loop)
+            link = self._link = _AsyncLink(self.line, loop, timeout_s)
             return self._connected(link, await link.connect(timeout_s), name, timeout_s)
 
     def _may_connect(self) -> bool:
