@@ -3,6 +3,7 @@
     .venv/bin/python bench/lanes.py                # 2,000 lanes, 8 s per run: about 1.5 minutes
     .venv/bin/python bench/lanes.py --quick        # 4 s per run
     .venv/bin/python bench/lanes.py --lanes 500
+    PYTHONPATH=<a checkout before issue 23> .venv/bin/python bench/lanes.py --only sync   # before
 
 Every run uses the interpreter's defaults: no ``gc.freeze()``, the default switch interval.
 
@@ -36,10 +37,11 @@ import statistics
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from flowcollect import DataCollectionContext, DataCollector, DataWriter, Variable
 from flowcollect.stats import percentile
-from flowcollect.testing import AsyncDataReader, StaticDataReader
+from flowcollect.testing import StaticDataReader
 from flowcollect.values import ValueBatch
 
 VARIABLES = 20
@@ -75,12 +77,14 @@ def spread(samples: list[float]) -> dict[str, float | None]:
     }
 
 
-def run(kind: str, lanes: int, interval_ms: int, seconds: float) -> dict[str, object]:
+def run(kind: str, lanes: int, interval_ms: int, seconds: float, workers: int | None) -> dict[str, object]:
     values = {f"a{i}": float(i) for i in range(VARIABLES)}
-    readers: list[AsyncDataReader | StaticDataReader] = [
-        AsyncDataReader(values, type=f"d{n}") if kind == "async" else StaticDataReader(values, type=f"d{n}")
-        for n in range(lanes)
-    ]
+    if kind == "async":
+        from flowcollect.testing import AsyncDataReader  # not in the engine before issue 23
+
+        readers: list[Any] = [AsyncDataReader(values, type=f"d{n}") for n in range(lanes)]
+    else:
+        readers = [StaticDataReader(values, type=f"d{n}") for n in range(lanes)]
     context = DataCollectionContext(
         id=1,
         interval_ms=interval_ms,
@@ -93,7 +97,7 @@ def run(kind: str, lanes: int, interval_ms: int, seconds: float) -> dict[str, ob
     )
     writer = CountingWriter()
     rss0 = rss_mb()
-    collector = DataCollector(readers, [writer])
+    collector = DataCollector(readers, [writer], **({} if workers is None else {"reader_workers": workers}))
     began = time.perf_counter()
     collector.check(context)
     compile_s = time.perf_counter() - began
@@ -125,14 +129,20 @@ def run(kind: str, lanes: int, interval_ms: int, seconds: float) -> dict[str, ob
     per_reader = list(stats.readers.values())
     return {
         "kind": kind,
+        "reader_workers": workers,
         "lanes": lanes,
         "interval_ms": interval_ms,
         "instants": len(instants),
         "delivered_pct": round(100 * delivered / expected, 2) if expected else None,
         "lateness_ms_p50": spread([r.lateness_ms_p50 for r in per_reader if r.lateness_ms_p50 is not None]),
         "lateness_ms_p99": spread([r.lateness_ms_p99 for r in per_reader if r.lateness_ms_p99 is not None]),
-        "delivery_ms_p50": spread([r.delivery_ms_p50 for r in per_reader if r.delivery_ms_p50 is not None]),
-        "delivery_ms_p99": spread([r.delivery_ms_p99 for r in per_reader if r.delivery_ms_p99 is not None]),
+        # (getattr: the engine before issue 23, run with --only sync for a before/after, has none)
+        "delivery_ms_p50": spread(
+            [x for r in per_reader if (x := getattr(r, "delivery_ms_p50", None)) is not None]
+        ),
+        "delivery_ms_p99": spread(
+            [x for r in per_reader if (x := getattr(r, "delivery_ms_p99", None)) is not None]
+        ),
         "overruns": sum(r.overruns for r in per_reader),
         "cpu_s_per_million_values": round(cpu / max(1, delivered) * 1e6, 2),
         "cpu_cores": round(cpu / seconds, 3),
@@ -190,6 +200,7 @@ def main() -> None:
     )
     parser.add_argument("--lanes", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--workers", type=int, help="DataCollector(reader_workers=...); default: its own")
     parser.add_argument("--quick", action="store_true", help="4 s per run")
     parser.add_argument("--only", choices=["async", "sync", "bare"], action="append")
     args = parser.parse_args()
@@ -201,7 +212,7 @@ def main() -> None:
             if kind == "bare":
                 results.append(bare(args.lanes, interval_ms, seconds))
             else:
-                results.append(run(kind, args.lanes, interval_ms, seconds))
+                results.append(run(kind, args.lanes, interval_ms, seconds, args.workers))
     with open("/proc/loadavg") as load:
         loadavg = load.read().split()[:3]
     print(json.dumps({"bench": "lanes", "loadavg": loadavg, "results": results}, indent=2))

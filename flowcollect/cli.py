@@ -217,6 +217,7 @@ class _Status:
             rate = (values - self._last[1]) / (now - self._last[0])
         self._last = (now, values)
         lateness = [r.lateness_ms_p99 for r in stats.readers.values() if r.lateness_ms_p99 is not None]
+        delivery = [r.delivery_ms_p99 for r in stats.readers.values() if r.delivery_ms_p99 is not None]
         states = [c.state for c in stats.contexts.values()]
         figures = [writer_figures(w) for w in stats.writers.values()]
         return {
@@ -229,6 +230,7 @@ class _Status:
             "queued": sum(f.pending for f in figures),
             "dropped": sum(f.dropped for f in figures),
             "lateness_p99": max(lateness, default=None),
+            "delivery_p99": max(delivery, default=None),
             "running": states.count("running"),
             "paused": states.count("paused"),
         }
@@ -237,10 +239,12 @@ class _Status:
         m = self.measure(stats)
         rate = "-" if m["rate"] is None else f"{m['rate']:,.0f}"
         late = "-" if m["lateness_p99"] is None else f"{m['lateness_p99']:.1f} ms"
+        deliv = "-" if m["delivery_p99"] is None else f"{m['delivery_p99']:.1f} ms"
         return (
             f"status {self.name}: {rate} values/s, {m['values']:,} values, {m['errors']:,} errors, "
             f"{m['written']:,} written, {m['failed']:,} failed, "
             f"{m['queued']:,} queued in writers, {m['dropped']:,} dropped, lateness p99 {late}, "
+            f"delivery p99 {deliv}, "
             f"contexts {m['running']} running {m['paused']} paused"
             + "".join(f"; {name} {text}" for name, text in _spools(stats))
         )
@@ -255,7 +259,9 @@ class _Status:
             f"  contexts: {m['running']} running, {m['paused']} paused",
         )
         hint = Text("Ctrl-C stops: writers are flushed first", style="dim")
-        readers = Table("reader", "values", "errors", "overruns", "lateness p99", "read p99", box=None)
+        readers = Table(
+            "reader", "values", "errors", "overruns", "lateness p99", "delivery p99", "read p99", box=None
+        )
         for name, r in stats.readers.items():
             readers.add_row(
                 name,
@@ -263,6 +269,7 @@ class _Status:
                 f"{r.errors:,}",
                 f"{r.overruns:,}",
                 _ms(r.lateness_ms_p99),
+                _ms(r.delivery_ms_p99),
                 _ms(r.read_ms_p99),
             )
         writers = Table("writer", "written", "queued or buffered", "failed", "dropped", box=None)

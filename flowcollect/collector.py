@@ -85,7 +85,7 @@ UNTIL_STOPPED = 2**62
 
 
 class _Tally:
-    """One run's figures on one lane. Owned by that lane's thread, the only one that bumps them (a
+    """One run's figures on one lane. Bumped only on the loop thread (in virtual time, the test's) (a
     counter many lanes bumped would lose increments); ``_Run.figures`` sums the lanes' tallies,
     read racily as counters are."""
 
@@ -261,7 +261,7 @@ class DataCollector:
         # The lifecycle lock: start, stop, pause, resume, assign_lanes, the duration timer and
         # close take it. It guards _closed, _closing, _runs, _assigned and every run's state,
         # changes, branches and timer. Re-entrant: a listener may call back. The engine never
-        # takes it on a lane's thread (a lane must not wait for a start that waits for the lane).
+        # takes it on the loop or a worker (a lane must not wait for a start that waits for the lane).
         self._lock = threading.RLock()
         self._closed = False  # under _lock; read without it by `closed` (one attribute read)
         self._closing: threading.Thread | None = None  # under _lock
@@ -272,7 +272,7 @@ class DataCollector:
         # Stopped contexts for stats(): the run itself while a read in flight may still deliver to
         # it, then only its figures, so a stopped plan's memory is not kept. Guarded by
         # _ended_lock: a stop adds to it (under _lock), the last lane to retire a run swaps it
-        # for its figures (on that lane's thread). Held only for the dict's operations.
+        # for its figures (on the loop thread). Held only for the dict's operations.
         self._ended: dict[int, _Run | ContextStats] = {}
         self._ended_lock = threading.Lock()
         self._virtual = scheduler is not None
@@ -283,8 +283,6 @@ class DataCollector:
         self._lane_readers = lane_keys(self._readers.values())
         self._lanes: dict[str, Lane] = {}
         self._lane_of: dict[str, str] = {}
-        self._loop: LoopScheduler | None = None
-        self._pool: WorkerPool | None = None
         self._work = self._build_lanes(scheduler, clock, reader_workers)
         self._assigned: frozenset[str] | None = None  # under _lock
         # Guards every run's window (start, resume and stop replace it under _lock; a lane that
@@ -304,6 +302,9 @@ class DataCollector:
     def _build_lanes(
         self, scheduler: abc.SchedulerBase | None, clock: Clock | None, reader_workers: int
     ) -> LoopWork | InlineWork:
+        self._loop: LoopScheduler | None = None
+        self._pool: WorkerPool | None = None
+        self._pool_watch: abc.DisposableBase | None = None  # under _lock
         # One loop thread for every lane's timers, ticks and hand-over, and one bounded pool for
         # the synchronous readers' calls; both start their threads when first given work.
         work: LoopWork | InlineWork
@@ -355,6 +356,7 @@ class DataCollector:
             compiled = self._compile(context)
             for warning in compiled.warnings:
                 self._log.warning("%s", warning)
+            self._watch_pool()
             for listener in self._listeners:
                 listener.before_start(self, context)
             run = _Run(compiled)
@@ -385,6 +387,22 @@ class DataCollector:
             self._notify("after_start", context)
         return context
 
+    def _watch_pool(self) -> None:
+        """Under _lock, from the first start on: every half second the pool starts a worker in
+        place of each stuck in a hung read, on the timer thread (the loop must never wait)."""
+        pool = self._pool
+        if pool is None or self._pool_watch is not None or not isinstance(self._timer, LaneScheduler):
+            return
+        timer = self._timer
+
+        def watch(_scheduler: Any = None, _state: Any = None) -> None:
+            pool.check()
+            with contextlib.suppress(DisposedException):  # closed: the watch ends with the timer
+                timer.schedule_relative(0.5, watch)
+
+        with contextlib.suppress(DisposedException):
+            self._pool_watch = timer.schedule_relative(0.5, watch)
+
     def _branches(self, run: _Run) -> dict[str, abc.DisposableBase]:
         """The run's branch on each of its lanes. Subscribed inside one trampoline run: Rx
         otherwise sets up and tears down a trampoline for every subscription, which was most
@@ -404,7 +422,7 @@ class DataCollector:
 
     def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
         cid, key = run.context.id, lane.key
-        tally = run.tallies[key]  # bumped only on this lane's thread
+        tally = run.tallies[key]  # bumped only on the loop thread
 
         def fault(step: str, values: int, exc: Exception) -> None:
             # A step raised on one batch: that batch is lost, counted and logged; the branch
@@ -892,8 +910,9 @@ class DataCollector:
             self._stop(run)
 
     def _device_changed(self, reader: str, error: str | None) -> None:
-        """On a lane's thread: ``reader``'s reads went from some value to none (``error`` set) or
-        back. The listeners hear it on the timer thread: a listener never runs on a lane."""
+        """On the lane's job (a worker, or the loop): ``reader``'s reads went from some value to
+        none (``error`` set) or back. The listeners hear it on the timer thread: a listener never
+        runs on the loop or a worker."""
         event = "device_up" if error is None else "device_down"
         args: tuple[Any, ...] = (self, reader) if error is None else (self, reader, error)
 

@@ -94,6 +94,11 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
         "How late reads start after their instant, over recent ticks",
         labels=["reader", "quantile"],
     )
+    delivery = GaugeMetricFamily(
+        "flowcollect_reader_delivery_seconds",
+        "From the instant to its values handed to the writers (lateness + read + hand-over), recent ticks",
+        labels=["reader", "quantile"],
+    )
     read_time = GaugeMetricFamily(
         "flowcollect_reader_read_duration_seconds",
         "How long one tick's read takes, over recent ticks",
@@ -101,7 +106,7 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
     )
     tick_time = GaugeMetricFamily(
         "flowcollect_reader_tick_duration_seconds",
-        "The reader thread's whole time on a tick (read, split, hand-over), over recent ticks",
+        "The lane's whole time on a tick (read, split, hand-over), over recent ticks",
         labels=["reader", "quantile"],
     )
     extra = GaugeMetricFamily(
@@ -127,6 +132,7 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
         for family, p50, p99 in (
             (read_time, r.read_ms_p50, r.read_ms_p99),
             (tick_time, r.tick_ms_p50, r.tick_ms_p99),
+            (delivery, r.delivery_ms_p50, r.delivery_ms_p99),
         ):
             for quantile, ms in (("0.5", p50), ("0.99", p99)):
                 seconds = _seconds(ms)
@@ -134,7 +140,19 @@ def _reader_metrics(stats: CollectorStats) -> Iterator[Metric]:
                     family.add_metric([name, quantile], seconds)
         for key, value in r.extra.items():
             extra.add_metric([name, _NAME.sub("_", key)], float(value))
-    yield from (ticks, values, errors, overruns, requests, period, lateness, read_time, tick_time, extra)
+    yield from (
+        ticks,
+        values,
+        errors,
+        overruns,
+        requests,
+        period,
+        lateness,
+        delivery,
+        read_time,
+        tick_time,
+        extra,
+    )
 
 
 def _writer_metrics(stats: CollectorStats) -> Iterator[Metric]:

@@ -18,6 +18,7 @@ from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Varia
 from flowcollect.pipeline._devices import Device, device_name
 from flowcollect.plan import PipelinePlan, describe
 from flowcollect.readers.base import DataReader
+from flowcollect.runtime import DEFAULT_WORKERS
 from flowcollect.stats import CollectorStats
 from flowcollect.writers.base import DataWriter, writer_problems
 from flowcollect.writers.spool import SpoolOptions
@@ -62,6 +63,8 @@ class Pipeline(BaseModel):
     """Values each writer's queue holds before the oldest are dropped (see ``DataCollector``)."""
     close_timeout_s: float = Field(default=30.0, gt=0)
     """How long closing waits for readers and writers to finish."""
+    reader_workers: int = Field(default=DEFAULT_WORKERS, gt=0)
+    """Worker threads for synchronous readers' calls (see ``DataCollector``)."""
     spools: dict[str, SpoolOptions] = Field(default_factory=dict)
     """Writers to put behind a durable spool, by writer name (``{"influxdb:plant":
     SpoolOptions(path="spool/influx", max_bytes=2**30)}``): see docs/spool.md."""
@@ -121,6 +124,7 @@ class Pipeline(BaseModel):
             scheduler=scheduler,
             queue_limit=self.queue_limit,
             close_timeout_s=self.close_timeout_s,
+            reader_workers=self.reader_workers,
         )
 
     def select(self, context_ids: Iterable[int] | None = None) -> list[DataCollectionContext]:

@@ -248,9 +248,10 @@ class RunSummary:
         out.append(f"  lateness p99:  {'-' if p99 is None else f'{p99:.1f} ms'}")
         for name, r in self.stats.readers.items():
             late = "-" if r.lateness_ms_p99 is None else f"{r.lateness_ms_p99:.1f} ms"
+            deliv = "-" if r.delivery_ms_p99 is None else f"{r.delivery_ms_p99:.1f} ms"
             out.append(
                 f"  reader {name}: {r.values:,} values in {r.ticks:,} ticks, {r.errors:,} errors, "
-                f"{r.overruns:,} overruns, lateness p99 {late}"
+                f"{r.overruns:,} overruns, lateness p99 {late}, delivery p99 {deliv}"
             )
         for cid, c in self.stats.contexts.items():
             missed = f"{c.missed_instants:,} instants missed"
@@ -293,6 +294,7 @@ class RunSummary:
                     "errors": r.errors,
                     "overruns": r.overruns,
                     "lateness_ms_p99": r.lateness_ms_p99,
+                    "delivery_ms_p99": r.delivery_ms_p99,
                     "extra": dict(r.extra),
                 }
                 for name, r in self.stats.readers.items()

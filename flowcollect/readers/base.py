@@ -42,10 +42,12 @@ class DataReader(ABC):
     ``start_pushing``.
 
     The engine calls ``open``, ``plan_changed``, ``read``/``read_batch``, ``start_pushing`` and
-    ``close`` of one reader from its lane's thread, one call at a time, so they need no locking of
-    their own. ``validate`` and ``natural_value_type`` run on the thread that starts a context
-    and ``stats`` on the thread that asks for a snapshot: keep them free of the reader's I/O state
-    (``stats`` may read counters without a lock).
+    ``close`` of one reader one call at a time, in order, for its whole lane (on a worker of the
+    engine's bounded pool, which may be a different thread from call to call; an asynchronous
+    reader's on the engine's loop thread), so they need no locking of their own. ``validate`` and
+    ``natural_value_type`` run on the thread that starts a context and ``stats`` on the thread
+    that asks for a snapshot: keep them free of the reader's I/O state (``stats`` may read
+    counters without a lock).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -76,8 +78,8 @@ class DataReader(ABC):
     def lane(self) -> str | None:
         """The resource this reader uses, as a stable text (``serial:///dev/ttyUSB0``).
 
-        Readers with the same lane share one thread and one clock: their reads never overlap and
-        run in deadline order. ``None`` (the default): a lane of its own. The text also names the
+        Readers with the same lane share one schedule: their reads never overlap and run in
+        deadline order. ``None`` (the default): a lane of its own. The text also names the
         lane in plans, stats and collector groups, so it must be the same in every process.
         """
         return None
@@ -127,22 +129,25 @@ class DataReader(ABC):
         When a reader's class defines it, the engine awaits it instead of calling ``read`` or
         ``read_batch``, and such a reader is *asynchronous*: its ``open``, ``plan_changed`` and
         ``close`` are called on the engine's loop thread too, so they must not block (connect
-        lazily, from here). Reads of one lane still never overlap. ``abort`` may come from any
-        thread. Every wait inside must have a deadline: a read that never returns holds its lane.
+        lazily, from here). At each instant the engine starts every due lane's read before it
+        handles any answer. Reads of one lane still never overlap, and a lane's readers are all
+        asynchronous or none is. ``abort`` may come from any thread. Every wait inside must have
+        a deadline: a read that never returns holds its lane until the collector's close
+        deadline, when it is cancelled and ``abort`` is called.
         """
         raise NotImplementedError
 
     def start_pushing(self, emit: Emit) -> None:
         """For a pushing reader: keep ``emit`` and call it (from any thread) with batches of the
         values the source pushes, each with its source time and quality. Called once, on the
-        lane's thread, after ``open``; what to watch comes through ``plan_changed``.
+        lane's worker, after ``open``; what to watch comes through ``plan_changed``.
         """
         raise NotImplementedError
 
     def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
         """The distinct variables this reader must serve now (contexts started, stopped, paused
         or resumed): prepare for them off the hot path (plan requests, register nodes, create or
-        delete monitored items). Called on the lane's thread before the next tick that needs them.
+        delete monitored items). Called (like ``open``) before the next tick that needs them.
         """
 
     def describe_requests(self, variables: Sequence[VariableSpec]) -> Sequence[str]:
@@ -173,7 +178,8 @@ class DataReader(ABC):
         """
 
     def open(self) -> None:
-        """Acquire resources (connections); called on the lane's thread before its first read."""
+        """Acquire resources (connections); called before the reader's first read (on a worker; on
+        the loop, for an asynchronous reader, where it must not block)."""
 
     def close(self) -> None:
         """Release resources; called once when the collector closes."""

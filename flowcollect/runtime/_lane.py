@@ -30,7 +30,7 @@ from flowcollect._instants import instant, now_ms
 from flowcollect._logs import RateLimitedLog
 from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
-from flowcollect.runtime._clock import clock_offset
+from flowcollect.runtime._clock import BRACKET_MS, clock_offset
 from flowcollect.runtime._loop import InlineWork, Work
 from flowcollect.runtime._push import NO_VALUE_YET, PushStore
 from flowcollect.runtime._steps import LaneRead
@@ -110,6 +110,8 @@ class Lane:
             scheduler, "schedule_wall_ms", None
         )
         self._wall_ms: Callable[[], float] | None = getattr(scheduler, "wall_ms", None)
+        self._mono_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
+        self._timer_at: Callable[..., asyncio.TimerHandle] | None = getattr(scheduler, "timer_wall_ms", None)
         self.planned: LaneSchedule | None = None
         """The schedule the collector wants: written under the collector's lock (``plan``), read
         whole on the loop thread and by ``schedules()``/``stats()``."""
@@ -133,10 +135,11 @@ class Lane:
         self._task: asyncio.Future[Any] | None = None  # the asynchronous read in flight
         # The loop thread only (ticks), from here to _last_fired.
         self._active: LaneSchedule | None = None
-        self._pending: abc.DisposableBase | None = None
+        self._pending: abc.DisposableBase | asyncio.TimerHandle | None = None
         self._pending_due: int | None = None
         self._anchor: float | None = None
         self._last_fired = -1
+        self._counters_of: tuple[LaneSchedule, list[ReaderCounters]] | None = None
         # The lane's reader calls' state: touched only by the lane's current job (on a worker
         # or the loop; jobs never overlap, and each hand-over between threads goes through the
         # pool's queue or the loop's, which order it), except _routes: replaced whole there and
@@ -380,7 +383,7 @@ class Lane:
 
         def emit(batch: ValueBatch) -> None:
             # Any thread: the store takes the values at once (the next due instant samples them);
-            # changes go to their contexts on the lane's thread, which owns the delivery state.
+            # changes go to their contexts on the loop thread, which owns the delivery state.
             store.update(batch, self._now())
             if len(batch) and self._routes.get(rtype):
                 self.post(lambda: self._pushed(rtype, batch))
@@ -448,9 +451,7 @@ class Lane:
         """Stop ticking and close every reader this lane touched. Within a job (after the read in
         flight), or on the caller's thread for a lane that never had one; ``done()`` once over."""
         self._closed = True
-        if self._pending is not None:
-            self._pending.dispose()
-            self._pending = None
+        self._drop_pending()
         if not self.touched or self._abandoned:  # abandoned: abort was its readers' last call
             if done is not None:
                 done()
@@ -474,7 +475,15 @@ class Lane:
     # -- ticks (the loop thread) ---------------------------------------------------------------
 
     def _offset(self) -> float | None:
-        return clock_offset(self.scheduler)
+        mono, wall = self._mono_ms, self._wall_ms
+        if mono is None or wall is None:
+            return clock_offset(self.scheduler)
+        before = mono()  # clock_offset's reading, inline: it is taken twice per tick
+        w = wall()
+        after = mono()
+        if after - before <= BRACKET_MS:
+            return w - (before + after) / 2
+        return clock_offset(self.scheduler)  # held up: up to three more tries
 
     def _stepped_by(self, base: float | None, first: float | None = None) -> float | None:
         """The wall clock's new offset when it stepped (by more than ``STEP_MS``) since ``base``:
@@ -498,12 +507,26 @@ class Lane:
         if offset is not None:  # a reading held up is discarded: the last good anchor stays
             self._anchor = offset
         try:
-            if self._at_wall_ms is not None:
+            if self._timer_at is not None:
+                self._pending = self._timer_at(due, self._fire_at, due)
+            elif self._at_wall_ms is not None:
                 self._pending = self._at_wall_ms(due, self._fire, due)
             else:
                 self._pending = self.scheduler.schedule_absolute(instant(due), self._fire, due)
         except DisposedException:  # a read that outlived the close deadline came back
             self._closed = True
+
+    def _drop_pending(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            if isinstance(pending, asyncio.TimerHandle):
+                pending.cancel()
+            else:
+                pending.dispose()
+            self._pending = None
+
+    def _fire_at(self, due: int) -> None:
+        self._fire(self.scheduler, due)
 
     def _fire(self, _scheduler: abc.SchedulerBase, due: Any) -> None:
         # The timer: the tick is the lane's next job (after a plan change being prepared, if
@@ -521,26 +544,48 @@ class Lane:
         schedule = self._active
         if schedule is None or self._pending is not None or self._pending_due is not None:
             return  # retimed meanwhile: the tick armed since is the one that counts
+        if self.asynchronous:
+            # The rest of the tick is the task's: the timer's pass of the loop only starts one
+            # task per due lane, so every lane's request goes out in the next pass, before any
+            # answer is handled.
+            self._await(lambda: self._tick_async(schedule, due), self._tick_failed)
+            return
+        began = self._begin(schedule, due)
+        if began is None:
+            return
+        offset, phase = began[1], began[2]
+
+        def then(reads: Any, exc: BaseException | None) -> None:
+            self._ticked(schedule, due, began[0], offset, phase, reads, exc)
+
+        if phase is None:
+            then(None, None)
+        else:
+            self._call(lambda: self._read_phase(phase, due), then)
+
+    def _begin(self, schedule: LaneSchedule, due: int) -> tuple[float, float | None, Any] | None:
+        """The tick starts (the loop thread): None when the wall clock stepped while the lane
+        waited (this instant belongs to the old timeline), else when it began, the clock offset
+        read then and the phase due."""
         offset = self._offset()
         stepped = self._stepped_by(self._anchor, offset)
         if stepped is not None:
-            # The wall clock stepped while we waited: this instant belongs to the old timeline.
             self._clock_stepped(schedule, stepped)
-            return
+            return None
         self._last_fired = due
-        began = self._now()
-        phase = schedule.phase_at(due)
-        if phase is None:
-            self._ticked(schedule, due, began, offset, None, None, None)
+        return self._now(), offset, schedule.phase_at(due)
+
+    async def _tick_async(self, schedule: LaneSchedule, due: int) -> None:
+        began = self._begin(schedule, due)
+        if began is None:
             return
+        phase = began[2]
+        reads = None if phase is None else await self._read_async(phase, due)
+        self._ticked(schedule, due, began[0], began[1], phase, reads, None)
 
-        def then(reads: Any, exc: BaseException | None) -> None:
-            self._ticked(schedule, due, began, offset, phase, reads, exc)
-
-        if self.asynchronous:
-            self._await(lambda: self._read_async(phase, due), then)
-        else:
-            self._call(lambda: self._read_phase(phase, due), then)
+    def _tick_failed(self, _result: Any, exc: BaseException | None) -> None:
+        if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            self._internal("tick", exc)
 
     def _ticked(
         self,
@@ -585,7 +630,12 @@ class Lane:
         self._arm(following, after)
 
     def _tick_counters(self, schedule: LaneSchedule) -> list[ReaderCounters]:
-        return [self.counters[r] for r in schedule.reader_order if r in self.counters]
+        cached = self._counters_of
+        if cached is not None and cached[0] is schedule:
+            return cached[1]
+        counters = [self.counters[r] for r in schedule.reader_order if r in self.counters]
+        self._counters_of = (schedule, counters)
+        return counters
 
     def _clock_stepped(self, schedule: LaneSchedule, offset: float) -> None:
         """Re-anchor on the new wall time: the next grid instant after now, neither the old
@@ -613,16 +663,16 @@ class Lane:
             if stepped is not None:
                 # The wall clock stepped since the pending tick was armed: that tick and the
                 # last fired instant belong to the old timeline.
-                pending.dispose()
-                self._pending, self._pending_due = None, None
+                self._drop_pending()
+                self._pending_due = None
                 if self._active is not None:
                     self._clock_stepped(self._active, stepped)
                 return
         if self._pending_due is not None and self._pending_due <= self._now():
             return  # that tick is due already and about to fire; it re-arms from the new schedule
         if self._pending is not None:
-            self._pending.dispose()
-            self._pending, self._pending_due = None, None
+            self._drop_pending()
+            self._pending_due = None
         if self._active is not None:
             self._arm(self._active.next_due(max(since_ms, self._last_fired)))
 

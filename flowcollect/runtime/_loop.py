@@ -19,6 +19,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from reactivex.internal.exceptions import DisposedException
 
 from flowcollect.runtime._clock import Clock, SystemClock, _MonotonicQueue
 
-__all__ = ["DEFAULT_WORKERS", "InlineWork", "LoopScheduler", "LoopWork", "Work", "WorkerPool"]
+__all__ = ["DEFAULT_WORKERS", "STUCK_S", "InlineWork", "LoopScheduler", "LoopWork", "Work", "WorkerPool"]
 
 DEFAULT_WORKERS = 64
 """The worker pool's default size (``DataCollector(reader_workers=...)``): how many synchronous
@@ -43,18 +44,30 @@ Then = Callable[[Any, BaseException | None], None]
 """A continuation: the call's result (None when it raised) and what it raised."""
 
 
+STUCK_S = 1.0
+"""A worker inside one call for longer than this is stuck (a hung device): it no longer counts
+against the pool's size, so hung synchronous readers cannot starve the other lanes."""
+
+
 class WorkerPool:
-    """At most ``size`` daemon threads (``flowcollect-worker-N``), started only when every one
-    already started is busy. A thread runs one call at a time; jobs wait in one FIFO."""
+    """Daemon threads (``flowcollect-worker-N``) for synchronous plugin calls, started only when
+    every one already started is busy, at most ``size`` of them busy at once in calls shorter than
+    ``STUCK_S``. A thread runs one call at a time; jobs wait in one FIFO. ``check()`` (every
+    half second, on the collector's timer) starts a thread for waiting jobs in place of each
+    stuck one, so the threads are at most ``size`` plus the calls hung at that moment (a lane
+    has one call in flight at most: at most one per hung lane)."""
 
     def __init__(self, size: int, threads: list[threading.Thread]) -> None:
         self.size = size
         self._threads = threads  # the collector's list of its threads (close joins them)
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        # Guards _started, _idle and _closed (workers and submitters are different threads).
+        # Guards every field below (workers and submitters are different threads). Jobs in the
+        # queue = _idle workers' (each promised one) + _waiting (none promised yet).
         self._lock = threading.Lock()
         self._started = 0
         self._idle = 0
+        self._waiting = 0
+        self._busy: dict[int, float] = {}  # worker -> when its call began (time.monotonic)
         self._closed = False
         self._names = itertools.count(1)
 
@@ -67,27 +80,53 @@ class WorkerPool:
                 self._idle -= 1  # that worker takes this job (the queue is FIFO)
             elif self._started < self.size:
                 self._started += 1
-                start = True
-            # else: every worker is busy; the job waits for the first that is done
+                start = True  # the new worker takes it
+            else:
+                self._waiting += 1  # every worker is busy: the first one done takes it
         self._jobs.put(job)
         if start:
-            thread = threading.Thread(
-                target=self._work, name=f"flowcollect-worker-{next(self._names)}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
+            self._start()
+
+    def _start(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"flowcollect-worker-{next(self._names)}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def check(self) -> None:
+        """Start a worker for waiting jobs in place of each stuck one (any thread)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._closed or not self._waiting:
+                return
+            stuck = sum(1 for began in self._busy.values() if now - began > STUCK_S)
+            more = min(self._waiting, self.size + stuck - self._started)
+            if more <= 0:
+                return
+            self._started += more
+            self._waiting -= more
+        for _ in range(more):
+            self._start()
 
     def _work(self) -> None:
+        me = threading.get_ident()
         while True:
             job = self._jobs.get()
             if job is None:
                 return
+            with self._lock:
+                self._busy[me] = time.monotonic()
             try:
                 job()
             except BaseException:  # a job catches its own; this is a bug of ours: say it
                 _log.exception("worker job failed")
             with self._lock:
-                self._idle += 1
+                del self._busy[me]
+                if self._waiting:
+                    self._waiting -= 1  # it takes a waiting job next
+                else:
+                    self._idle += 1
 
     @property
     def threads(self) -> int:
@@ -102,6 +141,14 @@ class WorkerPool:
             started = self._started
         for _ in range(started):
             self._jobs.put(None)
+
+
+def _wall_ms() -> float:
+    return time.time_ns() / 1e6
+
+
+def _monotonic_ms() -> float:
+    return time.monotonic_ns() / 1e6
 
 
 class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
@@ -123,12 +170,20 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         # says a drain is posted (set by posters, cleared by the drain before it drains).
         self._inbox: deque[Callable[[], None]] = deque()
         self._woken = False
+        self._fast_clocks()
 
     def wall_ms(self) -> float:
         return self._clock.time_ns() / 1e6
 
     def monotonic_ms(self) -> float:
         return self._clock.monotonic_ns() / 1e6
+
+    def _fast_clocks(self) -> None:
+        # The process's own clocks, read without the Clock object's extra call: every lane
+        # reads them several times per tick.
+        if type(self._clock) is SystemClock:
+            self.wall_ms = _wall_ms  # type: ignore[method-assign]
+            self.monotonic_ms = _monotonic_ms  # type: ignore[method-assign]
 
     def on_loop(self) -> bool:
         return threading.get_ident() == self._ident
@@ -202,6 +257,14 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
     ) -> abc.DisposableBase:
         """``schedule_absolute`` for an epoch-ms instant, without datetimes (a lane's tick)."""
         return self._at(self.monotonic_ms() + (due_ms - self.wall_ms()), action, state)
+
+    def timer_wall_ms(self, due_ms: float, fn: Callable[[Any], None], arg: Any) -> asyncio.TimerHandle:
+        """On the loop thread only: ``fn(arg)`` at the epoch-ms instant; ``cancel()`` the handle
+        (on the loop thread) to drop it. A lane's tick: one object per armed tick, where an Rx
+        disposable costs six, all of which live until the tick (up to an interval) and so reach
+        the collector's oldest generation, whose full collections then come every few seconds."""
+        delay_s = (due_ms - self.wall_ms()) / 1000
+        return self.loop.call_at(self.loop.time() + max(0.0, delay_s), fn, arg)
 
     def _at(self, due_mono: float, action: typing.ScheduledAction[Any], state: Any) -> abc.DisposableBase:
         self._ensure()

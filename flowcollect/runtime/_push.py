@@ -27,7 +27,7 @@ class PushStore:
     __slots__ = ("_lock", "heard_ms", "latest", "pushes")
 
     def __init__(self) -> None:
-        # Guards latest, heard_ms and pushes: the reader's threads write, the lane's thread samples.
+        # Guards latest, heard_ms and pushes: the reader's threads write, the lane's job samples.
         self._lock = threading.Lock()
         # (value, error, source time stamping it, quality, source time carried beside it)
         self.latest: dict[tuple[str, str], tuple[Any, str | None, int | None, str | None, int | None]] = {}

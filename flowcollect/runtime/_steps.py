@@ -2,16 +2,19 @@
 
 The way of one lane's values::
 
-    ticks (lane schedule)           one tick source per lane, absolute deadlines, own thread
+    ticks (lane schedule)           one tick source per lane, absolute deadlines, timers on
+                                    the engine's loop
       -> read_due                   each reader of the lane reads its due variables, in order
-                                    (a pushing reader: the latest values it pushed, held)
-      -> LaneRead                   on the lane's Subject: no lock shared with another lane
+                                    (awaited on the loop, or on a pool worker; a pushing
+                                    reader: the latest values it pushed, held)
+      -> LaneRead                   on the lane's Subject, on the loop thread
       -> for_context(id)            this context's values at this instant: a ValueBatch built
                                     by index lists computed once; scale/offset applied per batch
       -> gate(is_open)              closed while the context is paused
       -> report_changes             variables with report="change": only what moved (deadband),
                                     or a heartbeat
-      -> WriterSink.put             one bounded queue and thread per writer
+      -> WriterSink.put_many        once per pass of the loop; one bounded queue and thread
+                                    per writer
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class Window:
 class LaneRead:
     """One reader's values at one instant (or one push), with who receives which of them.
 
-    Built on the lane's thread for each read and never changed after: the branches read it on
+    Built on the loop thread for each read and never changed after: the branches read it on
     that thread, and a batch that shares its columns shares them read-only."""
 
     t_ms: int

@@ -269,6 +269,7 @@ class Service(DataCollectionListener):
                     "errors": r.errors,
                     "overruns": r.overruns,
                     "lateness_ms_p99": r.lateness_ms_p99,
+                    "delivery_ms_p99": r.delivery_ms_p99,
                 }
                 for t, r in stats.readers.items()
             },

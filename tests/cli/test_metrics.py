@@ -48,6 +48,7 @@ def test_the_snapshot_is_exposed_with_labels_and_seconds() -> None:
     assert got[("flowcollect_reader_period_seconds", (("reader", "static"),))] == 0.1
     assert ("flowcollect_reader_lateness_seconds", (("quantile", "0.99"), ("reader", "static"))) in got
     assert ("flowcollect_reader_tick_duration_seconds", (("quantile", "0.5"), ("reader", "static"))) in got
+    assert ("flowcollect_reader_delivery_seconds", (("quantile", "0.99"), ("reader", "static"))) in got
     assert got[("flowcollect_writer_written_total", (("writer", "MemoryDataWriter"),))] == 25
     assert (
         got[("flowcollect_writer_dropped_total", (("stage", "queue"), ("writer", "MemoryDataWriter")))] == 0

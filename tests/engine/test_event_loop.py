@@ -290,3 +290,70 @@ def test_the_async_reader_example_reads(no_leftover_threads: None) -> None:
     values = writer.snapshot()
     assert {v.value for v in values if v.id == 1} == {42.5}
     assert all(v.value is None and v.error == "not a number: b'oops\\n'" for v in values if v.id == 2)
+
+
+class HungReader(StaticDataReader):
+    """Hangs in its first read until ``release`` is set (a device that never answers)."""
+
+    def __init__(self, type: str, release: threading.Event) -> None:  # noqa: A002
+        super().__init__({"x": 1.0}, type=type)
+        self.release = release
+        self.entered = threading.Event()
+        self.aborted = 0
+
+    def read(self, variables: Sequence[CollectedVariable]) -> None:
+        self.entered.set()
+        self.release.wait(30)
+        super().read(variables)
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+@pytest.mark.realtime
+def test_hung_synchronous_readers_do_not_starve_the_pool() -> None:
+    # A pool of 2 and five hung devices: stuck workers stop counting after STUCK_S, so the
+    # other lanes get workers again and go on.
+    release = threading.Event()
+    hung = [HungReader(f"hung{n}", release) for n in range(5)]
+    fine = [StaticDataReader({"x": 2.0}, type=f"fine{n}") for n in range(5)]
+    writer = MemoryDataWriter()
+    collector = DataCollector([*hung, *fine], [writer], reader_workers=2, close_timeout_s=1.0)
+    try:
+        for n, r in enumerate([*hung, *fine], 1):
+            collector.start(context(n, r.type, 100))
+        assert wait_until(lambda: all(r.entered.is_set() for r in hung), 10)
+        assert wait_until(lambda: all(len(r.reads) >= 5 for r in fine), 10)
+    finally:
+        collector.close()
+        release.set()
+    assert [r.aborted for r in hung] == [1] * 5 and [r.closed for r in hung] == [0] * 5
+    assert [r.closed for r in fine] == [1] * 5
+
+
+@pytest.mark.realtime
+def test_close_of_two_thousand_lanes_a_hundred_hung_stays_within_its_bound() -> None:
+    release = threading.Event()
+    hung = [HungReader(f"hung{n}", release) for n in range(100)]
+    fine = [StaticDataReader({"x": 2.0}, type=f"fine{n}") for n in range(1900)]
+    readers = [*hung, *fine]
+    writer = MemoryDataWriter()
+    collector = DataCollector(readers, [writer], close_timeout_s=2.0)
+    try:
+        collector.start(
+            DataCollectionContext(
+                id=1,
+                interval_ms=1000,
+                variables=[Variable(id=n, address="x", reader=r.type) for n, r in enumerate(readers, 1)],
+            )
+        )
+        assert wait_until(lambda: all(r.entered.is_set() for r in hung), 15)
+        assert wait_until(lambda: len({v.id for v in writer.snapshot()}) == len(fine), 15)
+        began = time.monotonic()
+        collector.close()
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert took < 2.0 + 1.0, took  # the bound, plus the constant close() promises
+    assert sum(r.aborted for r in hung) == 100 and not any(r.closed for r in hung)
+    assert all(r.closed == 1 for r in fine)

@@ -58,7 +58,7 @@ def test_reads_status_contexts_values_and_metrics(tmp_path: Path, apis: list[Api
     status = api.wait_for("/api/v1/status", lambda s: s["readers"].get("plc", {}).get("values", 0) >= 6)
     plc = status["readers"]["plc"]
     assert plc["values"] >= 6 and plc["errors"] == 0 and plc["lane"].startswith("modbus+tcp://")
-    assert {"lateness_ms_p50", "lateness_ms_p99", "overruns", "last_error"} <= set(plc)
+    assert {"lateness_ms_p50", "lateness_ms_p99", "delivery_ms_p99", "overruns", "last_error"} <= set(plc)
     assert list(status["lanes"].values()) == [{"readers": ["plc"]}]
     # The API's own store of latest values is not a writer people see: no doubled totals.
     assert list(status["writers"]) == ["csv:out/api.csv"]
