@@ -17,25 +17,44 @@ otherwise decide for the whole line:
   request of ours runs, pymodbus's WARNING and ERROR records are dropped (``_QuietFilter``).
 - ``close`` may come from another thread under a request (a reader's ``abort`` at the close
   deadline): it shuts the transport down under that request instead of waiting for it.
+
+Two ways to the same line, one connection at a time: the sync clients above (``_Link``, for
+serial ports and direct callers of ``read``/``read_batch``), and pymodbus's asyncio clients
+(``_AsyncLink``, for Modbus TCP, RTU over TCP and TLS when the engine awaits
+``read_batch_async`` on its event loop). Everything the line decides (connect back-off, unit
+back-off, retries, pacing, dead connections, texts and counters) is ``LineConnection``'s, shared
+by both; only the waiting differs. No ``select.select`` anywhere: it cannot watch a descriptor
+of 1,024 or above, which a process with a thousand connections soon has.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import logging
+import os
 import re
 import select
+import selectors
 import socket
 import ssl
 import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from pymodbus.client import ModbusSerialClient, ModbusTcpClient, ModbusTlsClient
+from pymodbus.client import (
+    AsyncModbusTcpClient,
+    AsyncModbusTlsClient,
+    ModbusSerialClient,
+    ModbusTcpClient,
+    ModbusTlsClient,
+)
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
@@ -77,14 +96,16 @@ _NEVER: Final = 1 << 30
 
 # ---------------------------------------------------------------------------- pymodbus's logs
 
-_quiet = threading.local()
+_quiet: contextvars.ContextVar[int] = contextvars.ContextVar("flowcollect_quiet_pymodbus", default=0)
+"""Depth of ``quiet_pymodbus`` blocks: a context variable, so it holds per thread and per task (an
+event loop's callbacks for a connection run in a copy of the context it was opened in)."""
 
 
 class _QuietFilter(logging.Filter):
-    """Drops pymodbus's WARNING/ERROR records emitted by a thread inside one of our requests."""
+    """Drops pymodbus's WARNING/ERROR records emitted inside one of our requests."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.WARNING or not getattr(_quiet, "depth", 0)
+        return record.levelno < logging.WARNING or not _quiet.get()
 
 
 _PYMODBUS_LOGGER: Final = logging.getLogger("pymodbus.logging")
@@ -92,14 +113,19 @@ if not any(isinstance(f, _QuietFilter) for f in _PYMODBUS_LOGGER.filters):
     _PYMODBUS_LOGGER.addFilter(_QuietFilter())
 
 
-@contextlib.contextmanager
-def quiet_pymodbus() -> Iterator[None]:
-    """Within: pymodbus's own warnings and errors on this thread are not logged."""
-    _quiet.depth = getattr(_quiet, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _quiet.depth -= 1
+class quiet_pymodbus:  # noqa: N801 - used as the function-style context manager it was
+    """Within: pymodbus's own warnings and errors in this thread (or task) are not logged.
+
+    A class, not a ``contextlib.contextmanager``: it wraps every request, and a generator-based
+    manager costs several times as much."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _quiet.set(_quiet.get() + 1)
+
+    def __exit__(self, *_exc: object) -> None:
+        _quiet.reset(self._token)
 
 
 # ---------------------------------------------------------------------------- clients
@@ -131,6 +157,80 @@ class _HoldingAnswer(_RegistersAnswer):
 
 class _InputAnswer(_RegistersAnswer):
     function_code = 4
+
+
+def _wait_ready(sock: socket.socket, *, write: bool, timeout_s: float) -> bool:
+    """Wait until ``sock`` can be read (or written), up to ``timeout_s``.
+
+    ``poll`` (or the platform's best selector), never ``select.select``: that one cannot watch a
+    descriptor of 1,024 or above and fails as if the device had closed.
+    """
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if write else select.POLLIN)
+        return bool(poller.poll(max(0.0, timeout_s) * 1000))
+    with selectors.DefaultSelector() as selector:  # pragma: no cover - platforms without poll
+        selector.register(sock, selectors.EVENT_WRITE if write else selectors.EVENT_READ)
+        return bool(selector.select(max(0.0, timeout_s)))
+
+
+def _receive(client: ModbusTcpClient, size: int | None) -> bytes:
+    """The sync TCP and TLS clients' ``recv``, waiting in the socket's own timeout (poll).
+
+    pymodbus's ``recv`` waits in ``select.select``, which fails for a descriptor of 1,024 or above
+    as if the device had closed. Same contract: up to ``size`` bytes (one read when None) within
+    the client's timeout, fewer when it expires; the end of the stream before any byte is a
+    ``ConnectionException`` whose text says the device closed.
+    """
+    sock = client.socket
+    if sock is None:
+        raise ConnectionException(str(client))
+    want = size or 4096
+    data: list[bytes] = []
+    got = 0
+    deadline = time.monotonic() + (client.comm_params.timeout_connect or 0)
+    while got < want:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            sock.settimeout(remaining)
+            chunk = sock.recv(want - got)
+        except TimeoutError:
+            break
+        except OSError:
+            _close_client(client)
+            raise ConnectionException(f"{client}: connection closed by an error") from None
+        if not chunk:
+            if data:
+                break
+            _close_client(client)
+            raise ConnectionException(f"{client}: connection closed by the device without a response")
+        data.append(chunk)
+        got += len(chunk)
+        if size is None:
+            break
+    return b"".join(data)
+
+
+def _close_client(client: ModbusTcpClient) -> None:
+    # pymodbus's close is unannotated; strict typing wants its type said.
+    close = cast("Callable[[], None]", client.close)
+    close()
+
+
+class _TcpClient(ModbusTcpClient):
+    """pymodbus's sync TCP client, receiving without ``select.select`` (``_receive``)."""
+
+    def recv(self, size: int | None) -> bytes:
+        return _receive(self, size)
+
+
+class _TlsClient(ModbusTlsClient):
+    """pymodbus's sync TLS client, receiving without ``select.select`` (``_receive``)."""
+
+    def recv(self, size: int | None) -> bytes:
+        return _receive(self, size)
 
 
 class _Link:
@@ -168,7 +268,7 @@ class _Link:
             # Modbus/TCP Security: MBAP frames over TLS, pymodbus's TLS client and framer.
             # (No sslctx: the client's own connect is never used, _dial_tls builds the context
             # at each connect, where a file that no longer loads is a connect failure.)
-            client = ModbusTlsClient(
+            client = _TlsClient(
                 str(line.host),
                 port=int(line.port),
                 framer=FramerType.TLS,
@@ -177,7 +277,7 @@ class _Link:
             )
         else:
             framer = FramerType.RTU if line.kind == "rtu-tcp" else FramerType.SOCKET
-            client = ModbusTcpClient(
+            client = _TcpClient(
                 str(line.host), port=int(line.port), timeout=timeout_s, retries=0, framer=framer
             )
         # pymodbus's count of unanswered requests before it gives up on a connection: out of
@@ -235,9 +335,9 @@ class _Link:
         if sock is None or self.line.kind == "serial":
             # pymodbus's serial send drops whatever waits in the input buffer before each request.
             return
-        pending = getattr(sock, "pending", lambda: 0)  # TLS: decrypted bytes select cannot see
+        pending = getattr(sock, "pending", lambda: 0)  # TLS: decrypted bytes poll cannot see
         with contextlib.suppress(OSError, ValueError):
-            while pending() or select.select([sock], [], [], 0)[0]:
+            while pending() or _wait_ready(sock, write=False, timeout_s=0):
                 if not sock.recv(4096):
                     return
 
@@ -282,12 +382,7 @@ def _dial_tls(
 ) -> ssl.SSLSocket:
     """A TLS connection, handshake done; ``hold`` is given each socket as it exists."""
     deadline = time.monotonic() + timeout_s
-    try:
-        # Loaded at each connect: a certificate renewed on disk is used from the next one.
-        context = tls.context()
-    except (OSError, ssl.SSLError) as exc:
-        reason = load_error(exc)
-        raise TlsFilesError(f"TLS files did not load ({reason}): {tls.files()}") from exc
+    context = _tls_context(tls)
     sock: socket.socket = _dial(line, timeout_s)
     try:
         # From here the TLS socket owns the connection (the plain one is detached into it).
@@ -303,17 +398,27 @@ def _dial_tls(
                 wrapped.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                readable, writable = [wrapped], []
+                write = False
             except ssl.SSLWantWriteError:
-                readable, writable = [], [wrapped]
+                write = True
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not any(select.select(readable, writable, [], remaining)[:2]):
+            if remaining <= 0 or not _wait_ready(wrapped, write=write, timeout_s=remaining):
                 raise TimeoutError("TLS handshake timed out")
         wrapped.settimeout(timeout_s)
     except BaseException:
         sock.close()
         raise
     return wrapped
+
+
+def _tls_context(tls: ModbusTls) -> ssl.SSLContext:
+    """The line's TLS context, loaded at each connect: a certificate renewed on disk is used from
+    the next one; a file that no longer loads is a connect failure naming the files."""
+    try:
+        return tls.context()
+    except (OSError, ssl.SSLError) as exc:
+        reason = load_error(exc)
+        raise TlsFilesError(f"TLS files did not load ({reason}): {tls.files()}") from exc
 
 
 def _open_serial(line: ModbusLine, timeout_s: float, inter_byte_timeout: float) -> Any:
@@ -339,7 +444,255 @@ def _open_serial(line: ModbusLine, timeout_s: float, inter_byte_timeout: float) 
     return port
 
 
-_READS: Final[dict[str, Callable[[Any, int, int, int], ModbusPDU]]] = {
+class _AsyncLink:
+    """A pymodbus asyncio client on the loop that made it, over a socket the line dialled.
+
+    The line dials (``_open``) for the reasons ``_Link`` does: to say why a connect failed
+    (pymodbus's ``connect`` only logs it), to check a TLS device's name (``server_name``) and to
+    hold the socket that ``abort`` shuts down from another thread. The connected socket goes to
+    the client's protocol (``client.ctx``) through asyncio's ``create_connection(sock=...)``;
+    from there pymodbus frames, sends and matches answers to requests. Its reconnect
+    (``reconnect_delay=0``), retries (0) and give-up count (out of reach) are off, and its
+    timeout is the opening unit's (other units' requests are timed by the line): the line
+    decides. An answer that comes after its request gave up finds no
+    request waiting and pymodbus drops it, so nothing needs draining here.
+
+    pymodbus leaves a request whose connection dropped waiting for its timeout: the
+    ``trace_connect`` hook (public) cancels the task waiting in it, which then fails at once.
+    A client is used for one connection: each connect makes a new ``_AsyncLink``.
+    Loop thread only, but for ``abort`` (any thread) and ``connected`` (a read).
+    """
+
+    def __init__(self, line: ModbusLine, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self.line = line
+        self.loop = loop
+        self.timeout_s = timeout_s
+        """pymodbus's own wait for an answer: the timeout of the unit that opened the line.
+        A request with this timeout is timed by pymodbus alone; another unit's, by the line."""
+        self.connect_error: Exception | None = None
+        client: AsyncModbusTcpClient
+        if line.tls is not None:
+            client = AsyncModbusTlsClient(
+                str(line.host),
+                port=int(line.port),
+                framer=FramerType.TLS,
+                timeout=timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=self._traced,
+            )
+        else:
+            client = AsyncModbusTcpClient(
+                str(line.host),
+                port=int(line.port),
+                framer=FramerType.RTU if line.kind == "rtu-tcp" else FramerType.SOCKET,
+                timeout=timeout_s,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=self._traced,
+            )
+        client.set_max_no_responses(_NEVER)
+        # One unpack per answer instead of one per register: 30 us of a 20-register read on
+        # a loaded loop. (Registering deep-copies pymodbus's PDU table for the client, 0.35 ms
+        # a connect: paid back within a dozen reads.)
+        client.register(_HoldingAnswer)
+        client.register(_InputAnswer)
+        self.client = client
+        self._sock: socket.socket | None = None
+        """The dialled socket, for ``abort`` from any thread (a plain reference read)."""
+        self._handed = False
+        """The socket belongs to the transport (which closes it)."""
+        self._waiter: asyncio.Task[Any] | None = None
+        """The task inside a connect or a request, cancelled when the connection drops (or is
+        closed) under it."""
+        self._lost = False
+        self._closing = False
+        self._aborted = False
+        self.dropped = False
+        """The device closed the connection while no request waited in it."""
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected and not self._lost
+
+    def _traced(self, connected: bool) -> None:
+        if connected or self._lost:
+            return  # (the waiter is cancelled once: its cancellation is then known to be ours)
+        self._lost = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        elif not self._closing:
+            self.dropped = True
+
+    async def connect(self, timeout_s: float) -> bool:
+        task = self._waiter = asyncio.current_task()
+        try:
+            with quiet_pymodbus():  # the transport's callbacks run in (a copy of) this context
+                await self._open(timeout_s)
+        except asyncio.CancelledError:
+            self._drop_socket()
+            if not self._lost or task is None or task.uncancel() > 0:
+                raise  # the caller's cancellation
+            # Closed while connecting (a reader's abort): what was being opened is closed.
+            self.connect_error = ConnectionAbortedError("closed while connecting")
+            return False
+        except Exception as exc:  # OSError, TimeoutError, ssl.SSLError, TlsFilesError
+            self._waiter = None  # (or close would cancel this very task)
+            self._drop_socket()
+            self.close()
+            self.connect_error = exc
+            return False
+        finally:
+            self._waiter = None
+        if self._aborted:
+            self.close()
+            self.connect_error = ConnectionAbortedError("closed while connecting")
+            return False
+        return self.client.connected
+
+    async def _open(self, timeout_s: float) -> None:
+        loop = self.loop
+        line = self.line
+        context = _tls_context(line.tls) if line.tls is not None else None
+        try:
+            async with asyncio.timeout(timeout_s):
+                sock = await self._dial()
+        except TimeoutError:
+            if self._sock is None or not _has_peer(self._sock):
+                raise
+            # The device accepted in time, but the loop, busy with other lines (a thousand
+            # opening at one instant), saw it only with its deadline: connected all the same.
+            sock = self._sock
+        if self._aborted:
+            raise ConnectionAbortedError("closed while connecting")
+        try:
+            async with asyncio.timeout(timeout_s):  # the handshake's own deadline
+                await loop.create_connection(
+                    lambda: self.client.ctx,
+                    sock=sock,
+                    ssl=context,
+                    server_hostname=(line.tls.server_name or line.host) if line.tls is not None else None,
+                )
+        except ConnectionError as exc:
+            if context is None:
+                raise
+            # asyncio says "connection reset" where the sync handshake sees an EOF: the device
+            # closed during the handshake, said (and backed off) alike.
+            raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol") from exc
+        self._handed = True
+
+    async def _dial(self) -> socket.socket:
+        """A connected socket to the line's address (``self._sock``, also while connecting)."""
+        loop = self.loop
+        line = self.line
+        infos = _numeric_address(str(line.host), int(line.port))
+        if infos is None:
+            # A name: resolved on the loop's executor. (An address is not: a thousand lines
+            # connecting at one instant would queue behind a few resolver threads.)
+            infos = await loop.getaddrinfo(str(line.host), int(line.port), type=socket.SOCK_STREAM)
+        error: OSError = OSError("no address")
+        for family, kind, proto, _name, address in infos:
+            sock = self._sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                self._sock = None
+                # asyncio says "Connect call failed (address)": the OS's words say why.
+                error = OSError(exc.errno, os.strerror(exc.errno)) if exc.errno else exc
+                continue
+            return sock
+        raise error
+
+    def _drop_socket(self) -> None:
+        """Close a socket no transport took over (a connect that failed or was cancelled)."""
+        sock = self._sock
+        if sock is not None and not self._handed:
+            sock.close()
+
+    async def request(self, table: str, start: int, count: int, unit: int, timeout_s: float) -> ModbusPDU:
+        """One request and its answer within ``timeout_s``; raises as the sync client would: a
+        ``ModbusIOException`` unanswered, a ``ConnectionException`` when the device closed."""
+        task = asyncio.current_task()
+        self._waiter = task
+        try:
+            with quiet_pymodbus():
+                if timeout_s == self.timeout_s:
+                    # pymodbus's own timer (it makes one per request anyway): a thousand lines'
+                    # requests keep one timer each, not two.
+                    answer: ModbusPDU = await _READS[table](self.client, start, count, unit)
+                    return answer
+                async with asyncio.timeout(timeout_s):
+                    answer = await _READS[table](self.client, start, count, unit)
+                    return answer
+        except TimeoutError:
+            raise ModbusIOException(f"no response within {timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            if self._lost and task is not None and task.uncancel() == 0:
+                # Ours (the connection dropped), not the caller's: a failure, not a cancellation.
+                raise ConnectionException("connection closed by the device") from None
+            raise
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        """Close the connection; the request waiting in it fails at once. From any thread."""
+        if not self._on_loop():
+            with contextlib.suppress(RuntimeError):  # the loop is gone: so is its transport
+                self.loop.call_soon_threadsafe(self.close)
+            return
+        self._closing = True
+        self._traced(False)  # a connect or request in progress is cancelled, and closes its socket
+        if self._handed:
+            with contextlib.suppress(Exception):
+                self.client.close()
+
+    def abort(self) -> None:
+        """From any thread: shut the socket down now (the device sees it closed at once, the
+        loop sees the end of the stream) and close the connection on its loop."""
+        self._aborted = True
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            if self.loop.is_closed():
+                sock.close()
+        self.close()
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+
+def _has_peer(sock: socket.socket) -> bool:
+    """Did a non-blocking connect on ``sock`` complete?"""
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return False
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+def _numeric_address(host: str, port: int) -> list[tuple[Any, Any, int, str, Any]] | None:
+    """``getaddrinfo``'s answer for an IP address, without asking it; None for a name."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        address = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
+    return None
+
+
+# The requests, on a sync client (a ModbusPDU back) or an asyncio one (an awaitable of it).
+_READS: Final[dict[str, Callable[[Any, int, int, int], Any]]] = {
     "coil": lambda c, start, count, unit: c.read_coils(start, count=count, device_id=unit),
     "discrete": lambda c, start, count, unit: c.read_discrete_inputs(start, count=count, device_id=unit),
     "holding": lambda c, start, count, unit: c.read_holding_registers(start, count=count, device_id=unit),
@@ -440,7 +793,15 @@ class LineConnection:
         self._line_intervals: frozenset[int] = frozenset()
         self._probed_at: int | None = None
         self._clock = clock
-        self._link: _Link | None = None
+        self._link: _Link | _AsyncLink | None = None
+        """The connection: a thread's (``_Link``) or an event loop's (``_AsyncLink``), one at a time."""
+        self._async_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._connecting: asyncio.Task[bool] | None = None
+        """The event loop's connect in progress (or done), awaited by reads that need it."""
+        self._closed = False
+        """Closed (the last reader let go, or aborted): a connect still waiting opens nothing."""
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+        """A serial line's own thread when read from the event loop (guarded by _intervals_lock)."""
         self._pacer = Pacer(line.gap_s)
         self._ever_connected = False
         self._retry_at = 0.0
@@ -496,15 +857,83 @@ class LineConnection:
     def ensure(self, timeout_s: float, name: str) -> bool:
         """Connect unless connected or backing off; at most one attempt per call."""
         link = self._link
-        if link is not None and link.connected:
+        if isinstance(link, _Link) and link.connected:
             return True
-        if link is None:
+        if not isinstance(link, _Link):
+            if link is not None:
+                link.abort()  # read on an event loop until now: one connection per line
             link = self._link = _Link(self.line, timeout_s)
-        now = self._clock()
-        if now < self._retry_at:
+        if not self._may_connect():
+            return False
+        return self._connected(link, link.connect(timeout_s), name, timeout_s)
+
+    async def ensure_async(self, timeout_s: float, name: str) -> bool:
+        """``ensure`` on the running event loop (pymodbus's asyncio client); never blocks it.
+
+        The connect runs as a task of its own (``connect_soon`` may have started it already),
+        awaited here: a read cancelled while it waits leaves the connect to finish or fail by
+        its own deadline.
+        """
+        link = self._link
+        loop = asyncio.get_running_loop()
+        if isinstance(link, _AsyncLink) and link.loop is loop and link.connected:
+            return True
+        return await asyncio.shield(self._connect_task(loop, timeout_s, name))
+
+    def connect_soon(self, timeout_s: float, name: str) -> None:
+        """Start connecting on the running loop now (a reader's ``open`` there), so the line is
+        up by its first instant; nothing waits for it here."""
+        link = self._link
+        loop = asyncio.get_running_loop()
+        if not (isinstance(link, _AsyncLink) and link.loop is loop and link.connected):
+            self._connect_task(loop, timeout_s, name)
+
+    def _connect_task(
+        self, loop: asyncio.AbstractEventLoop, timeout_s: float, name: str
+    ) -> asyncio.Task[bool]:
+        task = self._connecting
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self._connecting = loop.create_task(self._connect_async(loop, timeout_s, name))
+        return task
+
+    async def _connect_async(self, loop: asyncio.AbstractEventLoop, timeout_s: float, name: str) -> bool:
+        # A few connects at a time per loop: a thousand lines opening at one instant would
+        # otherwise hold the loop long enough for their own deadlines to pass, each connect
+        # waiting behind the others' set-up (and taken for a device that does not answer).
+        async with _connect_slots(loop):
+            if self._closed:
+                self.down_text = CLOSED
+                return False
+            link = self._link
+            if isinstance(link, _AsyncLink) and link.loop is loop:
+                if link.connected:
+                    return True
+                if link.dropped:
+                    # Dropped by the device between two requests (asyncio saw the end of the
+                    # stream): said like a drop under a request, and reopened now.
+                    self.went_down(
+                        _connection_lost(self.line, ConnectionError("closed")),
+                        slow=False,
+                        name=name,
+                        timeout_s=timeout_s,
+                    )
+            elif link is not None:
+                link.abort()  # read by a thread (or on another loop) until now: one connection per line
+            if not self._may_connect():
+                return False
+            # A client serves one connection (pymodbus keeps a closed client's state): a new one.
+            link = self._link = _AsyncLink(self.line, loop, timeout_s)
+            return self._connected(link, await link.connect(timeout_s), name, timeout_s)
+
+    def _may_connect(self) -> bool:
+        if self._clock() < self._retry_at:
             return False
         self.counters["connect_attempts"] += 1
-        if link.connect(timeout_s):
+        return True
+
+    def _connected(self, link: _Link | _AsyncLink, ok: bool, name: str, timeout_s: float) -> bool:
+        """What a connect attempt's outcome means for the line."""
+        if ok and self._link is link:
             if self._ever_connected:
                 self.counters["reconnects"] += 1
                 _log.info("modbus %s (reader %r): connected again", self.line.key, name)
@@ -549,11 +978,36 @@ class LineConnection:
     def close(self) -> None:
         """Close the connection; from any thread, never waiting for a request in progress
         (it takes no ``lock``): the transport is shut down under it, and it fails at once."""
+        self._closed = True
         link = self._link
         self._link = None
         if link is not None:
             link.abort()
             link.close()
+        worker = self._worker
+        self._worker = None
+        if worker is not None:
+            worker.shutdown(wait=False)
+
+    # -- where requests wait
+
+    def async_lock(self) -> asyncio.Lock:
+        """Keeps a line's requests one at a time on the running loop (the engine's lane already
+        does; direct callers of ``read_batch_async`` may not). Loop thread only."""
+        loop = asyncio.get_running_loop()
+        if self._async_lock is None or self._async_lock[0] is not loop:
+            self._async_lock = (loop, asyncio.Lock())
+        return self._async_lock[1]
+
+    def worker(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The line's own thread, for a serial port read from the event loop: pyserial only
+        blocks, and a bus waits for each answer anyway."""
+        with self._intervals_lock:
+            if self._worker is None:
+                self._worker = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix=f"flowcollect {self.line.key}"
+                )
+            return self._worker
 
     # -- one request
 
@@ -570,39 +1024,114 @@ class LineConnection:
     ) -> ModbusPDU | Failure:
         """One read request to ``unit``; any trouble comes back as a ``Failure``, never raised."""
         link = self._link
-        if link is None or not link.connected:
+        if not isinstance(link, _Link) or not link.connected:
             return Failure(self.down_text, fatal=True)
         link.set_timeout(timeout_s)
-        # Retries are ours, not pymodbus's: a unit already failing gets one attempt per back-off
-        # period, never its retries too, and every resend keeps the line's silent interval.
+        exchange = self._exchange(link, unit, timeout_s, retries, name)
+        wait = next(exchange)
+        while True:
+            if wait > 0:
+                self._sleep(wait)
+                wait = exchange.send(None)
+                continue
+            if self._stale:
+                link.drain()
+                self._stale = False
+            try:
+                with quiet_pymodbus():
+                    answer: ModbusPDU | Exception = _READS[table](link.client, start, count, unit.unit)
+            except Exception as exc:  # pymodbus may raise anything on garbage bytes
+                answer = exc
+            try:
+                wait = exchange.send(answer)
+            except StopIteration as done:
+                outcome: ModbusPDU | Failure = done.value
+                return outcome
+
+    async def request_async(
+        self,
+        unit: UnitState,
+        table: str,
+        start: int,
+        count: int,
+        *,
+        timeout_s: float,
+        retries: int,
+        name: str,
+    ) -> ModbusPDU | Failure:
+        """``request`` on the running event loop: the same exchange, awaited. (No drain: an
+        answer that comes late finds no request waiting, and pymodbus drops it.)"""
+        link = self._link
+        if not isinstance(link, _AsyncLink) or not link.connected:
+            return Failure(self.down_text, fatal=True)
+        exchange = self._exchange(link, unit, timeout_s, retries, name)
+        wait = next(exchange)
+        while True:
+            if wait > 0:
+                await asyncio.sleep(wait)
+                wait = exchange.send(None)
+                continue
+            self._stale = False
+            try:
+                answer: ModbusPDU | Exception = await link.request(table, start, count, unit.unit, timeout_s)
+            except Exception as exc:  # pymodbus may raise anything on garbage bytes
+                answer = exc
+            try:
+                wait = exchange.send(answer)
+            except StopIteration as done:
+                outcome: ModbusPDU | Failure = done.value
+                return outcome
+
+    def _exchange(
+        self, link: _Link | _AsyncLink, unit: UnitState, timeout_s: float, retries: int, name: str
+    ) -> Generator[float, ModbusPDU | Exception | None, ModbusPDU | Failure]:
+        """The line's rules for one request, without I/O: yields how long to wait first (the
+        line's silent interval and pause: a bus must be quiet between frames, or the next unit
+        cannot tell where the last answer ended; sent None once waited), then 0.0 to send, and
+        is sent the answer or what the client raised. Returns the answer or a ``Failure``.
+
+        Retries are ours, not pymodbus's: a unit already failing gets one attempt per back-off
+        period, never its retries too, and every resend keeps the line's silent interval.
+        """
         attempts = 1 + (retries if unit.failures == 0 else 0)
         while True:
             attempts -= 1
             wait = self._pacer.wait_s(self._clock())
             if wait > 0:
-                # The line's silent interval (and configured pause): a bus must be quiet between
-                # frames, or the next unit cannot tell where the last answer ended.
-                self._sleep(wait)
-            if self._stale:
-                link.drain()
-                self._stale = False
+                yield wait
             started = unit.tried_at = self._clock()
-            try:
-                with quiet_pymodbus():
-                    response = _READS[table](link.client, start, count, unit.unit)
-            except Exception as exc:  # pymodbus may raise anything on garbage bytes
-                if self._link is not link:
-                    # Closed under the request, from another thread (a reader's abort): ours,
-                    # not the device's doing; nothing to reopen or to warn about.
-                    return Failure(CLOSED, fatal=True)
-                if attempts > 0 and self._unanswered_in_time(exc, started, timeout_s):
-                    self._stale = True  # an answer arriving late is dropped before the resend
+            answer = yield 0.0
+            self._pacer.done(self._clock())
+            if isinstance(answer, Exception):
+                failure = self._after_error(link, answer, attempts, unit, started, timeout_s, name)
+                if failure is None:
                     continue
-                return self._failed(exc, unit, started, timeout_s, name)
-            finally:
-                self._pacer.done(self._clock())
-            break
-        # Any answer, an exception answer too, shows the unit and the line are alive.
+                return failure
+            # (None is sent only after a wait, never after a send.)
+            return self._after_answer(unit, started, name, cast("ModbusPDU", answer))
+
+    def _after_error(
+        self,
+        link: _Link | _AsyncLink,
+        exc: Exception,
+        attempts: int,
+        unit: UnitState,
+        started: float,
+        timeout_s: float,
+        name: str,
+    ) -> Failure | None:
+        """What a request that raised means; None: send it again (a retry is left)."""
+        if self._link is not link:
+            # Closed under the request, from another thread (a reader's abort): ours, not the
+            # device's doing; nothing to reopen or to warn about.
+            return Failure(CLOSED, fatal=True)
+        if attempts > 0 and self._unanswered_in_time(exc, started, timeout_s):
+            self._stale = True  # an answer arriving late is dropped before the resend
+            return None
+        return self._failed(exc, unit, started, timeout_s, name)
+
+    def _after_answer(self, unit: UnitState, started: float, name: str, response: ModbusPDU) -> ModbusPDU:
+        """Any answer, an exception answer too, shows the unit and the line are alive."""
         self._unanswered = 0
         if not self._answered:
             self._answered = True
@@ -683,6 +1212,21 @@ class LineConnection:
             self.counters["dead_connections"] += 1
             self.went_down(f"{text} from any unit", slow=False, name=name, timeout_s=timeout_s)
         return Failure(text, timeout=True)
+
+
+_CONNECTS_AT_ONCE: Final = 64
+"""Connects in progress at once on one event loop (the others wait their turn, untimed)."""
+_slots_lock = threading.Lock()
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+"""Per loop, its connect slots (guarded by ``_slots_lock``: loops may run on several threads)."""
+
+
+def _connect_slots(loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+    with _slots_lock:
+        slots = _slots.get(loop)
+        if slots is None:
+            slots = _slots[loop] = asyncio.Semaphore(_CONNECTS_AT_ONCE)
+        return slots
 
 
 # ---------------------------------------------------------------------------- the registry

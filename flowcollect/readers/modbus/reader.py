@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
@@ -66,6 +68,25 @@ _Columns = tuple[list[Any], list[str | None]]
 # (variable index, the decoder, the address's natural type)
 _Slot = tuple[int, Decoder, str]
 
+# A tick's requests, without I/O: (table, start, count) asked, the line's answer sent back.
+_Asked = tuple[str, int, int]
+_Answer = ModbusPDU | Failure
+_Requests = Generator[_Asked, _Answer, None]
+
+
+class _RequestSettings(TypedDict):
+    timeout_s: float
+    retries: int
+    name: str
+
+
+def _answer(tick: _Requests, answer: _Answer) -> _Asked | None:
+    """Send the line's answer into a tick; its next request, or None when it is done."""
+    try:
+        return tick.send(answer)
+    except StopIteration:
+        return None
+
 
 @dataclass(slots=True)
 class _Group:
@@ -85,8 +106,33 @@ class _Step:
 
 @dataclass(slots=True)
 class _Plan:
+    """A tick's requests; never changed once compiled (readers of alike units share one)."""
+
     steps: list[_Step]
     invalid: list[tuple[int, str]]
+
+
+class _SharedPlans:
+    """Plans of units that taught nothing yet, by due addresses, intervals and request limits:
+    the same for every such unit. Bounded; guarded by ``_lock`` (readers plan on any thread)."""
+
+    def __init__(self, limit: int) -> None:
+        self._lock = threading.Lock()
+        self._plans: dict[tuple[object, ...], _Plan] = {}
+        self._limit = limit
+
+    def get(self, key: tuple[object, ...]) -> _Plan | None:
+        with self._lock:
+            return self._plans.get(key)
+
+    def put(self, key: tuple[object, ...], plan: _Plan) -> None:
+        with self._lock:
+            if len(self._plans) >= self._limit:
+                self._plans.clear()
+            self._plans[key] = plan
+
+
+_shared_plans: Final = _SharedPlans(4 * _MAX_PLANS)
 
 
 class ModbusDataReader(DataReader):
@@ -267,8 +313,13 @@ class ModbusDataReader(DataReader):
             )
 
     def open(self) -> None:
+        """Lease the line and connect, so the first tick finds the connection up. On an event
+        loop (the engine awaits ``read_batch_async`` there) nothing may block: ``plan_changed``
+        starts a connect in a task of its own there, which the first read awaits."""
         self._aborted = False
         connection = self._lease()
+        if _on_event_loop():
+            return  # plan_changed starts connecting, once there is something to read
         with connection.lock:
             connection.ensure(self.timeout_s, self._type)
 
@@ -323,6 +374,10 @@ class ModbusDataReader(DataReader):
         connection = self._connection
         if connection is not None:
             connection.set_intervals(id(self), self._intervals)
+        if not self._aborted and self._line.kind != "serial" and _on_event_loop():
+            # Called on the engine's loop: connect now, in a task of its own, so the line is up
+            # by its first instant (nothing here may wait for it).
+            self._lease().connect_soon(self.timeout_s, self._type)
         for due in _due_sets(variables):
             key = tuple(v.address for v in due)
             if key and key not in self._plans:
@@ -382,9 +437,32 @@ class ModbusDataReader(DataReader):
             variable.error = error
 
     def read_batch(self, batch: ValueBatch) -> None:
+        self._read_batch(batch)
+
+    def _read_batch(self, batch: ValueBatch) -> None:
         specs = batch.variables
         if not specs:
             return
+        key, types, intervals = self._columns(specs)
+        self._read_columns(key, specs, types, intervals, batch.t_ms, (batch.values, batch.errors))
+
+    async def read_batch_async(self, batch: ValueBatch) -> None:
+        """``read_batch`` awaited on the engine's event loop (see ``docs/modbus.md``, which path
+        runs when): Modbus TCP, RTU over TCP and TLS lines over pymodbus's asyncio client, with
+        the same plans, per-unit timeouts, retries, back-offs, texts and counters. A serial
+        line's reads run on the line's own thread (pyserial only blocks), awaited here.
+        """
+        specs = batch.variables
+        if not specs:
+            return
+        if self._line.kind == "serial":
+            worker = self._lease().worker()
+            await asyncio.wrap_future(worker.submit(self._read_batch, batch))
+            return
+        key, types, intervals = self._columns(specs)
+        await self._read_columns_async(key, specs, types, intervals, batch.t_ms, (batch.values, batch.errors))
+
+    def _columns(self, specs: Sequence[VariableSpec]) -> tuple[tuple[str, ...], list[str], frozenset[int]]:
         # The engine hands the same variables object tick after tick: its columns are built once.
         cached = self._columns_of
         if cached is None or cached[0] is not specs:
@@ -394,8 +472,7 @@ class ModbusDataReader(DataReader):
                 [v.value_type for v in specs],
                 frozenset(v.interval_ms for v in specs),
             )
-        _, key, types, intervals = cached
-        self._read_columns(key, specs, types, intervals, batch.t_ms, (batch.values, batch.errors))
+        return cached[1], cached[2], cached[3]
 
     # ------------------------------------------------------------------ reading
 
@@ -408,13 +485,54 @@ class ModbusDataReader(DataReader):
         t_ms: int | None,
         columns: _Columns,
     ) -> None:
+        begun = self._begin(key, variables, columns)
+        if begun is None:
+            return
+        connection, unit, plan = begun
+        with connection.lock:
+            connected = connection.ensure(self.timeout_s, self._type)
+            tick = self._tick(connection, unit, plan, columns, types, intervals, t_ms, connected)
+            asked = next(tick, None)
+            while asked is not None:
+                asked = _answer(tick, connection.request(unit, *asked, **self._settings))
+
+    async def _read_columns_async(
+        self,
+        key: tuple[str, ...],
+        variables: Sequence[VariableSpec | CollectedVariable],
+        types: list[str],
+        intervals: frozenset[int],
+        t_ms: int | None,
+        columns: _Columns,
+    ) -> None:
+        """``_read_columns`` on the running event loop: the same tick (``_tick``), awaited."""
+        begun = self._begin(key, variables, columns)
+        if begun is None:
+            return
+        connection, unit, plan = begun
+        async with connection.async_lock():
+            connected = await connection.ensure_async(self.timeout_s, self._type)
+            tick = self._tick(connection, unit, plan, columns, types, intervals, t_ms, connected)
+            asked = next(tick, None)
+            while asked is not None:
+                asked = _answer(tick, await connection.request_async(unit, *asked, **self._settings))
+
+    @property
+    def _settings(self) -> _RequestSettings:
+        return {"timeout_s": self.timeout_s, "retries": self.retries, "name": self._type}
+
+    def _begin(
+        self, key: tuple[str, ...], variables: Sequence[VariableSpec | CollectedVariable], columns: _Columns
+    ) -> tuple[LineConnection, UnitState, _Plan] | None:
+        """The tick's plan on the line's connection; None when there is nothing to ask (the
+        invalid addresses and a closed reader's values already say why)."""
         values, errors = columns
         if self._aborted:
             # The rest of a tick that outlived the close deadline: never reopen the device.
             for index in range(len(key)):
                 values[index] = None
                 errors[index] = CLOSED
-            return
+            return None
         connection = self._lease()
         unit = connection.unit(self.unit)
         if unit.generation != self._plans_generation:
@@ -427,32 +545,45 @@ class ModbusDataReader(DataReader):
             values[index] = None
             errors[index] = text
         if not plan.steps:
+            return None
+        return connection, unit, plan
+
+    def _tick(
+        self,
+        connection: LineConnection,
+        unit: UnitState,
+        plan: _Plan,
+        columns: _Columns,
+        types: list[str],
+        intervals: frozenset[int],
+        t_ms: int | None,
+        connected: bool,
+    ) -> _Requests:
+        """One tick's decisions, without I/O: yields each request as ``(table, start, count)``
+        and is sent the line's answer (a ``ModbusPDU`` or a ``Failure``). A thread
+        (``_read_columns``) and the event loop (``_read_columns_async``) drive it alike."""
+        if not connected:
+            for step in plan.steps:
+                _fail_groups(columns, step.groups, connection.down_text)
             return
-        with connection.lock:
-            if not connection.ensure(self.timeout_s, self._type):
-                for step in plan.steps:
-                    _fail_groups(columns, step.groups, connection.down_text)
-                return
-            now = connection.now()
-            instant = t_ms if t_ms is not None else int(1000 * now)
-            # Nobody on the line answering, one request per instant (to each unit in turn) finds
-            # out when the bus is back; otherwise a silent unit waits out its own back-off.
-            asked = (
-                connection.may_probe(unit, instant) if connection.bus_silent() else not unit.backed_off(now)
-            )
-            if not asked:
-                # A silent unit is asked once per back-off period; meanwhile its values say why.
-                self._counters["backoff_skips"] += 1
-                for step in plan.steps:
-                    _fail_groups(columns, step.groups, unit.last_text)
-                return
-            next_instant: int | None = None
-            if self._line.is_bus and t_ms is not None:
-                # The lane's next instant after now: a lane running late skips the instants
-                # already past, so the one a request must not run into is the next future one.
-                now_ms = max(t_ms, int(1000 * self._wall()))
-                next_instant = next_due(now_ms, intervals | connection.line_intervals())
-            self._read_steps(connection, unit, columns, types, plan.steps, next_instant)
+        now = connection.now()
+        instant = t_ms if t_ms is not None else int(1000 * now)
+        # Nobody on the line answering, one request per instant (to each unit in turn) finds
+        # out when the bus is back; otherwise a silent unit waits out its own back-off.
+        asked = connection.may_probe(unit, instant) if connection.bus_silent() else not unit.backed_off(now)
+        if not asked:
+            # A silent unit is asked once per back-off period; meanwhile its values say why.
+            self._counters["backoff_skips"] += 1
+            for step in plan.steps:
+                _fail_groups(columns, step.groups, unit.last_text)
+            return
+        next_instant: int | None = None
+        if self._line.is_bus and t_ms is not None:
+            # The lane's next instant after now: a lane running late skips the instants
+            # already past, so the one a request must not run into is the next future one.
+            now_ms = max(t_ms, int(1000 * self._wall()))
+            next_instant = next_due(now_ms, intervals | connection.line_intervals())
+        yield from self._read_steps(connection, unit, columns, types, plan.steps, next_instant)
 
     def _read_steps(
         self,
@@ -462,7 +593,7 @@ class ModbusDataReader(DataReader):
         types: list[str],
         steps: list[_Step],
         next_due: int | None,
-    ) -> None:
+    ) -> _Requests:
         stop: Failure | None = None
         for step in steps:
             if stop is not None:
@@ -473,7 +604,7 @@ class ModbusDataReader(DataReader):
                 self._counters["skipped_requests"] += 1
                 _fail_groups(columns, step.groups, SKIPPED)
                 continue
-            answer = self._request(connection, unit, request.table, request.start, request.count)
+            answer = yield from self._request(request.table, request.start, request.count)
             if not isinstance(answer, Failure):
                 _deliver(columns, types, step.flat, answer)
             elif answer.fatal or answer.timeout:
@@ -481,7 +612,7 @@ class ModbusDataReader(DataReader):
                 _fail_groups(columns, step.groups, answer.text)
                 stop = answer
             elif answer.code in _SPLIT_CODES and len(step.groups) > 1:
-                stop = self._split(connection, unit, columns, types, step)
+                stop = yield from self._split(unit, columns, types, step)
             else:
                 _fail_groups(columns, step.groups, answer.text)
                 if answer.code in _SPLIT_CODES:
@@ -502,12 +633,11 @@ class ModbusDataReader(DataReader):
         return 1000 * (self._wall() + expected) > next_due
 
     def _request(
-        self, connection: LineConnection, unit: UnitState, table: str, start: int, count: int
-    ) -> Sequence[Any] | Failure:
+        self, table: str, start: int, count: int
+    ) -> Generator[_Asked, _Answer, Sequence[Any] | Failure]:
+        """One request, counted: asked of whoever drives the tick, its answer checked."""
         self._counters["requests"] += 1
-        response = connection.request(
-            unit, table, start, count, timeout_s=self.timeout_s, retries=self.retries, name=self._type
-        )
+        response = yield (table, start, count)
         if isinstance(response, Failure):
             self._counters["request_errors"] += 1
             if response.timeout:
@@ -582,6 +712,33 @@ class ModbusDataReader(DataReader):
         )
 
     def _compile(self, key: tuple[str, ...], variables: Sequence[VariableSpec | CollectedVariable]) -> _Plan:
+        unit = self._unit_state()
+        shared: tuple[object, ...] | None = None
+        if unit is None or not (unit.bad or unit.alone or unit.limits):
+            # A unit that taught nothing yet: its plan is any such unit's with these settings.
+            # A plant of identical devices (and the engine's loop, which plans every reader of
+            # a start on its one thread) compiles it once.
+            intervals = tuple(v.interval_ms for v in variables)
+            shared = (key, intervals, self.max_gap, self.max_registers, self.max_bits)
+            plan = _shared_plans.get(shared)
+            if plan is not None:
+                return self._keep(key, plan)
+        plan = self._compile_now(key, variables)
+        if shared is not None:
+            _shared_plans.put(shared, plan)
+        return self._keep(key, plan)
+
+    def _keep(self, key: tuple[str, ...], plan: _Plan) -> _Plan:
+        if len(self._plans) >= _MAX_PLANS:
+            # Due sets repeat tick after tick; this many distinct ones means they do not, and
+            # a cache that only grows would be a leak.
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _compile_now(
+        self, key: tuple[str, ...], variables: Sequence[VariableSpec | CollectedVariable]
+    ) -> _Plan:
         invalid: list[tuple[int, str]] = []
         slots_by_span: dict[tuple[str, int, int], list[_Slot]] = {}
         soonest: dict[tuple[str, int, int], int] = {}
@@ -606,24 +763,13 @@ class ModbusDataReader(DataReader):
         # Deadline order: the values due again soonest are read first, so a tick cut short by
         # the line's time loses the slower ones.
         steps.sort(key=lambda s: min(soonest[(s.request.table, *span)] for span in s.request.spans))
-        if len(self._plans) >= _MAX_PLANS:
-            # Due sets repeat tick after tick; this many distinct ones means they do not, and
-            # a cache that only grows would be a leak.
-            self._plans.clear()
-        plan = _Plan(steps, invalid)
-        self._plans[key] = plan
-        return plan
+        return _Plan(steps, invalid)
 
     # ------------------------------------------------------------------ exception splitting
 
     def _split(
-        self,
-        connection: LineConnection,
-        unit: UnitState,
-        columns: _Columns,
-        types: list[str],
-        step: _Step,
-    ) -> Failure | None:
+        self, unit: UnitState, columns: _Columns, types: list[str], step: _Step
+    ) -> Generator[_Asked, _Answer, Failure | None]:
         """Re-read a request refused with an address exception in halves, down to single values.
 
         Delivers what can be read this tick, then remembers (``_learn``) which registers the
@@ -636,7 +782,7 @@ class ModbusDataReader(DataReader):
         stop: Failure | None = None
         self._counters["splits"] += 1
 
-        def attempt(groups: list[_Group]) -> None:
+        def attempt(groups: list[_Group]) -> Generator[_Asked, _Answer, None]:
             nonlocal stop
             start = groups[0].span[0]
             end = max(g.span[1] for g in groups)
@@ -644,7 +790,7 @@ class ModbusDataReader(DataReader):
                 _fail_groups(columns, groups, stop.text)
                 return
             self._counters["split_requests"] += 1
-            answer = self._request(connection, unit, table, start, end - start)
+            answer = yield from self._request(table, start, end - start)
             if not isinstance(answer, Failure):
                 _deliver(columns, types, _flatten(groups, start), answer)
                 good.append((start, end))
@@ -653,16 +799,16 @@ class ModbusDataReader(DataReader):
                 _fail_groups(columns, groups, answer.text)
             elif answer.code in _SPLIT_CODES and len(groups) > 1:
                 middle = len(groups) // 2
-                attempt(groups[:middle])
-                attempt(groups[middle:])
+                yield from attempt(groups[:middle])
+                yield from attempt(groups[middle:])
             else:
                 _fail_groups(columns, groups, answer.text)
                 if answer.code in _SPLIT_CODES:
                     refused.append((start, end))
 
         middle = len(step.groups) // 2
-        attempt(step.groups[:middle])
-        attempt(step.groups[middle:])
+        yield from attempt(step.groups[:middle])
+        yield from attempt(step.groups[middle:])
         if stop is None:
             self._learn(unit, table, request, good, refused)
         return stop
@@ -699,6 +845,14 @@ class ModbusDataReader(DataReader):
 
     def __repr__(self) -> str:
         return f"ModbusDataReader(type={self._type!r}, {self._line.key}, unit={self.unit})"
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _due_sets(variables: Sequence[VariableSpec]) -> list[list[VariableSpec]]:

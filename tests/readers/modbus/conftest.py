@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modbus_helpers import RawDevice, Respond, ServerProcess
+from modbus_helpers import LoopThread, RawDevice, Respond, ServerProcess, on_loop
 
 from flowcollect.readers.modbus import ModbusDataReader
 from flowcollect.simulator import Simulator
@@ -26,9 +26,25 @@ def sim(_session_simulator: Simulator) -> Simulator:
     return _session_simulator
 
 
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    """An event loop on a thread of its own, where the loop runtime awaits readers."""
+    loop = LoopThread()
+    yield loop
+    loop.stop()
+
+
+@pytest.fixture(params=["thread", "loop"])
+def path(request: pytest.FixtureRequest, loop_thread: LoopThread) -> LoopThread | None:
+    """Which way a test's reads go: a thread calling ``read`` (the sync client), or the event
+    loop awaiting ``read_batch_async`` (pymodbus's asyncio client). None: the thread."""
+    return loop_thread if request.param == "loop" else None
+
+
 @pytest.fixture
-def make_reader(sim: Simulator) -> Iterator[Callable[..., ModbusDataReader]]:
-    """Build readers (default: to the simulator), opened, closed after the test."""
+def make_reader(sim: Simulator, path: LoopThread | None) -> Iterator[Callable[..., ModbusDataReader]]:
+    """Build readers (default: to the simulator), opened, closed after the test; read through
+    both paths (``path``)."""
     readers: list[ModbusDataReader] = []
 
     def make(**options: Any) -> ModbusDataReader:
@@ -36,6 +52,8 @@ def make_reader(sim: Simulator) -> Iterator[Callable[..., ModbusDataReader]]:
         options.setdefault("port", sim.port)
         options.setdefault("timeout_s", 1.0)
         reader = ModbusDataReader("modbus", **options)
+        if path is not None:
+            on_loop(reader, path)
         readers.append(reader)
         reader.open()
         return reader

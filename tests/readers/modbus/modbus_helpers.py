@@ -6,7 +6,9 @@ the way a device would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import re
 import selectors
 import socket
@@ -15,11 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from flowcollect.readers.modbus import ModbusDataReader
-from flowcollect.values import CollectedVariable
+from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
+
+T = TypeVar("T")
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -145,6 +150,17 @@ def registers_answer(function_code: int, values: Sequence[int]) -> bytes:
     return struct.pack(f">BB{len(values)}H", function_code, 2 * len(values), *values)
 
 
+def second_time_only() -> Respond:
+    """A device that leaves the first request unanswered and answers every later one."""
+    asked: list[int] = []
+
+    def respond(transaction: int, unit: int, pdu: bytes) -> bytes | None:
+        asked.append(transaction)
+        return echo_registers(transaction, unit, pdu) if len(asked) > 1 else None
+
+    return respond
+
+
 def echo_registers(transaction: int, unit: int, pdu: bytes) -> bytes:
     """A well-behaved device whose register ``n`` holds ``n``."""
     function_code, address, count = parse_read(pdu)
@@ -232,3 +248,117 @@ class RawDevice:
             thread.join(5)
         for sock in sockets:
             sock.close()
+
+
+# ----------------------------------------------------------------------------- the event loop path
+
+
+class LoopThread:
+    """An asyncio event loop on a thread of its own: where the engine's loop runtime awaits
+    ``read_batch_async`` and calls an asynchronous reader's ``open`` and ``close``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, awaitable: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(awaitable, self.loop).result(timeout_s)
+
+    def call(self, function: Callable[[], T]) -> T:
+        async def on_loop() -> T:
+            return function()
+
+        return self.run(on_loop())
+
+    def stop(self) -> None:
+        async def drain() -> None:
+            await asyncio.sleep(0.05)  # let closing transports say goodbye
+
+        self.run(drain())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def batch_of(variables: Sequence[CollectedVariable]) -> ValueBatch:
+    """The engine's batch for ``variables`` (their instant, or now)."""
+    when = variables[0].time if variables else None
+    t_ms = round(when.timestamp() * 1000) if when is not None else round(time.time() * 1000)
+    specs = [
+        VariableSpec(v.id, v.context_id, v.address, v.value_type, v.reader, v.interval_ms) for v in variables
+    ]
+    return ValueBatch(t_ms, specs)
+
+
+async def read_async(reader: ModbusDataReader, variables: Sequence[CollectedVariable]) -> None:
+    """``reader.read(variables)`` the way the loop runtime reads: a batch, awaited. Variables
+    without an instant are read off the grid, as ``read`` reads them (never skipped)."""
+    batch = batch_of(variables)
+    if variables and variables[0].time is None and reader.line.kind == "serial":
+        worker = reader._lease().worker()  # the serial line's own thread, as read_batch_async uses
+        await asyncio.wrap_future(worker.submit(ModbusDataReader.read, reader, variables))
+        return
+    if variables and variables[0].time is None:
+        columns = (batch.values, batch.errors)
+        key = tuple(v.address for v in variables)
+        types = [v.value_type for v in variables]
+        intervals = frozenset(v.interval_ms for v in variables)
+        await reader._read_columns_async(key, batch.variables, types, intervals, None, columns)
+    else:
+        await reader.read_batch_async(batch)
+    for variable, value, error in zip(variables, batch.values, batch.errors, strict=True):
+        variable.value = value
+        variable.error = error
+
+
+def on_loop(reader: ModbusDataReader, loop: LoopThread) -> ModbusDataReader:
+    """Route the reader's ``read``, ``read_batch``, ``open`` and ``close`` through ``loop`` as the
+    loop runtime calls them (``abort`` stays on the caller's thread, as it comes from the closing one), so a
+    test written against ``read`` runs the event-loop path."""
+    sync_open, sync_close = reader.open, reader.close
+    reader.read = lambda variables: loop.run(read_async(reader, variables))  # type: ignore[method-assign]
+    reader.read_batch = lambda batch: loop.run(reader.read_batch_async(batch))  # type: ignore[method-assign]
+    reader.open = lambda: loop.call(sync_open)  # type: ignore[method-assign]
+    reader.close = lambda: loop.call(sync_close)  # type: ignore[method-assign]
+    return reader
+
+
+# ----------------------------------------------------------------------------- many devices
+
+
+class DeviceFarm:
+    """Many Modbus TCP devices on loopback ports, served by one asyncio loop in a process of its
+    own (``device_farm.py``; in this process it would share the interpreter lock with the
+    collector under test, which no real device does).
+
+    ``answering`` devices hold 20 holding registers (register ``r`` of device ``d`` holds
+    ``d + r``); ``hung`` ones accept and never answer; ``garbage`` ones answer every request with
+    bytes that are no Modbus frame. ``refusing`` gives ports nothing listens on (the OS refuses).
+    """
+
+    def __init__(self, answering: int, hung: int = 0, garbage: int = 0, refusing: int = 0) -> None:
+        script = Path(__file__).with_name("device_farm.py")
+        self._process = subprocess.Popen(
+            [sys.executable, str(script), str(answering), str(hung), str(garbage)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = _read_line(self._process, 60.0)
+        ports = json.loads(line)
+        self.answering: list[int] = ports["answer"]
+        self.hung: list[int] = ports["hang"]
+        self.garbage: list[int] = ports["garbage"]
+        self.refusing = [free_port() for _ in range(refusing)]
+
+    def stop(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()  # the farm ends when its input does
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()

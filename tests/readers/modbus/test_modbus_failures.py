@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ from modbus_helpers import (
     echo_registers,
     free_port,
     parse_read,
+    second_time_only,
     timed_read,
     wait_until,
 )
@@ -134,13 +136,7 @@ def test_an_unanswered_request_is_resent_by_the_line_within_the_tick(
 ) -> None:
     # Retries are the line's: the first request goes unanswered, the resend is answered, and
     # the tick has its values (what pymodbus's own retries did before, on the same connection).
-    asked: list[int] = []
-
-    def second_time(transaction: int, unit: int, pdu: bytes) -> bytes | None:
-        asked.append(transaction)
-        return echo_registers(transaction, unit, pdu) if len(asked) > 1 else None
-
-    device = raw_device(second_time)
+    device = raw_device(second_time_only())
     reader = make_reader(port=device.port, timeout_s=0.2, retries=2)
     values, errors, elapsed = tick(reader)
     assert errors == [None, None, None]
@@ -273,3 +269,56 @@ def test_close_and_reopen(server_process: ServerProcess) -> None:
     values, errors, _ = tick(reader)  # a read after close connects again
     assert healthy(values, errors)
     reader.close()
+
+
+def test_a_unit_that_never_answers_beside_one_that_does_on_one_tcp_connection(
+    raw_device: MakeDevice, make_reader: MakeReader
+) -> None:
+    # A gateway on Modbus TCP: unit 2 behind it is gone, unit 1 answers. Unit 2 costs one
+    # timeout per back-off period and never closes the connection unit 1 shares.
+    def only_unit_1(transaction: int, unit: int, pdu: bytes) -> bytes | None:
+        return echo_registers(transaction, unit, pdu) if unit == 1 else None
+
+    device = raw_device(only_unit_1)
+    alive = make_reader(port=device.port, unit=1, timeout_s=0.1)
+    silent = make_reader(port=device.port, unit=2, timeout_s=0.1)
+    for _ in range(12):
+        values, errors, _elapsed = tick(alive)
+        assert errors == [None, None, None]
+        assert values[1] == BULK_START + 5  # the device echoes each register's address
+        silent_errors = tick(silent)[1]
+        assert silent_errors == ["no response within 0.1 s"] * 3
+        time.sleep(0.02)
+    assert 1 <= silent.stats()["timeouts"] <= 3
+    assert silent.stats()["backoff_skips"] >= 9
+    assert alive.stats()["timeouts"] == 0
+    assert device.connections == 1
+    assert alive.stats()["dead_connections"] == 0
+
+
+def test_abort_from_another_thread_ends_a_read_at_once(
+    raw_device: MakeDevice, make_reader: MakeReader
+) -> None:
+    # The collector's close deadline gave up on this read (a device that never answers, a
+    # timeout of 30 s): abort, from the closing thread, shuts the connection down under it.
+    device = raw_device(_silent)
+    reader = make_reader(port=device.port, timeout_s=30.0)
+    outcome: list[tuple[list[str | None], float]] = []
+
+    def stuck() -> None:
+        started = time.monotonic()
+        errors = tick(reader)[1]
+        outcome.append((errors, time.monotonic() - started))
+
+    thread = threading.Thread(target=stuck, daemon=True)
+    thread.start()
+    assert wait_until(lambda: len(device.requests) >= 1, timeout_s=5.0)
+    reader.abort()
+    thread.join(2.0)
+    assert not thread.is_alive(), "the read outlived abort()"
+    errors, took = outcome[0]
+    assert took < 2.0
+    assert errors == ["closed", "closed", "closed"]  # the collector's doing: no "connection lost"
+    assert wait_until(lambda: device.hung_up >= 1, timeout_s=2.0), "the device's connection stayed open"
+    assert reader.stats()["connected"] == 0
+    assert len(device.requests) == 1  # nothing read or reopened afterwards

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 import serial
 from line_helpers import BAUD, alternates, line_for, require_socat, run_lane, specs
-from modbus_helpers import collected
+from modbus_helpers import LoopThread, collected, on_loop
 
 from flowcollect.readers.modbus import ModbusDataReader, ModbusLine
 from flowcollect.simulator import HOLE_START, UNIT_REGISTER, LineSimulator
@@ -50,9 +50,13 @@ def sim(request: pytest.FixtureRequest) -> Iterator[LineSimulator]:
 
 
 @pytest.fixture
-def readers(sim: LineSimulator) -> Iterator[list[ModbusDataReader]]:
+def readers(sim: LineSimulator, path: LoopThread | None) -> Iterator[list[ModbusDataReader]]:
+    """The three units' readers, read by a thread or awaited on the event loop (``path``: the
+    gateway over pymodbus's asyncio client; a serial port on the line's own thread)."""
     line = line_for(sim)
     made = [ModbusDataReader(f"unit{u}", line=line, unit=u, timeout_s=TIMEOUT_S) for u in UNITS]
+    if path is not None:
+        made = [on_loop(reader, path) for reader in made]
     try:
         yield made
     finally:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from modbus_helpers import collected, wait_until
+from modbus_helpers import LoopThread, collected, on_loop, wait_until
 
 from flowcollect.errors import ConfigError
 from flowcollect.readers.modbus import ModbusDataReader, ModbusLine
@@ -58,14 +58,21 @@ def strict_device(request: pytest.FixtureRequest, pki: Pki) -> Iterator[tuple[Si
         yield simulator, REFUSED[request.param]
 
 
+def routed(path: LoopThread | None, reader: ModbusDataReader) -> ModbusDataReader:
+    """The reader, read on the event loop when ``path`` is one (``path`` fixture)."""
+    return reader if path is None else on_loop(reader, path)
+
+
 def read(reader: ModbusDataReader) -> tuple[list[object], list[str | None]]:
     variables = collected(ADDRESSES)
     reader.read(variables)
     return [v.value for v in variables], [v.error for v in variables]
 
 
-def test_a_device_whose_certificate_the_ca_signed_is_read_over_tls(device: Simulator, pki: Pki) -> None:
-    reader = ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, ca_file=pki.ca)
+def test_a_device_whose_certificate_the_ca_signed_is_read_over_tls(
+    device: Simulator, pki: Pki, path: LoopThread | None
+) -> None:
+    reader = routed(path, ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, ca_file=pki.ca))
     try:
         assert reader.lane == f"modbus+tls://127.0.0.1:{device.port}"
         assert read(reader) == (EXPECTED, [None, None])
@@ -76,9 +83,9 @@ def test_a_device_whose_certificate_the_ca_signed_is_read_over_tls(device: Simul
         reader.close()
 
 
-def test_verification_is_on_by_default(device: Simulator) -> None:
+def test_verification_is_on_by_default(device: Simulator, path: LoopThread | None) -> None:
     # No ca_file: the system's CAs, which never signed this device's certificate.
-    reader = ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True)
+    reader = routed(path, ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True))
     try:
         values, errors = read(reader)
         assert values == [None, None]
@@ -89,10 +96,17 @@ def test_verification_is_on_by_default(device: Simulator) -> None:
         reader.close()
 
 
-def test_a_certificate_from_another_ca_or_for_another_name_is_refused(device: Simulator, pki: Pki) -> None:
-    untrusting = ModbusDataReader("a", "127.0.0.1", port=device.port, tls=True, ca_file=pki.other_ca)
-    wrong_name = ModbusDataReader(
-        "b", "localhost", port=device.port, tls=True, ca_file=pki.ca, server_name="plc.example"
+def test_a_certificate_from_another_ca_or_for_another_name_is_refused(
+    device: Simulator, pki: Pki, path: LoopThread | None
+) -> None:
+    untrusting = routed(
+        path, ModbusDataReader("a", "127.0.0.1", port=device.port, tls=True, ca_file=pki.other_ca)
+    )
+    wrong_name = routed(
+        path,
+        ModbusDataReader(
+            "b", "localhost", port=device.port, tls=True, ca_file=pki.ca, server_name="plc.example"
+        ),
     )
     try:
         assert read(untrusting)[1][0] == (
@@ -107,9 +121,14 @@ def test_a_certificate_from_another_ca_or_for_another_name_is_refused(device: Si
         wrong_name.close()
 
 
-def test_tls_verify_false_accepts_any_certificate_and_name(device: Simulator) -> None:
-    reader = ModbusDataReader(
-        "plc", "127.0.0.1", port=device.port, tls=True, tls_verify=False, server_name="plc.example"
+def test_tls_verify_false_accepts_any_certificate_and_name(
+    device: Simulator, path: LoopThread | None
+) -> None:
+    reader = routed(
+        path,
+        ModbusDataReader(
+            "plc", "127.0.0.1", port=device.port, tls=True, tls_verify=False, server_name="plc.example"
+        ),
     )
     try:
         assert read(reader) == (EXPECTED, [None, None])
@@ -118,19 +137,22 @@ def test_tls_verify_false_accepts_any_certificate_and_name(device: Simulator) ->
 
 
 def test_a_device_asking_for_a_client_certificate_gets_the_collectors(
-    strict_device: tuple[Simulator, str], pki: Pki
+    strict_device: tuple[Simulator, str], pki: Pki, path: LoopThread | None
 ) -> None:
     device, refused = strict_device
-    anonymous = ModbusDataReader("a", "127.0.0.1", port=device.port, tls=True, ca_file=pki.ca)
-    known = ModbusDataReader(
-        "b",
-        line=ModbusLine(
-            host="localhost",
-            port=device.port,
-            tls=True,
-            ca_file=pki.ca,
-            cert_file=pki.client_cert,
-            key_file=pki.client_key,
+    anonymous = routed(path, ModbusDataReader("a", "127.0.0.1", port=device.port, tls=True, ca_file=pki.ca))
+    known = routed(
+        path,
+        ModbusDataReader(
+            "b",
+            line=ModbusLine(
+                host="localhost",
+                port=device.port,
+                tls=True,
+                ca_file=pki.ca,
+                cert_file=pki.client_cert,
+                key_file=pki.client_key,
+            ),
         ),
     )
     try:
@@ -174,14 +196,13 @@ def test_tls_settings_are_checked_by_name_before_anything_opens(tmp_path: Path, 
         ModbusDataReader("plc", line=line, ca_file=pki.ca)
 
 
-def test_abort_ends_a_read_stuck_on_a_tls_device_at_once(
-    pki: Pki,
-) -> None:
+def test_abort_ends_a_read_stuck_on_a_tls_device_at_once(pki: Pki, path: LoopThread | None) -> None:
     # The collector's close deadline gave up on this read (a device taking 5 s, a timeout of
     # 30 s): abort from another thread shuts the TLS connection down under it.
     with Simulator(sslctx=pki.server_context(), response_delay_s=5.0) as slow:
-        reader = ModbusDataReader(
-            "plc", "127.0.0.1", port=slow.port, tls=True, ca_file=pki.ca, timeout_s=30.0
+        reader = routed(
+            path,
+            ModbusDataReader("plc", "127.0.0.1", port=slow.port, tls=True, ca_file=pki.ca, timeout_s=30.0),
         )
         reader.open()
         outcome: list[tuple[tuple[list[object], list[str | None]], float]] = []
@@ -229,10 +250,11 @@ class _MuteServer:
                 self.received += len(data)
 
 
-def test_abort_ends_a_tls_handshake_the_device_never_finishes() -> None:
+def test_abort_ends_a_tls_handshake_the_device_never_finishes(path: LoopThread | None) -> None:
     device = _MuteServer()
-    reader = ModbusDataReader(
-        "plc", "127.0.0.1", port=device.port, tls=True, tls_verify=False, timeout_s=30.0
+    reader = routed(
+        path,
+        ModbusDataReader("plc", "127.0.0.1", port=device.port, tls=True, tls_verify=False, timeout_s=30.0),
     )
     outcome: list[tuple[list[str | None], float]] = []
 
