@@ -388,20 +388,28 @@ class Service(DataCollectionListener):
     # -- reload ------------------------------------------------------------------------------
 
     def reload(self) -> dict[str, Any]:
-        """Load the pipeline file again and apply the difference of its contexts (``_reload``);
-        ``ConfigError`` listing every problem, with nothing changed, for a broken file."""
-        from flowcollect.service._reload import load_checked, plan_reload
+        """Load the pipeline file again and apply the difference (``_reload``): readers and
+        writers whose options changed replaced, the pipeline's contexts added, removed or changed
+        started, stopped or restarted; ``ConfigError`` listing every problem, with nothing
+        changed, for a broken file."""
+        from flowcollect.service._reload import prepare_reload
 
         if self.pipeline is None or self.pipeline_path is None:
             raise ContextConflictError("reload needs the pipeline file (flowcollect run --http)")
         with self._reload_lock:
             collector = self.collector
-            new = load_checked(self.pipeline_path, collector, self.pipeline)
-            running = set(collector.contexts())
-            result = plan_reload(self._definitions, new.contexts, running)
+            plan = prepare_reload(self.pipeline_path, collector, self._definitions, [self.latest])
+            result = plan.result
+            new = plan.pipeline
             for cid in result.removed + result.changed:
                 if cid in collector.contexts():
                     collector.stop(cid)
+            # Readers first (the lanes' hand-over), then writers: a context started below
+            # delivers to the new writers from its first instant.
+            if result.readers.any():
+                collector.replace_readers(plan.readers)
+            if result.writers.any():
+                collector.replace_writers([*plan.writers, self.latest])
             fresh = {c.id: c for c in new.contexts}
             with self._lock:
                 self._pipeline_ids = frozenset(fresh)
@@ -410,10 +418,9 @@ class Service(DataCollectionListener):
             for cid in result.added + result.changed:
                 collector.start(fresh[cid].model_copy(deep=True))
             self._definitions = list(new.contexts)
-            result.notes.append(
-                "readers, writers and devices kept as they run (their options are not reloaded)"
-            )
         _log.info("%s", result.line())
+        for note in result.notes:
+            _log.info("reload: %s", note)
         self.publish({"event": "reload"} | result.as_dict())
         return result.as_dict()
 
