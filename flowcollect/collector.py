@@ -530,7 +530,8 @@ class DataCollector:
             new, lanes, changed, moved = self._readers_plan(list(readers))
             if not changed:
                 return []
-            counters = {t: self._counters.get(t) or ReaderCounters() for t in new}
+            # A type's figures go on (its old lane has handed over before the new one reads).
+            counters = {t: self._counters[t] if t in self._counters else ReaderCounters() for t in new}
             fresh = {key: self._new_lane(key, lanes[key], new, counters) for key in changed if key in lanes}
             old = {key: self._lanes[key] for key in changed if key in self._lanes}
             self._readers, self._counters, self._lane_readers = new, counters, lanes
@@ -829,15 +830,18 @@ class DataCollector:
             for cid, run in self._runs.items():
                 contexts[cid] = run.figures()
             planned = {rtype: self._lanes[key].planned for rtype, key in self._lane_of.items()}
+            # One consistent set of tables (replace_readers rebinds them under the lock).
+            all_counters, lanes, lane_of = self._counters, self._lanes, self._lane_of
+            all_readers = self._readers
         # Percentiles and the plugins' own counters are computed outside the lock: a scrape must
         # not hold up a start or a stop.
         readers = {}
-        for rtype, counters in self._counters.items():
-            lane = self._lanes[self._lane_of[rtype]]
+        for rtype, counters in all_counters.items():
+            lane = lanes[lane_of[rtype]]
             if not lane.touched:
                 continue
             try:
-                extra = self._readers[rtype].stats()
+                extra = all_readers[rtype].stats()
             except Exception:
                 extra = {}
             schedule = planned[rtype]

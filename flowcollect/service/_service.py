@@ -242,10 +242,14 @@ class Service(DataCollectionListener):
         }
         lanes = collector.lanes()
         membership = self._membership() if self._membership is not None else None
+        owned = None if self._membership is None else set(membership.owned if membership else ())
         return {
             "pipeline": self.pipeline_name,
             "uptime_s": round(time.monotonic() - self._began, 3),
-            "lanes": {key: {"readers": list(types)} for key, types in lanes.items()},
+            "lanes": {
+                key: {"readers": list(types)} | ({} if owned is None else {"owned": key in owned})
+                for key, types in lanes.items()
+            },
             "readers": {
                 rtype: _plain(r) | {"last_error": last_errors.get(rtype)}
                 for rtype, r in stats.readers.items()
@@ -333,6 +337,17 @@ class Service(DataCollectionListener):
         total, rows = self.latest.page(context, reader, name, offset, limit)
         return {"total": total, "offset": offset, "values": rows}
 
+    def values_json(
+        self,
+        context: int | None = None,
+        reader: str | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int = 1000,
+    ) -> bytes:
+        """``values`` as the API sends it: JSON text made row by row (``LatestValues.page_json``)."""
+        return self.latest.page_json(context, reader, name, offset, limit)[1]
+
     # -- changes -----------------------------------------------------------------------------
 
     def create(self, context: DataCollectionContext) -> dict[str, Any]:
@@ -396,6 +411,12 @@ class Service(DataCollectionListener):
 
         if self.pipeline is None or self.pipeline_path is None:
             raise ContextConflictError("reload needs the pipeline file (flowcollect run --http)")
+        if self._membership is not None:
+            # Every member runs the same file and shares its lanes out by it: one member
+            # reloading alone would collect something else than the others.
+            raise ContextConflictError(
+                "a group member does not reload: change the file and restart the members one by one"
+            )
         with self._reload_lock:
             collector = self.collector
             plan = prepare_reload(self.pipeline_path, collector, self._definitions, [self.latest])
