@@ -23,6 +23,7 @@ timeout) are kept as they run; a change to them is named in the summary's notes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline import Pipeline, load_pipeline
 from flowcollect.readers.base import DataReader
 from flowcollect.writers.base import DataWriter, writer_problems
+from flowcollect.writers.spool import SpooledWriter
 
 __all__ = ["ReloadPlan", "ReloadResult", "plan_reload", "prepare_reload"]
 
@@ -235,11 +237,30 @@ def prepare_reload(
                 f"context {cid} (started through the API) cannot go on with the new readers: {why}; "
                 "stop it first"
             )
-    problems += _preflight([w for w in writers if w.name in writer_parts.replaced + writer_parts.added])
+    problems += _shared_spools(collector.writers, writers, writer_parts)
+    if not problems:  # a spool folder the running writer holds would only say "in use"
+        problems += _preflight([w for w in writers if w.name in writer_parts.replaced + writer_parts.added])
     if problems:
         raise ConfigError(problems)
     result.notes.extend(_not_reloaded(collector, new))
     return ReloadPlan(new, readers, writers, result)
+
+
+def _shared_spools(running: Sequence[DataWriter], writers: list[DataWriter], parts: Parts) -> list[str]:
+    """A spooled writer replaced with the same spool folder: refused. The folder is the running
+    writer's (locked) until it has closed, and the new one takes batches at once: they could not
+    be spooled. Its options change with a restart, the spool keeping what is pending meanwhile."""
+    folders = {_spool(w): w.name for w in running if _spool(w) is not None}
+    return [
+        f"writer {w.name}: its spool folder {_spool(w)} is the running writer's; a spooled writer's "
+        "options change with a restart (its spool keeps what is pending)"
+        for w in writers
+        if w.name in parts.replaced + parts.added and _spool(w) is not None and _spool(w) in folders
+    ]
+
+
+def _spool(writer: DataWriter) -> Path | None:
+    return writer.path.resolve() if isinstance(writer, SpooledWriter) else None
 
 
 def _preflight(writers: list[DataWriter]) -> list[str]:
