@@ -24,6 +24,7 @@ from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline import Pipeline, writer_figures
 from flowcollect.service._latest import LatestValue, LatestValues
+from flowcollect.service._reload import ReloadPlan, prepare_reload
 from flowcollect.service._state import StateStore
 from flowcollect.stats import CollectorStats, ContextStats
 
@@ -407,8 +408,6 @@ class Service(DataCollectionListener):
         writers whose options changed replaced, the pipeline's contexts added, removed or changed
         started, stopped or restarted; ``ConfigError`` listing every problem, with nothing
         changed, for a broken file."""
-        from flowcollect.service._reload import prepare_reload
-
         if self.pipeline is None or self.pipeline_path is None:
             raise ContextConflictError("reload needs the pipeline file (flowcollect run --http)")
         if self._membership is not None:
@@ -422,28 +421,38 @@ class Service(DataCollectionListener):
             plan = prepare_reload(self.pipeline_path, collector, self._definitions, [self.latest])
             result = plan.result
             new = plan.pipeline
-            for cid in result.removed + result.changed:
-                if cid in collector.contexts():
-                    collector.stop(cid)
-            # Readers first (the lanes' hand-over), then writers: a context started below
-            # delivers to the new writers from its first instant.
-            if result.readers.any():
-                collector.replace_readers(plan.readers)
-            if result.writers.any():
-                collector.replace_writers([*plan.writers, self.latest])
-            fresh = {c.id: c for c in new.contexts}
-            with self._lock:
-                self._pipeline_ids = frozenset(fresh)
-                for cid in result.added + result.changed:
-                    self._known[cid] = fresh[cid]
-            for cid in result.added + result.changed:
-                collector.start(fresh[cid].model_copy(deep=True))
+            try:
+                self._apply(collector, plan)
+            except Exception as exc:
+                # Checked before anything changed, so only a race (a context started through
+                # the API meanwhile) or a plugin's bug gets here: part of it is applied. Not
+                # a ConfigError, so nobody is told that nothing changed.
+                _log.error("reload failed half way (%s); reload again, or restart", exc)
+                raise RuntimeError(f"reload failed half way: {exc}") from exc
             self._definitions = list(new.contexts)
         _log.info("%s", result.line())
         for note in result.notes:
             _log.info("reload: %s", note)
         self.publish({"event": "reload"} | result.as_dict())
         return result.as_dict()
+
+    def _apply(self, collector: DataCollector, plan: ReloadPlan) -> None:
+        result, fresh = plan.result, {c.id: c for c in plan.pipeline.contexts}
+        for cid in result.removed + result.changed:
+            if cid in collector.contexts():
+                collector.stop(cid)
+        # Readers first (the lanes' hand-over), then writers: a context started below delivers
+        # to the new writers from its first instant.
+        if result.readers.any():
+            collector.replace_readers(plan.readers)
+        if result.writers.any():
+            collector.replace_writers([*plan.writers, self.latest])
+        with self._lock:
+            self._pipeline_ids = frozenset(fresh)
+            for cid in result.added + result.changed:
+                self._known[cid] = fresh[cid]
+        for cid in result.added + result.changed:
+            collector.start(fresh[cid].model_copy(deep=True))
 
     # -- restart -----------------------------------------------------------------------------
 
