@@ -132,6 +132,10 @@ def test_reload_replaces_the_readers_and_writers_that_changed_and_nothing_else(
     assert side["received"] == side["written"] > 0 and side["queued"] == side["in_flight"] == 0, side
     assert api.get("/api/v1/contexts/1")["start_date"] == one["start_date"]
     assert api.stop() == 0
+    # The run's summary names the file of the writer the reload added, and the replaced one's.
+    summary = api.log().split("stopped on request")[-1]
+    assert "writer csv:out/side-2.csv: " in summary and "side-2.csv)" in summary, summary
+    assert "writer csv:out/side-1.csv: " in summary, summary
 
     out = tmp_path / "out"
     # Context 1 (its reader kept): every 200 ms instant once in the file every writer kept...
