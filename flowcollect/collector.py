@@ -628,7 +628,12 @@ class DataCollector:
     def _hand_over(self, lane: Lane, branches: list[abc.DisposableBase]) -> None:
         """A replaced lane's end: on its own thread, after every tick due before now (a read in
         flight delivers first), its contexts' branches go and its readers close; past a bound
-        (a read hung) it is abandoned (nothing more from it) and its readers let go."""
+        (a read hung) it is abandoned (nothing more from it) and its readers let go.
+
+        Relies on the lane's scheduler running a posted action after every tick already due
+        when it was posted (``LaneScheduler``: one queue ordered by due time): the new lane
+        reads the instants after the post, so an instant due before it and not yet read by the
+        old lane would be read by neither."""
 
         def failed(rtype: str, step: str, exc: Exception) -> None:
             self._log.error("reader %r failed to %s: %s", rtype, step, exc)
