@@ -210,6 +210,7 @@ def prepare_reload(
     # Running contexts that go on: the new readers must collect them as now, or they restart
     # (the pipeline's) or the reload is refused (those started through the API).
     stopping = set(result.removed) | set(result.changed)
+    restarted: list[str] = []
     # Lanes compared by their reader types: a lane whose key changes (a Modbus port) moves its
     # contexts along (DataCollector.replace_readers).
     types_before, types_after = collector.lanes(), lane_keys(readers)
@@ -232,6 +233,7 @@ def prepare_reload(
             result.unchanged.remove(cid)
             result.changed.append(cid)
             result.changed.sort()
+            restarted.append(f"context {cid} is restarted: {why}")
         else:
             problems.append(
                 f"context {cid} (started through the API) cannot go on with the new readers: {why}; "
@@ -242,7 +244,7 @@ def prepare_reload(
         problems += _preflight([w for w in writers if w.name in writer_parts.replaced + writer_parts.added])
     if problems:
         raise ConfigError(problems)
-    result.notes.extend(_not_reloaded(collector, new))
+    result.notes.extend(restarted + _not_reloaded(collector, new))
     return ReloadPlan(new, readers, writers, result)
 
 

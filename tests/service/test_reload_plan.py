@@ -27,7 +27,12 @@ pipeline = Pipeline(
     spools={{"csv:out/b.csv": SpoolOptions(path="spool/b", max_bytes=10_000_000)}},
     contexts=[
         DataCollectionContext(
-            id=1, interval_ms=100, variables=[Variable(id=1, address="x", reader="random")]
+            id=1,
+            interval_ms=100,
+            variables=[
+                Variable(id=1, address="x", reader="random"),
+                Variable(id=2, address="y", reader="random", interval_ms=300),
+            ],
         ),
     ],
 )
@@ -37,7 +42,7 @@ pipeline = Pipeline(
 def write(
     path: Path,
     *,
-    seed: int = 1,
+    seed: str = "1",
     port: int = 5020,
     flush: float = 1.0,
     flush_b: float = 1.0,
@@ -85,3 +90,17 @@ def test_a_spooled_writer_replaced_on_its_own_spool_folder_is_refused(
     with pytest.raises(ConfigError) as refused:
         prepare_reload(path, collector, [], [])
     assert "writer csv:out/b.csv: its spool folder" in str(refused.value)
+
+
+def test_a_running_context_the_new_readers_collect_otherwise_is_restarted(
+    running: tuple[Path, DataCollector],
+) -> None:
+    path, collector = running
+    definitions = load_pipeline(path).contexts
+    collector.start(definitions[0].model_copy(deep=True))
+    # A reader's interval limit of 200 ms leaves variable 1 (100 ms) out: context 1 changes.
+    write(path, seed="1, min_interval_ms=200")
+    plan = prepare_reload(path, collector, definitions, [])
+    assert (plan.result.changed, plan.result.unchanged) == ([1], [])
+    assert plan.result.readers.replaced == ["random"]
+    assert any(note.startswith("context 1 is restarted: ") for note in plan.result.notes), plan.result.notes
