@@ -7,12 +7,7 @@ from pathlib import Path
 
 from flowcollect import CollectedVariable, DataReader, Variable
 
-CASTS = {
-    "float": float,
-    "int": int,
-    "bool": lambda text: text.strip().lower() in ("1", "true", "on"),
-    "str": str,
-}
+CASTS = {"float": float, "int": int, "bool": lambda text: text.strip().lower() in ("1", "true", "on"), "str": str}
 
 
 class KeyValueFileReader(DataReader):

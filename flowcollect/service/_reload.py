@@ -183,10 +183,12 @@ def prepare_reload(
     collector: DataCollector,
     definitions: list[DataCollectionContext],
     own_writers: list[DataWriter],
+    previous: Pipeline | None = None,
 ) -> ReloadPlan:
     """Load the file, decide what to keep and replace, and check it all: ``ConfigError`` listing
     every problem (nothing changed). ``definitions``: the pipeline's contexts as last loaded;
-    ``own_writers``: the service's writers (kept as they are, never the file's)."""
+    ``own_writers``: the service's writers (kept as they are, never the file's); ``previous``:
+    the pipeline the collector was built from (its settings, which a reload does not change)."""
     new = _load(path)
     own = {id(w) for w in own_writers}
     readers, reader_parts = _readers(dict(collector.readers), new)
@@ -244,7 +246,7 @@ def prepare_reload(
         problems += _preflight([w for w in writers if w.name in writer_parts.replaced + writer_parts.added])
     if problems:
         raise ConfigError(problems)
-    result.notes.extend(restarted + _not_reloaded(collector, new))
+    result.notes.extend(restarted + _not_reloaded(collector, new, previous))
     return ReloadPlan(new, readers, writers, result)
 
 
@@ -277,11 +279,16 @@ def _preflight(writers: list[DataWriter]) -> list[str]:
     return problems
 
 
-def _not_reloaded(collector: DataCollector, new: Pipeline) -> list[str]:
+def _not_reloaded(collector: DataCollector, new: Pipeline, previous: Pipeline | None) -> list[str]:
     notes = ["devices and listeners are kept as they run (restart to change them)"]
     if new.interval_limit_policy != collector.policy:
         notes.append(
             f"interval_limit_policy stays {collector.policy.value} until a restart "
             f"(the file says {new.interval_limit_policy.value})"
         )
+    if previous is not None:
+        for name in ("queue_limit", "close_timeout_s"):
+            before, after = getattr(previous, name), getattr(new, name)
+            if before != after:
+                notes.append(f"{name} stays {before} until a restart (the file says {after})")
     return notes

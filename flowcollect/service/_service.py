@@ -418,7 +418,9 @@ class Service(DataCollectionListener):
             )
         with self._reload_lock:
             collector = self.collector
-            plan = prepare_reload(self.pipeline_path, collector, self._definitions, [self.latest])
+            plan = prepare_reload(
+                self.pipeline_path, collector, self._definitions, [self.latest], self.pipeline
+            )
             result = plan.result
             new = plan.pipeline
             try:
