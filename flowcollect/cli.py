@@ -402,7 +402,7 @@ def run(
     ] = None,
     watch: Annotated[
         bool,
-        typer.Option("--watch", help="Reload the pipeline's contexts when the file changes (with --http)."),
+        typer.Option("--watch", help="Reload the pipeline when its file changes (with --http, not --group)."),
     ] = False,
 ) -> None:
     """Run a pipeline until --duration, until every context has ended, or until SIGINT/SIGTERM.
@@ -479,8 +479,9 @@ def _http_options(
         return None
     if once:
         raise ConfigError("--once reads every variable once and exits: it serves no --http")
-    if group is not None:
-        raise ConfigError("--http with --group is not supported yet: run the API on a single collector")
+    if group is not None and watch:
+        # Every member runs the same file: one member reloading alone would split the group.
+        raise ConfigError("--watch with --group: a group member does not reload; restart the members")
     from flowcollect.service import HttpOptions
 
     token_file, tls_cert, tls_key, state_dir = (None if p is None else p.absolute() for p in paths)
@@ -493,12 +494,12 @@ def _shown(api: Any, stats: CollectorStats) -> CollectorStats:
     return stats if api is None else api.visible(stats)
 
 
-def _service(pipeline: Pipeline, http: Any) -> Any:
+def _service(pipeline: Pipeline, http: Any, membership: Callable[[], GroupStats | None] | None) -> Any:
     began = time.perf_counter()
     from flowcollect.service import ServiceRun
 
     _log.debug("the HTTP API's modules loaded in %.0f ms", (time.perf_counter() - began) * 1000)
-    return ServiceRun(pipeline, http)
+    return ServiceRun(pipeline, http, membership)
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,7 +552,7 @@ def _run(  # noqa: PLR0912, PLR0915 -- one place wires metrics, group, API and s
 
     try:
         # Bound before anything starts, like the metrics: a bad option fails with nothing started.
-        api = None if http is None else _service(pipeline, http)
+        api = None if http is None else _service(pipeline, http, None if group is None else membership)
     except BaseException:
         if metrics is not None:
             metrics.close()
@@ -601,7 +602,13 @@ def _run(  # noqa: PLR0912, PLR0915 -- one place wires metrics, group, API and s
             run = (
                 functools.partial(pipeline.run, keep_running=api is not None)
                 if group is None
-                else functools.partial(run_in_group, pipeline, group, on_membership=memberships.append)
+                else functools.partial(
+                    run_in_group,
+                    pipeline,
+                    group,
+                    on_membership=memberships.append,
+                    keep_running=api is not None,
+                )
             )
             summary = run(
                 duration,

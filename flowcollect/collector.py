@@ -8,6 +8,7 @@ worker pool).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -63,7 +64,14 @@ from flowcollect.runtime import (
     gate,
     report_changes,
 )
-from flowcollect.stats import CollectorStats, ContextStats, ReaderCounters, ReaderStats, ReaderStatsView
+from flowcollect.stats import (
+    CollectorStats,
+    ContextStats,
+    ReaderCounters,
+    ReaderStats,
+    ReaderStatsView,
+    WriterStats,
+)
 from flowcollect.values import ValueBatch
 from flowcollect.writers.base import DataWriter, writer_problems
 
@@ -84,6 +92,24 @@ UNTIL_STOPPED = 2**62
 """The end instant of a context with ``duration_s=None``: later than any clock reaches."""
 
 
+def _summed(a: WriterStats, b: WriterStats) -> WriterStats:
+    """One writer name's figures over two sinks (a writer replaced by a reload, and the new one)."""
+    return WriterStats(
+        writer=a.writer,
+        written=a.written + b.written,
+        failed=a.failed + b.failed,
+        queued=a.queued + b.queued,
+        dropped=a.dropped + b.dropped,
+        oldest_queued_s=max(a.oldest_queued_s, b.oldest_queued_s),
+        extra=a.extra,
+        received=a.received + b.received,
+        in_flight=a.in_flight + b.in_flight,
+        dropped_queue=a.dropped_queue + b.dropped_queue,
+        dropped_writer=a.dropped_writer + b.dropped_writer,
+        dropped_close=a.dropped_close + b.dropped_close,
+    )
+
+
 class _Tally:
     """One run's figures on one lane. Bumped only on the loop thread (in virtual time, the test's) (a
     counter many lanes bumped would lose increments); ``_Run.figures`` sums the lanes' tallies,
@@ -102,11 +128,12 @@ class _Tally:
 class _Run:
     """One started context: its compiled variables, its state and its branches on each lane.
 
-    Who owns what: ``compiled``, ``context`` and ``tallies`` (the dict; each tally is its lane's)
-    are fixed at construction. ``state``, ``changes``, ``branches`` and ``timer`` are written
-    only under the collector's ``_lock`` (lanes read ``state`` through the gate, one attribute
-    read). ``window`` is replaced whole under the collector's ``_window_lock``, read by lanes
-    without a lock.
+    Who owns what: ``context`` is fixed at construction; ``compiled`` and ``tallies`` (the dict;
+    each tally is its lane's) too, except that ``replace_readers`` re-keys both under the
+    collector's ``_lock`` when a lane's key changes (after the old lane handed over).
+    ``state``, ``changes``, ``branches`` and ``timer`` are written only under the collector's
+    ``_lock`` (lanes read ``state`` through the gate, one attribute read). ``window`` is
+    replaced whole under the collector's ``_window_lock``, read by lanes without a lock.
     """
 
     __slots__ = (
@@ -248,9 +275,11 @@ class DataCollector:
         if problems:
             raise ConfigError(problems)
         # Who owns what. Fixed at construction (never rebound, their contents never change):
-        # policy, _log, _readers, _listeners, _close_timeout_s, _virtual, _timer, _counters (the
-        # dict; each ReaderCounters is its lane's), _lane_readers, _lanes, _lane_of, _sinks (each
-        # sink guards its own state). The rest says beside it.
+        # policy, _log, _listeners, _close_timeout_s, _virtual, _timer. Rebound whole (never
+        # changed in place) only by replace_readers/replace_writers under _lock, read without it
+        # as one attribute read: _readers, _counters (the dict; each ReaderCounters is bumped by
+        # one lane at a time), _lane_readers, _lanes, _lane_of, _sinks (each sink guards its own
+        # state). The rest says beside it.
         self.policy = IntervalLimitPolicy(interval_limit_policy)
         self._listeners = list(listeners)
         self._close_timeout_s = close_timeout_s
@@ -279,57 +308,77 @@ class DataCollector:
         self._timer: abc.SchedulerBase = scheduler or LaneScheduler(
             _thread_factory(f"{THREAD_PREFIX}timer", self._threads), clock
         )
+        self._scheduler = scheduler  # the virtual one, or None; kept for lanes a reload adds
+        self._clock = clock
         self._counters = {rtype: ReaderCounters() for rtype in self._readers}
         self._lane_readers = lane_keys(self._readers.values())
         self._lanes: dict[str, Lane] = {}
         self._lane_of: dict[str, str] = {}
-        self._work = self._build_lanes(scheduler, clock, reader_workers)
+        self._build_lanes(scheduler, clock, reader_workers)
         self._assigned: frozenset[str] | None = None  # under _lock
         # Guards every run's window (start, resume and stop replace it under _lock; a lane that
         # saw the wall clock step shifts them from its own thread) and _wall_offset. Held only
         # for those assignments, never while calling out; taken after _lock, never before it.
         self._window_lock = threading.Lock()
         self._wall_offset = self._offset()
+        self._build_sinks(writers, queue_limit)
+
+    def _build_sinks(self, writers: Iterable[DataWriter], queue_limit: int) -> None:
+        self._queue_limit = queue_limit
         self._sinks = [
-            WriterSink(w, self._log, limit=queue_limit, threaded=scheduler is None) for w in writers
+            WriterSink(w, self._log, limit=queue_limit, threaded=not self._virtual) for w in writers
         ]
         # The loop thread's batches waiting for the end of its pass (_deliver appends, the
         # hand-over pops; a deque, as close() drains it too once the loop has ended), and
         # whether a hand-over is posted: the loop thread's.
         self._outbox: deque[ValueBatch] = deque()
         self._outbox_posted = False
+        # Sinks replace_writers took out: closing (their figures live), then closed. Appended
+        # under _lock; stats() and close() iterate a copy. Their figures stay in stats() under
+        # their writer's name (added to a new writer's of the same name): nothing counted is
+        # ever lost from the totals.
+        self._retired: list[WriterSink] = []
 
     def _build_lanes(
         self, scheduler: abc.SchedulerBase | None, clock: Clock | None, reader_workers: int
-    ) -> LoopWork | InlineWork:
+    ) -> None:
         self._loop: LoopScheduler | None = None
         self._pool: WorkerPool | None = None
         self._pool_watch: abc.DisposableBase | None = None  # under _lock
         # One loop thread for every lane's timers, ticks and hand-over, and one bounded pool for
-        # the synchronous readers' calls; both start their threads when first given work.
-        work: LoopWork | InlineWork
+        # the synchronous readers' calls; both start their threads when first given work. Lanes
+        # a reload adds run on the same two.
+        self._work: LoopWork | InlineWork
         if scheduler is None:
             self._loop = LoopScheduler(self._threads, clock)
             self._pool = WorkerPool(reader_workers, self._threads)
-            work = LoopWork(self._loop, self._pool)
+            self._work = LoopWork(self._loop, self._pool)
         else:
-            work = InlineWork()
-        lane_scheduler: abc.SchedulerBase = scheduler or self._loop  # type: ignore[assignment]
+            self._work = InlineWork()
         for key, types in self._lane_readers.items():
-            self._lanes[key] = Lane(
-                key,
-                [self._readers[t] for t in types],
-                lane_scheduler,
-                self._counters,
-                self._errors,
-                functools.partial(self._missed, key),
-                self._stepped,
-                self._device_changed if self._listeners else None,
-                work,
-            )
+            self._lanes[key] = self._new_lane(key, types, self._readers, self._counters)
             for t in types:
                 self._lane_of[t] = key
-        return work
+
+    def _new_lane(
+        self,
+        key: str,
+        types: Sequence[str],
+        readers: Mapping[str, DataReader],
+        counters: Mapping[str, ReaderCounters],
+    ) -> Lane:
+        scheduler: abc.SchedulerBase = self._scheduler or self._loop  # type: ignore[assignment]
+        return Lane(
+            key,
+            [readers[t] for t in types],
+            scheduler,
+            counters,
+            self._errors,
+            functools.partial(self._missed, key),
+            self._stepped,
+            self._device_changed if self._listeners else None,
+            self._work,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -494,6 +543,216 @@ class DataCollector:
         """Lane key -> the types of the readers on it (every reader of the collector)."""
         return dict(self._lane_readers)
 
+    # -- replacing readers and writers while running (a reload) ------------------------------
+
+    def replace_writers(self, writers: Iterable[DataWriter], timeout_s: float | None = None) -> list[str]:
+        """Make ``writers`` the collector's writers while it runs; return the names of those
+        taken out.
+
+        A writer object already in use keeps its sink as it is (queue, thread, figures, spool);
+        a new object gets a sink of its own from the next batch on. One no longer listed is
+        taken out: the lanes stop handing it batches (each batch goes to either the old writer
+        or the new one, never both, never neither), then it writes what is queued, flushes and
+        closes within ``timeout_s`` (default ``close_timeout_s``), what it could not store
+        counted dropped as at close. Its figures stay in ``stats()`` under its name, added to a
+        new writer's of the same name: every value is still counted once.
+
+        Raises ``ConfigError`` before anything changes: not a writer, two writers with one
+        name, or a running context a new writer refuses (``writer_problems``).
+        """
+        writers = list(writers)
+        with self._lock:
+            self._ensure_open()
+            problems = [f"writer {w!r} is not a DataWriter" for w in writers if not isinstance(w, DataWriter)]
+            names = [w.name for w in writers if isinstance(w, DataWriter)]
+            problems += [
+                f"two writers have the name {n!r}; each needs its own"
+                for n in sorted({n for n in names if names.count(n) > 1})
+            ]
+            if not problems:
+                specs = [s for run in self._runs.values() for ss in run.compiled.specs.values() for s in ss]
+                problems += writer_problems(writers, specs)
+            if problems:
+                raise ConfigError(problems)
+            kept = {id(sink.writer): sink for sink in self._sinks}
+            wanted = {id(w) for w in writers}
+            out = [sink for sink in self._sinks if id(sink.writer) not in wanted]
+            self._sinks = [
+                kept.get(id(w))
+                or WriterSink(w, self._log, limit=self._queue_limit, threaded=not self._virtual)
+                for w in writers
+            ]
+            self._retired.extend(out)
+            # A hand-over of the loop's pass running now may hold the old list: once the loop has
+            # run what is posted now, none does, and the sinks taken out get nothing more.
+            self._await_loop()
+        deadline = time.monotonic() + (self._close_timeout_s if timeout_s is None else timeout_s)
+        for sink in out:
+            sink.begin_close()
+        for sink in out:
+            sink.close(deadline)
+        return [sink.name for sink in out]
+
+    def replace_readers(self, readers: Iterable[DataReader]) -> list[str]:
+        """Make ``readers`` the collector's readers while it runs; return the keys of the lanes
+        replaced, added or removed.
+
+        A lane whose readers are the very objects it has now is not touched (its connections,
+        its schedule, its thread). A lane with any other reader (a new object for one of its
+        types, a type added to it or gone) is replaced whole: a new lane with the given readers
+        gets ready (readers opened and told their plan) while the old one ticks on; then the old
+        lane hands over on its own thread, after every tick due before the hand-over (a read in
+        flight delivers first), and closes its readers; the new lane reads the instants after
+        it. So a running context on a replaced lane gets each instant once: from the old readers
+        up to the hand-over, from the new ones after it (a new reader slow to answer makes its
+        first instants late, or counted missed, as any read would). A reader's figures go on
+        under its type.
+
+        Raises ``ConfigError`` before anything changes: not readers, two of one type, a bad lane
+        key, a reader object of a replaced lane given again (that lane closes it), or a running
+        context the new readers would not collect as now (a variable refused, or compiled
+        otherwise: another interval limit, natural type or lane): stop it first, start it after.
+        """
+        with self._lock:
+            self._ensure_open()
+            new, lanes, changed, moved = self._readers_plan(list(readers))
+            if not changed:
+                return []
+            # A type's figures go on (its old lane has handed over before the new one reads).
+            counters = {t: self._counters[t] if t in self._counters else ReaderCounters() for t in new}
+            fresh = {key: self._new_lane(key, lanes[key], new, counters) for key in changed if key in lanes}
+            old = {key: self._lanes[key] for key in changed if key in self._lanes}
+            self._readers, self._counters, self._lane_readers = new, counters, lanes
+            self._lane_of = {t: key for key, types in lanes.items() for t in types}
+            self._lanes = {key: fresh.get(key) or self._lanes[key] for key in lanes}
+            since = math.floor(self._now_ms())
+            for key, lane in fresh.items():
+                if self._assigned is not None and key not in self._assigned:
+                    lane.assign(False, since)
+            schedules = self._plan(fresh)
+            self._await_lanes(schedules)  # the new lanes get ready while the old ones tick on
+            since = math.floor(self._now_ms())
+            for key, lane in old.items():
+                branches = [run.branches[key] for run in self._runs.values() if key in run.branches]
+                self._retire_lane(lane, branches, since)
+            for run in self._runs.values():
+                if moved:
+                    self._move_run(run, moved)
+                for key, lane in fresh.items():
+                    if key in run.branches:
+                        run.branches[key] = self._branch(run, lane)
+            self._apply(schedules, since)
+        self._log.info("lanes replaced, added or removed: %s", ", ".join(changed))
+        return changed
+
+    def _readers_plan(
+        self, readers: list[DataReader]
+    ) -> tuple[dict[str, DataReader], dict[str, tuple[str, ...]], list[str], dict[str, str]]:
+        """Under the lock: the readers by type, their lanes, the keys of the lanes to replace,
+        add or remove, and the keys that change (old -> new: the same reader types on a lane
+        with another key); ``ConfigError`` with every problem (see ``replace_readers``)."""
+        problems = [f"reader {r!r} is not a DataReader" for r in readers if not isinstance(r, DataReader)]
+        new: dict[str, DataReader] = {}
+        for reader in readers:
+            if isinstance(reader, DataReader):
+                if reader.type in new:
+                    problems.append(f"two readers have the type {reader.type!r}; each needs its own")
+                new[reader.type] = reader
+        problems += lane_problems(new.values())
+        if problems:
+            raise ConfigError(problems)
+        lanes = lane_keys(new.values())
+        before = {key: [self._readers[t] for t in types] for key, types in self._lane_readers.items()}
+        after = {key: [new[t] for t in types] for key, types in lanes.items()}
+        changed = sorted(
+            key
+            for key in before.keys() | after.keys()
+            if len(before.get(key, ())) != len(after.get(key, ()))
+            or any(a is not b for a, b in zip(before[key], after[key], strict=True))
+        )
+        # A replaced lane with the same reader types under another key (a Modbus port changed):
+        # its running contexts move to the new key.
+        new_key = {types: key for key, types in lanes.items()}
+        moved = {
+            key: new_key[types]
+            for key, types in self._lane_readers.items()
+            if key in changed and new_key.get(types, key) != key
+        }
+        closing = {id(r) for key in changed for r in before.get(key, ())}
+        problems += [
+            f"reader {r.type!r}: this object is the running reader of lane {key!r}, which is "
+            "replaced (and closes it): give a new object"
+            for key in changed
+            for r in after.get(key, ())
+            if id(r) in closing
+        ]
+        for run in self._runs.values():
+            cid = run.context.id
+            try:
+                again = compile_context(run.context, new, self.policy)
+            except ConfigError as exc:
+                problems += [f"context {cid} (running): {p}" for p in exc.problems]
+                continue
+            now = {moved.get(k, k): specs for k, specs in run.compiled.specs.items()}
+            if dict(again.specs) != now or again.dropped != run.compiled.dropped:
+                problems.append(
+                    f"context {cid} (running): the new readers would collect it otherwise (its "
+                    "variables' lanes, types or interval limits): stop it first, start it after"
+                )
+        if problems:
+            raise ConfigError(problems)
+        return new, lanes, changed, moved
+
+    @staticmethod
+    def _move_run(run: _Run, moved: Mapping[str, str]) -> None:
+        """Under the lock, after the old lanes handed over: a run's lanes under their new keys
+        (its variables, its tallies and its branches; the specs stay the very objects)."""
+        run.compiled = dataclasses.replace(
+            run.compiled, specs={moved.get(k, k): specs for k, specs in run.compiled.specs.items()}
+        )
+        run.tallies = {moved.get(k, k): tally for k, tally in run.tallies.items()}
+        run.branches = {moved.get(k, k): branch for k, branch in run.branches.items()}
+
+    def _retire_lane(self, lane: Lane, branches: list[abc.DisposableBase], since_ms: int) -> None:
+        """A replaced lane's end: on the loop, as the lane's job, once every instant due at or
+        before ``since_ms`` is read (a read in flight delivers first; a tick due but not yet
+        fired is read then, ``Lane.hand_over``), its contexts' branches go and its readers
+        close; past a bound (a read hung) it is abandoned (nothing more from it) and its readers
+        let go. The new lane reads the instants after ``since_ms``: each instant is read by
+        exactly one of the two."""
+
+        def failed(rtype: str, step: str, exc: Exception) -> None:
+            self._log.error("reader %r failed to %s: %s", rtype, step, exc)
+
+        done = threading.Event()
+
+        def finish() -> None:
+            try:
+                for branch in branches:
+                    branch.dispose()
+            finally:
+                lane.close_readers(failed, done.set)
+
+        if self._virtual or not lane.used:
+            finish()  # nothing ever posted to it: nothing in flight
+        else:
+            lane.hand_over(since_ms, finish)
+            if not done.wait(max(LANE_READY_S, self._close_timeout_s / 2)):
+                lane.abandon(failed)
+                for branch in branches:
+                    branch.dispose()
+
+    def _await_loop(self) -> None:
+        """Wait (bounded) until the loop has run an action posted now: what it was doing before
+        (a pass's hand-over to the sinks) is over. Deliveries happen only on the loop."""
+        loop = self._loop
+        if loop is None or threading.current_thread().name.startswith(THREAD_PREFIX):
+            return
+        event = threading.Event()
+        with contextlib.suppress(DisposedException):  # closed: nothing delivers any more
+            loop.post(event.set)
+            event.wait(LANE_READY_S)
+
     @property
     def scheduler(self) -> abc.SchedulerBase:
         """The collector's Rx scheduler (its timer: durations, and anything a pipeline times on
@@ -567,9 +826,10 @@ class DataCollector:
                         "%s did not end within %s s (a reader stuck in a read?)", thread.name, timeout / 2
                     )
         # Every sink is asked first, then awaited: a stuck writer costs the others nothing.
-        for sink in self._sinks:
+        sinks = [*self._sinks, *self._retired]  # a retired one still closing: the same deadline
+        for sink in sinks:
             sink.begin_close()
-        for sink in self._sinks:
+        for sink in sinks:
             sink.close(deadline)
         self._notify("after_close")
 
@@ -664,24 +924,36 @@ class DataCollector:
             for cid, run in self._runs.items():
                 contexts[cid] = run.figures()
             planned = {rtype: self._lanes[key].planned for rtype, key in self._lane_of.items()}
+            # One consistent set of tables (replace_readers rebinds them under the lock).
+            all_counters, lanes, lane_of = self._counters, self._lanes, self._lane_of
+            all_readers = self._readers
         # Percentiles and the plugins' own counters are computed outside the lock: a scrape must
         # not hold up a start or a stop.
         # Each reader's figures (percentiles, the plugin's own counters) are computed when first
         # looked at: stats() of 2,000 lanes costs a dict of them here, not 2,000 snapshots.
         thunks = {}
-        for rtype in self._counters:
-            lane = self._lanes[self._lane_of[rtype]]
+        for rtype, counters in all_counters.items():
+            lane = lanes[lane_of[rtype]]
             if lane.touched:
-                thunks[rtype] = functools.partial(self._reader_stats, rtype, lane.key, planned[rtype])
-        readers = ReaderStatsView(thunks)
-        return CollectorStats(readers, {s.name: s.snapshot() for s in self._sinks}, contexts)
+                thunks[rtype] = functools.partial(
+                    self._reader_stats, all_readers[rtype], counters, rtype, lane.key, planned[rtype]
+                )
+        writers = {s.name: s.snapshot() for s in self._sinks}
+        for sink in list(self._retired):
+            before = sink.snapshot()
+            now = writers.get(sink.name)
+            writers[sink.name] = before if now is None else _summed(now, before)
+        return CollectorStats(ReaderStatsView(thunks), writers, contexts)
 
-    def _reader_stats(self, rtype: str, lane: str, schedule: LaneSchedule | None) -> ReaderStats:
+    @staticmethod
+    def _reader_stats(
+        reader: DataReader, counters: ReaderCounters, rtype: str, lane: str, schedule: LaneSchedule | None
+    ) -> ReaderStats:
         try:
-            extra = self._readers[rtype].stats()
+            extra = reader.stats()
         except Exception:
             extra = {}
-        return self._counters[rtype].snapshot(rtype, schedule.period_ms if schedule else None, extra, lane)
+        return counters.snapshot(rtype, schedule.period_ms if schedule else None, extra, lane)
 
     # -- internals ---------------------------------------------------------------------------
 

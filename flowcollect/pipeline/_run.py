@@ -92,18 +92,26 @@ def run_pipeline(
     elapsed = time.monotonic() - began
     why = watcher.why() if reason == "ended" else ""
     summary = RunSummary(
-        pipeline.name, reason, elapsed, tuple(ids), collector.stats(), why, files=files_of(pipeline)
+        pipeline.name,
+        reason,
+        elapsed,
+        tuple(ids),
+        collector.stats(),
+        why,
+        # The collector's too: a reload may have replaced a file writer (--http).
+        files=files_of(pipeline, collector.writers),
     )
     log.info("pipeline %s: %s", pipeline.name, summary.headline())
     return summary
 
 
-def files_of(pipeline: Pipeline) -> dict[str, str]:
+def files_of(pipeline: Pipeline, also: Iterable[DataWriter] = ()) -> dict[str, str]:
     """Writer name -> the file it writes, as the user finds it from where they started: a
-    relative path in a file the CLI runs is beside that file (the CLI works in its folder)."""
+    relative path in a file the CLI runs is beside that file (the CLI works in its folder).
+    ``also``: more writers (a running collector's, which a reload may have replaced)."""
     out: dict[str, str] = {}
     given, resolved = pipeline._folder_given, pipeline._folder_resolved
-    for writer in pipeline.writers:
+    for writer in [*pipeline.writers, *also]:
         inner: object = writer
         while isinstance(getattr(inner, "writer", None), DataWriter):  # a spool in front
             inner = getattr(inner, "writer")  # noqa: B009 - typed as object above

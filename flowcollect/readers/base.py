@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
+from flowcollect._options import record_construction
 from flowcollect.models import ValueType, Variable
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
@@ -49,6 +50,12 @@ class DataReader(ABC):
     that asks for a snapshot: keep them free of the reader's I/O state (``stats`` may read
     counters without a lock).
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # The construction call is the reader's options, for a reload to compare (_options).
+        instance = super().__new__(cls)
+        record_construction(instance, args, kwargs)
+        return instance
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -175,6 +175,23 @@ class Lane:
         with contextlib.suppress(DisposedException):  # closed: nothing is done here any more
             self.scheduler.schedule(lambda _s, _t: self._enqueue(action))
 
+    def hand_over(self, since_ms: int, finish: Callable[[], None]) -> None:
+        """Run ``finish`` as the lane's job once every instant due at or before ``since_ms`` is
+        read (the lane replacing this one reads the instants after it): a tick whose timer was
+        due but had not fired yet (the loop behind, or the hand-over's post ahead of the timer
+        in the loop's pass) is read first, never left to neither lane."""
+
+        def job() -> None:
+            due = self._pending_due
+            if not self._closed and self._active is not None and due is not None and due <= since_ms:
+                self._drop_pending()
+                self._tick(due)
+                self._jobs.append(job)  # after that tick (a read in flight holds the queue)
+                return
+            finish()
+
+        self.post(job)
+
     def plan(self, schedule: LaneSchedule | None, since_ms: int) -> None:
         """Set the wanted schedule; the lane takes it on its thread, telling its readers first.
         Instants due after ``since_ms`` (the change's instant) are read even if late."""

@@ -197,7 +197,9 @@ def build_app(  # noqa: PLR0915 -- the routes are declared here, one by one
         offset: int = Query(0, ge=0),
         limit: int = Query(1000, ge=1, le=10_000),
     ) -> Any:
-        return await call(service.values, context, reader, name, offset, limit)
+        # Made on a worker thread, row by row, as JSON text: see LatestValues.page_json.
+        body = await run_in_threadpool(service.values_json, context, reader, name, offset, limit)
+        return Response(body, media_type="application/json")
 
     @app.get("/api/v1/events", dependencies=read)
     async def events() -> StreamingResponse:

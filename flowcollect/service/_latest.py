@@ -4,11 +4,21 @@ Kept per batch, not per value: a lane's batches for one context and phase share 
 ``variables`` sequence, so the writer keeps a reference to the newest batch of each (one dict
 assignment per batch, whatever its size) and only a query walks values. Measured: a copy per
 value (an object each) made a lane of 10,000 variables at 100 ms overrun (bench/api_latency.py).
+
+A query costs the lanes nothing measurable either (bench/api_latency.py): where each variable's
+value is (which batch shape, which position) is an index built once per set of batch shapes,
+not per query (the shapes change when contexts start or stop, not at every tick); a page walks
+only its own rows, and is written straight to JSON text, one string per row with the
+variable's part made once per index, so neither a dict per value (the garbage collector's
+walks) nor one long ``json.dumps`` (the interpreter held for the whole page) competes with the
+lanes for the interpreter.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -66,6 +76,94 @@ def _value(batch: ValueBatch, i: int) -> LatestValue:
     )
 
 
+_Shape = tuple[int | None, int]
+"""A batch shape: its context (None: several) and the identity of its variables sequence."""
+
+MAX_FILTERS = 16
+"""Filtered selections kept per index (the console's filter as the user types)."""
+
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _scalar(value: Any) -> str:
+    """One value as JSON text (the common types without the encoder's machinery)."""
+    kind = type(value)
+    if value is None:
+        return "null"
+    if kind is float:
+        return repr(value) if math.isfinite(value) else "null"
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    try:
+        return _encode(value)
+    except (TypeError, ValueError):  # not JSON (bytes, an object): its text
+        return _encode(str(value))
+
+
+class _Entry:
+    """One variable in the index: its spec, the start of its JSON row, and where its value is
+    (a batch shape and a position; or a value kept on its own). Built once per index."""
+
+    __slots__ = ("places", "prefix", "spec")
+
+    def __init__(self, spec: VariableSpec, places: list[tuple[_Shape | LatestValue, int]]) -> None:
+        self.spec = spec
+        self.places = places
+        s = spec
+        self.prefix = (
+            f'{{"context":{s.context_id},"variable":{s.id},"name":{_scalar(s.name)},'
+            f'"reader":{_scalar(s.reader)},"address":{_scalar(s.address)},'
+        )
+
+    def newest(self, batches: dict[_Shape, ValueBatch]) -> tuple[ValueBatch | LatestValue | None, int]:
+        """Where the newest value is now (a variable in several shapes: the latest batch)."""
+        places = self.places
+        if len(places) == 1:
+            where, i = places[0]
+            if isinstance(where, LatestValue):
+                return where, -1
+            return batches.get(where), i
+        best: tuple[ValueBatch | LatestValue | None, int] = (None, -1)
+        best_t = -math.inf
+        for where, i in places:
+            if isinstance(where, LatestValue):
+                t = where.time.timestamp() * 1000
+                found: ValueBatch | LatestValue | None = where
+            else:
+                found = batches.get(where)
+                t = -math.inf if found is None else found.t_ms
+            if found is not None and t >= best_t:
+                best, best_t = (found, i), t
+        return best
+
+
+class _Index:
+    """Every kept variable by context then variable id, for one set of batch shapes."""
+
+    __slots__ = ("entries", "version")
+
+    def __init__(self, version: int, entries: list[_Entry]) -> None:
+        self.version = version
+        self.entries = entries
+
+    @staticmethod
+    def build(version: int, batches: dict[_Shape, ValueBatch], loose: list[LatestValue]) -> _Index:
+        places: dict[tuple[int, int], tuple[VariableSpec, list[tuple[_Shape | LatestValue, int]]]] = {}
+        for value in loose:
+            spec = value.spec
+            places[(spec.context_id, spec.id)] = (spec, [(value, -1)])
+        for shape, batch in batches.items():
+            for i, spec in enumerate(batch.variables):
+                held = places.get((spec.context_id, spec.id))
+                if held is None:
+                    places[(spec.context_id, spec.id)] = (spec, [(shape, i)])
+                else:
+                    held[1].append((shape, i))
+        return _Index(version, [_Entry(*places[key]) for key in sorted(places)])
+
+
 class LatestValues(DataWriter):
     """A writer that keeps each variable's last value in memory (per context and variable id),
     for ``GET /api/v1/values`` and the console. Stored means kept here: its figures are as honest
@@ -79,6 +177,13 @@ class LatestValues(DataWriter):
         self._batches: OrderedDict[tuple[int | None, int], ValueBatch] = OrderedDict()
         self._loose: dict[tuple[int, int], tuple[int, LatestValue]] = {}
         self._not_kept = 0
+        self._version = 0
+        """Bumped under ``_lock`` whenever the set of batch shapes or the loose values change:
+        the query index (``_index``) is rebuilt for the next query then, not before."""
+        self._index_lock = threading.Lock()
+        """Guards ``_index`` and ``_filtered``: API threads only."""
+        self._index: _Index | None = None
+        self._filtered: dict[tuple[int | None, str | None, str | None], list[_Entry]] = {}
         self._last_errors: dict[str, LatestValue] = {}
         """The newest error of each reader (its variables'), for the status."""
         self.on_error: Callable[[LatestValue], None] | None = None
@@ -96,6 +201,8 @@ class LatestValues(DataWriter):
             before = self._batches.get(key)
             self._batches[key] = batch
             self._batches.move_to_end(key)
+            if before is None:
+                self._version += 1
             while len(self._batches) > MAX_BATCHES:
                 _, old = self._batches.popitem(last=False)
                 self._loosen(old)
@@ -138,6 +245,7 @@ class LatestValues(DataWriter):
                 self._not_kept += 1
                 continue
             loose[key] = (t, _value(batch, i))
+        self._version += 1
 
     def forget_context(self, context_id: int) -> None:
         """Drop a stopped context's values (so contexts with ever new ids do not grow memory)."""
@@ -146,47 +254,57 @@ class LatestValues(DataWriter):
                 del self._batches[key]
             for loose_key in [k for k in self._loose if k[0] == context_id]:
                 del self._loose[loose_key]
+            self._version += 1
 
-    def _refs(
-        self, context: int | None, reader: str | None, name: str | None
-    ) -> list[tuple[ValueBatch | LatestValue, int]]:
-        """Where each selected variable's latest value is (a batch and a position, or a value
-        kept on its own), by context then variable id: nothing is built per value here."""
+    def _snapshot(self) -> tuple[_Index, dict[_Shape, ValueBatch]]:
+        """The index for the current batch shapes (built when they changed), and the newest
+        batch of each shape: together, where every variable's latest value is."""
         with self._lock:
-            batches = sorted(self._batches.values(), key=lambda b: b.t_ms)
-            loose = list(self._loose.items())
-        newest: dict[tuple[int, int], tuple[int, ValueBatch | LatestValue, int]] = {
-            key: (t, value, -1) for key, (t, value) in loose
-        }
-        for batch in batches:
-            if context is not None and batch.context_id not in (None, context):
-                continue
-            t = batch.t_ms
-            for i, spec in enumerate(batch.variables):
-                key = (spec.context_id, spec.id)
-                held = newest.get(key)
-                if held is None or held[0] <= t:
-                    newest[key] = (t, batch, i)
-        out: list[tuple[ValueBatch | LatestValue, int]] = []
-        for key in sorted(newest):
-            _, source, i = newest[key]
-            spec = source.spec if isinstance(source, LatestValue) else source.variables[i]
-            if context is not None and spec.context_id != context:
-                continue
-            if reader is not None and spec.reader != reader:
-                continue
-            if name is not None and not fnmatch.fnmatchcase(spec.name or "", name):
-                continue
-            out.append((source, i))
-        return out
+            batches = dict(self._batches)
+            version = self._version
+            loose = list(self._loose.values())  # empty unless more shapes than MAX_BATCHES
+        with self._index_lock:
+            index = self._index
+            if index is None or index.version != version:
+                index = self._index = _Index.build(version, batches, [value for _, value in loose])
+                self._filtered.clear()
+        return index, batches
+
+    def _select(
+        self, index: _Index, context: int | None, reader: str | None, name: str | None
+    ) -> list[_Entry]:
+        if context is None and reader is None and name is None:
+            return index.entries
+        key = (context, reader, name)
+        with self._index_lock:
+            found = self._filtered.get(key) if self._index is index else None
+        if found is not None:
+            return found
+        found = [
+            e
+            for e in index.entries
+            if (context is None or e.spec.context_id == context)
+            and (reader is None or e.spec.reader == reader)
+            and (name is None or fnmatch.fnmatchcase(e.spec.name or "", name))
+        ]
+        with self._index_lock:
+            if self._index is index:
+                if len(self._filtered) >= MAX_FILTERS:
+                    self._filtered.clear()
+                self._filtered[key] = found
+        return found
 
     def select(
         self, context: int | None = None, reader: str | None = None, name: str | None = None
     ) -> list[LatestValue]:
         """The latest values, by context then variable id; ``name`` is a glob (``temp*``)."""
-        return [
-            s if isinstance(s, LatestValue) else _value(s, i) for s, i in self._refs(context, reader, name)
-        ]
+        index, batches = self._snapshot()
+        out = []
+        for entry in self._select(index, context, reader, name):
+            source, i = entry.newest(batches)
+            if source is not None:
+                out.append(source if isinstance(source, LatestValue) else _value(source, i))
+        return out
 
     def page(
         self,
@@ -196,37 +314,47 @@ class LatestValues(DataWriter):
         offset: int = 0,
         limit: int = 1000,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """How many match, and the rows ``offset`` to ``offset + limit`` as plain dicts (only
-        those are built; a batch's instant is formatted once for all its values)."""
-        refs = self._refs(context, reader, name)
+        """How many match, and the rows ``offset`` to ``offset + limit`` as plain dicts."""
+        total, body = self.page_json(context, reader, name, offset, limit)
+        rows: list[dict[str, Any]] = json.loads(body)["values"]
+        return total, rows
+
+    def page_json(
+        self,
+        context: int | None = None,
+        reader: str | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int = 1000,
+    ) -> tuple[int, bytes]:
+        """How many match, and ``{"total":..,"offset":..,"values":[..]}`` as JSON bytes with the
+        rows ``offset`` to ``offset + limit`` (by context then variable id; ``name`` is a glob).
+        Only those rows are touched; a value JSON cannot carry (NaN, infinity) is ``null``."""
+        index, batches = self._snapshot()
+        selected = self._select(index, context, reader, name)
         times: dict[int, str] = {}
         rows = []
-        for source, i in refs[offset : offset + limit]:
-            if isinstance(source, LatestValue):
-                rows.append(source.as_dict())
+        for entry in selected[offset : offset + limit]:
+            source, i = entry.newest(batches)
+            if source is None:
                 continue
-            s = source.variables[i]
-            ns = None if source.source_ns is None else source.source_ns[i]
-            if ns is None:
-                when = times.get(id(source))
-                if when is None:
-                    when = times[id(source)] = _iso(source.time)
+            if isinstance(source, LatestValue):
+                value, when, quality, error = source.value, _iso(source.time), source.quality, source.error
             else:
-                when = _iso(source.time_of(i))
+                ns = None if source.source_ns is None else source.source_ns[i]
+                if ns is None:
+                    when = times.get(id(source)) or times.setdefault(id(source), _iso(source.time))
+                else:
+                    when = _iso(source.time_of(i))
+                value = source.values[i]
+                quality = None if source.quality is None else source.quality[i]
+                error = source.errors[i]
             rows.append(
-                {
-                    "context": s.context_id,
-                    "variable": s.id,
-                    "name": s.name,
-                    "reader": s.reader,
-                    "address": s.address,
-                    "value": source.values[i],
-                    "time": when,
-                    "quality": None if source.quality is None else source.quality[i],
-                    "error": source.errors[i],
-                }
+                f'{entry.prefix}"value":{_scalar(value)},"time":"{when}",'
+                f'"quality":{_scalar(quality)},"error":{_scalar(error)}}}'
             )
-        return len(refs), rows
+        head = f'{{"total":{len(selected)},"offset":{offset},"values":['
+        return len(selected), (head + ",".join(rows) + "]}").encode()
 
     def stats(self) -> dict[str, float]:
         with self._lock:  # cheap: every stats() snapshot asks

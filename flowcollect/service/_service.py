@@ -24,6 +24,7 @@ from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline import Pipeline, writer_figures
 from flowcollect.service._latest import LatestValue, LatestValues
+from flowcollect.service._reload import ReloadPlan, prepare_reload
 from flowcollect.service._state import StateStore
 from flowcollect.stats import CollectorStats, ContextStats
 
@@ -242,10 +243,14 @@ class Service(DataCollectionListener):
         }
         lanes = collector.lanes()
         membership = self._membership() if self._membership is not None else None
+        owned = None if self._membership is None else set(membership.owned if membership else ())
         return {
             "pipeline": self.pipeline_name,
             "uptime_s": round(time.monotonic() - self._began, 3),
-            "lanes": {key: {"readers": list(types)} for key, types in lanes.items()},
+            "lanes": {
+                key: {"readers": list(types)} | ({} if owned is None else {"owned": key in owned})
+                for key, types in lanes.items()
+            },
             "readers": {
                 rtype: _plain(r) | {"last_error": last_errors.get(rtype)}
                 for rtype, r in stats.readers.items()
@@ -334,6 +339,17 @@ class Service(DataCollectionListener):
         total, rows = self.latest.page(context, reader, name, offset, limit)
         return {"total": total, "offset": offset, "values": rows}
 
+    def values_json(
+        self,
+        context: int | None = None,
+        reader: str | None = None,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int = 1000,
+    ) -> bytes:
+        """``values`` as the API sends it: JSON text made row by row (``LatestValues.page_json``)."""
+        return self.latest.page_json(context, reader, name, offset, limit)[1]
+
     # -- changes -----------------------------------------------------------------------------
 
     def create(self, context: DataCollectionContext) -> dict[str, Any]:
@@ -389,34 +405,57 @@ class Service(DataCollectionListener):
     # -- reload ------------------------------------------------------------------------------
 
     def reload(self) -> dict[str, Any]:
-        """Load the pipeline file again and apply the difference of its contexts (``_reload``);
-        ``ConfigError`` listing every problem, with nothing changed, for a broken file."""
-        from flowcollect.service._reload import load_checked, plan_reload
-
+        """Load the pipeline file again and apply the difference (``_reload``): readers and
+        writers whose options changed replaced, the pipeline's contexts added, removed or changed
+        started, stopped or restarted; ``ConfigError`` listing every problem, with nothing
+        changed, for a broken file."""
         if self.pipeline is None or self.pipeline_path is None:
             raise ContextConflictError("reload needs the pipeline file (flowcollect run --http)")
+        if self._membership is not None:
+            # Every member runs the same file and shares its lanes out by it: one member
+            # reloading alone would collect something else than the others.
+            raise ContextConflictError(
+                "a group member does not reload: change the file and restart the members one by one"
+            )
         with self._reload_lock:
             collector = self.collector
-            new = load_checked(self.pipeline_path, collector, self.pipeline)
-            running = set(collector.contexts())
-            result = plan_reload(self._definitions, new.contexts, running)
-            for cid in result.removed + result.changed:
-                if cid in collector.contexts():
-                    collector.stop(cid)
-            fresh = {c.id: c for c in new.contexts}
-            with self._lock:
-                self._pipeline_ids = frozenset(fresh)
-                for cid in result.added + result.changed:
-                    self._known[cid] = fresh[cid]
-            for cid in result.added + result.changed:
-                collector.start(fresh[cid].model_copy(deep=True))
-            self._definitions = list(new.contexts)
-            result.notes.append(
-                "readers, writers and devices kept as they run (their options are not reloaded)"
+            plan = prepare_reload(
+                self.pipeline_path, collector, self._definitions, [self.latest], self.pipeline
             )
+            result = plan.result
+            new = plan.pipeline
+            try:
+                self._apply(collector, plan)
+            except Exception as exc:
+                # Checked before anything changed, so only a race (a context started through
+                # the API meanwhile) or a plugin's bug gets here: part of it is applied. Not
+                # a ConfigError, so nobody is told that nothing changed.
+                _log.error("reload failed half way (%s); reload again, or restart", exc)
+                raise RuntimeError(f"reload failed half way: {exc}") from exc
+            self._definitions = list(new.contexts)
         _log.info("%s", result.line())
+        for note in result.notes:
+            _log.info("reload: %s", note)
         self.publish({"event": "reload"} | result.as_dict())
         return result.as_dict()
+
+    def _apply(self, collector: DataCollector, plan: ReloadPlan) -> None:
+        result, fresh = plan.result, {c.id: c for c in plan.pipeline.contexts}
+        for cid in result.removed + result.changed:
+            if cid in collector.contexts():
+                collector.stop(cid)
+        # Readers first (the lanes' hand-over), then writers: a context started below delivers
+        # to the new writers from its first instant.
+        if result.readers.any():
+            collector.replace_readers(plan.readers)
+        if result.writers.any():
+            collector.replace_writers([*plan.writers, self.latest])
+        with self._lock:
+            self._pipeline_ids = frozenset(fresh)
+            for cid in result.added + result.changed:
+                self._known[cid] = fresh[cid]
+        for cid in result.added + result.changed:
+            collector.start(fresh[cid].model_copy(deep=True))
 
     # -- restart -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ class ServiceRun:
     or a port in use fails the run before any device or context); ``started`` attaches the
     service to the collector, restores recorded contexts and serves; ``close`` ends the server."""
 
-    def __init__(self, pipeline: Pipeline, options: HttpOptions) -> None:
+    def __init__(
+        self, pipeline: Pipeline, options: HttpOptions, membership: Callable[[], Any] | None = None
+    ) -> None:
         began = time.perf_counter()
         host, port = parse_listen(options.listen)
         token = load_token(options.token_file)
@@ -65,7 +68,9 @@ class ServiceRun:
             )
         store = None if options.state_dir is None else StateStore(options.state_dir)
         self.latest = LatestValues()
-        self.service = Service(pipeline.name, pipeline.contexts, self.latest, store)
+        # In a group (``membership``: the member's figures, None until it joined) the service
+        # acts on this member's collector, and shows which lanes it owns.
+        self.service = Service(pipeline.name, pipeline.contexts, self.latest, store, membership)
         self.service.pipeline = pipeline
         self.service.pipeline_path = options.pipeline_path
         self._watch = options.watch and options.pipeline_path is not None

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Self
 
+from flowcollect._options import record_construction
 from flowcollect.errors import ConfigError
 from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 
@@ -130,6 +131,12 @@ class DataWriter:
     """Set by a ``SpooledWriter`` on the writer it wraps (to the spool's folder): what this
     writer gives up when it closes is not lost, the spool keeps it for the next run. For the
     wording of the writer's own logs; its counts stay what it did."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # The construction call is the writer's options, for a reload to compare (_options).
+        instance = super().__new__(cls)
+        record_construction(instance, args, kwargs)
+        return instance
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
