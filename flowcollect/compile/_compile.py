@@ -404,7 +404,12 @@ def compile_context(
             used[rtype] = found
         reader, key, limit = found
         try:
-            value_type = _validated_type(variable, reader)
+            value_type: str
+            if variable.value_type is None:
+                value_type = _validated_type(variable, reader)
+            else:
+                value_type = variable.value_type
+                reader.validate(variable)
         except ValueError as exc:
             problems.append(f"{_where(context, variable)}, reader {reader.type!r}: {exc}")
             continue

@@ -239,9 +239,8 @@ def _own_rows(header: list[str], numbers: list[int], records: list[list[str]]) -
     records.clear()
     rows = zip(*columns, strict=True) if columns else iter([()] * count)
     tags = zip(*tag_cells, strict=True) if tag_cells else iter([()] * count)
-    fields = (
-        _own_fields(names, values, tag_keys, row_tags) for values, row_tags in zip(rows, tags, strict=True)
-    )
+    full = not any(_EMPTY in column for column in columns) and not any("" in cells for cells in tag_cells)
+    fields = (_full_fields if full else _own_fields)(names, rows, tag_keys, tags)
     if "address" in names:  # a row without one: Variable says it is required
         addresses = columns[names.index("address")]
         suspect.update(p for p, value in enumerate(addresses) if value is _EMPTY)
@@ -249,14 +248,26 @@ def _own_rows(header: list[str], numbers: list[int], records: list[list[str]]) -
 
 
 def _own_fields(
-    names: list[str], values: tuple[Any, ...], tag_keys: list[str], row_tags: tuple[str, ...]
-) -> dict[str, Any]:
-    """One row's fields: its non-empty cells, and its tags."""
-    fields = {name: value for name, value in zip(names, values, strict=True) if value is not _EMPTY}
-    given = {key: cell for key, cell in zip(tag_keys, row_tags, strict=True) if cell}
-    if given:
-        fields["tags"] = given
-    return fields
+    names: list[str], rows: Iterator[tuple[Any, ...]], tag_keys: list[str], tags: Iterator[tuple[str, ...]]
+) -> Iterator[dict[str, Any]]:
+    """Each row's fields: its non-empty cells, and its tags."""
+    for values, row_tags in zip(rows, tags, strict=True):
+        fields = {name: value for name, value in zip(names, values, strict=True) if value is not _EMPTY}
+        given = {key: cell for key, cell in zip(tag_keys, row_tags, strict=True) if cell}
+        if given:
+            fields["tags"] = given
+        yield fields
+
+
+def _full_fields(
+    names: list[str], rows: Iterator[tuple[Any, ...]], tag_keys: list[str], tags: Iterator[tuple[str, ...]]
+) -> Iterator[dict[str, Any]]:
+    """``_own_fields`` of a table without an empty cell (the usual export): no cell to leave out."""
+    for values, row_tags in zip(rows, tags, strict=True):
+        fields = dict(zip(names, values, strict=True))
+        if tag_keys:
+            fields["tags"] = dict(zip(tag_keys, row_tags, strict=True))
+        yield fields
 
 
 def _parse_column(
@@ -412,24 +423,31 @@ def _build(
     given: dict[str, Any] = {**plain_defaults, **({"tags": default_tags} if default_tags else {})}
     template = Variable(id=1, address="-", reader=reader_type, **given)
 
-    def say(number: int, column: str | None, message: str) -> None:
-        where = f"{label} row {number}" + (f", column {columns.get(column, column)}" if column else "")
-        problems.append(f"{where}: {message}")
+    def where(number: int, column: str | None) -> str:
+        return f"{label} row {number}" + (f", column {columns.get(column, column)}: " if column else ": ")
 
+    def say(number: int, column: str | None, message: str) -> None:
+        problems.append(where(number, column) + message)
+
+    # The per-row calls of the fast path are written out here: 100,000 rows pass through.
+    suspect = table.suspect
+    problem_rows = table.problems
+    validate = checked.validate if checked is not None else None
     for position, (number, row) in enumerate(zip(table.numbers, table.fields, strict=True)):
-        cell_problems = table.problems.get(position)
-        if cell_problems:
-            for column, message in cell_problems:
-                say(number, column, message)
+        if position in problem_rows:
+            problems.extend(where(number, column) + message for column, message in problem_rows[position])
             continue
         derived = "id" not in row
         try:
-            if _vouched_for(table, position, template, row):
+            if _vouched_for(suspect, position, template, row):
                 variable = _copied(template, row, reader_type)
             else:
                 variable = _validated(row, plain_defaults, default_tags, reader_type)
-            if checked is not None:
-                validate_for_reader(variable, checked)
+            if validate is not None:
+                if variable.value_type is None:
+                    validate_for_reader(variable, checked)  # type: ignore[arg-type]
+                else:
+                    validate(variable)
         except ValidationError as exc:
             for error in exc.errors():
                 say(number, str(error["loc"][0]) if error["loc"] else None, _message(error))
@@ -437,9 +455,11 @@ def _build(
         except ValueError as exc:  # the reader's own check of the address
             say(number, "address", str(exc))
             continue
-        repeated = _repeated(id_rows, name_rows, number, variable, derived=derived)
-        if repeated is not None:
-            say(number, *repeated)
+        # Repeated ids and names (see _repeated, which words the message).
+        if id_rows.setdefault(variable.id, number) != number or (
+            variable.name is not None and name_rows.setdefault(variable.name, number) != number
+        ):
+            say(number, *_repeated(id_rows, name_rows, number, variable, derived=derived))
             continue
         variables.append(variable)
     if problems:
@@ -473,10 +493,10 @@ def _copied(template: Variable, row: dict[str, Any], reader_type: str) -> Variab
     return variable
 
 
-def _vouched_for(table: _Table, position: int, template: Variable, row: Mapping[str, Any]) -> bool:
+def _vouched_for(suspect: set[int] | None, position: int, template: Variable, row: Mapping[str, Any]) -> bool:
     """Whether the row at ``position`` may be made without validating it again: its columns'
-    checks vouched for each value, and ``Variable``'s rule across fields holds."""
-    suspect = table.suspect
+    checks vouched for each value (it is not ``suspect``), and ``Variable``'s rule across
+    fields holds."""
     return suspect is not None and position not in suspect and _reports_right(template, row)
 
 
@@ -497,17 +517,13 @@ def _derived_id(reader_type: str, fields: Mapping[str, Any]) -> int:
 
 def _repeated(
     id_rows: dict[int, int], name_rows: dict[str, int], number: int, variable: Variable, *, derived: bool
-) -> tuple[str, str] | None:
-    """(column, message) when the row's id or name was used by an earlier row; notes both."""
-    earlier = id_rows.setdefault(variable.id, number)
+) -> tuple[str, str]:
+    """(column, message) for a row whose id or name an earlier row used (noted in the dicts)."""
+    earlier = id_rows[variable.id]
     if earlier != number:
         why = " (derived from the name or address: give the rows ids)" if derived else ""
         return "id", f"id {variable.id} is already used by row {earlier}{why}"
-    if variable.name is not None:
-        earlier = name_rows.setdefault(variable.name, number)
-        if earlier != number:
-            return "name", f"name {variable.name!r} is already used by row {earlier}"
-    return None
+    return "name", f"name {variable.name!r} is already used by row {name_rows[variable.name or '']}"
 
 
 def _message(error: Mapping[str, Any]) -> str:
