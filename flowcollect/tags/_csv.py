@@ -432,6 +432,12 @@ def _build(
     # The per-row calls of the fast path are written out here: 100,000 rows pass through.
     suspect = table.suspect
     problem_rows = table.problems
+    # Variable's rule across fields can fail only with a deadband or a heartbeat somewhere.
+    free = (
+        template.deadband is None
+        and template.heartbeat_ms is None
+        and not ({"deadband", "heartbeat_ms"} & columns.keys())
+    )
     validate = checked.validate if checked is not None else None
     for position, (number, row) in enumerate(zip(table.numbers, table.fields, strict=True)):
         if position in problem_rows:
@@ -439,7 +445,7 @@ def _build(
             continue
         derived = "id" not in row
         try:
-            if _vouched_for(suspect, position, template, row):
+            if _vouched_for(suspect, position, None if free else template, row):
                 variable = _copied(template, row, reader_type)
             else:
                 variable = _validated(row, plain_defaults, default_tags, reader_type)
@@ -483,8 +489,12 @@ def _validated(
 def _copied(template: Variable, row: dict[str, Any], reader_type: str) -> Variable:
     """A row the table vouches for: the template's copy with its values. The same variable as
     ``_validated`` makes (fields, tags and the fields set), without validating it twice."""
-    tags = {**template.tags, **row["tags"]} if "tags" in row else {**template.tags}
-    row["tags"] = tags  # a dict of its own, never the template's
+    if "tags" not in row:
+        tags = row["tags"] = {**template.tags}  # a dict of its own, never the template's
+    elif template.tags:
+        tags = row["tags"] = {**template.tags, **row["tags"]}
+    else:
+        tags = row["tags"]  # the row's own dict (made for it by the table)
     if "id" not in row:
         row["id"] = _derived_id(reader_type, row)
     variable = template.model_copy(update=row)
@@ -493,11 +503,17 @@ def _copied(template: Variable, row: dict[str, Any], reader_type: str) -> Variab
     return variable
 
 
-def _vouched_for(suspect: set[int] | None, position: int, template: Variable, row: Mapping[str, Any]) -> bool:
+def _vouched_for(
+    suspect: set[int] | None, position: int, template: Variable | None, row: Mapping[str, Any]
+) -> bool:
     """Whether the row at ``position`` may be made without validating it again: its columns'
     checks vouched for each value (it is not ``suspect``), and ``Variable``'s rule across
-    fields holds."""
-    return suspect is not None and position not in suspect and _reports_right(template, row)
+    fields holds over the ``template``'s defaults (None: no default and no column can break it)."""
+    return (
+        suspect is not None
+        and position not in suspect
+        and (template is None or _reports_right(template, row))
+    )
 
 
 def _reports_right(template: Variable, row: Mapping[str, Any]) -> bool:
