@@ -6,6 +6,7 @@ through here, so what is checked and drawn is what runs.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import threading
 import weakref
@@ -281,6 +282,71 @@ def _keep(
             del _reuse[next(iter(_reuse))]
 
 
+# A VariableSpec made without its dataclass __init__, which sets each of its 13 fields with
+# object.__setattr__ (it is frozen): 100,000 specs per 100,000-variable context, about half the
+# cost of compiling one. Each slot is set through its own descriptor instead, as __init__ would
+# set it; tests/engine/test_compile_reuse.py holds the two equal, field by field.
+_SPEC_FIELDS = (
+    "id",
+    "context_id",
+    "address",
+    "value_type",
+    "reader",
+    "interval_ms",
+    "name",
+    "tags",
+    "scale",
+    "offset",
+    "report",
+    "deadband",
+    "heartbeat_ms",
+)
+if tuple(f.name for f in dataclasses.fields(VariableSpec)) != _SPEC_FIELDS:  # pragma: no cover
+    raise RuntimeError("VariableSpec's fields changed: change _SPEC_FIELDS and _new_spec with them")
+(
+    _set_id,
+    _set_context_id,
+    _set_address,
+    _set_value_type,
+    _set_reader,
+    _set_interval_ms,
+    _set_name,
+    _set_tags,
+    _set_scale,
+    _set_offset,
+    _set_report,
+    _set_deadband,
+    _set_heartbeat_ms,
+) = (getattr(VariableSpec, name).__set__ for name in _SPEC_FIELDS)
+
+
+def _new_spec(
+    variable: Variable,
+    context_id: int,
+    value_type: str,
+    reader: str,
+    interval_ms: int,
+    tags: tuple[tuple[str, str], ...],
+) -> VariableSpec:
+    """``VariableSpec(variable.id, context_id, variable.address, value_type, reader, interval_ms,
+    variable.name, tags, variable.scale, ...)``, made twice as fast."""
+    spec: VariableSpec = object.__new__(VariableSpec)
+    _set_id(spec, variable.id)
+    _set_context_id(spec, context_id)
+    _set_address(spec, variable.address)
+    _set_value_type(spec, value_type)
+    _set_reader(spec, reader)
+    _set_interval_ms(spec, interval_ms)
+    _set_name(spec, variable.name)
+    _set_tags(spec, tags)
+    _set_scale(spec, variable.scale)
+    _set_offset(spec, variable.offset)
+    _set_report(spec, variable.report)
+    _set_deadband(spec, variable.deadband)
+    _set_heartbeat_ms(spec, variable.heartbeat_ms)
+    return spec
+
+
 def _reader_entry(
     context: DataCollectionContext, variable: Variable, readers: Mapping[str, DataReader], problems: list[str]
 ) -> tuple[DataReader, str, int] | None:
@@ -430,22 +496,14 @@ def compile_context(
         lane = lanes.get(rtype)
         if lane is None:  # the lanes in the order of their first spec
             lane = lanes[rtype] = specs.setdefault(key, [])
-        # Positional: a frozen dataclass's keywords cost a third more, 100,000 times.
         lane.append(
-            VariableSpec(
-                variable.id,
+            _new_spec(
+                variable,
                 cid,
-                variable.address,
                 value_type,
                 reader.type,
                 interval,
-                variable.name,
                 _tags(variable.tags, tag_tuples) if variable.tags else (),
-                variable.scale,
-                variable.offset,
-                variable.report,
-                variable.deadband,
-                variable.heartbeat_ms,
             )
         )
     _conclude(context, bool(specs), out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError, fields, replace
 
 import pytest
 
@@ -22,6 +23,7 @@ from flowcollect.compile import CompiledContext, compile_context
 from flowcollect.models import ValueType
 from flowcollect.readers import RandomDataReader
 from flowcollect.testing import MemoryDataWriter
+from flowcollect.values import VariableSpec
 
 
 class CountingReader(RandomDataReader):
@@ -216,3 +218,31 @@ def test_pipeline_check_then_collector_start_validate_each_variable_twice() -> N
         assert collector.check(ctx).specs == compile_context(context(), {"random": reader}).specs
     finally:
         collector.close()
+
+
+def test_a_compiled_spec_is_the_dataclass_one_field_by_field() -> None:
+    variables = [
+        Variable(id=1, address="a", reader="random", value_type="float", name="n", tags={"b": "2", "a": "1"},
+                 scale=2.0, offset=-1.0, report="change", deadband=0.5, heartbeat_ms=5000, interval_ms=250),
+        Variable(id=2, address="b", reader="random"),
+    ]  # fmt: skip
+    ctx = DataCollectionContext(id=7, variables=variables)
+    compiled = compile_context(ctx, {"random": CountingReader()})
+    made = compiled.specs["reader:random"]
+    built = (
+        VariableSpec(
+            1, 7, "a", "float", "random", 250, "n", (("a", "1"), ("b", "2")), 2.0, -1.0, "change", 0.5, 5000
+        ),
+        VariableSpec(2, 7, "b", "float", "random", 1000),
+    )
+    assert made == built
+    assert [hash(s) for s in made] == [hash(s) for s in built]
+    assert [repr(s) for s in made] == [repr(s) for s in built]
+    assert all(
+        getattr(m, f.name) == getattr(b, f.name)
+        for m, b in zip(made, built, strict=True)
+        for f in fields(VariableSpec)
+    )
+    assert replace(made[0], interval_ms=1) == replace(built[0], interval_ms=1)
+    with pytest.raises(FrozenInstanceError):
+        made[0].id = 3  # type: ignore[misc]
