@@ -6,6 +6,10 @@ through here, so what is checked and drawn is what runs.
 
 from __future__ import annotations
 
+import dataclasses
+import operator
+import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -169,6 +173,263 @@ def _validated_type(variable: Variable, reader: DataReader) -> str:
     return value_type
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A context's last compilation and what it was compiled from: what ``compile_context`` may
+    reuse. It holds the context only weakly (``context``), so a context dropped by its user is
+    not kept alive by this; its variables and specs go at the next compilation (``_keep``).
+
+    ``variables`` is the context's list as it was (the very objects: a ``Variable`` is frozen);
+    ``value_types`` the resolved type of each; ``readers`` each reader type used, with the reader
+    and what of it the specs depend on (its lane and interval limit).
+    """
+
+    context: weakref.ref[DataCollectionContext]
+    basis: tuple[object, ...]
+    variables: tuple[Variable, ...]
+    value_types: tuple[str, ...]
+    readers: tuple[tuple[str, DataReader, str, int], ...]
+    specs: Mapping[str, tuple[VariableSpec, ...]]
+    warnings: tuple[str, ...]
+    dropped: tuple[int, ...]
+
+
+REUSE_KEPT = 8
+"""How many compilations are kept for reuse (those of the most recently compiled live contexts)."""
+
+# Context id() -> its last compilation. ``check`` then ``start`` of the same unchanged context
+# compile once: the second call finds the first's specs here, and only runs every reader's
+# ``validate`` again. Entries of contexts gone, and the oldest beyond REUSE_KEPT, are dropped at
+# each compilation (no weak-reference callback: one would run inside a garbage collection, on
+# any thread, possibly while this very lock is held). Guarded by _reuse_lock: compiling runs on
+# any thread (a pipeline's check, a collector's start, a service request); it is held only for
+# these dict operations.
+_reuse: dict[int, _Compiled] = {}
+_reuse_lock = threading.Lock()
+
+
+def _basis(context: DataCollectionContext, policy: IntervalLimitPolicy) -> tuple[object, ...]:
+    """What of a context (beyond its variables) and the policy a compilation depends on."""
+    return (
+        context.id,
+        context.interval_ms,
+        context.min_interval_ms,
+        "min_interval_ms" in context.model_fields_set,  # said in warnings (_limit_origin)
+        policy,
+    )
+
+
+def _reused(
+    context: DataCollectionContext, readers: Mapping[str, DataReader], policy: IntervalLimitPolicy
+) -> CompiledContext | None:
+    """The context's last compilation when nothing it depends on changed and every variable still
+    passes its reader's ``validate`` (a reader's checks may depend on its settings); else None."""
+    with _reuse_lock:
+        kept = _reuse.get(id(context))
+    if kept is None or kept.context() is not context:
+        return None
+    variables = context.variables
+    if (
+        kept.basis != _basis(context, policy)
+        or len(variables) != len(kept.variables)
+        or not all(map(operator.is_, variables, kept.variables))
+    ):
+        return None
+    for rtype, reader, lane, limit in kept.readers:
+        if (
+            readers.get(rtype) is not reader
+            or lane_key(reader) != lane
+            or max(context.min_interval_ms, reader.min_interval_ms) != limit
+        ):
+            return None
+    for variable, value_type in zip(variables, kept.value_types, strict=True):
+        reader = readers[variable.reader]
+        try:
+            if variable.value_type is None:
+                if (reader.natural_value_type(variable.address) or "float") != value_type:
+                    return None
+                reader.validate(variable.model_copy(update={"value_type": value_type}))
+            else:
+                reader.validate(variable)
+        except ValueError:
+            return None  # compiled again, for the message
+    return CompiledContext(context, kept.specs, kept.warnings, kept.dropped)
+
+
+def _keep(
+    context: DataCollectionContext,
+    policy: IntervalLimitPolicy,
+    value_types: list[str],
+    used: Mapping[str, tuple[DataReader, str, int]],
+    compiled: CompiledContext,
+) -> None:
+    entry = _Compiled(
+        weakref.ref(context),
+        _basis(context, policy),
+        tuple(context.variables),
+        tuple(value_types),
+        tuple((rtype, reader, lane, limit) for rtype, (reader, lane, limit) in used.items()),
+        compiled.specs,
+        compiled.warnings,
+        compiled.dropped,
+    )
+    with _reuse_lock:
+        for key in [key for key, kept in _reuse.items() if kept.context() is None]:
+            del _reuse[key]
+        _reuse.pop(id(context), None)  # inserted again last: the most recent
+        _reuse[id(context)] = entry
+        while len(_reuse) > REUSE_KEPT:
+            del _reuse[next(iter(_reuse))]
+
+
+# A VariableSpec made without its dataclass __init__, which sets each of its 13 fields with
+# object.__setattr__ (it is frozen): 100,000 specs per 100,000-variable context, about half the
+# cost of compiling one. Each slot is set through its own descriptor instead, as __init__ would
+# set it; tests/engine/test_compile_reuse.py holds the two equal, field by field.
+_SPEC_FIELDS = (
+    "id",
+    "context_id",
+    "address",
+    "value_type",
+    "reader",
+    "interval_ms",
+    "name",
+    "tags",
+    "scale",
+    "offset",
+    "report",
+    "deadband",
+    "heartbeat_ms",
+)
+if tuple(f.name for f in dataclasses.fields(VariableSpec)) != _SPEC_FIELDS:  # pragma: no cover
+    raise RuntimeError("VariableSpec's fields changed: change _SPEC_FIELDS and _new_spec with them")
+(
+    _set_id,
+    _set_context_id,
+    _set_address,
+    _set_value_type,
+    _set_reader,
+    _set_interval_ms,
+    _set_name,
+    _set_tags,
+    _set_scale,
+    _set_offset,
+    _set_report,
+    _set_deadband,
+    _set_heartbeat_ms,
+) = (getattr(VariableSpec, name).__set__ for name in _SPEC_FIELDS)
+
+
+def _new_spec(
+    variable: Variable,
+    context_id: int,
+    value_type: str,
+    reader: str,
+    interval_ms: int,
+    tags: tuple[tuple[str, str], ...],
+) -> VariableSpec:
+    """``VariableSpec(variable.id, context_id, variable.address, value_type, reader, interval_ms,
+    variable.name, tags, variable.scale, ...)``, made twice as fast."""
+    spec: VariableSpec = object.__new__(VariableSpec)
+    _set_id(spec, variable.id)
+    _set_context_id(spec, context_id)
+    _set_address(spec, variable.address)
+    _set_value_type(spec, value_type)
+    _set_reader(spec, reader)
+    _set_interval_ms(spec, interval_ms)
+    _set_name(spec, variable.name)
+    _set_tags(spec, tags)
+    _set_scale(spec, variable.scale)
+    _set_offset(spec, variable.offset)
+    _set_report(spec, variable.report)
+    _set_deadband(spec, variable.deadband)
+    _set_heartbeat_ms(spec, variable.heartbeat_ms)
+    return spec
+
+
+def _reader_entry(
+    context: DataCollectionContext, variable: Variable, readers: Mapping[str, DataReader], problems: list[str]
+) -> tuple[DataReader, str, int] | None:
+    """A variable's reader, its lane key and its interval limit in this context (None, and a
+    problem, when there is no reader of its type)."""
+    reader = readers.get(variable.reader)
+    if reader is None:
+        known = ", ".join(sorted(readers)) or "none"
+        problems.append(
+            f"{_where(context, variable)}: no reader of type {variable.reader!r} (readers: {known})"
+        )
+        return None
+    return reader, lane_key(reader), max(context.min_interval_ms, reader.min_interval_ms)
+
+
+def _tags(
+    tags: Mapping[str, str], shared: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+) -> tuple[tuple[str, str], ...]:
+    """A spec's tags, sorted; equal tags share one tuple (fewer objects kept per variable)."""
+    given = tuple(tags.items())
+    found = shared.get(given)
+    if found is None:
+        found = shared[given] = tuple(sorted(given))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    problems: list[str]
+    warnings: list[str]
+    dropped: list[int]
+    """Ids of the variables left out."""
+    below: list[str]
+    """Why each left-out variable was left out: interval, limit, where the limit comes from."""
+
+
+def _below_limit(
+    context: DataCollectionContext,
+    variable: Variable,
+    reader: DataReader,
+    interval: int,
+    limit: int,
+    policy: IntervalLimitPolicy,
+    out: _Outcome,
+) -> int | None:
+    """A variable's interval below its limit, by the policy: the interval to collect it at, or
+    None when it is not collected (a problem under ``error``, a warning under ``ignore``)."""
+    why = (
+        f"{_where(context, variable)}: interval_ms {interval} is below the limit of {limit} ms (the "
+        f"larger of the context's min_interval_ms ({context.min_interval_ms}) and the "
+        f"min_interval_ms of reader {reader.type!r} ({reader.min_interval_ms}))"
+    )
+    if policy is IntervalLimitPolicy.ERROR:
+        out.problems.append(why)
+        return None
+    if policy is IntervalLimitPolicy.IGNORE:
+        out.warnings.append(f"{why}; not collected (interval_limit_policy=ignore)")
+        out.dropped.append(variable.id)
+        out.below.append(
+            f"variable {variable.id}: interval_ms {interval} < {limit} ms ({_limit_origin(context, reader)})"
+        )
+        return None
+    return limit
+
+
+def _conclude(context: DataCollectionContext, collects: bool, out: _Outcome) -> None:
+    """Raise ``ConfigError`` with the problems; a context left with nothing to collect is one
+    when its variables were all below their limits, else a warning."""
+    problems, warnings, below = out.problems, out.warnings, out.below
+    if not collects and below and not problems:
+        # Every variable left out: the context would run and collect nothing while its start,
+        # `check` and the run's verdict said OK. That is a mistake in the pipeline, not a state.
+        problems.append(
+            f"context {context.id} would collect nothing: every variable is below its interval limit "
+            f"({'; '.join(below)}); raise interval_ms, lower min_interval_ms, or use "
+            "interval_limit_policy=use_limit"
+        )
+    if problems:
+        raise ConfigError(problems)
+    if not collects:
+        warnings.append(f"context {context.id} has no variable left to collect")
+
+
 def compile_context(
     context: DataCollectionContext,
     readers: Mapping[str, DataReader],
@@ -179,79 +440,78 @@ def compile_context(
     Raises ``ConfigError`` listing every problem, each naming the context, the variable and the
     reader. Calls only the readers' pure methods (``validate``, ``natural_value_type``,
     ``lane``, ``min_interval_ms``).
+
+    The same context compiled again, unchanged (its variables, interval fields, readers and the
+    policy), is not compiled twice: every variable still goes through its reader's ``validate``,
+    and the specs of the last compilation are returned (``check`` then ``start``).
     """
     policy = IntervalLimitPolicy(policy)
-    problems: list[str] = []
-    warnings: list[str] = []
-    dropped: list[int] = []
-    # Why each left-out variable was left out: interval, limit, where the limit comes from.
-    below: list[str] = []
+    reused = _reused(context, readers, policy)
+    if reused is not None:
+        return reused
+    out = _Outcome([], [], [], [])
+    problems = out.problems
     specs: dict[str, list[VariableSpec]] = {}
+    # Per reader type, looked up once: the reader, its lane key and its interval limit.
+    used: dict[str, tuple[DataReader, str, int]] = {}
+    lanes: dict[str, list[VariableSpec]] = {}  # reader type -> its lane's specs
+    value_types: list[str] = []
+    # Equal tags make one tuple, shared by their specs (fewer objects for the collector to keep).
+    tag_tuples: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+    cid = context.id
+    context_interval = context.interval_ms
     for variable in context.variables:
-        where = _where(context, variable)
-        reader = readers.get(variable.reader)
-        if reader is None:
-            known = ", ".join(sorted(readers)) or "none"
-            problems.append(f"{where}: no reader of type {variable.reader!r} (readers: {known})")
-            continue
+        rtype = variable.reader
+        found = used.get(rtype)
+        if found is None:
+            found = _reader_entry(context, variable, readers, problems)
+            if found is None:
+                continue
+            used[rtype] = found
+        reader, key, limit = found
         try:
-            value_type = _validated_type(variable, reader)
+            value_type: str
+            if variable.value_type is None:
+                value_type = _validated_type(variable, reader)
+            else:
+                value_type = variable.value_type
+                reader.validate(variable)
         except ValueError as exc:
-            problems.append(f"{where}, reader {reader.type!r}: {exc}")
+            problems.append(f"{_where(context, variable)}, reader {reader.type!r}: {exc}")
             continue
-        numeric = value_type in ("int", "float")
-        for name in ("scale", "offset", "deadband"):
-            if getattr(variable, name) is not None and not numeric:
-                problems.append(f"{where}: {name} applies to numbers; value_type is {value_type!r}")
-        interval = context.interval_of(variable)
-        limit = max(context.min_interval_ms, reader.min_interval_ms)
-        if interval < limit:
-            why = (
-                f"{where}: interval_ms {interval} is below the limit of {limit} ms (the larger of "
-                f"the context's min_interval_ms ({context.min_interval_ms}) and the "
-                f"min_interval_ms of reader {reader.type!r} ({reader.min_interval_ms}))"
+        value_types.append(value_type)
+        if value_type not in ("int", "float"):
+            problems.extend(
+                f"{_where(context, variable)}: {name} applies to numbers; value_type is {value_type!r}"
+                for name in ("scale", "offset", "deadband")
+                if getattr(variable, name) is not None
             )
-            if policy is IntervalLimitPolicy.ERROR:
-                problems.append(why)
+        interval = variable.interval_ms
+        if interval is None:
+            interval = context_interval
+        if interval < limit:
+            interval = _below_limit(context, variable, reader, interval, limit, policy, out)
+            if interval is None:
                 continue
-            if policy is IntervalLimitPolicy.IGNORE:
-                warnings.append(f"{why}; not collected (interval_limit_policy=ignore)")
-                dropped.append(variable.id)
-                below.append(
-                    f"variable {variable.id}: interval_ms {interval} < {limit} ms "
-                    f"({_limit_origin(context, reader)})"
-                )
-                continue
-            interval = limit
-        spec = VariableSpec(
-            id=variable.id,
-            context_id=context.id,
-            address=variable.address,
-            value_type=value_type,
-            reader=reader.type,
-            interval_ms=interval,
-            name=variable.name,
-            tags=tuple(sorted(variable.tags.items())),
-            scale=variable.scale,
-            offset=variable.offset,
-            report=variable.report,
-            deadband=variable.deadband,
-            heartbeat_ms=variable.heartbeat_ms,
+        lane = lanes.get(rtype)
+        if lane is None:  # the lanes in the order of their first spec
+            lane = lanes[rtype] = specs.setdefault(key, [])
+        lane.append(
+            _new_spec(
+                variable,
+                cid,
+                value_type,
+                reader.type,
+                interval,
+                _tags(variable.tags, tag_tuples) if variable.tags else (),
+            )
         )
-        specs.setdefault(lane_key(reader), []).append(spec)
-    if not specs and below and not problems:
-        # Every variable left out: the context would run and collect nothing while its start,
-        # `check` and the run's verdict said OK. That is a mistake in the pipeline, not a state.
-        problems.append(
-            f"context {context.id} would collect nothing: every variable is below its interval limit "
-            f"({'; '.join(below)}); raise interval_ms, lower min_interval_ms, or use "
-            "interval_limit_policy=use_limit"
-        )
-    if problems:
-        raise ConfigError(problems)
-    if not specs:
-        warnings.append(f"context {context.id} has no variable left to collect")
-    return CompiledContext(context, {k: tuple(v) for k, v in specs.items()}, tuple(warnings), tuple(dropped))
+    _conclude(context, bool(specs), out)
+    compiled = CompiledContext(
+        context, {k: tuple(v) for k, v in specs.items()}, tuple(out.warnings), tuple(out.dropped)
+    )
+    _keep(context, policy, value_types, used, compiled)
+    return compiled
 
 
 def lane_schedule(

@@ -180,6 +180,9 @@ def served_specs(specs: Iterable[VariableSpec]) -> list[VariableSpec]:
     smallest of their deadbands (none when one context reports every value): each context's own
     deadband is applied again by its ``report_changes`` step.
     """
+    specs = list(specs)
+    if len(dict.fromkeys(_read_keys(specs))) == len(specs):
+        return specs  # every read distinct (the common case), found without a loop of ours
     merged: dict[tuple[str, str, str], VariableSpec] = {}
     for spec in specs:
         key = (spec.reader, spec.address, spec.value_type)
@@ -194,6 +197,21 @@ def served_specs(specs: Iterable[VariableSpec]) -> list[VariableSpec]:
         if interval != first.interval_ms or deadband != first.deadband:
             merged[key] = replace(first, interval_ms=interval, deadband=deadband)
     return list(merged.values())
+
+
+_READER = operator.attrgetter("reader")
+_ADDRESS = operator.attrgetter("address")
+_VALUE_TYPE = operator.attrgetter("value_type")
+_INTERVAL = operator.attrgetter("interval_ms")
+_CONTEXT = operator.attrgetter("context_id")
+_SCALE = operator.attrgetter("scale")
+_OFFSET = operator.attrgetter("offset")
+_REPORT = operator.attrgetter("report")
+
+
+def _read_keys(specs: Sequence[VariableSpec]) -> Iterable[tuple[str, str, str]]:
+    """Each spec's (reader, address, value type): what identifies a read."""
+    return zip(map(_READER, specs), map(_ADDRESS, specs), map(_VALUE_TYPE, specs), strict=True)
 
 
 class LaneSchedule:
@@ -221,24 +239,37 @@ class LaneSchedule:
         self.specs = tuple(specs)
         if not self.specs:
             raise ValueError("a lane schedule needs at least one variable")
-        self.intervals = tuple(sorted({s.interval_ms for s in self.specs}))
+        # Per-variable work as C-level passes (attrgetter maps, sets, dicts): a lane of 100,000
+        # variables is planned when its context starts, and that start waits for it.
+        intervals = list(map(_INTERVAL, self.specs))
+        self.intervals = tuple(sorted(set(intervals)))
         if self.intervals[0] <= 0:
             raise ValueError(f"intervals must be positive, got {self.intervals[0]}")
         self.period_ms = math.gcd(*self.intervals)
         self.hyperperiod_ms = math.lcm(*self.intervals)
-        order = list(dict.fromkeys([*reader_order, *(s.reader for s in self.specs)]))
-        self.reader_order = tuple(r for r in order if any(s.reader == r for s in self.specs))
+        present = dict.fromkeys(map(_READER, self.specs))
+        order = dict.fromkeys([*reader_order, *present])
+        self.reader_order = tuple(r for r in order if r in present)
         # What each reader must serve (plan_changed), computed here, where the plan is built
         # before its context starts, not on the lane's thread before its first tick.
-        served: dict[str, list[VariableSpec]] = {r: [] for r in self.reader_order}
-        for spec in served_specs(self.specs):
-            served[spec.reader].append(spec)
-        self.served = {r: tuple(v) for r, v in served.items()}
-        # Positions in the plan keep batches in a stable order (context, then its variables).
-        groups: dict[int, list[tuple[int, VariableSpec]]] = {i: [] for i in self.intervals}
-        for position, s in enumerate(self.specs):
-            groups[s.interval_ms].append((position, s))
-        self._by_interval = {i: tuple(ws) for i, ws in groups.items()}
+        served = served_specs(self.specs)
+        if len(self.reader_order) == 1:
+            self.served = {self.reader_order[0]: tuple(served)}
+        else:
+            self.served = {r: tuple(s for s in served if s.reader == r) for r in self.reader_order}
+        # Positions in the plan keep batches in a stable order (context, then its variables):
+        # per interval, its specs and their positions (ascending).
+        self._by_interval: dict[int, tuple[Sequence[int], tuple[VariableSpec, ...]]]
+        if len(self.intervals) == 1:
+            self._by_interval = {self.intervals[0]: (range(len(self.specs)), self.specs)}
+        else:
+            groups: dict[int, tuple[list[int], list[VariableSpec]]] = {i: ([], []) for i in self.intervals}
+            # (a loop of ours: only when the lane has several intervals)
+            for position, (interval, s) in enumerate(zip(intervals, self.specs, strict=True)):
+                group = groups[interval]
+                group[0].append(position)
+                group[1].append(s)
+            self._by_interval = {i: (tuple(ps), tuple(ss)) for i, (ps, ss) in groups.items()}
         self._phases: dict[int, LanePhase] = {}
         if self.hyperperiod_ms // self.period_ms <= EAGER_PHASES:
             for t in range(0, self.hyperperiod_ms, self.period_ms):
@@ -304,22 +335,51 @@ class LaneSchedule:
         return out
 
     def _build(self, mask: int) -> LanePhase:
-        due = [
-            pw
-            for i, interval in enumerate(self.intervals)
-            if mask >> i & 1
-            for pw in self._by_interval[interval]
-        ]
-        due.sort(key=lambda pw: pw[0])
-        per_reader: dict[str, list[VariableSpec]] = {}
-        for _, s in due:
-            per_reader.setdefault(s.reader, []).append(s)
+        groups = [self._by_interval[interval] for i, interval in enumerate(self.intervals) if mask >> i & 1]
+        due: Sequence[VariableSpec]
+        if len(groups) == 1:
+            due = groups[0][1]  # one interval due: its specs, already in plan order
+        else:
+            pairs = sorted(
+                (pw for positions, specs in groups for pw in zip(positions, specs, strict=True)),
+                key=operator.itemgetter(0),
+            )
+            due = [s for _, s in pairs]
+        per_reader: dict[str, Sequence[VariableSpec]]
+        if len(self.reader_order) == 1:
+            per_reader = {self.reader_order[0]: due}
+        else:
+            lists: dict[str, list[VariableSpec]] = {}
+            for s in due:
+                lists.setdefault(s.reader, []).append(s)
+            per_reader = dict(lists)
         readers = tuple(
             _reader_phase(r, per_reader[r], self.served[r]) for r in self.reader_order if r in per_reader
         )
         phase = LanePhase(readers)
         phase.by_context.update(_lane_deliveries(readers))
         return phase
+
+
+def _delivery(
+    context_id: int, variables: tuple[VariableSpec, ...], index: tuple[int, ...] | None, reader: str
+) -> Delivery:
+    """A context's delivery from one reader, with the positions of its scaled and its
+    report-on-change variables (found with C-level passes when there are none)."""
+    return Delivery(context_id, variables, index, _scaled(variables), _changes(variables), reader)
+
+
+def _scaled(variables: Sequence[VariableSpec]) -> tuple[int, ...]:
+    n = len(variables)
+    if list(map(_SCALE, variables)).count(None) == n and list(map(_OFFSET, variables)).count(None) == n:
+        return ()
+    return tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None)
+
+
+def _changes(variables: Sequence[VariableSpec]) -> tuple[int, ...]:
+    if "change" not in map(_REPORT, variables):
+        return ()
+    return tuple(k for k, s in enumerate(variables) if s.report == "change")
 
 
 def _lane_deliveries(readers: Sequence[ReaderPhase]) -> dict[int, Delivery]:
@@ -352,30 +412,39 @@ def _lane_deliveries(readers: Sequence[ReaderPhase]) -> dict[int, Delivery]:
 
 
 def _reader_phase(reader: str, due: Sequence[VariableSpec], served: tuple[VariableSpec, ...]) -> ReaderPhase:
-    index: dict[tuple[str, str], int] = {}
-    reads: list[VariableSpec] = []
-    per_context: dict[int, list[tuple[int, VariableSpec]]] = {}
-    for s in due:
-        key = (s.address, s.value_type)
-        n = index.get(key)
-        if n is None:
-            n = index[key] = len(reads)
-            reads.append(s)
-        per_context.setdefault(s.context_id, []).append((n, s))
-    deliveries = []
-    for context_id, items in per_context.items():
-        variables = tuple(s for _, s in items)
-        whole = len(items) == len(reads) and all(n == k and s is reads[k] for k, (n, s) in enumerate(items))
-        deliveries.append(
-            Delivery(
-                context_id,
-                variables,
-                None if whole else tuple(n for n, _ in items),
-                tuple(k for k, s in enumerate(variables) if s.scale is not None or s.offset is not None),
-                tuple(k for k, s in enumerate(variables) if s.report == "change"),
-                reader,
+    contexts = dict.fromkeys(map(_CONTEXT, due))
+    if len(contexts) == 1 and (
+        (len(due) == len(served) and all(map(operator.is_, due, served)))  # all it serves is due
+        or len(dict.fromkeys(_read_keys(due))) == len(due)
+    ):
+        # One context, every read distinct (a context alone on its lane): it receives the reads
+        # as they are.
+        reads: Sequence[VariableSpec] = due
+        deliveries = [_delivery(next(iter(contexts)), tuple(due), None, reader)]
+    else:
+        index: dict[tuple[str, str], int] = {}
+        listed: list[VariableSpec] = []
+        per_context: dict[int, tuple[list[int], list[VariableSpec]]] = {}
+        for s in due:
+            key = (s.address, s.value_type)
+            n = index.get(key)
+            if n is None:
+                n = index[key] = len(listed)
+                listed.append(s)
+            positions, wanted = per_context.setdefault(s.context_id, ([], []))
+            positions.append(n)
+            wanted.append(s)
+        reads = listed
+        deliveries = []
+        for context_id, (positions, wanted) in per_context.items():
+            whole = (
+                len(wanted) == len(listed)
+                and positions == list(range(len(listed)))
+                and all(map(operator.is_, wanted, listed))
             )
-        )
+            deliveries.append(
+                _delivery(context_id, tuple(wanted), None if whole else tuple(positions), reader)
+            )
     # When the reads are exactly what the reader serves (same specs, same order), they are the
     # very tuple plan_changed gave it: a reader may prepare per tuple there, off the hot path.
     same = len(reads) == len(served) and all(map(operator.is_, reads, served))

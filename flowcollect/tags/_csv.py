@@ -17,7 +17,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, get_args
@@ -61,13 +61,38 @@ _KEPWARE_FIELD_COLUMNS: Final = {
 }
 
 
-@dataclass
-class _Row:
-    number: int
-    fields: dict[str, Any]
-    columns: dict[str, str]
-    """Field -> the column it came from, for messages."""
-    problems: list[tuple[str | None, str]] = field(default_factory=list)
+class _Empty:
+    """An empty cell: the field takes its default."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<empty>"
+
+
+_EMPTY: Final = _Empty()
+
+
+@dataclass(slots=True)
+class _Table:
+    """A tag list's rows, parsed: per row its number, its fields and its problems.
+
+    Built a column at a time (a parser over a whole column is a comprehension, not a call per
+    cell), with no object per row but the fields dict the ``Variable`` is made from.
+    """
+
+    numbers: list[int]
+    """The rows' numbers as a spreadsheet shows them (the header is row 1)."""
+    fields: Iterator[dict[str, Any]]
+    """Per row, its fields; made as they are taken (one row's dict alive at a time)."""
+    columns: Mapping[str, str]
+    """Field -> the column it came from, for messages (the same for every row of a format)."""
+    problems: dict[int, list[tuple[str | None, str]]] = field(default_factory=dict)
+    """Row position -> (column, message) of each cell that could not be parsed, in column order."""
+    suspect: set[int] | None = None
+    """Positions of the rows whose values the columns' checks could not vouch for (``_TRUSTED``);
+    None: no row vouched for. Those rows are validated by ``Variable`` itself, the others are made
+    from a validated template (see ``_build``)."""
 
 
 def read_csv(
@@ -93,22 +118,25 @@ def read_csv(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{label}: cannot be read: {exc}") from exc
     records = list(csv.reader(io.StringIO(text), _dialect(text)))
-    header_at = next((i for i, record in enumerate(records) if any(c.strip() for c in record)), None)
+    header_at = next((i for i, record in enumerate(records) if _filled(record)), None)
     if header_at is None:
         raise ConfigError(f"{label}: has no header row (expected columns such as id, name, address)")
     header = records[header_at]
-    body = (
-        (i + 1, record)
-        for i, record in enumerate(records)
-        if i > header_at and any(c.strip() for c in record)
-    )
+    numbers = [i + 1 for i in range(header_at + 1, len(records)) if _filled(records[i])]
+    body = [records[number - 1] for number in numbers]
+    del records  # the body's records are consumed (and freed) by the table
     if _kepware.is_kepware(header):
-        rows, header_problems = _kepware_rows(label, header, body, kepware_word_order)
+        table, header_problems = _kepware_rows(label, header, numbers, body, kepware_word_order)
     else:
-        rows, header_problems = _own_rows(header, body)
+        table, header_problems = _own_rows(header, numbers, body)
     if header_problems:
         raise ConfigError([f"{label} row {header_at + 1}: {p}" for p in header_problems])
-    return _build(label, rows, reader, reader_type, defaults)
+    return _build(label, table, reader, reader_type, defaults)
+
+
+def _filled(record: list[str]) -> bool:
+    """Whether a record has a cell that is not blank (one C-level join, not a call per cell)."""
+    return bool("".join(record).strip())
 
 
 def validate_for_reader(variable: Variable, reader: DataReader) -> None:
@@ -169,39 +197,115 @@ def _own_header(header: list[str]) -> tuple[dict[int, str], list[str]]:
     return known, problems
 
 
-def _own_rows(header: list[str], body: Iterable[tuple[int, list[str]]]) -> tuple[list[_Row], list[str]]:
+def _own_rows(header: list[str], numbers: list[int], records: list[list[str]]) -> tuple[_Table, list[str]]:
+    """The rows of our own format; ``records`` (the body's, one per number) is consumed."""
     known, problems = _own_header(header)
-    rows: list[_Row] = []
     if problems:
-        return rows, problems
-    # Per column, decided once: a tag's key, or a field and the parser of its cells.
-    tag_columns = [(i, c[len(TAG_PREFIX) :]) for i, c in known.items() if c.startswith(TAG_PREFIX)]
-    field_columns = [(i, c, _PARSERS.get(c, str)) for i, c in known.items() if not c.startswith(TAG_PREFIX)]
+        return _Table(numbers, iter(()), {}), problems
     width = len(header)
-    for number, record in body:
-        if len(record) < width:
-            record = record + [""] * (width - len(record))  # noqa: PLW2901 - a short row's empty cells
-        row = _Row(number, {}, {})
-        for index, column, parse in field_columns:
-            cell = record[index].strip()
-            if cell:
-                row.columns[column] = column
-                try:
-                    row.fields[column] = parse(cell)
-                except ValueError as exc:
-                    row.problems.append((column, str(exc)))
-        tags = {key: cell for index, key in tag_columns if (cell := record[index].strip())}
-        if tags:
-            row.fields["tags"] = tags
-        if len(record) > len(header) and any(c.strip() for c in record[len(header) :]):
-            row.problems.append((None, f"has {len(record)} cells, more than the header's {len(header)}"))
-        rows.append(row)
-    return rows, problems
+    cell_problems: dict[int, list[tuple[str | None, str]]] = {}
+    suspect: set[int] = set()
+    longer: list[tuple[int, int]] = []
+    for position, record in enumerate(records):
+        if len(record) < width:  # a short row's missing cells are empty
+            records[position] = record + [""] * (width - len(record))
+        elif len(record) > width and _filled(record[width:]):
+            longer.append((position, len(record)))
+    # A column at a time: its cells stripped, then parsed in one pass.
+    names: list[str] = []
+    columns: list[list[Any]] = []
+    tag_keys: list[str] = []
+    tag_cells: list[list[str]] = []
+    for index, column in known.items():
+        cells = [record[index].strip() for record in records]
+        if column.startswith(TAG_PREFIX):
+            tag_keys.append(column[len(TAG_PREFIX) :])
+            tag_cells.append(cells)
+        else:
+            names.append(column)
+            columns.append(_parse_column(column, cells, cell_problems))
+            check = _TRUSTED.get(column)
+            if check is not None:
+                suspect.update(
+                    p for p, value in enumerate(columns[-1]) if value is not _EMPTY and not check(value)
+                )
+    for position, cells_given in longer:
+        cell_problems.setdefault(position, []).append(
+            (None, f"has {cells_given} cells, more than the header's {width}")
+        )
+    # The records are in the columns now: free them before any Variable is made (alive, they
+    # would be walked by every collection of the garbage collector while the variables are built).
+    count = len(records)
+    records.clear()
+    rows = zip(*columns, strict=True) if columns else iter([()] * count)
+    tags = zip(*tag_cells, strict=True) if tag_cells else iter([()] * count)
+    full = not any(_EMPTY in column for column in columns) and not any("" in cells for cells in tag_cells)
+    fields = (_full_fields if full else _own_fields)(names, rows, tag_keys, tags)
+    if "address" in names:  # a row without one: Variable says it is required
+        addresses = columns[names.index("address")]
+        suspect.update(p for p, value in enumerate(addresses) if value is _EMPTY)
+    return _Table(numbers, fields, {c: c for c in known.values()}, cell_problems, suspect), problems
+
+
+def _own_fields(
+    names: list[str], rows: Iterator[tuple[Any, ...]], tag_keys: list[str], tags: Iterator[tuple[str, ...]]
+) -> Iterator[dict[str, Any]]:
+    """Each row's fields: its non-empty cells, and its tags."""
+    for values, row_tags in zip(rows, tags, strict=True):
+        fields = {name: value for name, value in zip(names, values, strict=True) if value is not _EMPTY}
+        given = {key: cell for key, cell in zip(tag_keys, row_tags, strict=True) if cell}
+        if given:
+            fields["tags"] = given
+        yield fields
+
+
+def _full_fields(
+    names: list[str], rows: Iterator[tuple[Any, ...]], tag_keys: list[str], tags: Iterator[tuple[str, ...]]
+) -> Iterator[dict[str, Any]]:
+    """``_own_fields`` of a table without an empty cell (the usual export): no cell to leave out."""
+    for values, row_tags in zip(rows, tags, strict=True):
+        fields = dict(zip(names, values, strict=True))
+        if tag_keys:
+            fields["tags"] = dict(zip(tag_keys, row_tags, strict=True))
+        yield fields
+
+
+def _parse_column(
+    column: str, cells: list[str], problems: dict[int, list[tuple[str | None, str]]]
+) -> list[Any]:
+    """The column's values (``_EMPTY`` for an empty cell); a cell that does not parse is noted in
+    ``problems`` under its row's position, and is ``_EMPTY`` here."""
+    parse = _PARSERS.get(column)
+    if parse is None:  # text: the cell itself
+        return [cell or _EMPTY for cell in cells]
+    # The common case first, all at once: every cell parses with the builtin that the column's
+    # own parser tries first (so a value is the same either way); else cell by cell, for messages.
+    quick = _QUICK.get(column)
+    if quick is not None:
+        try:
+            return [quick(cell) if cell else _EMPTY for cell in cells]
+        except ValueError:
+            pass
+    values: list[Any] = []
+    for position, cell in enumerate(cells):
+        if not cell:
+            values.append(_EMPTY)
+            continue
+        try:
+            values.append(parse(cell))
+        except ValueError as exc:
+            values.append(_EMPTY)
+            problems.setdefault(position, []).append((column, str(exc)))
+    return values
 
 
 def _whole(cell: str) -> int:
     try:
-        number = float(cell)
+        return int(cell)  # exact, however large (a float would round above 2**53)
+    except ValueError:
+        pass
+    try:
+        number = float(cell)  # '1e3', '10.0'
     except ValueError:
         number = math.nan
     if not number.is_integer():  # text, NaN, infinite or a fraction
@@ -225,6 +329,18 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _member_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """``_one_of`` without its message: the quick pass (a ValueError sends the column to it)."""
+    allowed = frozenset(choices)
+
+    def parse(cell: str) -> str:
+        if cell not in allowed:
+            raise ValueError(cell)
+        return cell
+
+    return parse
+
+
 _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "id": _whole,
     "interval_ms": _whole,
@@ -237,71 +353,119 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
 }
 """How a cell becomes a field's value (else it is the text itself); a ValueError says why not."""
 
+_TRUSTED: Final[dict[str, Callable[[Any], bool]]] = {
+    "id": lambda v: v > 0,
+    "interval_ms": lambda v: v > 0,
+    "heartbeat_ms": lambda v: v > 0,
+    "scale": math.isfinite,
+    "offset": math.isfinite,
+    "deadband": lambda v: math.isfinite(v) and v >= 0,
+}
+"""Per parsed column whose values ``Variable`` constrains further, the values it accepts as they
+are (its ``gt=0``, ``ge=0`` and finite checks; an infinite deadband, which it accepts, is left to
+it). The parsers make the rest of a row's values what ``Variable`` accepts: whole numbers, numbers,
+one of the literals, texts stripped and not empty, tag names from the header (never blank). A row
+with a value outside these is validated by ``Variable`` itself, for its message.
+tests/tags/test_fast_rows.py holds the two paths to the same verdicts and the same variables."""
+
+_QUICK: Final[dict[str, Callable[[str], object]]] = {
+    "id": int,
+    "interval_ms": int,
+    "heartbeat_ms": int,
+    "scale": float,
+    "offset": float,
+    "deadband": float,
+    "value_type": _member_of(get_args(ValueType)),
+    "report": _member_of(get_args(Report)),
+}
+"""Per parsed column, what its parser tries first: where it accepts a cell, the parser gives the
+same value (``_whole`` tries ``int`` first; ``_number`` is ``float``), so a column that parses
+this way whole needs no call per cell to the parser."""
+
 
 def _kepware_rows(
-    label: str, header: list[str], body: Iterable[tuple[int, list[str]]], word_order: str
-) -> tuple[list[_Row], list[str]]:
+    label: str, header: list[str], numbers: list[int], body: list[list[str]], word_order: str
+) -> tuple[_Table, list[str]]:
     columns = [_kepware.canonical_column(h) for h in header]
     ignored = sorted({c for c in columns if c and c not in _kepware.KEPWARE_COLUMNS})
     if ignored:
         logger.warning("%s: Kepware columns not carried over: %s", label, ", ".join(ignored))
     if word_order not in ("ABCD", "CDAB", "BADC", "DCBA"):
-        return [], [f"kepware_word_order {word_order!r} is not one of ABCD, CDAB, BADC, DCBA"]
-    rows: list[_Row] = []
-    for number, record in body:
+        return _Table(numbers, iter(()), {}), [
+            f"kepware_word_order {word_order!r} is not one of ABCD, CDAB, BADC, DCBA"
+        ]
+    rows: list[dict[str, Any]] = []
+    cell_problems: dict[int, list[tuple[str | None, str]]] = {}
+    for position, record in enumerate(body):
         cells = {column: record[i] if i < len(record) else "" for i, column in enumerate(columns)}
         fields, problems = _kepware.translate_row(cells, word_order)
-        rows.append(
-            _Row(
-                number,
-                fields,
-                dict(_KEPWARE_FIELD_COLUMNS),
-                [(column, message) for column, message in problems],
-            )
-        )
-    return rows, []
+        rows.append(fields)
+        if problems:
+            cell_problems[position] = [(column, message) for column, message in problems]
+    return _Table(numbers, iter(rows), _KEPWARE_FIELD_COLUMNS, cell_problems), []
 
 
 def _build(
-    label: str, rows: list[_Row], reader: str | DataReader, reader_type: str, defaults: Mapping[str, Any]
+    label: str, table: _Table, reader: str | DataReader, reader_type: str, defaults: Mapping[str, Any]
 ) -> list[Variable]:
     problems: list[str] = []
     variables: list[Variable] = []
-    first_row: dict[tuple[str, object], int] = {}
+    # The first row of each id and name, for the message naming a repeated one.
+    id_rows: dict[int, int] = {}
+    name_rows: dict[str, int] = {}
     default_tags = dict(defaults.get("tags") or {})
     plain_defaults = {k: v for k, v in defaults.items() if k != "tags"}
+    columns = table.columns
+    checked = reader if isinstance(reader, DataReader) else None
+    # The defaults, validated once (read_csv checked them): a row the table vouches for is this
+    # template's copy with the row's values (``model_copy``: pydantic's documented way to make
+    # a model from values already validated), a third of the cost of validating it again.
+    given: dict[str, Any] = {**plain_defaults, **({"tags": default_tags} if default_tags else {})}
+    template = Variable(id=1, address="-", reader=reader_type, **given)
 
-    def say(row: _Row, column: str | None, message: str) -> None:
-        where = f"{label} row {row.number}" + (
-            f", column {row.columns.get(column, column)}" if column else ""
-        )
-        problems.append(f"{where}: {message}")
+    def where(number: int, column: str | None) -> str:
+        return f"{label} row {number}" + (f", column {columns.get(column, column)}: " if column else ": ")
 
-    for row in rows:
-        for column, message in row.problems:
-            say(row, column, message)
-        if row.problems:
+    def say(number: int, column: str | None, message: str) -> None:
+        problems.append(where(number, column) + message)
+
+    # The per-row calls of the fast path are written out here: 100,000 rows pass through.
+    suspect = table.suspect
+    problem_rows = table.problems
+    # Variable's rule across fields can fail only with a deadband or a heartbeat somewhere.
+    free = (
+        template.deadband is None
+        and template.heartbeat_ms is None
+        and not ({"deadband", "heartbeat_ms"} & columns.keys())
+    )
+    validate = checked.validate if checked is not None else None
+    for position, (number, row) in enumerate(zip(table.numbers, table.fields, strict=True)):
+        if position in problem_rows:
+            problems.extend(where(number, column) + message for column, message in problem_rows[position])
             continue
-        fields = {**plain_defaults, **row.fields, "reader": reader_type}
-        tags = {**default_tags, **row.fields.get("tags", {})}
-        if tags:
-            fields["tags"] = tags
-        if "id" not in fields and "address" in fields:
-            fields["id"] = stable_id(reader_type, str(fields.get("name") or fields["address"]))
+        derived = "id" not in row
         try:
-            variable = Variable(**fields)
-            if isinstance(reader, DataReader):
-                validate_for_reader(variable, reader)
+            if _vouched_for(suspect, position, None if free else template, row):
+                variable = _copied(template, row, reader_type)
+            else:
+                variable = _validated(row, plain_defaults, default_tags, reader_type)
+            if validate is not None:
+                if variable.value_type is None:
+                    validate_for_reader(variable, checked)  # type: ignore[arg-type]
+                else:
+                    validate(variable)
         except ValidationError as exc:
             for error in exc.errors():
-                say(row, str(error["loc"][0]) if error["loc"] else None, _message(error))
+                say(number, str(error["loc"][0]) if error["loc"] else None, _message(error))
             continue
         except ValueError as exc:  # the reader's own check of the address
-            say(row, "address", str(exc))
+            say(number, "address", str(exc))
             continue
-        repeated = _repeated(first_row, row, variable)
-        if repeated is not None:
-            say(row, *repeated)
+        # Repeated ids and names (see _repeated, which words the message).
+        if id_rows.setdefault(variable.id, number) != number or (
+            variable.name is not None and name_rows.setdefault(variable.name, number) != number
+        ):
+            say(number, *_repeated(id_rows, name_rows, number, variable, derived=derived))
             continue
         variables.append(variable)
     if problems:
@@ -309,19 +473,73 @@ def _build(
     return variables
 
 
+def _validated(
+    row: dict[str, Any], defaults: Mapping[str, Any], default_tags: Mapping[str, str], reader_type: str
+) -> Variable:
+    """A row's variable, validated by ``Variable`` (``ValidationError`` naming each bad field)."""
+    fields = {**defaults, **row, "reader": reader_type}
+    tags = {**default_tags, **row["tags"]} if "tags" in row else default_tags
+    if tags:
+        fields["tags"] = tags
+    if "id" not in fields and "address" in fields:
+        fields["id"] = _derived_id(reader_type, fields)
+    return Variable(**fields)
+
+
+def _copied(template: Variable, row: dict[str, Any], reader_type: str) -> Variable:
+    """A row the table vouches for: the template's copy with its values. The same variable as
+    ``_validated`` makes (fields, tags and the fields set), without validating it twice."""
+    if "tags" not in row:
+        tags = row["tags"] = {**template.tags}  # a dict of its own, never the template's
+    elif template.tags:
+        tags = row["tags"] = {**template.tags, **row["tags"]}
+    else:
+        tags = row["tags"]  # the row's own dict (made for it by the table)
+    if "id" not in row:
+        row["id"] = _derived_id(reader_type, row)
+    variable = template.model_copy(update=row)
+    if not tags:  # as Variable(...) given no tags: the default, not a field set
+        variable.model_fields_set.discard("tags")
+    return variable
+
+
+def _vouched_for(
+    suspect: set[int] | None, position: int, template: Variable | None, row: Mapping[str, Any]
+) -> bool:
+    """Whether the row at ``position`` may be made without validating it again: its columns'
+    checks vouched for each value (it is not ``suspect``), and ``Variable``'s rule across
+    fields holds over the ``template``'s defaults (None: no default and no column can break it)."""
+    return (
+        suspect is not None
+        and position not in suspect
+        and (template is None or _reports_right(template, row))
+    )
+
+
+def _reports_right(template: Variable, row: Mapping[str, Any]) -> bool:
+    """Whether ``Variable``'s one rule across fields holds for the row over the defaults:
+    ``deadband`` and ``heartbeat_ms`` only with ``report="change"``."""
+    if row.get("report", template.report) == "change":
+        return True
+    return (
+        row.get("deadband", template.deadband) is None
+        and row.get("heartbeat_ms", template.heartbeat_ms) is None
+    )
+
+
+def _derived_id(reader_type: str, fields: Mapping[str, Any]) -> int:
+    return stable_id(reader_type, str(fields.get("name") or fields["address"]))
+
+
 def _repeated(
-    first_row: dict[tuple[str, object], int], row: _Row, variable: Variable
-) -> tuple[str, str] | None:
-    """(column, message) when the row's id or name was used by an earlier row; notes both."""
-    earlier = first_row.setdefault(("id", variable.id), row.number)
-    if earlier != row.number:
-        derived = "" if "id" in row.fields else " (derived from the name or address: give the rows ids)"
-        return "id", f"id {variable.id} is already used by row {earlier}{derived}"
-    if variable.name is not None:
-        earlier = first_row.setdefault(("name", variable.name), row.number)
-        if earlier != row.number:
-            return "name", f"name {variable.name!r} is already used by row {earlier}"
-    return None
+    id_rows: dict[int, int], name_rows: dict[str, int], number: int, variable: Variable, *, derived: bool
+) -> tuple[str, str]:
+    """(column, message) for a row whose id or name an earlier row used (noted in the dicts)."""
+    earlier = id_rows[variable.id]
+    if earlier != number:
+        why = " (derived from the name or address: give the rows ids)" if derived else ""
+        return "id", f"id {variable.id} is already used by row {earlier}{why}"
+    return "name", f"name {variable.name!r} is already used by row {name_rows[variable.name or '']}"
 
 
 def _message(error: Mapping[str, Any]) -> str:
