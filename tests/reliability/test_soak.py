@@ -74,9 +74,10 @@ FAULTS_SECONDS = 90
 def test_soak_faults_90_seconds_every_value_accounted_for(tmp_path: Path) -> None:
     """``bench/soak.py --faults --seconds 90``: the 30-minute faults schedule scaled down, so
     every fault happens (a device restarted every 6 s but near the outages and the kill,
-    InfluxDB stopped twice for 8 s, the spool's budget reached, ``flowcollect run`` killed with
-    SIGKILL and restarted on the same spool); every value produced is stored or counted as failed, dropped, missed or lost at the
-    kill, by the server and by the counts alike, and the collector's threads stay flat.
+    InfluxDB stopped twice for 8 s, the spool's budget reached, ``flowcollect run`` killed
+    with SIGKILL and restarted on the same spool); every value produced is stored or counted
+    as failed, dropped, missed or lost at the kill, by the server and by the counts alike, and
+    the collector's threads stay flat.
 
     About 110 s of wall clock: 5,000 variables at 1 s from five simulator processes into a real
     influxd. The benchmark judges its own report (``judge``); the test also checks the figures
