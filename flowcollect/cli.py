@@ -703,9 +703,6 @@ def check(
         problems = pipeline.check(context or None)
         contexts = pipeline.select(context or None)
         left_out = pipeline.left_out(context or None)
-        empty = pipeline.nothing_to_collect(context or None)
-        if empty is not None:
-            problems.append(empty)
         if not no_preflight:
             problems.extend(pipeline.preflight())
     except Exception as exc:

@@ -207,17 +207,6 @@ class Pipeline(BaseModel):
                 )
         return lines
 
-    def nothing_to_collect(self, context_ids: Iterable[int] | None = None) -> str | None:
-        """Why these contexts would collect nothing at all (every variable left out), or None."""
-        compiled, problems = self._compile(context_ids)
-        if problems or not compiled or any(c.collected for c in compiled):
-            return None
-        return (
-            f"nothing to collect: every variable of {_ids(c.context for c in compiled)} is below its "
-            "interval limit and interval_limit_policy=ignore leaves it out (raise the intervals, or "
-            "use interval_limit_policy=use_limit)"
-        )
-
     def preflight(self) -> list[str]:
         """Ask each writer whether its destination can work (``DataWriter.preflight``); one line
         per writer that cannot, naming it. Done before collecting, so a run that could store

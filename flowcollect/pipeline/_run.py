@@ -55,9 +55,6 @@ def run_pipeline(
     problems = pipeline.check(ids, logger=QUIET) + unresolved_member_paths(pipeline.writers)
     if problems:
         raise ConfigError(problems)
-    empty = pipeline.nothing_to_collect(ids)
-    if empty is not None:
-        raise ConfigError(empty)
     if preflight:
         unusable = pipeline.preflight()
         if unusable:
