@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, Self
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final, Protocol, Self
 
 from flowcollect._options import record_construction
 from flowcollect.models import ValueType, Variable
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
-__all__ = ["DataReader", "Emit", "TickEstimate"]
+__all__ = ["CLOSING_TASK_PREFIX", "DataReader", "Emit", "TickEstimate", "closing_task"]
 
 Emit = Callable[[ValueBatch], None]
 """What a pushing reader calls with the values its source pushed (from any thread)."""
+
+
+CLOSING_TASK_PREFIX: Final = "flowcollect-closing: "
+"""The name of every task ``closing_task`` starts: the engine's loop lets them end (each within
+its own bound, and the collector's close deadline) before it stops."""
+
+
+def closing_task(coro: Coroutine[Any, Any, None], what: str, timeout_s: float) -> asyncio.Task[None]:
+    """For an asynchronous reader's ``close`` on the engine's loop, which must not wait: run
+    ``coro`` (a goodbye to the device, then the socket closed) as a task of the running loop,
+    cancelled after ``timeout_s``. The loop lets it end before it stops (at most until the
+    collector's close deadline; cancelled past that): ``coro`` must close its socket when
+    cancelled too (in a ``finally``)."""
+
+    async def bounded() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await coro
+
+    return asyncio.get_running_loop().create_task(bounded(), name=CLOSING_TASK_PREFIX + what)
 
 
 class TickEstimate(Protocol):

@@ -69,8 +69,11 @@ def _batch_reader(reader: DataReader) -> bool:
 
 
 def asynchronous_reader(reader: DataReader) -> bool:
-    """A reader whose class defines ``read_batch_async`` (and pushes nothing): awaited on the loop."""
-    return type(reader).read_batch_async is not DataReader.read_batch_async and not reader.pushes
+    """A reader whose class defines ``read_batch_async``: its calls are made on the loop, its reads
+    awaited there. A pushing one (an OPC UA subscription) is sampled from what it pushed, like
+    any pushing reader; its ``open``, ``start_pushing``, ``plan_changed`` and ``close`` are made
+    on the loop too, so its client can live there."""
+    return type(reader).read_batch_async is not DataReader.read_batch_async
 
 
 class Lane:
@@ -719,10 +722,18 @@ class Lane:
             counters = self.counters[rtype]
             started = self._now()
             counters.lateness.append(started - t_ms)
+            store = self._stores.get(rtype)
+            cols: _Columns
+            if store is not None:  # a pushing reader: what it pushed, held
+                cols = store.sample(rp.reads, t_ms, reader.stale_after_ms)
+                counters.read_ms.append(self._now() - started)
+                self._count(rtype, counters, cols[0], cols[1])
+                reads.append((rp, *cols))
+                continue
             batch = ValueBatch(t_ms, rp.reads, reader=rtype)
             try:
                 await reader.read_batch_async(batch)
-                cols: _Columns = (
+                cols = (
                     batch.values,
                     batch.errors,
                     batch.source_ns,

@@ -1,11 +1,14 @@
-"""The reader's side of one OPC UA server: an event loop on a thread, one session, self-healing.
+"""The reader's side of one OPC UA server: one session on an event loop, self-healing.
 
-asyncua is asyncio; the engine calls readers from their lane's thread. So each reader owns a
-``LoopThread`` and a ``Link`` living on it: the lane thread calls in with ``LoopThread.call``
-and a bounded wait, never blocking for ever. The ``Link`` connects, learns the server's
-operation limits, resolves addresses, and keeps a subscription with its monitored items; when
-the connection is lost (a failed request, the transport closing, the session's watchdog) it
-drops everything and starts again, with backoff, re-resolving every address on the new session.
+asyncua is asyncio. A ``Link`` is the whole client (the connect/reconnect supervisor, polled
+reads, the subscription and its monitored items, the keep-alives) and lives on one event loop:
+the engine's own loop when the engine drives the reader (``read_batch_async`` awaits the link
+there, no thread of the reader's), or a ``LoopThread`` of the reader's for direct callers
+(``read``, ``read_batch``, ``--once``, browse), which call in with a bounded wait. The rules are
+the link's, the same on both. The ``Link`` connects, learns the server's operation limits,
+resolves addresses, and keeps a subscription with its monitored items; when the connection is
+lost (a failed request, the transport closing, the session's watchdog) it drops everything and
+starts again, with backoff, re-resolving every address on the new session.
 """
 
 from __future__ import annotations
@@ -270,7 +273,9 @@ class Link:
         self._watch_lock: asyncio.Lock | None = None
         self.items_active = 0
         self.first_attempt = threading.Event()
-        """Set once the first connection attempt has succeeded or failed (``open`` waits for it)."""
+        """Set once the first connection attempt has succeeded or failed (``open`` waits for it
+        on the reader's own loop thread; on the engine's loop, the first read awaits it)."""
+        self._first: asyncio.Event | None = None  # the same, for waiters on the loop
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -280,9 +285,29 @@ class Link:
             self._lost_event = asyncio.Event()
             self._wake = asyncio.Event()
             self._watch_lock = asyncio.Lock()
-            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+            self._first = asyncio.Event()
+            if self.first_attempt.is_set():
+                self._first.set()
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(), name=f"flowcollect-opcua-{self.settings.reader}"
+            )
 
-    async def shutdown(self) -> None:
+    async def settled(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until the first connection attempt has succeeded or failed,
+        so the first read after ``start`` finds the session of a server that is up."""
+        first = self._first
+        if first is None or first.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await first.wait()
+
+    def _attempted(self) -> None:
+        self.first_attempt.set()
+        if self._first is not None:
+            self._first.set()
+
+    def _stop_supervisor(self) -> asyncio.Task[None] | None:
         self._closing = True
         if self._wake is not None:
             self._wake.set()
@@ -291,10 +316,28 @@ class Link:
         task, self._supervisor = self._supervisor, None
         if task is not None:
             task.cancel()
+        return task
+
+    async def shutdown(self, goodbye_s: float | None = None) -> None:
+        """Stop reconnecting and say goodbye to the server (CloseSession, CloseSecureChannel),
+        at most ``goodbye_s`` (default: the reader's timeout) for the goodbye; the socket is
+        closed in any case, a cancelled shutdown too."""
+        task = self._stop_supervisor()
+        if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, self.settings.timeout_s)
-        await self._drop_client(orderly=True)
+        await self._drop_client(orderly=True, goodbye_s=goodbye_s)
         self.connected = False
+
+    def drop_now(self) -> None:
+        """Let go of the server at once, without a goodbye (on the loop, which must not wait):
+        the supervisor stops and the socket closes now."""
+        self._stop_supervisor()
+        client, self._client = self._client, None
+        self.connected = False
+        self._forget_session()
+        if client is not None:
+            _close_socket(client)
 
     def _stopping(self) -> bool:
         # A method, not the attribute: shutdown() sets it while the supervisor awaits.
@@ -318,7 +361,7 @@ class Link:
                 await self._drop_client(orderly=False)
                 self._went_down(reason)
                 failures += 1
-                self.first_attempt.set()
+                self._attempted()
                 await self._pause(retry_delay(failures, refused=cheap))
                 continue
             failures = 0
@@ -329,7 +372,7 @@ class Link:
                     "opcua %s (reader %r): connected again", self.settings.endpoint, self.settings.reader
                 )
             self.counters["connects"] += 1
-            self.first_attempt.set()
+            self._attempted()
             try:
                 await self._apply_watch()
                 while not self._lost_event.is_set() and not self._closing:
@@ -828,8 +871,7 @@ class Link:
 
     # ------------------------------------------------------------------ teardown
 
-    async def _drop_client(self, *, orderly: bool) -> None:
-        client, self._client = self._client, None
+    def _forget_session(self) -> None:
         self._subscription_id = None
         self._publishing_ms = None
         for item in self._items.values():
@@ -838,25 +880,46 @@ class Link:
             item.heard = False
         self._by_handle.clear()
         self.items_active = 0
+
+    async def _drop_client(self, *, orderly: bool, goodbye_s: float | None = None) -> None:
+        client, self._client = self._client, None
+        self._forget_session()
         if client is None:
             return
-        protocol = client.uaclient.protocol
         # A lost server would make every close request wait its timeout: only an orderly close
         # (ours) says goodbye; a lost one just lets the socket go.
-        with contextlib.suppress(Exception):  # a dying session may fail any way; it is gone anyway
-            if orderly and client.uaclient.state.value == "connected":
-                await asyncio.wait_for(client.disconnect(), self.settings.timeout_s)
-            else:
-                await asyncio.wait_for(client.close_session(), 0.2)
-        publish = client.uaclient.session._publish_task
-        if publish is not None and not publish.done():
-            publish.cancel()
+        try:
+            with contextlib.suppress(Exception):  # a dying session may fail any way; it is gone anyway
+                if orderly and client.uaclient.state.value == "connected":
+                    bound = self.settings.timeout_s if goodbye_s is None else goodbye_s
+                    await asyncio.wait_for(client.disconnect(), bound)
+                else:
+                    await asyncio.wait_for(client.close_session(), 0.2)
+        finally:
+            # Cancelled too (the engine's loop ending under a goodbye): the socket closes.
+            _close_socket(client)
+
+
+def _close_socket(client: Client) -> None:
+    """Close ``client``'s socket now, whatever asyncua's state (no await: usable from a
+    cancelled task and from a loop that must not wait), and stop the tasks it runs beside."""
+    protocol = client.uaclient.protocol
+    tasks = (
+        client.uaclient.session._publish_task if client.uaclient.session is not None else None,
+        client._stale_watchdog_task,
+        client._supervisor_task,
+        client._renew_channel_task,
+    )
+    for task in tasks:
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+    with contextlib.suppress(Exception):
         client.disconnect_socket()
-        # A goodbye cut short by its timeout leaves asyncua "disconnecting" with the socket open
-        # (its disconnect_socket then does nothing): close it here, whatever asyncua thinks.
-        transport = protocol.transport if protocol is not None else None
-        if transport is not None and not transport.is_closing():
-            transport.abort()
+    # A goodbye cut short by its timeout leaves asyncua "disconnecting" with the socket open
+    # (its disconnect_socket then does nothing): close it here, whatever asyncua thinks.
+    transport = protocol.transport if protocol is not None else None
+    if transport is not None and not transport.is_closing():
+        transport.abort()
 
 
 async def open_client(settings: LinkSettings, prepare: Callable[[Client], None] | None = None) -> Client:
