@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Protocol, Self
 
 from flowcollect._options import record_construction
@@ -173,11 +173,18 @@ class DataReader(ABC):
         """
         raise NotImplementedError
 
-    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> Awaitable[None] | None:
         """The distinct variables this reader must serve now (contexts started, stopped, paused
         or resumed): prepare for them off the hot path (plan requests, register nodes, create or
         delete monitored items). Called (like ``open``) before the next tick that needs them.
+
+        An asynchronous reader, called on the loop where it must not wait, may return an
+        awaitable instead (a coroutine, a task): the lane awaits it before the new plan's first
+        tick, as it waits for a synchronous reader's call to return (its reads and other jobs
+        wait meanwhile, no other lane does). It must end within a bound of its own (a
+        subscription's items created and their first values in, a connect tried).
         """
+        return None
 
     def describe_requests(self, variables: Sequence[VariableSpec]) -> Sequence[str]:
         """What one tick due at ``variables`` costs at the source, one line each (Modbus requests,

@@ -619,14 +619,24 @@ class Link:
 
     async def watch(self, specs: Sequence[VariableSpec]) -> None:
         """Serve exactly ``specs`` from now on (add and remove monitored items to match)."""
+        self.want(specs)
+        await self.apply_wanted()
+
+    def want(self, specs: Sequence[VariableSpec]) -> None:
+        """The variables to serve from now on (``apply_wanted`` makes the items match); on the
+        loop, without waiting, so the latest call always wins."""
         wanted: dict[_ItemKey, list[VariableSpec]] = {}
         for spec in specs:
             wanted.setdefault((spec.address, spec.interval_ms, spec.deadband), []).append(spec)
         self.know([spec.address for spec in specs])
         self._wanted = wanted
-        if not self.connected:
+        if not self.connected and self.first_attempt.is_set():
             # Errors at once, not "no value yet", for variables added while the server is away.
             self._emit_errors(self.down_text)
+
+    async def apply_wanted(self) -> None:
+        """Add and remove monitored items to match ``want``, then wait (bounded) for the new
+        items' first values."""
         await self._apply_watch()
         await self._first_values()
 
@@ -645,7 +655,7 @@ class Link:
 
     async def start_emitting(self, emit: Callable[[ValueBatch], None]) -> None:
         self.emit = emit
-        if not self.connected:
+        if not self.connected and self.first_attempt.is_set():
             self._emit_errors(self.down_text)
         await self._apply_watch()
 

@@ -508,9 +508,23 @@ class OpcUaDataReader(DataReader):
         """On the engine's loop the items are created by a task of the loop (nothing waits);
         elsewhere this waits for them, at most 4 x timeout (then they come in the background)."""
         self._emit = emit
-        self._apply(lambda link: link.start_emitting(emit))
+        link, loop = self._link, self._loop
+        if link is None or loop is None:
+            return
+        if loop is _running_loop():
+            link.emit = emit
+            self._start(link.start_emitting(emit), "emitting")
+            return
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            self._call(loop, link.start_emitting(emit), self.timeout_s * 4, cancel=False)
 
-    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> Coroutine[Any, Any, None] | None:
+        """What to serve from now on. Subscribed, on the engine's loop: the items are made to
+        match by a task, and the coroutine returned (the lane awaits it before the plan's first
+        tick) waits for the first connection attempt, the items and their first values, at most
+        2 x timeout + 0.5 s and then 4 x timeout (the task goes on past that). Subscribed
+        elsewhere: waited for here, with the same bounds. Polled: the addresses are parsed here,
+        resolved by the first read."""
         valid = []
         for spec in variables:
             try:
@@ -519,32 +533,37 @@ class OpcUaDataReader(DataReader):
                 continue
             valid.append(spec)
         self._watched = valid
-        link = self._link
-        if link is None:
-            return
-        if self.mode == "subscribe":
-            self._apply(lambda link: link.watch(valid))
-        else:
+        link, loop = self._link, self._loop
+        if link is None or loop is None:
+            return None
+        if self.mode != "subscribe":
             # Parsed here (they validated); resolved on the loop, which owns the link's state.
             addresses = [spec.address for spec in valid]
             self._on_link_loop(lambda: link.know(addresses))
+            return None
+        if loop is not _running_loop():
+            # On a timeout it is applied in the background: the lane must not wait for a slow server.
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                self._call(loop, link.watch(valid), self.timeout_s * 4, cancel=False)
+            return None
+        link.want(valid)
+        task = self._start(self._apply_wanted(link), "plan")
+        return self._ready(task)
 
-    def _apply(self, change: Callable[[Link], Coroutine[Any, Any, None]]) -> None:
-        """A change of what the subscription serves, applied whole on the link's loop: as a task
-        of its own there when called on it (the engine's loop must not wait for a server);
-        else waited for at most 4 x timeout, and applied in the background after that."""
-        link, loop = self._link, self._loop
-        if link is None or loop is None:
-            return
-        if loop is _running_loop():
-            task: asyncio.Task[None] = loop.create_task(
-                change(link), name=f"flowcollect-opcua-{self._type}-plan"
-            )
-            self._changes.add(task)
-            task.add_done_callback(self._changed)
-            return
-        with contextlib.suppress(TimeoutError, RuntimeError):
-            self._call(loop, change(link), self.timeout_s * 4, cancel=False)
+    async def _apply_wanted(self, link: Link) -> None:
+        await link.settled(self._first_wait_s)
+        await link.apply_wanted()
+
+    async def _ready(self, task: asyncio.Task[None]) -> None:
+        # Bounded, and never cancelling the change itself: it is applied whole, late if slow.
+        await asyncio.wait({task}, timeout=self._first_wait_s + self.timeout_s * 4)
+
+    def _start(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """A change of the subscription as a task of the engine's loop, kept until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"flowcollect-opcua-{self._type}-{what}")
+        self._changes.add(task)
+        task.add_done_callback(self._changed)
+        return task
 
     def _changed(self, task: asyncio.Task[None]) -> None:
         self._changes.discard(task)
