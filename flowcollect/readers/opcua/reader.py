@@ -294,8 +294,11 @@ class OpcUaDataReader(DataReader):
         it waits for that goodbye, at most 2 x timeout + 1 s."""
         link, self._link = self._link, None
         loop, self._loop = self._loop, None
+        changes, self._changes = self._changes, set()
         if link is not None and loop is not None:
             if loop is _running_loop():
+                for change in changes:  # plan changes still applying: of no use now
+                    change.cancel()
                 # The goodbye's own bound (the supervisor's end, then the goodbye: a timeout each)
                 # and a margin: past it the task is cancelled, and the socket closes anyway.
                 bound = self.timeout_s * 2 + 0.5
