@@ -10,7 +10,13 @@ alternated ``--rounds`` times (a neighbour's burst then hits both alike):
 - ``thread``: the same reader behind a synchronous wrapper (``read_batch`` on a pool worker,
   which hops to the reader's own loop thread and back): the path before issue 23.
 
-And ``bare``, the limit: the same number of bare asyncua clients on one asyncio loop, each
+``--only subscribe``: the same readers subscribed instead (``mode="subscribe"``; the server
+changes every node every ``--interval-ms``), each change delivered to the counting writer
+(``report="change"``): ``changes_per_s`` against what the server makes, ``cpu_s_per_million``
+changes, ``threads``; ``loop`` against ``thread`` (the wrapper pushes through the reader's own
+loop thread, as before).
+
+And for polling ``bare``, the limit: the same number of bare asyncua clients on one asyncio loop, each
 reading its nodes at the same grid instants (``Client.read_values``), nothing else.
 
 Per run: ``delivered`` (values counted / values due over the window), request lateness and
@@ -29,7 +35,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +80,17 @@ class Threaded(DataReader):
 
     def open(self) -> None:
         self.inner.open()
+
+    @property
+    def pushes(self) -> bool:
+        return self.inner.pushes
+
+    @property
+    def stale_after_ms(self) -> int | None:
+        return self.inner.stale_after_ms
+
+    def start_pushing(self, emit: Callable[[ValueBatch], None]) -> None:
+        self.inner.start_pushing(emit)
 
     def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
         self.inner.plan_changed(variables)
@@ -132,6 +149,49 @@ def engine(
         "lateness_ms_p99": round(max(f.lateness_ms_p99 or 0.0 for f in figures), 2),
         "delivery_ms_p50": round(max(f.delivery_ms_p50 or 0.0 for f in figures), 2),
         "delivery_ms_p99": round(max(f.delivery_ms_p99 or 0.0 for f in figures), 2),
+        "cpu_s_per_million": round(cpu / values * 1e6, 2) if values else None,
+        "threads": threads,
+    }
+
+
+def subscribed(
+    mode: str, base: str, readers: int, nodes: int, interval_ms: int, seconds: float
+) -> dict[str, Any]:
+    built: list[DataReader] = []
+    for k, endpoint in enumerate(endpoints(base, readers)):
+        reader = OpcUaDataReader(f"opc{k}", endpoint, mode="subscribe", timeout_s=5.0)
+        built.append(reader if mode == "loop" else Threaded(reader))
+    writer = CountingWriter()
+    with DataCollector(readers=built, writers=[writer]) as collector:
+        for k in range(readers):
+            variables = [
+                Variable(
+                    id=j + 1,
+                    address=node(k * nodes + j),
+                    value_type="float",
+                    reader=f"opc{k}",
+                    report="change",
+                )
+                for j in range(nodes)
+            ]
+            collector.start(
+                DataCollectionContext(id=k + 1, variables=variables, interval_ms=interval_ms, duration_s=3600)
+            )
+        time.sleep(3.0)  # connect, create the items, first values
+        with writer.lock:
+            values0, errors0 = writer.values, writer.errors
+        cpu0, began = time.process_time(), time.perf_counter()
+        time.sleep(seconds)
+        with writer.lock:
+            values, errors = writer.values - values0, writer.errors - errors0
+        cpu, elapsed = time.process_time() - cpu0, time.perf_counter() - began
+        threads = threading.active_count()
+        for k in range(readers):
+            collector.stop(k + 1)
+    return {
+        "changes_per_s": round(values / elapsed),
+        "server_changes_per_s": round(readers * nodes * 1000 / interval_ms),
+        "errors": errors,
         "cpu_s_per_million": round(cpu / values * 1e6, 2) if values else None,
         "threads": threads,
     }
@@ -197,17 +257,21 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", choices=("poll", "subscribe"), default="poll")
     args = parser.parse_args()
-    process, base = start_simulator("--bulk", str(args.readers * args.nodes), "--max-nodes-per-read", "0")
+    simulator = ["--bulk", str(args.readers * args.nodes), "--max-nodes-per-read", "0"]
+    if args.only == "subscribe":
+        simulator += ["--bulk-period", str(args.interval_ms / 1000)]
+    process, base = start_simulator(*simulator)
     result: dict[str, Any] = {"settings": vars(args), "load_before": uptime(), "runs": []}
+    shape = (base, args.readers, args.nodes, args.interval_ms, args.seconds)
     try:
         for _ in range(args.rounds):
             for mode in ("loop", "thread"):
-                run = engine(mode, base, args.readers, args.nodes, args.interval_ms, args.seconds)
+                run = engine(mode, *shape) if args.only == "poll" else subscribed(mode, *shape)
                 result["runs"].append({"mode": mode, **run})
-            result["runs"].append(
-                {"mode": "bare", **bare(base, args.readers, args.nodes, args.interval_ms, args.seconds)}
-            )
+            if args.only == "poll":
+                result["runs"].append({"mode": "bare", **bare(*shape)})
     finally:
         stop_simulator(process)
     result["load_after"] = uptime()
