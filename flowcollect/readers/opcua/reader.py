@@ -527,7 +527,8 @@ class OpcUaDataReader(DataReader):
         tick) waits for the first connection attempt, the items and their first values, at most
         2 x timeout + 0.5 s and then 4 x timeout (the task goes on past that). Subscribed
         elsewhere: waited for here, with the same bounds. Polled: the addresses are parsed here,
-        resolved by the first read."""
+        resolved by the first read; on the engine's loop the coroutine returned before the first
+        connection attempt is over waits for it (at most 2 x timeout + 0.5 s)."""
         valid = []
         for spec in variables:
             try:
@@ -543,6 +544,10 @@ class OpcUaDataReader(DataReader):
             # Parsed here (they validated); resolved on the loop, which owns the link's state.
             addresses = [spec.address for spec in valid]
             self._on_link_loop(lambda: link.know(addresses))
+            if loop is _running_loop() and not link.first_attempt.is_set():
+                # The first tick finds the session of a server that is up, as after a direct
+                # caller's open: the lane waits for the first attempt, not the tick's read.
+                return link.settled(self._first_wait_s)
             return None
         if loop is not _running_loop():
             # On a timeout it is applied in the background: the lane must not wait for a slow server.

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from opcua_helpers import ServerProcess, wait_for
+from opcua_helpers import ServerProcess, free_port, wait_for
 
 from flowcollect import DataCollectionContext, DataCollector, Variable
 from flowcollect.readers import OpcUaDataReader
@@ -95,8 +95,8 @@ def test_every_readers_client_runs_on_the_engines_loop_thread_and_reads_every_in
         before = set(collector_threads())
         with DataCollector(readers=readers, writers=[writer]) as collector:
             for k in range(n):
-                collector.start(counter(f"opc{k}", k + 1))
-            assert wait_for(lambda w=writer, n=n: all(rows(w, k + 1) >= 15 for k in range(n)), 20)  # type: ignore[misc]
+                collector.start(counter(f"opc{k}", k + 1, interval_ms=200))
+            assert wait_for(lambda w=writer, n=n: all(rows(w, k + 1) >= 10 for k in range(n)), 20)  # type: ignore[misc]
             seen[n] = new_threads(before)
             assert not opcua_threads(), opcua_threads()
             assert all(r.connected for r in readers)
@@ -109,7 +109,7 @@ def test_every_readers_client_runs_on_the_engines_loop_thread_and_reads_every_in
         # The first read awaited the connect: every instant from the first one has its value.
         assert all(v.error is None for v in values), {v.error for v in values}
         for k in range(n):
-            assert grid_gaps(writer, k + 1, 100) == []
+            assert grid_gaps(writer, k + 1, 200) == []
             assert stats.contexts[k + 1].missed_instants == 0
             assert stats.readers[f"opc{k}"].extra["connects"] == 1
     assert seen[1] == seen[4]
@@ -196,6 +196,41 @@ def test_a_subscription_runs_on_the_loop_beside_polled_reads(
     assert len(polled) >= 10 and polled == sorted(polled)
     assert grid_gaps(writer, 1, 200) == [] and grid_gaps(writer, 3, 200) == []
     assert pushing.stats()["monitored_items"] == 0  # closed
+
+
+@pytest.mark.server
+def test_a_server_down_at_start_gives_errors_on_the_loop_then_values(
+    server_process: ServerProcess, no_leftover_threads: None
+) -> None:
+    port = free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{port}/flowcollect"
+    polling = OpcUaDataReader("poll", endpoint, timeout_s=1.0)
+    pushing = OpcUaDataReader("sub", endpoint + "/sub", mode="subscribe", timeout_s=1.0)
+    writer = MemoryDataWriter()
+    with DataCollector(readers=[polling, pushing], writers=[writer]) as collector:
+        collector.start(counter("poll", 1, interval_ms=200))
+        collector.start(counter("sub", 2, interval_ms=200))
+
+        def refused(cid: int) -> bool:
+            return any(
+                v.context_id == cid and v.error is not None and v.error.endswith("connection refused")
+                for v in writer.snapshot()
+            )
+
+        assert wait_for(lambda: refused(1) and refused(2), 10)
+        server_process.port = port
+        server_process.start()
+        assert wait_for(lambda: {v.context_id for v in writer.snapshot() if v.error is None} == {1, 2}, 20)
+        assert not opcua_threads()
+        for cid in (1, 2):
+            collector.stop(cid)
+    for cid in (1, 2):
+        assert grid_gaps(writer, cid, 200) == []
+        rows_of = [v for v in writer.snapshot() if v.context_id == cid]
+        # Errors first, then values: never a value before the server was there.
+        first_good = next(i for i, v in enumerate(rows_of) if v.error is None)
+        assert all(v.error is not None for v in rows_of[:first_good])
+    assert polling.stats()["connect_failures"] >= 1 and pushing.stats()["connect_failures"] >= 1
 
 
 @pytest.mark.server
