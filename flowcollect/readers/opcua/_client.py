@@ -243,9 +243,13 @@ class _Item:
 class Link:
     """One OPC UA server as the reader sees it; every method runs on the reader's loop."""
 
-    def __init__(self, settings: LinkSettings, counters: dict[str, int]) -> None:
+    def __init__(
+        self, settings: LinkSettings, counters: dict[str, int], prepare: Callable[[], None] | None = None
+    ) -> None:
         self.settings = settings
         self.counters = counters
+        self._prepare = prepare
+        """Blocking work before the first connection (a certificate to generate): on a thread."""
         self.connected = False
         self.down_text = self._not_connected("not connected yet")
         self.max_read = settings.max_nodes_per_read
@@ -430,6 +434,9 @@ class Link:
 
     async def _connect(self) -> None:
         self.counters["connect_attempts"] += 1
+        if self._prepare is not None:
+            await asyncio.to_thread(self._prepare)  # raises: this attempt failed, the next retries
+            self._prepare = None
 
         def prepare(client: Client) -> None:
             self._client = client
@@ -973,7 +980,7 @@ async def _secure(client: Client, s: LinkSettings) -> None:
         )
     server_der: bytes = match[0].ServerCertificate or b""
     if s.server_certificate is not None:
-        trusted = _load_der(s.server_certificate)
+        trusted = await asyncio.to_thread(_load_der, s.server_certificate)  # a file: never on the loop
         if not server_der.startswith(trusted):
             raise _RefusedError(
                 f"the server's certificate is not the trusted one (server_certificate={s.server_certificate})"

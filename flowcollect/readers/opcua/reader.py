@@ -234,15 +234,12 @@ class OpcUaDataReader(DataReader):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def link_settings(self) -> LinkSettings:
+    def link_settings(self, *, ensure_certificate: bool = True) -> LinkSettings:
         """How to connect: what the reader's link uses, and ``flowcollect browse`` too. Makes the
-        client certificate pair first when security asks for one and none exists."""
-        if self.security_policy is not None and self.certificate is not None and self.private_key is not None:
-            # Generated here, once, before any connection: later starts load the same pair.
-            try:
-                ensure_client_certificate(self.certificate, self.private_key)
-            except OSError as exc:
-                raise ConfigError(f"OpcUaDataReader certificate/private_key ({self._type}): {exc}") from exc
+        client certificate pair first when security asks for one and none exists (unless
+        ``ensure_certificate`` is False: the engine's loop has it made off the loop)."""
+        if ensure_certificate:
+            self._ensure_certificate()
         settings = LinkSettings(
             reader=self._type,
             endpoint=self._endpoint,
@@ -263,6 +260,19 @@ class OpcUaDataReader(DataReader):
         )
         return settings
 
+    def _needs_certificate(self) -> bool:
+        return (
+            self.security_policy is not None and self.certificate is not None and self.private_key is not None
+        )
+
+    def _ensure_certificate(self) -> None:
+        if self.certificate is not None and self.private_key is not None and self._needs_certificate():
+            # Generated here, once, before any connection: later starts load the same pair.
+            try:
+                ensure_client_certificate(self.certificate, self.private_key)
+            except OSError as exc:
+                raise ConfigError(f"OpcUaDataReader certificate/private_key ({self._type}): {exc}") from exc
+
     def open(self) -> None:
         """Connect. On an event loop (the engine's) nothing waits: the client's supervisor starts
         on that loop and the first read awaits its first attempt. Elsewhere, on the reader's own
@@ -270,13 +280,16 @@ class OpcUaDataReader(DataReader):
         if self._link is not None and (self._thread.running or self._loop is _running_loop()):
             return
         quiet_asyncua()
-        settings = self.link_settings()
-        link = Link(settings, self._counters)
         running = _running_loop()
         if running is not None:
+            # A key pair to generate is CPU and file work: the link has it made on a thread of
+            # the loop's executor before it connects, never on the loop.
+            prepare = self._ensure_certificate if self._needs_certificate() else None
+            link = Link(self.link_settings(ensure_certificate=False), self._counters, prepare)
             self._loop, self._link = running, link
             link.start()
             return
+        link = Link(self.link_settings(), self._counters)
         loop = self._thread.start()
         self._loop, self._link = loop, link
         loop.call_soon_threadsafe(link.start)
