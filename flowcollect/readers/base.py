@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, Protocol, Self
@@ -13,10 +14,36 @@ from flowcollect._options import record_construction
 from flowcollect.models import ValueType, Variable
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
-__all__ = ["CLOSING_TASK_PREFIX", "DataReader", "Emit", "TickEstimate", "closing_task"]
+__all__ = [
+    "CLOSING_TASK_PREFIX",
+    "DataReader",
+    "Emit",
+    "TickEstimate",
+    "closing_task",
+    "engine_loop",
+    "mark_engine_loop",
+]
 
 Emit = Callable[[ValueBatch], None]
 """What a pushing reader calls with the values its source pushed (from any thread)."""
+
+
+_ENGINE = threading.local()  # .loop: set on the engine's loop thread, by that loop, once
+
+
+def engine_loop() -> asyncio.AbstractEventLoop | None:
+    """The engine's event loop when called on its thread (an asynchronous reader's ``open``,
+    ``plan_changed``, ``close``, or its reads there), else None: on any other thread or loop (a
+    notebook's, a user's asyncio program, a test calling the reader directly) a reader whose
+    client could live on the engine's loop keeps it on a thread of its own instead, so that its
+    synchronous calls still work there."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_ENGINE, "loop", None)
+    return loop
+
+
+def mark_engine_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Called by the engine on its loop thread once, before that loop runs anything."""
+    _ENGINE.loop = loop
 
 
 CLOSING_TASK_PREFIX: Final = "flowcollect-closing: "

@@ -28,7 +28,7 @@ from reactivex import abc, typing
 from reactivex.disposable import Disposable
 from reactivex.internal.exceptions import DisposedException
 
-from flowcollect.readers.base import CLOSING_TASK_PREFIX
+from flowcollect.readers.base import CLOSING_TASK_PREFIX, mark_engine_loop
 from flowcollect.runtime._clock import Clock, SystemClock, _MonotonicQueue
 
 __all__ = ["DEFAULT_WORKERS", "STUCK_S", "InlineWork", "LoopScheduler", "LoopWork", "Work", "WorkerPool"]
@@ -205,6 +205,7 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
     def _run(self) -> None:
         self._ident = threading.get_ident()
         asyncio.set_event_loop(self.loop)
+        mark_engine_loop(self.loop)  # readers' clients may live here (readers.base.engine_loop)
         try:
             self.loop.run_forever()
         finally:

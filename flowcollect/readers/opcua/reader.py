@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, TypeVar
 from flowcollect._secret import SecretLike, reveal
 from flowcollect.errors import ConfigError
 from flowcollect.models import Variable
-from flowcollect.readers.base import DataReader, Emit, closing_task
+from flowcollect.readers.base import DataReader, Emit, closing_task, engine_loop
 from flowcollect.readers.opcua._client import Link, LinkSettings, LoopThread
 from flowcollect.readers.opcua._security import MODES, POLICIES, ensure_client_certificate
 from flowcollect.readers.opcua._values import decode
@@ -51,10 +51,11 @@ class OpcUaDataReader(DataReader):
     reconnects by itself with backoff, resolves browse paths and ``nsu=`` ids again and re-creates
     its monitored items. See ``docs/opcua.md``.
 
-    Where the client runs: opened on an event loop (the engine's: it then awaits
-    ``read_batch_async``), the client lives on that loop and the reader has no thread; opened
-    anywhere else (a direct caller of ``read_batch``, ``--once``, browse), on a loop thread of
-    the reader's own, which ``read``/``read_batch`` call into with a bounded wait.
+    Where the client runs: opened on the engine's event loop (``readers.base.engine_loop``: the
+    engine then awaits ``read_batch_async``), the client lives on that loop and the reader has no
+    thread; opened anywhere else (a direct caller of ``read_batch``, a notebook, a test), on a
+    loop thread of the reader's own, which ``read``/``read_batch`` call into with a bounded
+    wait and ``read_batch_async`` awaits from any loop.
     """
 
     def __init__(
@@ -274,14 +275,15 @@ class OpcUaDataReader(DataReader):
                 raise ConfigError(f"OpcUaDataReader certificate/private_key ({self._type}): {exc}") from exc
 
     def open(self) -> None:
-        """Connect. On an event loop (the engine's) nothing waits: the client's supervisor starts
-        on that loop and the first read awaits its first attempt. Elsewhere, on the reader's own
-        loop thread, and ``open`` waits for that first attempt (at most 2 x timeout + 0.5 s)."""
+        """Connect. On the engine's event loop nothing waits: the client's supervisor starts on
+        that loop and the lane awaits its first attempt before the first tick. Anywhere else (a
+        direct caller, a notebook's or a user's event loop), on the reader's own loop thread,
+        and ``open`` waits for that first attempt (at most 2 x timeout + 0.5 s)."""
         if self._link is not None and (self._thread.running or self._loop is _running_loop()):
             return
         quiet_asyncua()
-        running = _running_loop()
-        if running is not None:
+        running = engine_loop()
+        if running is not None and running is _running_loop():
             # A key pair to generate is CPU and file work: the link has it made on a thread of
             # the loop's executor before it connects, never on the loop.
             prepare = self._ensure_certificate if self._needs_certificate() else None

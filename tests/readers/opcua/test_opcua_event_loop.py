@@ -5,6 +5,7 @@ servers: the in-process simulator, and a simulator process the tests kill, resta
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -12,11 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from opcua_helpers import ServerProcess, free_port, wait_for
+from opcua_helpers import ServerProcess, free_port, read, specs, wait_for
 
 from flowcollect import DataCollectionContext, DataCollector, Variable
 from flowcollect.readers import OpcUaDataReader
 from flowcollect.simulator.opcua import OpcUaSimulator
+from flowcollect.values import ValueBatch
 from flowcollect.writers.memory import MemoryDataWriter
 from tests.conftest import collector_threads
 
@@ -262,3 +264,27 @@ def test_close_with_a_hung_server_ends_within_its_bound_and_lets_go_of_the_socke
     finally:
         os.kill(pid, signal.SIGCONT)
         collector.close()
+
+
+def test_opened_on_an_event_loop_not_the_engines_the_reader_keeps_its_own_thread(
+    sim: OpcUaSimulator, no_leftover_threads: None
+) -> None:
+    """A notebook or a user's asyncio program calls the reader on a loop of its own: the client
+    then lives on the reader's loop thread, so the synchronous calls still work there (they
+    would otherwise wait for the very loop they hold), and read_batch_async too."""
+
+    async def main() -> None:
+        reader = OpcUaDataReader("nb", sim.endpoint, timeout_s=2.0)
+        reader.open()
+        try:
+            assert opcua_threads() == ["flowcollect-opcua-nb"]
+            wanted = specs([sim.node_id("Types/Double")])
+            assert read(reader, wanted).values == [2.25]
+            batch = ValueBatch(0, list(wanted), reader="nb")
+            await reader.read_batch_async(batch)
+            assert (batch.values, batch.errors) == ([2.25], [None])
+        finally:
+            reader.close()
+        assert not opcua_threads()
+
+    asyncio.run(main())
