@@ -288,3 +288,31 @@ def test_opened_on_an_event_loop_not_the_engines_the_reader_keeps_its_own_thread
         assert not opcua_threads()
 
     asyncio.run(main())
+
+
+@pytest.mark.server
+def test_a_read_hung_past_the_close_deadline_is_abandoned_and_its_socket_closed(
+    server_process: ServerProcess, no_leftover_threads: None
+) -> None:
+    """The collector's close deadline (0.5 s) is shorter than the read's own bound (2.5 s): the
+    lane is abandoned with its read in flight, the read is cancelled on the loop and abort()
+    closes the socket there, without a goodbye."""
+    server_process.start()
+    reader = OpcUaDataReader("plc", server_process.endpoint, timeout_s=2.0)
+    writer = MemoryDataWriter()
+    pid = server_process.pid
+    collector = DataCollector(readers=[reader], writers=[writer], close_timeout_s=0.5)
+    try:
+        collector.start(counter("plc"))
+        assert wait_for(lambda: sum(v.error is None for v in writer.snapshot()) >= 3, 20)
+        assert established_to(server_process.port) == 1
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.3)  # a read is now waiting for the frozen server
+        started = time.monotonic()
+        collector.close()
+        assert time.monotonic() - started < 0.5 + 1.0
+        assert wait_for(lambda: established_to(server_process.port) == 0, 2)
+        assert not reader.connected
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        collector.close()
