@@ -402,12 +402,15 @@ def test_a_pushing_asynchronous_reader_lives_on_the_loop_and_is_sampled_from_wha
     sample what was pushed; read_batch_async is never awaited for it."""
     import asyncio
 
+    from flowcollect.readers.base import engine_loop
+
     class Subscribing(AsyncDataReader):
         def __init__(self) -> None:
             super().__init__({}, type="sub")
             self.emit: Callable[[ValueBatch], None] | None = None
             self.pushing: asyncio.Task[None] | None = None
             self.watched: Sequence[VariableSpec] = ()
+            self.on_engine_loop = False
 
         @property
         def pushes(self) -> bool:
@@ -415,6 +418,7 @@ def test_a_pushing_asynchronous_reader_lives_on_the_loop_and_is_sampled_from_wha
 
         def start_pushing(self, emit: Callable[[ValueBatch], None]) -> None:
             self.threads.add(threading.current_thread().name)
+            self.on_engine_loop = engine_loop() is asyncio.get_running_loop()
             self.emit = emit
             self.pushing = asyncio.get_running_loop().create_task(self._push())
 
@@ -445,6 +449,7 @@ def test_a_pushing_asynchronous_reader_lives_on_the_loop_and_is_sampled_from_wha
         collector.stop(1)
     assert reader.threads == {"flowcollect-loop"}
     assert reader.reads == []  # sampled from the store, never read
+    assert reader.on_engine_loop and engine_loop() is None  # the engine's loop says so, here none
     sampled = [v.value for v in writer.snapshot() if v.error is None]
     assert sampled == sorted(sampled) and len(set(sampled)) == len(sampled)  # fresh pushes each instant
     assert reader.opened == 1 and reader.closed == 1
