@@ -24,6 +24,7 @@ from typing import Any, Final, get_args
 
 from pydantic import ValidationError
 
+from flowcollect._bulk import paused_gc
 from flowcollect._ids import stable_id
 from flowcollect.errors import ConfigError
 from flowcollect.models import Report, ValueType, Variable
@@ -117,6 +118,20 @@ def read_csv(
         text = source.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{label}: cannot be read: {exc}") from exc
+    # The records, cells and variables form no reference cycles: a collection during the build
+    # would walk them all and free nothing (flowcollect/_bulk.py).
+    with paused_gc():
+        return _parse(label, text, reader, reader_type, kepware_word_order, defaults)
+
+
+def _parse(
+    label: str,
+    text: str,
+    reader: str | DataReader,
+    reader_type: str,
+    kepware_word_order: str,
+    defaults: Mapping[str, Any],
+) -> list[Variable]:
     records = list(csv.reader(io.StringIO(text), _dialect(text)))
     header_at = next((i for i, record in enumerate(records) if _filled(record)), None)
     if header_at is None:
