@@ -183,20 +183,25 @@ class DataReader(ABC):
         """``read_batch`` for a source spoken to with asyncio: awaited on the engine's event loop.
 
         When a reader's class defines it, the engine awaits it instead of calling ``read`` or
-        ``read_batch``, and such a reader is *asynchronous*: its ``open``, ``plan_changed`` and
-        ``close`` are called on the engine's loop thread too, so they must not block (connect
-        lazily, from here). At each instant the engine starts every due lane's read before it
+        ``read_batch``, and such a reader is *asynchronous*: its ``open``, ``plan_changed``,
+        ``start_pushing`` and ``close`` are called on the engine's loop thread too, so they must
+        not block (connect lazily, from here; ``plan_changed`` may return an awaitable the lane
+        awaits before the new plan's first tick; ``close`` may leave its goodbye to
+        ``closing_task``). At each instant the engine starts every due lane's read before it
         handles any answer. Reads of one lane still never overlap, and a lane's readers are all
         asynchronous or none is. ``abort`` may come from any thread. Every wait inside must have
         a deadline: a read that never returns holds its lane until the collector's close
-        deadline, when it is cancelled and ``abort`` is called.
+        deadline, when it is cancelled and ``abort`` is called. A pushing reader may define it
+        too, so that its client lives on the loop: its due instants are still sampled from
+        what it pushed.
         """
         raise NotImplementedError
 
     def start_pushing(self, emit: Emit) -> None:
         """For a pushing reader: keep ``emit`` and call it (from any thread) with batches of the
         values the source pushes, each with its source time and quality. Called once, on the
-        lane's worker, after ``open``; what to watch comes through ``plan_changed``.
+        lane's worker (the engine's loop, for an asynchronous reader), after ``open``; what to
+        watch comes through ``plan_changed``.
         """
         raise NotImplementedError
 
@@ -245,7 +250,8 @@ class DataReader(ABC):
         the loop, for an asynchronous reader, where it must not block)."""
 
     def close(self) -> None:
-        """Release resources; called once when the collector closes."""
+        """Release resources; called once when the collector closes (on the engine's loop for an
+        asynchronous reader, where it must return at once: see ``closing_task``)."""
 
     def abort(self) -> None:
         """Release the device connection now, from another thread, under a read still running.
