@@ -14,16 +14,15 @@ starts again, with backoff, re-resolving every address on the new session.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from asyncua import ua as _ua
 from asyncua.client.client import Client
@@ -53,7 +52,6 @@ _log = logging.getLogger("flowcollect.readers.opcua")
 # satisfy, and re-exports its constants implicitly: its constructors are used untyped here.
 ua: Any = _ua
 
-_T = TypeVar("_T")
 
 MAX_RETRY_DELAY_S: Final = 5.0
 """The longest wait between two connection attempts to a server that does not answer."""
@@ -105,7 +103,8 @@ _CERT_CODES: Final = frozenset(
 
 
 class LoopThread:
-    """An asyncio event loop on a daemon thread of its own; other threads call in with bounds."""
+    """An asyncio event loop on a daemon thread of its own, for a reader called outside the
+    engine's loop; the reader calls in with bounds (``OpcUaDataReader._call``)."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -143,27 +142,6 @@ class LoopThread:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
-
-    def submit(self, coro: Awaitable[_T]) -> concurrent.futures.Future[_T]:
-        loop = self.loop
-        if loop is None or not self.running:
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            raise RuntimeError("the reader's event loop is not running")
-        return asyncio.run_coroutine_threadsafe(coro, loop)  # type: ignore[arg-type]
-
-    def call(self, coro: Awaitable[_T], timeout_s: float, *, cancel: bool = True) -> _T:
-        """Run ``coro`` on the loop and wait at most ``timeout_s``; ``TimeoutError`` after that.
-
-        ``cancel``: whether a call that timed out is cancelled (a tick's reads are of no use
-        late) or goes on in the background (a plan change must be applied whole)."""
-        future = self.submit(coro)
-        try:
-            return future.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            if cancel:
-                future.cancel()
-            raise TimeoutError(f"no answer within {timeout_s:g} s") from None
 
     def stop(self, timeout_s: float) -> bool:
         """Stop the loop and join its thread within ``timeout_s``; False if it would not end."""
