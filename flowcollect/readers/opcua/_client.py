@@ -4,8 +4,8 @@ asyncua is asyncio. A ``Link`` is the whole client (the connect/reconnect superv
 reads, the subscription and its monitored items, the keep-alives) and lives on one event loop:
 the engine's own loop when the engine drives the reader (``read_batch_async`` awaits the link
 there, no thread of the reader's), or a ``LoopThread`` of the reader's for direct callers
-(``read``, ``read_batch``, ``--once``, browse), which call in with a bounded wait. The rules are
-the link's, the same on both. The ``Link`` connects, learns the server's operation limits,
+(``read``, ``read_batch`` from a script, a notebook, a test), which call in with a bounded
+wait. The rules are the link's, the same on both. The ``Link`` connects, learns the server's operation limits,
 resolves addresses, and keeps a subscription with its monitored items; when the connection is
 lost (a failed request, the transport closing, the session's watchdog) it drops everything and
 starts again, with backoff, re-resolving every address on the new session.
@@ -51,7 +51,6 @@ _log = logging.getLogger("flowcollect.readers.opcua")
 # asyncua annotates its fields with NewTypes (Int16, UInt32...) that plain ints and bools do not
 # satisfy, and re-exports its constants implicitly: its constructors are used untyped here.
 ua: Any = _ua
-
 
 MAX_RETRY_DELAY_S: Final = 5.0
 """The longest wait between two connection attempts to a server that does not answer."""
@@ -219,7 +218,8 @@ class _Item:
 
 
 class Link:
-    """One OPC UA server as the reader sees it; every method runs on the reader's loop."""
+    """One OPC UA server as the reader sees it; every method runs on the loop it lives on (the
+    engine's, or the reader's own loop thread), which owns its state."""
 
     def __init__(
         self, settings: LinkSettings, counters: dict[str, int], prepare: Callable[[], None] | None = None
@@ -256,7 +256,8 @@ class Link:
         self.items_active = 0
         self.first_attempt = threading.Event()
         """Set once the first connection attempt has succeeded or failed (``open`` waits for it
-        on the reader's own loop thread; on the engine's loop, the first read awaits it)."""
+        on the reader's own loop thread; on the engine's loop the lane awaits it through
+        ``plan_changed``'s awaitable, and the first read through ``settled``)."""
         self._first: asyncio.Event | None = None  # the same, for waiters on the loop
 
     # ------------------------------------------------------------------ lifecycle
@@ -899,11 +900,13 @@ def _close_socket(client: Client) -> None:
     """Close ``client``'s socket now, whatever asyncua's state (no await: usable from a
     cancelled task and from a loop that must not wait), and stop the tasks it runs beside."""
     protocol = client.uaclient.protocol
+    # asyncua's own tasks beside the session (its publish loop, watchdogs, channel renewal):
+    # private names of asyncua 2.1, looked up softly so another version only skips them.
     tasks = (
-        client.uaclient.session._publish_task if client.uaclient.session is not None else None,
-        client._stale_watchdog_task,
-        client._supervisor_task,
-        client._renew_channel_task,
+        getattr(getattr(client.uaclient, "session", None), "_publish_task", None),
+        getattr(client, "_stale_watchdog_task", None),
+        getattr(client, "_supervisor_task", None),
+        getattr(client, "_renew_channel_task", None),
     )
     for task in tasks:
         if task is not None and not task.done() and task is not asyncio.current_task():
