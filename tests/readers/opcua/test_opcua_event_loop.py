@@ -124,30 +124,42 @@ def test_a_server_killed_and_restarted_mid_run_is_reconnected_on_the_loop(
 ) -> None:
     server_process.start()
     reader = OpcUaDataReader("plc", server_process.endpoint, timeout_s=1.0)
+    pushing = OpcUaDataReader("sub", server_process.endpoint + "/sub", mode="subscribe", timeout_s=1.0)
     writer = MemoryDataWriter()
-    with DataCollector(readers=[reader], writers=[writer]) as collector:
-        collector.start(counter("plc", interval_ms=200))
-        assert wait_for(lambda: sum(v.error is None for v in writer.snapshot()) >= 3, 20)
+
+    def good(cid: int, since: int = 0) -> int:
+        return sum(v.context_id == cid and v.error is None for v in writer.snapshot()[since:])
+
+    with DataCollector(readers=[reader, pushing], writers=[writer]) as collector:
+        collector.start(counter("plc", 1, interval_ms=200))
+        collector.start(counter("sub", 2, interval_ms=200))
+        assert wait_for(lambda: good(1) >= 3 and good(2) >= 3, 20)
         server_process.stop()  # killed: no goodbye
-        assert wait_for(lambda: any(v.error is not None for v in writer.snapshot()), 10)
-        assert not reader.connected
+        assert wait_for(
+            lambda: {v.context_id for v in writer.snapshot() if v.error is not None} == {1, 2}, 10
+        )
+        assert not reader.connected and not pushing.connected
         server_process.start()
         mark = len(writer.snapshot())
-        assert wait_for(lambda: sum(v.error is None for v in writer.snapshot()[mark:]) >= 3, 30)
+        assert wait_for(lambda: good(1, mark) >= 3 and good(2, mark) >= 3, 30)
         assert not opcua_threads()
         collector.stop(1)
+        collector.stop(2)
         stats = collector.stats()
     values = writer.snapshot()
-    errors = [v for v in values if v.error is not None]
-    assert all(e.error is not None and e.value is None for e in errors)
-    assert any(e.error is not None and "not connected (opcua reader 'plc')" in e.error for e in errors)
-    # Every instant has a row, a value or the reason there is none, and the counts agree.
-    assert grid_gaps(writer, 1, 200) == []
-    figures = stats.readers["plc"]
-    assert figures.errors == len(errors)
-    assert figures.values == len(values)
-    assert figures.extra["reconnects"] >= 1
-    assert figures.extra["connects"] >= 2
+    for cid, name in ((1, "plc"), (2, "sub")):
+        rows_of = [v for v in values if v.context_id == cid]
+        errors = [v for v in rows_of if v.error is not None]
+        assert all(e.value is None for e in errors)
+        assert any(f"not connected (opcua reader {name!r})" in (e.error or "") for e in errors)
+        # Every instant has a row, a value or the reason there is none, and the counts agree.
+        assert grid_gaps(writer, cid, 200) == []
+        figures = stats.readers[name]
+        assert figures.errors == len(errors)
+        assert figures.values == len(rows_of)
+        assert figures.extra["reconnects"] >= 1
+        assert figures.extra["connects"] >= 2
+    assert stats.readers["sub"].extra["subscriptions_created"] >= 2
 
 
 def test_a_subscription_runs_on_the_loop_beside_polled_reads(
