@@ -209,8 +209,8 @@ def _runtime_problems(readers: Mapping[str, DataReader], reader_workers: Any) ->
         kinds = {asynchronous_reader(readers[t]) for t in types}
         if len(kinds) > 1:
             problems.append(
-                f"lane {key!r} mixes asynchronous readers (read_batch_async) with synchronous or "
-                f"pushing ones ({', '.join(types)}): give them lanes of their own"
+                f"lane {key!r} mixes asynchronous readers (read_batch_async) with synchronous "
+                f"ones ({', '.join(types)}): give them lanes of their own"
             )
     if isinstance(reader_workers, bool) or not isinstance(reader_workers, int) or reader_workers <= 0:
         problems.append(f"reader_workers must be a positive number of threads, got {reader_workers!r}")

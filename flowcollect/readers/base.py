@@ -2,19 +2,68 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, Self
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final, Protocol, Self
 
 from flowcollect._options import record_construction
 from flowcollect.models import ValueType, Variable
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
-__all__ = ["DataReader", "Emit", "TickEstimate"]
+__all__ = [
+    "CLOSING_TASK_PREFIX",
+    "DataReader",
+    "Emit",
+    "TickEstimate",
+    "closing_task",
+    "engine_loop",
+    "mark_engine_loop",
+]
 
 Emit = Callable[[ValueBatch], None]
 """What a pushing reader calls with the values its source pushed (from any thread)."""
+
+
+_ENGINE = threading.local()  # .loop: set on the engine's loop thread, by that loop, once
+
+
+def engine_loop() -> asyncio.AbstractEventLoop | None:
+    """The engine's event loop when called on its thread (an asynchronous reader's ``open``,
+    ``plan_changed``, ``close``, or its reads there), else None: on any other thread or loop (a
+    notebook's, a user's asyncio program, a test calling the reader directly) a reader whose
+    client could live on the engine's loop keeps it on a thread of its own instead, so that its
+    synchronous calls still work there."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_ENGINE, "loop", None)
+    return loop
+
+
+def mark_engine_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Called by the engine on its loop thread once, before that loop runs anything."""
+    _ENGINE.loop = loop
+
+
+CLOSING_TASK_PREFIX: Final = "flowcollect-closing: "
+"""The name of every task ``closing_task`` starts: the engine's loop lets them end (each within
+its own bound, and the collector's close deadline) before it stops."""
+
+
+def closing_task(coro: Coroutine[Any, Any, None], what: str, timeout_s: float) -> asyncio.Task[None]:
+    """For an asynchronous reader's ``close`` on the engine's loop, which must not wait: run
+    ``coro`` (a goodbye to the device, then the socket closed) as a task of the running loop,
+    cancelled after ``timeout_s``. The loop lets it end before it stops (at most until the
+    collector's close deadline; cancelled past that): ``coro`` must close its socket when
+    cancelled too (in a ``finally``)."""
+
+    async def bounded() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await coro
+
+    return asyncio.get_running_loop().create_task(bounded(), name=CLOSING_TASK_PREFIX + what)
 
 
 class TickEstimate(Protocol):
@@ -134,28 +183,40 @@ class DataReader(ABC):
         """``read_batch`` for a source spoken to with asyncio: awaited on the engine's event loop.
 
         When a reader's class defines it, the engine awaits it instead of calling ``read`` or
-        ``read_batch``, and such a reader is *asynchronous*: its ``open``, ``plan_changed`` and
-        ``close`` are called on the engine's loop thread too, so they must not block (connect
-        lazily, from here). At each instant the engine starts every due lane's read before it
+        ``read_batch``, and such a reader is *asynchronous*: its ``open``, ``plan_changed``,
+        ``start_pushing`` and ``close`` are called on the engine's loop thread too, so they must
+        not block (connect lazily, from here; ``plan_changed`` may return an awaitable the lane
+        awaits before the new plan's first tick; ``close`` may leave its goodbye to
+        ``closing_task``). At each instant the engine starts every due lane's read before it
         handles any answer. Reads of one lane still never overlap, and a lane's readers are all
         asynchronous or none is. ``abort`` may come from any thread. Every wait inside must have
         a deadline: a read that never returns holds its lane until the collector's close
-        deadline, when it is cancelled and ``abort`` is called.
+        deadline, when it is cancelled and ``abort`` is called. A pushing reader may define it
+        too, so that its client lives on the loop: its due instants are still sampled from
+        what it pushed.
         """
         raise NotImplementedError
 
     def start_pushing(self, emit: Emit) -> None:
         """For a pushing reader: keep ``emit`` and call it (from any thread) with batches of the
         values the source pushes, each with its source time and quality. Called once, on the
-        lane's worker, after ``open``; what to watch comes through ``plan_changed``.
+        lane's worker (the engine's loop, for an asynchronous reader), after ``open``; what to
+        watch comes through ``plan_changed``.
         """
         raise NotImplementedError
 
-    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> Awaitable[None] | None:
         """The distinct variables this reader must serve now (contexts started, stopped, paused
         or resumed): prepare for them off the hot path (plan requests, register nodes, create or
         delete monitored items). Called (like ``open``) before the next tick that needs them.
+
+        An asynchronous reader, called on the loop where it must not wait, may return an
+        awaitable instead (a coroutine, a task): the lane awaits it before the new plan's first
+        tick, as it waits for a synchronous reader's call to return (its reads and other jobs
+        wait meanwhile, no other lane does). It must end within a bound of its own (a
+        subscription's items created and their first values in, a connect tried).
         """
+        return None
 
     def describe_requests(self, variables: Sequence[VariableSpec]) -> Sequence[str]:
         """What one tick due at ``variables`` costs at the source, one line each (Modbus requests,
@@ -189,7 +250,8 @@ class DataReader(ABC):
         the loop, for an asynchronous reader, where it must not block)."""
 
     def close(self) -> None:
-        """Release resources; called once when the collector closes."""
+        """Release resources; called once when the collector closes (on the engine's loop for an
+        asynchronous reader, where it must return at once: see ``closing_task``)."""
 
     def abort(self) -> None:
         """Release the device connection now, from another thread, under a read still running.

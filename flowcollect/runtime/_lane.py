@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import operator
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
 from typing import Any
@@ -69,8 +70,31 @@ def _batch_reader(reader: DataReader) -> bool:
 
 
 def asynchronous_reader(reader: DataReader) -> bool:
-    """A reader whose class defines ``read_batch_async`` (and pushes nothing): awaited on the loop."""
-    return type(reader).read_batch_async is not DataReader.read_batch_async and not reader.pushes
+    """A reader whose class defines ``read_batch_async``: its calls are made on the loop, its reads
+    awaited there. A pushing one (an OPC UA subscription) is sampled from what it pushed, like
+    any pushing reader; its ``open``, ``start_pushing``, ``plan_changed`` and ``close`` are made
+    on the loop too, so its client can live there."""
+    return type(reader).read_batch_async is not DataReader.read_batch_async
+
+
+class _Readiness:
+    """What asynchronous readers' ``plan_changed`` returned, for the lane to await on the loop:
+    each awaited in turn, a failure logged (the plan goes ahead, as after a failed call)."""
+
+    __slots__ = ("_errors", "_waits")
+
+    def __init__(self, waits: list[tuple[str, Awaitable[None]]], errors: RateLimitedLog) -> None:
+        self._waits = waits
+        self._errors = errors
+
+    async def wait(self) -> None:
+        for rtype, ready in self._waits:
+            try:
+                await ready
+            except Exception as exc:
+                self._errors.error(
+                    (rtype, "plan_changed", str(exc)), "reader %r: plan_changed failed: %r", rtype, exc
+                )
 
 
 class Lane:
@@ -273,8 +297,13 @@ class Lane:
                 result = fn()
             except Exception as exc:
                 then(None, exc)
-            else:
-                then(result, None)
+                return
+            if isinstance(result, _Readiness):
+                # Readers that get ready on the loop (plan_changed's awaitables): awaited there,
+                # the lane's next job waiting for them as for a worker's call.
+                self._await(result.wait, then)
+                return
+            then(result, None)
             return
         self._busy = True
 
@@ -329,11 +358,12 @@ class Lane:
         else:
             activate()
 
-    def _get_ready(self, schedule: LaneSchedule | None) -> None:
+    def _get_ready(self, schedule: LaneSchedule | None) -> _Readiness | None:
         self._ready = schedule
         self._reuse.clear()
-        self._tell_readers(schedule)
+        waits = self._tell_readers(schedule)
         self._prepare(schedule)
+        return _Readiness(waits, self._errors) if waits else None
 
     def _prepare(self, schedule: LaneSchedule | None) -> None:
         # A per-value reader's objects for every phase known now, before the first tick needs
@@ -351,8 +381,10 @@ class Lane:
                 ):
                     self._reuse[id(rp)] = (rp, self._objects(rp, instant(0)))
 
-    def _tell_readers(self, schedule: LaneSchedule | None) -> None:
+    def _tell_readers(self, schedule: LaneSchedule | None) -> list[tuple[str, Awaitable[None]]]:
+        """Tell each reader what it serves now; the awaitables asynchronous readers returned."""
         routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
+        waits: list[tuple[str, Awaitable[None]]] = []
         for rtype, reader in self.readers.items():
             served = schedule.served.get(rtype, ()) if schedule is not None else ()
             if reader.pushes:
@@ -371,12 +403,16 @@ class Lane:
             self._served[rtype] = served
             if rtype in self._opened:
                 try:
-                    reader.plan_changed(served)
+                    ready = reader.plan_changed(served)
                 except Exception as exc:
                     self._errors.error(
                         (rtype, "plan_changed", str(exc)), "reader %r: plan_changed failed: %r", rtype, exc
                     )
+                else:
+                    if ready is not None and self.asynchronous and inspect.isawaitable(ready):
+                        waits.append((rtype, ready))
         self._routes = routes
+        return waits
 
     def _open(self, reader: DataReader) -> None:
         rtype = reader.type
@@ -719,10 +755,18 @@ class Lane:
             counters = self.counters[rtype]
             started = self._now()
             counters.lateness.append(started - t_ms)
+            store = self._stores.get(rtype)
+            cols: _Columns
+            if store is not None:  # a pushing reader: what it pushed, held
+                cols = store.sample(rp.reads, t_ms, reader.stale_after_ms)
+                counters.read_ms.append(self._now() - started)
+                self._count(rtype, counters, cols[0], cols[1])
+                reads.append((rp, *cols))
+                continue
             batch = ValueBatch(t_ms, rp.reads, reader=rtype)
             try:
                 await reader.read_batch_async(batch)
-                cols: _Columns = (
+                cols = (
                     batch.values,
                     batch.errors,
                     batch.source_ns,

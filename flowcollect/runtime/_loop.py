@@ -28,6 +28,7 @@ from reactivex import abc, typing
 from reactivex.disposable import Disposable
 from reactivex.internal.exceptions import DisposedException
 
+from flowcollect.readers.base import CLOSING_TASK_PREFIX, mark_engine_loop
 from flowcollect.runtime._clock import Clock, SystemClock, _MonotonicQueue
 
 __all__ = ["DEFAULT_WORKERS", "STUCK_S", "InlineWork", "LoopScheduler", "LoopWork", "Work", "WorkerPool"]
@@ -43,6 +44,9 @@ _log = logging.getLogger("flowcollect")
 Then = Callable[[Any, BaseException | None], None]
 """A continuation: the call's result (None when it raised) and what it raised."""
 
+
+_STOP_MARGIN_S = 0.25
+"""What a stopping loop keeps of its bound for cancelling and unwinding what is left."""
 
 STUCK_S = 1.0
 """A worker inside one call for longer than this is stuck (a hung device): it no longer counts
@@ -170,6 +174,7 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         # says a drain is posted (set by posters, cleared by the drain before it drains).
         self._inbox: deque[Callable[[], None]] = deque()
         self._woken = False
+        self._stop_by = 0.0  # how long the loop may wind down: written by stop() before it posts
         self._fast_clocks()
 
     def wall_ms(self) -> float:
@@ -200,14 +205,36 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
     def _run(self) -> None:
         self._ident = threading.get_ident()
         asyncio.set_event_loop(self.loop)
+        mark_engine_loop(self.loop)  # readers' clients may live here (readers.base.engine_loop)
         try:
             self.loop.run_forever()
         finally:
             with contextlib.suppress(Exception):
-                for task in asyncio.all_tasks(self.loop):
-                    task.cancel()
-                self.loop.run_until_complete(asyncio.sleep(0))
+                self._wind_down()
             self.loop.close()
+
+    def _wind_down(self) -> None:
+        """The loop has stopped: let the readers' closing tasks (``closing_task``: a goodbye to a
+        server, each bounded by itself) end within the stop's bound, cancel whatever else is
+        still running and let it unwind (bounded), so sockets close and nothing warns."""
+        loop = self.loop
+        closing = [
+            t
+            for t in asyncio.all_tasks(loop)
+            if not t.done() and t.get_name().startswith(CLOSING_TASK_PREFIX)
+        ]
+        left = self._stop_by - time.monotonic() - _STOP_MARGIN_S
+        if closing and left > 0:
+            loop.run_until_complete(asyncio.wait(closing, timeout=left))
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            unwind = min(1.0, max(0.05, self._stop_by - time.monotonic() - _STOP_MARGIN_S))
+            loop.run_until_complete(asyncio.wait(pending, timeout=unwind))
+        # A pass more: what the unwinding scheduled (a transport's connection_lost closes its socket).
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
 
     def post(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop thread soon (from any thread), in posting order; dropped once
@@ -299,6 +326,8 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         if thread is None:
             self.loop.close()
             return True
+        # Read by the loop thread once the stop below reaches it (the post orders the two).
+        self._stop_by = time.monotonic() + timeout_s
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.loop.stop)
         if thread is threading.current_thread():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -24,7 +24,7 @@ from flowcollect.testing import (
     VirtualScheduler,
     virtual_collector,
 )
-from flowcollect.values import ValueBatch
+from flowcollect.values import ValueBatch, VariableSpec
 from tests.conftest import collector_threads
 from tests.reliability.support import wait_until
 
@@ -391,3 +391,137 @@ def test_close_of_two_thousand_lanes_a_hundred_hung_stays_within_its_bound() -> 
     assert took < 2.0 + 1.0, took  # the bound, plus the constant close() promises
     assert sum(r.aborted for r in hung) == 100 and not any(r.closed for r in hung)
     assert all(r.closed == 1 for r in fine)
+
+
+@pytest.mark.realtime
+def test_a_pushing_asynchronous_reader_lives_on_the_loop_and_is_sampled_from_what_it_pushed(
+    no_leftover_threads: None,
+) -> None:
+    """A subscription whose client lives on the engine's loop: every call the engine makes (open,
+    start_pushing, plan_changed, close) and every push come on the loop thread, and due instants
+    sample what was pushed; read_batch_async is never awaited for it."""
+    import asyncio
+
+    from flowcollect.readers.base import engine_loop
+
+    class Subscribing(AsyncDataReader):
+        def __init__(self) -> None:
+            super().__init__({}, type="sub")
+            self.emit: Callable[[ValueBatch], None] | None = None
+            self.pushing: asyncio.Task[None] | None = None
+            self.watched: Sequence[VariableSpec] = ()
+            self.on_engine_loop = False
+
+        @property
+        def pushes(self) -> bool:
+            return True
+
+        def start_pushing(self, emit: Callable[[ValueBatch], None]) -> None:
+            self.threads.add(threading.current_thread().name)
+            self.on_engine_loop = engine_loop() is asyncio.get_running_loop()
+            self.emit = emit
+            self.pushing = asyncio.get_running_loop().create_task(self._push())
+
+        def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+            super().plan_changed(variables)
+            self.watched = variables
+
+        async def _push(self) -> None:
+            n = 0
+            while True:
+                n += 1
+                if self.emit is not None and self.watched:
+                    self.threads.add(threading.current_thread().name)
+                    specs = list(self.watched)
+                    self.emit(ValueBatch(0, specs, [float(n)] * len(specs), reader="sub"))
+                await asyncio.sleep(0.01)
+
+        def close(self) -> None:
+            super().close()
+            if self.pushing is not None:
+                self.pushing.cancel()
+
+    reader = Subscribing()
+    writer = MemoryDataWriter()
+    with DataCollector([reader], [writer]) as collector:
+        collector.start(context(1, "sub", 50))
+        assert wait_until(lambda: sum(v.error is None for v in writer.snapshot()) >= 5)
+        collector.stop(1)
+    assert reader.threads == {"flowcollect-loop"}
+    assert reader.reads == []  # sampled from the store, never read
+    assert reader.on_engine_loop and engine_loop() is None  # the engine's loop says so, here none
+    sampled = [v.value for v in writer.snapshot() if v.error is None]
+    assert sampled == sorted(sampled) and len(set(sampled)) == len(sampled)  # fresh pushes each instant
+    assert reader.opened == 1 and reader.closed == 1
+
+
+@pytest.mark.realtime
+def test_the_loop_lets_a_readers_closing_task_end_and_cancels_one_past_its_bound(
+    no_leftover_threads: None,
+) -> None:
+    """close() on the loop must not wait: a reader leaves its goodbye to a ``closing_task``. The
+    loop lets it end before it stops; one that hangs is cancelled at its own bound, its cleanup
+    (``finally``) runs, and the collector's close stays within its bound."""
+    import asyncio
+
+    from flowcollect.readers.base import closing_task
+
+    log: list[str] = []
+
+    class Goodbye(AsyncDataReader):
+        def __init__(self, type: str, goodbye_s: float) -> None:  # noqa: A002
+            super().__init__({"x": 1.0}, type=type)
+            self.goodbye_s = goodbye_s
+
+        def close(self) -> None:
+            super().close()
+            closing_task(self._goodbye(), self.type, 0.5)
+
+        async def _goodbye(self) -> None:
+            try:
+                await asyncio.sleep(self.goodbye_s)
+                log.append(f"{self.type}: said goodbye")
+            finally:
+                log.append(f"{self.type}: socket closed")
+
+    quick, hung = Goodbye("quick", 0.2), Goodbye("hung", 60)
+    collector = DataCollector([quick, hung], [MemoryDataWriter()], close_timeout_s=5.0)
+    collector.start(context(1, "quick", 50))
+    collector.start(context(2, "hung", 50))
+    assert wait_until(lambda: len(quick.reads) >= 2 and len(hung.reads) >= 2)
+    began = time.monotonic()
+    collector.close()
+    elapsed = time.monotonic() - began
+    assert sorted(log) == ["hung: socket closed", "quick: said goodbye", "quick: socket closed"]
+    assert 0.2 <= elapsed < 0.5 + 0.5, elapsed  # the quick goodbye waited for, the hung one cut at 0.5 s
+
+
+@pytest.mark.realtime
+def test_the_lane_awaits_what_an_asynchronous_readers_plan_changed_returns(
+    no_leftover_threads: None,
+) -> None:
+    """An asynchronous reader cannot wait in plan_changed (the loop's): it returns an awaitable
+    (items created, first values in), and the lane's first tick of the plan comes after it."""
+    import asyncio
+
+    class Preparing(AsyncDataReader):
+        ready_at: float | None = None
+
+        def plan_changed(self, variables: Sequence[VariableSpec]) -> asyncio.Task[None] | None:
+            super().plan_changed(variables)
+            return asyncio.get_running_loop().create_task(self._prepare()) if variables else None
+
+        async def _prepare(self) -> None:
+            await asyncio.sleep(0.3)
+            self.ready_at = time.time() * 1000
+
+    reader = Preparing({"x": 1.0})
+    writer = MemoryDataWriter()
+    with DataCollector([reader], [writer]) as collector:
+        started = time.time() * 1000
+        collector.start(context(1, "async", 20))
+        assert wait_until(lambda: len(reader.reads) >= 3)
+        collector.stop(1)
+    assert reader.ready_at is not None and reader.ready_at - started >= 300
+    assert reader.reads[0] >= reader.ready_at - 1  # no tick read before the reader was ready
+    assert reader.threads == {"flowcollect-loop"}

@@ -1,26 +1,28 @@
-"""The reader's side of one OPC UA server: an event loop on a thread, one session, self-healing.
+"""The reader's side of one OPC UA server: one session on an event loop, self-healing.
 
-asyncua is asyncio; the engine calls readers from their lane's thread. So each reader owns a
-``LoopThread`` and a ``Link`` living on it: the lane thread calls in with ``LoopThread.call``
-and a bounded wait, never blocking for ever. The ``Link`` connects, learns the server's
-operation limits, resolves addresses, and keeps a subscription with its monitored items; when
-the connection is lost (a failed request, the transport closing, the session's watchdog) it
-drops everything and starts again, with backoff, re-resolving every address on the new session.
+asyncua is asyncio. A ``Link`` is the whole client (the connect/reconnect supervisor, polled
+reads, the subscription and its monitored items, the keep-alives) and lives on one event loop:
+the engine's own loop when the engine drives the reader (``read_batch_async`` awaits the link
+there, no thread of the reader's), or a ``LoopThread`` of the reader's for direct callers
+(``read``, ``read_batch`` from a script, a notebook, a test), which call in with a bounded
+wait. The rules are the link's, the same on both. The ``Link`` connects, learns the server's operation limits,
+resolves addresses, and keeps a subscription with its monitored items; when the connection is
+lost (a failed request, the transport closing, the session's watchdog) it drops everything and
+starts again, with backoff, re-resolving every address on the new session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from asyncua import ua as _ua
 from asyncua.client.client import Client
@@ -49,8 +51,6 @@ _log = logging.getLogger("flowcollect.readers.opcua")
 # asyncua annotates its fields with NewTypes (Int16, UInt32...) that plain ints and bools do not
 # satisfy, and re-exports its constants implicitly: its constructors are used untyped here.
 ua: Any = _ua
-
-_T = TypeVar("_T")
 
 MAX_RETRY_DELAY_S: Final = 5.0
 """The longest wait between two connection attempts to a server that does not answer."""
@@ -102,7 +102,8 @@ _CERT_CODES: Final = frozenset(
 
 
 class LoopThread:
-    """An asyncio event loop on a daemon thread of its own; other threads call in with bounds."""
+    """An asyncio event loop on a daemon thread of its own, for a reader called outside the
+    engine's loop; the reader calls in with bounds (``OpcUaDataReader._call``)."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -140,27 +141,6 @@ class LoopThread:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
-
-    def submit(self, coro: Awaitable[_T]) -> concurrent.futures.Future[_T]:
-        loop = self.loop
-        if loop is None or not self.running:
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            raise RuntimeError("the reader's event loop is not running")
-        return asyncio.run_coroutine_threadsafe(coro, loop)  # type: ignore[arg-type]
-
-    def call(self, coro: Awaitable[_T], timeout_s: float, *, cancel: bool = True) -> _T:
-        """Run ``coro`` on the loop and wait at most ``timeout_s``; ``TimeoutError`` after that.
-
-        ``cancel``: whether a call that timed out is cancelled (a tick's reads are of no use
-        late) or goes on in the background (a plan change must be applied whole)."""
-        future = self.submit(coro)
-        try:
-            return future.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            if cancel:
-                future.cancel()
-            raise TimeoutError(f"no answer within {timeout_s:g} s") from None
 
     def stop(self, timeout_s: float) -> bool:
         """Stop the loop and join its thread within ``timeout_s``; False if it would not end."""
@@ -238,11 +218,16 @@ class _Item:
 
 
 class Link:
-    """One OPC UA server as the reader sees it; every method runs on the reader's loop."""
+    """One OPC UA server as the reader sees it; every method runs on the loop it lives on (the
+    engine's, or the reader's own loop thread), which owns its state."""
 
-    def __init__(self, settings: LinkSettings, counters: dict[str, int]) -> None:
+    def __init__(
+        self, settings: LinkSettings, counters: dict[str, int], prepare: Callable[[], None] | None = None
+    ) -> None:
         self.settings = settings
         self.counters = counters
+        self._prepare = prepare
+        """Blocking work before the first connection (a certificate to generate): on a thread."""
         self.connected = False
         self.down_text = self._not_connected("not connected yet")
         self.max_read = settings.max_nodes_per_read
@@ -270,7 +255,10 @@ class Link:
         self._watch_lock: asyncio.Lock | None = None
         self.items_active = 0
         self.first_attempt = threading.Event()
-        """Set once the first connection attempt has succeeded or failed (``open`` waits for it)."""
+        """Set once the first connection attempt has succeeded or failed (``open`` waits for it
+        on the reader's own loop thread; on the engine's loop the lane awaits it through
+        ``plan_changed``'s awaitable, and the first read through ``settled``)."""
+        self._first: asyncio.Event | None = None  # the same, for waiters on the loop
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -280,9 +268,29 @@ class Link:
             self._lost_event = asyncio.Event()
             self._wake = asyncio.Event()
             self._watch_lock = asyncio.Lock()
-            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+            self._first = asyncio.Event()
+            if self.first_attempt.is_set():
+                self._first.set()
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._supervise(), name=f"flowcollect-opcua-{self.settings.reader}"
+            )
 
-    async def shutdown(self) -> None:
+    async def settled(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until the first connection attempt has succeeded or failed,
+        so the first read after ``start`` finds the session of a server that is up."""
+        first = self._first
+        if first is None or first.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await first.wait()
+
+    def _attempted(self) -> None:
+        self.first_attempt.set()
+        if self._first is not None:
+            self._first.set()
+
+    def _stop_supervisor(self) -> asyncio.Task[None] | None:
         self._closing = True
         if self._wake is not None:
             self._wake.set()
@@ -291,10 +299,28 @@ class Link:
         task, self._supervisor = self._supervisor, None
         if task is not None:
             task.cancel()
+        return task
+
+    async def shutdown(self, goodbye_s: float | None = None) -> None:
+        """Stop reconnecting and say goodbye to the server (CloseSession, CloseSecureChannel),
+        at most ``goodbye_s`` (default: the reader's timeout) for the goodbye; the socket is
+        closed in any case, a cancelled shutdown too."""
+        task = self._stop_supervisor()
+        if task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, self.settings.timeout_s)
-        await self._drop_client(orderly=True)
+        await self._drop_client(orderly=True, goodbye_s=goodbye_s)
         self.connected = False
+
+    def drop_now(self) -> None:
+        """Let go of the server at once, without a goodbye (on the loop, which must not wait):
+        the supervisor stops and the socket closes now."""
+        self._stop_supervisor()
+        client, self._client = self._client, None
+        self.connected = False
+        self._forget_session()
+        if client is not None:
+            _close_socket(client)
 
     def _stopping(self) -> bool:
         # A method, not the attribute: shutdown() sets it while the supervisor awaits.
@@ -318,7 +344,7 @@ class Link:
                 await self._drop_client(orderly=False)
                 self._went_down(reason)
                 failures += 1
-                self.first_attempt.set()
+                self._attempted()
                 await self._pause(retry_delay(failures, refused=cheap))
                 continue
             failures = 0
@@ -329,7 +355,7 @@ class Link:
                     "opcua %s (reader %r): connected again", self.settings.endpoint, self.settings.reader
                 )
             self.counters["connects"] += 1
-            self.first_attempt.set()
+            self._attempted()
             try:
                 await self._apply_watch()
                 while not self._lost_event.is_set() and not self._closing:
@@ -387,6 +413,9 @@ class Link:
 
     async def _connect(self) -> None:
         self.counters["connect_attempts"] += 1
+        if self._prepare is not None:
+            await asyncio.to_thread(self._prepare)  # raises: this attempt failed, the next retries
+            self._prepare = None
 
         def prepare(client: Client) -> None:
             self._client = client
@@ -576,14 +605,24 @@ class Link:
 
     async def watch(self, specs: Sequence[VariableSpec]) -> None:
         """Serve exactly ``specs`` from now on (add and remove monitored items to match)."""
+        self.want(specs)
+        await self.apply_wanted()
+
+    def want(self, specs: Sequence[VariableSpec]) -> None:
+        """The variables to serve from now on (``apply_wanted`` makes the items match); on the
+        loop, without waiting, so the latest call always wins."""
         wanted: dict[_ItemKey, list[VariableSpec]] = {}
         for spec in specs:
             wanted.setdefault((spec.address, spec.interval_ms, spec.deadband), []).append(spec)
         self.know([spec.address for spec in specs])
         self._wanted = wanted
-        if not self.connected:
+        if not self.connected and self.first_attempt.is_set():
             # Errors at once, not "no value yet", for variables added while the server is away.
             self._emit_errors(self.down_text)
+
+    async def apply_wanted(self) -> None:
+        """Add and remove monitored items to match ``want``, then wait (bounded) for the new
+        items' first values."""
         await self._apply_watch()
         await self._first_values()
 
@@ -602,7 +641,7 @@ class Link:
 
     async def start_emitting(self, emit: Callable[[ValueBatch], None]) -> None:
         self.emit = emit
-        if not self.connected:
+        if not self.connected and self.first_attempt.is_set():
             self._emit_errors(self.down_text)
         await self._apply_watch()
 
@@ -828,8 +867,7 @@ class Link:
 
     # ------------------------------------------------------------------ teardown
 
-    async def _drop_client(self, *, orderly: bool) -> None:
-        client, self._client = self._client, None
+    def _forget_session(self) -> None:
         self._subscription_id = None
         self._publishing_ms = None
         for item in self._items.values():
@@ -838,25 +876,48 @@ class Link:
             item.heard = False
         self._by_handle.clear()
         self.items_active = 0
+
+    async def _drop_client(self, *, orderly: bool, goodbye_s: float | None = None) -> None:
+        client, self._client = self._client, None
+        self._forget_session()
         if client is None:
             return
-        protocol = client.uaclient.protocol
         # A lost server would make every close request wait its timeout: only an orderly close
         # (ours) says goodbye; a lost one just lets the socket go.
-        with contextlib.suppress(Exception):  # a dying session may fail any way; it is gone anyway
-            if orderly and client.uaclient.state.value == "connected":
-                await asyncio.wait_for(client.disconnect(), self.settings.timeout_s)
-            else:
-                await asyncio.wait_for(client.close_session(), 0.2)
-        publish = client.uaclient.session._publish_task
-        if publish is not None and not publish.done():
-            publish.cancel()
+        try:
+            with contextlib.suppress(Exception):  # a dying session may fail any way; it is gone anyway
+                if orderly and client.uaclient.state.value == "connected":
+                    bound = self.settings.timeout_s if goodbye_s is None else goodbye_s
+                    await asyncio.wait_for(client.disconnect(), bound)
+                else:
+                    await asyncio.wait_for(client.close_session(), 0.2)
+        finally:
+            # Cancelled too (the engine's loop ending under a goodbye): the socket closes.
+            _close_socket(client)
+
+
+def _close_socket(client: Client) -> None:
+    """Close ``client``'s socket now, whatever asyncua's state (no await: usable from a
+    cancelled task and from a loop that must not wait), and stop the tasks it runs beside."""
+    protocol = client.uaclient.protocol
+    # asyncua's own tasks beside the session (its publish loop, watchdogs, channel renewal):
+    # private names of asyncua 2.1, looked up softly so another version only skips them.
+    tasks = (
+        getattr(getattr(client.uaclient, "session", None), "_publish_task", None),
+        getattr(client, "_stale_watchdog_task", None),
+        getattr(client, "_supervisor_task", None),
+        getattr(client, "_renew_channel_task", None),
+    )
+    for task in tasks:
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+    with contextlib.suppress(Exception):
         client.disconnect_socket()
-        # A goodbye cut short by its timeout leaves asyncua "disconnecting" with the socket open
-        # (its disconnect_socket then does nothing): close it here, whatever asyncua thinks.
-        transport = protocol.transport if protocol is not None else None
-        if transport is not None and not transport.is_closing():
-            transport.abort()
+    # A goodbye cut short by its timeout leaves asyncua "disconnecting" with the socket open
+    # (its disconnect_socket then does nothing): close it here, whatever asyncua thinks.
+    transport = protocol.transport if protocol is not None else None
+    if transport is not None and not transport.is_closing():
+        transport.abort()
 
 
 async def open_client(settings: LinkSettings, prepare: Callable[[Client], None] | None = None) -> Client:
@@ -900,7 +961,7 @@ async def _secure(client: Client, s: LinkSettings) -> None:
         )
     server_der: bytes = match[0].ServerCertificate or b""
     if s.server_certificate is not None:
-        trusted = _load_der(s.server_certificate)
+        trusted = await asyncio.to_thread(_load_der, s.server_certificate)  # a file: never on the loop
         if not server_der.startswith(trusted):
             raise _RefusedError(
                 f"the server's certificate is not the trusted one (server_certificate={s.server_certificate})"

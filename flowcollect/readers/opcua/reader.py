@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from flowcollect._secret import SecretLike, reveal
 from flowcollect.errors import ConfigError
 from flowcollect.models import Variable
-from flowcollect.readers.base import DataReader, Emit
+from flowcollect.readers.base import DataReader, Emit, closing_task, engine_loop
 from flowcollect.readers.opcua._client import Link, LinkSettings, LoopThread
 from flowcollect.readers.opcua._security import MODES, POLICIES, ensure_client_certificate
 from flowcollect.readers.opcua._values import decode
@@ -22,6 +24,8 @@ from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 __all__ = ["OpcUaDataReader"]
 
 Mode = Literal["poll", "subscribe"]
+
+_T = TypeVar("_T")
 
 _VALUE_TYPES: Final = ("float", "int", "bool", "str")
 _TIMESTAMPS: Final = ("source", "server", "instant")
@@ -46,6 +50,12 @@ class OpcUaDataReader(DataReader):
     A server that is down, restarted or cut off gives errors, never an exception; the reader
     reconnects by itself with backoff, resolves browse paths and ``nsu=`` ids again and re-creates
     its monitored items. See ``docs/opcua.md``.
+
+    Where the client runs: opened on the engine's event loop (``readers.base.engine_loop``: the
+    engine then awaits ``read_batch_async``), the client lives on that loop and the reader has no
+    thread; opened anywhere else (a direct caller of ``read_batch``, a notebook, a test), on a
+    loop thread of the reader's own, which ``read``/``read_batch`` call into with a bounded
+    wait and ``read_batch_async`` awaits from any loop.
     """
 
     def __init__(
@@ -113,7 +123,12 @@ class OpcUaDataReader(DataReader):
 
         self._addresses: dict[str, OpcUaAddress] = {}
         self._thread = LoopThread(f"flowcollect-opcua-{type}")
+        # The loop the link lives on: the engine's (the reader was opened on it) or the loop
+        # thread's. Written by open and close, which the engine calls one at a time on the lane.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._link: Link | None = None
+        self._closing: asyncio.Task[None] | None = None  # a close's goodbye on the engine's loop
+        self._changes: set[asyncio.Task[None]] = set()  # plan changes applying on the engine's loop
         self._emit: Emit | None = None
         self._counters: dict[str, int] = dict.fromkeys(
             (
@@ -220,15 +235,12 @@ class OpcUaDataReader(DataReader):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def link_settings(self) -> LinkSettings:
+    def link_settings(self, *, ensure_certificate: bool = True) -> LinkSettings:
         """How to connect: what the reader's link uses, and ``flowcollect browse`` too. Makes the
-        client certificate pair first when security asks for one and none exists."""
-        if self.security_policy is not None and self.certificate is not None and self.private_key is not None:
-            # Generated here, once, before any connection: later starts load the same pair.
-            try:
-                ensure_client_certificate(self.certificate, self.private_key)
-            except OSError as exc:
-                raise ConfigError(f"OpcUaDataReader certificate/private_key ({self._type}): {exc}") from exc
+        client certificate pair first when security asks for one and none exists (unless
+        ``ensure_certificate`` is False: the engine's loop has it made off the loop)."""
+        if ensure_certificate:
+            self._ensure_certificate()
         settings = LinkSettings(
             reader=self._type,
             endpoint=self._endpoint,
@@ -249,25 +261,108 @@ class OpcUaDataReader(DataReader):
         )
         return settings
 
+    def _needs_certificate(self) -> bool:
+        return (
+            self.security_policy is not None and self.certificate is not None and self.private_key is not None
+        )
+
+    def _ensure_certificate(self) -> None:
+        if self.certificate is not None and self.private_key is not None and self._needs_certificate():
+            # Generated here, once, before any connection: later starts load the same pair.
+            try:
+                ensure_client_certificate(self.certificate, self.private_key)
+            except OSError as exc:
+                raise ConfigError(f"OpcUaDataReader certificate/private_key ({self._type}): {exc}") from exc
+
     def open(self) -> None:
-        if self._link is not None and self._thread.running:
+        """Connect. On the engine's event loop nothing waits: the client's supervisor starts on
+        that loop and the lane awaits its first attempt before the first tick. Anywhere else (a
+        direct caller, a notebook's or a user's event loop), on the reader's own loop thread,
+        and ``open`` waits for that first attempt (at most 2 x timeout + 0.5 s)."""
+        if self._link is not None and (self._thread.running or self._loop is _running_loop()):
             return
         quiet_asyncua()
-        settings = self.link_settings()
-        link = Link(settings, self._counters)
+        running = engine_loop()
+        if running is not None and running is _running_loop():
+            # A key pair to generate is CPU and file work: the link has it made on a thread of
+            # the loop's executor before it connects, never on the loop.
+            prepare = self._ensure_certificate if self._needs_certificate() else None
+            link = Link(self.link_settings(ensure_certificate=False), self._counters, prepare)
+            self._loop, self._link = running, link
+            link.start()
+            return
+        link = Link(self.link_settings(), self._counters)
         loop = self._thread.start()
-        self._link = link
+        self._loop, self._link = loop, link
         loop.call_soon_threadsafe(link.start)
         # The first tick should find the session when the server is up; a server that is down
         # or silent costs open() at most this wait, and its values are errors until it is back.
-        link.first_attempt.wait(self.timeout_s * 2 + 0.5)
+        link.first_attempt.wait(self._first_wait_s)
+
+    @property
+    def _first_wait_s(self) -> float:
+        return self.timeout_s * 2 + 0.5
 
     def close(self) -> None:
+        """Disconnect. On the link's own event loop (the engine's) it returns at once: a task
+        says goodbye (at most ``timeout_s``) and closes the socket, cancelled or not. Elsewhere
+        it waits for that goodbye, at most 2 x timeout + 1 s."""
         link, self._link = self._link, None
-        if link is not None and self._thread.running:
-            with contextlib.suppress(TimeoutError, RuntimeError):
-                self._thread.call(link.shutdown(), self.timeout_s * 2 + 1.0)
+        loop, self._loop = self._loop, None
+        changes, self._changes = self._changes, set()
+        if link is not None and loop is not None:
+            if loop is _running_loop():
+                for change in changes:  # plan changes still applying: of no use now
+                    change.cancel()
+                # The goodbye's own bound (the supervisor's end, then the goodbye: a timeout each)
+                # and a margin: past it the task is cancelled, and the socket closes anyway.
+                bound = self.timeout_s * 2 + 0.5
+                self._closing = closing_task(link.shutdown(), f"opcua reader {self._type!r}", bound)
+            elif not loop.is_closed():
+                with contextlib.suppress(TimeoutError, RuntimeError):
+                    self._call(loop, link.shutdown(), self.timeout_s * 2 + 1.0)
         self._thread.stop(self.timeout_s + 1.0)
+
+    def abort(self) -> None:
+        """From the collector's closing thread, under a read still running: the socket closes on
+        the link's loop at once, without a goodbye; nothing waits for the read."""
+        link, self._link = self._link, None
+        loop, self._loop = self._loop, None
+        if link is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: so is the socket
+                loop.call_soon_threadsafe(link.drop_now)
+        if self._thread.running:
+            self._thread.stop(1.0)
+
+    def _call(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, _T],
+        timeout_s: float,
+        *,
+        cancel: bool = True,
+    ) -> _T:
+        """Run ``coro`` on ``loop`` (another thread's) and wait at most ``timeout_s``; ``cancel``:
+        whether a call that timed out is cancelled (a tick's reads are of no use late) or goes
+        on in the background (a plan change must be applied whole)."""
+        future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            if cancel:
+                future.cancel()
+            raise TimeoutError(f"no answer within {timeout_s:g} s") from None
+
+    def _on_link_loop(self, fn: Callable[[], None]) -> None:
+        """``fn`` on the link's loop: now when called there, else posted."""
+        loop = self._loop
+        if loop is None:
+            return
+        if loop is _running_loop():
+            fn()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn)
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until connected (or ``timeout_s`` passes); for tools and tests, not the engine."""
@@ -299,24 +394,73 @@ class OpcUaDataReader(DataReader):
             variable.source_time = batch.source_time_of(i)
 
     def read_batch(self, batch: ValueBatch) -> None:
-        variables = batch.variables
-        n = len(variables)
-        if not n:
+        """One tick's reads from a thread other than the link's loop, waiting at most
+        ``timeout_s`` + 0.5 s (the engine awaits ``read_batch_async`` instead)."""
+        begun = self._begin(batch)
+        if begun is None:
             return
-        values, errors = batch.values, batch.errors
-        link = self._link
-        invalid = self._invalid(variables, errors)
-        # An address that does not parse is an error on its value; the others are still read.
-        addresses = tuple(spec.address for i, spec in enumerate(variables) if i not in invalid)
-        if link is None:
-            outcome: Any = "the reader is not open"
+        link, addresses, invalid = begun
+        loop = self._loop
+        outcome: Any
+        if loop is None:
+            outcome = "the reader is not open"
+        elif loop is _running_loop():
+            # Blocking here would wait for the loop this very call holds.
+            outcome = "read_batch called on the reader's event loop: await read_batch_async there"
         else:
             try:
-                outcome = self._thread.call(link.read(addresses), self.timeout_s + 0.5)
+                outcome = self._call(loop, link.read(addresses), self.timeout_s + 0.5)
             except TimeoutError:
                 outcome = f"no response within {self.timeout_s:g} s"
             except RuntimeError as exc:
                 outcome = str(exc)
+        self._finish(batch, outcome, invalid)
+
+    async def read_batch_async(self, batch: ValueBatch) -> None:
+        """``read_batch`` awaited on the engine's event loop, where the reader's client lives:
+        the same Read calls, texts and counters, with no thread in between. The first read
+        after ``open`` awaits the first connection attempt (at most 2 x timeout + 0.5 s)."""
+        begun = self._begin(batch)
+        if begun is None:
+            return
+        link, addresses, invalid = begun
+        loop = self._loop
+        outcome: Any
+        try:
+            if loop is None:
+                outcome = "the reader is not open"
+            elif loop is asyncio.get_running_loop():
+                await link.settled(self._first_wait_s)
+                async with asyncio.timeout(self.timeout_s + 0.5):
+                    outcome = await link.read(addresses)
+            else:  # opened off this loop (on its own loop thread): await that loop's answer
+                future = asyncio.run_coroutine_threadsafe(link.read(addresses), loop)
+                async with asyncio.timeout(self.timeout_s + 0.5):
+                    outcome = await asyncio.wrap_future(future)
+        except TimeoutError:
+            outcome = f"no response within {self.timeout_s:g} s"
+        except RuntimeError as exc:
+            outcome = str(exc)
+        self._finish(batch, outcome, invalid)
+
+    def _begin(self, batch: ValueBatch) -> tuple[Link, tuple[str, ...], set[int]] | None:
+        """The tick's addresses (those that parse; the others' errors are set) and the link;
+        None when there is nothing to ask (no variables, or the reader is not open: said)."""
+        variables = batch.variables
+        if not variables:
+            return None
+        invalid = self._invalid(variables, batch.errors)
+        link = self._link
+        if link is None:
+            self._finish(batch, "the reader is not open", invalid)
+            return None
+        # An address that does not parse is an error on its value; the others are still read.
+        addresses = tuple(spec.address for i, spec in enumerate(variables) if i not in invalid)
+        return link, addresses, invalid
+
+    def _finish(self, batch: ValueBatch, outcome: Any, invalid: set[int]) -> None:
+        n = len(batch.variables)
+        values, errors = batch.values, batch.errors
         if isinstance(outcome, str):
             for i in range(n):
                 values[i] = None
@@ -379,15 +523,27 @@ class OpcUaDataReader(DataReader):
     # ------------------------------------------------------------------ subscribing
 
     def start_pushing(self, emit: Emit) -> None:
+        """On the engine's loop the items are created by a task of the loop (nothing waits);
+        elsewhere this waits for them, at most 4 x timeout (then they come in the background)."""
         self._emit = emit
-        link = self._link
-        if link is None:
+        link, loop = self._link, self._loop
+        if link is None or loop is None:
             return
-        # On a timeout the loop goes on creating the items; values come when they are there.
-        with contextlib.suppress(TimeoutError):
-            self._thread.call(link.start_emitting(emit), self.timeout_s * 4, cancel=False)
+        if loop is _running_loop():
+            link.emit = emit
+            self._start(link.start_emitting(emit), "emitting")
+            return
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            self._call(loop, link.start_emitting(emit), self.timeout_s * 4, cancel=False)
 
-    def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
+    def plan_changed(self, variables: Sequence[VariableSpec]) -> Coroutine[Any, Any, None] | None:
+        """What to serve from now on. Subscribed, on the engine's loop: the items are made to
+        match by a task, and the coroutine returned (the lane awaits it before the plan's first
+        tick) waits for the first connection attempt, the items and their first values, at most
+        2 x timeout + 0.5 s and then 4 x timeout (the task goes on past that). Subscribed
+        elsewhere: waited for here, with the same bounds. Polled: the addresses are parsed here,
+        resolved by the first read; on the engine's loop the coroutine returned before the first
+        connection attempt is over waits for it (at most 2 x timeout + 0.5 s)."""
         valid = []
         for spec in variables:
             try:
@@ -396,18 +552,46 @@ class OpcUaDataReader(DataReader):
                 continue
             valid.append(spec)
         self._watched = valid
-        link = self._link
-        if link is None:
-            return
-        if self.mode == "subscribe":
-            # On a timeout it is applied in the background: the lane must not wait for a slow server.
-            with contextlib.suppress(TimeoutError):
-                self._thread.call(link.watch(valid), self.timeout_s * 4, cancel=False)
-        else:
+        link, loop = self._link, self._loop
+        if link is None or loop is None:
+            return None
+        if self.mode != "subscribe":
             # Parsed here (they validated); resolved on the loop, which owns the link's state.
-            loop = self._thread.loop
-            if loop is not None:
-                loop.call_soon_threadsafe(link.know, [spec.address for spec in valid])
+            addresses = [spec.address for spec in valid]
+            self._on_link_loop(lambda: link.know(addresses))
+            if loop is _running_loop() and not link.first_attempt.is_set():
+                # The first tick finds the session of a server that is up, as after a direct
+                # caller's open: the lane waits for the first attempt, not the tick's read.
+                return link.settled(self._first_wait_s)
+            return None
+        if loop is not _running_loop():
+            # On a timeout it is applied in the background: the lane must not wait for a slow server.
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                self._call(loop, link.watch(valid), self.timeout_s * 4, cancel=False)
+            return None
+        link.want(valid)
+        task = self._start(self._apply_wanted(link), "plan")
+        return self._ready(task)
+
+    async def _apply_wanted(self, link: Link) -> None:
+        await link.settled(self._first_wait_s)
+        await link.apply_wanted()
+
+    async def _ready(self, task: asyncio.Task[None]) -> None:
+        # Bounded, and never cancelling the change itself: it is applied whole, late if slow.
+        await asyncio.wait({task}, timeout=self._first_wait_s + self.timeout_s * 4)
+
+    def _start(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """A change of the subscription as a task of the engine's loop, kept until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"flowcollect-opcua-{self._type}-{what}")
+        self._changes.add(task)
+        task.add_done_callback(self._changed)
+        return task
+
+    def _changed(self, task: asyncio.Task[None]) -> None:
+        self._changes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("opcua reader %r: applying a plan change failed: %r", self._type, task.exception())
 
     # ------------------------------------------------------------------ plans and figures
 
@@ -451,6 +635,16 @@ class OpcUaDataReader(DataReader):
         security = f", security={self.security_policy}/{self.security_mode}" if self.security_policy else ""
         user = f", username={self.username!r}" if self.username is not None else ""
         return f"OpcUaDataReader(type={self._type!r}, {self._endpoint}, mode={self.mode!r}{security}{user})"
+
+
+_log = logging.getLogger("flowcollect.readers.opcua")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class _DropLostPublish(logging.Filter):

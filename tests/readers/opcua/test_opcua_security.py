@@ -164,3 +164,59 @@ def test_a_server_certificate_other_than_the_trusted_one_is_refused(
         assert (reader.connection_error or "").startswith("not connected (opcua reader 'secure-plc'): ")
     finally:
         reader.close()
+
+
+def test_secured_readers_on_the_engines_loop_read_and_make_their_key_pair_off_the_loop(
+    secured: OpcUaSimulator, client_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a collector the secured session lives on the engine's loop; a key pair still to be
+    generated is made on a thread before the first connection (never on the loop), and a server
+    that does not trust it says so in the values."""
+    import threading
+
+    import flowcollect.readers.opcua.reader as reader_module
+    from flowcollect import DataCollectionContext, DataCollector, Variable
+    from flowcollect.writers.memory import MemoryDataWriter
+
+    made_on: list[str] = []
+
+    def ensure(certificate: Path, private_key: Path) -> bool:  # the real one, its thread noted
+        made_on.append(threading.current_thread().name)
+        return ensure_client_certificate(certificate, private_key)
+
+    monkeypatch.setattr(reader_module, "ensure_client_certificate", ensure)
+    fresh_cert, fresh_key = tmp_path / "new-cert.der", tmp_path / "new-key.pem"
+    trusted = make(secured, *client_files)
+    untrusted = OpcUaDataReader(
+        "new-plc",
+        secured.endpoint + "/new",
+        security_policy="Basic256Sha256",
+        certificate=fresh_cert,
+        private_key=fresh_key,
+        server_certificate=secured.server_certificate,
+        username=USER,
+        password=PASSWORD,
+        timeout_s=3.0,
+    )
+    writer = MemoryDataWriter()
+    node = secured.node_id("Types/Double")
+    with DataCollector(readers=[trusted, untrusted], writers=[writer]) as collector:
+        for cid, reader in ((1, "secure-plc"), (2, "new-plc")):
+            variables = [Variable(id=1, address=node, value_type="float", reader=reader)]
+            collector.start(
+                DataCollectionContext(id=cid, variables=variables, interval_ms=200, duration_s=60)
+            )
+        assert wait_for(lambda: any(v.context_id == 1 and v.value == 2.25 for v in writer.snapshot()), 20)
+        assert wait_for(
+            lambda: any(
+                v.context_id == 2 and "does not accept this client's certificate" in (v.error or "")
+                for v in writer.snapshot()
+            ),
+            20,
+        )
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("flowcollect-opcua")]
+        for cid in (1, 2):
+            collector.stop(cid)
+    assert fresh_cert.is_file() and fresh_key.is_file()
+    assert made_on and "flowcollect-loop" not in made_on, made_on
+    assert all(v.error is None for v in writer.snapshot() if v.context_id == 1)
