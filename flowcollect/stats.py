@@ -6,6 +6,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["CollectorStats", "ContextStats", "ReaderStats", "ReaderStatsView", "WriterStats", "percentile"]
 
@@ -125,23 +126,29 @@ class ReaderStatsView(Mapping[str, ReaderStats]):
     reader's samples, so ``stats()`` stays cheap with thousands of lanes. A reader's figures
     are of the moment they are first looked at (counters are read racily anyway)."""
 
-    __slots__ = ("_made", "_thunks")
+    __slots__ = ("_entries", "_made", "_make")
 
-    def __init__(self, thunks: Mapping[str, Callable[[], ReaderStats]]) -> None:
-        self._thunks = thunks
+    def __init__(self, entries: Mapping[str, Any], make: Callable[[str, Any], ReaderStats]) -> None:
+        # The readers' types, each with what ``make`` needs to compute its figures (made on the
+        # caller's thread when first looked at): one dict entry per reader, no object per reader.
+        self._entries = entries
+        self._make = make
         self._made: dict[str, ReaderStats] = {}  # any thread may fill it: a race computes twice
 
     def __getitem__(self, key: str) -> ReaderStats:
         made = self._made.get(key)
         if made is None:
-            made = self._made[key] = self._thunks[key]()
+            made = self._made[key] = self._make(key, self._entries[key])
         return made
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self._thunks)
+        return iter(self._entries)
 
     def __len__(self) -> int:
-        return len(self._thunks)
+        return len(self._entries)
 
     def __repr__(self) -> str:
         return f"ReaderStatsView({dict(self.items())!r})"

@@ -525,3 +525,30 @@ def test_the_lane_awaits_what_an_asynchronous_readers_plan_changed_returns(
     assert reader.ready_at is not None and reader.ready_at - started >= 300
     assert reader.reads[0] >= reader.ready_at - 1  # no tick read before the reader was ready
     assert reader.threads == {"flowcollect-loop"}
+
+
+def test_stats_computes_a_readers_figures_only_when_looked_at() -> None:
+    # stats() of thousands of lanes must not snapshot every reader: each reader's figures (its
+    # percentiles, its plugin's own counters) are made when first looked at, then kept.
+    calls: list[str] = []
+
+    class Counting(StaticDataReader):
+        def stats(self) -> dict[str, float]:
+            calls.append(self.type)
+            return {"own": 1.0}
+
+    readers = [Counting({"x": 1.0}, type=f"r{i}") for i in range(3)]
+    collector, clock = virtual_collector(readers, [MemoryDataWriter()], start_ms=T0)
+    with collector:
+        collector.start(context(1, "r0"))
+        collector.start(context(2, "r1"))
+        clock.advance_ms(300)
+        stats = collector.stats()
+        assert calls == []
+        assert list(stats.readers) == ["r0", "r1"] and len(stats.readers) == 2  # r2: never wanted
+        assert "r1" in stats.readers and "r2" not in stats.readers
+        with pytest.raises(KeyError):
+            stats.readers["r2"]
+        assert stats.readers["r1"].ticks == 3 and stats.readers["r1"].extra == {"own": 1.0}
+        assert stats.readers["r1"] is stats.readers["r1"]
+        assert calls == ["r1"]
