@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import resource
@@ -370,7 +369,6 @@ def run_flowcollect(ports: Sequence[int], interval_ms: int, seconds: float) -> d
     started = time.perf_counter()
     running = collector.start(ctx)
     start_s = time.perf_counter() - started
-    gc.freeze()  # as ``flowcollect run`` does after start
     cpu0 = cpu_s()
     stats_s: list[float] = []
     threads = 0
