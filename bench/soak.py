@@ -31,8 +31,9 @@ reader and one context per device, every ``--interval-ms``, default 1 s) collect
 (a real ``influxd``) behind a ``SpooledWriter``. The faults, at times scaled from the 30-minute
 schedule (``Schedule.scaled``):
 
-- a device restarted every 2 minutes, in turn (its process stopped and started again on its
-  port), away from the outages and the kill so each fault's values are told apart;
+- a device restarted every 2 minutes, in turn (its process stopped, kept away 1.5 intervals
+  as a device's reboot would be, and started again on its port), away from the outages and the
+  kill so each fault's values are told apart;
 - InfluxDB stopped for 60 s at 10 and 20 minutes (at least 8 s in a short run);
 - the spool's ``max_bytes`` is half of what one outage spools: each outage reaches it and drops
   its oldest values (``max_in_flight_values`` is 2 s of values, so the writer's memory does not
@@ -398,9 +399,13 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 3
 class Device:
     """``flowcollect simulate --port P``: one device in a process of its own, restartable."""
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, min_down_s: float = 0.0) -> None:
         self.port = port
         self.log = log
+        # A restart keeps the device away at least this long (1.5 intervals), as a device's own
+        # reboot does: a process that came back between two instants would be a fault no read
+        # ever saw, and the run would prove nothing about reads failing while a device is down.
+        self.min_down_s = min_down_s
         self.process: subprocess.Popen[bytes] | None = None
         self.down: list[tuple[float, float]] = []  # (stopped, listening again), wall clock
 
@@ -427,6 +432,9 @@ class Device:
     def restart(self) -> None:
         stopped = time.time()
         self.stop()
+        away = self.min_down_s - (time.time() - stopped)
+        if away > 0:
+            time.sleep(away)
         self.start()
         self.down.append((stopped, time.time()))
 
@@ -601,7 +609,10 @@ def faults(  # noqa: PLR0912 - one scenario, told in order
         server = InfluxDB1(influxd, out / "influxdb")
         stack.callback(server.close)
         server.query(f"CREATE DATABASE {FAULTS_DATABASE}")
-        devices = [Device(free_port(), out / f"device{k}.log") for k in range(1, n_dev + 1)]
+        devices = [
+            Device(free_port(), out / f"device{k}.log", min_down_s=1.5 * interval_ms / 1000)
+            for k in range(1, n_dev + 1)
+        ]
         for d in devices:
             stack.callback(d.stop)
             d.start()
