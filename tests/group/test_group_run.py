@@ -167,14 +167,18 @@ class Members:
         return {s.lane: s.owner for s in status.lanes}
 
     def wait_owned(self, live: list[str], timeout_s: float) -> float:
-        """Wait until every lane is held by its rendezvous owner among ``live``; the wait's length."""
+        """Wait until the group's members are ``live`` and every lane is held by its rendezvous
+        owner among them; the wait's length. A member killed with no lane of its own counts
+        until its lease expires (its member key goes with it): the lanes that would hash to it
+        wait till then, so a step that needs the group settled must wait for that too."""
         began = time.monotonic()
         got: dict[str, str | None] = {}
         want: dict[str, str | None] = {}
         while time.monotonic() - began < timeout_s:
-            got = self.owners()
+            status = group_status(self.url)
+            got = {s.lane: s.owner for s in status.lanes}
             want = self.expected(live)
-            if want and got == want:
+            if want and got == want and {m.id for m in status.members} == set(live):
                 return time.monotonic() - began
             for member_id, process in self.processes.items():
                 if member_id in live and process.poll() is not None:
