@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from flowcollect.collector import DataCollector
 from flowcollect.compile import CompiledContext, compile_context, compile_plan
-from flowcollect.errors import ConfigError, PreflightError
+from flowcollect.errors import ConfigError
 from flowcollect.listeners import DataCollectionListener
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
 from flowcollect.pipeline._devices import Device, device_name
@@ -20,7 +20,7 @@ from flowcollect.plan import PipelinePlan, describe
 from flowcollect.readers.base import DataReader
 from flowcollect.runtime import DEFAULT_WORKERS
 from flowcollect.stats import CollectorStats
-from flowcollect.writers.base import DataWriter, writer_problems
+from flowcollect.writers.base import DataWriter, preflight_problems, writer_problems
 from flowcollect.writers.spool import SpoolOptions
 
 if TYPE_CHECKING:
@@ -211,15 +211,7 @@ class Pipeline(BaseModel):
         """Ask each writer whether its destination can work (``DataWriter.preflight``); one line
         per writer that cannot, naming it. Done before collecting, so a run that could store
         nothing never starts."""
-        problems = []
-        for writer in self.writers:
-            try:
-                writer.preflight()
-            except PreflightError as exc:
-                problems.append(f"writer {writer.name}: {exc}")
-            except Exception as exc:  # a plugin's bug: still one clear line, naming the writer
-                problems.append(f"writer {writer.name}: preflight failed: {type(exc).__name__}: {exc}")
-        return problems
+        return preflight_problems(self.writers)
 
     def plan(self, context_ids: Iterable[int] | None = None) -> PipelinePlan:
         """The compiled schedule of these contexts (see ``flowcollect.plan``); touches no device.

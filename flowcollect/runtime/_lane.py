@@ -475,9 +475,6 @@ class Lane:
             )
         )
 
-    def closing(self) -> bool:
-        return self._closed
-
     def abandon(self, log: Callable[[str, str, Exception], None]) -> None:
         """The close deadline passed with this lane still busy: it reads nothing more, and every
         reader it touched releases its device connection now (``DataReader.abort``, on the

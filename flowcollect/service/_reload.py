@@ -31,11 +31,11 @@ from typing import Any
 from flowcollect._options import options_key
 from flowcollect.collector import DataCollector
 from flowcollect.compile import compile_context, lane_keys
-from flowcollect.errors import ConfigError, PreflightError
+from flowcollect.errors import ConfigError
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline import Pipeline, load_pipeline
 from flowcollect.readers.base import DataReader
-from flowcollect.writers.base import DataWriter, writer_problems
+from flowcollect.writers.base import DataWriter, preflight_problems, writer_problems
 from flowcollect.writers.spool import SpooledWriter
 
 __all__ = ["ReloadPlan", "ReloadResult", "plan_reload", "prepare_reload"]
@@ -243,7 +243,9 @@ def prepare_reload(
             )
     problems += _shared_spools(collector.writers, writers, writer_parts)
     if not problems:  # a spool folder the running writer holds would only say "in use"
-        problems += _preflight([w for w in writers if w.name in writer_parts.replaced + writer_parts.added])
+        problems += preflight_problems(
+            [w for w in writers if w.name in writer_parts.replaced + writer_parts.added]
+        )
     if problems:
         raise ConfigError(problems)
     result.notes.extend(restarted + _not_reloaded(collector, new, previous))
@@ -265,18 +267,6 @@ def _shared_spools(running: Sequence[DataWriter], writers: list[DataWriter], par
 
 def _spool(writer: DataWriter) -> Path | None:
     return writer.path.resolve() if isinstance(writer, SpooledWriter) else None
-
-
-def _preflight(writers: list[DataWriter]) -> list[str]:
-    problems = []
-    for writer in writers:
-        try:
-            writer.preflight()
-        except PreflightError as exc:
-            problems.append(f"writer {writer.name}: {exc}")
-        except Exception as exc:  # a plugin's bug: still one clear line, naming the writer
-            problems.append(f"writer {writer.name}: preflight failed: {type(exc).__name__}: {exc}")
-    return problems
 
 
 def _not_reloaded(collector: DataCollector, new: Pipeline, previous: Pipeline | None) -> list[str]:

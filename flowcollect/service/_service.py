@@ -7,6 +7,7 @@ table, ``--json`` and the metrics); contexts from ``contexts()``; changes go thr
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -336,8 +337,8 @@ class Service(DataCollectionListener):
         offset: int = 0,
         limit: int = 1000,
     ) -> dict[str, Any]:
-        total, rows = self.latest.page(context, reader, name, offset, limit)
-        return {"total": total, "offset": offset, "values": rows}
+        page: dict[str, Any] = json.loads(self.values_json(context, reader, name, offset, limit))
+        return page
 
     def values_json(
         self,

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Self
 
 from flowcollect._options import record_construction
-from flowcollect.errors import ConfigError
+from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 
-__all__ = ["DataWriter", "OnReceipt", "QueuePolicy", "Routing", "writer_problems"]
+__all__ = ["DataWriter", "OnReceipt", "QueuePolicy", "Routing", "preflight_problems", "writer_problems"]
 
 OnReceipt = Callable[[Receipt], None]
 """Where a writer's receipts go (set by the engine, or by a spool in front of the writer)."""
@@ -254,6 +254,20 @@ class DataWriter:
     def stats(self) -> Mapping[str, float]:
         """The writer's own counters (buffered, retries...) for ``DataCollector.stats()``."""
         return {}
+
+
+def preflight_problems(writers: Iterable[DataWriter]) -> list[str]:
+    """Ask each writer whether its destination can work (``DataWriter.preflight``); one line per
+    writer that cannot, naming it (a pipeline before it runs, a reload before it applies)."""
+    problems = []
+    for writer in writers:
+        try:
+            writer.preflight()
+        except PreflightError as exc:
+            problems.append(f"writer {writer.name}: {exc}")
+        except Exception as exc:  # a plugin's bug: still one clear line, naming the writer
+            problems.append(f"writer {writer.name}: preflight failed: {type(exc).__name__}: {exc}")
+    return problems
 
 
 def writer_problems(writers: Iterable[DataWriter], variables: Sequence[VariableSpec]) -> list[str]:
