@@ -31,12 +31,30 @@ from typing import IO, Any
 
 import pytest
 
+from flowcollect.group import group_status
 from tests.support.process import ServerProcess
 from tests.support.victoria import REQUIRE_SERVERS_ENV, free_port
+from tests.support.waiting import wait_until
 
-__all__ = ["ETCD_FIXTURES", "Etcd", "EtcdCluster", "EtcdError", "etcd", "etcd_binary", "etcd_factory"]
+__all__ = [
+    "ETCD_EXPIRY_LATE_S",
+    "ETCD_FIXTURES",
+    "Etcd",
+    "EtcdCluster",
+    "EtcdError",
+    "etcd",
+    "etcd_binary",
+    "etcd_factory",
+    "member_gone",
+]
 
 ETCD_FIXTURES = frozenset({"etcd", "etcd_factory"})
+ETCD_EXPIRY_LATE_S = 0.5 + 3.0
+"""How long after its TTL etcd may still hold an expired lease's keys. Its lessor looks for
+expired leases every 500 ms and hands them to the server's loop without waiting; when that loop
+is busy at that moment, the lease is looked at again 3 s later (``expiredLeaseRetryInterval``
+in etcd's lease/lessor.go). No client can shorten either, so a test of a member's take-over
+measures from the keys' deletion (``member_gone``), not from the kill."""
 _POLL_S = 0.05
 
 
@@ -288,3 +306,13 @@ def etcd_factory(tmp_path: Path) -> Iterator[Any]:
 def endpoints_url(endpoints: Sequence[str], name: str) -> str:
     """``etcd://a,b,c/name`` for a group on these endpoints."""
     return f"etcd://{','.join(endpoints)}/{name}"
+
+
+def member_gone(url: str, member_id: str, timeout_s: float) -> float:
+    """Wait until etcd no longer holds ``member_id``'s member key (its lease expired or was
+    revoked); the seconds that took."""
+    return wait_until(
+        lambda: member_id not in {m.id for m in group_status(url).members},
+        timeout_s,
+        f"etcd dropped member {member_id}'s key",
+    )
