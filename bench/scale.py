@@ -20,7 +20,10 @@ Per collector and case:
   the device (taken by the farm: the same clock and the same place for both collectors; a
   request later than a whole interval is counted against the next instant, so at 100 ms this
   figure is only meaningful while ``delivered_pct`` is 100).
-- ``cpu_s_per_million_values`` and ``cpu_core``: the collector process's CPU over the run.
+- ``cpu_s_per_million_values`` and ``cpu_core``: the collector process's CPU per value delivered.
+- Every side is measured over the same steady window (``measured_from_ms`` on): the first two
+  instants, where lines connect, count for no figure (their requests, CPU and values alike),
+  half an interval before the first measured instant to the run's end for the CPU.
 - ``threads``, ``rss_mb_per_device`` (the process's RSS growth from before the readers or
   clients existed, per device).
 - flowcollect only: ``start_s``, ``stats_s`` (p50 and max of ``stats()`` calls once a second),
@@ -99,7 +102,7 @@ class _Device(asyncio.Protocol):
             if len(buffer) < end:
                 break
             frame, buffer = buffer[:end], buffer[end:]
-            farm.lateness.append(arrived_ms % farm.interval_ms)
+            farm.arrivals.append(arrived_ms)
             function = frame[7]
             start, count = struct.unpack_from(">HH", frame, 8) if len(frame) >= 12 else (0, 0)
             if function in (3, 4) and count > 0 and start + count <= REGISTERS:
@@ -113,7 +116,7 @@ class _Device(asyncio.Protocol):
 class _FarmState:
     def __init__(self) -> None:
         self.interval_ms = 1000.0
-        self.lateness: list[float] = []
+        self.arrivals: list[float] = []
         self.registers = b"".join(struct.pack(">H", 100 + r) for r in range(REGISTERS))
 
 
@@ -130,17 +133,20 @@ async def _serve_farm(n: int) -> None:
     while line := (await reader.readline()).decode().split():
         if line[0] == "reset":
             farm.interval_ms = float(line[1])
-            farm.lateness = []
+            farm.arrivals = []
             cpu0 = cpu_s()
             print("{}", flush=True)
         elif line[0] == "report":
-            seconds = float(line[1])
+            seconds, since_ms = float(line[1]), float(line[2])
             cpu = cpu_s() - cpu0
-            lateness = farm.lateness
+            # The steady run only: the instants where lines connect (and the reader side's
+            # connecting read) are set-up, left out of the delivered figures too.
+            lateness = [at % farm.interval_ms for at in farm.arrivals if at >= since_ms]
             print(
                 json.dumps(
                     {
-                        "requests": len(lateness),
+                        "requests": len(farm.arrivals),
+                        "requests_measured": len(lateness),
                         "p50": round(percentile(lateness, 50) or 0, 2),
                         "p99": round(percentile(lateness, 99) or 0, 2),
                         "farm_cpu_s": round(cpu, 2),
@@ -304,13 +310,25 @@ async def _loop(side: str, ports: Sequence[int], interval_ms: int, seconds: floa
             while t < time.time() * 1000 - interval_ms:
                 t += interval_ms  # an instant already past: skipped, as a lane skips it
 
+    async def window() -> tuple[float, float]:
+        await asyncio.sleep(max(0.0, _cpu_mark_s(first, interval_ms) - time.time()))
+        return cpu_s(), time.monotonic()
+
     await asyncio.sleep(max(0.0, first / 1000 - time.time() - 0.05))
     threads = threading.active_count()
-    cpu0 = cpu_s()
+    mark = asyncio.ensure_future(window())
     await asyncio.gather(*(device(read) for read in reads))
-    cpu = cpu_s() - cpu0
+    cpu0, opened = await mark
+    cpu, window_s = cpu_s() - cpu0, time.monotonic() - opened
     close()
-    return {"per_instant": per_instant, "first": first, "end": end, "cpu_s": cpu, "threads": threads}
+    return {
+        "per_instant": per_instant,
+        "first": first,
+        "end": end,
+        "cpu_s": cpu,
+        "cpu_window_s": window_s,
+        "threads": threads,
+    }
 
 
 def run_loop(side: str, ports: Sequence[int], interval_ms: int, seconds: float) -> dict[str, Any]:
@@ -322,17 +340,26 @@ def run_loop(side: str, ports: Sequence[int], interval_ms: int, seconds: float) 
 
 def _summary(result: dict[str, Any], interval_ms: int, n: int, rss: float) -> dict[str, Any]:
     delivery = _delivery(result["per_instant"], result["first"], result["end"], interval_ms, n)
-    run_s = (result["end"] - result["first"]) / 1000
-    values = (
-        delivery["values_delivered"] * (delivery["instants"] + WARMUP_INSTANTS) / max(1, delivery["instants"])
-    )
+    values = delivery["values_delivered"]
     return {
         **delivery,
-        "cpu_core": round(result["cpu_s"] / run_s, 3),
+        "cpu_core": round(result["cpu_s"] / result["cpu_window_s"], 3),
         "cpu_s_per_million_values": round(1e6 * result["cpu_s"] / values, 2) if values else None,
         "threads": result["threads"],
         "rss_mb_per_device": round(rss / n, 4),
+        "measured_from_ms": _measured_from(result["first"], interval_ms),
     }
+
+
+def _measured_from(first_ms: int, interval_ms: int) -> int:
+    """The first instant the figures count: the ones before are set-up (lines connecting)."""
+    return first_ms + WARMUP_INSTANTS * interval_ms
+
+
+def _cpu_mark_s(first_ms: int, interval_ms: int) -> float:
+    """When (wall clock, s) the CPU window opens: half an interval before the first measured
+    instant, after the set-up instants' work, the same for every side."""
+    return (_measured_from(first_ms, interval_ms) - interval_ms / 2) / 1000
 
 
 def run_flowcollect(ports: Sequence[int], interval_ms: int, seconds: float) -> dict[str, Any]:
@@ -369,7 +396,10 @@ def run_flowcollect(ports: Sequence[int], interval_ms: int, seconds: float) -> d
     started = time.perf_counter()
     running = collector.start(ctx)
     start_s = time.perf_counter() - started
-    cpu0 = cpu_s()
+    assert running.start_date is not None
+    first = (round(running.start_date.timestamp() * 1000) // interval_ms + 1) * interval_ms
+    time.sleep(max(0.0, _cpu_mark_s(first, interval_ms) - time.time()))
+    cpu0, opened = cpu_s(), time.monotonic()
     stats_s: list[float] = []
     threads = 0
     rss = 0.0
@@ -381,18 +411,24 @@ def run_flowcollect(ports: Sequence[int], interval_ms: int, seconds: float) -> d
             stats_s.append(time.perf_counter() - asked)
             threads = max(threads, threading.active_count())
             rss = max(rss, rss_mb() - rss0)
-        cpu = cpu_s() - cpu0
+        cpu, window_s = cpu_s() - cpu0, time.monotonic() - opened
         collector.flush(30)
     finally:
         closing = time.perf_counter()
         collector.close()
         close_s = time.perf_counter() - closing
-    assert running.start_date is not None and running.end_date is not None
-    first = (round(running.start_date.timestamp() * 1000) // interval_ms + 1) * interval_ms
+    assert running.end_date is not None
     end = round(running.end_date.timestamp() * 1000)
     readers_stats = stats.readers.values()
     result = _summary(
-        {"per_instant": writer.per_instant, "first": first, "end": end, "cpu_s": cpu, "threads": threads},
+        {
+            "per_instant": writer.per_instant,
+            "first": first,
+            "end": end,
+            "cpu_s": cpu,
+            "cpu_window_s": window_s,
+            "threads": threads,
+        },
         interval_ms,
         len(ports),
         rss,
@@ -448,9 +484,11 @@ def run_case(case: str, seconds: float, sides: Sequence[str]) -> dict[str, Any]:
             farm.command(f"reset {interval_ms}")
             wall = time.monotonic()
             result = run_side(side, farm.ports, interval_ms, seconds)
-            at_farm = farm.command(f"report {time.monotonic() - wall}")
+            since = result.get("measured_from_ms", 0)
+            at_farm = farm.command(f"report {time.monotonic() - wall} {since}")
             result["request_lateness_ms"] = {"p50": at_farm["p50"], "p99": at_farm["p99"]}
             result["requests_at_farm"] = at_farm["requests"]
+            result["requests_measured"] = at_farm["requests_measured"]
             result["farm_cpu_core"] = at_farm["farm_cpu_core"]
             out[side] = result
     finally:
