@@ -21,6 +21,9 @@ Per collector and case:
   request later than a whole interval is counted against the next instant, so at 100 ms this
   figure is only meaningful while ``delivered_pct`` is 100).
 - ``cpu_s_per_million_values`` and ``cpu_core``: the collector process's CPU per value delivered.
+- Every side runs with the garbage collector's settings ``flowcollect run`` uses
+  (``flowcollect.runtime.tune_gc`` after set-up; ``FLOWCOLLECT_GC=default`` for the
+  interpreter's own), reported as ``gc``.
 - Every side is measured over the same steady window (``measured_from_ms`` on): the first two
   instants, where lines connect, count for no figure (their requests, CPU and values alike),
   half an interval before the first measured instant to the run's end for the CPU.
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -54,6 +58,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from flowcollect.runtime import tune_gc
 from flowcollect.stats import percentile
 
 REGISTERS = 20
@@ -314,6 +319,7 @@ async def _loop(side: str, ports: Sequence[int], interval_ms: int, seconds: floa
         await asyncio.sleep(max(0.0, _cpu_mark_s(first, interval_ms) - time.time()))
         return cpu_s(), time.monotonic()
 
+    tune_gc()  # as flowcollect run does after start, for every side alike
     await asyncio.sleep(max(0.0, first / 1000 - time.time() - 0.05))
     threads = threading.active_count()
     mark = asyncio.ensure_future(window())
@@ -348,6 +354,7 @@ def _summary(result: dict[str, Any], interval_ms: int, n: int, rss: float) -> di
         "threads": result["threads"],
         "rss_mb_per_device": round(rss / n, 4),
         "measured_from_ms": _measured_from(result["first"], interval_ms),
+        "gc": {"thresholds": list(gc.get_threshold()), "frozen": gc.get_freeze_count()},
     }
 
 
@@ -396,6 +403,7 @@ def run_flowcollect(ports: Sequence[int], interval_ms: int, seconds: float) -> d
     started = time.perf_counter()
     running = collector.start(ctx)
     start_s = time.perf_counter() - started
+    tune_gc()  # what flowcollect run does after its start calls
     assert running.start_date is not None
     first = (round(running.start_date.timestamp() * 1000) // interval_ms + 1) * interval_ms
     time.sleep(max(0.0, _cpu_mark_s(first, interval_ms) - time.time()))
