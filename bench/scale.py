@@ -21,9 +21,9 @@ Per collector and case:
   request later than a whole interval is counted against the next instant, so at 100 ms this
   figure is only meaningful while ``delivered_pct`` is 100).
 - ``cpu_s_per_million_values`` and ``cpu_core``: the collector process's CPU per value delivered.
-- Every side runs with the garbage collector's settings ``flowcollect run`` uses
-  (``flowcollect.runtime.tune_gc`` after set-up; ``FLOWCOLLECT_GC=default`` for the
-  interpreter's own), reported as ``gc``.
+- Every process starts with the interpreter's defaults; ``gc_thresholds`` reports the garbage
+  collector's thresholds during the run (a ``DataCollector`` sets its own while it runs:
+  ``flowcollect.runtime.tune_gc``; ``FLOWCOLLECT_GC=default`` keeps the interpreter's).
 - Every side is measured over the same steady window (``measured_from_ms`` on): the first two
   instants, where lines connect, count for no figure (their requests, CPU and values alike),
   half an interval before the first measured instant to the run's end for the CPU.
@@ -32,6 +32,9 @@ Per collector and case:
 - flowcollect only: ``start_s``, ``stats_s`` (p50 and max of ``stats()`` calls once a second),
   ``close_s``, and the engine's own ``lateness_ms_p99`` (worst reader) and delivery p99.
 
+- ``raw`` (with ``--sides``): the bare loop again, each device a prebuilt request frame written
+  to an asyncio transport and its answer taken unchecked: the floor of the machine, asyncio
+  and the farm's own measurement, below any real client.
 - ``reader`` (with ``--sides``): the bare loop again, each device read through a
   ``ModbusDataReader.read_batch_async`` instead of the pymodbus call: the reader's own cost,
   without the engine.
@@ -58,12 +61,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from flowcollect.runtime import tune_gc
 from flowcollect.stats import percentile
 
 REGISTERS = 20
 CASES = ("10x100", "500x100", "2000x1000")
-SIDES = ("bare", "reader", "flowcollect")
+SIDES = ("raw", "bare", "reader", "flowcollect")
 WARMUP_INSTANTS = 2
 
 
@@ -262,6 +264,46 @@ async def _pymodbus_devices(ports: Sequence[int], interval_ms: int) -> tuple[lis
     return [reader(client) for client in clients], close
 
 
+class _RawClient(asyncio.Protocol):
+    """The ``raw`` side's device: a prebuilt request frame written to the transport, the answer
+    taken as it comes (no framing beyond one read, no checks): what the hardware and asyncio
+    allow, below any real client."""
+
+    def __init__(self) -> None:
+        self.waiter: asyncio.Future[int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(data[8] // 2 if len(data) > 8 and data[7] == 3 else 0)
+
+
+async def _raw_devices(ports: Sequence[int], interval_ms: int) -> tuple[list[Read], Callable[[], None]]:
+    loop = asyncio.get_running_loop()
+    clients = [(await loop.create_connection(_RawClient, "127.0.0.1", port))[1] for port in ports]
+    frame = struct.pack(">HHHBBHH", 1, 0, 6, 1, 3, 0, REGISTERS)
+
+    def reader(client: _RawClient) -> Read:
+        async def read(_t_ms: int) -> int:
+            client.waiter = loop.create_future()
+            client.transport.write(frame)
+            try:
+                return await asyncio.wait_for(client.waiter, interval_ms / 1000)
+            except TimeoutError:
+                return 0
+
+        return read
+
+    def close() -> None:
+        for client in clients:
+            client.transport.close()
+
+    return [reader(client) for client in clients], close
+
+
 async def _flowcollect_readers(
     ports: Sequence[int], interval_ms: int
 ) -> tuple[list[Read], Callable[[], None]]:
@@ -299,7 +341,7 @@ async def _loop(side: str, ports: Sequence[int], interval_ms: int, seconds: floa
     """The bare asyncio loop: one task per device, sleeping to each grid instant, then reading
     it through pymodbus (``bare``) or a ``ModbusDataReader`` (``reader``: the reader's own cost,
     without the engine)."""
-    make = _pymodbus_devices if side == "bare" else _flowcollect_readers
+    make = {"raw": _raw_devices, "bare": _pymodbus_devices, "reader": _flowcollect_readers}[side]
     reads, close = await make(ports, interval_ms)
     per_instant: Counter[int] = Counter()
     first = _next_instant(interval_ms, 2)
@@ -319,7 +361,6 @@ async def _loop(side: str, ports: Sequence[int], interval_ms: int, seconds: floa
         await asyncio.sleep(max(0.0, _cpu_mark_s(first, interval_ms) - time.time()))
         return cpu_s(), time.monotonic()
 
-    tune_gc()  # as flowcollect run does after start, for every side alike
     await asyncio.sleep(max(0.0, first / 1000 - time.time() - 0.05))
     threads = threading.active_count()
     mark = asyncio.ensure_future(window())
@@ -354,7 +395,7 @@ def _summary(result: dict[str, Any], interval_ms: int, n: int, rss: float) -> di
         "threads": result["threads"],
         "rss_mb_per_device": round(rss / n, 4),
         "measured_from_ms": _measured_from(result["first"], interval_ms),
-        "gc": {"thresholds": list(gc.get_threshold()), "frozen": gc.get_freeze_count()},
+        "gc_thresholds": list(result.get("gc_thresholds", gc.get_threshold())),
     }
 
 
@@ -403,13 +444,13 @@ def run_flowcollect(ports: Sequence[int], interval_ms: int, seconds: float) -> d
     started = time.perf_counter()
     running = collector.start(ctx)
     start_s = time.perf_counter() - started
-    tune_gc()  # what flowcollect run does after its start calls
     assert running.start_date is not None
     first = (round(running.start_date.timestamp() * 1000) // interval_ms + 1) * interval_ms
     time.sleep(max(0.0, _cpu_mark_s(first, interval_ms) - time.time()))
     cpu0, opened = cpu_s(), time.monotonic()
     stats_s: list[float] = []
     threads = 0
+    gc_thresholds = gc.get_threshold()
     rss = 0.0
     try:
         while collector.is_running():
@@ -418,6 +459,7 @@ def run_flowcollect(ports: Sequence[int], interval_ms: int, seconds: float) -> d
             stats = collector.stats()
             stats_s.append(time.perf_counter() - asked)
             threads = max(threads, threading.active_count())
+            gc_thresholds = gc.get_threshold()  # the collector's while it runs
             rss = max(rss, rss_mb() - rss0)
         cpu, window_s = cpu_s() - cpu0, time.monotonic() - opened
         collector.flush(30)
@@ -436,6 +478,7 @@ def run_flowcollect(ports: Sequence[int], interval_ms: int, seconds: float) -> d
             "cpu_s": cpu,
             "cpu_window_s": window_s,
             "threads": threads,
+            "gc_thresholds": gc_thresholds,
         },
         interval_ms,
         len(ports),
@@ -517,7 +560,7 @@ def main() -> None:
     parser.add_argument(
         "--sides",
         default="bare,flowcollect",
-        help="which of bare, reader, flowcollect to run (comma separated)",
+        help="which of raw, bare, reader, flowcollect to run (comma separated)",
     )
     parser.add_argument("--farm", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run", choices=SIDES, help=argparse.SUPPRESS)

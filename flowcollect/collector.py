@@ -63,6 +63,7 @@ from flowcollect.runtime import (
     for_context,
     gate,
     report_changes,
+    tune_gc,
 )
 from flowcollect.stats import (
     CollectorStats,
@@ -235,7 +236,10 @@ class DataCollector:
     replaces the real clock and threads, for tests in virtual time: every lane ticks on it and
     readers and writers are called inline. ``clock`` replaces the wall and monotonic clocks of
     the collector's own threads (``flowcollect.runtime.Clock``). ``close_timeout_s`` bounds
-    ``close()`` as a whole (one deadline for every lane, reader and writer).
+    ``close()`` as a whole (one deadline for every lane, reader and writer). ``gc_tuning``: from
+    its first ``start`` to ``close`` a real-time collector gives the process's cyclic garbage
+    collector larger young generations (``flowcollect.runtime.tune_gc``; process-wide, put back
+    at ``close``; ``FLOWCOLLECT_GC=default`` or ``False`` here keeps the interpreter's own).
     """
 
     def __init__(
@@ -251,6 +255,7 @@ class DataCollector:
         close_timeout_s: float = 30.0,
         clock: Clock | None = None,
         reader_workers: int = DEFAULT_WORKERS,
+        gc_tuning: bool = True,
     ) -> None:
         self._log = logger or logging.getLogger("flowcollect")
         self._errors = RateLimitedLog(self._log)
@@ -312,6 +317,9 @@ class DataCollector:
         self._ended: dict[int, _Run | ContextStats] = {}
         self._ended_lock = threading.Lock()
         self._virtual = scheduler is not None
+        self._gc_tuning = gc_tuning
+        # Under _lock: set by the first start of a real-time collector, called once by close.
+        self._restore_gc: Callable[[], None] | None = None
         self._timer: abc.SchedulerBase = scheduler or LaneScheduler(
             _thread_factory(f"{THREAD_PREFIX}timer", self._threads), clock
         )
@@ -413,6 +421,10 @@ class DataCollector:
             for warning in compiled.warnings:
                 self._log.warning("%s", warning)
             self._watch_pool()
+            if self._gc_tuning and not self._virtual and self._restore_gc is None:
+                # Larger young generations for as long as this collector runs: a read's objects
+                # in flight die young instead of filling the oldest one (runtime/_gc.py).
+                self._restore_gc = tune_gc(freeze=False)
             for listener in self._listeners:
                 listener.before_start(self, context)
             run = _Run(compiled)
@@ -796,6 +808,10 @@ class DataCollector:
         try:
             self._end_threads()
         finally:
+            with self._lock:
+                restore, self._restore_gc = self._restore_gc, None
+            if restore is not None:
+                restore()
             self._closed_event.set()
 
     def _end_threads(self) -> None:

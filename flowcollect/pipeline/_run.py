@@ -19,7 +19,6 @@ from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline._devices import start_devices, stop_devices
 from flowcollect.pipeline._member import unresolved_member_paths
 from flowcollect.pipeline._summary import RunSummary, StopReason
-from flowcollect.runtime import tune_gc
 from flowcollect.stats import CollectorStats
 from flowcollect.writers.base import DataWriter
 from flowcollect.writers.csvfile import CsvFileDataWriter
@@ -70,16 +69,12 @@ def run_pipeline(
     except BaseException:
         stop_devices(devices, log)
         raise
-    restore_gc: Callable[[], None] = _keep_gc
     try:
         for context in contexts:
             # A copy: the pipeline's own models stay as written (no start/end dates), so it
             # can be run again or planned after this run.
             started = collector.start(context.model_copy(deep=True))
             log.info("context %s started at %s", started.id, started.start_date)
-        # What start built lives as long as the run: out of the cyclic collector's walks, and
-        # its young generations large enough for a read's objects to die in (runtime/_gc.py).
-        restore_gc = tune_gc()
         # Contexts that already ended while others started count from here on.
         watcher.arm(collector)
         if on_started is not None:
@@ -91,7 +86,6 @@ def run_pipeline(
         finally:
             # Even when closing was cut short (a second Ctrl-C): no device left serving.
             stop_devices(devices, log)
-            restore_gc()
     elapsed = time.monotonic() - began
     why = watcher.why() if reason == "ended" else ""
     summary = RunSummary(
@@ -200,7 +194,3 @@ def _reached_duration(context: DataCollectionContext) -> bool:
     # The collector ends a context at the millisecond its duration ends; a stop before that
     # came from someone else (a listener, a stop() call).
     return (context.end_date - context.start_date).total_seconds() >= duration - 0.002
-
-
-def _keep_gc() -> None:
-    """Nothing to put back: the run ended before ``tune_gc``."""

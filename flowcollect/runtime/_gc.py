@@ -9,14 +9,17 @@ oldest one; its collections then come every second or two and walk everything, 0
 stalling the event loop: requests late by up to that much, ticks running into the next instant,
 and a third of the engine's CPU. Two changes take that away:
 
-- larger young generations (``THRESHOLDS``): a read's objects die young, as they should;
-- the collector's own structures, built by ``start``, frozen out of the collector's reach
-  (``gc.freeze``): a full collection walks only what came after.
+- larger young generations (``THRESHOLDS``): a read's objects die young, as they should. A
+  real-time ``DataCollector`` does this itself from its first ``start`` to its ``close``
+  (``gc_tuning=True``, the default), because every user of the engine needs it: collections of
+  the oldest generation come a few times a minute instead of every second;
+- optionally, the collector's own structures, built by ``start``, frozen out of the cyclic
+  collector's reach (``gc.freeze``): a full collection then walks only what came after. This is
+  the program's call, never the library's: whatever the program holds at that moment is frozen
+  too, and cyclic garbage among it is never collected. ``tune_gc()`` after the ``start`` calls.
 
-Both are process-wide, so the library never does this by itself: ``flowcollect run`` and
-``Pipeline.run`` do (the process is the collector's for the run) and put the settings back when
-the run ends; a program embedding a ``DataCollector`` calls ``tune_gc`` itself, after its
-``start`` calls. ``FLOWCOLLECT_GC=default`` keeps the interpreter's settings.
+Both are process-wide: the settings are put back when the last collector (or ``tune_gc`` caller)
+that asked for them is done. ``FLOWCOLLECT_GC=default`` keeps the interpreter's own settings.
 """
 
 from __future__ import annotations
@@ -77,9 +80,8 @@ _tuning = _Tuning()
 
 def tune_gc(*, freeze: bool = True) -> Callable[[], None]:
     """Set the collector-friendly settings above; returns the call that puts the earlier ones
-    back (and unfreezes what was frozen) once every run that asked for them has ended. Call it
-    after the collector's ``start`` calls, so what they built is frozen; objects frozen are
-    never collected as cyclic garbage, which the engine's long-lived structures never become.
+    back (and unfreezes what was frozen) once every holder that asked for them is done. With
+    ``freeze``, call it after the collector's ``start`` calls, so what they built is frozen.
     With ``FLOWCOLLECT_GC=default`` in the environment it does nothing (and neither does the
     call it returns)."""
     if os.environ.get(GC_ENV, "").strip().lower() == "default":

@@ -1,5 +1,5 @@
-"""``tune_gc``: the garbage collector's settings for a collecting process, and a run that puts
-the process's own settings back when it ends."""
+"""``tune_gc``: the garbage collector's settings for a collecting process; a real-time collector
+sets the thresholds from its first start and puts the process's own back at close."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from flowcollect import DataCollectionContext, Pipeline, Variable
-from flowcollect.runtime import GC_ENV, THRESHOLDS, tune_gc
+from flowcollect import DataCollectionContext, DataCollector, Variable
+from flowcollect.runtime import GC_ENV, THRESHOLDS, VirtualScheduler, tune_gc
 from flowcollect.testing import MemoryDataWriter, StaticDataReader
 
 OWN = (900, 11, 12)
@@ -57,34 +57,45 @@ def test_the_environment_keeps_the_interpreters_settings(
     assert gc.get_threshold() == OWN
 
 
+def _collector(**options: object) -> tuple[DataCollector, DataCollectionContext]:
+    collector = DataCollector([StaticDataReader({"a": 1.0})], [MemoryDataWriter()], **options)  # type: ignore[arg-type]
+    context = DataCollectionContext(
+        id=1, interval_ms=50, min_interval_ms=10, variables=[Variable(id=1, address="a", reader="static")]
+    )
+    return collector, context
+
+
 @pytest.mark.realtime
-def test_a_pipeline_run_tunes_while_it_runs_and_restores_after(own_settings: None) -> None:
-    seen: list[tuple[tuple[int, int, int], int]] = []
-    writer = MemoryDataWriter()
-    pipeline = Pipeline(
-        name="gc",
-        readers=[StaticDataReader({"a": 1.0})],
-        writers=[writer],
-        contexts=[
-            DataCollectionContext(
-                id=1,
-                interval_ms=50,
-                min_interval_ms=10,
-                duration_s=3600,
-                variables=[Variable(id=1, address="a", reader="static")],
-            )
-        ],
-    )
-    summary = pipeline.run(
-        0.3,
-        on_status=lambda _stats: seen.append((gc.get_threshold(), gc.get_freeze_count())),
-        status_every_s=0.1,
-    )
-    assert summary.written > 0
-    assert seen, "no status while the run ran"
-    assert all(thresholds == THRESHOLDS and frozen > 0 for thresholds, frozen in seen), seen
+def test_a_collector_tunes_from_its_first_start_to_its_close(own_settings: None) -> None:
+    collector, context = _collector()
+    try:
+        assert gc.get_threshold() == OWN, "tuned before anything started"
+        collector.start(context)
+        assert gc.get_threshold() == THRESHOLDS
+        assert gc.get_freeze_count() == 0, "the library froze the program's objects"
+    finally:
+        collector.close()
     assert gc.get_threshold() == OWN
-    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.realtime
+def test_a_collector_told_not_to_keeps_the_settings(own_settings: None) -> None:
+    collector, context = _collector(gc_tuning=False)
+    try:
+        collector.start(context)
+        assert gc.get_threshold() == OWN
+    finally:
+        collector.close()
+    assert gc.get_threshold() == OWN
+
+
+def test_a_collector_in_virtual_time_keeps_the_settings(own_settings: None) -> None:
+    collector, context = _collector(scheduler=VirtualScheduler())
+    try:
+        collector.start(context)
+        assert gc.get_threshold() == OWN
+    finally:
+        collector.close()
 
 
 def test_overlapping_runs_restore_when_the_last_one_ends(own_settings: None) -> None:
