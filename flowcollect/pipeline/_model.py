@@ -65,6 +65,9 @@ class Pipeline(BaseModel):
     """How long closing waits for readers and writers to finish."""
     reader_workers: int = Field(default=DEFAULT_WORKERS, gt=0)
     """Worker threads for synchronous readers' calls (see ``DataCollector``)."""
+    gc_tuning: bool = True
+    """Larger young generations for the garbage collector while collecting (see
+    ``DataCollector``); ``False`` keeps the interpreter's own settings."""
     spools: dict[str, SpoolOptions] = Field(default_factory=dict)
     """Writers to put behind a durable spool, by writer name (``{"influxdb:plant":
     SpoolOptions(path="spool/influx", max_bytes=2**30)}``): see docs/spool.md."""
@@ -125,6 +128,7 @@ class Pipeline(BaseModel):
             queue_limit=self.queue_limit,
             close_timeout_s=self.close_timeout_s,
             reader_workers=self.reader_workers,
+            gc_tuning=self.gc_tuning,
         )
 
     def select(self, context_ids: Iterable[int] | None = None) -> list[DataCollectionContext]:

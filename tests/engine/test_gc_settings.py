@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flowcollect import DataCollectionContext, DataCollector, Variable
+from flowcollect import DataCollectionContext, DataCollector, Pipeline, Variable
 from flowcollect.runtime import GC_ENV, THRESHOLDS, VirtualScheduler, tune_gc
 from flowcollect.testing import MemoryDataWriter, StaticDataReader
 
@@ -57,12 +57,15 @@ def test_the_environment_keeps_the_interpreters_settings(
     assert gc.get_threshold() == OWN
 
 
-def _collector(**options: object) -> tuple[DataCollector, DataCollectionContext]:
-    collector = DataCollector([StaticDataReader({"a": 1.0})], [MemoryDataWriter()], **options)  # type: ignore[arg-type]
-    context = DataCollectionContext(
+def _context() -> DataCollectionContext:
+    return DataCollectionContext(
         id=1, interval_ms=50, min_interval_ms=10, variables=[Variable(id=1, address="a", reader="static")]
     )
-    return collector, context
+
+
+def _collector(**options: object) -> tuple[DataCollector, DataCollectionContext]:
+    collector = DataCollector([StaticDataReader({"a": 1.0})], [MemoryDataWriter()], **options)  # type: ignore[arg-type]
+    return collector, _context()
 
 
 @pytest.mark.realtime
@@ -108,3 +111,21 @@ def test_overlapping_runs_restore_when_the_last_one_ends(own_settings: None) -> 
     second()
     assert gc.get_threshold() == OWN
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.realtime
+def test_a_pipeline_passes_its_choice_to_the_collector(own_settings: None) -> None:
+    seen: list[tuple[int, int, int]] = []
+    for tuning in (True, False):
+        pipeline = Pipeline(
+            name="gc",
+            readers=[StaticDataReader({"a": 1.0})],
+            writers=[MemoryDataWriter()],
+            contexts=[_context()],
+            gc_tuning=tuning,
+        )
+        summary = pipeline.run(0.3, on_status=lambda _s: seen.append(gc.get_threshold()), status_every_s=0.1)
+        assert summary.written > 0
+        assert seen and set(seen) == {THRESHOLDS if tuning else OWN}, (tuning, seen)
+        assert gc.get_threshold() == OWN
+        seen.clear()
