@@ -27,7 +27,7 @@ __all__ = [
     "Work",
     "WorkerPool",
     "asynchronous_reader",
-    # The garbage collector's settings for a collecting process (``flowcollect run``)
+    # The garbage collector's settings while collecting (``DataCollector(gc_tuning=...)``, programs)
     "GC_ENV",
     "THRESHOLDS",
     "tune_gc",
