@@ -36,11 +36,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flowcollect import DataCollectionContext, DataCollector, DataReader, DataWriter, Variable
 from flowcollect.readers import OpcUaDataReader
+from flowcollect.stats import ReaderStats
 from flowcollect.values import CollectedVariable, ValueBatch, VariableSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -109,6 +111,53 @@ def endpoints(base: str, readers: int) -> list[str]:
     return [base + (f"/lane{k}" if k else "") for k in range(readers)]
 
 
+@dataclass(frozen=True)
+class Window:
+    """What a collector delivered over the measured window, and what it cost."""
+
+    values: int
+    errors: int
+    cpu_s: float
+    began: float  # wall clock, s
+    ended: float
+    elapsed_s: float  # monotonic
+    threads: int
+    figures: list[ReaderStats]
+
+
+def measured(
+    built: list[DataReader], nodes: int, interval_ms: int, settle_s: float, seconds: float, **fields: Any
+) -> Window:
+    """One context a reader (``nodes`` variables each, ``fields`` added to every one), ``settle_s``
+    to connect and plan, then ``seconds`` measured."""
+    writer = CountingWriter()
+    with DataCollector(readers=built, writers=[writer]) as collector:
+        for k in range(len(built)):
+            variables = [
+                Variable(
+                    id=j + 1, address=node(k * nodes + j), value_type="float", reader=f"opc{k}", **fields
+                )
+                for j in range(nodes)
+            ]
+            collector.start(
+                DataCollectionContext(id=k + 1, variables=variables, interval_ms=interval_ms, duration_s=3600)
+            )
+        time.sleep(settle_s)
+        with writer.lock:
+            values0, errors0 = writer.values, writer.errors
+        cpu0, began, mono0 = time.process_time(), time.time(), time.perf_counter()
+        time.sleep(seconds)
+        with writer.lock:
+            values, errors = writer.values - values0, writer.errors - errors0
+        cpu, ended, elapsed = time.process_time() - cpu0, time.time(), time.perf_counter() - mono0
+        threads = threading.active_count()
+        stats = collector.stats().readers
+        figures = [stats[f"opc{k}"] for k in range(len(built))]
+        for k in range(len(built)):
+            collector.stop(k + 1)
+    return Window(values, errors, cpu, began, ended, elapsed, threads, figures)
+
+
 def engine(
     mode: str, base: str, readers: int, nodes: int, interval_ms: int, seconds: float
 ) -> dict[str, Any]:
@@ -116,41 +165,24 @@ def engine(
     for k, endpoint in enumerate(endpoints(base, readers)):
         reader = OpcUaDataReader(f"opc{k}", endpoint, timeout_s=2.0, max_nodes_per_read=nodes)
         built.append(reader if mode == "loop" else Threaded(reader))
-    writer = CountingWriter()
-    with DataCollector(readers=built, writers=[writer]) as collector:
-        for k in range(readers):
-            variables = [
-                Variable(id=j + 1, address=node(k * nodes + j), value_type="float", reader=f"opc{k}")
-                for j in range(nodes)
-            ]
-            collector.start(
-                DataCollectionContext(id=k + 1, variables=variables, interval_ms=interval_ms, duration_s=3600)
-            )
-        time.sleep(2.0)  # connect, resolve, plan
-        with writer.lock:
-            values0, errors0 = writer.values, writer.errors
-        cpu0, began = time.process_time(), time.time()
-        time.sleep(seconds)
-        with writer.lock:
-            values, errors = writer.values - values0, writer.errors - errors0
-        cpu, ended = time.process_time() - cpu0, time.time()
-        threads = threading.active_count()
-        stats = collector.stats().readers
-        figures = [stats[f"opc{k}"] for k in range(readers)]
-        for k in range(readers):
-            collector.stop(k + 1)
+    run = measured(built, nodes, interval_ms, 2.0, seconds)  # connect, resolve, plan
+    figures, values = run.figures, run.values
     # Instants due in the window, per reader: the grid's, whole.
-    due = (math.floor(ended * 1000 / interval_ms) - math.floor(began * 1000 / interval_ms)) * readers * nodes
+    due = (
+        (math.floor(run.ended * 1000 / interval_ms) - math.floor(run.began * 1000 / interval_ms))
+        * readers
+        * nodes
+    )
     return {
         "delivered": round(values / due, 4) if due else 0.0,
-        "errors": errors,
+        "errors": run.errors,
         "overruns": sum(f.overruns for f in figures),
         "lateness_ms_p50": round(max(f.lateness_ms_p50 or 0.0 for f in figures), 2),
         "lateness_ms_p99": round(max(f.lateness_ms_p99 or 0.0 for f in figures), 2),
         "delivery_ms_p50": round(max(f.delivery_ms_p50 or 0.0 for f in figures), 2),
         "delivery_ms_p99": round(max(f.delivery_ms_p99 or 0.0 for f in figures), 2),
-        "cpu_s_per_million": round(cpu / values * 1e6, 2) if values else None,
-        "threads": threads,
+        "cpu_s_per_million": round(run.cpu_s / values * 1e6, 2) if values else None,
+        "threads": run.threads,
     }
 
 
@@ -161,39 +193,15 @@ def subscribed(
     for k, endpoint in enumerate(endpoints(base, readers)):
         reader = OpcUaDataReader(f"opc{k}", endpoint, mode="subscribe", timeout_s=5.0)
         built.append(reader if mode == "loop" else Threaded(reader))
-    writer = CountingWriter()
-    with DataCollector(readers=built, writers=[writer]) as collector:
-        for k in range(readers):
-            variables = [
-                Variable(
-                    id=j + 1,
-                    address=node(k * nodes + j),
-                    value_type="float",
-                    reader=f"opc{k}",
-                    report="change",
-                )
-                for j in range(nodes)
-            ]
-            collector.start(
-                DataCollectionContext(id=k + 1, variables=variables, interval_ms=interval_ms, duration_s=3600)
-            )
-        time.sleep(3.0)  # connect, create the items, first values
-        with writer.lock:
-            values0, errors0 = writer.values, writer.errors
-        cpu0, began = time.process_time(), time.perf_counter()
-        time.sleep(seconds)
-        with writer.lock:
-            values, errors = writer.values - values0, writer.errors - errors0
-        cpu, elapsed = time.process_time() - cpu0, time.perf_counter() - began
-        threads = threading.active_count()
-        for k in range(readers):
-            collector.stop(k + 1)
+    # Settle: connect, create the items, first values.
+    run = measured(built, nodes, interval_ms, 3.0, seconds, report="change")
+    values = run.values
     return {
-        "changes_per_s": round(values / elapsed),
+        "changes_per_s": round(values / run.elapsed_s),
         "server_changes_per_s": round(readers * nodes * 1000 / interval_ms),
-        "errors": errors,
-        "cpu_s_per_million": round(cpu / values * 1e6, 2) if values else None,
-        "threads": threads,
+        "errors": run.errors,
+        "cpu_s_per_million": round(run.cpu_s / values * 1e6, 2) if values else None,
+        "threads": run.threads,
     }
 
 
