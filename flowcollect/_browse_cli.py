@@ -79,7 +79,7 @@ def browse_command(
         from flowcollect.readers.opcua import browse, browse_csv, browse_python, browse_tree
     except ImportError as exc:
         exit_with(f"OPC UA is not available (pip install flowcollect[opcua]): {exc}")
-    options: dict[str, Any] = {"timeout_s": timeout}
+    security: dict[str, str | Path] = {}
     for key, value in (
         ("security_policy", security_policy),
         ("security_mode", security_mode),
@@ -88,7 +88,8 @@ def browse_command(
         ("server_certificate", server_certificate),
     ):
         if value is not None:
-            options[key] = value
+            security[key] = value
+    options: dict[str, Any] = {"timeout_s": timeout, **security}
     if username is not None:
         options["username"] = username
         options["password"] = os.environ.get(password_env, "")
@@ -112,7 +113,10 @@ def browse_command(
     if output is BrowseFormat.csv:
         sys.stdout.write(browse_csv(nodes))
     elif output is BrowseFormat.python:
-        sys.stdout.write(browse_python(nodes, url))
+        # The reader the file makes connects as the browse did (the password by its variable).
+        sys.stdout.write(
+            browse_python(nodes, url, security=security, username=username, password_env=password_env)
+        )
     else:
         sys.stdout.write(browse_tree(nodes))
     variables = sum(1 for node in nodes if node.node_class == "Variable")

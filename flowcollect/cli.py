@@ -37,6 +37,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from flowcollect import _discoveries
 from flowcollect._browse_cli import browse_command
 from flowcollect.collector import DataCollector
 from flowcollect.errors import ConfigError, FlowcollectError, PreflightError
@@ -748,7 +749,12 @@ def plan(
 
     _setup_logging(log_level)
     debug = log_level is LogLevel.DEBUG
+    _discoveries.taken()
     pipeline = _load(pipeline_file, debug)
+    # How many variables each OPC UA pattern of the file matched (no match is already a warning).
+    for found in _discoveries.taken():
+        if found.variables:
+            sys.stderr.write(f"{found}\n")
     try:
         compiled = pipeline.plan(context or None)
     except Exception as exc:

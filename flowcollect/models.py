@@ -79,7 +79,8 @@ class Variable(BaseModel):
         if self.report != "change":
             given = [f for f in ("deadband", "heartbeat_ms") if getattr(self, f) is not None]
             if given:
-                raise ValueError(f"{' and '.join(given)} apply only with report='change'")
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(f"{' and '.join(given)} {verb} only with report='change'")
         return self
 
 

@@ -471,7 +471,8 @@ def _build(
                     validate(variable)
         except ValidationError as exc:
             for error in exc.errors():
-                say(number, str(error["loc"][0]) if error["loc"] else None, _message(error))
+                column = str(error["loc"][0]) if error["loc"] else _across(row)
+                say(number, column, _message(error))
             continue
         except ValueError as exc:  # the reader's own check of the address
             say(number, "address", str(exc))
@@ -555,6 +556,16 @@ def _repeated(
         why = " (derived from the name or address: give the rows ids)" if derived else ""
         return "id", f"id {variable.id} is already used by row {earlier}{why}"
     return "name", f"name {variable.name!r} is already used by row {name_rows[variable.name or '']}"
+
+
+def _across(row: Mapping[str, Any]) -> str | None:
+    """The column to name for ``Variable``'s rule across fields (a deadband or heartbeat only
+    with ``report="change"``): the row's cell that set one, else its report cell, else none (the
+    defaults broke it)."""
+    for column in ("deadband", "heartbeat_ms", "report"):
+        if column in row:
+            return column
+    return None
 
 
 def _message(error: Mapping[str, Any]) -> str:

@@ -338,7 +338,7 @@ def test_scale_on_a_bool_and_misplaced_report_fields_are_config_errors_naming_th
         ConfigError, match=r"context 1, variable 2 .*scale applies to numbers; value_type is 'bool'"
     ):
         collector.start(context(1, var(1, "hr", scale=2), var(2, "coil", scale=2)))
-    with pytest.raises(ConfigError, match=r"variables\.0: .*deadband apply only with report='change'"):
+    with pytest.raises(ConfigError, match=r"variables\.0: .*deadband applies only with report='change'"):
         collector.start(
             {"id": 1, "variables": [{"id": 1, "address": "a", "reader": "static", "deadband": 1}]}
         )  # type: ignore[arg-type]

@@ -75,7 +75,7 @@ def test_every_mistake_is_reported_at_once_with_row_and_column(tmp_path: Path) -
         "tags.csv row 4, column interval_ms: 'fast' is not a whole number",
         "tags.csv row 5, column interval_ms: Input should be greater than 0",
         "tags.csv row 6, column report: 'sometimes' is not one of every, change",
-        "tags.csv row 7: deadband apply only with report='change'",
+        "tags.csv row 7, column deadband: deadband applies only with report='change'",
         "tags.csv row 8, column id: id 1 is already used by row 2",
         "tags.csv row 9, column name: name 'a' is already used by row 2",
         "tags.csv row 10, column address: Field required",

@@ -34,6 +34,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIdNames, ObjectIds
 from asyncua.ua.uaerrors import UaError
 
+from flowcollect import _discoveries
 from flowcollect._ids import stable_id
 from flowcollect.errors import ConfigError
 from flowcollect.models import ValueType, Variable
@@ -148,6 +149,7 @@ def discover(url: str, pattern: str, *, reader: str = "opcua", **options: Any) -
         for node in nodes
         if node.node_class == "Variable"
     ]
+    _discoveries.note(url, pattern, len(variables))
     if variables:
         _log.info("discover(%s, %r): %d variables", url, pattern, len(variables))
     else:

@@ -169,6 +169,41 @@ def test_the_command_prints_a_tree_a_tag_list_and_a_pipeline_that_runs(
     assert bad.returncode == 1 and "must be a browse path" in bad.stderr
 
 
+DISCOVERING = """
+from flowcollect import DataCollectionContext, Pipeline
+from flowcollect.readers import OpcUaDataReader
+from flowcollect.readers.opcua import discover
+from flowcollect.writers import MemoryDataWriter
+
+URL = "{url}"
+variables = discover(URL, "/2:Plant/2:Line1/*") + discover(URL, "/2:Plant/2:Nowhere/*")
+pipeline = Pipeline(
+    name="discovering", readers=[OpcUaDataReader("opcua", URL)], writers=[MemoryDataWriter()],
+    contexts=[DataCollectionContext(id=1, interval_ms=1000, variables=variables)],
+)
+"""
+
+
+def test_check_and_plan_say_how_many_each_pattern_matched(sim: OpcUaSimulator, tmp_path: Path) -> None:
+    file = tmp_path / "discovering.py"
+    file.write_text(DISCOVERING.replace("{url}", sim.endpoint))
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flowcollect", command, str(file)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    matched = f"discover({sim.endpoint}, '/2:Plant/2:Line1/*'): {len(LINE1)} variables"
+    nothing = f"discover({sim.endpoint}, '/2:Plant/2:Nowhere/*'): no variable matched the pattern"
+    for command in ("check", "plan"):
+        done = run(command)
+        assert done.returncode == 0, done.stderr
+        assert matched in done.stderr, (command, done.stderr)
+        assert nothing in done.stderr, (command, done.stderr)
+        assert done.stderr.count(matched) == 1, (command, done.stderr)
+
+
 @pytest.mark.slow
 def test_a_server_process_of_20000_nodes_is_browsed_whole_in_pages(tmp_path: Path) -> None:
     """The simulator in a process of its own, 20,000 Bulk variables in 80 folders of 250: every

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,7 @@ from opcua_helpers import read, specs, wait_for
 
 from flowcollect import secret_from_env
 from flowcollect.errors import ConfigError
+from flowcollect.pipeline import load_pipeline
 from flowcollect.readers import OpcUaDataReader
 from flowcollect.readers.opcua._security import ensure_client_certificate
 from flowcollect.simulator.opcua import OpcUaSimulator
@@ -220,3 +224,36 @@ def test_secured_readers_on_the_engines_loop_read_and_make_their_key_pair_off_th
     assert fresh_cert.is_file() and fresh_key.is_file()
     assert made_on and "flowcollect-loop" not in made_on, made_on
     assert all(v.error is None for v in writer.snapshot() if v.context_id == 1)
+
+
+def test_browse_with_security_prints_a_pipeline_that_connects_as_the_browse_did(
+    secured: OpcUaSimulator,
+    client_files: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``flowcollect browse --format python`` against a server that wants a secured channel and a
+    user: the printed file carries the security options and the user (the password by its
+    variable, never its text), so it runs as printed."""
+    cert, key = client_files
+    done = subprocess.run(
+        [sys.executable, "-m", "flowcollect", "browse", secured.endpoint,
+         "--match", "/2:Plant/2:Types/2:Double", "--format", "python",
+         "--security-policy", "Basic256Sha256", "--security-mode", "SignAndEncrypt",
+         "--certificate", str(cert), "--private-key", str(key),
+         "--server-certificate", str(secured.server_certificate),
+         "--username", USER, "--password-env", "BROWSE_TEST_PASSWORD", "--timeout", "5"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "BROWSE_TEST_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert PASSWORD not in done.stdout
+    assert 'password=secret_from_env("BROWSE_TEST_PASSWORD")' in done.stdout
+    assert f'certificate="{cert.resolve()}"' in done.stdout
+    file = tmp_path / "browsed.py"
+    file.write_text(done.stdout)
+    monkeypatch.setenv("BROWSE_TEST_PASSWORD", PASSWORD)
+    pipeline = load_pipeline(file)
+    assert pipeline.check() == []
+    rows = pipeline.read_once(timeout_s=20).rows
+    assert [(row.name, row.value, row.error) for row in rows] == [("Plant/Types/Double", 2.25, None)]
