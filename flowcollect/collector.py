@@ -574,7 +574,9 @@ class DataCollector:
         or the new one, never both, never neither), then it writes what is queued, flushes and
         closes within ``timeout_s`` (default ``close_timeout_s``), what it could not store
         counted dropped as at close. Its figures stay in ``stats()`` under its name, added to a
-        new writer's of the same name: every value is still counted once.
+        new writer's of the same name: every value is still counted once. A new writer with
+        the name of one taken out is told first (``DataWriter.take_over``): a CSV writer on the
+        same file continues it.
 
         Raises ``ConfigError`` before anything changes: not a writer, two writers with one
         name, or a running context a new writer refuses (``writer_problems``).
@@ -596,6 +598,12 @@ class DataCollector:
             kept = {id(sink.writer): sink for sink in self._sinks}
             wanted = {id(w) for w in writers}
             out = [sink for sink in self._sinks if id(sink.writer) not in wanted]
+            # A new writer replacing one of its name is told before it gets a batch (a CSV
+            # writer then continues the file instead of replacing it at its first write).
+            leaving = {sink.name: sink.writer for sink in out}
+            for w in writers:
+                if id(w) not in kept and w.name in leaving:
+                    w.take_over(leaving[w.name])
             self._sinks = [
                 kept.get(id(w))
                 or WriterSink(w, self._log, limit=self._queue_limit, threaded=not self._virtual)

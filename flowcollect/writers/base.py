@@ -245,6 +245,13 @@ class DataWriter:
         caller. The default checks nothing.
         """
 
+    def take_over(self, previous: DataWriter) -> None:
+        """Called when this writer replaces ``previous`` (the running writer of the same name) in
+        a running collector (``DataCollector.replace_writers``, a reload), on the caller's
+        thread, before this writer gets any batch; ``previous`` may still be writing what it
+        has queued. A writer whose first open would discard what ``previous`` stored (a file
+        replaced at its first write) continues it instead. The default does nothing."""
+
     def flush(self) -> None:
         """Make everything written so far durable at the destination."""
 

@@ -172,6 +172,24 @@ class CsvFileDataWriter(DataWriter):
         with contextlib.suppress(OSError):
             os.unlink(probe)
 
+    def take_over(self, previous: DataWriter) -> None:
+        """A reload replaced ``previous`` on the same file (its flush interval changed, say):
+        continue the file, never replace it. Without this, ``append=False`` would cut away every
+        row the run wrote before the reload at this writer's first write. Should ``previous``
+        not have opened the file yet, it does now (replacing an older file, as it would have at
+        its first write), with the header, so the two writers never both write one."""
+        if not isinstance(previous, CsvFileDataWriter) or previous is self:
+            return
+        if previous.path.resolve() != self.path.resolve():
+            return
+        # On failure previous reports its own error when it writes; this one appends anyway.
+        with previous._lock, contextlib.suppress(OSError):
+            fd = previous._fd if previous._fd is not None else previous._open_locked()
+            if previous._need_header:
+                _write_all(fd, previous._encode([COLUMNS]))
+                previous._need_header = False
+        self._truncate = False
+
     # -- rows ----------------------------------------------------------------------------------
 
     def _open_locked(self) -> int:

@@ -83,6 +83,23 @@ def test_the_console_shows_devices_and_values_and_pauses_a_context(
     click("#context-1 button[data-action=resume]")  # no prompt now
     wait.until(lambda d: "running" in text("context-1"))
     assert api.get("/api/v1/contexts/1")["state"] == "running"
+    # A device's health is now: errors while a variable fails, ok again once none does.
+    failing = {
+        "id": 20,
+        "interval_ms": 200,
+        "duration_s": None,
+        "variables": [{"id": 5, "address": "holding:60000:uint16", "reader": "plc"}],
+    }
+    assert api.post("/api/v1/contexts", failing, token=TOKEN)[0] == 201
+
+    def health() -> str:
+        cells = "document.querySelectorAll('#readers tbody td:nth-child(3)')"
+        return str(browser.execute_script(f"return Array.from({cells}, (c) => c.innerText).join()"))
+
+    wait.until(lambda d: health() == "errors")
+    assert api.post("/api/v1/contexts/20/stop", token=TOKEN)[0] == 200
+    wait.until(lambda d: health() == "ok")
+    assert api.get("/api/v1/status")["readers"]["plc"]["last_error"]["context"] == 20  # still shown
     shot = tmp_path / "console.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("FLOWCOLLECT_SCREENSHOTS"):  # regenerate the docs' picture

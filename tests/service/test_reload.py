@@ -101,3 +101,37 @@ def test_watch_reloads_when_the_file_changes(tmp_path: Path, apis: list[Api], to
     api.wait_log(r"reload refused, nothing changed: .*interval_ms", timeout_s=10)
     assert api.get("/api/v1/contexts/1")["interval_ms"] == 200
     assert api.stop() == 0
+
+
+def test_a_writer_replaced_on_the_same_file_continues_it_and_a_variable_added_restarts_its_context(
+    tmp_path: Path, apis: list[Api], token_file: Path
+) -> None:
+    # The CSV writer (append=False) gets another flush interval: the same file, replaced. The
+    # new writer must continue the file: replacing it at its first write, as append=False does
+    # at a run's start, would cut away every row written before the reload.
+    api = Api(tmp_path, "--http", "127.0.0.1:0", "--token-file", str(token_file))
+    apis.append(api)
+    pipe = tmp_path / "pipe.py"
+    one = api.wait_for("/api/v1/contexts/1", lambda c: c["delivered"] >= 16)  # 8 instants
+    text = PIPELINE.replace("append=False)", "append=False, flush_interval_s=0.25)").replace(
+        'var(3, "coil:0", "pump_running")]', 'var(3, "coil:0", "pump_running"), var(5, "coil:1", "valve")]'
+    )
+    assert text.count("flush_interval_s=0.25") == 1 and "valve" in text
+    pipe.write_text(text)
+    status, result = api.post("/api/v1/reload", token=TOKEN)
+    assert status == 200, result
+    assert result["writers"] == {"replaced": ["csv:out/api.csv"], "added": [], "removed": []}
+    assert (result["added"], result["changed"], result["unchanged"]) == ([], [2], [1])
+    api.wait_for("/api/v1/values?context=2&name=valve", lambda v: v["total"] == 1)
+    time.sleep(1.0)
+    assert api.stop() == 0
+
+    lines = (tmp_path / "out" / "api.csv").read_text().splitlines()
+    assert sum(line.startswith("id,") for line in lines) == 1, lines[:3]  # one header, at the top
+    assert lines[0].startswith("id,")
+    times = sorted(instants(tmp_path, 1, 1))
+    start = round(datetime.fromisoformat(one["start_date"].replace("Z", "+00:00")).timestamp() * 1000)
+    # Context 1 from its first instant (kept through the swap) to the end: each once.
+    assert times[0] - start <= 200, (start, times[:3])
+    assert len(times) >= 12 and all(b - a == 200 for a, b in itertools.pairwise(times)), times
+    assert instants(tmp_path, 2, 5), "the variable added is written"
