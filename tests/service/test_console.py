@@ -72,6 +72,9 @@ def test_the_console_shows_devices_and_values_and_pauses_a_context(
     browser.find_element(By.ID, "filter").send_keys("pump")
     wait.until(lambda d: "temp_1" not in text("values"))
     assert "pump_speed" in text("values")
+    # One page holds every match: no page to go back or on to (the next page used to be empty).
+    assert not browser.find_element(By.ID, "prev").is_enabled()
+    assert not browser.find_element(By.ID, "next").is_enabled()
 
     # Pause from the page: the token is asked once, then the context is paused for real.
     click("#context-1 button[data-action=pause]")
