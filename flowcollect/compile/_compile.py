@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from flowcollect._bulk import paused_gc
 from flowcollect.compile._schedule import LaneSchedule, distinct_reads
 from flowcollect.errors import ConfigError
 from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
@@ -460,52 +461,55 @@ def compile_context(
     tag_tuples: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
     cid = context.id
     context_interval = context.interval_ms
-    for variable in context.variables:
-        rtype = variable.reader
-        found = used.get(rtype)
-        if found is None:
-            found = _reader_entry(context, variable, readers, problems)
+    # A spec per variable, none in a cycle: the collections these allocations would set off
+    # walk every spec and variable so far and free nothing (flowcollect/_bulk.py).
+    with paused_gc():
+        for variable in context.variables:
+            rtype = variable.reader
+            found = used.get(rtype)
             if found is None:
+                found = _reader_entry(context, variable, readers, problems)
+                if found is None:
+                    continue
+                used[rtype] = found
+            reader, key, limit = found
+            try:
+                value_type: str
+                if variable.value_type is None:
+                    value_type = _validated_type(variable, reader)
+                else:
+                    value_type = variable.value_type
+                    reader.validate(variable)
+            except ValueError as exc:
+                problems.append(f"{_where(context, variable)}, reader {reader.type!r}: {exc}")
                 continue
-            used[rtype] = found
-        reader, key, limit = found
-        try:
-            value_type: str
-            if variable.value_type is None:
-                value_type = _validated_type(variable, reader)
-            else:
-                value_type = variable.value_type
-                reader.validate(variable)
-        except ValueError as exc:
-            problems.append(f"{_where(context, variable)}, reader {reader.type!r}: {exc}")
-            continue
-        value_types.append(value_type)
-        if value_type not in ("int", "float"):
-            problems.extend(
-                f"{_where(context, variable)}: {name} applies to numbers; value_type is {value_type!r}"
-                for name in ("scale", "offset", "deadband")
-                if getattr(variable, name) is not None
-            )
-        interval = variable.interval_ms
-        if interval is None:
-            interval = context_interval
-        if interval < limit:
-            interval = _below_limit(context, variable, reader, interval, limit, policy, out)
+            value_types.append(value_type)
+            if value_type not in ("int", "float"):
+                problems.extend(
+                    f"{_where(context, variable)}: {name} applies to numbers; value_type is {value_type!r}"
+                    for name in ("scale", "offset", "deadband")
+                    if getattr(variable, name) is not None
+                )
+            interval = variable.interval_ms
             if interval is None:
-                continue
-        lane = lanes.get(rtype)
-        if lane is None:  # the lanes in the order of their first spec
-            lane = lanes[rtype] = specs.setdefault(key, [])
-        lane.append(
-            _new_spec(
-                variable,
-                cid,
-                value_type,
-                reader.type,
-                interval,
-                _tags(variable.tags, tag_tuples) if variable.tags else (),
+                interval = context_interval
+            if interval < limit:
+                interval = _below_limit(context, variable, reader, interval, limit, policy, out)
+                if interval is None:
+                    continue
+            lane = lanes.get(rtype)
+            if lane is None:  # the lanes in the order of their first spec
+                lane = lanes[rtype] = specs.setdefault(key, [])
+            lane.append(
+                _new_spec(
+                    variable,
+                    cid,
+                    value_type,
+                    reader.type,
+                    interval,
+                    _tags(variable.tags, tag_tuples) if variable.tags else (),
+                )
             )
-        )
     _conclude(context, bool(specs), out)
     compiled = CompiledContext(
         context, {k: tuple(v) for k, v in specs.items()}, tuple(out.warnings), tuple(out.dropped)

@@ -246,3 +246,41 @@ def test_a_compiled_spec_is_the_dataclass_one_field_by_field() -> None:
     assert replace(made[0], interval_ms=1) == replace(built[0], interval_ms=1)
     with pytest.raises(FrozenInstanceError):
         made[0].id = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("refused", [False, True])
+def test_compiling_holds_off_the_garbage_collector_and_restores_it(enabled: bool, refused: bool) -> None:
+    """A context's specs form no cycles: the collections their allocations would set off walk
+    everything built so far and free nothing (0.4 of 0.7 s for 100,000 variables), so the
+    compilation runs with the cyclic collector paused, and leaves it as it found it."""
+    seen: list[bool] = []
+
+    class Watching(RandomDataReader):
+        def validate(self, variable: Variable) -> None:
+            seen.append(gc.isenabled())
+            if refused and variable.id == 2:
+                raise ValueError("refused")
+            super().validate(variable)
+
+    context = DataCollectionContext(
+        id=1, variables=[Variable(id=i, address=f"a{i}", reader="random") for i in (1, 2)]
+    )
+    was = gc.isenabled()
+    try:
+        if enabled:
+            gc.enable()
+        else:
+            gc.disable()
+        if refused:
+            with pytest.raises(ConfigError, match="refused"):
+                compile_context(context, {"random": Watching()})
+        else:
+            compile_context(context, {"random": Watching()})
+        assert seen == [False, False]
+        assert gc.isenabled() is enabled
+    finally:
+        if was:
+            gc.enable()
+        else:
+            gc.disable()
