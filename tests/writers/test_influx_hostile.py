@@ -157,3 +157,51 @@ def test_server_text_reaches_last_error_and_the_log_escaped_and_cut(
             assert "\nERROR forged" not in logged
         finally:
             writer.close()
+
+
+def test_after_a_413_storm_the_request_size_grows_back_against_a_real_http_server() -> None:
+    # Issue 21 item 8, over real HTTP: a server refuses every request of more than one point
+    # with 413 (a storm), then heals. The writer must not send one point per request for ever:
+    # after ``regrow_after_s`` without a 413 its requests grow back to ``batch_size``.
+    limit = [1]
+    sizes: list[tuple[int, int]] = []  # (points in the request, status answered)
+
+    def answer(request: bytes, sock: object) -> None:
+        body = request.partition(b"\r\n\r\n")[2]
+        points = len([line for line in body.split(b"\n") if line.strip()])
+        status = 413 if points > limit[0] else 204
+        sizes.append((points, status))
+        respond(status, reason="Request Entity Too Large" if status == 413 else "No Content")(
+            request,
+            sock,  # type: ignore[arg-type]
+        )
+
+    with HostileServer() as server:
+        server.answer = answer
+        writer = writer_for(server, batch_size=8, timeout_s=2.0)
+        writer.gzip = False  # the server counts the points in the body
+        writer.sender.regrow_after_s = 0.3
+        sent = 0
+        try:
+            writer.sender.submit(lines(8))
+            sent += 8
+            writer.flush()
+            assert (1, 204) in sizes and (8, 413) in sizes, sizes  # the storm cut it to one point
+            assert writer.sender.stats().written == 8
+            limit[0] = 1_000  # healed
+            healed_at = len(sizes)
+
+            def grown_back() -> bool:
+                nonlocal sent
+                writer.sender.submit(lines(8))
+                sent += 8
+                writer.flush()
+                return sizes[-1] == (8, 204)
+
+            wait_until(grown_back, timeout_s=20, what="requests of batch_size points again")
+            assert all(status == 204 for _, status in sizes[healed_at:]), sizes  # no 413 once healed
+            assert sizes[healed_at][0] < 8, sizes  # it did start small: the growth was the writer's
+            stats = writer.sender.stats()
+            assert (stats.written, stats.failed, stats.dropped) == (sent, 0, 0)
+        finally:
+            writer.close()
