@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from flowcollect._bulk import paused_gc
 from flowcollect.compile._schedule import LaneSchedule, distinct_reads
 from flowcollect.errors import ConfigError
-from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, Variable
+from flowcollect.models import DataCollectionContext, IntervalLimitPolicy, ValueType, Variable
 from flowcollect.readers.base import DataReader
 from flowcollect.values import VariableSpec
 
@@ -163,14 +163,15 @@ def _limit_origin(context: DataCollectionContext, reader: DataReader) -> str:
     return f"context {context.id}'s min_interval_ms (not set: the default)"
 
 
-def _validated_type(variable: Variable, reader: DataReader) -> str:
+def _validated_type(variable: Variable, reader: DataReader) -> ValueType:
     """The variable's value type (its own, else the reader's natural type for the address, else
     float), once the reader's ``validate`` accepted the variable with it; ``ValueError`` if not."""
     value_type = variable.value_type
     if value_type is None:
         value_type = reader.natural_value_type(variable.address) or "float"
-        variable = variable.model_copy(update={"value_type": value_type})
-    reader.validate(variable)
+        reader.validate_as(variable, value_type)
+    else:
+        reader.validate(variable)
     return value_type
 
 
@@ -188,7 +189,7 @@ class _Compiled:
     context: weakref.ref[DataCollectionContext]
     basis: tuple[object, ...]
     variables: tuple[Variable, ...]
-    value_types: tuple[str, ...]
+    value_types: tuple[ValueType, ...]
     readers: tuple[tuple[str, DataReader, str, int], ...]
     specs: Mapping[str, tuple[VariableSpec, ...]]
     warnings: tuple[str, ...]
@@ -249,7 +250,7 @@ def _reused(
             if variable.value_type is None:
                 if (reader.natural_value_type(variable.address) or "float") != value_type:
                     return None
-                reader.validate(variable.model_copy(update={"value_type": value_type}))
+                reader.validate_as(variable, value_type)
             else:
                 reader.validate(variable)
         except ValueError:
@@ -260,7 +261,7 @@ def _reused(
 def _keep(
     context: DataCollectionContext,
     policy: IntervalLimitPolicy,
-    value_types: list[str],
+    value_types: list[ValueType],
     used: Mapping[str, tuple[DataReader, str, int]],
     compiled: CompiledContext,
 ) -> None:
@@ -456,7 +457,7 @@ def compile_context(
     # Per reader type, looked up once: the reader, its lane key and its interval limit.
     used: dict[str, tuple[DataReader, str, int]] = {}
     lanes: dict[str, list[VariableSpec]] = {}  # reader type -> its lane's specs
-    value_types: list[str] = []
+    value_types: list[ValueType] = []
     # Equal tags make one tuple, shared by their specs (fewer objects for the collector to keep).
     tag_tuples: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
     cid = context.id
@@ -474,7 +475,7 @@ def compile_context(
                 used[rtype] = found
             reader, key, limit = found
             try:
-                value_type: str
+                value_type: ValueType
                 if variable.value_type is None:
                     value_type = _validated_type(variable, reader)
                 else:

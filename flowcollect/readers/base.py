@@ -245,6 +245,19 @@ class DataReader(ABC):
         Called for every variable before a context starts, never touching the source.
         """
 
+    def validate_as(self, variable: Variable, value_type: ValueType) -> None:
+        """``validate`` for ``variable`` collected as ``value_type``: the engine's call, which
+        resolves a missing ``value_type`` first (``natural_value_type``, else ``"float"``).
+
+        The default validates a copy of the variable carrying that type. A reader whose check
+        needs nothing of the variable but its address and type may override this to skip the
+        copy (a copy per variable was a third of compiling 40,000 variables); a subclass's own
+        ``validate`` must still be called (the Modbus reader's override checks for one).
+        """
+        if variable.value_type != value_type:
+            variable = variable.model_copy(update={"value_type": value_type})
+        self.validate(variable)
+
     def open(self) -> None:
         """Acquire resources (connections); called before the reader's first read (on a worker; on
         the loop, for an asynchronous reader, where it must not block)."""

@@ -308,12 +308,23 @@ class ModbusDataReader(DataReader):
         return result
 
     def validate(self, variable: Variable) -> None:
-        address = self._parse(variable.address)
-        check_value_type(address, variable.value_type or "float")  # the engine resolves None first
+        self._check(variable.address, variable.value_type or "float")  # the engine resolves None
+
+    def validate_as(self, variable: Variable, value_type: ValueType) -> None:
+        # The check needs only the address and the type: no copy of the variable to carry it,
+        # unless a subclass checks more in a validate of its own.
+        if type(self).validate is not ModbusDataReader.validate:
+            super().validate_as(variable, value_type)
+        else:
+            self._check(variable.address, value_type)
+
+    def _check(self, text: str, value_type: ValueType) -> None:
+        address = self._parse(text)
+        check_value_type(address, value_type)
         limit = self.max_bits if address.is_bit else self.max_registers
         if address.width > limit:
             raise ValueError(
-                f"modbus address {variable.address!r} needs {address.width} registers, more than "
+                f"modbus address {text!r} needs {address.width} registers, more than "
                 f"this reader's max_registers={limit} per request"
             )
 

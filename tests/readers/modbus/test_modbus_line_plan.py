@@ -6,12 +6,15 @@ import gc
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from flowcollect.compile import next_due
+from flowcollect import DataCollectionContext, Variable
+from flowcollect.compile import compile_context, next_due
 from flowcollect.errors import ConfigError
+from flowcollect.models import ValueType
 from flowcollect.readers import RandomDataReader
 from flowcollect.readers.modbus import ModbusDataReader, ModbusLine, estimate_lane
 from flowcollect.readers.modbus._connection import (
@@ -213,6 +216,51 @@ def test_natural_value_types_of_addresses() -> None:
     assert natural("input:0:float64:DCBA") == "float"
     assert natural("holding:0:string8") == "str"
     assert natural("holding:x") is None
+
+
+@pytest.mark.parametrize(
+    ("address", "value_type"),
+    [
+        ("coil:1", "bool"),
+        ("holding:0", "int"),
+        ("holding:0:float32", "float"),
+        ("holding:0:string8", "str"),
+        ("holding:0", "float"),
+        ("coil:1", "int"),
+        ("holding:0:string8", "float"),
+        ("holding:0:string400", "str"),
+        ("holding:x", "float"),
+    ],
+)
+def test_validate_as_judges_as_validate_of_a_typed_copy(address: str, value_type: ValueType) -> None:
+    """The compiler asks ``validate_as`` for a variable without a type; the Modbus reader
+    answers without copying the variable, and must answer as ``validate`` would for the copy."""
+    reader = ModbusDataReader("t", host="127.0.0.1", port=502)
+    untyped = Variable(id=1, address=address, reader="t")
+
+    def verdict(call: Callable[[], None]) -> str:
+        try:
+            call()
+        except ValueError as exc:
+            return str(exc)
+        return "ok"
+
+    typed = untyped.model_copy(update={"value_type": value_type})
+    assert verdict(lambda: reader.validate_as(untyped, value_type)) == verdict(lambda: reader.validate(typed))
+
+
+def test_validate_as_still_calls_a_subclass_validate() -> None:
+    seen: list[ValueType | None] = []
+
+    class Stricter(ModbusDataReader):
+        def validate(self, variable: Variable) -> None:
+            seen.append(variable.value_type)
+            super().validate(variable)
+
+    reader = Stricter("s", host="127.0.0.1", port=502)
+    context = DataCollectionContext(id=1, variables=[Variable(id=1, address="coil:2", reader="s")])
+    compile_context(context, {"s": reader})
+    assert seen == ["bool"]  # with the type the engine resolved
 
 
 # ----------------------------------------------------------------------------- texts and logs
