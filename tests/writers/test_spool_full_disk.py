@@ -175,3 +175,39 @@ def test_preflight_on_a_full_disk_warns_leaves_nothing_and_appends_go_on(
     assert stats["spool_appended_values"] + stats["spool_not_spooled"] == len(SPECS)
     assert stats["dropped"] == stats["spool_not_spooled"]
     writer.close()
+
+
+def test_values_counted_lost_for_want_of_room_do_not_come_back_once_there_is_room(
+    full_disk: Path,
+) -> None:
+    """Read up to the damage on a full disk, what follows it is counted lost: it must then be
+    gone, or a later open with room would repair it back and send values already counted lost
+    (counted twice: lost, then written)."""
+    import struct
+
+    from flowcollect.writers.spool import _records as rec
+    from flowcollect.writers.spool._store import Store, iter_records
+    from tests.writers.test_spool import SPECS, spooled
+
+    spool = full_disk / "spool"
+    writer, _ = spooled(HoldingWriter(), spool)
+    for k in range(10):
+        writer.write_batch(make_batch(k))
+    writer.close()
+    (segment,) = sorted(spool.glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    batches = [r for r in iter_records(bytes(data), len(rec.MAGIC), len(data)) if r.kind == rec.KIND_BATCH]
+    struct.pack_into("<I", data, batches[4].offset, 5_000_000)  # a damaged length field
+    segment.write_bytes(bytes(data))
+    fill(full_disk / "filler")
+
+    store = Store(spool, 1 << 20, "none")
+    first = store.open()
+    store.close()
+    assert (first.corrupt, first.corrupt_values, first.replay_values) == (1, 6 * len(SPECS), 4 * len(SPECS))
+
+    (full_disk / "filler").unlink()  # room again: nothing left to repair, nothing comes back
+    store = Store(spool, 1 << 20, "none")
+    again = store.open()
+    store.close()
+    assert (again.corrupt, again.corrupt_values, again.replay_values) == (0, 0, 4 * len(SPECS))

@@ -371,6 +371,18 @@ class Store:
         segment.start = start
         return segment
 
+    def _cut(self, p: Path, at: int) -> None:
+        """A damaged segment with no room for its repaired copy: what follows the damage is
+        counted lost, so it must go (cutting a file needs no room); else an open with room would
+        repair it back and send values already counted lost. Should the cut fail, the next open
+        counts them again, and says so."""
+        if at < len(rec.MAGIC):
+            return
+        try:
+            os.truncate(p, at)
+        except OSError as exc:
+            logger.error("spool %s: cannot cut %s at byte %d: %s", self.path, p.name, at, exc)
+
     def _repair(
         self, p: Path, data: bytes, scan: _Scan, start: int, report: OpenReport
     ) -> tuple[bytes, int] | None:
@@ -417,6 +429,7 @@ class Store:
             # name, read up to the damage only; what follows the damage is lost, and counted.
             os.replace(aside, p)
             first = scan.gaps[0][0] if scan.gaps else scan.size
+            self._cut(p, first)
             lost = sum(_lost_in(view, gap) for gap in scan.gaps if gap[0] >= start) + sum(
                 r.values
                 for lo, hi in spans
