@@ -71,10 +71,12 @@ class SpooledWriter(DataWriter):
     by the next run, or by the writer that takes over its folder (``take_over``), which then
     acknowledges it to the same batches. An engine should count those values as kept (spooled),
     not as dropped, and take such later receipts."""
-    TAKE_OVER_GRACE_S: ClassVar[float] = 10.0
+    TAKE_OVER_GRACE_S: ClassVar[float] = 30.0
     """How much longer than the previous writer's ``close_timeout_s`` a writer taking over its
-    folder waits for it to close (its inner writer's own close, the threads' ends) before it
-    tries the folder anyway; meanwhile its batches wait in the engine's queue."""
+    folder waits for it to close before it tries the folder anyway: the inner writer's own
+    close comes on top (an InfluxDB writer whose server is down flushes for its ``timeout_s``),
+    so as long as a collector's default ``close_timeout_s``. Meanwhile its batches wait in the
+    engine's queue (bounded by its queue limit and policy)."""
 
     def __init__(
         self,
