@@ -511,10 +511,14 @@ class WriterSink:
                 return
             unreported = sum(entry.left for entry in self._pending.values())
             # A writer that keeps what it did not acknowledge (a spool on disk) has not lost it:
-            # those values stay in flight, to be sent by the next run, not counted dropped.
-            kept = unreported if getattr(self.writer, "keeps_unacknowledged", False) else 0
+            # those values stay in flight, to be sent by the next run, not counted dropped. Its
+            # batches stay pending: a writer taking over its spool (a reload) sends them and
+            # acknowledges them here, so they count once, as written, failed or dropped.
+            keeps = getattr(self.writer, "keeps_unacknowledged", False)
+            kept = unreported if keeps else 0
             late = self._queued  # put while the writer was closing
-            self._pending.clear()
+            if not keeps:
+                self._pending.clear()
             self._queue.clear()
             self._queued = 0
             self._in_flight -= unreported - kept

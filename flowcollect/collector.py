@@ -576,7 +576,8 @@ class DataCollector:
         counted dropped as at close. Its figures stay in ``stats()`` under its name, added to a
         new writer's of the same name: every value is still counted once. A new writer with
         the name of one taken out is told first (``DataWriter.take_over``): a CSV writer on the
-        same file continues it.
+        same file continues it; a spooled writer on the same folder opens it once the old one
+        has closed and sends what it left there, acknowledged to the old one's figures.
 
         Raises ``ConfigError`` before anything changes: not a writer, two writers with one
         name, or a running context a new writer refuses (``writer_problems``).

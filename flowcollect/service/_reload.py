@@ -11,7 +11,9 @@ field). Then only what differs is touched:
 - writers: by name, then options. Same options: the running writer stays (queue, spool,
   connection); otherwise the file's new one takes over from the next batch, and the old one
   writes what it has queued, flushes and closes, its figures kept under its name
-  (``DataCollector.replace_writers``).
+  (``DataCollector.replace_writers``). A spooled writer replaced on its own spool folder (its
+  inner writer's options changed) opens the folder once the old one has closed, and sends
+  what it left there (``SpooledWriter.take_over``).
 - the pipeline's contexts: added ones started, removed ones stopped, changed ones restarted (a
   running context the new readers would collect otherwise, too). A context that did not change
   is not touched, so it misses no instant and gets no duplicate.
@@ -31,7 +33,7 @@ from typing import Any
 from flowcollect._options import options_key
 from flowcollect.collector import DataCollector
 from flowcollect.compile import compile_context, lane_keys
-from flowcollect.errors import ConfigError
+from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.models import DataCollectionContext
 from flowcollect.pipeline import Pipeline, load_pipeline
 from flowcollect.readers.base import DataReader
@@ -242,10 +244,8 @@ def prepare_reload(
                 "stop it first"
             )
     problems += _shared_spools(collector.writers, writers, writer_parts)
-    if not problems:  # a spool folder the running writer holds would only say "in use"
-        problems += preflight_problems(
-            [w for w in writers if w.name in writer_parts.replaced + writer_parts.added]
-        )
+    if not problems:  # a spool folder another running writer holds would only say "in use"
+        problems += _preflight(collector.writers, writers, writer_parts)
     if problems:
         raise ConfigError(problems)
     result.notes.extend(restarted + _not_reloaded(collector, new, previous))
@@ -253,16 +253,47 @@ def prepare_reload(
 
 
 def _shared_spools(running: Sequence[DataWriter], writers: list[DataWriter], parts: Parts) -> list[str]:
-    """A spooled writer replaced with the same spool folder: refused. The folder is the running
-    writer's (locked) until it has closed, and the new one takes batches at once: they could not
-    be spooled. Its options change with a restart, the spool keeping what is pending meanwhile."""
+    """Spool folders a new writer cannot have: one held by a running writer of another name (a
+    spooled writer takes over only from the writer of its name, ``SpooledWriter.take_over``;
+    another would find the folder in use until that one closes), or one that two of the file's
+    writers share."""
     folders = {_spool(w): w.name for w in running if _spool(w) is not None}
-    return [
-        f"writer {w.name}: its spool folder {_spool(w)} is the running writer's; a spooled writer's "
-        "options change with a restart (its spool keeps what is pending)"
-        for w in writers
-        if w.name in parts.replaced + parts.added and _spool(w) is not None and _spool(w) in folders
-    ]
+    problems = []
+    owners: dict[Path, str] = {}
+    for w in writers:
+        folder = _spool(w)
+        if folder is None:
+            continue
+        if folder in owners:
+            problems.append(f"writer {w.name}: its spool folder {folder} is also writer {owners[folder]}'s")
+        owners[folder] = w.name
+        holder = folders.get(folder)
+        if w.name in parts.replaced + parts.added and holder is not None and holder != w.name:
+            problems.append(
+                f"writer {w.name}: its spool folder {folder} is the running writer {holder}'s; only a "
+                f"writer named {holder} takes it over in a reload (or remove {holder} in one reload "
+                "and add this one in the next)"
+            )
+    return problems
+
+
+def _preflight(running: Sequence[DataWriter], writers: list[DataWriter], parts: Parts) -> list[str]:
+    """The new writers' preflight; a spooled writer taking over the folder of the running writer
+    of its name does not find it free (it is that writer's until it closes): that is not asked."""
+    by_name = {w.name: w for w in running}
+    fresh = [w for w in writers if w.name in parts.replaced + parts.added]
+    problems = preflight_problems(
+        w for w in fresh if not (isinstance(w, SpooledWriter) and w.name in by_name)
+    )
+    for w in fresh:
+        if isinstance(w, SpooledWriter) and w.name in by_name:
+            try:
+                w.preflight_taking_over(by_name[w.name])
+            except PreflightError as exc:
+                problems.append(f"writer {w.name}: {exc}")
+            except Exception as exc:  # as preflight_problems: one clear line naming the writer
+                problems.append(f"writer {w.name}: preflight failed: {type(exc).__name__}: {exc}")
+    return problems
 
 
 def _spool(writer: DataWriter) -> Path | None:

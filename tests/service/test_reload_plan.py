@@ -82,14 +82,25 @@ def test_an_option_changed_replaces_that_part_only(running: tuple[Path, DataColl
     assert prepare_reload(path, collector, [], []).result.writers.replaced == ["csv:out/a.csv"]
 
 
-def test_a_spooled_writer_replaced_on_its_own_spool_folder_is_refused(
+def test_a_spooled_writer_replaced_on_its_own_folder_takes_it_over_another_name_is_refused(
     running: tuple[Path, DataCollector],
 ) -> None:
     path, collector = running
+    # The writer behind the spool changed: replaced on its folder (SpooledWriter.take_over).
     write(path, flush_b=5.0)
+    plan = prepare_reload(path, collector, [], [])
+    assert plan.result.writers.as_dict() == {"replaced": ["csv:out/b.csv"], "added": [], "removed": []}
+    assert plan.writers[1] is not collector.writers[1] and plan.writers[1].name == "csv:out/b.csv"
+    # Another writer on the running one's folder would find it in use: refused, by name.
+    path.write_text(
+        FILE.format(seed="1", port=5020, flush=1.0, flush_b=1.0, receive="").replace(
+            '{"csv:out/b.csv": SpoolOptions(', '{"csv:out/a.csv": SpoolOptions('
+        )
+    )
     with pytest.raises(ConfigError) as refused:
         prepare_reload(path, collector, [], [])
-    assert "writer csv:out/b.csv: its spool folder" in str(refused.value)
+    assert "writer csv:out/a.csv: its spool folder" in str(refused.value)
+    assert "running writer csv:out/b.csv's" in str(refused.value)
 
 
 def test_a_running_context_the_new_readers_collect_otherwise_is_restarted(

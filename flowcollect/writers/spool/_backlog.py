@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from flowcollect.writers.spool._forward import Forwarder
 
-__all__ = ["MEMORY_VALUES", "Backlog", "dup_fd"]
+__all__ = ["MEMORY_VALUES", "Backlog", "LeftOver", "dup_fd"]
 
 logger = logging.getLogger("flowcollect.writers.spool")
 
@@ -55,6 +55,24 @@ _EPISODE_END = 0.5
 # segment (at most a quarter) during a long outage does not end it, draining the backlog does.
 
 Acknowledge = Callable[[ValueBatch, int, int, int, "str | None"], None]
+
+
+class LeftOver:
+    """What a closed spool leaves to the writer taking over its folder (``left_over_locked``):
+    ``records``, (seq, start, end, batch, values not yet reported) of each append not settled,
+    in folder order; ``settled``, (seq, start) -> (end, values) of each record after the send
+    position that was settled already."""
+
+    __slots__ = ("records", "settled", "targets")
+
+    def __init__(
+        self,
+        records: list[tuple[int, int, int, ValueBatch, int]],
+        settled: dict[tuple[int, int], tuple[int, int]],
+    ) -> None:
+        self.records = records
+        self.settled = settled
+        self.targets: dict[int, Acknowledge] = {}  # id(batch) -> where its receipts go
 
 
 class _Pending:
@@ -111,6 +129,10 @@ class Backlog:
         # from disk, and memory stays flat however long the outage.
         self._origins: dict[tuple[int, int], _Pending] = {}
         self._held = 0  # values of _origins still holding their columns
+        # Records after the send position that the writer this one took over from (a reload,
+        # ``SpooledWriter.take_over``) had already settled: (seq, start) -> (end, values). The
+        # cursor steps over them instead of sending them again (no value doubled).
+        self._settled: dict[tuple[int, int], tuple[int, int]] = {}
         self.receipts_wanted = False  # set by SpooledWriter.attach, before the first batch
         # Values (and batch records) appended or left by an earlier run and not yet settled by
         # the writer, dropped by the policy or lost to corruption: in flight ones included.
@@ -326,6 +348,15 @@ class Backlog:
                 later = [s for s in store.segments if s.seq > seq]
                 self._fw.cursor = (later[0].seq, len(rec.MAGIC))
                 continue
+            done = self._settled.pop((seq, offset), None)
+            if done is not None:  # settled by the writer taken over: not sent twice
+                end, n = done
+                self._fw.cursor = (seq, end)
+                self.values -= n
+                self.records -= 1
+                segment.records -= 1
+                segment.values -= n
+                continue
             # Left in place: taken_locked takes it when handed, so a drop in between still finds it.
             kept = self._origins.get((seq, offset))
             if kept is not None:
@@ -531,6 +562,45 @@ class Backlog:
             self._fw.cursor = (later[0], len(rec.MAGIC)) if later else (segment.seq + 1, len(rec.MAGIC))
             self._reader.close()
         self.send_receipts(receipts)
+
+    # -- a reload: one writer taking over the folder from another ------------------------------
+
+    def left_over_locked(self) -> LeftOver:
+        """Under the lock, once closed (the forwarder stopped): what a writer taking over this
+        folder needs to go on where this one stopped. The appends of this run not yet settled,
+        each with the values its batch's owner has not heard of (in flight ones as well: what
+        the writer gave up while closing stays spooled), and the records after the send
+        position that were settled already."""
+        records = [(p.seq, p.start, p.end, p.batch, len(p.batch)) for p in self._origins.values()]
+        settled = dict(self._settled)
+        for entry in self._fw.sent:
+            if entry.orphan:
+                continue  # its segment is gone: counted lost at close
+            if entry.settled >= entry.n and not entry.keep:
+                settled[(entry.seq, entry.start)] = (entry.end, entry.n)
+            elif entry.origin is not None:  # (a replay of an earlier run is sent again as one)
+                left = entry.n - entry.written - entry.failed - entry.dropped
+                if left > 0:
+                    records.append((entry.seq, entry.start, entry.end, entry.origin, left))
+        records.sort(key=lambda r: (r[0], r[1]))
+        return LeftOver(records, settled)
+
+    def adopt_locked(self, left: LeftOver) -> list[tuple[ValueBatch, int]]:
+        """Under the lock, right after this backlog opened the folder ``left`` came from: its
+        appends become this backlog's to send (read back from disk, their receipts to their
+        own batches), its settled records are stepped over. Returns those appends no longer
+        in the folder (a segment the open found damaged): lost, to be reported dropped."""
+        lost: list[tuple[ValueBatch, int]] = []
+        cursor = self._fw.cursor
+        for seq, start, end, batch, n in left.records:
+            if seq not in self.by_seq or (seq, start) < cursor:
+                lost.append((batch, n))
+            else:
+                # Read back from disk: the object (the old engine's handle) stays for receipts.
+                batch.release()
+                self._origins[(seq, start)] = _Pending(seq, start, end, batch, held=False)
+        self._settled.update({k: v for k, v in left.settled.items() if k >= cursor})
+        return lost
 
     # -- durability and cleanup -------------------------------------------------------------------
 

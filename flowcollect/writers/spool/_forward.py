@@ -73,6 +73,7 @@ class Sent:
     """A record handed to the writer and not yet (wholly) settled."""
 
     __slots__ = (
+        "dropped",
         "end",
         "failed",
         "handed",
@@ -101,6 +102,7 @@ class Sent:
         self.t_ms = handed.t_ms
         self.written = 0
         self.failed = 0
+        self.dropped = 0  # reported dropped (not kept): with written and failed, what its origin heard
         self.settled = 0
         self.keep = False  # given up by the writer while closing: stays spooled for the next run
         self.orphan = False  # its segment was dropped (or moved aside) while it was with the writer
@@ -349,6 +351,7 @@ class Forwarder:
                 dropped = 0
             entry.written += written
             entry.failed += failed
+            entry.dropped += dropped
             entry.settled += written + failed + dropped + (entry.n if entry.keep else 0)
             done = entry.settled >= entry.n
             if done:

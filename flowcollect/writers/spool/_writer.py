@@ -17,7 +17,7 @@ from flowcollect._logs import RateLimitedLog
 from flowcollect.errors import ConfigError, PreflightError
 from flowcollect.values import CollectedVariable, Receipt, ValueBatch, VariableSpec
 from flowcollect.writers.base import DataWriter, OnReceipt
-from flowcollect.writers.spool._backlog import Backlog, dup_fd
+from flowcollect.writers.spool._backlog import Acknowledge, Backlog, LeftOver, dup_fd
 from flowcollect.writers.spool._forward import Forwarder
 from flowcollect.writers.spool._store import DISK_FULL
 
@@ -68,7 +68,15 @@ class SpooledWriter(DataWriter):
     acknowledges: ClassVar[bool] = True
     keeps_unacknowledged: ClassVar[bool] = True
     """What it has not acknowledged when it closes is not lost: it stays in the spool and is sent
-    by the next run. An engine should count those values as kept (spooled), not as dropped."""
+    by the next run, or by the writer that takes over its folder (``take_over``), which then
+    acknowledges it to the same batches. An engine should count those values as kept (spooled),
+    not as dropped, and take such later receipts."""
+    TAKE_OVER_GRACE_S: ClassVar[float] = 30.0
+    """How much longer than the previous writer's ``close_timeout_s`` a writer taking over its
+    folder waits for it to close before it tries the folder anyway: the inner writer's own
+    close comes on top (an InfluxDB writer whose server is down flushes for its ``timeout_s``),
+    so as long as a collector's default ``close_timeout_s``. Meanwhile its batches wait in the
+    engine's queue (bounded by its queue limit and policy)."""
 
     def __init__(
         self,
@@ -123,6 +131,16 @@ class SpooledWriter(DataWriter):
         self._stopped = threading.Event()  # set once by close(): the maintenance thread ends
         self._threads: list[threading.Thread] = []
         self._specs: dict[tuple[Any, ...], VariableSpec] = {}
+        # A reload's take-over (``take_over``): the writer whose folder this one opens once it
+        # has closed, and by when. Written by take_over before the first batch, then the
+        # engine's writer thread's (write_batch), which clears it once the folder is open.
+        self._previous: SpooledWriter | None = None
+        self._previous_by = 0.0
+        self._released = threading.Event()  # set once by close(): the folder is free for a successor
+        self._left: LeftOver | None = None  # guarded by _cond: written by close(), for a successor
+        # Batches of the writer taken over still in the spool, by id: their values not yet
+        # reported, and where their receipts go (that writer's engine). Guarded by _cond.
+        self._adopted: dict[int, _Adopted] = {}
         # The store side: segments, this run's appends not yet handed out, counts, drop policy.
         self._backlog = Backlog(
             self.path,
@@ -130,7 +148,7 @@ class SpooledWriter(DataWriter):
             segment_bytes=self.segment_bytes,
             sync=sync,
             cond=self._cond,
-            acknowledge=self.acknowledge,
+            acknowledge=self._acknowledge_origin,
             monotonic=monotonic,
         )
         # The forwarder: cursor, in-flight window, retry pause (its state is under _cond too).
@@ -209,6 +227,18 @@ class SpooledWriter(DataWriter):
     def preflight(self) -> None:
         """The folder can be created and written and no other process holds it; then the
         destination's own preflight (its failure only logged, unless ``destination_preflight="fail"``)."""
+        self._preflight(folder_free=True)
+
+    def preflight_taking_over(self, previous: DataWriter) -> None:
+        """``preflight`` for a writer about to take over from ``previous`` (a reload): when that
+        is the spooled writer holding this very folder, the folder is not checked free (it is
+        previous's until it closes; ``take_over`` waits for that), the rest is."""
+        self._preflight(folder_free=not self._same_folder(previous))
+
+    def _same_folder(self, other: DataWriter) -> bool:
+        return isinstance(other, SpooledWriter) and other.path.resolve() == self.path.resolve()
+
+    def _preflight(self, *, folder_free: bool) -> None:
         probe = self.path / f".preflight-{os.getpid()}"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -229,7 +259,7 @@ class SpooledWriter(DataWriter):
                 self.path,
                 exc.strerror or exc,
             )
-        if self._backlog.store is None and self.path.is_dir():
+        if folder_free and self._backlog.store is None and self.path.is_dir():
             try:
                 fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
@@ -259,6 +289,22 @@ class SpooledWriter(DataWriter):
                 self.path,
             )
 
+    def take_over(self, previous: DataWriter) -> None:
+        """A reload replaced ``previous`` (the running writer of this name) with this one. The
+        writer behind the spool takes over from previous's (a CSV file continued). When
+        ``previous`` is the spooled writer of this very folder, this one opens the folder only
+        once previous has closed (its queued batches spooled, its lock released), waiting at
+        its first batch up to previous's ``close_timeout_s`` plus ``TAKE_OVER_GRACE_S``; then
+        it sends what previous left in the spool, its receipts going to previous's batches (so
+        each value is counted once, by previous's engine), and skips what previous had
+        settled. Called on the caller's thread before this writer gets a batch."""
+        if previous is self:
+            return
+        self.writer.take_over(previous.writer if isinstance(previous, SpooledWriter) else previous)
+        if isinstance(previous, SpooledWriter) and self._same_folder(previous):
+            self._previous = previous
+            self._previous_by = self._monotonic() + previous.close_timeout_s + self.TAKE_OVER_GRACE_S
+
     def write(self, values: Sequence[CollectedVariable]) -> None:
         # For callers that hand per-value objects: group them into batches of one instant.
         for batch in self._batches_of(values):
@@ -268,6 +314,7 @@ class SpooledWriter(DataWriter):
         """Append ``batch`` to the spool (with ``sync="always"``: on disk) and return."""
         if not len(batch):
             return
+        left = self._await_previous()
         receipts: list[Receipt] = []
         with self._cond:
             if self._closed:
@@ -275,6 +322,9 @@ class SpooledWriter(DataWriter):
             backlog = self._backlog
             try:
                 if backlog.open_locked():
+                    if left is not None:
+                        receipts += self._adopt_locked(left)
+                    self._previous = None
                     self._start_threads()
             except PreflightError:
                 raise
@@ -307,6 +357,12 @@ class SpooledWriter(DataWriter):
     def close(self) -> None:
         """Let the forwarder drain the backlog for up to ``close_timeout_s``, stop it, close the inner
         writer, and keep on disk whatever it did not acknowledge, for the next run."""
+        try:
+            self._close()
+        finally:
+            self._released.set()  # the folder is free (or never was taken): a successor opens it
+
+    def _close(self) -> None:
         with self._cond:
             if self._closed:
                 return
@@ -358,6 +414,9 @@ class SpooledWriter(DataWriter):
             backlog.delete_acknowledged_locked(store)
             store.close()
             backlog.close_reader()
+            # For a writer taking over the folder (a reload): where this one stopped. (Kept only
+            # if something is left: a successor finding none sends what the folder holds.)
+            self._left = self._leave_locked()
         if left:
             logger.warning(
                 "%s: closed with %d values not yet delivered; they stay in the spool %s for the next run",
@@ -421,6 +480,89 @@ class SpooledWriter(DataWriter):
             f"SpooledWriter({self.writer!r}, path={str(self.path)!r}, max_bytes={self.max_bytes}, "
             f"sync={self.sync!r})"
         )
+
+    # -- a reload's take-over ---------------------------------------------------------------------
+
+    def _await_previous(self) -> LeftOver | None:
+        """On the engine's writer thread, no lock held: until the writer taken over has closed
+        (bounded by ``_previous_by``), then what it left in the folder. None when there is no
+        take-over (or it is done)."""
+        previous = self._previous
+        if previous is None:
+            return None
+        if not previous._released.wait(max(0.0, self._previous_by - self._monotonic())):
+            # Its close is stuck (an inner writer hanging in close): the batch tries the folder,
+            # which says it is in use, counted failed; each later batch tries again, unwaited.
+            self._errors.error(
+                ("take-over",),
+                "%s: the writer it replaces has not closed the spool %s in time; its batches are "
+                "refused until it has",
+                self.name,
+                self.path,
+            )
+            return None
+        with previous._cond:
+            left, previous._left = previous._left, None
+        return left
+
+    def _adopt_locked(self, left: LeftOver) -> list[Receipt]:
+        """Under the lock, the folder just opened: previous's appends are this spool's to send,
+        their receipts to previous's batches; the receipts owed for those the folder lost."""
+        receipts = []
+        for batch, n in self._backlog.adopt_locked(left):
+            receipts.append(Receipt(batch, 0, 0, n, "spool: no longer in the folder at the take-over"))
+        for _, _, _, batch, n in left.records:
+            self._adopted[id(batch)] = _Adopted(batch, n, left.targets[id(batch)])
+        if left.records:
+            logger.info(
+                "%s: takes over %d values in %d batches the writer it replaces left in the spool %s",
+                self.name,
+                sum(r[4] for r in left.records),
+                len(left.records),
+                self.path,
+            )
+        return receipts
+
+    def _leave_locked(self) -> LeftOver:
+        """Under the lock, at the end of close: what a writer taking over the folder gets (see
+        ``Backlog.left_over_locked``), each batch with where its receipts go: this writer's
+        engine, or, for one this writer had itself taken over, the engine it answers to."""
+        left = self._backlog.left_over_locked()
+        records = []
+        for seq, start, end, batch, unheard in left.records:
+            n = unheard
+            adopted = self._adopted.get(id(batch))
+            if adopted is not None and adopted.batch is batch:
+                n = min(n, adopted.left)
+                left.targets[id(batch)] = adopted.acknowledge
+            else:
+                left.targets[id(batch)] = self.acknowledge
+            if n > 0:
+                records.append((seq, start, end, batch, n))
+        left.records = records
+        return left
+
+    def _acknowledge_origin(
+        self, batch: ValueBatch, written: int, failed: int, dropped: int, error: str | None
+    ) -> None:
+        """Every receipt of the spool: to this writer's engine, or, for a batch of a writer taken
+        over, to that one's (clamped to what it has not heard of, so nothing counts twice)."""
+        with self._cond:
+            adopted = self._adopted.get(id(batch))
+            if adopted is not None and adopted.batch is batch:
+                counts = []
+                for n in (written, failed, dropped):
+                    take = min(max(n, 0), adopted.left)
+                    adopted.left -= take
+                    counts.append(take)
+                if adopted.left <= 0:
+                    del self._adopted[id(batch)]
+            else:
+                adopted = None
+        if adopted is None:
+            self.acknowledge(batch, written, failed, dropped, error)
+        elif any(counts):
+            adopted.acknowledge(batch, counts[0], counts[1], counts[2], error)
 
     # -- appending -------------------------------------------------------------------------------
 
@@ -487,6 +629,18 @@ class SpooledWriter(DataWriter):
         if key is not None:
             out.append(_batch_at(key, specs, column, errors))
         return out
+
+
+class _Adopted:
+    """A batch of a writer taken over, still in the spool: its values not yet reported
+    (``left``), and where its receipts go (``acknowledge``: that writer's engine)."""
+
+    __slots__ = ("acknowledge", "batch", "left")
+
+    def __init__(self, batch: ValueBatch, left: int, acknowledge: Acknowledge) -> None:
+        self.batch = batch
+        self.left = left
+        self.acknowledge = acknowledge
 
 
 def _batch_at(
