@@ -35,8 +35,11 @@ Per collector and case:
   ``close_s``, and the engine's own ``lateness_ms_p99`` (worst reader) and delivery p99.
 
 - ``raw`` (with ``--sides``): the bare loop again, each device a prebuilt request frame written
-  to an asyncio transport and its answer taken unchecked: the floor of the machine, asyncio
-  and the farm's own measurement, below any real client.
+  to an asyncio transport and its answer taken unchecked: below any real client, but still a
+  task per device, whose wake-ups interleave with the answers of those sent first.
+- ``burst`` (with ``--sides``): ``raw``'s frames, every one written in one pass at the instant
+  before any answer is handled, then the answers awaited: the floor of request lateness on
+  this machine for one loop.
 - ``reader`` (with ``--sides``): the bare loop again, each device read through a
   ``ModbusDataReader.read_batch_async`` instead of the pymodbus call: the reader's own cost,
   without the engine.
@@ -68,7 +71,7 @@ from flowcollect.stats import percentile
 
 REGISTERS = 20
 CASES = ("10x100", "500x100", "2000x1000")
-SIDES = ("raw", "bare", "reader", "flowcollect")
+SIDES = ("burst", "raw", "bare", "reader", "flowcollect")
 WARMUP_INSTANTS = 2
 
 
@@ -329,10 +332,19 @@ class _RawClient(asyncio.Protocol):
             waiter.set_result(data[8] // 2 if len(data) > 8 and data[7] == 3 else 0)
 
 
+_FRAME = struct.pack(">HHHBBHH", 1, 0, 6, 1, 3, 0, REGISTERS)
+"""A read of the 20 holding registers of unit 1, prebuilt (the raw and burst sides)."""
+
+
+async def _raw_clients(ports: Sequence[int]) -> list[_RawClient]:
+    loop = asyncio.get_running_loop()
+    return [(await loop.create_connection(_RawClient, "127.0.0.1", port))[1] for port in ports]
+
+
 async def _raw_devices(ports: Sequence[int], interval_ms: int) -> tuple[list[Read], Callable[[], None]]:
     loop = asyncio.get_running_loop()
-    clients = [(await loop.create_connection(_RawClient, "127.0.0.1", port))[1] for port in ports]
-    frame = struct.pack(">HHHBBHH", 1, 0, 6, 1, 3, 0, REGISTERS)
+    clients = await _raw_clients(ports)
+    frame = _FRAME
 
     def reader(client: _RawClient) -> Read:
         async def read(_t_ms: int) -> int:
@@ -350,6 +362,27 @@ async def _raw_devices(ports: Sequence[int], interval_ms: int) -> tuple[list[Rea
             client.transport.close()
 
     return [reader(client) for client in clients], close
+
+
+async def _burst(
+    clients: Sequence[_RawClient], interval_ms: int, first: int, end: int, per_instant: Counter[int]
+) -> None:
+    """At each instant every request written in one pass, before any answer is handled (the
+    issue's "send every due request first"), then the answers awaited: the floor of request
+    lateness on this machine, below which no collector on one loop can go."""
+    loop = asyncio.get_running_loop()
+    t = first
+    while t < end:
+        await asyncio.sleep(max(0.0, t / 1000 - time.time()))
+        for client in clients:
+            client.waiter = loop.create_future()
+            client.transport.write(_FRAME)
+        waiters = [client.waiter for client in clients if client.waiter is not None]
+        done, _ = await asyncio.wait(waiters, timeout=interval_ms / 1000)
+        per_instant[t] += sum(w.result() for w in done)
+        t += interval_ms
+        while t < time.time() * 1000 - interval_ms:
+            t += interval_ms
 
 
 async def _flowcollect_readers(
@@ -389,8 +422,17 @@ async def _loop(side: str, ports: Sequence[int], interval_ms: int, seconds: floa
     """The bare asyncio loop: one task per device, sleeping to each grid instant, then reading
     it through pymodbus (``bare``) or a ``ModbusDataReader`` (``reader``: the reader's own cost,
     without the engine)."""
-    make = {"raw": _raw_devices, "bare": _pymodbus_devices, "reader": _flowcollect_readers}[side]
-    reads, close = await make(ports, interval_ms)
+    burst = await _raw_clients(ports) if side == "burst" else []
+    if burst:
+        reads: list[Read] = []
+
+        def close() -> None:
+            for client in burst:
+                client.transport.close()
+
+    else:
+        make = {"raw": _raw_devices, "bare": _pymodbus_devices, "reader": _flowcollect_readers}[side]
+        reads, close = await make(ports, interval_ms)
     per_instant: Counter[int] = Counter()
     first = _next_instant(interval_ms, 2)
     end = first + round(seconds * 1000)
@@ -412,7 +454,10 @@ async def _loop(side: str, ports: Sequence[int], interval_ms: int, seconds: floa
     await asyncio.sleep(max(0.0, first / 1000 - time.time() - 0.05))
     threads = threading.active_count()
     mark = asyncio.ensure_future(window())
-    await asyncio.gather(*(device(read) for read in reads))
+    if burst:
+        await _burst(burst, interval_ms, first, end, per_instant)
+    else:
+        await asyncio.gather(*(device(read) for read in reads))
     cpu0, opened = await mark
     cpu, window_s = cpu_s() - cpu0, time.monotonic() - opened
     close()
