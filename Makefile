@@ -18,11 +18,11 @@ run: $(STAMP)
 
 ## Install the servers the tests use, then run the suite but its slow tests (about 10 minutes).
 test: $(STAMP) servers
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" --durations=25
 
 ## The slow tests alone (soak, takeovers, kill -9 runs, a 20,000-node server): CI runs them too.
 test-slow: $(STAMP) servers
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=10
 
 servers:
 	@bash scripts/install-servers.sh

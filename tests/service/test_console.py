@@ -36,6 +36,7 @@ def browser():  # type: ignore[no-untyped-def]
         driver.quit()
 
 
+@pytest.mark.slow  # a real browser or process for 8-15 s: make test-slow (CI) runs it
 def test_the_console_shows_devices_and_values_and_pauses_a_context(
     tmp_path: Path, apis: list[Api], token_file: Path, browser
 ) -> None:

@@ -146,6 +146,7 @@ SPOOLED = PIPELINE.replace(
 )
 
 
+@pytest.mark.slow  # a real browser or process for 8-15 s: make test-slow (CI) runs it
 def test_a_spooled_writer_whose_inner_options_change_takes_over_its_spool_without_a_gap(
     tmp_path: Path, apis: list[Api], token_file: Path
 ) -> None:

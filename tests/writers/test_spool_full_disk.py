@@ -83,6 +83,7 @@ def fill(path: Path) -> None:
                 return
 
 
+@pytest.mark.slow  # a real browser or process for 8-15 s: make test-slow (CI) runs it
 def test_flowcollect_run_starts_and_collects_on_a_full_spool_disk(full_disk: Path, tmp_path: Path) -> None:
     spool = full_disk / "spool"
     # An earlier run: its destination was down, the spool grew until the disk was full.
