@@ -120,14 +120,14 @@ def test_flowcollect_run_starts_and_collects_on_a_full_spool_disk(full_disk: Pat
     assert not [name for name in left if name.startswith(".preflight-") or name.endswith(".tmp")], left
 
 
-def test_a_damaged_segment_on_a_full_disk_is_read_up_to_the_damage_and_the_rest_counted_lost(
-    full_disk: Path,
-) -> None:
+def _damaged_spool(full_disk: Path) -> Path:
+    """A spool of one segment of ten batches, the fifth's length field damaged (while there is
+    still room: the caller fills the disk after)."""
     import struct
 
     from flowcollect.writers.spool import _records as rec
     from flowcollect.writers.spool._store import iter_records
-    from tests.writers.test_spool import SPECS, spooled
+    from tests.writers.test_spool import spooled
 
     spool = full_disk / "spool"
     writer, _ = spooled(HoldingWriter(), spool)
@@ -139,6 +139,15 @@ def test_a_damaged_segment_on_a_full_disk_is_read_up_to_the_damage_and_the_rest_
     batches = [r for r in iter_records(bytes(data), len(rec.MAGIC), len(data)) if r.kind == rec.KIND_BATCH]
     struct.pack_into("<I", data, batches[4].offset, 5_000_000)  # a damaged length field
     segment.write_bytes(bytes(data))
+    return spool
+
+
+def test_a_damaged_segment_on_a_full_disk_is_read_up_to_the_damage_and_the_rest_counted_lost(
+    full_disk: Path,
+) -> None:
+    from tests.writers.test_spool import SPECS, spooled
+
+    spool = _damaged_spool(full_disk)
     fill(full_disk / "filler")  # no room for a repaired copy
 
     again = HoldingWriter()
@@ -184,22 +193,10 @@ def test_values_counted_lost_for_want_of_room_do_not_come_back_once_there_is_roo
     """Read up to the damage on a full disk, what follows it is counted lost: it must then be
     gone, or a later open with room would repair it back and send values already counted lost
     (counted twice: lost, then written)."""
-    import struct
+    from flowcollect.writers.spool._store import Store
+    from tests.writers.test_spool import SPECS
 
-    from flowcollect.writers.spool import _records as rec
-    from flowcollect.writers.spool._store import Store, iter_records
-    from tests.writers.test_spool import SPECS, spooled
-
-    spool = full_disk / "spool"
-    writer, _ = spooled(HoldingWriter(), spool)
-    for k in range(10):
-        writer.write_batch(make_batch(k))
-    writer.close()
-    (segment,) = sorted(spool.glob("*.seg"))
-    data = bytearray(segment.read_bytes())
-    batches = [r for r in iter_records(bytes(data), len(rec.MAGIC), len(data)) if r.kind == rec.KIND_BATCH]
-    struct.pack_into("<I", data, batches[4].offset, 5_000_000)  # a damaged length field
-    segment.write_bytes(bytes(data))
+    spool = _damaged_spool(full_disk)
     fill(full_disk / "filler")
 
     store = Store(spool, 1 << 20, "none")
