@@ -342,6 +342,7 @@ def test_members_share_lanes_join_take_over_and_hand_over(members: Members) -> N
     assert_each_instant_once(members)
 
 
+@pytest.mark.slow  # 6-8 s of real processes: make test-slow (CI) runs it
 def test_members_stop_while_etcd_is_down_and_never_read_an_instant_twice(
     etcd_factory: Callable[..., Etcd], sims: Sims, tmp_path: Path
 ) -> None:

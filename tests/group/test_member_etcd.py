@@ -258,6 +258,7 @@ def test_fencing_deadline_in_virtual_time_against_a_frozen_etcd(etcd_factory: Ca
         member.stop()
 
 
+@pytest.mark.slow  # 6-8 s of real processes: make test-slow (CI) runs it
 def test_stopping_etcd_stops_every_member_and_they_resume_after(
     etcd_factory: Callable[..., Etcd], group: Callable[..., tuple[GroupMember, Recorder]]
 ) -> None:

@@ -71,6 +71,7 @@ def arrived(peer: Peer, layout: str) -> tuple[set[tuple[int, int]], int]:
     return out, len(taken)
 
 
+@pytest.mark.slow  # 6-8 s of real processes (22 s for its four cases): make test-slow (CI)
 @pytest.mark.parametrize("layout", ["value", "instant"])
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_broker_stopped_or_killed_and_restarted_with_spool_and_qos1(

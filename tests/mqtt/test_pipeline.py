@@ -95,6 +95,7 @@ pipeline = Pipeline(
 """
 
 
+@pytest.mark.slow  # 6-8 s of real processes: make test-slow (CI) runs it
 @pytest.mark.realtime
 def test_kill_9_while_the_broker_is_down_loses_nothing_the_spool_accepted(
     mosquitto_factory: Any, tmp_path: Path

@@ -139,6 +139,7 @@ def expected_values(
     )
 
 
+@pytest.mark.slow  # 6-8 s of real processes: make test-slow (CI) runs it
 @pytest.mark.timeout(60)
 def test_faulty_readers_and_writers_cost_only_themselves(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, no_leftover_threads: None

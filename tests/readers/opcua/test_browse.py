@@ -76,6 +76,7 @@ def test_depth_path_and_patterns_prune_before_descending(sim: OpcUaSimulator) ->
     ]
 
 
+@pytest.mark.slow  # 6-8 s of real processes: make test-slow (CI) runs it
 def test_discovered_ids_are_stable_across_a_restart_that_renumbers_everything(tmp_path: Path) -> None:
     pattern = "/2:Plant/2:Line1/*"
     with OpcUaSimulator() as first:

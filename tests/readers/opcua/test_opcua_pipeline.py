@@ -12,6 +12,7 @@ from flowcollect.pipeline import load_pipeline
 PIPELINE = Path(__file__).resolve().parents[3] / "pipelines" / "opcua_demo.py"
 
 
+@pytest.mark.slow  # 6-8 s of real processes: make test-slow (CI) runs it
 def test_the_opcua_demo_pipeline_collects_from_its_embedded_simulator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -52,6 +52,7 @@ def test_server_down_at_start_gives_errors_then_values(server_process: ServerPro
         reader.close()
 
 
+@pytest.mark.slow  # 6-8 s of real processes: make test-slow (CI) runs it
 def test_a_restart_that_renumbers_is_followed_by_browse_paths(server_process: ServerProcess) -> None:
     server_process.start()
     reader = OpcUaDataReader("plc", server_process.endpoint, timeout_s=1.0)
@@ -98,6 +99,7 @@ def test_a_restart_that_renumbers_is_followed_by_browse_paths(server_process: Se
         pushing.close()
 
 
+@pytest.mark.slow  # 6-8 s of real processes: make test-slow (CI) runs it
 def test_a_frozen_server_gives_timeouts_then_values_and_close_stays_bounded(
     server_process: ServerProcess,
 ) -> None:
