@@ -225,7 +225,6 @@ class ModbusDataReader(DataReader):
             None
         )
         self._intervals: frozenset[int] = frozenset()
-        self._addresses: dict[str, ModbusAddress] = {}
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._plans_generation = 0
         self._counters: dict[str, int] = dict.fromkeys(
@@ -705,11 +704,7 @@ class ModbusDataReader(DataReader):
         return self._pack({(a.table, a.offset, a.end) for a in parsed})
 
     def _parse(self, text: str) -> ModbusAddress:
-        address = self._addresses.get(text)
-        if address is None:
-            address = _parse_shared(text)
-            self._addresses[text] = address
-        return address
+        return _parse_shared(text)
 
     def _unit_state(self) -> UnitState | None:
         connection = self._connection
