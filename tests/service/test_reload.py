@@ -41,7 +41,12 @@ def instants(folder: Path, context: int, variable: int) -> list[int]:
         rows = [
             r for r in csv.DictReader(handle) if r["context_id"] == str(context) and r["id"] == str(variable)
         ]
-    return [round(datetime.fromisoformat(r["time"]).timestamp() * 1000) for r in rows]
+    return [ms(r["time"]) for r in rows]
+
+
+def ms(date: str) -> int:
+    """An ISO 8601 time (the CSV's, or the API's with ``Z``) in epoch milliseconds."""
+    return round(datetime.fromisoformat(date.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def test_reload_applies_the_difference_and_unchanged_contexts_miss_nothing(
@@ -83,10 +88,6 @@ def test_reload_applies_the_difference_and_unchanged_contexts_miss_nothing(
 
     # Context 1 ran through both reloads: every 200 ms instant once, none missing, none twice.
     times = instants(tmp_path, 1, 1)
-
-    def ms(date: str) -> int:
-        return round(datetime.fromisoformat(date.replace("Z", "+00:00")).timestamp() * 1000)
-
     assert times[0] < ms(two_after["start_date"]) < ms(three["end_date"]) < times[-1], times
     assert all(b - a == 200 for a, b in itertools.pairwise(times)), times
 
@@ -130,7 +131,7 @@ def test_a_writer_replaced_on_the_same_file_continues_it_and_a_variable_added_re
     assert sum(line.startswith("id,") for line in lines) == 1, lines[:3]  # one header, at the top
     assert lines[0].startswith("id,")
     times = sorted(instants(tmp_path, 1, 1))
-    start = round(datetime.fromisoformat(one["start_date"].replace("Z", "+00:00")).timestamp() * 1000)
+    start = ms(one["start_date"])
     # Context 1 from its first instant (kept through the swap) to the end: each once.
     assert times[0] - start <= 200, (start, times[:3])
     assert len(times) >= 12 and all(b - a == 200 for a, b in itertools.pairwise(times)), times
@@ -170,7 +171,7 @@ def test_a_spooled_writer_whose_inner_options_change_takes_over_its_spool_withou
     assert "in use" not in api.log() and "failed to write" not in api.log(), api.log()
 
     times = instants(tmp_path, 1, 1)
-    start = round(datetime.fromisoformat(one["start_date"].replace("Z", "+00:00")).timestamp() * 1000)
+    start = ms(one["start_date"])
     assert times[0] - start <= 200, (start, times[:3])
     # Context 1 through the take-over: every 200 ms instant once, in order, none missing.
     assert len(times) >= 15 and all(b - a == 200 for a, b in itertools.pairwise(times)), times
