@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 
@@ -19,3 +20,15 @@ def no_leftover_threads() -> Iterator[None]:
     yield
     left = [t.name for t in collector_threads() if t not in before]
     assert not left, f"threads left running: {left}"
+
+
+@pytest.fixture
+def gc_as_found() -> Iterator[None]:
+    """The cyclic garbage collector enabled or not after the test as before it (tests of the
+    bulk steps that pause it set it either way)."""
+    enabled = gc.isenabled()
+    yield
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()

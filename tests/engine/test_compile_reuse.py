@@ -248,6 +248,7 @@ def test_a_compiled_spec_is_the_dataclass_one_field_by_field() -> None:
         made[0].id = 3  # type: ignore[misc]
 
 
+@pytest.mark.usefixtures("gc_as_found")
 @pytest.mark.parametrize("enabled", [True, False])
 @pytest.mark.parametrize("refused", [False, True])
 def test_compiling_holds_off_the_garbage_collector_and_restores_it(enabled: bool, refused: bool) -> None:
@@ -266,21 +267,14 @@ def test_compiling_holds_off_the_garbage_collector_and_restores_it(enabled: bool
     context = DataCollectionContext(
         id=1, variables=[Variable(id=i, address=f"a{i}", reader="random") for i in (1, 2)]
     )
-    was = gc.isenabled()
-    try:
-        if enabled:
-            gc.enable()
-        else:
-            gc.disable()
-        if refused:
-            with pytest.raises(ConfigError, match="refused"):
-                compile_context(context, {"random": Watching()})
-        else:
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
+    if refused:
+        with pytest.raises(ConfigError, match="refused"):
             compile_context(context, {"random": Watching()})
-        assert seen == [False, False]
-        assert gc.isenabled() is enabled
-    finally:
-        if was:
-            gc.enable()
-        else:
-            gc.disable()
+    else:
+        compile_context(context, {"random": Watching()})
+    assert seen == [False, False]
+    assert gc.isenabled() is enabled

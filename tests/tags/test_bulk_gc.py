@@ -7,7 +7,6 @@ the collector is as the program left it, whether the list was read, refused or u
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ import pytest
 from flowcollect import ConfigError
 from flowcollect.readers import RandomDataReader
 from flowcollect.tags import read_csv
-
-
-@pytest.fixture
-def gc_as_found() -> Iterator[None]:
-    enabled = gc.isenabled()
-    yield
-    if enabled:
-        gc.enable()
-    else:
-        gc.disable()
 
 
 def _list(tmp_path: Path, body: str) -> Path:
