@@ -344,12 +344,11 @@ async def _raw_clients(ports: Sequence[int]) -> list[_RawClient]:
 async def _raw_devices(ports: Sequence[int], interval_ms: int) -> tuple[list[Read], Callable[[], None]]:
     loop = asyncio.get_running_loop()
     clients = await _raw_clients(ports)
-    frame = _FRAME
 
     def reader(client: _RawClient) -> Read:
         async def read(_t_ms: int) -> int:
             client.waiter = loop.create_future()
-            client.transport.write(frame)
+            client.transport.write(_FRAME)
             try:
                 return await asyncio.wait_for(client.waiter, interval_ms / 1000)
             except TimeoutError:
