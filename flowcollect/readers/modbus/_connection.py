@@ -62,11 +62,16 @@ from pymodbus.pdu import ModbusPDU
 from flowcollect._logs import RateLimitedLog
 from flowcollect._text import peer_text
 from flowcollect.errors import ConfigError
+from flowcollect.readers.modbus._mbap import MbapAnswer, MbapProtocol
 from flowcollect.readers.modbus.line import ModbusLine, ModbusTls, load_error
 from flowcollect.readers.modbus.timing import Pacer
 
+Answer = ModbusPDU | MbapAnswer
+"""A device's answer: pymodbus's (its clients) or the own protocol's (plain TCP on the loop)."""
+
 __all__ = [
     "CLOSED",
+    "Answer",
     "MAX_RETRY_DELAY_S",
     "Failure",
     "LineConnection",
@@ -470,6 +475,29 @@ class _AsyncLink:
         """pymodbus's own wait for an answer: the timeout of the unit that opened the line.
         A request with this timeout is timed by pymodbus alone; another unit's, by the line."""
         self.connect_error: Exception | None = None
+        self.protocol: MbapProtocol | None = None
+        """Plain Modbus TCP: the line's own framing (``_mbap``), no pymodbus client."""
+        self.client: AsyncModbusTcpClient | None = None
+        self._early: tuple[tuple[str, int, int, int, float], asyncio.Future[Any]] | None = None
+        """A request ``send_early`` wrote before anyone awaited it, with what it asked."""
+        if line.kind == "tcp" and line.tls is None:
+            self.protocol = MbapProtocol(self._protocol_lost)
+        else:
+            self.client = self._pymodbus_client(line, timeout_s)
+        self._sock: socket.socket | None = None
+        """The dialled socket, for ``abort`` from any thread (a plain reference read)."""
+        self._handed = False
+        """The socket belongs to the transport (which closes it)."""
+        self._waiter: asyncio.Task[Any] | None = None
+        """The task inside a connect or a request, cancelled when the connection drops (or is
+        closed) under it."""
+        self._lost = False
+        self._closing = False
+        self._aborted = False
+        self.dropped = False
+        """The device closed the connection while no request waited in it."""
+
+    def _pymodbus_client(self, line: ModbusLine, timeout_s: float) -> AsyncModbusTcpClient:
         client: AsyncModbusTcpClient
         if line.tls is not None:
             client = AsyncModbusTlsClient(
@@ -497,23 +525,27 @@ class _AsyncLink:
         # a connect: paid back within a dozen reads.)
         client.register(_HoldingAnswer)
         client.register(_InputAnswer)
-        self.client = client
-        self._sock: socket.socket | None = None
-        """The dialled socket, for ``abort`` from any thread (a plain reference read)."""
-        self._handed = False
-        """The socket belongs to the transport (which closes it)."""
-        self._waiter: asyncio.Task[Any] | None = None
-        """The task inside a connect or a request, cancelled when the connection drops (or is
-        closed) under it."""
-        self._lost = False
-        self._closing = False
-        self._aborted = False
-        self.dropped = False
-        """The device closed the connection while no request waited in it."""
+        return client
 
     @property
     def connected(self) -> bool:
-        return self.client.connected and not self._lost
+        if self._lost:
+            return False
+        if self.protocol is not None:
+            return self.protocol.connected
+        return self.client is not None and bool(self.client.connected)
+
+    def _protocol_lost(self, waiting: bool) -> None:
+        """The own protocol's connection is gone; ``waiting``: a request was waiting in it
+        (and has failed already)."""
+        if self._lost:
+            return
+        self._lost = True
+        waiter = self._waiter  # a connect in progress
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        elif not waiting and not self._closing:
+            self.dropped = True
 
     def _traced(self, connected: bool) -> None:
         if connected or self._lost:
@@ -549,7 +581,7 @@ class _AsyncLink:
             self.close()
             self.connect_error = ConnectionAbortedError("closed while connecting")
             return False
-        return self.client.connected
+        return self.connected
 
     async def _open(self, timeout_s: float) -> None:
         loop = self.loop
@@ -569,7 +601,7 @@ class _AsyncLink:
         try:
             async with asyncio.timeout(timeout_s):  # the handshake's own deadline
                 await loop.create_connection(
-                    lambda: self.client.ctx,
+                    self._protocol_factory,
                     sock=sock,
                     ssl=context,
                     server_hostname=(line.tls.server_name or line.host) if line.tls is not None else None,
@@ -612,20 +644,23 @@ class _AsyncLink:
         if sock is not None and not self._handed:
             sock.close()
 
-    async def request(self, table: str, start: int, count: int, unit: int, timeout_s: float) -> ModbusPDU:
+    async def request(self, table: str, start: int, count: int, unit: int, timeout_s: float) -> Answer:
         """One request and its answer within ``timeout_s``; raises as the sync client would: a
         ``ModbusIOException`` unanswered, a ``ConnectionException`` when the device closed."""
+        if self.protocol is not None:
+            return await self._own_request(self.protocol, table, start, count, unit, timeout_s)
         task = asyncio.current_task()
         self._waiter = task
+        client = self.client
         try:
             with quiet_pymodbus():
                 if timeout_s == self.timeout_s:
                     # pymodbus's own timer (it makes one per request anyway): a thousand lines'
                     # requests keep one timer each, not two.
-                    answer: ModbusPDU = await _READS[table](self.client, start, count, unit)
+                    answer: ModbusPDU = await _READS[table](client, start, count, unit)
                     return answer
                 async with asyncio.timeout(timeout_s):
-                    answer = await _READS[table](self.client, start, count, unit)
+                    answer = await _READS[table](client, start, count, unit)
                     return answer
         except TimeoutError:
             raise ModbusIOException(f"no response within {timeout_s:g} s") from None
@@ -637,6 +672,43 @@ class _AsyncLink:
         finally:
             self._waiter = None
 
+    def _protocol_factory(self) -> asyncio.BaseProtocol:
+        if self.protocol is not None:
+            return self.protocol
+        if self.client is None:  # (one of the two is set at construction)
+            raise RuntimeError("an asynchronous link without a protocol")
+        protocol: asyncio.BaseProtocol = self.client.ctx
+        return protocol
+
+    def send_early(self, table: str, start: int, count: int, unit: int, timeout_s: float) -> None:
+        """Write a request now, for the ``request`` with the same arguments that follows to take
+        (the engine writes every due request of an instant before it awaits any answer). Only
+        on the own protocol; nothing is written when one is written already or the connection
+        is down. Loop thread only."""
+        protocol = self.protocol
+        if protocol is None or self._early is not None or not self.connected:
+            return
+        future = protocol.send(unit, table, start, count, timeout_s)
+        future.add_done_callback(_retrieved)  # never taken (a close came first): no warning
+        self._early = ((table, start, count, unit, timeout_s), future)
+
+    async def _own_request(
+        self, protocol: MbapProtocol, table: str, start: int, count: int, unit: int, timeout_s: float
+    ) -> Answer:
+        early = self._early
+        future: asyncio.Future[Any] | None = None
+        if early is not None:
+            self._early = None
+            if early[0] == (table, start, count, unit, timeout_s) and not early[1].cancelled():
+                future = early[1]
+            else:
+                protocol.forget(early[1])
+        if future is None:
+            future = protocol.send(unit, table, start, count, timeout_s)
+        # ModbusIOException unanswered, ConnectionException dropped, BadFrame: as the class says.
+        answer: Answer = await future
+        return answer
+
     def close(self) -> None:
         """Close the connection; the request waiting in it fails at once. From any thread."""
         if not self._on_loop():
@@ -645,7 +717,12 @@ class _AsyncLink:
             return
         self._closing = True
         self._traced(False)  # a connect or request in progress is cancelled, and closes its socket
-        if self._handed:
+        protocol = self.protocol
+        if protocol is not None:
+            # Its requests fail now, not when the transport's goodbye reaches the loop.
+            protocol.fail_all(ConnectionException("connection closed by the device"))
+            protocol.close()
+        elif self._handed and self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.close()
 
@@ -666,6 +743,11 @@ class _AsyncLink:
             return asyncio.get_running_loop() is self.loop
         except RuntimeError:
             return False
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _has_peer(sock: socket.socket) -> bool:
@@ -1021,7 +1103,7 @@ class LineConnection:
         timeout_s: float,
         retries: int,
         name: str,
-    ) -> ModbusPDU | Failure:
+    ) -> Answer | Failure:
         """One read request to ``unit``; any trouble comes back as a ``Failure``, never raised."""
         link = self._link
         if not isinstance(link, _Link) or not link.connected:
@@ -1045,7 +1127,7 @@ class LineConnection:
             try:
                 wait = exchange.send(answer)
             except StopIteration as done:
-                outcome: ModbusPDU | Failure = done.value
+                outcome: Answer | Failure = done.value
                 return outcome
 
     async def request_async(
@@ -1058,7 +1140,7 @@ class LineConnection:
         timeout_s: float,
         retries: int,
         name: str,
-    ) -> ModbusPDU | Failure:
+    ) -> Answer | Failure:
         """``request`` on the running event loop: the same exchange, awaited. (No drain: an
         answer that comes late finds no request waiting, and pymodbus drops it.)"""
         link = self._link
@@ -1073,18 +1155,18 @@ class LineConnection:
                 continue
             self._stale = False
             try:
-                answer: ModbusPDU | Exception = await link.request(table, start, count, unit.unit, timeout_s)
+                answer: Answer | Exception = await link.request(table, start, count, unit.unit, timeout_s)
             except Exception as exc:  # pymodbus may raise anything on garbage bytes
                 answer = exc
             try:
                 wait = exchange.send(answer)
             except StopIteration as done:
-                outcome: ModbusPDU | Failure = done.value
+                outcome: Answer | Failure = done.value
                 return outcome
 
     def _exchange(
         self, link: _Link | _AsyncLink, unit: UnitState, timeout_s: float, retries: int, name: str
-    ) -> Generator[float, ModbusPDU | Exception | None, ModbusPDU | Failure]:
+    ) -> Generator[float, Answer | Exception | None, Answer | Failure]:
         """The line's rules for one request, without I/O: yields how long to wait first (the
         line's silent interval and pause: a bus must be quiet between frames, or the next unit
         cannot tell where the last answer ended; sent None once waited), then 0.0 to send, and
@@ -1108,7 +1190,7 @@ class LineConnection:
                     continue
                 return failure
             # (None is sent only after a wait, never after a send.)
-            return self._after_answer(unit, started, name, cast("ModbusPDU", answer))
+            return self._after_answer(unit, started, name, cast("Answer", answer))
 
     def _after_error(
         self,
@@ -1130,7 +1212,7 @@ class LineConnection:
             return None
         return self._failed(exc, unit, started, timeout_s, name)
 
-    def _after_answer(self, unit: UnitState, started: float, name: str, response: ModbusPDU) -> ModbusPDU:
+    def _after_answer(self, unit: UnitState, started: float, name: str, response: Answer) -> Answer:
         """Any answer, an exception answer too, shows the unit and the line are alive."""
         self._unanswered = 0
         if not self._answered:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypedDict
 
-from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu import ExceptionResponse
 
 from flowcollect.compile import due_patterns, next_due
 from flowcollect.errors import ConfigError
@@ -20,6 +20,7 @@ from flowcollect.readers.base import DataReader
 from flowcollect.readers.modbus._connection import (
     CLOSED,
     MAX_RETRY_DELAY_S,
+    Answer,
     Failure,
     LineConnection,
     UnitState,
@@ -75,7 +76,7 @@ _Slot = tuple[int, Decoder, str]
 
 # A tick's requests, without I/O: (table, start, count) asked, the line's answer sent back.
 _Asked = tuple[str, int, int]
-_Answer = ModbusPDU | Failure
+_Answer = Answer | Failure
 _Requests = Generator[_Asked, _Answer, None]
 
 
@@ -662,7 +663,7 @@ class ModbusDataReader(DataReader):
             return response
         return self._check_response(response, table, count)
 
-    def _check_response(self, response: ModbusPDU, table: str, count: int) -> Sequence[Any] | Failure:
+    def _check_response(self, response: Answer, table: str, count: int) -> Sequence[Any] | Failure:
         if isinstance(response, ExceptionResponse):
             self._counters["request_errors"] += 1
             self._counters["exceptions"] += 1
