@@ -197,6 +197,20 @@ class DataReader(ABC):
         """
         raise NotImplementedError
 
+    def send_batch(self, batch: ValueBatch) -> None:
+        """Optional, for an asynchronous reader: write what ``batch`` asks of the device *now*,
+        without waiting for anything, for the ``read_batch_async(batch)`` that follows (the same
+        object) to take up.
+
+        The engine calls it on its loop at each instant, for the first reader of every due lane,
+        before it awaits any read: every due request of an instant then leaves in one pass, and
+        a device samples as close to the instant as the process allows (a request written later
+        than the answers of the first is sampled later). It must return at once and never
+        raise for the device's sake: when it cannot send now (not connected, backing off, a
+        request already in flight), it sends nothing and the read sends as usual. The default
+        sends nothing. Only called when the class overrides it.
+        """
+
     def start_pushing(self, emit: Emit) -> None:
         """For a pushing reader: keep ``emit`` and call it (from any thread) with batches of the
         values the source pushes, each with its source time and quality. Called once, on the

@@ -32,7 +32,7 @@ from flowcollect._logs import RateLimitedLog
 from flowcollect.compile import Delivery, LaneSchedule, ReaderPhase
 from flowcollect.readers.base import DataReader
 from flowcollect.runtime._clock import BRACKET_MS, clock_offset
-from flowcollect.runtime._loop import InlineWork, Work
+from flowcollect.runtime._loop import InlineWork, InstantCall, Work
 from flowcollect.runtime._push import NO_VALUE_YET, PushStore
 from flowcollect.runtime._steps import LaneRead
 from flowcollect.stats import ReaderCounters
@@ -135,7 +135,7 @@ class Lane:
         )
         self._wall_ms: Callable[[], float] | None = getattr(scheduler, "wall_ms", None)
         self._mono_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
-        self._timer_at: Callable[..., asyncio.TimerHandle] | None = getattr(scheduler, "timer_wall_ms", None)
+        self._timer_at: Callable[..., InstantCall] | None = getattr(scheduler, "timer_wall_ms", None)
         self.planned: LaneSchedule | None = None
         """The schedule the collector wants: written under the collector's lock (``plan``), read
         whole on the loop thread and by ``schedules()``/``stats()``."""
@@ -159,7 +159,7 @@ class Lane:
         self._task: asyncio.Future[Any] | None = None  # the asynchronous read in flight
         # The loop thread only (ticks), from here to _last_fired.
         self._active: LaneSchedule | None = None
-        self._pending: abc.DisposableBase | asyncio.TimerHandle | None = None
+        self._pending: abc.DisposableBase | InstantCall | None = None
         self._pending_due: int | None = None
         self._anchor: float | None = None
         self._last_fired = -1
@@ -172,6 +172,8 @@ class Lane:
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
         self._opened: set[str] = set()
         self._batchy = {r.type: _batch_reader(r) for r in readers}
+        # Per reader: its class writes requests at the instant (DataReader.send_batch).
+        self._senders = {r.type: type(r).send_batch is not DataReader.send_batch for r in readers}
         self._stores: dict[str, PushStore] = {r.type: PushStore() for r in readers if r.pushes}
         self._routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
         self._reuse: dict[int, tuple[ReaderPhase, list[CollectedVariable]]] = {}
@@ -572,7 +574,7 @@ class Lane:
     def _drop_pending(self) -> None:
         pending = self._pending
         if pending is not None:
-            if isinstance(pending, asyncio.TimerHandle):
+            if isinstance(pending, InstantCall):
                 pending.cancel()
             else:
                 pending.dispose()
@@ -598,10 +600,14 @@ class Lane:
         if schedule is None or self._pending is not None or self._pending_due is not None:
             return  # retimed meanwhile: the tick armed since is the one that counts
         if self.asynchronous:
-            # The rest of the tick is the task's: the timer's pass of the loop only starts one
-            # task per due lane, so every lane's request goes out in the next pass, before any
-            # answer is handled.
-            self._await(lambda: self._tick_async(schedule, due), self._tick_failed)
+            # The instant's callback (every lane due at it, LoopScheduler.timer_wall_ms) writes
+            # each lane's first request now (send_batch) and starts a task for the rest of the
+            # tick: every due request leaves in this one pass, before any answer is handled.
+            opened = self._begin(schedule, due)
+            if opened is None:
+                return
+            first = None if opened[2] is None else self._send_first(opened[2], due)
+            self._await(lambda: self._tick_async(schedule, due, opened, first), self._tick_failed)
             return
         began = self._begin(schedule, due)
         if began is None:
@@ -628,12 +634,32 @@ class Lane:
         self._last_fired = due
         return self._now(), offset, schedule.phase_at(due)
 
-    async def _tick_async(self, schedule: LaneSchedule, due: int) -> None:
-        began = self._begin(schedule, due)
-        if began is None:
-            return
+    def _send_first(self, phase: Any, t_ms: int) -> tuple[ValueBatch, float] | None:
+        """The phase's first reader writes its requests now, if its class does that
+        (``send_batch``): the batch it was given and when, for its read to take up."""
+        rp = phase.readers[0]
+        rtype = rp.reader
+        if not self._senders[rtype] or rtype in self._stores:
+            return None
+        batch = ValueBatch(t_ms, rp.reads, reader=rtype)
+        started = self._now()
+        try:
+            self.readers[rtype].send_batch(batch)
+        except Exception as exc:  # its read goes ahead as if nothing was sent
+            self._errors.error(
+                (rtype, "send_batch", str(exc)), "reader %r: send_batch failed: %r", rtype, exc
+            )
+        return batch, started
+
+    async def _tick_async(
+        self,
+        schedule: LaneSchedule,
+        due: int,
+        began: tuple[float, float | None, Any],
+        first: tuple[ValueBatch, float] | None,
+    ) -> None:
         phase = began[2]
-        reads = None if phase is None else await self._read_async(phase, due)
+        reads = None if phase is None else await self._read_async(phase, due, first)
         self._ticked(schedule, due, began[0], began[1], phase, reads, None)
 
     def _tick_failed(self, _result: Any, exc: BaseException | None) -> None:
@@ -744,13 +770,16 @@ class Lane:
             reads.append((rp, values, errors, source, quality, beside))
         return reads
 
-    async def _read_async(self, phase: Any, t_ms: int) -> list[_Read]:
+    async def _read_async(
+        self, phase: Any, t_ms: int, first: tuple[ValueBatch, float] | None = None
+    ) -> list[_Read]:
         reads: list[_Read] = []
         for rp in phase.readers:
             rtype = rp.reader
             reader = self.readers[rtype]
             counters = self.counters[rtype]
-            started = self._now()
+            sent = first if first is not None and first[0].variables is rp.reads else None
+            started = self._now() if sent is None else sent[1]
             counters.lateness.append(started - t_ms)
             store = self._stores.get(rtype)
             cols: _Columns
@@ -760,7 +789,7 @@ class Lane:
                 self._count(rtype, counters, cols[0], cols[1])
                 reads.append((rp, *cols))
                 continue
-            batch = ValueBatch(t_ms, rp.reads, reader=rtype)
+            batch = ValueBatch(t_ms, rp.reads, reader=rtype) if sent is None else sent[0]
             try:
                 await reader.read_batch_async(batch)
                 cols = (

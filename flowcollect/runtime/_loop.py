@@ -28,10 +28,20 @@ from reactivex import abc, typing
 from reactivex.disposable import Disposable
 from reactivex.internal.exceptions import DisposedException
 
+from flowcollect._bulk import paused_gc
 from flowcollect.readers.base import CLOSING_TASK_PREFIX, mark_engine_loop
 from flowcollect.runtime._clock import Clock, SystemClock, _MonotonicQueue
 
-__all__ = ["DEFAULT_WORKERS", "STUCK_S", "InlineWork", "LoopScheduler", "LoopWork", "Work", "WorkerPool"]
+__all__ = [
+    "DEFAULT_WORKERS",
+    "STUCK_S",
+    "InlineWork",
+    "InstantCall",
+    "LoopScheduler",
+    "LoopWork",
+    "Work",
+    "WorkerPool",
+]
 
 DEFAULT_WORKERS = 64
 """The worker pool's default size (``DataCollector(reader_workers=...)``): how many synchronous
@@ -147,6 +157,20 @@ class WorkerPool:
             self._jobs.put(None)
 
 
+class InstantCall:
+    """A call armed for an instant (``LoopScheduler.timer_wall_ms``); ``cancel()`` drops it."""
+
+    __slots__ = ("arg", "cancelled", "fn")
+
+    def __init__(self, fn: Callable[[Any], None], arg: Any) -> None:
+        self.fn = fn
+        self.arg = arg
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 def _wall_ms() -> float:
     return time.time_ns() / 1e6
 
@@ -175,6 +199,8 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         self._inbox: deque[Callable[[], None]] = deque()
         self._woken = False
         self._stop_by = 0.0  # how long the loop may wind down: written by stop() before it posts
+        # The loop thread only: per epoch-ms instant with a timer armed, the calls due then.
+        self._instants: dict[float, list[InstantCall]] = {}
         self._fast_clocks()
 
     def wall_ms(self) -> float:
@@ -285,13 +311,38 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         """``schedule_absolute`` for an epoch-ms instant, without datetimes (a lane's tick)."""
         return self._at(self.monotonic_ms() + (due_ms - self.wall_ms()), action, state)
 
-    def timer_wall_ms(self, due_ms: float, fn: Callable[[Any], None], arg: Any) -> asyncio.TimerHandle:
+    def timer_wall_ms(self, due_ms: float, fn: Callable[[Any], None], arg: Any) -> InstantCall:
         """On the loop thread only: ``fn(arg)`` at the epoch-ms instant; ``cancel()`` the handle
-        (on the loop thread) to drop it. A lane's tick: one object per armed tick, where an Rx
-        disposable costs six, all of which live until the tick (up to an interval) and so reach
-        the collector's oldest generation, whose full collections then come every few seconds."""
-        delay_s = (due_ms - self.wall_ms()) / 1000
-        return self.loop.call_at(self.loop.time() + max(0.0, delay_s), fn, arg)
+        (on the loop thread) to drop it. A lane's tick.
+
+        Every call due at one instant runs in one callback of the loop, in the order they were
+        armed: one timer per instant, not per lane. So the lanes due together start their reads
+        (and write their requests, ``DataReader.send_batch``) one after the other before the
+        loop handles any answer; with a timer per lane, the loop took answers between two
+        lanes' timers, and the last lane of 2,000 was sampled hundreds of ms late. One small
+        object per armed tick, where an Rx disposable costs six, all of which live until the
+        tick (up to an interval) and so reach the collector's oldest generation."""
+        instants = self._instants
+        calls = instants.get(due_ms)
+        if calls is None:
+            calls = instants[due_ms] = []
+            delay_s = (due_ms - self.wall_ms()) / 1000
+            self.loop.call_at(self.loop.time() + max(0.0, delay_s), self._instant, due_ms)
+        call = InstantCall(fn, arg)
+        calls.append(call)
+        return call
+
+    def _instant(self, due_ms: float) -> None:
+        # Each lane leaves a few objects in flight (its task, its request's future and timer):
+        # 2,000 lanes' would trigger young collections, or a full one (0.1-0.2 s over a plant's
+        # objects), between two lanes' requests. Held off until every request is out.
+        with paused_gc():
+            for call in self._instants.pop(due_ms, ()):
+                if not call.cancelled:
+                    try:
+                        call.fn(call.arg)
+                    except Exception:  # never let one lane's bug cost the others their instant
+                        _log.exception("flowcollect loop: a tick failed")
 
     def _at(self, due_mono: float, action: typing.ScheduledAction[Any], state: Any) -> abc.DisposableBase:
         self._ensure()

@@ -552,3 +552,45 @@ def test_stats_computes_a_readers_figures_only_when_looked_at() -> None:
         assert stats.readers["r1"].ticks == 3 and stats.readers["r1"].extra == {"own": 1.0}
         assert stats.readers["r1"] is stats.readers["r1"]
         assert calls == ["r1"]
+
+
+class _SendingReader(AsyncDataReader):
+    """An asynchronous reader whose class writes at the instant (``send_batch``): what the engine
+    called, in order, into a log shared by every reader of the test."""
+
+    def __init__(self, name: str, log: list[tuple[str, str, int, int]]) -> None:
+        super().__init__({"x": 1.0}, type=name, lane=name)
+        self.log = log
+
+    def send_batch(self, batch: ValueBatch) -> None:
+        self.log.append(("send", self.type, batch.t_ms, id(batch)))
+
+    async def read_batch_async(self, batch: ValueBatch) -> None:
+        self.log.append(("read", self.type, batch.t_ms, id(batch)))
+        await super().read_batch_async(batch)
+
+
+def test_every_due_lane_sends_at_the_instant_before_any_lane_reads(no_leftover_threads: None) -> None:
+    # One timer per instant for every lane due at it: each lane's send_batch (its request
+    # written) comes before any lane's read is awaited, and the read takes the batch it sent.
+    log: list[tuple[str, str, int, int]] = []
+    names = [f"lane{i}" for i in range(20)]
+    readers = [_SendingReader(name, log) for name in names]
+    writer = MemoryDataWriter()
+    contexts = DataCollectionContext(
+        id=1,
+        interval_ms=100,
+        min_interval_ms=10,
+        variables=[Variable(id=i + 1, address="x", reader=name) for i, name in enumerate(names)],
+    )
+    with DataCollector(readers, [writer]) as collector:
+        collector.start(contexts)
+        assert wait_until(lambda: len({t for _, _, t, _ in log}) >= 4, timeout_s=5.0)
+    instants = sorted({t for _, _, t, _ in log})[:-1]  # the last may have been cut by the close
+    assert len(instants) >= 3
+    for t in instants:
+        at = [(kind, name, batch) for kind, name, when, batch in log if when == t]
+        kinds = [kind for kind, _, _ in at]
+        assert kinds == ["send"] * len(names) + ["read"] * len(names), t
+        sent = {name: batch for kind, name, batch in at if kind == "send"}
+        assert {name: batch for kind, name, batch in at if kind == "read"} == sent

@@ -1081,6 +1081,21 @@ class LineConnection:
             self._async_lock = (loop, asyncio.Lock())
         return self._async_lock[1]
 
+    def send_early(self, unit: UnitState, table: str, start: int, count: int, timeout_s: float) -> None:
+        """Write a request now on the running loop, for the ``request_async`` with the same
+        arguments that follows (``ModbusDataReader.send_batch``): only over the own protocol,
+        with no request of the line in progress and nothing for the line's pacing to wait for;
+        otherwise nothing is written. Loop thread only."""
+        link = self._link
+        if type(link) is not _AsyncLink or link.protocol is None:
+            return
+        lock = self._async_lock
+        if lock is None or lock[0] is not link.loop or lock[1].locked():
+            return
+        if self._pacer.wait_s(self._clock()) > 0 or self.bus_silent():
+            return
+        link.send_early(table, start, count, unit.unit, timeout_s)
+
     def worker(self) -> concurrent.futures.ThreadPoolExecutor:
         """The line's own thread, for a serial port read from the event loop: pyserial only
         blocks, and a bus waits for each answer anyway."""

@@ -478,6 +478,28 @@ class ModbusDataReader(DataReader):
         key, types, intervals = self._columns(specs)
         await self._read_columns_async(key, specs, types, intervals, batch.t_ms, (batch.values, batch.errors))
 
+    def send_batch(self, batch: ValueBatch) -> None:
+        """At the instant, on the engine's loop: write the first request of the tick that
+        ``read_batch_async(batch)`` is about to make, so that every due device of the instant is
+        asked in one pass (``DataReader.send_batch``). Only for what that read would surely
+        send first: a Modbus TCP line connected over the own protocol, this unit answering (no
+        back-off, no probe), the plan of the last tick's variables known. Otherwise nothing."""
+        connection = self._connection
+        specs = batch.variables
+        if connection is None or self._aborted or not specs:
+            return
+        unit = connection.units.get(self.unit)
+        if unit is None or unit.failures or unit.generation != self._plans_generation:
+            return
+        cached = self._columns_of
+        if cached is None or cached[0] is not specs:
+            return
+        plan = self._plans.get(cached[1])
+        if plan is None or not plan.steps:
+            return
+        request = plan.steps[0].request
+        connection.send_early(unit, request.table, request.start, request.count, self.timeout_s)
+
     def _columns(self, specs: Sequence[VariableSpec]) -> tuple[tuple[str, ...], list[str], frozenset[int]]:
         # The engine hands the same variables object tick after tick: its columns are built once.
         cached = self._columns_of

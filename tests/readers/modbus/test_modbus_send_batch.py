@@ -1,0 +1,111 @@
+"""A Modbus TCP reader on the engine's loop writes its tick's first request at the instant
+(``send_batch``), and the read that follows takes it up: one request per tick, never two."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from modbus_helpers import (
+    LoopThread,
+    RawDevice,
+    Respond,
+    adu,
+    echo_registers,
+    parse_read,
+    registers_answer,
+    wait_until,
+)
+
+from flowcollect.readers.modbus import ModbusDataReader
+from flowcollect.values import ValueBatch, VariableSpec
+
+MakeDevice = Callable[[Respond], RawDevice]
+T0 = 1_800_000_000_000
+
+
+def _specs(addresses: list[str]) -> list[VariableSpec]:
+    return [VariableSpec(i + 1, 1, a, "int", "plc", 100) for i, a in enumerate(addresses)]
+
+
+@pytest.fixture
+def reader_on_loop(loop_thread: LoopThread) -> Callable[[int, float], ModbusDataReader]:
+    made: list[ModbusDataReader] = []
+
+    def make(port: int, timeout_s: float = 1.0) -> ModbusDataReader:
+        reader = ModbusDataReader("plc", "127.0.0.1", port=port, timeout_s=timeout_s)
+        made.append(reader)
+        loop_thread.call(reader.open)
+        return reader
+
+    yield make  # type: ignore[misc]
+    for reader in made:
+        loop_thread.call(reader.close)
+
+
+def _tick(loop: LoopThread, reader: ModbusDataReader, specs: list[VariableSpec], t_ms: int) -> ValueBatch:
+    batch = ValueBatch(t_ms, specs)
+    loop.call(lambda: reader.send_batch(batch))
+    return batch
+
+
+def test_the_request_leaves_at_send_batch_and_the_read_takes_it_up(
+    raw_device: MakeDevice, loop_thread: LoopThread, reader_on_loop: Callable[..., ModbusDataReader]
+) -> None:
+    device = raw_device(echo_registers)
+    reader = reader_on_loop(device.port)
+    specs = _specs(["holding:0", "holding:1:uint32", "holding:5"])
+    # The first tick: nothing known yet (no connection, no plan): send_batch sends nothing.
+    first = _tick(loop_thread, reader, specs, T0)
+    assert device.requests == []
+    loop_thread.run(reader.read_batch_async(first))
+    assert first.values == [0, 1 * 65536 + 2, 5]
+    assert len(device.requests) == 1
+    for k in range(1, 4):
+        batch = _tick(loop_thread, reader, specs, T0 + 100 * k)
+        # Written before anything awaits it.
+        assert wait_until(lambda k=k: len(device.requests) == 1 + k, timeout_s=2.0)  # type: ignore[misc]
+        loop_thread.run(reader.read_batch_async(batch))
+        assert batch.values == [0, 1 * 65536 + 2, 5]
+        assert batch.errors == [None, None, None]
+    assert device.requests == [(3, 0, 6)] * 4  # one request per tick, never two
+    assert reader.stats()["requests"] == 4
+
+
+def test_a_unit_backing_off_is_not_asked_at_the_instant(
+    raw_device: MakeDevice, loop_thread: LoopThread, reader_on_loop: Callable[..., ModbusDataReader]
+) -> None:
+    device = raw_device(echo_registers)
+    reader = reader_on_loop(device.port, timeout_s=0.2)
+    specs = _specs(["holding:0"])
+    loop_thread.run(reader.read_batch_async(_tick(loop_thread, reader, specs, T0)))
+    device.respond = lambda transaction, unit, pdu: None  # silent from now on
+    silent = _tick(loop_thread, reader, specs, T0 + 100)
+    loop_thread.run(reader.read_batch_async(silent))
+    assert silent.errors == ["no response within 0.2 s"]
+    asked = len(device.requests)
+    # Backing off: neither send_batch nor the read asks it again before its back-off ends.
+    again = _tick(loop_thread, reader, specs, T0 + 200)
+    loop_thread.run(reader.read_batch_async(again))
+    assert again.errors == ["no response within 0.2 s"]
+    assert len(device.requests) == asked
+
+
+def test_a_late_answer_before_the_right_one_in_one_segment_is_dropped(
+    raw_device: MakeDevice, loop_thread: LoopThread, reader_on_loop: Callable[..., ModbusDataReader]
+) -> None:
+    # The previous transaction's answer (with other values) and this one's, in one write: the
+    # stale one is dropped by its transaction id, the right one framed from the same segment.
+    def late_then_right(transaction: int, unit: int, pdu: bytes) -> bytes:
+        function_code, _address, count = parse_read(pdu)
+        stale = adu((transaction - 1) & 0xFFFF, unit, registers_answer(function_code, [999] * count))
+        return stale + echo_registers(transaction, unit, pdu)
+
+    device = raw_device(late_then_right)
+    reader = reader_on_loop(device.port)
+    specs = _specs(["holding:3", "holding:4"])
+    for k in range(3):
+        batch = _tick(loop_thread, reader, specs, T0 + 100 * k)
+        loop_thread.run(reader.read_batch_async(batch))
+        assert batch.values == [3, 4]
+    assert len(device.requests) == 3
