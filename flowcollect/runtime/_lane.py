@@ -48,6 +48,8 @@ source times carried beside the values."""
 
 _Read = tuple[ReaderPhase, list[Any], list[str | None], Any, Any, Any]
 
+_CHEAP_PATHS = ("post", "schedule_wall_ms", "wall_ms", "monotonic_ms", "timer_wall_ms", "after_instant")
+
 STEP_MS = 1000
 """A wall-clock jump larger than this between two ticks (beyond what the monotonic clock saw) is a
 step (NTP, an operator): the lane re-anchors its grid on the new time instead of sleeping through
@@ -127,15 +129,7 @@ class Lane:
         self.asynchronous = bool(readers) and all(asynchronous_reader(r) for r in readers)
         """Every reader of the lane is asynchronous: its calls are made on the loop thread."""
         self._work: Work = work or InlineWork()
-        # The loop's cheap paths when the scheduler has them (LoopScheduler; VirtualScheduler
-        # for the last two): a plain post, epoch-ms timers and wall-clock reads without datetimes.
-        self._post: Callable[[Callable[[], None]], None] | None = getattr(scheduler, "post", None)
-        self._at_wall_ms: Callable[..., abc.DisposableBase] | None = getattr(
-            scheduler, "schedule_wall_ms", None
-        )
-        self._wall_ms: Callable[[], float] | None = getattr(scheduler, "wall_ms", None)
-        self._mono_ms: Callable[[], float] | None = getattr(scheduler, "monotonic_ms", None)
-        self._timer_at: Callable[..., InstantCall] | None = getattr(scheduler, "timer_wall_ms", None)
+        self._bind(scheduler)
         self.planned: LaneSchedule | None = None
         """The schedule the collector wants: written under the collector's lock (``plan``), read
         whole on the loop thread and by ``schedules()``/``stats()``."""
@@ -164,6 +158,8 @@ class Lane:
         self._anchor: float | None = None
         self._last_fired = -1
         self._counters_of: tuple[LaneSchedule, list[ReaderCounters]] | None = None
+        self._armed: tuple[Any, ValueBatch] | None = None  # what _send_armed gives at the next instant
+        self._sent: tuple[Any, ValueBatch, float] | None = None  # what it gave, and when
         # The lane's reader calls' state: touched only by the lane's current job (on a worker
         # or the loop; jobs never overlap, and each hand-over between threads goes through the
         # pool's queue or the loop's, which order it), except _routes: replaced whole there and
@@ -184,6 +180,18 @@ class Lane:
         self._abandoned = False  # set by abandon only (close()'s thread), only ever to True
         self._assignments = 0  # assign() calls that changed the assignment: under the collector's lock
         self._applied = 0  # the last of them the lane has applied: the loop thread
+
+    def _bind(self, scheduler: abc.SchedulerBase) -> None:
+        # The loop's cheap paths when the scheduler has them (LoopScheduler; VirtualScheduler
+        # for wall_ms, monotonic_ms and schedule_wall_ms): a plain post, epoch-ms timers, one
+        # callback per instant and wall-clock reads without datetimes. Fixed from here on.
+        cheap = {name: getattr(scheduler, name, None) for name in _CHEAP_PATHS}
+        self._post: Callable[[Callable[[], None]], None] | None = cheap["post"]
+        self._at_wall_ms: Callable[..., abc.DisposableBase] | None = cheap["schedule_wall_ms"]
+        self._wall_ms: Callable[[], float] | None = cheap["wall_ms"]
+        self._mono_ms: Callable[[], float] | None = cheap["monotonic_ms"]
+        self._timer_at: Callable[..., InstantCall] | None = cheap["timer_wall_ms"]
+        self._after_instant: Callable[[Callable[[], None]], None] | None = cheap["after_instant"]
 
     def _now(self) -> float:
         """The scheduler's wall clock in epoch ms."""
@@ -321,8 +329,14 @@ class Lane:
         except DisposedException:  # the pool is shut (closing): nothing runs any more
             self._busy = False
 
-    def _await(self, factory: Callable[[], Any], then: Callable[[Any, BaseException | None], None]) -> None:
-        """Within a job: await the coroutine ``factory()`` on the loop, then ``then``."""
+    def _await(
+        self,
+        factory: Callable[[], Any],
+        then: Callable[[Any, BaseException | None], None],
+        later: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        """Within a job: await the coroutine ``factory()`` on the loop, then ``then``; its task
+        started through ``later`` when given (after every lane due at this instant has sent)."""
         self._busy = True
 
         def done(result: Any, exc: BaseException | None) -> None:
@@ -333,7 +347,14 @@ class Lane:
             finally:
                 self._drain()
 
-        self._task = self._work.run_async(factory, done)
+        if later is None:
+            self._task = self._work.run_async(factory, done)
+            return
+
+        def start() -> None:
+            self._task = self._work.run_async(factory, done)
+
+        later(start)
 
     def _internal(self, what: str, exc: BaseException) -> None:
         self._errors.error(
@@ -563,7 +584,8 @@ class Lane:
             self._anchor = offset
         try:
             if self._timer_at is not None:
-                self._pending = self._timer_at(due, self._fire_at, due)
+                first = self._first_at(due) if self.asynchronous else None
+                self._pending = self._timer_at(due, self._fire_at, due, first)
             elif self._at_wall_ms is not None:
                 self._pending = self._at_wall_ms(due, self._fire, due)
             else:
@@ -571,7 +593,35 @@ class Lane:
         except DisposedException:  # a read that outlived the close deadline came back
             self._closed = True
 
+    def _first_at(self, due: int) -> Callable[[], None] | None:
+        """What the lane writes at ``due`` before any lane's tick (``LoopScheduler.timer_wall_ms``):
+        its first reader's ``send_batch``, with the batch built now, while the lane's objects
+        are at hand; None when that reader does not write ahead."""
+        schedule = self._active
+        phase = schedule.phase_at(due) if schedule is not None else None
+        if phase is None:
+            return None
+        rp = phase.readers[0]
+        if not self._senders[rp.reader] or rp.reader in self._stores:
+            return None
+        self._armed = (rp, ValueBatch(due, rp.reads, reader=rp.reader))
+        return self._send_armed
+
+    def _send_armed(self) -> None:
+        armed, self._armed = self._armed, None
+        if armed is None or self._closed or self._busy or self._jobs:
+            return  # a job holds the lane (a plan being prepared): its tick waits, so does its request
+        rp, batch = armed
+        self._sent = (rp, batch, self._now())
+        try:
+            self.readers[rp.reader].send_batch(batch)
+        except Exception as exc:  # its read goes ahead as if nothing was sent
+            self._errors.error(
+                (rp.reader, "send_batch", str(exc)), "reader %r: send_batch failed: %r", rp.reader, exc
+            )
+
     def _drop_pending(self) -> None:
+        self._armed = None
         pending = self._pending
         if pending is not None:
             if isinstance(pending, InstantCall):
@@ -606,8 +656,10 @@ class Lane:
             opened = self._begin(schedule, due)
             if opened is None:
                 return
-            first = None if opened[2] is None else self._send_first(opened[2], due)
-            self._await(lambda: self._tick_async(schedule, due, opened, first), self._tick_failed)
+            first = None if opened[2] is None else self._sent_first(opened[2], due)
+            self._await(
+                lambda: self._tick_async(schedule, due, opened, first), self._tick_failed, self._after_instant
+            )
             return
         began = self._begin(schedule, due)
         if began is None:
@@ -633,6 +685,15 @@ class Lane:
             return None
         self._last_fired = due
         return self._now(), offset, schedule.phase_at(due)
+
+    def _sent_first(self, phase: Any, t_ms: int) -> tuple[ValueBatch, float] | None:
+        """The batch the phase's first reader was given at the instant and when (``_send_armed``),
+        or, when that did not happen for this phase (the lane armed before a plan change, or on
+        a scheduler without instants), given now (``_send_first``)."""
+        sent, self._sent = self._sent, None
+        if sent is not None and sent[0] is phase.readers[0] and sent[1].t_ms == t_ms:
+            return sent[1], sent[2]
+        return self._send_first(phase, t_ms)
 
     def _send_first(self, phase: Any, t_ms: int) -> tuple[ValueBatch, float] | None:
         """The phase's first reader writes its requests now, if its class does that

@@ -160,11 +160,12 @@ class WorkerPool:
 class InstantCall:
     """A call armed for an instant (``LoopScheduler.timer_wall_ms``); ``cancel()`` drops it."""
 
-    __slots__ = ("arg", "cancelled", "fn")
+    __slots__ = ("arg", "cancelled", "first", "fn")
 
-    def __init__(self, fn: Callable[[Any], None], arg: Any) -> None:
+    def __init__(self, fn: Callable[[Any], None], arg: Any, first: Callable[[], None] | None) -> None:
         self.fn = fn
         self.arg = arg
+        self.first = first
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -201,6 +202,7 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         self._stop_by = 0.0  # how long the loop may wind down: written by stop() before it posts
         # The loop thread only: per epoch-ms instant with a timer armed, the calls due then.
         self._instants: dict[float, list[InstantCall]] = {}
+        self._later: list[Callable[[], None]] | None = None  # the instant running: after_instant's
         self._fast_clocks()
 
     def wall_ms(self) -> float:
@@ -311,38 +313,66 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         """``schedule_absolute`` for an epoch-ms instant, without datetimes (a lane's tick)."""
         return self._at(self.monotonic_ms() + (due_ms - self.wall_ms()), action, state)
 
-    def timer_wall_ms(self, due_ms: float, fn: Callable[[Any], None], arg: Any) -> InstantCall:
-        """On the loop thread only: ``fn(arg)`` at the epoch-ms instant; ``cancel()`` the handle
-        (on the loop thread) to drop it. A lane's tick.
+    def timer_wall_ms(
+        self, due_ms: float, fn: Callable[[Any], None], arg: Any, first: Callable[[], None] | None = None
+    ) -> InstantCall:
+        """On the loop thread only: ``fn(arg)`` at the epoch-ms instant, ``first()`` before it;
+        ``cancel()`` the handle (on the loop thread) to drop both. A lane's tick.
 
         Every call due at one instant runs in one callback of the loop, in the order they were
-        armed: one timer per instant, not per lane. So the lanes due together start their reads
-        (and write their requests, ``DataReader.send_batch``) one after the other before the
-        loop handles any answer; with a timer per lane, the loop took answers between two
-        lanes' timers, and the last lane of 2,000 was sampled hundreds of ms late. One small
-        object per armed tick, where an Rx disposable costs six, all of which live until the
-        tick (up to an interval) and so reach the collector's oldest generation."""
+        armed: one timer per instant, not per lane. Every ``first`` runs before any ``fn``: a
+        lane writes its request there (``DataReader.send_batch``), touching as few objects as
+        it can, and its tick (``fn``) follows once every due request is out. With a timer per
+        lane, the loop took answers between two lanes' timers, and the last lane of 2,000 was
+        sampled hundreds of ms late. One small object per armed tick, where an Rx disposable
+        costs six, all of which live until the tick (up to an interval) and so reach the
+        collector's oldest generation."""
         instants = self._instants
         calls = instants.get(due_ms)
         if calls is None:
             calls = instants[due_ms] = []
             delay_s = (due_ms - self.wall_ms()) / 1000
             self.loop.call_at(self.loop.time() + max(0.0, delay_s), self._instant, due_ms)
-        call = InstantCall(fn, arg)
+        call = InstantCall(fn, arg, first)
         calls.append(call)
         return call
+
+    def after_instant(self, fn: Callable[[], None]) -> None:
+        """On the loop thread: within an instant's callback, run ``fn`` once every call due at
+        that instant has run (a lane starts its read's task only after every lane's request is
+        written); elsewhere, now."""
+        later = self._later
+        if later is None:
+            fn()
+        else:
+            later.append(fn)
 
     def _instant(self, due_ms: float) -> None:
         # Each lane leaves a few objects in flight (its task, its request's future and timer):
         # 2,000 lanes' would trigger young collections, or a full one (0.1-0.2 s over a plant's
         # objects), between two lanes' requests. Held off until every request is out.
+        later: list[Callable[[], None]] = []
+        self._later = later
+        calls = self._instants.pop(due_ms, ())
         with paused_gc():
-            for call in self._instants.pop(due_ms, ()):
-                if not call.cancelled:
-                    try:
-                        call.fn(call.arg)
-                    except Exception:  # never let one lane's bug cost the others their instant
-                        _log.exception("flowcollect loop: a tick failed")
+            try:
+                for call in calls:
+                    if call.first is not None and not call.cancelled:
+                        self._call(call.first)
+                for call in calls:
+                    if not call.cancelled:
+                        self._call_one(call.fn, call.arg)
+            finally:
+                self._later = None
+        for fn in later:
+            self._call(fn)
+
+    @staticmethod
+    def _call_one(fn: Callable[[Any], None], arg: Any) -> None:
+        try:
+            fn(arg)
+        except Exception:  # never let one lane's bug cost the others their instant
+            _log.exception("flowcollect loop: a tick failed")
 
     def _at(self, due_mono: float, action: typing.ScheduledAction[Any], state: Any) -> abc.DisposableBase:
         self._ensure()

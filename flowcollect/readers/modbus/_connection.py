@@ -72,6 +72,7 @@ Answer = ModbusPDU | MbapAnswer
 __all__ = [
     "CLOSED",
     "Answer",
+    "EarlyLink",
     "MAX_RETRY_DELAY_S",
     "Failure",
     "LineConnection",
@@ -478,8 +479,9 @@ class _AsyncLink:
         self.protocol: MbapProtocol | None = None
         """Plain Modbus TCP: the line's own framing (``_mbap``), no pymodbus client."""
         self.client: AsyncModbusTcpClient | None = None
-        self._early: tuple[tuple[str, int, int, int, float], asyncio.Future[Any]] | None = None
-        """A request ``send_early`` wrote before anyone awaited it, with what it asked."""
+        self._early: tuple[tuple[str, int, int, int, float], int, int] | None = None
+        """A request ``send_early`` wrote before anyone awaited it: what it asked, the instant
+        it was written for and its transaction id. The loop thread only."""
         if line.kind == "tcp" and line.tls is None:
             self.protocol = MbapProtocol(self._protocol_lost)
         else:
@@ -680,17 +682,33 @@ class _AsyncLink:
         protocol: asyncio.BaseProtocol = self.client.ctx
         return protocol
 
-    def send_early(self, table: str, start: int, count: int, unit: int, timeout_s: float) -> None:
-        """Write a request now, for the ``request`` with the same arguments that follows to take
-        (the engine writes every due request of an instant before it awaits any answer). Only
-        on the own protocol; nothing is written when one is written already or the connection
-        is down. Loop thread only."""
+    def send_early(self, table: str, start: int, count: int, unit: int, timeout_s: float, t_ms: int) -> None:
+        """Write a request now, for the ``request`` with the same arguments that the read of
+        instant ``t_ms`` makes next to take up (the engine writes every due request of an
+        instant before it awaits any answer). Only on the own protocol; nothing is written when
+        one is written already or the connection is down. Loop thread only."""
         protocol = self.protocol
-        if protocol is None or self._early is not None or not self.connected:
+        if protocol is None or self._early is not None or self._lost:
             return
-        future = protocol.send(unit, table, start, count, timeout_s)
-        future.add_done_callback(_retrieved)  # never taken (a close came first): no warning
-        self._early = ((table, start, count, unit, timeout_s), future)
+        try:
+            transaction = protocol.reserve(unit, table, start, count)
+        except ConnectionException:
+            return
+        self._early = ((table, start, count, unit, timeout_s), t_ms, transaction)
+
+    def keep_early(self, t_ms: int) -> None:
+        """A read of instant ``t_ms`` begins: a request written early for another instant (its
+        read never came: a clock step, a plan change) is dropped, never taken for this one."""
+        early = self._early
+        if early is not None and early[1] != t_ms:
+            self.forget_early()
+
+    def forget_early(self) -> None:
+        """A request written early that its read did not take up: its answer, if it comes, is
+        dropped."""
+        early, self._early = self._early, None
+        if early is not None and self.protocol is not None:
+            self.protocol.release(early[2])
 
     async def _own_request(
         self, protocol: MbapProtocol, table: str, start: int, count: int, unit: int, timeout_s: float
@@ -699,13 +717,13 @@ class _AsyncLink:
         future: asyncio.Future[Any] | None = None
         if early is not None:
             self._early = None
-            if early[0] == (table, start, count, unit, timeout_s) and not early[1].cancelled():
-                future = early[1]
+            if early[0] == (table, start, count, unit, timeout_s):
+                future = protocol.expect(early[2], timeout_s)
             else:
-                protocol.forget(early[1])
+                protocol.release(early[2])
         if future is None:
             future = protocol.send(unit, table, start, count, timeout_s)
-        # ModbusIOException unanswered, ConnectionException dropped, BadFrame: as the class says.
+        # ModbusIOException unanswered, ConnectionException dropped, BadFrameError: see _mbap.
         answer: Answer = await future
         return answer
 
@@ -722,6 +740,7 @@ class _AsyncLink:
             # Its requests fail now, not when the transport's goodbye reaches the loop.
             protocol.fail_all(ConnectionException("connection closed by the device"))
             protocol.close()
+            self.forget_early()
         elif self._handed and self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.close()
@@ -745,9 +764,8 @@ class _AsyncLink:
             return False
 
 
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+EarlyLink = _AsyncLink
+"""What ``LineConnection.early_link`` hands a reader: a link it may ``send_early`` on."""
 
 
 def _has_peer(sock: socket.socket) -> bool:
@@ -1081,20 +1099,31 @@ class LineConnection:
             self._async_lock = (loop, asyncio.Lock())
         return self._async_lock[1]
 
-    def send_early(self, unit: UnitState, table: str, start: int, count: int, timeout_s: float) -> None:
-        """Write a request now on the running loop, for the ``request_async`` with the same
-        arguments that follows (``ModbusDataReader.send_batch``): only over the own protocol,
-        with no request of the line in progress and nothing for the line's pacing to wait for;
-        otherwise nothing is written. Loop thread only."""
+    def early_link(self) -> _AsyncLink | None:
+        """After a read on the loop (the lock held): the link a request may be written on early
+        at the next instant (``ModbusDataReader.send_batch``): the own protocol's, connected,
+        with nothing for the line's pacing to wait for and no unit silent; else None."""
         link = self._link
-        if type(link) is not _AsyncLink or link.protocol is None:
-            return
-        lock = self._async_lock
-        if lock is None or lock[0] is not link.loop or lock[1].locked():
-            return
-        if self._pacer.wait_s(self._clock()) > 0 or self.bus_silent():
-            return
-        link.send_early(table, start, count, unit.unit, timeout_s)
+        if type(link) is not _AsyncLink or link.protocol is None or not link.connected:
+            return None
+        if self.line.gap_s > 0 or self.bus_silent():
+            return None
+        return link
+
+    def keep_early(self, t_ms: int | None) -> None:
+        """A read of instant ``t_ms`` begins (the lock held): see ``_AsyncLink.keep_early``."""
+        link = self._link
+        if type(link) is _AsyncLink:
+            if t_ms is None:
+                link.forget_early()
+            else:
+                link.keep_early(t_ms)
+
+    def forget_early(self) -> None:
+        """After a read on the loop: drop what ``send_early`` wrote that the read did not take."""
+        link = self._link
+        if type(link) is _AsyncLink:
+            link.forget_early()
 
     def worker(self) -> concurrent.futures.ThreadPoolExecutor:
         """The line's own thread, for a serial port read from the event loop: pyserial only

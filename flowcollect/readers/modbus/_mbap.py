@@ -108,6 +108,11 @@ class MbapProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._pending: dict[int, _Pending] = {}
+        self._reserved: dict[int, tuple[int, float]] = {}
+        """Requests written by ``reserve`` that nobody awaits yet: transaction -> (unit, when)."""
+        self._early_answers: dict[int, bytes | Exception] = {}
+        """What came for a reserved request before ``expect``: its unit byte and PDU, or why it
+        failed."""
         self._next = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -162,6 +167,47 @@ class MbapProtocol(asyncio.Protocol):
         transport.write(read_request(transaction, unit, table, start, count))
         return future
 
+    def reserve(self, unit: int, table: str, start: int, count: int) -> int:
+        """Write a read request now, with nothing else: no future, no timer (the engine writes
+        every due request of an instant this way, touching as little as it can). Its
+        transaction id, for ``expect`` (or ``release``) later."""
+        loop = self._loop
+        transport = self._transport
+        if loop is None or transport is None:
+            raise ConnectionException("not connected")
+        self._next = transaction = self._next % 0xFFFF + 1
+        transport.write(read_request(transaction, unit, table, start, count))
+        self._reserved[transaction] = (unit, loop.time())
+        return transaction
+
+    def expect(
+        self, transaction: int, timeout_s: float
+    ) -> asyncio.Future[MbapAnswer | ExceptionResponse] | None:
+        """The future of a reserved request's answer (``send``'s rules, its timeout counted from
+        when it was written); None when it is not reserved (released, or never)."""
+        reserved = self._reserved.pop(transaction, None)
+        loop = self._loop
+        if reserved is None or loop is None:
+            return None
+        unit, written = reserved
+        future: asyncio.Future[MbapAnswer | ExceptionResponse] = loop.create_future()
+        came = self._early_answers.pop(transaction, None)
+        if isinstance(came, Exception):
+            future.set_exception(came)
+            return future
+        pending = _Pending(future, unit)
+        self._pending[transaction] = pending
+        if came is not None:
+            self._answer(transaction, came[0], came[1:])
+            return future
+        pending.timer = loop.call_at(written + timeout_s, self._expire, transaction, timeout_s)
+        return future
+
+    def release(self, transaction: int) -> None:
+        """Nobody will ``expect`` this reserved request: its answer, if it comes, is dropped."""
+        self._reserved.pop(transaction, None)
+        self._early_answers.pop(transaction, None)
+
     def forget(self, future: asyncio.Future[MbapAnswer | ExceptionResponse]) -> None:
         """Nobody waits for this request any more: its answer, if it comes, is dropped."""
         for transaction, pending in list(self._pending.items()):
@@ -184,8 +230,12 @@ class MbapProtocol(asyncio.Protocol):
 
     def _answer(self, transaction: int, unit: int, pdu: bytes) -> None:
         pending = self._settle(transaction)
-        if pending is None or pending.future.done():
-            return  # an answer that came after its request gave up
+        if pending is None:
+            if transaction in self._reserved:  # written early, not awaited yet: kept for expect
+                self._early_answers[transaction] = bytes([unit]) + pdu
+            return  # else an answer that came after its request gave up
+        if pending.future.done():
+            return
         if unit != pending.unit:
             pending.future.set_exception(
                 BadFrameError(f"unit {unit} answered, unit {pending.unit} was asked")
@@ -211,6 +261,8 @@ class MbapProtocol(asyncio.Protocol):
 
     def fail_all(self, exc: Exception) -> None:
         """Fail every request waiting with ``exc`` (the connection is closing, or lost)."""
+        for transaction in self._reserved:
+            self._early_answers[transaction] = exc
         for transaction in list(self._pending):
             pending = self._settle(transaction)
             if pending is not None and not pending.future.done():

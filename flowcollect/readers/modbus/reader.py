@@ -21,6 +21,7 @@ from flowcollect.readers.modbus._connection import (
     CLOSED,
     MAX_RETRY_DELAY_S,
     Answer,
+    EarlyLink,
     Failure,
     LineConnection,
     UnitState,
@@ -225,6 +226,9 @@ class ModbusDataReader(DataReader):
         self._columns_of: tuple[Sequence[VariableSpec], tuple[str, ...], list[str], frozenset[int]] | None = (
             None
         )
+        self._next: tuple[Sequence[Any], EarlyLink, ModbusRequest] | None = None
+        """What ``send_batch`` may write at the next instant (the variables it is for, the link,
+        the request), settled at the end of each read on the loop. The loop thread only."""
         self._intervals: frozenset[int] = frozenset()
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._plans_generation = 0
@@ -479,26 +483,29 @@ class ModbusDataReader(DataReader):
         await self._read_columns_async(key, specs, types, intervals, batch.t_ms, (batch.values, batch.errors))
 
     def send_batch(self, batch: ValueBatch) -> None:
-        """At the instant, on the engine's loop: write the first request of the tick that
-        ``read_batch_async(batch)`` is about to make, so that every due device of the instant is
-        asked in one pass (``DataReader.send_batch``). Only for what that read would surely
-        send first: a Modbus TCP line connected over the own protocol, this unit answering (no
-        back-off, no probe), the plan of the last tick's variables known. Otherwise nothing."""
-        connection = self._connection
-        specs = batch.variables
-        if connection is None or self._aborted or not specs:
+        """At the instant, on the engine's loop, before any due lane is awaited: write the first
+        request of the tick that ``read_batch_async(batch)`` makes next, so that every due device
+        of the instant is asked in one pass (``DataReader.send_batch``). What to write was
+        settled at the end of the last read (``_next``), while its objects were at hand: only
+        for the same variables, over the own Modbus TCP protocol, this unit answering (no
+        back-off, no probe) and the line idle. Otherwise nothing: the read asks as usual."""
+        planned = self._next
+        if planned is None or planned[0] is not batch.variables or self._aborted:
             return
-        unit = connection.units.get(self.unit)
-        if unit is None or unit.failures or unit.generation != self._plans_generation:
+        self._next = None
+        link, request = planned[1], planned[2]
+        link.send_early(request.table, request.start, request.count, self.unit, self.timeout_s, batch.t_ms)
+
+    def _plan_next(
+        self, connection: LineConnection, unit: UnitState, plan: _Plan, specs: Sequence[Any]
+    ) -> None:
+        """After a read on the loop: what ``send_batch`` may write at the next instant."""
+        self._next = None
+        if unit.failures or not plan.steps:
             return
-        cached = self._columns_of
-        if cached is None or cached[0] is not specs:
-            return
-        plan = self._plans.get(cached[1])
-        if plan is None or not plan.steps:
-            return
-        request = plan.steps[0].request
-        connection.send_early(unit, request.table, request.start, request.count, self.timeout_s)
+        link = connection.early_link()
+        if link is not None:
+            self._next = (specs, link, plan.steps[0].request)
 
     def _columns(self, specs: Sequence[VariableSpec]) -> tuple[tuple[str, ...], list[str], frozenset[int]]:
         # The engine hands the same variables object tick after tick: its columns are built once.
@@ -544,16 +551,21 @@ class ModbusDataReader(DataReader):
         columns: _Columns,
     ) -> None:
         """``_read_columns`` on the running event loop: the same tick (``_tick``), awaited."""
+        self._next = None
         begun = self._begin(key, variables, columns)
         if begun is None:
             return
         connection, unit, plan = begun
         async with connection.async_lock():
+            connection.keep_early(t_ms)
             connected = await connection.ensure_async(self.timeout_s, self._type)
             tick = self._tick(connection, unit, plan, columns, types, intervals, t_ms, connected)
             asked = next(tick, None)
             while asked is not None:
                 asked = _answer(tick, await connection.request_async(unit, *asked, **self._settings))
+            connection.forget_early()
+            if t_ms is not None:
+                self._plan_next(connection, unit, plan, variables)
 
     @property
     def _settings(self) -> _RequestSettings:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
 from modbus_helpers import (
+    CLOSE,
     LoopThread,
     RawDevice,
     Respond,
@@ -109,3 +111,61 @@ def test_a_late_answer_before_the_right_one_in_one_segment_is_dropped(
         loop_thread.run(reader.read_batch_async(batch))
         assert batch.values == [3, 4]
     assert len(device.requests) == 3
+
+
+def test_a_request_written_for_another_instant_is_never_taken_for_this_one(
+    raw_device: MakeDevice, loop_thread: LoopThread, reader_on_loop: Callable[..., ModbusDataReader]
+) -> None:
+    # Every answer says which request it answers: the read of T0+200 must get its own request's
+    # answer, not the one written at T0+100 for a read that never came (a clock step, a plan
+    # change in between).
+    asked = [0]
+
+    def numbered(transaction: int, unit: int, pdu: bytes) -> bytes:
+        function_code, _address, count = parse_read(pdu)
+        asked[0] += 1
+        return adu(transaction, unit, registers_answer(function_code, [asked[0]] * count))
+
+    device = raw_device(numbered)
+    reader = reader_on_loop(device.port)
+    specs = _specs(["holding:0"])
+    loop_thread.run(reader.read_batch_async(_tick(loop_thread, reader, specs, T0)))
+    _tick(loop_thread, reader, specs, T0 + 100)  # written, never read
+    assert wait_until(lambda: asked[0] == 2, timeout_s=2.0)
+    later = ValueBatch(T0 + 200, specs)
+    loop_thread.run(reader.read_batch_async(later))
+    assert later.values == [3]
+    assert len(device.requests) == 3
+
+
+def _closing_on_the_second_request() -> Respond:
+    seen = [0]
+
+    def respond(transaction: int, unit: int, pdu: bytes) -> object:
+        seen[0] += 1
+        return CLOSE if seen[0] == 2 else echo_registers(transaction, unit, pdu)
+
+    return respond  # type: ignore[return-value]
+
+
+def test_a_device_closing_on_a_request_written_early_is_read_again_on_a_new_connection(
+    raw_device: MakeDevice, loop_thread: LoopThread, reader_on_loop: Callable[..., ModbusDataReader]
+) -> None:
+    # The device hangs up on the request written at the instant: the read says so, or (when the
+    # hang-up reached the loop before the read began) reopens the line and asks again; either
+    # way the next tick reads, and nothing waits for an answer that cannot come.
+    device = raw_device(_closing_on_the_second_request())
+    reader = reader_on_loop(device.port)
+    specs = _specs(["holding:0", "holding:1"])
+    loop_thread.run(reader.read_batch_async(_tick(loop_thread, reader, specs, T0)))
+    batch = _tick(loop_thread, reader, specs, T0 + 100)
+    assert wait_until(lambda: len(device.requests) == 2, timeout_s=2.0)
+    started = time.monotonic()
+    loop_thread.run(reader.read_batch_async(batch))
+    assert time.monotonic() - started < 0.5  # never the 1 s timeout
+    if batch.values != [0, 1]:
+        assert batch.values == [None, None]
+        assert all(e is not None and e.startswith("connection lost") for e in batch.errors), batch.errors
+    again = ValueBatch(T0 + 200, specs)
+    loop_thread.run(reader.read_batch_async(again))
+    assert again.values == [0, 1]
