@@ -208,14 +208,6 @@ class MbapProtocol(asyncio.Protocol):
         self._reserved.pop(transaction, None)
         self._early_answers.pop(transaction, None)
 
-    def forget(self, future: asyncio.Future[MbapAnswer | ExceptionResponse]) -> None:
-        """Nobody waits for this request any more: its answer, if it comes, is dropped."""
-        for transaction, pending in list(self._pending.items()):
-            if pending.future is future:
-                self._settle(transaction)
-                future.cancel()
-                return
-
     def close(self) -> None:
         transport = self._transport
         if transport is not None:
