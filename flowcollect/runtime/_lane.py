@@ -612,13 +612,18 @@ class Lane:
         if armed is None or self._closed or self._busy or self._jobs:
             return  # a job holds the lane (a plan being prepared): its tick waits, so does its request
         rp, batch = armed
-        self._sent = (rp, batch, self._now())
+        self._sent = (rp, batch, self._give(rp.reader, batch))
+
+    def _give(self, rtype: str, batch: ValueBatch) -> float:
+        """``send_batch(batch)`` of reader ``rtype``; when it was called."""
+        started = self._now()
         try:
-            self.readers[rp.reader].send_batch(batch)
+            self.readers[rtype].send_batch(batch)
         except Exception as exc:  # its read goes ahead as if nothing was sent
             self._errors.error(
-                (rp.reader, "send_batch", str(exc)), "reader %r: send_batch failed: %r", rp.reader, exc
+                (rtype, "send_batch", str(exc)), "reader %r: send_batch failed: %r", rtype, exc
             )
+        return started
 
     def _drop_pending(self) -> None:
         self._armed = None
@@ -703,14 +708,7 @@ class Lane:
         if not self._senders[rtype] or rtype in self._stores:
             return None
         batch = ValueBatch(t_ms, rp.reads, reader=rtype)
-        started = self._now()
-        try:
-            self.readers[rtype].send_batch(batch)
-        except Exception as exc:  # its read goes ahead as if nothing was sent
-            self._errors.error(
-                (rtype, "send_batch", str(exc)), "reader %r: send_batch failed: %r", rtype, exc
-            )
-        return batch, started
+        return batch, self._give(rtype, batch)
 
     async def _tick_async(
         self,
