@@ -338,9 +338,9 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         return call
 
     def after_instant(self, fn: Callable[[], None]) -> None:
-        """On the loop thread: within an instant's callback, run ``fn`` once every call due at
-        that instant has run (a lane starts its read's task only after every lane's request is
-        written); elsewhere, now."""
+        """On the loop thread: within an instant's callback, run ``fn`` in the loop's next pass,
+        after every call due at that instant has run and the answers already in are taken in (a
+        lane starts its read's task only after every lane's request is written); elsewhere, now."""
         later = self._later
         if later is None:
             fn()
@@ -364,8 +364,15 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
                         self._call_one(call.fn, call.arg)
             finally:
                 self._later = None
-        for fn in later:
-            self._call(fn)
+        if later:
+            # One pass of the loop later: the answers already in (every request went out a
+            # while ago) are taken in first, so most reads find theirs and end without waiting.
+            self.loop.call_soon(self._call_all, later)
+
+    @classmethod
+    def _call_all(cls, fns: list[Callable[[], None]]) -> None:
+        for fn in fns:
+            cls._call(fn)
 
     @staticmethod
     def _call_one(fn: Callable[[Any], None], arg: Any) -> None:

@@ -203,6 +203,19 @@ class MbapProtocol(asyncio.Protocol):
         pending.timer = loop.call_at(written + timeout_s, self._expire, transaction, timeout_s)
         return future
 
+    def take(self, transaction: int) -> MbapAnswer | ExceptionResponse | None:
+        """A reserved request's answer if it came already (raising what ``expect``'s future would
+        raise: a bad frame, a lost connection); None when it has not come (then ``expect``)."""
+        came = self._early_answers.pop(transaction, None)
+        if came is None:
+            return None
+        unit, _written = self._reserved.pop(transaction, (None, 0.0))
+        if isinstance(came, Exception):
+            raise came
+        if came[0] != unit:
+            raise BadFrameError(f"unit {came[0]} answered, unit {unit} was asked")
+        return _decode(came[1:])
+
     def release(self, transaction: int) -> None:
         """Nobody will ``expect`` this reserved request: its answer, if it comes, is dropped."""
         self._reserved.pop(transaction, None)
