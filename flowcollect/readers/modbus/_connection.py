@@ -62,7 +62,7 @@ from pymodbus.pdu import ModbusPDU
 from flowcollect._logs import RateLimitedLog
 from flowcollect._text import peer_text
 from flowcollect.errors import ConfigError
-from flowcollect.readers.modbus._mbap import MbapAnswer, MbapProtocol
+from flowcollect.readers.modbus._mbap import MbapAnswer, MbapProtocol, UnansweredError
 from flowcollect.readers.modbus.line import ModbusLine, ModbusTls, load_error
 from flowcollect.readers.modbus.timing import Pacer
 
@@ -1300,6 +1300,8 @@ class LineConnection:
 
     def _unanswered_in_time(self, exc: Exception, started: float, timeout_s: float) -> bool:
         """Did the request go unanswered for its timeout? (A bad frame fails sooner.)"""
+        if isinstance(exc, UnansweredError):
+            return True  # the own protocol's timer, from when the request was written
         return isinstance(exc, ModbusIOException) and self._clock() - started >= timeout_s / 2
 
     def bus_silent(self) -> bool:

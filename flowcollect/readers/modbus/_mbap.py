@@ -11,10 +11,11 @@ answer is matched to its request by transaction id and decoded in one unpack.
 Only what the line reads: function codes 1-4. Everything the line decides (timeouts it asked
 for, retries, back-offs, texts, counters) stays ``LineConnection``'s; this module frames,
 matches and says what went wrong in the exceptions the line already understands:
-``ModbusIOException`` for an unanswered request, ``ConnectionException`` for a connection that
-dropped under it, ``BadFrameError`` for bytes that are no answer to it. pymodbus's RTU-over-TCP and
-TLS clients stay where they are (their framing is not this one). No ``assert``: the peer's bytes
-are untrusted; a frame that cannot be Modbus TCP ends the buffer's parse, never the loop.
+``UnansweredError`` (a ``ModbusIOException``) for an unanswered request, ``ConnectionException``
+for a connection that dropped under it, ``BadFrameError`` for bytes that are no answer to it.
+pymodbus's RTU-over-TCP and TLS clients stay where they are (their framing is not this one). No
+``assert``: the peer's bytes are untrusted; a frame that cannot be Modbus TCP ends the buffer's
+parse, never the loop.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Final
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
-__all__ = ["FUNCTION_CODES", "BadFrameError", "MbapAnswer", "MbapProtocol", "read_request"]
+__all__ = ["FUNCTION_CODES", "BadFrameError", "MbapAnswer", "MbapProtocol", "UnansweredError", "read_request"]
 
 FUNCTION_CODES: Final[dict[str, int]] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
@@ -42,6 +43,11 @@ _BITS: Final = tuple(tuple(bool(byte >> i & 1) for i in range(8)) for byte in ra
 
 class BadFrameError(Exception):
     """Bytes from the device that are no answer to the request waiting (said in the value's error)."""
+
+
+class UnansweredError(ModbusIOException):
+    """A request's timeout passed, counted from when it was written (which may be before the
+    read that awaits it began): a timeout by construction, whatever the read's own clock says."""
 
 
 class MbapAnswer:
@@ -94,7 +100,7 @@ class MbapProtocol(asyncio.Protocol):
     """One Modbus TCP connection's requests and answers. Loop thread only.
 
     ``send`` writes a request now and returns the future of its answer, failed with
-    ``ModbusIOException`` after ``timeout_s`` unanswered, with ``ConnectionException`` when the
+    ``UnansweredError`` after ``timeout_s`` unanswered, with ``ConnectionException`` when the
     connection drops, with ``BadFrameError`` when the device answers it with bytes that are no
     answer (a wrong unit, a byte count that does not fit). An answer nobody waits for any more
     (its request timed out, or was given up) is dropped. Bytes that cannot be Modbus TCP at all
@@ -256,7 +262,7 @@ class MbapProtocol(asyncio.Protocol):
     def _expire(self, transaction: int, timeout_s: float) -> None:
         pending = self._settle(transaction)
         if pending is not None and not pending.future.done():
-            pending.future.set_exception(ModbusIOException(f"no response within {timeout_s:g} s"))
+            pending.future.set_exception(UnansweredError(f"no response within {timeout_s:g} s"))
 
     def _settle(self, transaction: int) -> _Pending | None:
         pending = self._pending.pop(transaction, None)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -169,3 +170,42 @@ def test_a_device_closing_on_a_request_written_early_is_read_again_on_a_new_conn
     again = ValueBatch(T0 + 200, specs)
     loop_thread.run(reader.read_batch_async(again))
     assert again.values == [0, 1]
+
+
+def test_a_read_waits_for_the_answer_of_its_early_request_within_its_timeout(
+    raw_device: MakeDevice, loop_thread: LoopThread, reader_on_loop: Callable[..., ModbusDataReader]
+) -> None:
+    # The answer comes 50 ms after the request: the read begins before it and waits for it (one
+    # request); a device slower than the timeout makes it time out from when it was written.
+    delay_s = [0.05]
+
+    def slow(transaction: int, unit: int, pdu: bytes) -> bytes:
+        time.sleep(delay_s[0])  # the device's thread, not the engine's
+        return echo_registers(transaction, unit, pdu)
+
+    device = raw_device(slow)
+    reader = reader_on_loop(device.port, timeout_s=0.3)
+    specs = _specs(["holding:7"])
+    loop_thread.run(reader.read_batch_async(_tick(loop_thread, reader, specs, T0)))
+    batch = ValueBatch(T0 + 100, specs)
+
+    async def send_then_read() -> None:
+        reader.send_batch(batch)
+        await reader.read_batch_async(batch)
+
+    loop_thread.run(send_then_read())
+    assert batch.values == [7]
+    assert len(device.requests) == 2
+    delay_s[0] = 0.5
+    late = ValueBatch(T0 + 200, specs)
+
+    async def send_wait_read() -> float:
+        reader.send_batch(late)
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await reader.read_batch_async(late)
+        return time.monotonic() - started
+
+    waited = loop_thread.run(send_wait_read())
+    assert late.errors == ["no response within 0.3 s"]
+    assert waited < 0.25  # the timeout counts from the write, not from the read
