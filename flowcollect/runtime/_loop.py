@@ -203,6 +203,7 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         # The loop thread only: per epoch-ms instant with a timer armed, the calls due then.
         self._instants: dict[float, list[InstantCall]] = {}
         self._later: list[Callable[[], None]] | None = None  # the instant running: after_instant's
+        self._lane_paths: dict[str, Any] | None = None  # lane_paths's, made once
         self._fast_clocks()
 
     def wall_ms(self) -> float:
@@ -217,6 +218,14 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
         if type(self._clock) is SystemClock:
             self.wall_ms = _wall_ms  # type: ignore[method-assign]
             self.monotonic_ms = _monotonic_ms  # type: ignore[method-assign]
+
+    def lane_paths(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """``{name: self.<name>}`` for a lane's cheap paths, made once (the loop thread, or the
+        collector's under its lock) and shared by every lane: not six bound methods a lane."""
+        paths = self._lane_paths
+        if paths is None or tuple(paths) != names:
+            paths = self._lane_paths = {name: getattr(self, name, None) for name in names}
+        return paths
 
     def on_loop(self) -> bool:
         return threading.get_ident() == self._ident

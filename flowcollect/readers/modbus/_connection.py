@@ -997,7 +997,13 @@ class LineConnection:
         task = self._connecting
         if task is None or task.done() or task.get_loop() is not loop:
             task = self._connecting = loop.create_task(self._connect_async(loop, timeout_s, name))
+            task.add_done_callback(self._connected_task_done)
         return task
+
+    def _connected_task_done(self, task: asyncio.Task[bool]) -> None:
+        # A finished task kept for nothing is 0.4 KB a line (its awaiters hold their own).
+        if self._connecting is task:
+            self._connecting = None
 
     async def _connect_async(self, loop: asyncio.AbstractEventLoop, timeout_s: float, name: str) -> bool:
         # A few connects at a time per loop: a thousand lines opening at one instant would
