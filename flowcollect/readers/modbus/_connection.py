@@ -19,9 +19,9 @@ otherwise decide for the whole line:
   deadline): it shuts the transport down under that request instead of waiting for it.
 
 Two ways to the same line, one connection at a time: the sync clients above (``_Link``, for
-serial ports and direct callers of ``read``/``read_batch``), and pymodbus's asyncio clients
-(``_AsyncLink``, for Modbus TCP, RTU over TCP and TLS when the engine awaits
-``read_batch_async`` on its event loop). Everything the line decides (connect back-off, unit
+serial ports and direct callers of ``read``/``read_batch``), and the event loop's (``_AsyncLink``,
+when the engine awaits ``read_batch_async`` on its loop): the own Modbus TCP framing
+(``_mbap``) for plain TCP, pymodbus's asyncio clients for RTU over TCP and TLS. Everything the line decides (connect back-off, unit
 back-off, retries, pacing, dead connections, texts and counters) is ``LineConnection``'s, shared
 by both; only the waiting differs. No ``select.select`` anywhere: it cannot watch a descriptor
 of 1,024 or above, which a process with a thousand connections soon has.
@@ -451,13 +451,15 @@ def _open_serial(line: ModbusLine, timeout_s: float, inter_byte_timeout: float) 
 
 
 class _AsyncLink:
-    """A pymodbus asyncio client on the loop that made it, over a socket the line dialled.
+    """A connection on the loop that made it, over a socket the line dialled: the own Modbus TCP
+    protocol (``MbapProtocol``) for a plain TCP line, else a pymodbus asyncio client.
 
     The line dials (``_open``) for the reasons ``_Link`` does: to say why a connect failed
     (pymodbus's ``connect`` only logs it), to check a TLS device's name (``server_name``) and to
     hold the socket that ``abort`` shuts down from another thread. The connected socket goes to
-    the client's protocol (``client.ctx``) through asyncio's ``create_connection(sock=...)``;
-    from there pymodbus frames, sends and matches answers to requests. Its reconnect
+    the protocol (the own, or the client's ``client.ctx``) through asyncio's
+    ``create_connection(sock=...)``; from there it frames, sends and matches answers to
+    requests. The own protocol fails a request when its connection drops; pymodbus's client's reconnect
     (``reconnect_delay=0``), retries (0) and give-up count (out of reach) are off, and its
     timeout is the opening unit's (other units' requests are timed by the line): the line
     decides. An answer that comes after its request gave up finds no
@@ -726,7 +728,7 @@ class _AsyncLink:
                 protocol.release(early[2])
         if future is None:
             future = protocol.send(unit, table, start, count, timeout_s)
-        # ModbusIOException unanswered, ConnectionException dropped, BadFrameError: see _mbap.
+        # UnansweredError, ConnectionException (dropped), BadFrameError: see _mbap.
         answer: Answer = await future
         return answer
 
@@ -1195,7 +1197,7 @@ class LineConnection:
         name: str,
     ) -> Answer | Failure:
         """``request`` on the running event loop: the same exchange, awaited. (No drain: an
-        answer that comes late finds no request waiting, and pymodbus drops it.)"""
+        answer that comes late finds no request waiting, and the protocol drops it.)"""
         link = self._link
         if not isinstance(link, _AsyncLink) or not link.connected:
             return Failure(self.down_text, fatal=True)
