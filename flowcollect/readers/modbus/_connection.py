@@ -21,10 +21,11 @@ otherwise decide for the whole line:
 Two ways to the same line, one connection at a time: the sync clients above (``_Link``, for
 serial ports and direct callers of ``read``/``read_batch``), and the event loop's (``_AsyncLink``,
 when the engine awaits ``read_batch_async`` on its loop): the own Modbus TCP framing
-(``_mbap``) for plain TCP, pymodbus's asyncio clients for RTU over TCP and TLS. Everything the line decides (connect back-off, unit
-back-off, retries, pacing, dead connections, texts and counters) is ``LineConnection``'s, shared
-by both; only the waiting differs. No ``select.select`` anywhere: it cannot watch a descriptor
-of 1,024 or above, which a process with a thousand connections soon has.
+(``_mbap``) for plain TCP, pymodbus's asyncio clients for RTU over TCP and TLS. Everything the
+line decides (connect back-off, unit back-off, retries, pacing, dead connections, texts and
+counters) is ``LineConnection``'s, shared by both; only the waiting differs. No
+``select.select`` anywhere: it cannot watch a descriptor of 1,024 or above, which a process with
+a thousand connections soon has.
 """
 
 from __future__ import annotations
@@ -459,7 +460,7 @@ class _AsyncLink:
     hold the socket that ``abort`` shuts down from another thread. The connected socket goes to
     the protocol (the own, or the client's ``client.ctx``) through asyncio's
     ``create_connection(sock=...)``; from there it frames, sends and matches answers to
-    requests. The own protocol fails a request when its connection drops; pymodbus's client's reconnect
+    requests. The own protocol fails a request when its connection drops. pymodbus's reconnect
     (``reconnect_delay=0``), retries (0) and give-up count (out of reach) are off, and its
     timeout is the opening unit's (other units' requests are timed by the line): the line
     decides. An answer that comes after its request gave up finds no
