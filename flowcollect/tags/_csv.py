@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from flowcollect._bulk import paused_gc
 from flowcollect._ids import stable_id
 from flowcollect.errors import ConfigError
-from flowcollect.models import Report, ValueType, Variable
+from flowcollect.models import Report, ValueType, Variable, share_fields_set
 from flowcollect.readers.base import DataReader
 from flowcollect.tags import _kepware
 
@@ -516,6 +516,7 @@ def _copied(template: Variable, row: dict[str, Any], reader_type: str) -> Variab
     variable = template.model_copy(update=row)
     if not tags:  # as Variable(...) given no tags: the default, not a field set
         variable.model_fields_set.discard("tags")
+    share_fields_set(variable)  # as Variable(...) does (its dict is the template's kind already)
     return variable
 
 
