@@ -254,7 +254,10 @@ class LaneSchedule:
         # before its context starts, not on the lane's thread before its first tick.
         served = served_specs(self.specs)
         if len(self.reader_order) == 1:
-            self.served = {self.reader_order[0]: tuple(served)}
+            # Every read distinct (the common case): what it serves is the specs themselves.
+            self.served = {
+                self.reader_order[0]: self.specs if len(served) == len(self.specs) else tuple(served)
+            }
         else:
             self.served = {r: tuple(s for s in served if s.reader == r) for r in self.reader_order}
         # Positions in the plan keep batches in a stable order (context, then its variables):
@@ -356,6 +359,8 @@ class LaneSchedule:
         readers = tuple(
             _reader_phase(r, per_reader[r], self.served[r]) for r in self.reader_order if r in per_reader
         )
+        if len(readers) == 1:  # its reader's deliveries (read-only, as every phase's)
+            return LanePhase(readers, readers[0].by_context)
         phase = LanePhase(readers)
         phase.by_context.update(_lane_deliveries(readers))
         return phase
