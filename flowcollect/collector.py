@@ -126,6 +126,56 @@ class _Tally:
         self.step_error_values = 0
 
 
+class _Branch:
+    """What one run's branch on one lane calls back: one small object with its methods, not a
+    closure each (with their cells) for 2,000 lanes. The steps call them on the loop thread (in
+    virtual time, the test's)."""
+
+    __slots__ = ("collector", "key", "run", "tally")
+
+    def __init__(self, collector: DataCollector, run: _Run, key: str) -> None:
+        self.collector = collector
+        self.run = run
+        self.key = key
+        self.tally = run.tallies[key]  # bumped only on the loop thread
+
+    def window(self) -> Window:
+        return self.run.window
+
+    def is_open(self) -> bool:
+        return self.run.state == "running"
+
+    def deliver(self, batch: ValueBatch) -> None:
+        self.collector._deliver(self.tally, batch)
+
+    def fault(self, step: str, values: int, exc: Exception) -> None:
+        # A step raised on one batch: that batch is lost, counted and logged; the branch (and so
+        # the context) goes on with the next one.
+        tally = self.tally
+        tally.step_errors += 1
+        tally.step_error_values += values
+        cid = self.run.context.id
+        self.collector._errors.error(
+            ("step", cid, step, type(exc)),
+            "context %s: %s failed on a batch of %d values from lane %s (lost; the context goes on): %r",
+            cid,
+            step,
+            values,
+            self.key,
+            exc,
+        )
+
+    def ended(self, exc: Exception) -> None:
+        # Never expected (every step contains its faults): say so rather than go quiet.
+        self.tally.step_errors += 1
+        self.collector._log.error(
+            "context %s: its branch on lane %s ended: %r; it receives nothing more from it",
+            self.run.context.id,
+            self.key,
+            exc,
+        )
+
+
 class _Run:
     """One started context: its compiled variables, its state and its branches on each lane.
 
@@ -489,39 +539,12 @@ class DataCollector:
         return branches
 
     def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
-        cid, key = run.context.id, lane.key
-        tally = run.tallies[key]  # bumped only on the loop thread
-
-        def fault(step: str, values: int, exc: Exception) -> None:
-            # A step raised on one batch: that batch is lost, counted and logged; the branch
-            # (and so the context) goes on with the next one.
-            tally.step_errors += 1
-            tally.step_error_values += values
-            self._errors.error(
-                ("step", cid, step, type(exc)),
-                "context %s: %s failed on a batch of %d values from lane %s (lost; the context goes on): %r",
-                cid,
-                step,
-                values,
-                key,
-                exc,
-            )
-
-        def ended(exc: Exception) -> None:
-            # Never expected (every step contains its faults): say so rather than go quiet.
-            tally.step_errors += 1
-            self._log.error(
-                "context %s: its branch on lane %s ended: %r; it receives nothing more from it",
-                cid,
-                key,
-                exc,
-            )
-
+        branch = _Branch(self, run, lane.key)
         return lane.subject.pipe(
-            for_context(cid, lambda: run.window, fault),
-            gate(lambda: run.state == "running"),
-            report_changes(run.changes, fault),
-        ).subscribe(on_next=lambda batch: self._deliver(tally, batch), on_error=ended)
+            for_context(run.context.id, branch.window, branch.fault),
+            gate(branch.is_open),
+            report_changes(run.changes, branch.fault),
+        ).subscribe(on_next=branch.deliver, on_error=branch.ended)
 
     def stop(self, context_id: int) -> DataCollectionContext:
         """Stop a running or paused context; return it with ``end_date`` set."""
