@@ -6,7 +6,7 @@ import math
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -88,6 +88,34 @@ class Variable(BaseModel):
         return self
 
 
+class _NoTags(dict[str, str]):
+    """The tags of every variable without any: one empty dict for all of them (a dict of its
+    own each was 64 bytes a variable, 1.3 KB a device of 20), so it refuses to be changed, as
+    the frozen ``Variable`` holding it does (``model_copy(update={"tags": ...})`` gives one)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_args: object, **_kwargs: object) -> NoReturn:
+        raise TypeError(
+            "a Variable's tags cannot be changed (model_copy(update={'tags': ...}) makes a copy with others)"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    update = setdefault = pop = popitem = clear = _refuse
+
+    def __copy__(self) -> _NoTags:
+        return self
+
+    def __deepcopy__(self, _memo: object) -> _NoTags:
+        return self
+
+    def __reduce__(self) -> tuple[type[dict[str, str]], tuple[()]]:
+        return dict, ()  # unpickled as a plain empty dict
+
+
+_NO_TAGS = _NoTags()
+
+
 _FIELDS_SETS: dict[frozenset[str], set[str]] = {}
 """The fields set of each combination of given fields, shared by the variables given them (at
 most 2**12 of them; in practice a handful)."""
@@ -132,6 +160,9 @@ def compact(variable: Variable) -> None:
     if len(values) == _SHAPE_SIZE:
         fitted = _SHAPE.copy()
         fitted.update(values)
+        tags = fitted["tags"]
+        if not tags and type(tags) is dict:
+            fitted["tags"] = _NO_TAGS
         if len(fitted) == _SHAPE_SIZE:  # the same keys (a key of its own would make it larger)
             _set_dict(variable, fitted)
 

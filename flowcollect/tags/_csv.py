@@ -506,7 +506,10 @@ def _copied(template: Variable, row: dict[str, Any], reader_type: str) -> Variab
     """A row the table vouches for: the template's copy with its values. The same variable as
     ``_validated`` makes (fields, tags and the fields set), without validating it twice."""
     if "tags" not in row:
-        tags = row["tags"] = {**template.tags}  # a dict of its own, never the template's
+        tags = template.tags
+        if tags:
+            tags = row["tags"] = {**tags}  # a dict of its own, never the template's
+        # (none: the template's, the one read-only empty dict of every variable without tags)
     elif template.tags:
         tags = row["tags"] = {**template.tags, **row["tags"]}
     else:
