@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import threading
@@ -124,6 +123,24 @@ class _Tally:
         self.missed_values = 0
         self.step_errors = 0
         self.step_error_values = 0
+
+
+_DeviceCall = Callable[[str, str | None], None]
+
+
+class _Missed:
+    """A lane's report of the instants it skipped, to its collector (``Lane``'s ``on_missed``):
+    one small object a lane, where a ``functools.partial`` with its bound method, argument tuple
+    and keyword dict was 256 bytes."""
+
+    __slots__ = ("collector", "key")
+
+    def __init__(self, collector: DataCollector, key: str) -> None:
+        self.collector = collector
+        self.key = key
+
+    def __call__(self, schedule: LaneSchedule, instants: list[int]) -> None:
+        self.collector._missed(self.key, schedule, instants)
 
 
 class _Branch:
@@ -420,6 +437,7 @@ class DataCollector:
             self._work = LoopWork(self._loop, self._pool)
         else:
             self._work = InlineWork()
+        self._lane_calls: tuple[Callable[[float], None], _DeviceCall | None] | None = None
         for key, types in self._lane_readers.items():
             self._lanes[key] = self._new_lane(key, types, self._readers, self._counters)
             for t in types:
@@ -433,15 +451,18 @@ class DataCollector:
         counters: Mapping[str, ReaderCounters],
     ) -> Lane:
         scheduler: abc.SchedulerBase = self._scheduler or self._loop  # type: ignore[assignment]
+        calls = self._lane_calls
+        if calls is None:  # one bound method of each for every lane (64 bytes a lane each)
+            calls = self._lane_calls = (self._stepped, self._device_changed if self._listeners else None)
         return Lane(
             key,
             [readers[t] for t in types],
             scheduler,
             counters,
             self._errors,
-            functools.partial(self._missed, key),
-            self._stepped,
-            self._device_changed if self._listeners else None,
+            _Missed(self, key),
+            calls[0],
+            calls[1],
             self._work,
         )
 
