@@ -33,6 +33,9 @@ class Variable(BaseModel):
     ``report="change"`` delivers a value only when it moved by more than ``deadband`` (numbers;
     any change for bool and str) since the last one delivered to the context, and at least every
     ``heartbeat_ms`` when that is set.
+
+    A variable is frozen; one given no ``tags`` holds the one empty dict shared by all such
+    variables, which refuses changes too (``model_copy(update={"tags": ...})`` gives it some).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
