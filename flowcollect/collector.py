@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import threading
@@ -124,6 +123,74 @@ class _Tally:
         self.missed_values = 0
         self.step_errors = 0
         self.step_error_values = 0
+
+
+_DeviceCall = Callable[[str, str | None], None]
+
+
+class _Missed:
+    """A lane's report of the instants it skipped, to its collector (``Lane``'s ``on_missed``):
+    one small object a lane, where a ``functools.partial`` with its bound method, argument tuple
+    and keyword dict was 256 bytes."""
+
+    __slots__ = ("collector", "key")
+
+    def __init__(self, collector: DataCollector, key: str) -> None:
+        self.collector = collector
+        self.key = key
+
+    def __call__(self, schedule: LaneSchedule, instants: list[int]) -> None:
+        self.collector._missed(self.key, schedule, instants)
+
+
+class _Branch:
+    """What one run's branch on one lane calls back: one small object with its methods, not a
+    closure each (with their cells) for 2,000 lanes. The steps call them on the loop thread (in
+    virtual time, the test's)."""
+
+    __slots__ = ("collector", "key", "run", "tally")
+
+    def __init__(self, collector: DataCollector, run: _Run, key: str) -> None:
+        self.collector = collector
+        self.run = run
+        self.key = key
+        self.tally = run.tallies[key]  # bumped only on the loop thread
+
+    def window(self) -> Window:
+        return self.run.window
+
+    def is_open(self) -> bool:
+        return self.run.state == "running"
+
+    def deliver(self, batch: ValueBatch) -> None:
+        self.collector._deliver(self.tally, batch)
+
+    def fault(self, step: str, values: int, exc: Exception) -> None:
+        # A step raised on one batch: that batch is lost, counted and logged; the branch (and so
+        # the context) goes on with the next one.
+        tally = self.tally
+        tally.step_errors += 1
+        tally.step_error_values += values
+        cid = self.run.context.id
+        self.collector._errors.error(
+            ("step", cid, step, type(exc)),
+            "context %s: %s failed on a batch of %d values from lane %s (lost; the context goes on): %r",
+            cid,
+            step,
+            values,
+            self.key,
+            exc,
+        )
+
+    def ended(self, exc: Exception) -> None:
+        # Never expected (every step contains its faults): say so rather than go quiet.
+        self.tally.step_errors += 1
+        self.collector._log.error(
+            "context %s: its branch on lane %s ended: %r; it receives nothing more from it",
+            self.run.context.id,
+            self.key,
+            exc,
+        )
 
 
 class _Run:
@@ -370,6 +437,7 @@ class DataCollector:
             self._work = LoopWork(self._loop, self._pool)
         else:
             self._work = InlineWork()
+        self._lane_calls: tuple[Callable[[float], None], _DeviceCall | None] | None = None
         for key, types in self._lane_readers.items():
             self._lanes[key] = self._new_lane(key, types, self._readers, self._counters)
             for t in types:
@@ -383,15 +451,18 @@ class DataCollector:
         counters: Mapping[str, ReaderCounters],
     ) -> Lane:
         scheduler: abc.SchedulerBase = self._scheduler or self._loop  # type: ignore[assignment]
+        calls = self._lane_calls
+        if calls is None:  # one bound method of each for every lane (64 bytes a lane each)
+            calls = self._lane_calls = (self._stepped, self._device_changed if self._listeners else None)
         return Lane(
             key,
             [readers[t] for t in types],
             scheduler,
             counters,
             self._errors,
-            functools.partial(self._missed, key),
-            self._stepped,
-            self._device_changed if self._listeners else None,
+            _Missed(self, key),
+            calls[0],
+            calls[1],
             self._work,
         )
 
@@ -489,39 +560,12 @@ class DataCollector:
         return branches
 
     def _branch(self, run: _Run, lane: Lane) -> abc.DisposableBase:
-        cid, key = run.context.id, lane.key
-        tally = run.tallies[key]  # bumped only on the loop thread
-
-        def fault(step: str, values: int, exc: Exception) -> None:
-            # A step raised on one batch: that batch is lost, counted and logged; the branch
-            # (and so the context) goes on with the next one.
-            tally.step_errors += 1
-            tally.step_error_values += values
-            self._errors.error(
-                ("step", cid, step, type(exc)),
-                "context %s: %s failed on a batch of %d values from lane %s (lost; the context goes on): %r",
-                cid,
-                step,
-                values,
-                key,
-                exc,
-            )
-
-        def ended(exc: Exception) -> None:
-            # Never expected (every step contains its faults): say so rather than go quiet.
-            tally.step_errors += 1
-            self._log.error(
-                "context %s: its branch on lane %s ended: %r; it receives nothing more from it",
-                cid,
-                key,
-                exc,
-            )
-
+        branch = _Branch(self, run, lane.key)
         return lane.subject.pipe(
-            for_context(cid, lambda: run.window, fault),
-            gate(lambda: run.state == "running"),
-            report_changes(run.changes, fault),
-        ).subscribe(on_next=lambda batch: self._deliver(tally, batch), on_error=ended)
+            for_context(run.context.id, branch.window, branch.fault),
+            gate(branch.is_open),
+            report_changes(run.changes, branch.fault),
+        ).subscribe(on_next=branch.deliver, on_error=branch.ended)
 
     def stop(self, context_id: int) -> DataCollectionContext:
         """Stop a running or paused context; return it with ``end_date`` set."""

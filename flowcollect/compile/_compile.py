@@ -523,7 +523,10 @@ def lane_schedule(
     key: str, contexts: Iterable[CompiledContext], reader_order: Sequence[str] = ()
 ) -> LaneSchedule | None:
     """The schedule of lane ``key`` over the given (running) contexts; None when nothing is due."""
-    specs = [s for c in contexts for s in c.specs.get(key, ())]
+    parts = [part for c in contexts if (part := c.specs.get(key))]
+    if len(parts) == 1:  # one context on the lane: its very tuple (LaneSchedule keeps a tuple)
+        return LaneSchedule(key, parts[0], reader_order)
+    specs = [s for part in parts for s in part]
     return LaneSchedule(key, specs, reader_order) if specs else None
 
 

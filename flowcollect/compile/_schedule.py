@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from flowcollect.values import VariableSpec
 
@@ -214,6 +215,10 @@ def _read_keys(specs: Sequence[VariableSpec]) -> Iterable[tuple[str, str, str]]:
     return zip(map(_READER, specs), map(_ADDRESS, specs), map(_VALUE_TYPE, specs), strict=True)
 
 
+_ONE_INTERVAL: Mapping[int, tuple[Sequence[int], tuple[VariableSpec, ...]]] = MappingProxyType({})
+"""``LaneSchedule._by_interval`` of a lane with one interval: none needed (read-only, shared)."""
+
+
 class LaneSchedule:
     """The due plan of one lane over the variables of its running contexts.
 
@@ -254,14 +259,18 @@ class LaneSchedule:
         # before its context starts, not on the lane's thread before its first tick.
         served = served_specs(self.specs)
         if len(self.reader_order) == 1:
-            self.served = {self.reader_order[0]: tuple(served)}
+            # Every read distinct (the common case): what it serves is the specs themselves.
+            self.served = {
+                self.reader_order[0]: self.specs if len(served) == len(self.specs) else tuple(served)
+            }
         else:
             self.served = {r: tuple(s for s in served if s.reader == r) for r in self.reader_order}
         # Positions in the plan keep batches in a stable order (context, then its variables):
-        # per interval, its specs and their positions (ascending).
-        self._by_interval: dict[int, tuple[Sequence[int], tuple[VariableSpec, ...]]]
+        # per interval, its specs and their positions (ascending). One interval (a device
+        # read at one rate, the common case): nothing to keep, its specs are all due at once.
+        self._by_interval: Mapping[int, tuple[Sequence[int], tuple[VariableSpec, ...]]]
         if len(self.intervals) == 1:
-            self._by_interval = {self.intervals[0]: (range(len(self.specs)), self.specs)}
+            self._by_interval = _ONE_INTERVAL
         else:
             groups: dict[int, tuple[list[int], list[VariableSpec]]] = {i: ([], []) for i in self.intervals}
             # (a loop of ours: only when the lane has several intervals)
@@ -335,16 +344,19 @@ class LaneSchedule:
         return out
 
     def _build(self, mask: int) -> LanePhase:
-        groups = [self._by_interval[interval] for i, interval in enumerate(self.intervals) if mask >> i & 1]
         due: Sequence[VariableSpec]
-        if len(groups) == 1:
-            due = groups[0][1]  # one interval due: its specs, already in plan order
+        if len(self.intervals) == 1:
+            due = self.specs  # the lane's one interval is due (mask is not 0): all of it, in order
         else:
-            pairs = sorted(
-                (pw for positions, specs in groups for pw in zip(positions, specs, strict=True)),
-                key=operator.itemgetter(0),
-            )
-            due = [s for _, s in pairs]
+            groups = [self._by_interval[i] for n, i in enumerate(self.intervals) if mask >> n & 1]
+            if len(groups) == 1:
+                due = groups[0][1]  # one interval due: its specs, already in plan order
+            else:
+                pairs = sorted(
+                    (pw for positions, specs in groups for pw in zip(positions, specs, strict=True)),
+                    key=operator.itemgetter(0),
+                )
+                due = [s for _, s in pairs]
         per_reader: dict[str, Sequence[VariableSpec]]
         if len(self.reader_order) == 1:
             per_reader = {self.reader_order[0]: due}
@@ -356,6 +368,8 @@ class LaneSchedule:
         readers = tuple(
             _reader_phase(r, per_reader[r], self.served[r]) for r in self.reader_order if r in per_reader
         )
+        if len(readers) == 1:  # its reader's deliveries (read-only, as every phase's)
+            return LanePhase(readers, readers[0].by_context)
         phase = LanePhase(readers)
         phase.by_context.update(_lane_deliveries(readers))
         return phase

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from flowcollect._bulk import paused_gc
 from flowcollect._ids import stable_id
 from flowcollect.errors import ConfigError
-from flowcollect.models import Report, ValueType, Variable
+from flowcollect.models import Report, ValueType, Variable, share_fields_set
 from flowcollect.readers.base import DataReader
 from flowcollect.tags import _kepware
 
@@ -506,7 +506,10 @@ def _copied(template: Variable, row: dict[str, Any], reader_type: str) -> Variab
     """A row the table vouches for: the template's copy with its values. The same variable as
     ``_validated`` makes (fields, tags and the fields set), without validating it twice."""
     if "tags" not in row:
-        tags = row["tags"] = {**template.tags}  # a dict of its own, never the template's
+        tags = template.tags
+        if tags:
+            tags = row["tags"] = {**tags}  # a dict of its own, never the template's
+        # (none: the template's, the one read-only empty dict of every variable without tags)
     elif template.tags:
         tags = row["tags"] = {**template.tags, **row["tags"]}
     else:
@@ -516,6 +519,7 @@ def _copied(template: Variable, row: dict[str, Any], reader_type: str) -> Variab
     variable = template.model_copy(update=row)
     if not tags:  # as Variable(...) given no tags: the default, not a field set
         variable.model_fields_set.discard("tags")
+    share_fields_set(variable)  # as Variable(...) does (its dict is the template's kind already)
     return variable
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowcollect._ids import stable_id
 from flowcollect.errors import ConfigError
-from flowcollect.models import Variable
+from flowcollect.models import Variable, share_fields_set
 from flowcollect.readers.base import DataReader
 from flowcollect.tags._csv import read_csv, validate_for_reader
 
@@ -96,6 +96,7 @@ class DeviceProfile(BaseModel):
                     "tags": {"profile": self.name, "device": device, **variable.tags, **extra},
                 }
             )
+            share_fields_set(instance)  # as Variable(...) does
             if isinstance(reader, DataReader):
                 try:
                     validate_for_reader(instance, reader)

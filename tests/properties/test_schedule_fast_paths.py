@@ -11,8 +11,10 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowcollect.compile import Delivery, LanePhase, LaneSchedule, ReaderPhase
+from flowcollect import DataCollectionContext, Variable
+from flowcollect.compile import Delivery, LanePhase, LaneSchedule, ReaderPhase, compile_plan
 from flowcollect.compile._schedule import served_specs
+from flowcollect.readers import RandomDataReader
 from flowcollect.values import VariableSpec
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -129,3 +131,21 @@ def test_every_phase_is_the_reference_ones(specs: list[VariableSpec]) -> None:
             # The reads a reader serves whole are the very tuple plan_changed gave it.
             for rp, ref in zip(phase.readers, expected, strict=True):
                 assert (rp.reads is schedule.served[rp.reader]) == (ref.reads is schedule.served[ref.reader])
+
+
+def test_a_device_alone_on_its_lane_keeps_one_tuple_of_specs() -> None:
+    """2,000 devices are 2,000 lanes of one context each: the schedule, what the reader serves,
+    its reads and the context's delivery are the compiled tuple itself, not copies of it, and
+    the lane phase's deliveries are its reader phase's (each copy was ~200 bytes a lane)."""
+    variables = [Variable(id=n, address=f"sine:{n}", reader="plc", interval_ms=1000) for n in range(1, 21)]
+    context = DataCollectionContext(id=1, variables=variables)
+    plan = compile_plan([context], [RandomDataReader("plc")])
+    schedule = plan.lanes["reader:plc"].schedule
+    assert schedule is not None
+    compiled = plan.contexts[0].specs["reader:plc"]
+    assert schedule.specs is compiled and schedule.served["plc"] is compiled
+    phase = schedule.phase_at(0)
+    assert phase is not None
+    (reader_phase,) = phase.readers
+    assert reader_phase.reads is compiled and reader_phase.by_context[1].variables is compiled
+    assert phase.by_context is reader_phase.by_context

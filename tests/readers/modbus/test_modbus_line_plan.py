@@ -49,6 +49,13 @@ def test_line_keys_name_the_resource_the_same_in_every_process() -> None:
     }
 
 
+def test_a_line_key_is_one_object_however_often_it_is_asked() -> None:
+    # The collector, the lane, the plan and the connection each keep a device's key: one text.
+    made = [ModbusLine(host="127.0.0.1", port=5020) for _ in range(2)]
+    assert made[0].key is made[0].key is made[1].key
+    assert ModbusDataReader("plc", host="127.0.0.1", port=5020).lane is made[0].key
+
+
 def test_line_defaults_and_kinds() -> None:
     serial = ModbusLine("/dev/ttyUSB0")
     assert (serial.kind, serial.framer, serial.baudrate, serial.parity, serial.bytesize, serial.stopbits) == (
