@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypedDict, TypeVar, cast
 
 from pymodbus.pdu import ExceptionResponse
 
@@ -78,6 +78,7 @@ _Slot = tuple[int, Decoder, str]
 # A tick's requests, without I/O: (table, start, count) asked, the line's answer sent back.
 _Asked = tuple[str, int, int]
 _Answer = Answer | Failure
+_T = TypeVar("_T")
 _Requests = Generator[_Asked, _Answer, None]
 
 
@@ -140,6 +141,24 @@ class _SharedPlans:
 
 
 _shared_plans: Final = _SharedPlans(4 * _MAX_PLANS)
+
+_SHARED_MAX: Final = 65_536
+_shared_lock = threading.Lock()
+_shared_values: dict[object, object] = {}
+"""Immutable columns readers keep (address and type tuples, interval sets), one copy of each
+for the process: 2,000 identical devices keep one, not 2,000 (about 1 KB a device). Bounded
+(emptied when full: a copy made after that is merely not shared); guarded by ``_shared_lock``."""
+
+
+def _shared(value: _T) -> _T:
+    """The process's one copy of ``value`` (hashable, never changed)."""
+    with _shared_lock:
+        kept = _shared_values.get(value)
+        if kept is None:
+            if len(_shared_values) >= _SHARED_MAX:
+                _shared_values.clear()
+            _shared_values[value] = kept = value
+    return cast("_T", kept)
 
 
 class ModbusDataReader(DataReader):
@@ -223,9 +242,9 @@ class ModbusDataReader(DataReader):
         """``abort`` was called (from the closing thread): no read may lease the line again."""
         self._connection: LineConnection | None = None
         self._last_connection: LineConnection | None = None
-        self._columns_of: tuple[Sequence[VariableSpec], tuple[str, ...], list[str], frozenset[int]] | None = (
-            None
-        )
+        self._columns_of: (
+            tuple[Sequence[VariableSpec], tuple[str, ...], tuple[str, ...], frozenset[int]] | None
+        ) = None
         self._next: tuple[Sequence[Any], EarlyLink, ModbusRequest] | None = None
         """What ``send_batch`` may write at the next instant (the variables it is for, the link,
         the request), settled at the end of each read on the loop. The loop thread only."""
@@ -385,7 +404,7 @@ class ModbusDataReader(DataReader):
     def plan_changed(self, variables: Sequence[VariableSpec]) -> None:
         """Remember the intervals (the line's next due instant) and plan each tick's requests
         now, so the first ticks do no planning."""
-        self._intervals = frozenset(v.interval_ms for v in variables)
+        self._intervals = _shared(frozenset(v.interval_ms for v in variables))
         if not variables:
             # Nothing to read here any more (contexts stopped, or the lane went to another
             # collector of a group): let go of the line, so a port is free for its new owner.
@@ -399,7 +418,7 @@ class ModbusDataReader(DataReader):
             # by its first instant (nothing here may wait for it).
             self._lease().connect_soon(self.timeout_s, self._type)
         for due in _due_sets(variables):
-            key = tuple(v.address for v in due)
+            key = _shared(tuple([v.address for v in due]))
             if key and key not in self._plans:
                 self._compile(key, due)
 
@@ -507,15 +526,18 @@ class ModbusDataReader(DataReader):
         if link is not None:
             self._next = (specs, link, plan.steps[0].request)
 
-    def _columns(self, specs: Sequence[VariableSpec]) -> tuple[tuple[str, ...], list[str], frozenset[int]]:
-        # The engine hands the same variables object tick after tick: its columns are built once.
+    def _columns(
+        self, specs: Sequence[VariableSpec]
+    ) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[int]]:
+        # The engine hands the same variables object tick after tick: its columns are built once,
+        # and shared by every reader with the same ones (a plant of identical devices).
         cached = self._columns_of
         if cached is None or cached[0] is not specs:
             cached = self._columns_of = (
                 specs,
-                tuple([v.address for v in specs]),
-                [v.value_type for v in specs],
-                frozenset(v.interval_ms for v in specs),
+                _shared(tuple([v.address for v in specs])),
+                _shared(tuple([v.value_type for v in specs])),
+                _shared(frozenset(v.interval_ms for v in specs)),
             )
         return cached[1], cached[2], cached[3]
 
@@ -525,7 +547,7 @@ class ModbusDataReader(DataReader):
         self,
         key: tuple[str, ...],
         variables: Sequence[VariableSpec | CollectedVariable],
-        types: list[str],
+        types: Sequence[str],
         intervals: frozenset[int],
         t_ms: int | None,
         columns: _Columns,
@@ -545,7 +567,7 @@ class ModbusDataReader(DataReader):
         self,
         key: tuple[str, ...],
         variables: Sequence[VariableSpec | CollectedVariable],
-        types: list[str],
+        types: Sequence[str],
         intervals: frozenset[int],
         t_ms: int | None,
         columns: _Columns,
@@ -604,7 +626,7 @@ class ModbusDataReader(DataReader):
         unit: UnitState,
         plan: _Plan,
         columns: _Columns,
-        types: list[str],
+        types: Sequence[str],
         intervals: frozenset[int],
         t_ms: int | None,
         connected: bool,
@@ -640,7 +662,7 @@ class ModbusDataReader(DataReader):
         connection: LineConnection,
         unit: UnitState,
         columns: _Columns,
-        types: list[str],
+        types: Sequence[str],
         steps: list[_Step],
         next_due: int | None,
     ) -> _Requests:
@@ -814,7 +836,7 @@ class ModbusDataReader(DataReader):
     # ------------------------------------------------------------------ exception splitting
 
     def _split(
-        self, unit: UnitState, columns: _Columns, types: list[str], step: _Step
+        self, unit: UnitState, columns: _Columns, types: Sequence[str], step: _Step
     ) -> Generator[_Asked, _Answer, Failure | None]:
         """Re-read a request refused with an address exception in halves, down to single values.
 
@@ -960,7 +982,7 @@ def _flatten(groups: list[_Group], start: int) -> list[tuple[int, int, Decoder, 
 
 
 def _deliver(
-    columns: _Columns, types: list[str], flat: list[tuple[int, int, Decoder, str]], data: Sequence[Any]
+    columns: _Columns, types: Sequence[str], flat: list[tuple[int, int, Decoder, str]], data: Sequence[Any]
 ) -> None:
     values, errors = columns
     for index, offset, decoder, natural in flat:
