@@ -69,8 +69,16 @@ def _cheap_paths(scheduler: abc.SchedulerBase) -> dict[str, Any]:
 def _batch_reader(reader: DataReader) -> bool:
     """Whether the engine calls ``read_batch``: the class that defines ``read`` or ``read_batch``
     nearest to the reader's own class decides, so a subclass overriding ``read`` of a reader that
-    has both (``RandomDataReader``) is read through its ``read``."""
-    for cls in type(reader).__mro__:
+    has both (``RandomDataReader``) is read through its ``read``. Per class, answered once."""
+    cls = type(reader)
+    batchy = _BATCHY.get(cls)
+    if batchy is None:
+        batchy = _BATCHY[cls] = _defines_read_batch(cls)
+    return batchy
+
+
+def _defines_read_batch(reader_class: type[DataReader]) -> bool:
+    for cls in reader_class.__mro__:
         if cls is DataReader:
             break
         if "read" in vars(cls):
@@ -78,6 +86,16 @@ def _batch_reader(reader: DataReader) -> bool:
         if "read_batch" in vars(cls):
             return True
     return False
+
+
+def _sends(reader: DataReader) -> bool:
+    """Whether the reader's class writes requests at the instant (``DataReader.send_batch``)."""
+    return type(reader).send_batch is not DataReader.send_batch
+
+
+_BATCHY: dict[type[DataReader], bool] = {}
+"""``_batch_reader``'s answers by class (a class's methods do not change: a plain dict read and
+written from any thread is enough; per lane, two dicts were 0.4 KB a lane)."""
 
 
 def asynchronous_reader(reader: DataReader) -> bool:
@@ -121,7 +139,6 @@ class Lane:
         "_armed",
         "_assignments",
         "_at_wall_ms",
-        "_batchy",
         "_busy",
         "_closed",
         "_counters_of",
@@ -141,7 +158,6 @@ class Lane:
         "_ready",
         "_reuse",
         "_routes",
-        "_senders",
         "_sent",
         "_served",
         "_stores",
@@ -179,7 +195,7 @@ class Lane:
         # is bumped only by the lane's jobs, one at a time), subject (on_next only on the loop
         # thread; the collector subscribes and disposes branches from others, under the
         # Subject's own lock), asynchronous, _work, _errors, _on_missed, _on_clock_step,
-        # _on_device, _batchy, _stores (the dict; each PushStore has its own lock, for the
+        # _on_device, _stores (the dict; each PushStore has its own lock, for the
         # pushing reader's threads).
         self.key = key
         self.readers = {r.type: r for r in readers}
@@ -229,9 +245,6 @@ class Lane:
         self._ready: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
         self._opened: set[str] = set()
-        self._batchy = {r.type: _batch_reader(r) for r in readers}
-        # Per reader: its class writes requests at the instant (DataReader.send_batch).
-        self._senders = {r.type: type(r).send_batch is not DataReader.send_batch for r in readers}
         self._stores: dict[str, PushStore] = {r.type: PushStore() for r in readers if r.pushes}
         self._routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
         self._reuse: dict[int, tuple[ReaderPhase, list[CollectedVariable]]] = {}
@@ -459,7 +472,7 @@ class Lane:
             for rp in phase.readers:
                 reader = self.readers[rp.reader]
                 if (
-                    not self._batchy[rp.reader]
+                    not _batch_reader(reader)
                     and not reader.pushes
                     and not asynchronous_reader(reader)
                     and id(rp) not in self._reuse
@@ -664,7 +677,7 @@ class Lane:
         if phase is None:
             return None
         rp = phase.readers[0]
-        if not self._senders[rp.reader] or rp.reader in self._stores:
+        if not _sends(self.readers[rp.reader]) or rp.reader in self._stores:
             return None
         self._armed = (rp, ValueBatch(due, rp.reads, reader=rp.reader))
         return self._send_armed
@@ -767,7 +780,7 @@ class Lane:
         (``send_batch``): the batch it was given and when, for its read to take up."""
         rp = phase.readers[0]
         rtype = rp.reader
-        if not self._senders[rtype] or rtype in self._stores:
+        if not _sends(self.readers[rtype]) or rtype in self._stores:
             return None
         batch = ValueBatch(t_ms, rp.reads, reader=rtype)
         return batch, self._give(rtype, batch)
@@ -984,7 +997,7 @@ class Lane:
         if store is not None:
             return store.sample(rp.reads, t_ms, reader.stale_after_ms)
         try:
-            if self._batchy[rtype]:
+            if _batch_reader(reader):
                 batch = ValueBatch(t_ms, rp.reads, reader=rtype)
                 reader.read_batch(batch)
                 return batch.values, batch.errors, batch.source_ns, batch.quality, batch.source_time_ns
