@@ -674,13 +674,16 @@ class Lane:
         are at hand; None when that reader does not write ahead."""
         schedule = self._active
         phase = schedule.phase_at(due) if schedule is not None else None
-        if phase is None:
-            return None
+        self._armed = None if phase is None else self._first_batch(phase, due)
+        return None if self._armed is None else self._send_armed
+
+    def _first_batch(self, phase: Any, t_ms: int) -> tuple[Any, ValueBatch] | None:
+        """The phase's first reader and a batch for it at ``t_ms``, when that reader writes at the
+        instant (``send_batch``; a pushing reader's instants are sampled, never asked); else None."""
         rp = phase.readers[0]
         if not _sends(self.readers[rp.reader]) or rp.reader in self._stores:
             return None
-        self._armed = (rp, ValueBatch(due, rp.reads, reader=rp.reader))
-        return self._send_armed
+        return rp, ValueBatch(t_ms, rp.reads, reader=rp.reader)
 
     def _send_armed(self) -> None:
         armed, self._armed = self._armed, None
@@ -778,12 +781,11 @@ class Lane:
     def _send_first(self, phase: Any, t_ms: int) -> tuple[ValueBatch, float] | None:
         """The phase's first reader writes its requests now, if its class does that
         (``send_batch``): the batch it was given and when, for its read to take up."""
-        rp = phase.readers[0]
-        rtype = rp.reader
-        if not _sends(self.readers[rtype]) or rtype in self._stores:
+        first = self._first_batch(phase, t_ms)
+        if first is None:
             return None
-        batch = ValueBatch(t_ms, rp.reads, reader=rtype)
-        return batch, self._give(rtype, batch)
+        rp, batch = first
+        return batch, self._give(rp.reader, batch)
 
     async def _tick_async(
         self,

@@ -297,10 +297,10 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
             self._call(inbox.popleft())
 
     @staticmethod
-    def _call(fn: Callable[[], None]) -> None:
+    def _call(fn: Callable[..., None], *args: Any) -> None:
         try:
-            fn()
-        except Exception:  # never let one callback's bug end the loop
+            fn(*args)
+        except Exception:  # never let one callback's bug end the loop (nor cost others their instant)
             _log.exception("flowcollect loop: a callback failed")
 
     def schedule(self, action: typing.ScheduledAction[Any], state: Any = None) -> abc.DisposableBase:
@@ -370,7 +370,7 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
                         self._call(call.first)
                 for call in calls:
                     if not call.cancelled:
-                        self._call_one(call.fn, call.arg)
+                        self._call(call.fn, call.arg)
             finally:
                 self._later = None
         if later:
@@ -382,13 +382,6 @@ class LoopScheduler(_MonotonicQueue, abc.DisposableBase):
     def _call_all(cls, fns: list[Callable[[], None]]) -> None:
         for fn in fns:
             cls._call(fn)
-
-    @staticmethod
-    def _call_one(fn: Callable[[Any], None], arg: Any) -> None:
-        try:
-            fn(arg)
-        except Exception:  # never let one lane's bug cost the others their instant
-            _log.exception("flowcollect loop: a tick failed")
 
     def _at(self, due_mono: float, action: typing.ScheduledAction[Any], state: Any) -> abc.DisposableBase:
         self._ensure()

@@ -87,6 +87,14 @@ def _decode(pdu: bytes) -> MbapAnswer | ExceptionResponse:
     return MbapAnswer(code, [], [bit for byte in pdu[2:] for bit in bits[byte]])
 
 
+def _checked(asked: int, unit: int, pdu: bytes) -> MbapAnswer | ExceptionResponse:
+    """The answer in ``pdu`` from ``unit`` to a request asked of ``asked``; raises ``BadFrameError``
+    for one that is no answer to it (another unit's, or undecodable)."""
+    if unit != asked:
+        raise BadFrameError(f"unit {unit} answered, unit {asked} was asked")
+    return _decode(pdu)
+
+
 class _Pending:
     __slots__ = ("future", "timer", "unit")
 
@@ -186,41 +194,33 @@ class MbapProtocol(asyncio.Protocol):
         self._reserved[transaction] = (unit, loop.time())
         return transaction
 
+    def take(self, transaction: int) -> MbapAnswer | ExceptionResponse | None:
+        """A reserved request's answer if it came already (raising what ``expect``'s future would
+        raise: a bad frame, a lost connection); None when it has not come (then ``expect``)."""
+        came = self._early_answers.pop(transaction, None)
+        reserved = self._reserved.get(transaction)
+        if came is None or reserved is None:
+            return None
+        del self._reserved[transaction]
+        if isinstance(came, Exception):
+            raise came
+        return _checked(reserved[0], came[0], came[1:])
+
     def expect(
         self, transaction: int, timeout_s: float
     ) -> asyncio.Future[MbapAnswer | ExceptionResponse] | None:
-        """The future of a reserved request's answer (``send``'s rules, its timeout counted from
-        when it was written); None when it is not reserved (released, or never)."""
+        """After ``take`` found nothing: the future of a reserved request's answer (``send``'s
+        rules, its timeout counted from when it was written); None when it is not reserved
+        (released, or never)."""
         reserved = self._reserved.pop(transaction, None)
         loop = self._loop
         if reserved is None or loop is None:
             return None
         unit, written = reserved
         future: asyncio.Future[MbapAnswer | ExceptionResponse] = loop.create_future()
-        came = self._early_answers.pop(transaction, None)
-        if isinstance(came, Exception):
-            future.set_exception(came)
-            return future
-        pending = _Pending(future, unit)
-        self._pending[transaction] = pending
-        if came is not None:
-            self._answer(transaction, came[0], came[1:])
-            return future
+        pending = self._pending[transaction] = _Pending(future, unit)
         pending.timer = loop.call_at(written + timeout_s, self._expire, transaction, timeout_s)
         return future
-
-    def take(self, transaction: int) -> MbapAnswer | ExceptionResponse | None:
-        """A reserved request's answer if it came already (raising what ``expect``'s future would
-        raise: a bad frame, a lost connection); None when it has not come (then ``expect``)."""
-        came = self._early_answers.pop(transaction, None)
-        if came is None:
-            return None
-        unit, _written = self._reserved.pop(transaction, (None, 0.0))
-        if isinstance(came, Exception):
-            raise came
-        if came[0] != unit:
-            raise BadFrameError(f"unit {came[0]} answered, unit {unit} was asked")
-        return _decode(came[1:])
 
     def release(self, transaction: int) -> None:
         """Nobody will ``expect`` this reserved request: its answer, if it comes, is dropped."""
@@ -247,13 +247,8 @@ class MbapProtocol(asyncio.Protocol):
             return  # else an answer that came after its request gave up
         if pending.future.done():
             return
-        if unit != pending.unit:
-            pending.future.set_exception(
-                BadFrameError(f"unit {unit} answered, unit {pending.unit} was asked")
-            )
-            return
         try:
-            answer = _decode(pdu)
+            answer = _checked(pending.unit, unit, pdu)
         except BadFrameError as exc:
             pending.future.set_exception(exc)
             return

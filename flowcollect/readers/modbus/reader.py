@@ -518,8 +518,8 @@ class ModbusDataReader(DataReader):
     def _plan_next(
         self, connection: LineConnection, unit: UnitState, plan: _Plan, specs: Sequence[Any]
     ) -> None:
-        """After a read on the loop: what ``send_batch`` may write at the next instant."""
-        self._next = None
+        """After a read on the loop (which set ``_next`` to None as it began): what ``send_batch``
+        may write at the next instant."""
         if unit.failures or not plan.steps:
             return
         link = connection.early_link()
