@@ -28,6 +28,11 @@ def gc_as_found() -> Iterator[None]:
     bulk steps that pause it set it either way)."""
     enabled = gc.isenabled()
     yield
+    set_gc(enabled)
+
+
+def set_gc(enabled: bool) -> None:
+    """Turn the cyclic garbage collector on or off."""
     if enabled:
         gc.enable()
     else:

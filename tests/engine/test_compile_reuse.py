@@ -24,6 +24,7 @@ from flowcollect.models import ValueType
 from flowcollect.readers import RandomDataReader
 from flowcollect.testing import MemoryDataWriter
 from flowcollect.values import VariableSpec
+from tests.conftest import set_gc
 
 
 class CountingReader(RandomDataReader):
@@ -267,10 +268,7 @@ def test_compiling_holds_off_the_garbage_collector_and_restores_it(enabled: bool
     context = DataCollectionContext(
         id=1, variables=[Variable(id=i, address=f"a{i}", reader="random") for i in (1, 2)]
     )
-    if enabled:
-        gc.enable()
-    else:
-        gc.disable()
+    set_gc(enabled)
     if refused:
         with pytest.raises(ConfigError, match="refused"):
             compile_context(context, {"random": Watching()})

@@ -14,6 +14,7 @@ import pytest
 from flowcollect import ConfigError
 from flowcollect.readers import RandomDataReader
 from flowcollect.tags import read_csv
+from tests.conftest import set_gc
 
 
 def _list(tmp_path: Path, body: str) -> Path:
@@ -40,10 +41,7 @@ def test_the_collector_is_as_found_after_the_call(
             seen.append(gc.isenabled())  # called while the rows are built
             super().validate(variable)
 
-    if enabled:
-        gc.enable()
-    else:
-        gc.disable()
+    set_gc(enabled)
     if error:
         with pytest.raises(ConfigError, match="row 2"):
             read_csv(path, reader=Watching())
