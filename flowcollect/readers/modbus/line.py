@@ -52,6 +52,7 @@ class ModbusLine:
     """
 
     __slots__ = (
+        "__key",  # the lane key, made once (not a setting: _SETTINGS skips "__" names)
         "__weakref__",
         "baudrate",
         "bytesize",
@@ -115,6 +116,7 @@ class ModbusLine:
         self.turnaround_ms = float(turnaround_ms)
         self.tls: ModbusTls | None = security
         """Modbus/TCP Security settings, or ``None`` for a plain line."""
+        self.__key = self._make_key()
 
     # -- identity
 
@@ -123,7 +125,11 @@ class ModbusLine:
         """The lane key: ``modbus+rtu:///dev/ttyUSB0``, ``modbus+rtu-tcp://10.0.0.5:4001``,
         ``modbus+tcp://127.0.0.1:5020``, ``modbus+tls://10.0.0.7:802``. The same in every
         process. One object per text (interned): the collector, its lanes, plans and the line's
-        connection each keep it, four copies a device of 2,000 otherwise."""
+        connection each keep it, four copies a device of 2,000 otherwise. Made once: every read
+        asks for it (a line's settings never change after it is built)."""
+        return self.__key
+
+    def _make_key(self) -> str:
         if self.kind == "serial":
             return sys.intern(f"modbus+rtu://{self.port}")
         host = f"[{self.host}]" if self.host is not None and ":" in self.host else self.host

@@ -64,6 +64,38 @@ _parse_shared: Final = functools.lru_cache(maxsize=1 << 16)(parse_address)
 """``parse_address`` once per text for the process: a plant's identical devices have the same
 addresses, one reader each (2,000 readers x 20 addresses: 40,000 parses at start, 20 now). A
 ``ModbusAddress`` is frozen, so every reader may share it; a bad text raises each time."""
+
+_VALUE_TYPE_OF: Final[dict[str, ValueType]] = {"bool": "bool", "int": "int", "float": "float", "str": "str"}
+
+
+def _natural_type(text: str) -> ValueType | None:
+    try:
+        natural = _parse_shared(text).natural_type
+    except ValueError:
+        return None
+    return _VALUE_TYPE_OF[natural]
+
+
+_natural_shared: Final = functools.lru_cache(maxsize=1 << 16)(_natural_type)
+"""``natural_value_type`` once per text for the process (a string register is a ``str``)."""
+
+
+def _check_address(text: str, value_type: ValueType, max_bits: int, max_registers: int) -> None:
+    address = _parse_shared(text)
+    check_value_type(address, value_type)
+    limit = max_bits if address.is_bit else max_registers
+    if address.width > limit:
+        raise ValueError(
+            f"modbus address {text!r} needs {address.width} registers, more than "
+            f"this reader's max_registers={limit} per request"
+        )
+
+
+_checked: Final = functools.lru_cache(maxsize=1 << 16)(_check_address)
+"""A reader's check of an address and type, once per text, type and request limits for the
+process: 2,000 identical devices check the same 20 (``start`` validates every variable). Only
+what passed is remembered (a cache keeps no exception): a bad one is checked, and said, each time."""
+
 # Pre-planning walks one hyperperiod of the reader's intervals; past this many due instants the
 # rest is planned on first use.
 _MAX_PREPLAN_INSTANTS: Final = 512
@@ -317,18 +349,8 @@ class ModbusDataReader(DataReader):
         """A coil or discrete input is a bool, an integer register type an int, a float32 or
         float64 a float, a string a str. ``None`` for an address that does not parse (``validate``
         says why)."""
-        try:
-            natural = self._parse(address).natural_type
-        except ValueError:
-            return None
-        result: ValueType = (
-            "bool"
-            if natural == "bool"
-            else "int"
-            if natural == "int"
-            else ("float" if natural == "float" else "str")
-        )
-        return result
+        natural: ValueType | None = _natural_shared(address)
+        return natural
 
     def validate(self, variable: Variable) -> None:
         self._check(variable.address, variable.value_type or "float")  # the engine resolves None
@@ -342,14 +364,7 @@ class ModbusDataReader(DataReader):
             self._check(variable.address, value_type)
 
     def _check(self, text: str, value_type: ValueType) -> None:
-        address = self._parse(text)
-        check_value_type(address, value_type)
-        limit = self.max_bits if address.is_bit else self.max_registers
-        if address.width > limit:
-            raise ValueError(
-                f"modbus address {text!r} needs {address.width} registers, more than "
-                f"this reader's max_registers={limit} per request"
-            )
+        _checked(text, value_type, self.max_bits, self.max_registers)
 
     def open(self) -> None:
         """Lease the line and connect, so the first tick finds the connection up. On an event
