@@ -1395,7 +1395,7 @@ class LineRegistry:
     def _claim_locked(self, line: ModbusLine) -> str | None:
         connection = self._connections.get(line.key)
         known = self._lines.get(line.key) or (connection.line if connection is not None else None)
-        if known is not None and known != line:
+        if known is not None and known is not line and known != line:
             return f"modbus line {line.key} is configured twice: {', '.join(known.differences(line))}"
         self._lines.setdefault(line.key, line)
         return None

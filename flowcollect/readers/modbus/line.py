@@ -7,6 +7,7 @@ Pure: settings, the line's key and the time requests take on it. The connection 
 
 from __future__ import annotations
 
+import operator
 import os
 import ssl
 import sys
@@ -147,7 +148,8 @@ class ModbusLine:
         return self.kind != "tcp"
 
     def _settings(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _SETTINGS)
+        settings: tuple[object, ...] = _settings_of(self)
+        return settings
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ModbusLine) and self._settings() == other._settings()
@@ -198,6 +200,7 @@ class ModbusLine:
 
 
 _SETTINGS: Final = tuple(name for name in ModbusLine.__slots__ if not name.startswith("__"))
+_settings_of: Final = operator.attrgetter(*_SETTINGS)
 
 
 @dataclass(frozen=True, slots=True)

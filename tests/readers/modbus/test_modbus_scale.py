@@ -110,7 +110,10 @@ def test_a_thousand_lanes_where_a_hundred_hang_a_hundred_refuse_and_a_hundred_ta
     assert missing == [], (by_instant, writer.texts.get("a"), [len(instants), start_ms, end_ms])
     assert writer.wrong == []
     # The others deliver nothing, and say why.
-    assert not any(n for (reader, _t), n in writer.good.items() if not reader.startswith("a"))
+    # (A "refusing" port is one free when the farm started: another process on the machine
+    # listening there since, a device farm of its own, makes it answer; say which.)
+    delivered = {key: n for key, n in writer.good.items() if n and not key[0].startswith("a")}
+    assert not delivered, delivered
     assert set(writer.texts) == {"h", "g", "r"}
     assert set(writer.texts["h"]) <= {"no response within 1 s"}
     assert set(writer.texts["r"]) == {"not connected: connection refused"}
