@@ -13,7 +13,7 @@ from typing import Any, Final, TypedDict, TypeVar, cast
 
 from pymodbus.pdu import ExceptionResponse
 
-from flowcollect.compile import due_patterns, next_due
+from flowcollect.compile import DueWalk, due_patterns, next_due
 from flowcollect.errors import ConfigError
 from flowcollect.models import ValueType, Variable
 from flowcollect.readers.base import DataReader
@@ -941,8 +941,15 @@ def _on_event_loop() -> bool:
 def _due_sets(variables: Sequence[VariableSpec]) -> list[list[VariableSpec]]:
     """The distinct sets of ``variables`` due together over one hyperperiod (its first
     ``_MAX_PREPLAN_INSTANTS`` due instants), in their order."""
-    walk = due_patterns({v.interval_ms for v in variables}, _MAX_PREPLAN_INSTANTS)
+    walk = _walk(frozenset([v.interval_ms for v in variables]))
     return [[v for v in variables if v.interval_ms in pattern.intervals] for pattern in walk.patterns]
+
+
+@functools.lru_cache(maxsize=256)
+def _walk(intervals: frozenset[int]) -> DueWalk:
+    """The due walk of a set of intervals, once for the process (every device of a plant has
+    the same few)."""
+    return due_patterns(intervals, _MAX_PREPLAN_INSTANTS)
 
 
 def _path(value: str | os.PathLike[str] | None) -> str | None:
