@@ -67,6 +67,8 @@ addresses, one reader each (2,000 readers x 20 addresses: 40,000 parses at start
 # Pre-planning walks one hyperperiod of the reader's intervals; past this many due instants the
 # rest is planned on first use.
 _MAX_PREPLAN_INSTANTS: Final = 512
+_NO_INTERVALS: Final[frozenset[int]] = frozenset()
+"""A reader not planned yet (``frozenset()`` is a new 216-byte object each time)."""
 SKIPPED: Final = "skipped: the line is busy until the next tick"
 
 # Values and errors in columns: what read_batch fills in place, and read copies back.
@@ -248,7 +250,7 @@ class ModbusDataReader(DataReader):
         self._next: tuple[Sequence[Any], EarlyLink, ModbusRequest] | None = None
         """What ``send_batch`` may write at the next instant (the variables it is for, the link,
         the request), settled at the end of each read on the loop. The loop thread only."""
-        self._intervals: frozenset[int] = frozenset()
+        self._intervals: frozenset[int] = _NO_INTERVALS
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._plans_generation = 0
         self._counters: dict[str, int] = dict.fromkeys(
@@ -895,20 +897,21 @@ class ModbusDataReader(DataReader):
         for start, end in good:
             covered.update(range(start, end))
         suspects = [r for r in range(request.start, request.end) if r not in covered]
+        learned = unit.learn()
         if suspects:
-            bad = unit.bad.setdefault(table, set())
+            bad = learned.bad.setdefault(table, set())
             bad.update(suspects)
-            unit.bad_sorted[table] = sorted(bad)
-        unit.alone.update((table, start, end) for start, end in refused)
+            learned.bad_sorted[table] = sorted(bad)
+        learned.alone.update((table, start, end) for start, end in refused)
         if not suspects and not refused and good:
             largest = max(end - start for start, end in good)
             if largest < request.count:
-                unit.limits[table] = largest
+                learned.limits[table] = largest
         unit.generation += 1
 
     def _learn_alone(self, unit: UnitState, table: str, start: int, end: int) -> None:
         if (table, start, end) not in unit.alone:
-            unit.alone.add((table, start, end))
+            unit.learn().alone.add((table, start, end))
             unit.generation += 1
 
     def __repr__(self) -> str:
