@@ -20,7 +20,8 @@ import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from itertools import chain
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from reactivex import abc
 from reactivex.internal.exceptions import DisposedException
@@ -46,6 +47,9 @@ _Columns = tuple[
 source times carried beside the values."""
 
 _Read = tuple[ReaderPhase, list[Any], list[str | None], Any, Any, Any]
+
+_NOTHING: Final[Mapping[Any, Any]] = MappingProxyType({})
+"""An empty mapping that every lane may share: nobody can write into it."""
 
 _CHEAP_PATHS = ("post", "schedule_wall_ms", "wall_ms", "monotonic_ms", "timer_wall_ms", "after_instant")
 
@@ -244,9 +248,12 @@ class Lane:
         # read (one attribute read) by a pushing reader's emit on the reader's own threads.
         self._ready: LaneSchedule | None = None
         self._served: dict[str, tuple[VariableSpec, ...]] = {}
-        self._opened: set[str] = set()
-        self._stores: dict[str, PushStore] = {r.type: PushStore() for r in readers if r.pushes}
-        self._routes: dict[str, dict[tuple[str, str], list[VariableSpec]]] = {}
+        # The readers opened, in order: a lane has one or a few (a 1-tuple is 48 bytes, a set 216).
+        self._opened: tuple[str, ...] = ()
+        # A lane without pushing readers (most) shares one read-only empty for both: 64 bytes each.
+        stores = {r.type: PushStore() for r in readers if r.pushes}
+        self._stores: Mapping[str, PushStore] = stores or _NOTHING
+        self._routes: Mapping[str, dict[tuple[str, str], list[VariableSpec]]] = _NOTHING
         self._reuse: dict[int, tuple[ReaderPhase, list[CollectedVariable]]] = {}
         self._down: dict[str, bool] = {}  # reader -> its last read gave no value
         # Only ever set to True: by close_readers (a job), or by abandon (close()'s thread, past
@@ -509,14 +516,14 @@ class Lane:
                 else:
                     if ready is not None and self.asynchronous and inspect.isawaitable(ready):
                         waits.append((rtype, ready))
-        self._routes = routes
+        self._routes = routes or _NOTHING
         return waits
 
     def _open(self, reader: DataReader) -> None:
         rtype = reader.type
         if rtype in self._opened:
             return
-        self._opened.add(rtype)
+        self._opened = (*self._opened, rtype)
         try:
             reader.open()
         except Exception as exc:  # the reader retries in read(); say why once

@@ -567,8 +567,12 @@ class _AsyncLink:
 
     async def connect(self, timeout_s: float) -> bool:
         task = self._waiter = asyncio.current_task()
+        # The transport's callbacks run in (a copy of) this context: quiet for a pymodbus
+        # client's. The own framing has no pymodbus in them, and a context the transport kept
+        # with the variable set would be 120 bytes a line.
+        quiet = quiet_pymodbus() if self.client is not None else contextlib.nullcontext()
         try:
-            with quiet_pymodbus():  # the transport's callbacks run in (a copy of) this context
+            with quiet:
                 await self._open(timeout_s)
         except asyncio.CancelledError:
             self._drop_socket()
