@@ -116,6 +116,18 @@ class MbapProtocol(asyncio.Protocol):
     buffer is dropped: nothing after them can be framed.
     """
 
+    # Slotted: one a line (asyncio.Protocol has no dict of its own to keep): 64 bytes a line.
+    __slots__ = (
+        "_buffer",
+        "_early_answers",
+        "_loop",
+        "_next",
+        "_on_lost",
+        "_pending",
+        "_reserved",
+        "_transport",
+    )
+
     def __init__(self, on_lost: Callable[[bool], None]) -> None:
         self._on_lost = on_lost
         """Called once the connection is gone, with whether a request was waiting in it."""
