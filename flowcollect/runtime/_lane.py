@@ -254,8 +254,10 @@ class Lane:
         stores = {r.type: PushStore() for r in readers if r.pushes}
         self._stores: Mapping[str, PushStore] = stores or _NOTHING
         self._routes: Mapping[str, dict[tuple[str, str], list[VariableSpec]]] = _NOTHING
-        self._reuse: dict[int, tuple[ReaderPhase, list[CollectedVariable]]] = {}
-        self._down: dict[str, bool] = {}  # reader -> its last read gave no value
+        # Made by their first write (64 bytes a lane each otherwise): _reuse, for per-value
+        # readers only; _down (reader -> its last read gave no value), with listeners only.
+        self._reuse: dict[int, tuple[ReaderPhase, list[CollectedVariable]]] | None = None
+        self._down: dict[str, bool] | None = None
         # Only ever set to True: by close_readers (a job), or by abandon (close()'s thread, past
         # its deadline, the lane stuck in a read); read by the lane's jobs and by `stopped`.
         self._closed = False
@@ -465,7 +467,7 @@ class Lane:
 
     def _get_ready(self, schedule: LaneSchedule | None) -> _Readiness | None:
         self._ready = schedule
-        self._reuse.clear()
+        self._reuse = None
         waits = self._tell_readers(schedule)
         self._prepare(schedule)
         return _Readiness(waits, self._errors) if waits else None
@@ -478,13 +480,12 @@ class Lane:
         for phase in schedule.built_phases():
             for rp in phase.readers:
                 reader = self.readers[rp.reader]
-                if (
-                    not _batch_reader(reader)
-                    and not reader.pushes
-                    and not asynchronous_reader(reader)
-                    and id(rp) not in self._reuse
-                ):
-                    self._reuse[id(rp)] = (rp, self._objects(rp, instant(0)))
+                if not _batch_reader(reader) and not reader.pushes and not asynchronous_reader(reader):
+                    reuse = self._reuse
+                    if reuse is None:
+                        reuse = self._reuse = {}
+                    if id(rp) not in reuse:
+                        reuse[id(rp)] = (rp, self._objects(rp, instant(0)))
 
     def _tell_readers(self, schedule: LaneSchedule | None) -> list[tuple[str, Awaitable[None]]]:
         """Tell each reader what it serves now; the awaitables asynchronous readers returned."""
@@ -993,11 +994,14 @@ class Lane:
         if not errors or self._on_device is None:
             return
         down = errors.count(None) == 0
-        if self._down.get(reader) is down:
+        known = self._down
+        if known is None:
+            known = self._down = {}
+        if known.get(reader) is down:
             return
         if down and errors[0] == NO_VALUE_YET:
             return  # a pushing reader not heard from yet: nothing is known about its device
-        self._down[reader] = down
+        known[reader] = down
         self._on_device(reader, errors[0] if down else None)
 
     def _read(self, reader: DataReader, rp: ReaderPhase, t_ms: int) -> _Columns:
@@ -1033,7 +1037,10 @@ class Lane:
     def _read_each(self, reader: DataReader, rp: ReaderPhase, t_ms: int) -> _Columns:
         # The phase's objects are kept and reset from tick to tick: a per-value reader costs no
         # allocation per value (the garbage collector's walk over them was most of the p99).
-        kept = self._reuse.get(id(rp))
+        reuse = self._reuse
+        if reuse is None:
+            reuse = self._reuse = {}
+        kept = reuse.get(id(rp))
         when = instant(t_ms)
         if kept is None or kept[0] is not rp:
             cv = CollectedVariable
@@ -1041,7 +1048,7 @@ class Lane:
                 cv(s.id, s.context_id, s.address, s.value_type, s.reader, s.interval_ms, None, when)
                 for s in rp.reads
             ]
-            self._reuse[id(rp)] = (rp, cvs)
+            reuse[id(rp)] = (rp, cvs)
         else:
             cvs = kept[1]
             for v in cvs:
