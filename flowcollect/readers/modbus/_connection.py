@@ -950,9 +950,9 @@ _TROUBLES_LOCK: Final = threading.Lock()
 """Makes a line's ``_down_log`` once, whatever thread has its first trouble."""
 
 _LINES_LOCK: Final = threading.Lock()
-"""Guards every line's ``intervals`` (and ``_line_intervals``) and ``_worker``: one for all the
-lines, where a lock of each was 88 bytes a line. Held only to replace a few fields, never
-around anything that waits or takes another lock."""
+"""Guards every line's ``intervals`` (and ``_line_intervals``), ``_worker`` and the making of
+its ``_lock``: one for all the lines, where a lock of each was 88 bytes a line. Held only to
+replace a few fields, never around anything that waits or takes another lock."""
 
 
 class LineConnection:
@@ -966,6 +966,7 @@ class LineConnection:
     __slots__ = (
         "_answered",
         "_async_lock",
+        "_async_loop",
         "_clock",
         "_closed",
         "_connecting",
@@ -973,6 +974,7 @@ class LineConnection:
         "_ever_connected",
         "_line_intervals",
         "_link",
+        "_lock",
         "_pacer",
         "_probed_at",
         "_retry_at",
@@ -985,7 +987,6 @@ class LineConnection:
         "down_text",
         "intervals",
         "line",
-        "lock",
         "units",
         "users",
     )
@@ -998,7 +999,9 @@ class LineConnection:
     ) -> None:
         self.line = line
         self._sleep = sleep
-        self.lock = threading.RLock()
+        self._lock: threading.RLock | None = None
+        """What ``lock`` gives, made on first use (under ``_LINES_LOCK``): a line read on the
+        event loop never takes it (96 bytes a line)."""
         self.users = 0
         self.units: dict[int, UnitState] = {}
         self.intervals: tuple[tuple[int, frozenset[int]], ...] = ()
@@ -1011,7 +1014,9 @@ class LineConnection:
         self._clock = clock
         self._link: _Link | _AsyncLink | None = None
         """The connection: a thread's (``_Link``) or an event loop's (``_AsyncLink``), one at a time."""
-        self._async_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._async_lock: asyncio.Lock | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        """The loop ``_async_lock`` serves (two fields, not a tuple of them: 56 bytes a line)."""
         self._connecting: asyncio.Task[bool] | None = None
         """The event loop's connect in progress (or done), awaited by reads that need it."""
         self._closed = False
@@ -1035,6 +1040,17 @@ class LineConnection:
         )
 
     # -- state
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every request made from a thread (``ModbusDataReader.read``)."""
+        lock = self._lock
+        if lock is None:
+            with _LINES_LOCK:
+                lock = self._lock
+                if lock is None:
+                    lock = self._lock = threading.RLock()
+        return lock
 
     @property
     def connected(self) -> bool:
@@ -1239,9 +1255,11 @@ class LineConnection:
         """Keeps a line's requests one at a time on the running loop (the engine's lane already
         does; direct callers of ``read_batch_async`` may not). Loop thread only."""
         loop = asyncio.get_running_loop()
-        if self._async_lock is None or self._async_lock[0] is not loop:
-            self._async_lock = (loop, asyncio.Lock())
-        return self._async_lock[1]
+        lock = self._async_lock
+        if lock is None or self._async_loop is not loop:
+            lock = self._async_lock = asyncio.Lock()
+            self._async_loop = loop
+        return lock
 
     def early_link(self) -> _AsyncLink | None:
         """After a read on the loop (the lock held): the link a request may be written on early
