@@ -2,7 +2,8 @@
 worker pool), the named steps values pass through, and the latest-value store of pushing readers.
 For users: the clock a collector can be given (``DataCollector(clock=...)``), ``tune_gc`` for a
 program that embeds one, and the step names ``flowcollect plan`` draws; for the collector that
-builds the graph: the lane, the steps of a context's branch and its time ``Window``."""
+builds the graph: the lane, the steps of a context's branch (each alone, and ``branch``: the three
+fused in one operator, as the collector subscribes them on each lane) and its time ``Window``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flowcollect.runtime._clock import Clock, LaneScheduler, SystemClock, Virtua
 from flowcollect.runtime._gc import GC_ENV, THRESHOLDS, tune_gc
 from flowcollect.runtime._lane import STEP_MS, Lane, asynchronous_reader
 from flowcollect.runtime._loop import DEFAULT_WORKERS, InlineWork, LoopScheduler, LoopWork, Work, WorkerPool
-from flowcollect.runtime._steps import STEPS, ChangeState, Window, for_context, gate, report_changes
+from flowcollect.runtime._steps import STEPS, ChangeState, Window, branch, for_context, gate, report_changes
 
 __all__ = [
     # Clocks (``DataCollector(clock=...)``, ``flowcollect.testing``)
@@ -37,6 +38,7 @@ __all__ = [
     "ChangeState",
     "Lane",
     "Window",
+    "branch",
     "for_context",
     "gate",
     "report_changes",

@@ -45,8 +45,10 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, cast
 
 from pymodbus.client import (
@@ -76,6 +78,7 @@ __all__ = [
     "EarlyLink",
     "MAX_RETRY_DELAY_S",
     "Failure",
+    "Learned",
     "LineConnection",
     "UnitState",
     "LineRegistry",
@@ -472,6 +475,24 @@ class _AsyncLink:
     Loop thread only, but for ``abort`` (any thread) and ``connected`` (a read).
     """
 
+    # Slotted: one a line, 56 bytes less than with a dict.
+    __slots__ = (
+        "_aborted",
+        "_closing",
+        "_early",
+        "_handed",
+        "_lost",
+        "_sock",
+        "_waiter",
+        "client",
+        "connect_error",
+        "dropped",
+        "line",
+        "loop",
+        "protocol",
+        "timeout_s",
+    )
+
     def __init__(self, line: ModbusLine, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self.line = line
         self.loop = loop
@@ -564,8 +585,12 @@ class _AsyncLink:
 
     async def connect(self, timeout_s: float) -> bool:
         task = self._waiter = asyncio.current_task()
+        # The transport's callbacks run in (a copy of) this context: quiet for a pymodbus
+        # client's. The own framing has no pymodbus in them, and a context the transport kept
+        # with the variable set would be 120 bytes a line.
+        quiet = quiet_pymodbus() if self.client is not None else contextlib.nullcontext()
         try:
-            with quiet_pymodbus():  # the transport's callbacks run in (a copy of) this context
+            with quiet:
                 await self._open(timeout_s)
         except asyncio.CancelledError:
             self._drop_socket()
@@ -823,8 +848,30 @@ class Failure:
 
 
 @dataclass(slots=True)
+class Learned:
+    """What exception answers taught of one unit (see ``ModbusDataReader._learn``)."""
+
+    bad: dict[str, set[int]] = field(default_factory=dict)
+    bad_sorted: dict[str, list[int]] = field(default_factory=dict)
+    alone: set[tuple[str, int, int]] = field(default_factory=set)
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+# What a unit that taught nothing shows: read-only, so nobody writes into what all share.
+_NO_BAD: Final[Mapping[str, AbstractSet[int]]] = MappingProxyType({})
+_NO_BAD_SORTED: Final[Mapping[str, Sequence[int]]] = MappingProxyType({})
+_NO_ALONE: Final[AbstractSet[tuple[str, int, int]]] = frozenset()
+_NO_LIMITS: Final[Mapping[str, int]] = MappingProxyType({})
+
+
+@dataclass(slots=True)
 class UnitState:
-    """What the line knows of one unit, shared by every reader of that unit on the line."""
+    """What the line knows of one unit, shared by every reader of that unit on the line.
+
+    What it taught (``learned``) is made with the first fact: most units never teach anything,
+    and four empty containers were 0.4 KB a unit (2,000 devices are 2,000 units). Until then
+    ``bad``, ``bad_sorted``, ``alone`` and ``limits`` are shared read-only empties.
+    """
 
     unit: int
     failures: int = 0
@@ -836,13 +883,37 @@ class UnitState:
     """Monotonic time of the last request to the unit."""
     answer_s: float | None = None
     """A moving average of how long the unit's answered requests took."""
-    # What exception answers taught (see ModbusDataReader._learn).
-    bad: dict[str, set[int]] = field(default_factory=dict)
-    bad_sorted: dict[str, list[int]] = field(default_factory=dict)
-    alone: set[tuple[str, int, int]] = field(default_factory=set)
-    limits: dict[str, int] = field(default_factory=dict)
+    learned: Learned | None = None
+    """What exception answers taught (``learn()`` makes it); written under the line's lock."""
     generation: int = 0
     """Bumped whenever the learned facts change: readers drop their cached plans."""
+
+    @property
+    def bad(self) -> Mapping[str, AbstractSet[int]]:
+        """Per table, the registers no merged request may cover."""
+        return _NO_BAD if self.learned is None else self.learned.bad
+
+    @property
+    def bad_sorted(self) -> Mapping[str, Sequence[int]]:
+        """``bad``, each table's registers sorted (what planning takes)."""
+        return _NO_BAD_SORTED if self.learned is None else self.learned.bad_sorted
+
+    @property
+    def alone(self) -> AbstractSet[tuple[str, int, int]]:
+        """The ``(table, start, end)`` spans read alone (refused even so)."""
+        return _NO_ALONE if self.learned is None else self.learned.alone
+
+    @property
+    def limits(self) -> Mapping[str, int]:
+        """Per table, the largest request the unit took when it refused a larger one."""
+        return _NO_LIMITS if self.learned is None else self.learned.limits
+
+    def learn(self) -> Learned:
+        """What the unit taught, to add to: made on the first fact."""
+        learned = self.learned
+        if learned is None:
+            learned = self.learned = Learned()
+        return learned
 
     def backed_off(self, now: float) -> bool:
         return self.failures > 0 and now < self.retry_at
@@ -872,6 +943,17 @@ def retry_delay(failures: int, timeout_s: float) -> float:
 
 # ---------------------------------------------------------------------------- the connection
 
+_NO_INTERVALS: Final[frozenset[int]] = frozenset()
+"""A line no reader serves yet (``frozenset()`` is a new 216-byte object each time)."""
+
+_TROUBLES_LOCK: Final = threading.Lock()
+"""Makes a line's ``_down_log`` once, whatever thread has its first trouble."""
+
+_LINES_LOCK: Final = threading.Lock()
+"""Guards every line's ``intervals`` (and ``_line_intervals``), ``_worker`` and the making of
+its ``_lock``: one for all the lines, where a lock of each was 88 bytes a line. Held only to
+replace a few fields, never around anything that waits or takes another lock."""
+
 
 class LineConnection:
     """One line's client, shared by its readers; every request holds ``lock``.
@@ -879,6 +961,35 @@ class LineConnection:
     The engine runs a line's readers on one lane thread, so the lock is uncontended there; it
     keeps requests apart when readers of one line are called from several threads anyway.
     """
+
+    # Slotted: one a line (2,000 devices are 2,000 lines), 64 bytes less than with a dict.
+    __slots__ = (
+        "_answered",
+        "_async_lock",
+        "_async_loop",
+        "_clock",
+        "_closed",
+        "_connecting",
+        "_down_log",
+        "_ever_connected",
+        "_line_intervals",
+        "_link",
+        "_lock",
+        "_pacer",
+        "_probed_at",
+        "_retry_at",
+        "_sleep",
+        "_slow_failures",
+        "_stale",
+        "_unanswered",
+        "_worker",
+        "counters",
+        "down_text",
+        "intervals",
+        "line",
+        "units",
+        "users",
+    )
 
     def __init__(
         self,
@@ -888,26 +999,30 @@ class LineConnection:
     ) -> None:
         self.line = line
         self._sleep = sleep
-        self.lock = threading.RLock()
+        self._lock: threading.RLock | None = None
+        """What ``lock`` gives, made on first use (under ``_LINES_LOCK``): a line read on the
+        event loop never takes it (96 bytes a line)."""
         self.users = 0
         self.units: dict[int, UnitState] = {}
-        self._intervals_lock = threading.Lock()
-        self.intervals: dict[int, frozenset[int]] = {}
+        self.intervals: tuple[tuple[int, frozenset[int]], ...] = ()
         """Per reader (its id), the intervals it serves: when the line's next instant is due.
-        Guarded by ``_intervals_lock`` (a reader's ``abort`` leaves from the closing thread);
-        ``_line_intervals`` is replaced whole under it, and read without it."""
-        self._line_intervals: frozenset[int] = frozenset()
+        A tuple of pairs, replaced whole (a line has one reader or a few: a dict was 224 bytes
+        a line). Written under ``_LINES_LOCK`` (a reader's ``abort`` leaves from the closing
+        thread); ``_line_intervals`` is replaced whole under it, and read without it."""
+        self._line_intervals: frozenset[int] = _NO_INTERVALS
         self._probed_at: int | None = None
         self._clock = clock
         self._link: _Link | _AsyncLink | None = None
         """The connection: a thread's (``_Link``) or an event loop's (``_AsyncLink``), one at a time."""
-        self._async_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._async_lock: asyncio.Lock | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        """The loop ``_async_lock`` serves (two fields, not a tuple of them: 56 bytes a line)."""
         self._connecting: asyncio.Task[bool] | None = None
         """The event loop's connect in progress (or done), awaited by reads that need it."""
         self._closed = False
         """Closed (the last reader let go, or aborted): a connect still waiting opens nothing."""
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
-        """A serial line's own thread when read from the event loop (guarded by _intervals_lock)."""
+        """A serial line's own thread when read from the event loop (guarded by _LINES_LOCK)."""
         self._pacer = Pacer(line.gap_s)
         self._ever_connected = False
         self._retry_at = 0.0
@@ -917,12 +1032,25 @@ class LineConnection:
         """An answer came on this connection (any answer: the device accepts us)."""
         self._stale = False
         self.down_text = "not connected"
-        self._down_log = RateLimitedLog(_log, window_s=60.0)
+        self._down_log: RateLimitedLog | None = None
+        """The line's troubles, one line each a minute: made by ``_troubles`` the first time it has
+        one (under ``_TROUBLES_LOCK``), then only read."""
         self.counters: dict[str, int] = dict.fromkeys(
             ("connect_attempts", "connect_failures", "reconnects", "dead_connections"), 0
         )
 
     # -- state
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every request made from a thread (``ModbusDataReader.read``)."""
+        lock = self._lock
+        if lock is None:
+            with _LINES_LOCK:
+                lock = self._lock
+                if lock is None:
+                    lock = self._lock = threading.RLock()
+        return lock
 
     @property
     def connected(self) -> bool:
@@ -937,15 +1065,24 @@ class LineConnection:
 
     def set_intervals(self, reader: int, intervals: frozenset[int] | None) -> None:
         """What ``reader`` (its id) serves now; ``None``: it left the line."""
-        with self._intervals_lock:
+        with _LINES_LOCK:
+            pairs = list(self.intervals)
+            at = next((k for k, (r, _i) in enumerate(pairs) if r == reader), None)
             if intervals is None:
-                self.intervals.pop(reader, None)
+                if at is not None:
+                    del pairs[at]
+            elif at is None:
+                pairs.append((reader, intervals))
             else:
-                self.intervals[reader] = intervals
-            union: frozenset[int] = frozenset()
-            for each in self.intervals.values():
-                union |= each
-            self._line_intervals = union
+                pairs[at] = (reader, intervals)
+            self.intervals = tuple(pairs)
+            served = [i for _r, i in pairs]
+            if not served:
+                self._line_intervals = _NO_INTERVALS
+            elif len(served) == 1:
+                self._line_intervals = served[0]  # not a copy of it: 216 bytes a line
+            else:
+                self._line_intervals = frozenset().union(*served)
 
     def line_intervals(self) -> frozenset[int]:
         """The intervals every reader of the line serves: when the line's next instant is due."""
@@ -1083,9 +1220,20 @@ class LineConnection:
             self._retry_at = self._clock() + retry_delay(self._slow_failures, timeout_s)
         else:
             self._retry_at = 0.0
-        self._down_log.warning(
+        self._troubles().warning(
             (self.line.key, text), "modbus %s (reader %r): %s; reopening", self.line.key, name, text
         )
+
+    def _troubles(self) -> RateLimitedLog:
+        # Made on first use: most lines never have a trouble, and a log (its lock, its dict)
+        # is 0.3 KB a line. A line's requests may come from a thread and the loop in turn.
+        log = self._down_log
+        if log is None:
+            with _TROUBLES_LOCK:
+                log = self._down_log
+                if log is None:
+                    log = self._down_log = RateLimitedLog(_log, window_s=60.0)
+        return log
 
     def close(self) -> None:
         """Close the connection; from any thread, never waiting for a request in progress
@@ -1107,9 +1255,11 @@ class LineConnection:
         """Keeps a line's requests one at a time on the running loop (the engine's lane already
         does; direct callers of ``read_batch_async`` may not). Loop thread only."""
         loop = asyncio.get_running_loop()
-        if self._async_lock is None or self._async_lock[0] is not loop:
-            self._async_lock = (loop, asyncio.Lock())
-        return self._async_lock[1]
+        lock = self._async_lock
+        if lock is None or self._async_loop is not loop:
+            lock = self._async_lock = asyncio.Lock()
+            self._async_loop = loop
+        return lock
 
     def early_link(self) -> _AsyncLink | None:
         """After a read on the loop (the lock held): the link a request may be written on early
@@ -1140,7 +1290,7 @@ class LineConnection:
     def worker(self) -> concurrent.futures.ThreadPoolExecutor:
         """The line's own thread, for a serial port read from the event loop: pyserial only
         blocks, and a bus waits for each answer anyway."""
-        with self._intervals_lock:
+        with _LINES_LOCK:
             if self._worker is None:
                 self._worker = concurrent.futures.ThreadPoolExecutor(
                     1, thread_name_prefix=f"flowcollect {self.line.key}"
@@ -1335,7 +1485,7 @@ class LineConnection:
         unit.missed(self._clock(), timeout_s, text)
         if unit.failures == 1:
             # Once per silence (and at most once a minute): every later probe says the same.
-            self._down_log.warning(
+            self._troubles().warning(
                 (self.line.key, unit.unit, text),
                 "modbus %s unit %d (reader %r): %s; asking again after a back-off",
                 self.line.key,

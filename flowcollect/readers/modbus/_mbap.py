@@ -104,6 +104,18 @@ class _Pending:
         self.timer: asyncio.TimerHandle | None = None
 
 
+class _Reserved:
+    """A request ``reserve`` wrote that nobody awaits yet: its unit, when it was written, and
+    what came for it meanwhile (its unit byte and PDU, or why it failed), if anything."""
+
+    __slots__ = ("came", "unit", "written")
+
+    def __init__(self, unit: int, written: float) -> None:
+        self.unit = unit
+        self.written = written
+        self.came: bytes | Exception | None = None
+
+
 class MbapProtocol(asyncio.Protocol):
     """One Modbus TCP connection's requests and answers. Loop thread only.
 
@@ -116,17 +128,26 @@ class MbapProtocol(asyncio.Protocol):
     buffer is dropped: nothing after them can be framed.
     """
 
+    # Slotted: one a line (asyncio.Protocol has no dict of its own to keep): 64 bytes a line.
+    __slots__ = (
+        "_buffer",
+        "_loop",
+        "_next",
+        "_on_lost",
+        "_pending",
+        "_reserved",
+        "_transport",
+    )
+
     def __init__(self, on_lost: Callable[[bool], None]) -> None:
         self._on_lost = on_lost
         """Called once the connection is gone, with whether a request was waiting in it."""
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._pending: dict[int, _Pending] = {}
-        self._reserved: dict[int, tuple[int, float]] = {}
-        """Requests written by ``reserve`` that nobody awaits yet: transaction -> (unit, when)."""
-        self._early_answers: dict[int, bytes | Exception] = {}
-        """What came for a reserved request before ``expect``: its unit byte and PDU, or why it
-        failed."""
+        self._reserved: dict[int, _Reserved] = {}
+        """Requests written by ``reserve`` that nobody awaits yet, with what came for them before
+        ``expect`` (one dict, not two: each kept its table once used, 180 bytes a line)."""
         self._next = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -191,20 +212,20 @@ class MbapProtocol(asyncio.Protocol):
             raise ConnectionException("not connected")
         self._next = transaction = self._next % 0xFFFF + 1
         transport.write(read_request(transaction, unit, table, start, count))
-        self._reserved[transaction] = (unit, loop.time())
+        self._reserved[transaction] = _Reserved(unit, loop.time())
         return transaction
 
     def take(self, transaction: int) -> MbapAnswer | ExceptionResponse | None:
         """A reserved request's answer if it came already (raising what ``expect``'s future would
         raise: a bad frame, a lost connection); None when it has not come (then ``expect``)."""
-        came = self._early_answers.pop(transaction, None)
         reserved = self._reserved.get(transaction)
-        if came is None or reserved is None:
+        if reserved is None or reserved.came is None:
             return None
         del self._reserved[transaction]
+        came = reserved.came
         if isinstance(came, Exception):
             raise came
-        return _checked(reserved[0], came[0], came[1:])
+        return _checked(reserved.unit, came[0], came[1:])
 
     def expect(
         self, transaction: int, timeout_s: float
@@ -216,16 +237,14 @@ class MbapProtocol(asyncio.Protocol):
         loop = self._loop
         if reserved is None or loop is None:
             return None
-        unit, written = reserved
         future: asyncio.Future[MbapAnswer | ExceptionResponse] = loop.create_future()
-        pending = self._pending[transaction] = _Pending(future, unit)
-        pending.timer = loop.call_at(written + timeout_s, self._expire, transaction, timeout_s)
+        pending = self._pending[transaction] = _Pending(future, reserved.unit)
+        pending.timer = loop.call_at(reserved.written + timeout_s, self._expire, transaction, timeout_s)
         return future
 
     def release(self, transaction: int) -> None:
         """Nobody will ``expect`` this reserved request: its answer, if it comes, is dropped."""
         self._reserved.pop(transaction, None)
-        self._early_answers.pop(transaction, None)
 
     def close(self) -> None:
         transport = self._transport
@@ -242,8 +261,9 @@ class MbapProtocol(asyncio.Protocol):
     def _answer(self, transaction: int, unit: int, pdu: bytes) -> None:
         pending = self._settle(transaction)
         if pending is None:
-            if transaction in self._reserved:  # written early, not awaited yet: kept for expect
-                self._early_answers[transaction] = bytes([unit]) + pdu
+            reserved = self._reserved.get(transaction)
+            if reserved is not None:  # written early, not awaited yet: kept for take
+                reserved.came = bytes([unit]) + pdu
             return  # else an answer that came after its request gave up
         if pending.future.done():
             return
@@ -267,8 +287,8 @@ class MbapProtocol(asyncio.Protocol):
 
     def fail_all(self, exc: Exception) -> None:
         """Fail every request waiting with ``exc`` (the connection is closing, or lost)."""
-        for transaction in self._reserved:
-            self._early_answers[transaction] = exc
+        for reserved in self._reserved.values():
+            reserved.came = exc
         for transaction in list(self._pending):
             pending = self._settle(transaction)
             if pending is not None and not pending.future.done():
