@@ -1268,6 +1268,12 @@ class DataCollector:
         with self._lock:
             if self._closed or self._runs.get(run.context.id) is not run:
                 return  # stopped already, or a new run under the same id
+            early_ms = run.window.until_ms - self._now_ms()
+            if early_ms > 0:
+                # Before its end on the wall clock (the timer waits on the monotonic one; a clock
+                # slewed or stepped since): stopped now, the stop would cut the last instant.
+                run.timer = self._timer.schedule_relative(early_ms / 1000, lambda _s, _t: self._expire(run))
+                return
             self._log.info("context %s reached its duration of %s s", run.context.id, run.context.duration_s)
             self._stop(run)
 

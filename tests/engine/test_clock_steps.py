@@ -88,3 +88,23 @@ def test_a_plan_change_right_after_a_backward_step_does_not_stall_either() -> No
     after = [v for v in writer.values[10:] if v.context_id == 1]
     assert 9 <= len(after) <= 10, times(after)
     assert len([v for v in writer.values if v.context_id == 2]) >= 9
+
+
+def test_a_duration_ends_on_the_wall_clock_even_when_its_timer_fires_before() -> None:
+    # The timer waits on the monotonic clock; the wall clock stepped back 150 ms meanwhile, so
+    # it fires when the wall says 850 ms of the 1,000. Stopped then, the context would lose its
+    # instant at 900; it is stopped at its end instead.
+    writer = MemoryDataWriter()
+    collector, clock = virtual_collector([StaticDataReader({"a": 1})], [writer], start_ms=T0)
+    ctx = collector.start(
+        DataCollectionContext(
+            id=1, interval_ms=100, duration_s=1.0, variables=[Variable(id=1, address="a", reader="static")]
+        )
+    )
+    clock.advance_ms(550)
+    clock.step_wall_ms(-150)
+    clock.advance_ms(1000)
+    assert ctx.end_date is not None
+    assert round(ctx.end_date.timestamp() * 1000) - T0 == 1000
+    assert times(writer.values)[-1] == 900
+    assert not collector.is_running()
