@@ -65,15 +65,13 @@ _parse_shared: Final = functools.lru_cache(maxsize=1 << 16)(parse_address)
 addresses, one reader each (2,000 readers x 20 addresses: 40,000 parses at start, 20 now). A
 ``ModbusAddress`` is frozen, so every reader may share it; a bad text raises each time."""
 
-_VALUE_TYPE_OF: Final[dict[str, ValueType]] = {"bool": "bool", "int": "int", "float": "float", "str": "str"}
-
 
 def _natural_type(text: str) -> ValueType | None:
     try:
-        natural = _parse_shared(text).natural_type
+        natural = _parse_shared(text).natural_type  # "bool", "int", "float" or "str"
     except ValueError:
         return None
-    return _VALUE_TYPE_OF[natural]
+    return cast("ValueType", natural)
 
 
 _natural_shared: Final = functools.lru_cache(maxsize=1 << 16)(_natural_type)
@@ -461,7 +459,7 @@ class ModbusDataReader(DataReader):
             # Called on the engine's loop: connect now, in a task of its own, so the line is up
             # by its first instant (nothing here may wait for it).
             self._lease().connect_soon(self.timeout_s, self._type)
-        for due in _due_sets(variables):
+        for due in _due_sets(variables, self._intervals):
             key = _shared(tuple([v.address for v in due]))
             if key and key not in self._plans:
                 self._compile(key, due)
@@ -968,10 +966,10 @@ def _on_event_loop() -> bool:
     return True
 
 
-def _due_sets(variables: Sequence[VariableSpec]) -> list[list[VariableSpec]]:
-    """The distinct sets of ``variables`` due together over one hyperperiod (its first
-    ``_MAX_PREPLAN_INSTANTS`` due instants), in their order."""
-    walk = _walk(frozenset([v.interval_ms for v in variables]))
+def _due_sets(variables: Sequence[VariableSpec], intervals: frozenset[int]) -> list[list[VariableSpec]]:
+    """The distinct sets of ``variables`` (whose ``intervals`` these are) due together over one
+    hyperperiod (its first ``_MAX_PREPLAN_INSTANTS`` due instants), in their order."""
+    walk = _walk(intervals)
     return [[v for v in variables if v.interval_ms in pattern.intervals] for pattern in walk.patterns]
 
 
