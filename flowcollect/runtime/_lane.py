@@ -523,11 +523,16 @@ class Lane:
             for rp in phase.readers:
                 reader = self.readers[rp.reader]
                 if not _batch_reader(reader) and not reader.pushes and not asynchronous_reader(reader):
-                    reuse = self._reuse
-                    if reuse is None:
-                        reuse = self._reuse = {}
+                    reuse = self._reused()
                     if id(rp) not in reuse:
                         reuse[id(rp)] = (rp, self._objects(rp, instant(0)))
+
+    def _reused(self) -> dict[int, tuple[ReaderPhase, list[CollectedVariable]]]:
+        """The per-value readers' objects kept from tick to tick, by phase (made by the first)."""
+        reuse = self._reuse
+        if reuse is None:
+            reuse = self._reuse = {}
+        return reuse
 
     def _tell_readers(self, schedule: LaneSchedule | None) -> list[tuple[str, Awaitable[None]]]:
         """Tell each reader what it serves now; the awaitables asynchronous readers returned."""
@@ -1079,9 +1084,7 @@ class Lane:
     def _read_each(self, reader: DataReader, rp: ReaderPhase, t_ms: int) -> _Columns:
         # The phase's objects are kept and reset from tick to tick: a per-value reader costs no
         # allocation per value (the garbage collector's walk over them was most of the p99).
-        reuse = self._reuse
-        if reuse is None:
-            reuse = self._reuse = {}
+        reuse = self._reused()
         kept = reuse.get(id(rp))
         when = instant(t_ms)
         if kept is None or kept[0] is not rp:
